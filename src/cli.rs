@@ -1,0 +1,162 @@
+//! The command-line surface: clap derive types only, no I/O.
+//!
+//! Conventions: value names in caps; short flags only for the few options
+//! typed by hand often (`-f` file, `-n` count, `-w` wait); every option has a
+//! `///` doc that is its help text. `--json` is global so it may follow any
+//! subcommand.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::clock::parse_duration;
+
+/// Reliable local messaging for agents, scripts and hooks.
+///
+/// Messages live in Maildir mailboxes under the relay home (DorkOS-compatible);
+/// an SQLite index beside them keeps status and timestamps.
+#[derive(Debug, Parser)]
+#[command(name = "relay", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Relay home directory [default: ~/.dork/relay]
+    #[arg(long, global = true, value_name = "DIR", env = "RELAY_HOME")]
+    pub home: Option<PathBuf>,
+
+    /// Print machine-readable JSON (NDJSON for streams) instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send a message to every endpoint matching SUBJECT; prints its id
+    Send(SendArgs),
+    /// Claim the oldest message(s) of an endpoint (new/ -> cur/) and print them
+    Recv(RecvArgs),
+    /// Acknowledge claimed messages: done, removed from cur/
+    Ack(AckArgs),
+    /// Reject claimed messages: dead-lettered to failed/ with a reason
+    Nack(NackArgs),
+    /// List, add or remove endpoints (mailboxes)
+    Endpoints(EndpointsArgs),
+}
+
+/// Arguments of `relay send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Subject or pattern to send to (`*` matches one token, `>` the rest)
+    #[arg(value_name = "SUBJECT")]
+    pub subject: String,
+
+    /// Payload (JSON is stored as JSON, anything else as a string); read from
+    /// stdin when neither this nor --file is given
+    #[arg(value_name = "PAYLOAD", conflicts_with = "file")]
+    pub payload: Option<String>,
+
+    /// Read the payload from a file
+    #[arg(short, long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+
+    /// Store the payload as a JSON string even if it parses as JSON
+    #[arg(long)]
+    pub text: bool,
+
+    /// Sender subject (used by rate limits, breakers and access rules)
+    #[arg(long, value_name = "SENDER", env = "RELAY_FROM", default_value = "cli")]
+    pub from: String,
+
+    /// Subject replies (and failure notices) should go to
+    #[arg(long, value_name = "SUBJECT")]
+    pub reply_to: Option<String>,
+
+    /// Time to live, e.g. 30s, 5m, 1h (the message expires after it)
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
+    pub ttl: Duration,
+
+    /// Maximum number of hops before the message is dead-lettered
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_hops: u32,
+
+    /// Trace id to join [default: $RELAY_TRACE_ID, else the message id]
+    #[arg(long, value_name = "ID", env = "RELAY_TRACE_ID")]
+    pub trace_id: Option<String>,
+}
+
+/// Arguments of `relay recv`.
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    /// Endpoint to receive from
+    #[arg(value_name = "ENDPOINT")]
+    pub endpoint: String,
+
+    /// Claim up to N messages (printed one per line; NDJSON with --json)
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+
+    /// Block up to DURATION for a message when the mailbox is empty
+    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+}
+
+/// Arguments of `relay ack`.
+#[derive(Debug, Args)]
+pub struct AckArgs {
+    /// Endpoint the messages were received from
+    #[arg(value_name = "ENDPOINT")]
+    pub endpoint: String,
+
+    /// Ids of claimed messages
+    #[arg(value_name = "ID", required = true)]
+    pub ids: Vec<String>,
+}
+
+/// Arguments of `relay nack`.
+#[derive(Debug, Args)]
+pub struct NackArgs {
+    /// Endpoint the messages were received from
+    #[arg(value_name = "ENDPOINT")]
+    pub endpoint: String,
+
+    /// Ids of claimed messages
+    #[arg(value_name = "ID", required = true)]
+    pub ids: Vec<String>,
+
+    /// Why the message failed (kept in the dead letter's reason sidecar)
+    #[arg(long, value_name = "TEXT", default_value = "rejected by consumer")]
+    pub reason: String,
+}
+
+/// Arguments of `relay endpoints`.
+#[derive(Debug, Args)]
+pub struct EndpointsArgs {
+    #[command(subcommand)]
+    pub action: Option<EndpointsAction>,
+}
+
+/// What `relay endpoints` does; listing is the default.
+#[derive(Debug, Subcommand)]
+pub enum EndpointsAction {
+    /// List endpoints with their depth (new/cur/failed) and last activity
+    List,
+    /// Register endpoints: create mailboxes/<SUBJECT>/{tmp,new,cur,failed}
+    Add {
+        /// Endpoint subjects (no wildcards)
+        #[arg(value_name = "SUBJECT", required = true)]
+        subjects: Vec<String>,
+    },
+    /// Remove an endpoint and its mailbox
+    Remove {
+        /// Endpoint subject
+        #[arg(value_name = "SUBJECT")]
+        subject: String,
+        /// Remove it even if it still holds messages (they are deleted)
+        #[arg(long)]
+        force: bool,
+    },
+}

@@ -1,0 +1,230 @@
+//! Time: the injectable clock, ISO-8601 formatting, and duration parsing.
+//!
+//! Every decision that depends on time takes `now` from a `Clock`, so tests
+//! set `RELAY_FAKE_NOW_MS` instead of sleeping.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Environment variable that pins the clock (milliseconds since the epoch).
+/// Meant for tests; documented as such.
+pub const FAKE_NOW_ENV: &str = "RELAY_FAKE_NOW_MS";
+
+/// Source of the current time in milliseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    fixed: Option<u64>,
+}
+
+impl Clock {
+    /// The system clock, unless `RELAY_FAKE_NOW_MS` pins it.
+    #[must_use]
+    pub fn from_env() -> Self {
+        let fixed = std::env::var(FAKE_NOW_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok());
+        Clock { fixed }
+    }
+
+    /// A clock stuck at `ms` (for unit tests).
+    #[must_use]
+    pub fn fixed(ms: u64) -> Self {
+        Clock { fixed: Some(ms) }
+    }
+
+    /// Milliseconds since the Unix epoch.
+    #[must_use]
+    pub fn now_ms(&self) -> u64 {
+        self.fixed.unwrap_or_else(system_ms)
+    }
+
+    /// Whether the clock is pinned (time does not pass while waiting).
+    #[must_use]
+    pub fn is_fixed(&self) -> bool {
+        self.fixed.is_some()
+    }
+}
+
+fn system_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Milliseconds since the epoch of a file time (mtime/ctime), 0 if unknown.
+#[must_use]
+pub fn system_time_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Formats epoch milliseconds as ISO-8601 UTC with millisecond precision,
+/// exactly as JavaScript's `Date.toISOString()` does (`2026-11-23T05:21:54.123Z`).
+#[must_use]
+pub fn iso8601(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX);
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// Parses the ISO-8601 UTC form `iso8601` writes (also without millis).
+#[must_use]
+pub fn parse_iso8601(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || !s.ends_with('Z') || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let ms = match &s[19..s.len() - 1] {
+        "" => 0,
+        frac => {
+            let digits = frac.strip_prefix('.')?;
+            let padded: String = digits.chars().chain("000".chars()).take(3).collect();
+            padded.parse::<u64>().ok()?
+        }
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let days = u64::try_from(days_from_civil(i64::try_from(y).ok()?, mo, d)).ok()?;
+    Some((days * 86_400 + h * 3600 + mi * 60 + se) * 1000 + ms)
+}
+
+// Howard Hinnant's days-from-civil algorithms (public domain).
+fn civil_from_days(z: i64) -> (i64, u64, u64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    (
+        y,
+        u64::try_from(m).unwrap_or(1),
+        u64::try_from(d).unwrap_or(1),
+    )
+}
+
+fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
+    let (m, d) = (i64::try_from(m).unwrap_or(1), i64::try_from(d).unwrap_or(1));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses a duration such as `250ms`, `30s`, `5m`, `1h`, `7d` (a bare number
+/// is seconds). Used as a clap value parser, so the message names the value.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| {
+        format!(
+            "invalid duration '{s}': expected a number with a unit, e.g. 500ms, 30s, 5m, 1h, 7d"
+        )
+    })?;
+    let factor_ms = match unit {
+        "ms" => 1.0,
+        "" | "s" => 1000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
+        _ => {
+            return Err(format!(
+                "invalid duration '{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    let ms = value * factor_ms;
+    if !ms.is_finite() || ms > 1e15 {
+        return Err(format!("invalid duration '{s}': too large"));
+    }
+    // Truncation to whole milliseconds is intended.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Ok(Duration::from_millis(ms as u64))
+}
+
+/// A short human form of a duration in milliseconds: `850ms`, `1.4s`, `3m`, `2h`, `5d`.
+#[must_use]
+pub fn human_ms(ms: u64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{}m", ms / 60_000),
+        3_600_000..=86_399_999 => format!("{}h", ms / 3_600_000),
+        _ => format!("{}d", ms / 86_400_000),
+    }
+}
+
+/// `human_ms(now - then)` followed by " ago", or "-" when `then` is 0.
+#[must_use]
+pub fn ago(now: u64, then: u64) -> String {
+    if then == 0 {
+        "-".to_string()
+    } else {
+        format!("{} ago", human_ms(now.saturating_sub(then)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_round_trip() {
+        for ms in [
+            0,
+            1,
+            999,
+            1_700_000_000_123,
+            951_782_400_000,
+            4_102_444_800_000,
+        ] {
+            assert_eq!(parse_iso8601(&iso8601(ms)), Some(ms), "{}", iso8601(ms));
+        }
+        assert_eq!(iso8601(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            parse_iso8601("2023-11-14T22:13:20Z"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(parse_iso8601("2023-11-14 22:13:20Z"), None);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn human() {
+        assert_eq!(human_ms(1400), "1.4s");
+        assert_eq!(human_ms(5), "5ms");
+        assert_eq!(ago(10_000, 0), "-");
+    }
+}

@@ -1,0 +1,112 @@
+//! `relay ack` and `relay nack`: finish claimed messages, successfully
+//! (removed from `cur/`) or not (dead-lettered to `failed/` with a reason).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cli::{AckArgs, NackArgs};
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::maildir::{self, AckOutcome, Mailbox};
+use crate::output;
+use crate::store::Status;
+
+/// Longest accepted nack reason.
+const MAX_REASON: usize = 4096;
+
+/// `--json` result of ack/nack.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DoneReport {
+    endpoint: String,
+    acked: Vec<String>,
+    nacked: Vec<String>,
+    already_done: Vec<String>,
+}
+
+/// Runs `relay ack`.
+pub fn ack(ctx: &mut Ctx, args: &AckArgs) -> Result<()> {
+    finish(ctx, &args.endpoint, &args.ids, None)
+}
+
+/// Runs `relay nack`.
+pub fn nack(ctx: &mut Ctx, args: &NackArgs) -> Result<()> {
+    if args.reason.len() > MAX_REASON {
+        return Err(Error::Data(format!(
+            "--reason is {} bytes; keep it under {MAX_REASON}",
+            args.reason.len()
+        )));
+    }
+    finish(ctx, &args.endpoint, &args.ids, Some(&args.reason))
+}
+
+/// Acks (`reason` None) or nacks every id; ids that cannot be finished are
+/// reported together after the others are done.
+fn finish(ctx: &mut Ctx, endpoint: &str, ids: &[String], reason: Option<&str>) -> Result<()> {
+    let mb = Mailbox::open_endpoint(&ctx.home, endpoint)?;
+    for id in ids {
+        maildir::validate_id(id)?;
+    }
+    let now = ctx.clock.now_ms();
+    let mut report = DoneReport {
+        endpoint: endpoint.to_string(),
+        ..DoneReport::default()
+    };
+    let mut problems = Vec::new();
+    for id in ids {
+        let done = match reason {
+            None => mb.ack(id)? == AckOutcome::Removed,
+            Some(r) => mb.fail(id, Value::Null, r, "nack", now)?,
+        };
+        if done {
+            match reason {
+                None => report.acked.push(id.clone()),
+                Some(_) => report.nacked.push(id.clone()),
+            }
+            continue;
+        }
+        let status = ctx.store()?.status(endpoint, id)?;
+        let wanted = if reason.is_some() { "failed" } else { "acked" };
+        if status.as_deref() == Some(wanted) {
+            report.already_done.push(id.clone());
+        } else if mb.has("new", id) {
+            problems.push(format!(
+                "message '{id}' in '{endpoint}' is not claimed yet; claim it first with: relay recv {endpoint}"
+            ));
+        } else if mb.has("failed", id) {
+            problems.push(format!(
+                "message '{id}' in '{endpoint}' is already dead-lettered (failed/)"
+            ));
+        } else {
+            problems.push(format!(
+                "no claimed message '{id}' in '{endpoint}' (see its messages with: ls {})",
+                mb.sub("cur").display()
+            ));
+        }
+    }
+    if !report.acked.is_empty() {
+        crate::home::sync_dir(&mb.sub("cur"))?;
+    }
+    let (finished, status, code) = match reason {
+        None => (&report.acked, Status::Acked, None),
+        Some(_) => (&report.nacked, Status::Failed, Some("nack")),
+    };
+    if !finished.is_empty() {
+        let ids: Vec<&str> = finished.iter().map(String::as_str).collect();
+        ctx.store()?
+            .record_done(endpoint, &ids, status, code, reason, now)?;
+    }
+    for id in &report.already_done {
+        output::warn(&format!(
+            "message '{id}' in '{endpoint}' was already {}",
+            status.as_str()
+        ));
+    }
+    if ctx.json {
+        output::json_line(&report)?;
+    }
+    match problems.len() {
+        0 => Ok(()),
+        _ => Err(Error::Data(problems.join("; "))),
+    }
+}

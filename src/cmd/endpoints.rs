@@ -1,0 +1,143 @@
+//! `relay endpoints`: list, add and remove mailboxes.
+
+use std::fs;
+
+use serde::Serialize;
+
+use crate::cli::{EndpointsAction, EndpointsArgs};
+use crate::clock::{ago, iso8601};
+use crate::context::Ctx;
+use crate::error::{Error, IoContext, Result};
+use crate::maildir::{self, Mailbox, SUBDIRS};
+use crate::output;
+use crate::subject;
+
+/// One endpoint in `relay endpoints --json`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EndpointInfo {
+    subject: String,
+    /// `new + cur`: what backpressure counts.
+    depth: usize,
+    new: usize,
+    cur: usize,
+    failed: usize,
+    last_activity: Option<String>,
+}
+
+/// Runs `relay endpoints`.
+pub fn run(ctx: &mut Ctx, args: &EndpointsArgs) -> Result<()> {
+    match &args.action {
+        None | Some(EndpointsAction::List) => list(ctx),
+        Some(EndpointsAction::Add { subjects }) => add(ctx, subjects),
+        Some(EndpointsAction::Remove { subject, force }) => remove(ctx, subject, *force),
+    }
+}
+
+fn list(ctx: &Ctx) -> Result<()> {
+    let now = ctx.clock.now_ms();
+    let mut rows = Vec::new();
+    for name in maildir::list_endpoints(&ctx.home)? {
+        let mb = Mailbox::at(&ctx.home, &name);
+        let (new, cur, failed) = (mb.count("new")?, mb.count("cur")?, mb.count("failed")?);
+        let last = mb.last_activity();
+        rows.push(EndpointInfo {
+            subject: name,
+            depth: new + cur,
+            new,
+            cur,
+            failed,
+            last_activity: (last > 0).then(|| iso8601(last)),
+        });
+    }
+    if ctx.json {
+        return output::json_line(&serde_json::json!({ "endpoints": rows }));
+    }
+    if rows.is_empty() {
+        eprintln!("relay: no endpoints yet; create one with: relay endpoints add SUBJECT");
+        return Ok(());
+    }
+    let mut t = output::table(&["endpoint", "new", "cur", "failed", "last activity"]);
+    for r in &rows {
+        let last = r
+            .last_activity
+            .as_deref()
+            .and_then(crate::clock::parse_iso8601)
+            .unwrap_or(0);
+        t.add_row(vec![
+            r.subject.clone(),
+            r.new.to_string(),
+            r.cur.to_string(),
+            r.failed.to_string(),
+            ago(now, last),
+        ]);
+    }
+    for i in 1..=3 {
+        if let Some(c) = t.column_mut(i) {
+            c.set_cell_alignment(comfy_table::CellAlignment::Right);
+        }
+    }
+    output::print_table(&t)
+}
+
+fn add(ctx: &Ctx, subjects: &[String]) -> Result<()> {
+    // Validate all first: nothing is created when any name is bad.
+    for s in subjects {
+        subject::validate_subject(s, "endpoint")?;
+    }
+    let existing = maildir::mailbox_dir_names(&ctx.home)?;
+    for s in subjects {
+        let lower = s.to_lowercase();
+        if let Some(other) = existing
+            .iter()
+            .chain(subjects.iter())
+            .find(|e| *e != s && e.to_lowercase() == lower)
+        {
+            return Err(Error::Data(format!(
+                "endpoint '{s}' differs only in case from '{other}'; mailbox names must not collide on case-insensitive filesystems"
+            )));
+        }
+    }
+    let (mut added, mut present) = (Vec::new(), Vec::new());
+    for s in subjects {
+        let mb = Mailbox::at(&ctx.home, s);
+        if mb.is_endpoint() {
+            present.push(s.clone());
+        } else {
+            mb.create(&SUBDIRS)?;
+            crate::home::sync_dir(&ctx.home.mailboxes())?;
+            added.push(s.clone());
+        }
+    }
+    if ctx.json {
+        return output::json_line(&serde_json::json!({ "added": added, "existing": present }));
+    }
+    for s in &present {
+        eprintln!("relay: endpoint '{s}' already exists");
+    }
+    Ok(())
+}
+
+fn remove(ctx: &Ctx, name: &str, force: bool) -> Result<()> {
+    let mb = Mailbox::open_endpoint(&ctx.home, name)?;
+    let held: usize = ["new", "cur", "failed"]
+        .iter()
+        .map(|s| mb.count(s))
+        .sum::<Result<usize>>()?;
+    if held > 0 && !force {
+        return Err(Error::Data(format!(
+            "endpoint '{name}' still holds {held} message(s) in new/, cur/ or failed/; drain it first or pass --force to delete them"
+        )));
+    }
+    // Rename out of the namespace first so no sender sees a half-removed mailbox.
+    let grave = ctx
+        .home
+        .mailboxes()
+        .join(format!(".removed-{}", ulid::Ulid::new()));
+    fs::rename(mb.dir(), &grave).ctx("cannot remove", mb.dir())?;
+    fs::remove_dir_all(&grave).ctx("cannot delete", &grave)?;
+    if ctx.json {
+        return output::json_line(&serde_json::json!({ "removed": name, "deletedMessages": held }));
+    }
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! One module per subcommand; each exposes `run`-style functions taking the
+//! context and its own clap `Args`.
+
+pub mod ack;
+pub mod endpoints;
+pub mod recv;
+pub mod send;

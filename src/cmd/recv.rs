@@ -1,0 +1,93 @@
+//! `relay recv`: claim the oldest messages of an endpoint and print them.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cli::RecvArgs;
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::maildir::{Claimed, Mailbox};
+use crate::output;
+
+/// Longest pause between two looks at an empty mailbox while waiting.
+const MAX_POLL: Duration = Duration::from_millis(50);
+
+/// Runs `relay recv`.
+pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
+    let mb = Mailbox::open_endpoint(&ctx.home, &args.endpoint)?;
+    let claimed = claim(ctx, &mb, args)?;
+    if claimed.is_empty() {
+        let waited = args
+            .wait
+            .map(|w| {
+                format!(
+                    " after waiting {}",
+                    crate::clock::human_ms(u64::try_from(w.as_millis()).unwrap_or(u64::MAX))
+                )
+            })
+            .unwrap_or_default();
+        return Err(Error::Empty(format!(
+            "no message in '{}'{waited}",
+            args.endpoint
+        )));
+    }
+    mb.sync_claims()?;
+    let envs: Vec<_> = claimed.iter().map(|c| &c.envelope).collect();
+    ctx.store()?
+        .record_claimed(&mb.name, &envs, claimed[0].claimed_at)?;
+
+    let tty = std::io::stderr().is_terminal();
+    for c in &claimed {
+        let env = &c.envelope;
+        if ctx.json {
+            output::json_line(env)?;
+        } else {
+            match &env.payload {
+                Value::String(s) => output::line(s)?,
+                other => output::json_line(other)?,
+            }
+            if tty {
+                eprintln!(
+                    "relay: claimed {} (done: relay ack {} {}; failed: relay nack {} {} --reason ...)",
+                    env.id, mb.name, env.id, mb.name, env.id
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Claims up to `count` messages, waiting up to `--wait` for the first.
+fn claim(ctx: &Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<Vec<Claimed>> {
+    let deadline = args.wait.map(|w| Instant::now() + w);
+    let mut pause = Duration::from_millis(2);
+    let mut claimed = Vec::new();
+    loop {
+        while claimed.len() < args.count as usize {
+            let mut bad = Vec::new();
+            let next = mb.claim_oldest(ctx.clock.now_ms(), &mut bad)?;
+            for q in bad {
+                output::warn(&format!(
+                    "moved unreadable message '{}' of '{}' to {}: {}",
+                    q.id,
+                    mb.name,
+                    mb.sub("failed").display(),
+                    q.problem
+                ));
+            }
+            match next {
+                Some(c) => claimed.push(c),
+                None => break,
+            }
+        }
+        match deadline {
+            Some(d) if claimed.is_empty() && Instant::now() < d => {
+                std::thread::sleep(pause.min(d.saturating_duration_since(Instant::now())));
+                pause = (pause * 2).min(MAX_POLL);
+            }
+            _ => return Ok(claimed),
+        }
+    }
+}

@@ -1,0 +1,647 @@
+//! config.json: the knob table, parsing, validation and defaults.
+//!
+//! Every key is one row of `KNOBS`; parsing, validation, defaults and any
+//! listing of keys come from that table, so they cannot disagree.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+use serde_json::Value as Json;
+
+use crate::error::{Error, Result};
+
+/// The name of the configuration file inside `$RELAY_HOME`.
+pub const FILE_NAME: &str = "config.json";
+
+/// Upper bound of count-like knobs and of the `u32` fields: past it a value
+/// is nonsense, and callers may rely on it fitting in a `u32`.
+const COUNT_MAX: u64 = u32::MAX as u64;
+/// Upper bound of durations: a year.
+const YEAR_SECS: u64 = 365 * 86_400;
+/// Upper bound of `maxPayloadBytes`: 64 MiB.
+const PAYLOAD_MAX: u64 = 64 * 1024 * 1024;
+/// Longest rendering of an offending value in a message.
+const SHOW_MAX: usize = 40;
+
+/// The validated configuration: every field lies within its knob's range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Largest accepted payload in bytes, `1..=64 MiB` (relay's own key).
+    pub max_payload_bytes: u64,
+    /// The DorkOS-compatible `reliability` section.
+    pub reliability: Reliability,
+    /// problems that are not fatal (unknown keys), one human line each
+    pub warnings: Vec<String>,
+}
+
+/// The `reliability` section, as DorkOS names it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reliability {
+    /// `reliability.rateLimit`: per-sender rate limiting.
+    pub rate_limit: RateLimit,
+    /// `reliability.circuitBreaker`: per-endpoint circuit breakers.
+    pub circuit_breaker: CircuitBreaker,
+    /// `reliability.backpressure`: per-endpoint mailbox depth limits.
+    pub backpressure: Backpressure,
+}
+
+/// `reliability.rateLimit`: at most `max_per_window` messages per sender in
+/// any `window_secs`, unless an override prefix matches the sender.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimit {
+    /// Whether the limit is enforced at all.
+    pub enabled: bool,
+    /// Window length in seconds, `1..=31536000` (a year).
+    pub window_secs: u64,
+    /// Default capacity per window, `1..=u32::MAX`.
+    pub max_per_window: u64,
+    /// Sender prefix (non-empty) -> capacity (`1..=u32::MAX`); see
+    /// [`RateLimit::limit_for`]. Empty by default, unlike DorkOS.
+    pub per_sender_overrides: BTreeMap<String, u64>,
+}
+
+/// `reliability.circuitBreaker`: per-endpoint breaker thresholds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitBreaker {
+    /// Whether breakers are consulted at all.
+    pub enabled: bool,
+    /// Consecutive failures that open a closed breaker, `>= 1`.
+    pub failure_threshold: u32,
+    /// Time an open breaker refuses before half-opening, `1000..=` a year, in ms.
+    pub cooldown_ms: u64,
+    /// Probes a half-open breaker lets through, `>= 1`.
+    pub half_open_probe_count: u32,
+    /// Successes that close a half-open breaker, `>= 1`.
+    pub success_to_close: u32,
+}
+
+/// `reliability.backpressure`: per-endpoint mailbox capacity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backpressure {
+    /// Whether mailbox depth is checked at all.
+    pub enabled: bool,
+    /// Pending messages at which sends are refused, `1..=u32::MAX`.
+    pub max_mailbox_size: u64,
+    /// Fraction of capacity at which senders are warned, `0 < x <= 1`.
+    pub pressure_warning_at: f64,
+}
+
+/// One configuration key: everything about it lives in this row.
+struct Knob {
+    /// Dotted path of JSON object keys, e.g. `reliability.rateLimit.enabled`.
+    key: &'static str,
+    kind: Kind,
+    default: Value,
+    get: fn(&Config) -> Value,
+    /// Only ever given a value that `kind` produced.
+    set: fn(&mut Config, Value),
+}
+
+/// What a knob accepts.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Bool,
+    /// A JSON integer in `min..=max`.
+    Int {
+        min: u64,
+        max: u64,
+    },
+    /// A JSON number `x` with `above < x <= at_most`.
+    Num {
+        above: f64,
+        at_most: f64,
+    },
+    /// An object of non-empty sender prefix -> integer in `1..=COUNT_MAX`.
+    Overrides,
+}
+
+/// A validated knob value; the variant always matches the knob's `Kind`.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Bool(bool),
+    Int(u64),
+    Num(f64),
+    Map(BTreeMap<String, u64>),
+}
+
+static KNOBS: &[Knob] = &[
+    Knob {
+        key: "maxPayloadBytes",
+        kind: Kind::Int {
+            min: 1,
+            max: PAYLOAD_MAX,
+        },
+        default: Value::Int(1_048_576),
+        get: |c| Value::Int(c.max_payload_bytes),
+        set: |c, v| c.max_payload_bytes = v.int(),
+    },
+    Knob {
+        key: "reliability.rateLimit.enabled",
+        kind: Kind::Bool,
+        default: Value::Bool(true),
+        get: |c| Value::Bool(c.reliability.rate_limit.enabled),
+        set: |c, v| c.reliability.rate_limit.enabled = v.bool(),
+    },
+    Knob {
+        key: "reliability.rateLimit.windowSecs",
+        kind: Kind::Int {
+            min: 1,
+            max: YEAR_SECS,
+        },
+        default: Value::Int(60),
+        get: |c| Value::Int(c.reliability.rate_limit.window_secs),
+        set: |c, v| c.reliability.rate_limit.window_secs = v.int(),
+    },
+    Knob {
+        key: "reliability.rateLimit.maxPerWindow",
+        kind: Kind::Int {
+            min: 1,
+            max: COUNT_MAX,
+        },
+        default: Value::Int(100),
+        get: |c| Value::Int(c.reliability.rate_limit.max_per_window),
+        set: |c, v| c.reliability.rate_limit.max_per_window = v.int(),
+    },
+    Knob {
+        key: "reliability.rateLimit.perSenderOverrides",
+        kind: Kind::Overrides,
+        // DorkOS defaults to `{"agent:": 2000}`, which can never match a
+        // subject-shaped sender (dorkos-contract.md section 6).
+        default: Value::Map(BTreeMap::new()),
+        get: |c| Value::Map(c.reliability.rate_limit.per_sender_overrides.clone()),
+        set: |c, v| c.reliability.rate_limit.per_sender_overrides = v.map(),
+    },
+    Knob {
+        key: "reliability.circuitBreaker.enabled",
+        kind: Kind::Bool,
+        default: Value::Bool(true),
+        get: |c| Value::Bool(c.reliability.circuit_breaker.enabled),
+        set: |c, v| c.reliability.circuit_breaker.enabled = v.bool(),
+    },
+    Knob {
+        key: "reliability.circuitBreaker.failureThreshold",
+        kind: Kind::Int {
+            min: 1,
+            max: COUNT_MAX,
+        },
+        default: Value::Int(5),
+        get: |c| Value::Int(c.reliability.circuit_breaker.failure_threshold.into()),
+        set: |c, v| c.reliability.circuit_breaker.failure_threshold = v.int32(),
+    },
+    Knob {
+        key: "reliability.circuitBreaker.cooldownMs",
+        kind: Kind::Int {
+            min: 1000,
+            max: YEAR_SECS * 1000,
+        },
+        default: Value::Int(30_000),
+        get: |c| Value::Int(c.reliability.circuit_breaker.cooldown_ms),
+        set: |c, v| c.reliability.circuit_breaker.cooldown_ms = v.int(),
+    },
+    Knob {
+        key: "reliability.circuitBreaker.halfOpenProbeCount",
+        kind: Kind::Int {
+            min: 1,
+            max: COUNT_MAX,
+        },
+        default: Value::Int(1),
+        get: |c| Value::Int(c.reliability.circuit_breaker.half_open_probe_count.into()),
+        set: |c, v| c.reliability.circuit_breaker.half_open_probe_count = v.int32(),
+    },
+    Knob {
+        key: "reliability.circuitBreaker.successToClose",
+        kind: Kind::Int {
+            min: 1,
+            max: COUNT_MAX,
+        },
+        default: Value::Int(2),
+        get: |c| Value::Int(c.reliability.circuit_breaker.success_to_close.into()),
+        set: |c, v| c.reliability.circuit_breaker.success_to_close = v.int32(),
+    },
+    Knob {
+        key: "reliability.backpressure.enabled",
+        kind: Kind::Bool,
+        default: Value::Bool(true),
+        get: |c| Value::Bool(c.reliability.backpressure.enabled),
+        set: |c, v| c.reliability.backpressure.enabled = v.bool(),
+    },
+    Knob {
+        key: "reliability.backpressure.maxMailboxSize",
+        kind: Kind::Int {
+            min: 1,
+            max: COUNT_MAX,
+        },
+        default: Value::Int(1000),
+        get: |c| Value::Int(c.reliability.backpressure.max_mailbox_size),
+        set: |c, v| c.reliability.backpressure.max_mailbox_size = v.int(),
+    },
+    Knob {
+        key: "reliability.backpressure.pressureWarningAt",
+        kind: Kind::Num {
+            above: 0.0,
+            at_most: 1.0,
+        },
+        default: Value::Num(0.8),
+        get: |c| Value::Num(c.reliability.backpressure.pressure_warning_at),
+        set: |c, v| c.reliability.backpressure.pressure_warning_at = v.num(),
+    },
+];
+
+/// The dotted keys of every knob, in table order (e.g.
+/// `reliability.rateLimit.maxPerWindow`); each is accepted by [`Config::get`].
+pub fn knobs() -> impl Iterator<Item = &'static str> {
+    KNOBS.iter().map(|k| k.key)
+}
+
+impl Default for Config {
+    /// Every knob at its table default, no warnings.
+    fn default() -> Self {
+        // Placeholders only: the loop below overwrites every field, which
+        // `tests::every_field_has_a_knob` checks.
+        let mut config = Config {
+            max_payload_bytes: 0,
+            reliability: Reliability {
+                rate_limit: RateLimit {
+                    enabled: false,
+                    window_secs: 0,
+                    max_per_window: 0,
+                    per_sender_overrides: BTreeMap::new(),
+                },
+                circuit_breaker: CircuitBreaker {
+                    enabled: false,
+                    failure_threshold: 0,
+                    cooldown_ms: 0,
+                    half_open_probe_count: 0,
+                    success_to_close: 0,
+                },
+                backpressure: Backpressure {
+                    enabled: false,
+                    max_mailbox_size: 0,
+                    pressure_warning_at: 0.0,
+                },
+            },
+            warnings: Vec::new(),
+        };
+        for knob in KNOBS {
+            (knob.set)(&mut config, knob.default.clone());
+        }
+        config
+    }
+}
+
+impl Default for Reliability {
+    /// The defaults of every reliability knob.
+    fn default() -> Self {
+        Config::default().reliability
+    }
+}
+
+impl Default for RateLimit {
+    /// Enabled, 100 messages per 60 s, no overrides.
+    fn default() -> Self {
+        Reliability::default().rate_limit
+    }
+}
+
+impl Default for CircuitBreaker {
+    /// Enabled, opens after 5 failures, 30 s cooldown, 1 probe, 2 successes to close.
+    fn default() -> Self {
+        Reliability::default().circuit_breaker
+    }
+}
+
+impl Default for Backpressure {
+    /// Enabled, capacity 1000, warning at 80%.
+    fn default() -> Self {
+        Reliability::default().backpressure
+    }
+}
+
+impl Config {
+    /// The current value of the knob `key` (one of [`knobs`]) as JSON, as it
+    /// would be written in config.json; `None` for an unknown key.
+    pub fn get(&self, key: &str) -> Option<Json> {
+        KNOBS
+            .iter()
+            .find(|k| k.key == key)
+            .map(|k| (k.get)(self).to_json())
+    }
+}
+
+impl RateLimit {
+    /// capacity for a sender: longest matching prefix in per_sender_overrides, else max_per_window
+    ///
+    /// Prefixes match raw characters, as DorkOS's `startsWith` does: `agent`
+    /// matches `agents.x` too; write `agent.` to mean the `agent` subtree.
+    pub fn limit_for(&self, sender: &str) -> u64 {
+        self.per_sender_overrides
+            .iter()
+            .filter(|(prefix, _)| sender.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map_or(self.max_per_window, |(_, limit)| *limit)
+    }
+}
+
+/// Loads `path`; a missing file yields defaults. Errors name the file.
+///
+/// Other read failures are `Error::Io` (exit 74); invalid UTF-8 or content is
+/// `Error::Config` (exit 78).
+pub fn load(path: &Path) -> Result<Config> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Config::default()),
+        Err(e) => return Err(Error::io("cannot read config", path, e)),
+    };
+    let origin = path.display().to_string();
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::Config(format!(
+            "config {origin}: not valid UTF-8 (bad byte at offset {}); fix or remove the file",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    parse(&text, &origin)
+}
+
+/// Parses config text; `origin` (the file path as displayed) is used in messages.
+///
+/// Blank text means `{}`. Missing keys take their defaults; unknown keys are
+/// skipped with a line in `warnings`; anything invalid is `Error::Config`
+/// naming `origin`, the dotted key, what was expected and what was found.
+pub fn parse(text: &str, origin: &str) -> Result<Config> {
+    // Editors on some systems prepend a byte-order mark; it is not content.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut config = Config::default();
+    if text.trim_ascii().is_empty() {
+        return Ok(config);
+    }
+    let json: Json = serde_json::from_str(text).map_err(|e| invalid_json(origin, &e))?;
+    let Json::Object(top) = &json else {
+        return Err(invalid(
+            origin,
+            format!("the top level must be an object, got {}", show(&json)),
+        ));
+    };
+    apply(top, "", &mut config, origin)?;
+    Ok(config)
+}
+
+/// Applies the members of the object at `prefix` ("" for the top level).
+fn apply(
+    object: &serde_json::Map<String, Json>,
+    prefix: &str,
+    config: &mut Config,
+    origin: &str,
+) -> Result<()> {
+    for (name, value) in object {
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        // A dotted name is one JSON key, never a path into nested objects.
+        let knob = KNOBS
+            .iter()
+            .find(|k| k.key == path)
+            .filter(|_| !name.contains('.'));
+        if let Some(knob) = knob {
+            let parsed = knob.kind.read(&path, value);
+            (knob.set)(config, parsed.map_err(|m| invalid(origin, m))?);
+        } else if is_section(&path) && !name.contains('.') {
+            let Json::Object(inner) = value else {
+                return Err(invalid(
+                    origin,
+                    format!("{path} must be an object, got {}", show(value)),
+                ));
+            };
+            apply(inner, &path, config, origin)?;
+        } else {
+            config
+                .warnings
+                .push(unknown_key(origin, prefix, name, &path));
+        }
+    }
+    Ok(())
+}
+
+impl Kind {
+    /// Validates `v` for the knob at `key`; the error is the message after
+    /// `config FILE: `.
+    fn read(self, key: &str, v: &Json) -> std::result::Result<Value, String> {
+        let bad = |expected: String| format!("{key} must be {expected}, got {}", show(v));
+        match self {
+            Kind::Bool => v
+                .as_bool()
+                .map(Value::Bool)
+                .ok_or_else(|| bad("true or false".into())),
+            Kind::Int { min, max } => read_int(v, min, max).map(Value::Int).map_err(bad),
+            Kind::Num { above, at_most } => v
+                .as_f64()
+                .filter(|x| *x > above && *x <= at_most)
+                .map(Value::Num)
+                .ok_or_else(|| bad(format!("a number > {above} and <= {at_most}"))),
+            Kind::Overrides => {
+                let Json::Object(object) = v else {
+                    return Err(bad(format!(
+                        "an object of sender prefix -> integer >= 1 and <= {COUNT_MAX}"
+                    )));
+                };
+                let mut map = BTreeMap::new();
+                for (prefix, limit) in object {
+                    if prefix.is_empty() {
+                        return Err(format!(
+                            "{key} keys must be non-empty sender prefixes, got \"\""
+                        ));
+                    }
+                    let limit = read_int(limit, 1, COUNT_MAX).map_err(|expected| {
+                        format!(
+                            "{key}[{}] must be {expected}, got {}",
+                            Json::from(prefix.as_str()),
+                            show(limit)
+                        )
+                    })?;
+                    map.insert(prefix.clone(), limit);
+                }
+                Ok(Value::Map(map))
+            }
+        }
+    }
+}
+
+/// An integer in `min..=max`, or the expectation the value failed. JSON
+/// numbers with no fraction (`2.0`, `1e3`) count: JavaScript writes and reads
+/// them as the same integers.
+fn read_int(v: &Json, min: u64, max: u64) -> std::result::Result<u64, String> {
+    let n: Option<i128> = v.as_number().and_then(|n| {
+        n.as_u64()
+            .map(i128::from)
+            .or_else(|| n.as_i64().map(i128::from))
+            // Float to int casts saturate, so 1e300 reads as "too big".
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i128))
+    });
+    match n {
+        Some(n) if n > i128::from(max) => Err(format!("an integer <= {max}")),
+        Some(n) if n >= i128::from(min) => {
+            u64::try_from(n).map_err(|_| format!("an integer <= {max}"))
+        }
+        _ => Err(format!("an integer >= {min}")),
+    }
+}
+
+impl Value {
+    fn bool(self) -> bool {
+        matches!(self, Value::Bool(true))
+    }
+
+    fn int(self) -> u64 {
+        match self {
+            Value::Int(n) => n,
+            _ => 0,
+        }
+    }
+
+    /// Knobs set through this have `max <= COUNT_MAX`, so nothing saturates.
+    fn int32(self) -> u32 {
+        u32::try_from(self.int()).unwrap_or(u32::MAX)
+    }
+
+    fn num(self) -> f64 {
+        match self {
+            Value::Num(x) => x,
+            _ => 0.0,
+        }
+    }
+
+    fn map(self) -> BTreeMap<String, u64> {
+        match self {
+            Value::Map(m) => m,
+            _ => BTreeMap::new(),
+        }
+    }
+
+    fn to_json(&self) -> Json {
+        match self {
+            Value::Bool(b) => Json::from(*b),
+            Value::Int(n) => Json::from(*n),
+            Value::Num(x) => Json::from(*x),
+            Value::Map(m) => {
+                Json::Object(m.iter().map(|(k, v)| (k.clone(), Json::from(*v))).collect())
+            }
+        }
+    }
+}
+
+/// Whether `path` is an object that holds knobs (`reliability`, ...).
+fn is_section(path: &str) -> bool {
+    KNOBS.iter().any(|k| {
+        k.key
+            .strip_prefix(path)
+            .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
+/// Every knob key and every section path, sorted.
+fn known_paths() -> Vec<&'static str> {
+    let mut paths: Vec<&'static str> = KNOBS
+        .iter()
+        .flat_map(|k| {
+            k.key
+                .match_indices('.')
+                .filter_map(|(i, _)| k.key.get(..i))
+                .chain([k.key])
+        })
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    paths
+}
+
+fn unknown_key(origin: &str, prefix: &str, name: &str, path: &str) -> String {
+    let mut line = format!("config {origin}: unknown key '{path}' ignored");
+    if name.contains('.') {
+        if known_paths().contains(&path) {
+            line.push_str("; nest it as objects, not as one dotted name");
+        }
+    } else if let Some(known) = suggest(prefix, name) {
+        line.push_str("; did you mean '");
+        line.push_str(known);
+        line.push_str("'?");
+    }
+    line
+}
+
+/// The known key `name` (found under `parent`) was probably meant to be: a
+/// sibling a few edits away (case ignored), else the one key anywhere with
+/// the same last name (a key put in the wrong section).
+fn suggest(parent: &str, name: &str) -> Option<&'static str> {
+    let known = known_paths();
+    let split = |path: &'static str| path.rsplit_once('.').unwrap_or(("", path));
+    let lower = name.to_ascii_lowercase();
+    let sibling = known
+        .iter()
+        .filter(|path| split(path).0 == parent)
+        .map(|path| {
+            (
+                edit_distance(&lower, &split(path).1.to_ascii_lowercase()),
+                *path,
+            )
+        })
+        .min();
+    if let Some((distance, path)) = sibling
+        && distance <= (name.chars().count() / 3).max(1)
+    {
+        return Some(path);
+    }
+    let mut moved = known
+        .iter()
+        .filter(|path| split(path).1.eq_ignore_ascii_case(name));
+    match (moved.next(), moved.next()) {
+        (Some(path), None) => Some(path),
+        _ => None,
+    }
+}
+
+/// Levenshtein distance in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(above + 1)
+                .min(row[j] + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// `v` as JSON text, shortened so one message stays one readable line.
+fn show(v: &Json) -> String {
+    let text = v.to_string();
+    if text.chars().count() <= SHOW_MAX {
+        return text;
+    }
+    let mut short: String = text.chars().take(SHOW_MAX - 3).collect();
+    short.push_str("...");
+    short
+}
+
+fn invalid(origin: &str, message: String) -> Error {
+    Error::Config(format!("config {origin}: {message}"))
+}
+
+fn invalid_json(origin: &str, e: &serde_json::Error) -> Error {
+    let (line, column) = (e.line(), e.column());
+    let full = e.to_string();
+    let what = full
+        .strip_suffix(&format!(" at line {line} column {column}"))
+        .unwrap_or(&full);
+    invalid(
+        origin,
+        format!("invalid JSON at line {line} column {column}: {what}; fix or remove the file"),
+    )
+}

@@ -1,0 +1,53 @@
+//! What every command starts from: the resolved home, the config read for
+//! this invocation, the clock, and the index (opened only when needed).
+
+use std::path::PathBuf;
+
+use crate::clock::Clock;
+use crate::config::{self, Config};
+use crate::error::Result;
+use crate::home::Home;
+use crate::output;
+use crate::store::Store;
+
+/// Per-invocation context shared by all subcommands.
+pub struct Ctx {
+    /// The relay home.
+    pub home: Home,
+    /// Config as read from `config.json` at start.
+    pub config: Config,
+    /// Source of `now`.
+    pub clock: Clock,
+    /// Whether `--json` output was asked for.
+    pub json: bool,
+    store: Option<Store>,
+}
+
+impl Ctx {
+    /// Resolves and prepares the home and reads the config; config warnings
+    /// (unknown keys) are printed to stderr.
+    pub fn new(home: Option<PathBuf>, json: bool) -> Result<Self> {
+        let home = Home::resolve(home)?;
+        home.ensure()?;
+        let config = config::load(&home.config_file())?;
+        for w in &config.warnings {
+            output::warn(w);
+        }
+        Ok(Ctx {
+            home,
+            config,
+            clock: Clock::from_env(),
+            json,
+            store: None,
+        })
+    }
+
+    /// The index, opened (and migrated) on first use.
+    pub fn store(&mut self) -> Result<&mut Store> {
+        let store = match self.store.take() {
+            Some(s) => s,
+            None => Store::open(&self.home.db_file())?,
+        };
+        Ok(self.store.insert(store))
+    }
+}

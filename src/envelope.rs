@@ -1,0 +1,230 @@
+//! The message envelope (DorkOS-compatible JSON), its budget, and the pure
+//! budget check applied per hop.
+//!
+//! Field names and order follow DorkOS; our additions are optional and
+//! unknown fields written by other programs are preserved.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// A message as stored in one Maildir file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope {
+    /// ULID; also the file name.
+    pub id: String,
+    /// The publish subject (a pattern on wildcard sends, as DorkOS does).
+    pub subject: String,
+    /// Sender principal.
+    pub from: String,
+    /// Where replies and failure notices go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// Hop and lifetime budget.
+    pub budget: Budget,
+    /// ISO-8601 creation time (ms precision, `Z`).
+    pub created_at: String,
+    /// Opaque payload.
+    pub payload: Value,
+    /// DorkOS correlation id across hops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch_id: Option<String>,
+    /// Our trace id (additive); falls back to `dispatchId`, then `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Fields written by other programs, kept verbatim.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Envelope {
+    /// The trace this message belongs to.
+    #[must_use]
+    pub fn trace(&self) -> &str {
+        self.trace_id
+            .as_deref()
+            .or(self.dispatch_id.as_deref())
+            .unwrap_or(&self.id)
+    }
+
+    /// Parses an envelope from file bytes, naming what is wrong.
+    pub fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| format!("not a relay envelope: {e}"))
+    }
+
+    /// Serializes as DorkOS does: pretty, two-space indent, no trailing newline.
+    pub fn to_file_bytes(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Data(format!("cannot serialize envelope {}: {e}", self.id)))
+    }
+}
+
+/// DorkOS `RelayBudget`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    /// Hops taken so far.
+    pub hop_count: u32,
+    /// Hop ceiling.
+    pub max_hops: u32,
+    /// Subjects already visited (cycle detection).
+    #[serde(default)]
+    pub ancestor_chain: Vec<String>,
+    /// Absolute expiry, ms since the Unix epoch.
+    pub ttl: u64,
+    /// Remaining paid-call allowance.
+    pub call_budget_remaining: u32,
+}
+
+/// Default call budget of a fresh message, as in DorkOS.
+pub const DEFAULT_CALL_BUDGET: u32 = 10;
+
+/// Why a budget refused a hop; the codes are DorkOS's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetCode {
+    /// `hopCount >= maxHops`.
+    HopLimit,
+    /// The target is already in the ancestor chain.
+    CycleDetected,
+    /// `now > ttl`.
+    TtlExpired,
+    /// No call budget left.
+    BudgetExhausted,
+}
+
+impl BudgetCode {
+    /// The wire code (`hop_limit`, ...).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetCode::HopLimit => "hop_limit",
+            BudgetCode::CycleDetected => "cycle_detected",
+            BudgetCode::TtlExpired => "ttl_expired",
+            BudgetCode::BudgetExhausted => "budget_exhausted",
+        }
+    }
+}
+
+impl Budget {
+    /// A fresh budget: no hops, the given ceiling, expiry `now + ttl_ms`.
+    #[must_use]
+    pub fn fresh(max_hops: u32, now: u64, ttl_ms: u64) -> Self {
+        Budget {
+            hop_count: 0,
+            max_hops,
+            ancestor_chain: Vec::new(),
+            ttl: now.saturating_add(ttl_ms),
+            call_budget_remaining: DEFAULT_CALL_BUDGET,
+        }
+    }
+
+    /// Checks one hop to `target` at `now`, in DorkOS's order (first failure
+    /// wins), and returns the budget the delivered copy carries: one more
+    /// hop, `target` appended to the chain, one call less.
+    pub fn hop(&self, target: &str, now: u64) -> std::result::Result<Budget, (BudgetCode, String)> {
+        if self.hop_count >= self.max_hops {
+            return Err((
+                BudgetCode::HopLimit,
+                format!("max hops exceeded ({}/{})", self.hop_count, self.max_hops),
+            ));
+        }
+        if self.ancestor_chain.iter().any(|s| s == target) {
+            return Err((
+                BudgetCode::CycleDetected,
+                format!("cycle detected: '{target}' is already in the ancestor chain"),
+            ));
+        }
+        if now > self.ttl {
+            return Err((
+                BudgetCode::TtlExpired,
+                format!("ttl expired {} ago", crate::clock::human_ms(now - self.ttl)),
+            ));
+        }
+        if self.call_budget_remaining == 0 {
+            return Err((
+                BudgetCode::BudgetExhausted,
+                "call budget exhausted".to_string(),
+            ));
+        }
+        let mut next = self.clone();
+        next.hop_count += 1;
+        next.ancestor_chain.push(target.to_string());
+        next.call_budget_remaining -= 1;
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_updates_budget() {
+        let b = Budget::fresh(5, 1000, 3_600_000);
+        let n = b
+            .hop("a.b", 1000)
+            .map_err(|e| e.1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n.hop_count, 1);
+        assert_eq!(n.ancestor_chain, vec!["a.b".to_string()]);
+        assert_eq!(n.call_budget_remaining, 9);
+        assert_eq!(n.ttl, 3_601_000);
+    }
+
+    #[test]
+    fn hop_refusals_in_order() {
+        let mut b = Budget::fresh(1, 0, 10);
+        b.hop_count = 1;
+        b.ancestor_chain = vec!["x".into()];
+        b.call_budget_remaining = 0;
+        assert_eq!(
+            b.hop("x", 100).err().map(|e| e.0),
+            Some(BudgetCode::HopLimit)
+        );
+        b.hop_count = 0;
+        assert_eq!(
+            b.hop("x", 100).err().map(|e| e.0),
+            Some(BudgetCode::CycleDetected)
+        );
+        assert_eq!(
+            b.hop("y", 100).err().map(|e| e.0),
+            Some(BudgetCode::TtlExpired)
+        );
+        assert_eq!(
+            b.hop("y", 10).err().map(|e| e.0),
+            Some(BudgetCode::BudgetExhausted)
+        );
+    }
+
+    #[test]
+    fn dorkos_envelope_round_trips_with_unknown_fields() {
+        let text = r#"{
+  "id": "01JZ0000000000000000000000",
+  "subject": "relay.agent.x",
+  "from": "agent:legacy",
+  "budget": { "hopCount": 1, "maxHops": 5, "ancestorChain": ["relay.agent.x"], "ttl": 99, "callBudgetRemaining": 9 },
+  "createdAt": "2026-01-01T00:00:00.000Z",
+  "payload": { "content": "hi" },
+  "dispatchId": "d-1",
+  "somethingNew": [1, 2]
+}"#;
+        let e = Envelope::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e.trace(), "d-1");
+        assert_eq!(
+            e.extra.get("somethingNew"),
+            Some(&serde_json::json!([1, 2]))
+        );
+        let back = e.to_file_bytes().unwrap_or_default();
+        let again = Envelope::parse(&back).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again, e);
+        assert!(!back.ends_with(b"\n"));
+    }
+
+    #[test]
+    fn missing_budget_is_rejected() {
+        let text = r#"{"id":"x","subject":"a","from":"b","createdAt":"t","payload":1}"#;
+        assert!(Envelope::parse(text.as_bytes()).is_err_and(|e| e.contains("budget")));
+    }
+}

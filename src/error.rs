@@ -1,0 +1,133 @@
+//! The one error type of relay and the one place that maps it to exit codes.
+//!
+//! Every error message names the bad value and, where there is one, the fix.
+//! Exit codes follow sysexits(3) so scripts can branch without parsing text.
+
+use std::io;
+use std::path::Path;
+
+/// Exit codes (sysexits.h); std has no constants for them.
+pub mod code {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 64;
+    pub const DATAERR: u8 = 65;
+    pub const NOINPUT: u8 = 66;
+    pub const UNAVAILABLE: u8 = 69;
+    pub const IOERR: u8 = 74;
+    pub const TEMPFAIL: u8 = 75;
+    pub const NOPERM: u8 = 77;
+    pub const CONFIG: u8 = 78;
+}
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, by kind. The message is complete and
+/// user-facing; `exit_code` is the only mapping from kind to process status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The command line was wrong (64).
+    #[error("{0}")]
+    Usage(String),
+    /// The input data was wrong: a subject, a payload, an id (65).
+    #[error("{0}")]
+    Data(String),
+    /// `recv` found nothing to claim (66): not a failure, but not success.
+    #[error("{0}")]
+    Empty(String),
+    /// No endpoint matches (69).
+    #[error("{0}")]
+    NoEndpoint(String),
+    /// A filesystem operation failed (74).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The SQLite index failed (74).
+    #[error("{0}")]
+    Store(String),
+    /// A temporary refusal: retry later (75).
+    #[error("{message}")]
+    Refused {
+        message: String,
+        retry_after_ms: Option<u64>,
+    },
+    /// Permission or safety refusal (77).
+    #[error("{0}")]
+    Denied(String),
+    /// A configuration file is invalid (78).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    /// The sysexits code for this error. The only such mapping in relay.
+    #[must_use]
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => code::USAGE,
+            Error::Data(_) => code::DATAERR,
+            Error::Empty(_) => code::NOINPUT,
+            Error::NoEndpoint(_) => code::UNAVAILABLE,
+            Error::Io { .. } | Error::Store(_) => code::IOERR,
+            Error::Refused { .. } => code::TEMPFAIL,
+            Error::Denied(_) => code::NOPERM,
+            Error::Config(_) => code::CONFIG,
+        }
+    }
+
+    /// A stable machine-readable name for the kind, used in `--json` errors.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Usage(_) => "usage",
+            Error::Data(_) => "data",
+            Error::Empty(_) => "empty",
+            Error::NoEndpoint(_) => "no_endpoint",
+            Error::Io { .. } => "io",
+            Error::Store(_) => "index",
+            Error::Refused { .. } => "refused",
+            Error::Denied(_) => "denied",
+            Error::Config(_) => "config",
+        }
+    }
+
+    /// Milliseconds after which a refused operation may succeed, if known.
+    #[must_use]
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Error::Refused { retry_after_ms, .. } => *retry_after_ms,
+            _ => None,
+        }
+    }
+
+    /// Wraps an I/O error with the operation and the path it concerned.
+    pub fn io(what: impl std::fmt::Display, path: &Path, source: io::Error) -> Self {
+        Error::Io {
+            what: format!("{what} {}", path.display()),
+            source,
+        }
+    }
+
+    /// Whether this is a broken pipe on output (the reader went away): not an
+    /// error worth reporting.
+    #[must_use]
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// Attaches a path and an operation name to an `io::Result`.
+pub trait IoContext<T> {
+    /// Maps the error to `Error::Io` naming `what` and `path`.
+    fn ctx(self, what: &str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, what: &str, path: &Path) -> Result<T> {
+        self.map_err(|e| Error::io(what, path, e))
+    }
+}

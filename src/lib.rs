@@ -1,0 +1,81 @@
+//! relay: reliable local messaging over a DorkOS-compatible Maildir protocol.
+//!
+//! `run` is the whole program: parse, dispatch, and report the one error.
+
+pub mod cli;
+pub mod clock;
+pub mod cmd;
+pub mod config;
+pub mod context;
+pub mod envelope;
+pub mod error;
+pub mod home;
+pub mod maildir;
+pub mod output;
+pub mod store;
+pub mod subject;
+
+use std::ffi::OsString;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::context::Ctx;
+use crate::error::{Error, code};
+
+/// Runs relay with `args` (including the program name) and returns the
+/// process exit code. The only place that prints an error.
+pub fn run<I>(args: I) -> u8
+where
+    I: IntoIterator<Item = OsString>,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                code::USAGE
+            } else {
+                code::OK
+            };
+        }
+    };
+    let json = cli.json;
+    match dispatch(cli) {
+        Ok(()) => code::OK,
+        Err(e) if e.is_broken_pipe() => code::OK,
+        Err(e) => {
+            report(&e, json);
+            e.exit_code()
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<(), Error> {
+    let mut ctx = Ctx::new(cli.home, cli.json)?;
+    match &cli.command {
+        Command::Send(a) => cmd::send::run(&mut ctx, a),
+        Command::Recv(a) => cmd::recv::run(&mut ctx, a),
+        Command::Ack(a) => cmd::ack::ack(&mut ctx, a),
+        Command::Nack(a) => cmd::ack::nack(&mut ctx, a),
+        Command::Endpoints(a) => cmd::endpoints::run(&mut ctx, a),
+    }
+}
+
+/// Prints an error on stderr: `relay: <message>`, or with `--json` one JSON
+/// object `{"error": {kind, code, message, retryAfterMs?}}`.
+fn report(e: &Error, json: bool) {
+    if json {
+        let mut obj = serde_json::json!({
+            "kind": e.kind(),
+            "code": e.exit_code(),
+            "message": e.to_string(),
+        });
+        if let Some(ms) = e.retry_after_ms() {
+            obj["retryAfterMs"] = ms.into();
+        }
+        eprintln!("{}", serde_json::json!({ "error": obj }));
+    } else {
+        eprintln!("relay: {e}");
+    }
+}

@@ -1,0 +1,414 @@
+//! Maildir mailboxes: endpoint registry on disk, atomic delivery (tmp -> new),
+//! atomic claim (new -> cur), ack, nack and dead letters with reason sidecars.
+//!
+//! The Maildir is the source of truth for messages. This module never
+//! touches SQLite; callers record what happened in the index.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::{iso8601, system_time_ms};
+use crate::envelope::Envelope;
+use crate::error::{Error, IoContext, Result};
+use crate::home::{self, Home};
+use crate::subject;
+
+/// The four Maildir subdirectories, in creation order: `new` comes last
+/// because its presence is what makes a directory an endpoint.
+pub const SUBDIRS: [&str; 4] = ["tmp", "cur", "failed", "new"];
+
+/// Suffix of message files.
+const MSG_EXT: &str = ".json";
+/// Suffix of dead-letter reason sidecars.
+const REASON_EXT: &str = ".reason.json";
+
+/// Dead-letter sidecar `<id>.reason.json`, DorkOS's four keys plus our `code`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reason {
+    /// The envelope as rejected (null when the file was not an envelope).
+    pub envelope: Value,
+    /// Human-readable cause.
+    pub reason: String,
+    /// ISO-8601 time of the rejection.
+    pub failed_at: String,
+    /// The mailbox directory name.
+    pub endpoint_hash: String,
+    /// Machine-readable cause (`nack`, `no_match`, `malformed`, budget codes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// One message claimed by `claim_oldest`.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The parsed envelope.
+    pub envelope: Envelope,
+    /// When the claim happened (ms).
+    pub claimed_at: u64,
+}
+
+/// A file in `new/` that could not be parsed and was moved to `failed/`.
+#[derive(Debug)]
+pub struct Quarantined {
+    /// File stem.
+    pub id: String,
+    /// What was wrong with it.
+    pub problem: String,
+}
+
+/// Outcome of acknowledging one id.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// The claimed file was removed.
+    Removed,
+    /// No such file in `cur/`.
+    Missing,
+}
+
+/// A mailbox directory `<home>/mailboxes/<name>`.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    /// The endpoint subject (= directory name).
+    pub name: String,
+    dir: PathBuf,
+}
+
+impl Mailbox {
+    /// The mailbox for `name` (not checked to exist).
+    #[must_use]
+    pub fn at(home: &Home, name: &str) -> Self {
+        Mailbox {
+            name: name.to_string(),
+            dir: home.mailboxes().join(name),
+        }
+    }
+
+    /// The registered endpoint `name`, or `NoEndpoint` listing the known ones.
+    pub fn open_endpoint(home: &Home, name: &str) -> Result<Self> {
+        subject::validate_subject(name, "endpoint")?;
+        let mb = Mailbox::at(home, name);
+        if !mb.is_endpoint() {
+            return Err(Error::NoEndpoint(format!(
+                "no endpoint '{name}'; {}",
+                known_endpoints_hint(home)
+            )));
+        }
+        home::check_dir(&mb.dir, "mailbox")?;
+        Ok(mb)
+    }
+
+    /// The mailbox directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<mailbox>/<sub>`.
+    #[must_use]
+    pub fn sub(&self, sub: &str) -> PathBuf {
+        self.dir.join(sub)
+    }
+
+    fn file(&self, sub: &str, id: &str) -> PathBuf {
+        self.dir.join(sub).join(format!("{id}{MSG_EXT}"))
+    }
+
+    /// Whether this is a registered endpoint (its `new/` exists).
+    #[must_use]
+    pub fn is_endpoint(&self) -> bool {
+        fs::symlink_metadata(self.sub("new")).is_ok_and(|m| m.is_dir())
+    }
+
+    /// Creates the mailbox directories (0700) that are missing; `new/` last.
+    pub fn create(&self, subdirs: &[&str]) -> Result<()> {
+        home::create_dir_secure(&self.dir, false)?;
+        home::check_dir(&self.dir, "mailbox")?;
+        for s in subdirs {
+            home::create_dir_secure(&self.sub(s), false)?;
+        }
+        Ok(())
+    }
+
+    /// Delivers `env` Maildir-atomically: exclusive create in `tmp/`, write,
+    /// fsync (if `sync`), rename into `new/`, fsync `new/` (if `sync`).
+    /// On return the message is visible whole or not at all.
+    pub fn deliver(&self, env: &Envelope, sync: bool) -> Result<()> {
+        let bytes = env.to_file_bytes()?;
+        self.place(&env.id, &bytes, "new", sync)
+    }
+
+    /// Writes `bytes` as `<sub>/<id>.json` through `tmp/`.
+    fn place(&self, id: &str, bytes: &[u8], sub: &str, sync: bool) -> Result<()> {
+        let tmp = self.file("tmp", id);
+        let dest = self.file(sub, id);
+        home::write_new_file(&tmp, bytes, sync)?;
+        if let Err(e) = fs::rename(&tmp, &dest) {
+            let _ = fs::remove_file(&tmp);
+            return Err(Error::io("cannot move message into", &dest, e));
+        }
+        if sync {
+            home::sync_dir(&self.sub(sub))?;
+        }
+        Ok(())
+    }
+
+    /// Message ids in `sub`, sorted (ULIDs sort by time, so this is FIFO).
+    /// Files not ending in `.json`, sidecars and dot-files are ignored.
+    pub fn list(&self, sub: &str) -> Result<Vec<String>> {
+        let dir = self.sub(sub);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("cannot list", &dir, e)),
+        };
+        let mut ids = Vec::new();
+        for entry in rd {
+            let entry = entry.ctx("cannot list", &dir)?;
+            if let Some(id) = entry.file_name().to_str().and_then(message_id) {
+                ids.push(id.to_string());
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Number of messages in `sub`.
+    pub fn count(&self, sub: &str) -> Result<usize> {
+        self.list(sub).map(|v| v.len())
+    }
+
+    /// Latest modification time (ms) of the mailbox's subdirectories: when a
+    /// message last arrived, was claimed, acked or dead-lettered.
+    #[must_use]
+    pub fn last_activity(&self) -> u64 {
+        ["new", "cur", "failed"]
+            .iter()
+            .filter_map(|s| fs::metadata(self.sub(s)).ok()?.modified().ok())
+            .map(system_time_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Claims the oldest message: renames `new/<id>.json` to `cur/` (exactly
+    /// one concurrent claimer wins) and parses it. Files that are not
+    /// envelopes are moved to `failed/` with a sidecar and reported in
+    /// `quarantined`, and the next message is tried.
+    pub fn claim_oldest(
+        &self,
+        now: u64,
+        quarantined: &mut Vec<Quarantined>,
+    ) -> Result<Option<Claimed>> {
+        for id in self.list("new")? {
+            let (from, to) = (self.file("new", &id), self.file("cur", &id));
+            match fs::rename(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => continue, // another receiver won
+                Err(e) => return Err(Error::io("cannot claim", &from, e)),
+            }
+            let bytes = fs::read(&to).ctx("cannot read", &to)?;
+            match Envelope::parse(&bytes).and_then(|env| {
+                if env.id == id {
+                    Ok(env)
+                } else {
+                    Err(format!(
+                        "file name '{id}.json' does not match envelope id '{}'",
+                        env.id
+                    ))
+                }
+            }) {
+                Ok(envelope) => {
+                    return Ok(Some(Claimed {
+                        envelope,
+                        claimed_at: now,
+                    }));
+                }
+                Err(problem) => {
+                    self.fail(&id, Value::Null, &problem, "malformed", now)?;
+                    quarantined.push(Quarantined { id, problem });
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Makes claims durable (one fsync for any number of claims).
+    pub fn sync_claims(&self) -> Result<()> {
+        home::sync_dir(&self.sub("cur"))?;
+        home::sync_dir(&self.sub("new"))
+    }
+
+    /// Removes a claimed message from `cur/`.
+    pub fn ack(&self, id: &str) -> Result<AckOutcome> {
+        let path = self.file("cur", id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(AckOutcome::Removed),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(AckOutcome::Missing),
+            Err(e) => Err(Error::io("cannot remove", &path, e)),
+        }
+    }
+
+    /// Whether `<sub>/<id>.json` exists.
+    #[must_use]
+    pub fn has(&self, sub: &str, id: &str) -> bool {
+        fs::symlink_metadata(self.file(sub, id)).is_ok()
+    }
+
+    /// Moves a claimed message `cur/` -> `failed/` and writes its reason
+    /// sidecar (through `tmp/`, so it too appears whole). `envelope` is what
+    /// goes into the sidecar (the caller may pass `Null` to re-read it).
+    /// Returns `Ok(false)` if the message is not in `cur/`.
+    pub fn fail(
+        &self,
+        id: &str,
+        envelope: Value,
+        reason: &str,
+        code: &str,
+        now: u64,
+    ) -> Result<bool> {
+        let (from, to) = (self.file("cur", id), self.file("failed", id));
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("cannot dead-letter", &from, e)),
+        }
+        let envelope = if envelope.is_null() {
+            fs::read(&to)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null)
+        } else {
+            envelope
+        };
+        self.write_reason(id, envelope, reason, code, now)?;
+        home::sync_dir(&self.sub("cur"))?;
+        Ok(true)
+    }
+
+    /// Dead-letters an envelope that was never delivered: writes it straight
+    /// into `failed/` (through `tmp/`) with its reason sidecar.
+    pub fn dead_letter(&self, env: &Envelope, reason: &str, code: &str, now: u64) -> Result<()> {
+        self.create(&["tmp", "failed"])?;
+        let bytes = env.to_file_bytes()?;
+        self.place(&env.id, &bytes, "failed", true)?;
+        let value = serde_json::to_value(env).unwrap_or(Value::Null);
+        self.write_reason(&env.id, value, reason, code, now)
+    }
+
+    fn write_reason(
+        &self,
+        id: &str,
+        envelope: Value,
+        reason: &str,
+        code: &str,
+        now: u64,
+    ) -> Result<()> {
+        let sidecar = Reason {
+            envelope,
+            reason: reason.to_string(),
+            failed_at: iso8601(now),
+            endpoint_hash: self.name.clone(),
+            code: Some(code.to_string()),
+        };
+        let bytes = serde_json::to_vec_pretty(&sidecar)
+            .map_err(|e| Error::Data(format!("cannot serialize reason for {id}: {e}")))?;
+        let tmp = self.dir.join("tmp").join(format!("{id}{REASON_EXT}"));
+        let dest = self.dir.join("failed").join(format!("{id}{REASON_EXT}"));
+        let _ = fs::remove_file(&tmp);
+        home::write_new_file(&tmp, &bytes, true)?;
+        fs::rename(&tmp, &dest).ctx("cannot write reason", &dest)?;
+        home::sync_dir(&self.sub("failed"))
+    }
+}
+
+/// The id of a message file name, if it is one: `<id>.json`, not a sidecar,
+/// not a dot-file.
+#[must_use]
+pub fn message_id(file_name: &str) -> Option<&str> {
+    if file_name.starts_with('.') || file_name.ends_with(REASON_EXT) {
+        return None;
+    }
+    file_name.strip_suffix(MSG_EXT).filter(|s| !s.is_empty())
+}
+
+/// Checks a message id given on the command line can only name a file
+/// directly inside a mailbox subdirectory.
+pub fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.starts_with('.') || id.contains('/') || id.chars().any(char::is_control)
+    {
+        return Err(Error::Data(format!(
+            "invalid message id '{}': expected an id as printed by send or recv (e.g. a ULID)",
+            id.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+/// Registered endpoints (directories under `mailboxes/` named by a literal
+/// subject and holding `new/`), sorted.
+pub fn list_endpoints(home: &Home) -> Result<Vec<String>> {
+    let mut names: Vec<String> = mailbox_dir_names(home)?
+        .into_iter()
+        .filter(|n| {
+            subject::validate_subject(n, "endpoint").is_ok() && Mailbox::at(home, n).is_endpoint()
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Every directory name under `mailboxes/` (endpoints, dead-letter-only
+/// directories, directories made by other programs).
+pub fn mailbox_dir_names(home: &Home) -> Result<Vec<String>> {
+    let dir = home.mailboxes();
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("cannot list", &dir, e)),
+    };
+    let mut names = Vec::new();
+    for entry in rd {
+        let entry = entry.ctx("cannot list", &dir)?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// "known endpoints: a, b" or the command that creates one.
+#[must_use]
+pub fn known_endpoints_hint(home: &Home) -> String {
+    match list_endpoints(home) {
+        Ok(v) if !v.is_empty() => format!("known endpoints: {}", v.join(", ")),
+        _ => "no endpoints exist yet; create one with: relay endpoints add SUBJECT".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_file_names() {
+        assert_eq!(message_id("01ABC.json"), Some("01ABC"));
+        assert_eq!(message_id("01ABC.reason.json"), None);
+        assert_eq!(message_id(".hidden.json"), None);
+        assert_eq!(message_id("README.txt"), None);
+        assert_eq!(message_id(".json"), None);
+    }
+
+    #[test]
+    fn ids_cannot_escape() {
+        assert!(validate_id("01JZ0000000000000000000000").is_ok());
+        for bad in ["", "..", "../x", "a/b", ".x", "a\0b"] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Rendering for people (comfy-table, warning lines) and programs (JSON).
+
+use std::io::{self, Write};
+
+use comfy_table::{Table, presets};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// Prints `relay: warning: <msg>` on stderr.
+pub fn warn(msg: &str) {
+    eprintln!("relay: warning: {msg}");
+}
+
+/// Writes one line of compact JSON to stdout.
+pub fn json_line<T: Serialize + ?Sized>(value: &T) -> Result<()> {
+    let text = serde_json::to_string(value)
+        .map_err(|e| Error::Data(format!("cannot render JSON output: {e}")))?;
+    line(&text)
+}
+
+/// Writes `text` and a newline to stdout.
+pub fn line(text: &str) -> Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::Io {
+            what: "cannot write to stdout".into(),
+            source: e,
+        })
+}
+
+/// A table with relay's look: header row, no outer borders, aligned columns.
+#[must_use]
+pub fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING);
+    t.set_header(header.iter().map(|h| h.to_uppercase()));
+    t
+}
+
+/// Prints a table to stdout (trailing spaces trimmed).
+pub fn print_table(t: &Table) -> Result<()> {
+    let text: Vec<String> = t
+        .to_string()
+        .lines()
+        .map(|l| l.trim_end().trim_start_matches(' ').to_string())
+        .collect();
+    line(&text.join("\n"))
+}
