@@ -12,6 +12,12 @@ use crate::maildir::{self, Mailbox, SUBDIRS};
 use crate::output;
 use crate::subject;
 
+/// `relay endpoints --json`.
+#[derive(Debug, Serialize)]
+struct EndpointList {
+    endpoints: Vec<EndpointInfo>,
+}
+
 /// One endpoint in `relay endpoints --json`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -51,7 +57,7 @@ fn list(ctx: &Ctx) -> Result<()> {
         });
     }
     if ctx.json {
-        return output::json_line(&serde_json::json!({ "endpoints": rows }));
+        return output::json_line(&EndpointList { endpoints: rows });
     }
     if rows.is_empty() {
         eprintln!("relay: no endpoints yet; create one with: relay endpoints add SUBJECT");

@@ -239,7 +239,7 @@ fn read_payload(args: &SendArgs, cap: u64) -> Result<Value> {
         }
     };
     if bytes.len() as u64 > cap {
-        return Err(too_big(bytes.len() as u64, cap, "the argument"));
+        return Err(too_big(&bytes.len().to_string(), cap, "the argument"));
     }
     let text = String::from_utf8(bytes).map_err(|e| {
         Error::Data(format!(
@@ -271,7 +271,7 @@ fn read_capped(r: impl Read, cap: u64, what: &str) -> Result<Vec<u8>> {
             source: e,
         })?;
     if buf.len() as u64 > cap {
-        return Err(too_big(buf.len() as u64, cap, what));
+        return Err(too_big(&format!("over {cap}"), cap, what));
     }
     Ok(buf)
 }
