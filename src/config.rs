@@ -645,3 +645,642 @@ fn invalid_json(origin: &str, e: &serde_json::Error) -> Error {
         format!("invalid JSON at line {line} column {column}: {what}; fix or remove the file"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGIN: &str = "/h/config.json";
+
+    fn ok(text: &str) -> Config {
+        match parse(text, ORIGIN) {
+            Ok(config) => config,
+            Err(e) => panic!("expected {text} to parse, got: {e}"),
+        }
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text, ORIGIN) {
+            Ok(config) => panic!("expected {text} to be rejected, got {config:?}"),
+            Err(e) => {
+                assert_eq!(e.exit_code(), crate::error::code::CONFIG, "{e}");
+                assert!(matches!(e, Error::Config(_)), "{e:?}");
+                let message = e.to_string();
+                assert!(message.starts_with("config /h/config.json: "), "{message}");
+                message
+            }
+        }
+    }
+
+    /// `{"a":{"b":{"c":v}}}` for the dotted key `a.b.c`.
+    fn nest(key: &str, value: &str) -> String {
+        key.rsplit('.').fold(value.to_owned(), |inner, name| {
+            format!("{{\"{name}\": {inner}}}")
+        })
+    }
+
+    #[test]
+    fn defaults_are_the_documented_values() {
+        let c = Config::default();
+        assert_eq!(c.max_payload_bytes, 1_048_576);
+        assert!(c.warnings.is_empty());
+        let r = &c.reliability;
+        assert!(r.rate_limit.enabled);
+        assert_eq!(r.rate_limit.window_secs, 60);
+        assert_eq!(r.rate_limit.max_per_window, 100);
+        assert!(r.rate_limit.per_sender_overrides.is_empty());
+        assert!(r.circuit_breaker.enabled);
+        assert_eq!(r.circuit_breaker.failure_threshold, 5);
+        assert_eq!(r.circuit_breaker.cooldown_ms, 30_000);
+        assert_eq!(r.circuit_breaker.half_open_probe_count, 1);
+        assert_eq!(r.circuit_breaker.success_to_close, 2);
+        assert!(r.backpressure.enabled);
+        assert_eq!(r.backpressure.max_mailbox_size, 1000);
+        assert!((r.backpressure.pressure_warning_at - 0.8).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn section_defaults_agree_with_config_default() {
+        let c = Config::default();
+        assert_eq!(Reliability::default(), c.reliability);
+        assert_eq!(RateLimit::default(), c.reliability.rate_limit);
+        assert_eq!(CircuitBreaker::default(), c.reliability.circuit_breaker);
+        assert_eq!(Backpressure::default(), c.reliability.backpressure);
+    }
+
+    #[test]
+    fn blank_text_and_empty_objects_yield_defaults() {
+        for text in [
+            "",
+            "   ",
+            "\n\t\r\n ",
+            "{}",
+            " { } \n",
+            r#"{"reliability": {}}"#,
+            r#"{"reliability": {"rateLimit": {}, "circuitBreaker": {}, "backpressure": {}}}"#,
+        ] {
+            assert_eq!(ok(text), Config::default(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn byte_order_mark_is_ignored() {
+        assert_eq!(ok("\u{feff}{}"), Config::default());
+        assert_eq!(ok("\u{feff}"), Config::default());
+    }
+
+    #[test]
+    fn partial_section_keeps_other_defaults() {
+        let c = ok(r#"{"reliability": {"rateLimit": {"maxPerWindow": 5}}}"#);
+        let mut want = Config::default();
+        want.reliability.rate_limit.max_per_window = 5;
+        assert_eq!(c, want);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = ok(r#"{
+            "maxPayloadBytes": 2048,
+            "reliability": {
+                "rateLimit": {"enabled": false, "windowSecs": 10, "maxPerWindow": 7,
+                              "perSenderOverrides": {"ci.": 50, "ci.bot.": 500}},
+                "circuitBreaker": {"enabled": false, "failureThreshold": 3, "cooldownMs": 1000,
+                                   "halfOpenProbeCount": 4, "successToClose": 6},
+                "backpressure": {"enabled": false, "maxMailboxSize": 9, "pressureWarningAt": 1}
+            }
+        }"#);
+        let want = Config {
+            max_payload_bytes: 2048,
+            reliability: Reliability {
+                rate_limit: RateLimit {
+                    enabled: false,
+                    window_secs: 10,
+                    max_per_window: 7,
+                    per_sender_overrides: [("ci.".to_owned(), 50), ("ci.bot.".to_owned(), 500)]
+                        .into_iter()
+                        .collect(),
+                },
+                circuit_breaker: CircuitBreaker {
+                    enabled: false,
+                    failure_threshold: 3,
+                    cooldown_ms: 1000,
+                    half_open_probe_count: 4,
+                    success_to_close: 6,
+                },
+                backpressure: Backpressure {
+                    enabled: false,
+                    max_mailbox_size: 9,
+                    pressure_warning_at: 1.0,
+                },
+            },
+            warnings: Vec::new(),
+        };
+        assert_eq!(c, want);
+    }
+
+    #[test]
+    fn dorkos_default_file_is_accepted() {
+        let c = ok(r#"{"reliability": {
+            "rateLimit": {"enabled": true, "windowSecs": 60, "maxPerWindow": 100,
+                          "perSenderOverrides": {"agent:": 2000}},
+            "circuitBreaker": {"enabled": true, "failureThreshold": 5, "cooldownMs": 30000,
+                               "halfOpenProbeCount": 1, "successToClose": 2},
+            "backpressure": {"enabled": true, "maxMailboxSize": 1000, "pressureWarningAt": 0.8}
+        }}"#);
+        assert!(c.warnings.is_empty());
+        assert_eq!(
+            c.reliability.rate_limit.per_sender_overrides.get("agent:"),
+            Some(&2000)
+        );
+    }
+
+    #[test]
+    fn message_for_out_of_range_is_exact() {
+        assert_eq!(
+            err(r#"{"reliability": {"rateLimit": {"maxPerWindow": 0}}}"#),
+            "config /h/config.json: reliability.rateLimit.maxPerWindow must be an integer >= 1, got 0"
+        );
+        assert_eq!(
+            err(r#"{"maxPayloadBytes": 67108865}"#),
+            "config /h/config.json: maxPayloadBytes must be an integer <= 67108864, got 67108865"
+        );
+        assert_eq!(
+            err(&nest("reliability.backpressure.pressureWarningAt", "0")),
+            "config /h/config.json: reliability.backpressure.pressureWarningAt must be a number > 0 and <= 1, got 0"
+        );
+        assert_eq!(
+            err(&nest("reliability.circuitBreaker.enabled", r#""yes""#)),
+            "config /h/config.json: reliability.circuitBreaker.enabled must be true or false, got \"yes\""
+        );
+    }
+
+    #[test]
+    fn each_out_of_range_value_is_rejected_naming_its_key() {
+        let cases = [
+            ("maxPayloadBytes", "0", ">= 1"),
+            ("maxPayloadBytes", "67108865", "<= 67108864"),
+            ("reliability.rateLimit.windowSecs", "0", ">= 1"),
+            (
+                "reliability.rateLimit.windowSecs",
+                "31536001",
+                "<= 31536000",
+            ),
+            ("reliability.rateLimit.maxPerWindow", "0", ">= 1"),
+            (
+                "reliability.rateLimit.maxPerWindow",
+                "4294967296",
+                "<= 4294967295",
+            ),
+            ("reliability.circuitBreaker.failureThreshold", "0", ">= 1"),
+            (
+                "reliability.circuitBreaker.failureThreshold",
+                "4294967296",
+                "<= 4294967295",
+            ),
+            ("reliability.circuitBreaker.cooldownMs", "999", ">= 1000"),
+            (
+                "reliability.circuitBreaker.cooldownMs",
+                "31536000001",
+                "<= 31536000000",
+            ),
+            ("reliability.circuitBreaker.halfOpenProbeCount", "0", ">= 1"),
+            (
+                "reliability.circuitBreaker.halfOpenProbeCount",
+                "4294967296",
+                "<= 4294967295",
+            ),
+            ("reliability.circuitBreaker.successToClose", "0", ">= 1"),
+            (
+                "reliability.circuitBreaker.successToClose",
+                "99999999999999999999",
+                "<= 4294967295",
+            ),
+            ("reliability.backpressure.maxMailboxSize", "0", ">= 1"),
+            (
+                "reliability.backpressure.maxMailboxSize",
+                "4294967296",
+                "<= 4294967295",
+            ),
+            (
+                "reliability.backpressure.pressureWarningAt",
+                "0",
+                "a number > 0 and <= 1",
+            ),
+            (
+                "reliability.backpressure.pressureWarningAt",
+                "-0.5",
+                "a number > 0 and <= 1",
+            ),
+            (
+                "reliability.backpressure.pressureWarningAt",
+                "1.0001",
+                "a number > 0 and <= 1",
+            ),
+        ];
+        for (key, value, expected) in cases {
+            let message = err(&nest(key, value));
+            assert!(
+                message.contains(&format!("{key} must be")) && message.contains(expected),
+                "{key}={value}: {message}"
+            );
+            assert!(
+                message.ends_with(&format!(", got {value}")) || value.len() > 15,
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn boundary_values_are_accepted() {
+        let c = ok(&nest("maxPayloadBytes", "67108864"));
+        assert_eq!(c.max_payload_bytes, PAYLOAD_MAX);
+        let c = ok(&nest("reliability.rateLimit.windowSecs", "31536000"));
+        assert_eq!(c.reliability.rate_limit.window_secs, 31_536_000);
+        let c = ok(&nest("reliability.circuitBreaker.cooldownMs", "1000"));
+        assert_eq!(c.reliability.circuit_breaker.cooldown_ms, 1000);
+        let c = ok(&nest(
+            "reliability.circuitBreaker.failureThreshold",
+            "4294967295",
+        ));
+        assert_eq!(c.reliability.circuit_breaker.failure_threshold, u32::MAX);
+        let c = ok(&nest(
+            "reliability.backpressure.pressureWarningAt",
+            "0.0001",
+        ));
+        assert!((c.reliability.backpressure.pressure_warning_at - 0.0001).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn wrong_types_are_rejected_naming_the_key() {
+        for knob in KNOBS {
+            let bad_values: &[&str] = match knob.kind {
+                Kind::Bool => &["1", "0", "\"true\"", "null", "[]", "{}"],
+                Kind::Int { .. } => &["1.5", "-1", "\"5\"", "true", "null", "[5]", "{}"],
+                Kind::Num { .. } => &["\"0.5\"", "true", "null", "[0.5]"],
+                Kind::Overrides => &["[]", "5", "\"a\"", "null", "true"],
+            };
+            for value in bad_values {
+                let message = err(&nest(knob.key, value));
+                assert!(
+                    message.contains(&format!(": {} must be ", knob.key)),
+                    "{message}"
+                );
+                assert!(message.ends_with(&format!(", got {value}")), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn integral_floats_count_as_integers() {
+        let c = ok(r#"{"reliability": {"rateLimit": {"maxPerWindow": 2.0, "windowSecs": 1e2}}}"#);
+        assert_eq!(c.reliability.rate_limit.max_per_window, 2);
+        assert_eq!(c.reliability.rate_limit.window_secs, 100);
+        let message = err(&nest("reliability.rateLimit.maxPerWindow", "1e300"));
+        assert!(
+            message.contains("must be an integer <= 4294967295, got 1e+300"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn non_object_sections_are_rejected_naming_the_key() {
+        for (text, want) in [
+            (
+                r#"{"reliability": 5}"#,
+                "reliability must be an object, got 5",
+            ),
+            (
+                r#"{"reliability": null}"#,
+                "reliability must be an object, got null",
+            ),
+            (
+                r#"{"reliability": {"rateLimit": []}}"#,
+                "reliability.rateLimit must be an object, got []",
+            ),
+            (
+                r#"{"reliability": {"circuitBreaker": true}}"#,
+                "reliability.circuitBreaker must be an object, got true",
+            ),
+            (
+                r#"{"reliability": {"backpressure": "off"}}"#,
+                "reliability.backpressure must be an object, got \"off\"",
+            ),
+        ] {
+            assert_eq!(err(text), format!("config /h/config.json: {want}"));
+        }
+    }
+
+    #[test]
+    fn non_object_top_level_is_rejected() {
+        for (text, got) in [
+            ("[]", "[]"),
+            ("null", "null"),
+            ("\"x\"", "\"x\""),
+            ("7", "7"),
+        ] {
+            assert_eq!(
+                err(text),
+                format!("config /h/config.json: the top level must be an object, got {got}")
+            );
+        }
+    }
+
+    #[test]
+    fn long_values_are_shortened_in_messages() {
+        let long = format!("[{}]", vec!["1"; 100].join(","));
+        let message = err(&format!(r#"{{"reliability": {long}}}"#));
+        assert!(message.ends_with("...") && message.len() < 120, "{message}");
+    }
+
+    #[test]
+    fn overrides_are_validated_per_entry() {
+        let key = "reliability.rateLimit.perSenderOverrides";
+        assert_eq!(
+            err(&nest(key, r#"{"": 5}"#)),
+            format!(
+                "config /h/config.json: {key} keys must be non-empty sender prefixes, got \"\""
+            )
+        );
+        assert_eq!(
+            err(&nest(key, r#"{"agent.a": 0}"#)),
+            format!("config /h/config.json: {key}[\"agent.a\"] must be an integer >= 1, got 0")
+        );
+        for value in ["1.5", "\"10\"", "-3", "null", "4294967296"] {
+            let message = err(&nest(key, &format!(r#"{{"ci.": {value}}}"#)));
+            assert!(
+                message.contains(&format!("{key}[\"ci.\"] must be an integer")),
+                "{message}"
+            );
+        }
+        let c = ok(&nest(key, "{}"));
+        assert!(c.reliability.rate_limit.per_sender_overrides.is_empty());
+    }
+
+    #[test]
+    fn override_keys_are_not_unknown_keys() {
+        let c = ok(&nest(
+            "reliability.rateLimit.perSenderOverrides",
+            r#"{"anything": 3}"#,
+        ));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn unknown_keys_warn_with_a_suggestion() {
+        let c = ok(r#"{"reliability": {"rateLimit": {"maxPerWindw": 5, "maxPerWindow": 6}}}"#);
+        assert_eq!(c.reliability.rate_limit.max_per_window, 6);
+        assert_eq!(
+            c.warnings,
+            [
+                "config /h/config.json: unknown key 'reliability.rateLimit.maxPerWindw' ignored; \
+              did you mean 'reliability.rateLimit.maxPerWindow'?"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_at_every_level_are_warnings() {
+        let c = ok(
+            r#"{"relability": {}, "reliability": {"ratelimit": {}, "backpressure":
+            {"enable": false, "colour": "red"}}, "zzz": [1]}"#,
+        );
+        assert_eq!(c.reliability, Reliability::default());
+        assert_eq!(
+            c.warnings,
+            [
+                "config /h/config.json: unknown key 'relability' ignored; did you mean 'reliability'?",
+                "config /h/config.json: unknown key 'reliability.backpressure.colour' ignored",
+                "config /h/config.json: unknown key 'reliability.backpressure.enable' ignored; \
+                 did you mean 'reliability.backpressure.enabled'?",
+                "config /h/config.json: unknown key 'reliability.ratelimit' ignored; \
+                 did you mean 'reliability.rateLimit'?",
+                "config /h/config.json: unknown key 'zzz' ignored",
+            ]
+        );
+    }
+
+    #[test]
+    fn misplaced_keys_suggest_their_home() {
+        let c = ok(
+            r#"{"rateLimit": {"maxPerWindow": 1}, "reliability": {"maxMailboxSize": 3},
+            "enabled": false}"#,
+        );
+        assert_eq!(c.reliability, Reliability::default());
+        assert_eq!(
+            c.warnings,
+            [
+                // `enabled` lives in three sections: no single guess.
+                "config /h/config.json: unknown key 'enabled' ignored",
+                "config /h/config.json: unknown key 'rateLimit' ignored; did you mean 'reliability.rateLimit'?",
+                "config /h/config.json: unknown key 'reliability.maxMailboxSize' ignored; \
+                 did you mean 'reliability.backpressure.maxMailboxSize'?",
+            ]
+        );
+    }
+
+    #[test]
+    fn dotted_names_are_not_paths() {
+        let c = ok(r#"{"reliability.rateLimit": {"maxPerWindow": 1}, "a.b": 1}"#);
+        assert_eq!(c.reliability, Reliability::default());
+        assert_eq!(
+            c.warnings,
+            [
+                "config /h/config.json: unknown key 'a.b' ignored",
+                "config /h/config.json: unknown key 'reliability.rateLimit' ignored; \
+                 nest it as objects, not as one dotted name",
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_json_names_line_and_column() {
+        let message = err("{\n  \"reliability\": {\n    rateLimit: {}\n  }\n}\n");
+        assert!(
+            message.starts_with(
+                "config /h/config.json: invalid JSON at line 3 column 5: key must be a string"
+            ),
+            "{message}"
+        );
+        assert!(message.ends_with("; fix or remove the file"), "{message}");
+        assert!(
+            !message.contains("at line 3 column 5;"),
+            "position given twice: {message}"
+        );
+
+        let message = err("{} {}");
+        assert!(
+            message.contains("invalid JSON at line 1 column 4: trailing characters"),
+            "{message}"
+        );
+        let message = err(r#"{"maxPayloadBytes": 1,}"#);
+        assert!(
+            message.contains("invalid JSON at line 1 column"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn limit_for_uses_the_longest_matching_prefix() {
+        let rl = RateLimit {
+            per_sender_overrides: [
+                ("ci.".to_owned(), 50),
+                ("ci.bot.".to_owned(), 500),
+                ("c".to_owned(), 7),
+            ]
+            .into_iter()
+            .collect(),
+            ..RateLimit::default()
+        };
+        assert_eq!(rl.limit_for("ci.bot.deploy"), 500);
+        assert_eq!(rl.limit_for("ci.bot."), 500);
+        assert_eq!(rl.limit_for("ci.lint"), 50);
+        assert_eq!(rl.limit_for("ci"), 7);
+        assert_eq!(rl.limit_for("cron"), 7);
+        assert_eq!(rl.limit_for("agent.a"), 100);
+        assert_eq!(rl.limit_for(""), 100);
+        assert_eq!(RateLimit::default().limit_for("anyone"), 100);
+    }
+
+    #[test]
+    fn knobs_lists_every_key_once() {
+        let keys: Vec<&str> = knobs().collect();
+        assert_eq!(keys.len(), 13);
+        assert!(keys.contains(&"reliability.rateLimit.maxPerWindow"));
+        assert!(keys.contains(&"maxPayloadBytes"));
+        let mut unique = keys.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len());
+    }
+
+    #[test]
+    fn table_defaults_are_valid_and_round_trip() {
+        let defaults = Config::default();
+        for knob in KNOBS {
+            let json = knob.default.to_json();
+            assert_eq!(
+                knob.kind.read(knob.key, &json),
+                Ok(knob.default.clone()),
+                "{}",
+                knob.key
+            );
+            assert_eq!(defaults.get(knob.key), Some(json), "{}", knob.key);
+            // Writing the default into a file changes nothing.
+            assert_eq!(
+                ok(&nest(knob.key, &knob.default.to_json().to_string())),
+                defaults
+            );
+        }
+    }
+
+    #[test]
+    fn every_field_has_a_knob() {
+        // Each knob, set to a value unlike its default, changes what `get`
+        // reports for it and for no other knob: so no two knobs share a
+        // field and `Config::default` leaves no placeholder behind.
+        for knob in KNOBS {
+            let other = match knob.kind {
+                Kind::Bool => Value::Bool(!knob.default.clone().bool()),
+                Kind::Int { max, .. } => Value::Int(max),
+                Kind::Num { .. } => Value::Num(0.5),
+                Kind::Overrides => Value::Map([("x.".to_owned(), 3)].into_iter().collect()),
+            };
+            assert_ne!(other, knob.default, "{}", knob.key);
+            let mut config = Config::default();
+            (knob.set)(&mut config, other.clone());
+            for each in KNOBS {
+                let want = if each.key == knob.key {
+                    &other
+                } else {
+                    &each.default
+                };
+                assert_eq!(
+                    &(each.get)(&config),
+                    want,
+                    "set {} then get {}",
+                    knob.key,
+                    each.key
+                );
+            }
+        }
+        assert_eq!(Config::default().get("nope"), None);
+    }
+
+    #[test]
+    fn load_missing_file_yields_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            load(&dir.path().join(FILE_NAME)).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(
+            &path,
+            r#"{"reliability": {"backpressure": {"maxMailboxSize": 5}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            load(&path)
+                .unwrap()
+                .reliability
+                .backpressure
+                .max_mailbox_size,
+            5
+        );
+
+        std::fs::write(&path, "{\n").unwrap();
+        let e = load(&path).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::code::CONFIG);
+        assert!(
+            e.to_string().starts_with(&format!(
+                "config {}: invalid JSON at line 2",
+                path.display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn load_rejects_invalid_utf8_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, b"{\"a\": \"\xff\"}").unwrap();
+        let e = load(&path).unwrap_err();
+        assert!(matches!(e, Error::Config(_)), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "config {}: not valid UTF-8 (bad byte at offset 7); fix or remove the file",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn load_reports_other_read_errors_as_io() {
+        let dir = tempfile::tempdir().unwrap();
+        // Reading a directory fails with something other than NotFound.
+        let e = load(dir.path()).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        assert_eq!(e.exit_code(), crate::error::code::IOERR);
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot read config {}: ", dir.path().display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_characters() {
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("maxperwindw", "maxperwindow"), 1);
+        assert_eq!(edit_distance("é", "e"), 1);
+    }
+}

@@ -373,10 +373,10 @@ pub fn mailbox_dir_names(home: &Home) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in rd {
         let entry = entry.ctx("cannot list", &dir)?;
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            if let Ok(name) = entry.file_name().into_string() {
-                names.push(name);
-            }
+        if entry.file_type().is_ok_and(|t| t.is_dir())
+            && let Ok(name) = entry.file_name().into_string()
+        {
+            names.push(name);
         }
     }
     Ok(names)

@@ -247,10 +247,10 @@ fn read_payload(args: &SendArgs, cap: u64) -> Result<Value> {
             e.utf8_error().valid_up_to()
         ))
     })?;
-    if !args.text {
-        if let Ok(v) = serde_json::from_str::<Value>(&text) {
-            return Ok(v);
-        }
+    if !args.text
+        && let Ok(v) = serde_json::from_str::<Value>(&text)
+    {
+        return Ok(v);
     }
     let text = if from_stream {
         text.strip_suffix("\r\n")
@@ -276,12 +276,7 @@ fn read_capped(r: impl Read, cap: u64, what: &str) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn too_big(len: u64, cap: u64, what: &str) -> Error {
-    let size = if len > cap {
-        format!("over {cap}")
-    } else {
-        len.to_string()
-    };
+fn too_big(size: &str, cap: u64, what: &str) -> Error {
     Error::Data(format!(
         "payload from {what} is {size} bytes, more than the limit of {cap} bytes; nothing was sent (raise maxPayloadBytes in config.json if this is intended)"
     ))
