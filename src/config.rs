@@ -59,6 +59,11 @@ pub struct RateLimit {
     /// Sender prefix (non-empty) -> capacity (`1..=u32::MAX`); see
     /// [`RateLimit::limit_for`]. Empty by default, unlike DorkOS.
     pub per_sender_overrides: BTreeMap<String, u64>,
+    /// Bucket capacity overriding `max_per_window` (relay's own key); `None`
+    /// = the sender's window limit.
+    pub burst: Option<u64>,
+    /// Fraction of the bucket in use at which senders are warned, `0 < x <= 1`.
+    pub soft_limit_ratio: f64,
 }
 
 /// `reliability.circuitBreaker`: per-endpoint breaker thresholds.
@@ -74,6 +79,10 @@ pub struct CircuitBreaker {
     pub half_open_probe_count: u32,
     /// Successes that close a half-open breaker, `>= 1`.
     pub success_to_close: u32,
+    /// Cooldown growth factor per repeated trip, `1..=10` (1 = constant).
+    pub cooldown_backoff: f64,
+    /// Ceiling of the grown cooldown, in ms.
+    pub max_cooldown_ms: u64,
 }
 
 /// `reliability.backpressure`: per-endpoint mailbox capacity.
@@ -85,6 +94,12 @@ pub struct Backpressure {
     pub max_mailbox_size: u64,
     /// Fraction of capacity at which senders are warned, `0 < x <= 1`.
     pub pressure_warning_at: f64,
+    /// Fraction of capacity at which `low` priority sends are refused.
+    pub shed_low_at: f64,
+    /// Fraction of capacity at which `background` sends are refused (at most `shed_low_at`).
+    pub shed_background_at: f64,
+    /// Room above capacity for `critical` (all of it) and `high` (half), as a fraction, `0..=1`.
+    pub priority_headroom: f64,
 }
 
 /// One configuration key: everything about it lives in this row.
@@ -107,10 +122,16 @@ enum Kind {
         min: u64,
         max: u64,
     },
-    /// A JSON number `x` with `above < x <= at_most`.
+    /// A JSON number `x` with `min < x <= max` (`min <= x` if `min_inclusive`).
     Num {
-        above: f64,
-        at_most: f64,
+        min: f64,
+        min_inclusive: bool,
+        max: f64,
+    },
+    /// Like `Int`, or `null` for "not set".
+    OptInt {
+        min: u64,
+        max: u64,
     },
     /// An object of non-empty sender prefix -> integer in `1..=COUNT_MAX`.
     Overrides,
@@ -123,7 +144,15 @@ enum Value {
     Int(u64),
     Num(f64),
     Map(BTreeMap<String, u64>),
+    OptInt(Option<u64>),
 }
+
+/// A fraction of something: `0 < x <= 1`.
+const RATIO: Kind = Kind::Num {
+    min: 0.0,
+    min_inclusive: false,
+    max: 1.0,
+};
 
 static KNOBS: &[Knob] = &[
     Knob {
@@ -162,6 +191,23 @@ static KNOBS: &[Knob] = &[
         default: Value::Int(100),
         get: |c| Value::Int(c.reliability.rate_limit.max_per_window),
         set: |c, v| c.reliability.rate_limit.max_per_window = v.int(),
+    },
+    Knob {
+        key: "reliability.rateLimit.burst",
+        kind: Kind::OptInt {
+            min: 1,
+            max: COUNT_MAX,
+        },
+        default: Value::OptInt(None),
+        get: |c| Value::OptInt(c.reliability.rate_limit.burst),
+        set: |c, v| c.reliability.rate_limit.burst = v.opt_int(),
+    },
+    Knob {
+        key: "reliability.rateLimit.softLimitRatio",
+        kind: RATIO,
+        default: Value::Num(0.8),
+        get: |c| Value::Num(c.reliability.rate_limit.soft_limit_ratio),
+        set: |c, v| c.reliability.rate_limit.soft_limit_ratio = v.num(),
     },
     Knob {
         key: "reliability.rateLimit.perSenderOverrides",
@@ -220,6 +266,27 @@ static KNOBS: &[Knob] = &[
         set: |c, v| c.reliability.circuit_breaker.success_to_close = v.int32(),
     },
     Knob {
+        key: "reliability.circuitBreaker.cooldownBackoff",
+        kind: Kind::Num {
+            min: 1.0,
+            min_inclusive: true,
+            max: 10.0,
+        },
+        default: Value::Num(1.0),
+        get: |c| Value::Num(c.reliability.circuit_breaker.cooldown_backoff),
+        set: |c, v| c.reliability.circuit_breaker.cooldown_backoff = v.num(),
+    },
+    Knob {
+        key: "reliability.circuitBreaker.maxCooldownMs",
+        kind: Kind::Int {
+            min: 1000,
+            max: YEAR_SECS * 1000,
+        },
+        default: Value::Int(300_000),
+        get: |c| Value::Int(c.reliability.circuit_breaker.max_cooldown_ms),
+        set: |c, v| c.reliability.circuit_breaker.max_cooldown_ms = v.int(),
+    },
+    Knob {
         key: "reliability.backpressure.enabled",
         kind: Kind::Bool,
         default: Value::Bool(true),
@@ -238,13 +305,35 @@ static KNOBS: &[Knob] = &[
     },
     Knob {
         key: "reliability.backpressure.pressureWarningAt",
-        kind: Kind::Num {
-            above: 0.0,
-            at_most: 1.0,
-        },
+        kind: RATIO,
         default: Value::Num(0.8),
         get: |c| Value::Num(c.reliability.backpressure.pressure_warning_at),
         set: |c, v| c.reliability.backpressure.pressure_warning_at = v.num(),
+    },
+    Knob {
+        key: "reliability.backpressure.shedLowAt",
+        kind: RATIO,
+        default: Value::Num(0.9),
+        get: |c| Value::Num(c.reliability.backpressure.shed_low_at),
+        set: |c, v| c.reliability.backpressure.shed_low_at = v.num(),
+    },
+    Knob {
+        key: "reliability.backpressure.shedBackgroundAt",
+        kind: RATIO,
+        default: Value::Num(0.75),
+        get: |c| Value::Num(c.reliability.backpressure.shed_background_at),
+        set: |c, v| c.reliability.backpressure.shed_background_at = v.num(),
+    },
+    Knob {
+        key: "reliability.backpressure.priorityHeadroom",
+        kind: Kind::Num {
+            min: 0.0,
+            min_inclusive: true,
+            max: 1.0,
+        },
+        default: Value::Num(0.1),
+        get: |c| Value::Num(c.reliability.backpressure.priority_headroom),
+        set: |c, v| c.reliability.backpressure.priority_headroom = v.num(),
     },
 ];
 
@@ -267,6 +356,8 @@ impl Default for Config {
                     window_secs: 0,
                     max_per_window: 0,
                     per_sender_overrides: BTreeMap::new(),
+                    burst: None,
+                    soft_limit_ratio: 0.0,
                 },
                 circuit_breaker: CircuitBreaker {
                     enabled: false,
@@ -274,11 +365,16 @@ impl Default for Config {
                     cooldown_ms: 0,
                     half_open_probe_count: 0,
                     success_to_close: 0,
+                    cooldown_backoff: 0.0,
+                    max_cooldown_ms: 0,
                 },
                 backpressure: Backpressure {
                     enabled: false,
                     max_mailbox_size: 0,
                     pressure_warning_at: 0.0,
+                    shed_low_at: 0.0,
+                    shed_background_at: 0.0,
+                    priority_headroom: 0.0,
                 },
             },
             warnings: Vec::new(),
@@ -383,6 +479,16 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
         ));
     };
     apply(top, "", &mut config, origin)?;
+    let bp = &config.reliability.backpressure;
+    if bp.shed_background_at > bp.shed_low_at {
+        return Err(invalid(
+            origin,
+            format!(
+                "reliability.backpressure.shedBackgroundAt ({}) must be <= shedLowAt ({}): background messages are shed before low ones",
+                bp.shed_background_at, bp.shed_low_at
+            ),
+        ));
+    }
     Ok(config)
 }
 
@@ -435,11 +541,22 @@ impl Kind {
                 .map(Value::Bool)
                 .ok_or_else(|| bad("true or false".into())),
             Kind::Int { min, max } => read_int(v, min, max).map(Value::Int).map_err(bad),
-            Kind::Num { above, at_most } => v
+            Kind::Num {
+                min,
+                min_inclusive,
+                max,
+            } => v
                 .as_f64()
-                .filter(|x| *x > above && *x <= at_most)
+                .filter(|x| (*x > min || (min_inclusive && *x == min)) && *x <= max)
                 .map(Value::Num)
-                .ok_or_else(|| bad(format!("a number > {above} and <= {at_most}"))),
+                .ok_or_else(|| {
+                    let op = if min_inclusive { ">=" } else { ">" };
+                    bad(format!("a number {op} {min} and <= {max}"))
+                }),
+            Kind::OptInt { .. } if v.is_null() => Ok(Value::OptInt(None)),
+            Kind::OptInt { min, max } => read_int(v, min, max)
+                .map(|n| Value::OptInt(Some(n)))
+                .map_err(|e| bad(format!("{e} (or null)"))),
             Kind::Overrides => {
                 let Json::Object(object) = v else {
                     return Err(bad(format!(
@@ -512,6 +629,13 @@ impl Value {
         }
     }
 
+    fn opt_int(self) -> Option<u64> {
+        match self {
+            Value::OptInt(n) => n,
+            _ => None,
+        }
+    }
+
     fn map(self) -> BTreeMap<String, u64> {
         match self {
             Value::Map(m) => m,
@@ -527,6 +651,7 @@ impl Value {
             Value::Map(m) => {
                 Json::Object(m.iter().map(|(k, v)| (k.clone(), Json::from(*v))).collect())
             }
+            Value::OptInt(n) => n.map_or(Json::Null, Json::from),
         }
     }
 }
@@ -759,6 +884,7 @@ mod tests {
                     per_sender_overrides: [("ci.".to_owned(), 50), ("ci.bot.".to_owned(), 500)]
                         .into_iter()
                         .collect(),
+                    ..RateLimit::default()
                 },
                 circuit_breaker: CircuitBreaker {
                     enabled: false,
@@ -766,11 +892,13 @@ mod tests {
                     cooldown_ms: 1000,
                     half_open_probe_count: 4,
                     success_to_close: 6,
+                    ..CircuitBreaker::default()
                 },
                 backpressure: Backpressure {
                     enabled: false,
                     max_mailbox_size: 9,
                     pressure_warning_at: 1.0,
+                    ..Backpressure::default()
                 },
             },
             warnings: Vec::new(),
@@ -918,6 +1046,7 @@ mod tests {
                 Kind::Int { .. } => &["1.5", "-1", "\"5\"", "true", "null", "[5]", "{}"],
                 Kind::Num { .. } => &["\"0.5\"", "true", "null", "[0.5]"],
                 Kind::Overrides => &["[]", "5", "\"a\"", "null", "true"],
+                Kind::OptInt { .. } => &["1.5", "-1", "\"5\"", "true", "[5]", "{}"],
             };
             for value in bad_values {
                 let message = err(&nest(knob.key, value));
@@ -1144,7 +1273,7 @@ mod tests {
     #[test]
     fn knobs_lists_every_key_once() {
         let keys: Vec<&str> = knobs().collect();
-        assert_eq!(keys.len(), 13);
+        assert_eq!(keys.len(), 20);
         assert!(keys.contains(&"reliability.rateLimit.maxPerWindow"));
         assert!(keys.contains(&"maxPayloadBytes"));
         let mut unique = keys.clone();
@@ -1184,6 +1313,7 @@ mod tests {
                 Kind::Int { max, .. } => Value::Int(max),
                 Kind::Num { .. } => Value::Num(0.5),
                 Kind::Overrides => Value::Map([("x.".to_owned(), 3)].into_iter().collect()),
+                Kind::OptInt { max, .. } => Value::OptInt(Some(max)),
             };
             assert_ne!(other, knob.default, "{}", knob.key);
             let mut config = Config::default();

@@ -2,6 +2,8 @@
 //!
 //! `run` is the whole program: parse, dispatch, and report the one error.
 
+pub mod breaker;
+pub mod bucket;
 pub mod cli;
 pub mod clock;
 pub mod cmd;
@@ -12,6 +14,7 @@ pub mod error;
 pub mod home;
 pub mod maildir;
 pub mod output;
+pub mod pressure;
 pub mod store;
 pub mod subject;
 
