@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::clock::parse_duration;
+use crate::pressure::Priority;
 
 /// Reliable local messaging for agents, scripts and hooks.
 ///
@@ -85,6 +86,11 @@ pub struct SendArgs {
     /// Trace id to join [default: $RELAY_TRACE_ID, else the message id]
     #[arg(long, value_name = "ID", env = "RELAY_TRACE_ID")]
     pub trace_id: Option<String>,
+
+    /// Priority lane: recv hands out higher first; under backpressure low
+    /// lanes are shed first and high ones may use reserved headroom
+    #[arg(long, value_name = "LANE", value_enum, default_value_t = Priority::Normal)]
+    pub priority: Priority,
 }
 
 /// Arguments of `relay recv`.
@@ -102,6 +108,11 @@ pub struct RecvArgs {
     /// Block up to DURATION for a message when the mailbox is empty
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub wait: Option<Duration>,
+
+    /// Promise to ack or nack within DURATION; a claim held longer counts as
+    /// a delivery failure for the sender's circuit breaker
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lease: Option<Duration>,
 }
 
 /// Arguments of `relay ack`.

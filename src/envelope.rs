@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::pressure::Priority;
 
 /// A message as stored in one Maildir file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +35,9 @@ pub struct Envelope {
     /// Our trace id (additive); falls back to `dispatchId`, then `id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// Our priority lane (additive); absent means normal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
     /// Fields written by other programs, kept verbatim.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -47,6 +51,12 @@ impl Envelope {
             .as_deref()
             .or(self.dispatch_id.as_deref())
             .unwrap_or(&self.id)
+    }
+
+    /// The priority lane (unknown or missing names are normal).
+    #[must_use]
+    pub fn priority(&self) -> Priority {
+        Priority::parse(self.priority.as_deref())
     }
 
     /// Parses an envelope from file bytes, naming what is wrong.

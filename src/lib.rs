@@ -15,6 +15,7 @@ pub mod home;
 pub mod maildir;
 pub mod output;
 pub mod pressure;
+pub mod reliability;
 pub mod store;
 pub mod subject;
 

@@ -4,8 +4,10 @@
 //! The Maildir is the source of truth for messages. This module never
 //! touches SQLite; callers record what happened in the index.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::ErrorKind;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -177,9 +179,46 @@ impl Mailbox {
         Ok(ids)
     }
 
-    /// Number of messages in `sub`.
+    /// Number of messages in `sub` (without sorting or keeping names).
     pub fn count(&self, sub: &str) -> Result<usize> {
-        self.list(sub).map(|v| v.len())
+        let dir = self.sub(sub);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(Error::io("cannot list", &dir, e)),
+        };
+        let mut n = 0;
+        for entry in rd {
+            let entry = entry.ctx("cannot list", &dir)?;
+            if entry.file_name().to_str().and_then(message_id).is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Backpressure depth: messages in `new/` plus `cur/`, whoever put them there.
+    pub fn depth(&self) -> Result<u64> {
+        Ok((self.count("new")? + self.count("cur")?) as u64)
+    }
+
+    /// Takes this endpoint's exclusive lock (`<home>/locks/<name>.lock`),
+    /// blocking until it is free; released when the returned file drops.
+    /// Senders hold it from the depth count to the delivery, so concurrent
+    /// senders can never push a mailbox past its capacity.
+    pub fn lock(&self, home: &Home) -> Result<fs::File> {
+        let dir = home.root().join("locks");
+        home::create_dir_secure(&dir, false)?;
+        let path = dir.join(format!("{}.lock", self.name));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(home::FILE_MODE)
+            .open(&path)
+            .ctx("cannot open lock", &path)?;
+        file.lock().ctx("cannot lock", &path)?;
+        Ok(file)
     }
 
     /// Latest modification time (ms) of the mailbox's subdirectories: when a
@@ -194,16 +233,28 @@ impl Mailbox {
             .unwrap_or(0)
     }
 
-    /// Claims the oldest message: renames `new/<id>.json` to `cur/` (exactly
-    /// one concurrent claimer wins) and parses it. Files that are not
-    /// envelopes are moved to `failed/` with a sidecar and reported in
+    /// Claims up to `max` of the oldest messages: renames `new/<id>.json`
+    /// to `cur/` (exactly one concurrent claimer wins each) and parses it.
+    /// `ranks` gives the priority rank of messages that are not normal (2);
+    /// lower ranks are handed out first, FIFO within a rank. Files that are
+    /// not envelopes are moved to `failed/` with a sidecar and reported in
     /// `quarantined`, and the next message is tried.
-    pub fn claim_oldest(
+    pub fn claim(
         &self,
+        max: usize,
         now: u64,
+        ranks: &HashMap<String, u8>,
         quarantined: &mut Vec<Quarantined>,
-    ) -> Result<Option<Claimed>> {
-        for id in self.list("new")? {
+    ) -> Result<Vec<Claimed>> {
+        let mut ids = self.list("new")?;
+        if !ranks.is_empty() {
+            ids.sort_by_cached_key(|id| (ranks.get(id).copied().unwrap_or(2), id.clone()));
+        }
+        let mut claimed = Vec::new();
+        for id in ids {
+            if claimed.len() >= max {
+                break;
+            }
             let (from, to) = (self.file("new", &id), self.file("cur", &id));
             match fs::rename(&from, &to) {
                 Ok(()) => {}
@@ -211,7 +262,7 @@ impl Mailbox {
                 Err(e) => return Err(Error::io("cannot claim", &from, e)),
             }
             let bytes = fs::read(&to).ctx("cannot read", &to)?;
-            match Envelope::parse(&bytes).and_then(|env| {
+            let parsed = Envelope::parse(&bytes).and_then(|env| {
                 if env.id == id {
                     Ok(env)
                 } else {
@@ -220,20 +271,19 @@ impl Mailbox {
                         env.id
                     ))
                 }
-            }) {
-                Ok(envelope) => {
-                    return Ok(Some(Claimed {
-                        envelope,
-                        claimed_at: now,
-                    }));
-                }
+            });
+            match parsed {
+                Ok(envelope) => claimed.push(Claimed {
+                    envelope,
+                    claimed_at: now,
+                }),
                 Err(problem) => {
                     self.fail(&id, Value::Null, &problem, "malformed", now)?;
                     quarantined.push(Quarantined { id, problem });
                 }
             }
         }
-        Ok(None)
+        Ok(claimed)
     }
 
     /// Makes claims durable (one fsync for any number of claims).

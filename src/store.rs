@@ -9,11 +9,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::envelope::Envelope;
 use crate::error::{Error, IoContext, Result};
 use crate::home::FILE_MODE;
+use crate::{breaker, bucket};
 
 /// Schema migrations; `PRAGMA user_version` counts how many are applied.
 /// Append only: never edit a released step.
@@ -36,6 +39,45 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;
      CREATE INDEX messages_by_trace ON messages (trace_id);
      CREATE INDEX messages_by_status ON messages (endpoint, status);",
+    // 2: reliability state that must outlive a process, and the event log.
+    "ALTER TABLE messages ADD COLUMN priority INTEGER NOT NULL DEFAULT 2;
+     ALTER TABLE messages ADD COLUMN probe INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE messages ADD COLUMN lease_until INTEGER;
+     ALTER TABLE messages ADD COLUMN lease_counted INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX messages_by_priority ON messages (endpoint, status) WHERE priority != 2;
+     CREATE INDEX messages_by_lease ON messages (lease_until) WHERE lease_until IS NOT NULL AND lease_counted = 0;
+     CREATE TABLE buckets (
+        sender      TEXT PRIMARY KEY,
+        tokens      REAL NOT NULL,
+        updated_at  INTEGER NOT NULL,
+        soft_hits   INTEGER NOT NULL DEFAULT 0,
+        hard_hits   INTEGER NOT NULL DEFAULT 0,
+        last_hit_at INTEGER
+     ) WITHOUT ROWID;
+     CREATE TABLE breakers (
+        sender           TEXT NOT NULL,
+        endpoint         TEXT NOT NULL,
+        phase            TEXT NOT NULL,
+        failures         INTEGER NOT NULL,
+        successes        INTEGER NOT NULL,
+        probes_in_flight INTEGER NOT NULL,
+        opened_at        INTEGER NOT NULL,
+        next_probe_at    INTEGER NOT NULL,
+        trips            INTEGER NOT NULL,
+        total_trips      INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL,
+        PRIMARY KEY (sender, endpoint)
+     ) WITHOUT ROWID;
+     CREATE TABLE events (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at         INTEGER NOT NULL,
+        kind       TEXT NOT NULL,
+        sender     TEXT,
+        endpoint   TEXT,
+        message_id TEXT,
+        detail     TEXT NOT NULL
+     );
+     CREATE INDEX events_by_at ON events (at);",
 ];
 
 /// Lifecycle status of a (message, endpoint) row.
@@ -139,110 +181,18 @@ impl Store {
         store_err(&self.path, e)
     }
 
-    /// Records deliveries (status `pending`) and direct dead letters
-    /// (`failed`, with code and reason) of one send, in one transaction.
-    pub fn record_sent(&mut self, rows: &[SentRow<'_>], now: u64) -> Result<()> {
+    /// Starts a write transaction (`BEGIN IMMEDIATE`): every read in it sees
+    /// the state no other process can change until it commits, so
+    /// read-decide-write is atomic across processes.
+    pub fn begin(&mut self) -> Result<Tx<'_>> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| store_err(&self.path, e))?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO messages
-                     (endpoint, id, subject, sender, trace_id, status, sent_at, done_at, expires_at, code, reason)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .map_err(|e| store_err(&self.path, e))?;
-            for r in rows {
-                let failed = r.failure.is_some();
-                let (code, reason) = r.failure.unzip();
-                stmt.execute(params![
-                    r.endpoint,
-                    r.envelope.id,
-                    r.envelope.subject,
-                    r.envelope.from,
-                    r.envelope.trace(),
-                    if failed {
-                        Status::Failed
-                    } else {
-                        Status::Pending
-                    }
-                    .as_str(),
-                    now,
-                    failed.then_some(now),
-                    r.envelope.budget.ttl,
-                    code,
-                    reason,
-                ])
-                .map_err(|e| store_err(&self.path, e))?;
-            }
-        }
-        tx.commit().map_err(|e| store_err(&self.path, e))
-    }
-
-    /// Marks messages claimed; a message the index lacks (dropped into
-    /// `new/` by another program) gets its row now.
-    pub fn record_claimed(&mut self, endpoint: &str, envs: &[&Envelope], now: u64) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| store_err(&self.path, e))?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO messages
-                     (endpoint, id, subject, sender, trace_id, status, sent_at, claimed_at, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'claimed', ?6, ?6, ?7)
-                     ON CONFLICT (endpoint, id) DO UPDATE
-                     SET status = 'claimed', claimed_at = excluded.claimed_at, done_at = NULL",
-                )
-                .map_err(|e| store_err(&self.path, e))?;
-            for env in envs {
-                let sent_at = crate::clock::parse_iso8601(&env.created_at).unwrap_or(now);
-                stmt.execute(params![
-                    endpoint,
-                    env.id,
-                    env.subject,
-                    env.from,
-                    env.trace(),
-                    sent_at.min(now),
-                    env.budget.ttl,
-                ])
-                .map_err(|e| store_err(&self.path, e))?;
-            }
-        }
-        tx.commit().map_err(|e| store_err(&self.path, e))
-    }
-
-    /// Marks messages acked or failed. Rows the index lacks are left alone:
-    /// the Maildir already tells the truth about them.
-    pub fn record_done(
-        &mut self,
-        endpoint: &str,
-        ids: &[&str],
-        status: Status,
-        code: Option<&str>,
-        reason: Option<&str>,
-        now: u64,
-    ) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| store_err(&self.path, e))?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "UPDATE messages SET status = ?3, done_at = ?4, code = ?5, reason = ?6
-                     WHERE endpoint = ?1 AND id = ?2",
-                )
-                .map_err(|e| store_err(&self.path, e))?;
-            for id in ids {
-                stmt.execute(params![endpoint, id, status.as_str(), now, code, reason])
-                    .map_err(|e| store_err(&self.path, e))?;
-            }
-        }
-        tx.commit().map_err(|e| store_err(&self.path, e))
+        Ok(Tx {
+            tx,
+            path: &self.path,
+        })
     }
 
     /// The indexed status of a message at an endpoint, if indexed.
@@ -256,6 +206,394 @@ impl Store {
             .optional()
             .map_err(|e| self.err(e))
     }
+
+    /// Priority ranks of pending messages at `endpoint` that are not normal.
+    pub fn pending_priorities(&self, endpoint: &str) -> Result<HashMap<String, u8>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, priority FROM messages
+                 WHERE endpoint = ?1 AND status = 'pending' AND priority != 2",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map(params![endpoint], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Runs a read-only query on the index (used by reports).
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        f(&self.conn).map_err(|e| self.err(e))
+    }
+}
+
+/// An open write transaction; dropped without `commit` it rolls back.
+pub struct Tx<'a> {
+    tx: rusqlite::Transaction<'a>,
+    path: &'a Path,
+}
+
+/// Index facts about one (message, endpoint) that finishing it needs.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Sender of the message.
+    pub sender: String,
+    /// Current status name.
+    pub status: String,
+    /// Whether it was sent as a half-open probe.
+    pub probe: bool,
+}
+
+/// A claim held past its lease, found by `Tx::expired_leases`.
+#[derive(Debug, Clone)]
+pub struct ExpiredLease {
+    /// Message id.
+    pub id: String,
+    /// Endpoint it was claimed from.
+    pub endpoint: String,
+    /// Its sender.
+    pub sender: String,
+    /// Whether it was a probe.
+    pub probe: bool,
+}
+
+/// Persisted counters of one sender's bucket.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BucketHits {
+    /// Soft-threshold hits ever.
+    pub soft: u64,
+    /// Hard refusals ever.
+    pub hard: u64,
+}
+
+impl Tx<'_> {
+    fn err(&self, e: rusqlite::Error) -> Error {
+        store_err(self.path, e)
+    }
+
+    /// Commits.
+    pub fn commit(self) -> Result<()> {
+        let path = self.path;
+        self.tx.commit().map_err(|e| store_err(path, e))
+    }
+
+    /// Records deliveries (status `pending`) and direct dead letters
+    /// (`failed`, with code and reason) of one send.
+    pub fn record_sent(&self, rows: &[SentRow<'_>], now: u64) -> Result<()> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO messages
+                 (endpoint, id, subject, sender, trace_id, status, sent_at, done_at, expires_at,
+                  code, reason, priority, probe)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )
+            .map_err(|e| self.err(e))?;
+        for r in rows {
+            let failed = r.failure.is_some();
+            let (code, reason) = r.failure.unzip();
+            stmt.execute(params![
+                r.endpoint,
+                r.envelope.id,
+                r.envelope.subject,
+                r.envelope.from,
+                r.envelope.trace(),
+                if failed {
+                    Status::Failed
+                } else {
+                    Status::Pending
+                }
+                .as_str(),
+                now,
+                failed.then_some(now),
+                r.envelope.budget.ttl,
+                code,
+                reason,
+                r.envelope.priority().rank(),
+                r.probe,
+            ])
+            .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Marks messages claimed (with an optional lease deadline); a message
+    /// the index lacks (dropped into `new/` by another program) gets its row now.
+    pub fn record_claimed(
+        &self,
+        endpoint: &str,
+        envs: &[&Envelope],
+        lease_until: Option<u64>,
+        now: u64,
+    ) -> Result<()> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO messages
+                 (endpoint, id, subject, sender, trace_id, status, sent_at, claimed_at, expires_at,
+                  priority, lease_until)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'claimed', ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (endpoint, id) DO UPDATE
+                 SET status = 'claimed', claimed_at = excluded.claimed_at, done_at = NULL,
+                     lease_until = excluded.lease_until, lease_counted = 0",
+            )
+            .map_err(|e| self.err(e))?;
+        for env in envs {
+            let sent_at = crate::clock::parse_iso8601(&env.created_at).unwrap_or(now);
+            stmt.execute(params![
+                endpoint,
+                env.id,
+                env.subject,
+                env.from,
+                env.trace(),
+                sent_at.min(now),
+                now,
+                env.budget.ttl,
+                env.priority().rank(),
+                lease_until,
+            ])
+            .map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    /// The index row of a message at an endpoint.
+    pub fn row(&self, endpoint: &str, id: &str) -> Result<Option<Row>> {
+        self.tx
+            .query_row(
+                "SELECT sender, status, probe FROM messages WHERE endpoint = ?1 AND id = ?2",
+                params![endpoint, id],
+                |r| {
+                    Ok(Row {
+                        sender: r.get(0)?,
+                        status: r.get(1)?,
+                        probe: r.get(2)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Marks one message acked or failed (no-op if the index lacks it).
+    pub fn record_done(
+        &self,
+        endpoint: &str,
+        id: &str,
+        status: Status,
+        failure: Option<(&str, &str)>,
+        now: u64,
+    ) -> Result<()> {
+        let (code, reason) = failure.unzip();
+        self.tx
+            .prepare_cached(
+                "UPDATE messages SET status = ?3, done_at = ?4, code = ?5, reason = ?6
+                 WHERE endpoint = ?1 AND id = ?2",
+            )
+            .and_then(|mut st| {
+                st.execute(params![endpoint, id, status.as_str(), now, code, reason])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Claims whose lease ran out before `now` and were not counted yet
+    /// (limited to `endpoint` if given); they are marked counted.
+    pub fn expired_leases(&self, endpoint: Option<&str>, now: u64) -> Result<Vec<ExpiredLease>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "UPDATE messages SET lease_counted = 1
+                 WHERE lease_until IS NOT NULL AND lease_counted = 0 AND lease_until < ?1
+                   AND status = 'claimed' AND (?2 IS NULL OR endpoint = ?2)
+                 RETURNING id, endpoint, sender, probe",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![now, endpoint], |r| {
+                Ok(ExpiredLease {
+                    id: r.get(0)?,
+                    endpoint: r.get(1)?,
+                    sender: r.get(2)?,
+                    probe: r.get(3)?,
+                })
+            })
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// The stored bucket of `sender`, if any.
+    pub fn bucket(&self, sender: &str) -> Result<Option<bucket::State>> {
+        self.tx
+            .query_row(
+                "SELECT tokens, updated_at FROM buckets WHERE sender = ?1",
+                params![sender],
+                |r| {
+                    Ok(bucket::State {
+                        tokens: r.get(0)?,
+                        updated_at: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Stores `sender`'s bucket, counting a soft or hard hit.
+    pub fn put_bucket(
+        &self,
+        sender: &str,
+        state: &bucket::State,
+        hit: Option<bool>,
+        now: u64,
+    ) -> Result<()> {
+        let (soft, hard) = match hit {
+            Some(true) => (1, 0),
+            Some(false) => (0, 1),
+            None => (0, 0),
+        };
+        self.tx
+            .prepare_cached(
+                "INSERT INTO buckets (sender, tokens, updated_at, soft_hits, hard_hits, last_hit_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?4 + ?5 > 0 THEN ?6 END)
+                 ON CONFLICT (sender) DO UPDATE SET
+                   tokens = excluded.tokens, updated_at = excluded.updated_at,
+                   soft_hits = soft_hits + ?4, hard_hits = hard_hits + ?5,
+                   last_hit_at = CASE WHEN ?4 + ?5 > 0 THEN ?6 ELSE last_hit_at END",
+            )
+            .and_then(|mut st| st.execute(params![sender, state.tokens, state.updated_at, soft, hard, now]))
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Forgets buckets (all, or one sender's); returns how many.
+    pub fn reset_buckets(&self, sender: Option<&str>) -> Result<usize> {
+        self.tx
+            .execute(
+                "DELETE FROM buckets WHERE ?1 IS NULL OR sender = ?1",
+                params![sender],
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// The stored breaker of a pair (closed if none).
+    pub fn breaker(&self, sender: &str, endpoint: &str) -> Result<breaker::State> {
+        self.tx
+            .query_row(
+                "SELECT phase, failures, successes, probes_in_flight, opened_at, next_probe_at,
+                        trips, total_trips
+                 FROM breakers WHERE sender = ?1 AND endpoint = ?2",
+                params![sender, endpoint],
+                breaker_from_row,
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Stores a pair's breaker.
+    pub fn put_breaker(
+        &self,
+        sender: &str,
+        endpoint: &str,
+        s: &breaker::State,
+        now: u64,
+    ) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO breakers
+                 (sender, endpoint, phase, failures, successes, probes_in_flight, opened_at,
+                  next_probe_at, trips, total_trips, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    sender,
+                    endpoint,
+                    s.phase.as_str(),
+                    s.failures,
+                    s.successes,
+                    s.probes_in_flight,
+                    s.opened_at,
+                    s.next_probe_at,
+                    s.trips,
+                    s.total_trips,
+                    now
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Pairs whose breaker is stored (optionally one sender's or one pair).
+    pub fn breaker_pairs(
+        &self,
+        sender: Option<&str>,
+        endpoint: Option<&str>,
+    ) -> Result<Vec<(String, String)>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "SELECT sender, endpoint FROM breakers
+                 WHERE (?1 IS NULL OR sender = ?1) AND (?2 IS NULL OR endpoint = ?2)
+                 ORDER BY sender, endpoint",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map(params![sender, endpoint], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Appends an event.
+    pub fn event(&self, e: &Event<'_>, now: u64) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO events (at, kind, sender, endpoint, message_id, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    now,
+                    e.kind,
+                    e.sender,
+                    e.endpoint,
+                    e.message_id,
+                    e.detail.to_string()
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+}
+
+/// One event row to append.
+#[derive(Debug)]
+pub struct Event<'a> {
+    /// `rate_limit_soft`, `breaker_opened`, ...
+    pub kind: &'a str,
+    /// Sender concerned, if any.
+    pub sender: Option<&'a str>,
+    /// Endpoint concerned, if any.
+    pub endpoint: Option<&'a str>,
+    /// Message concerned, if any.
+    pub message_id: Option<&'a str>,
+    /// Anything else, as a JSON object.
+    pub detail: serde_json::Value,
+}
+
+/// Reads a breaker row (columns in the order `Tx::breaker` selects them).
+pub fn breaker_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<breaker::State> {
+    Ok(breaker::State {
+        phase: breaker::Phase::parse(&r.get::<_, String>(0)?),
+        failures: r.get(1)?,
+        successes: r.get(2)?,
+        probes_in_flight: r.get(3)?,
+        opened_at: r.get(4)?,
+        next_probe_at: r.get(5)?,
+        trips: r.get(6)?,
+        total_trips: r.get(7)?,
+    })
 }
 
 /// One row of a send: delivered (`failure` None) or dead-lettered.
@@ -266,6 +604,8 @@ pub struct SentRow<'a> {
     pub envelope: &'a Envelope,
     /// `(code, reason)` when dead-lettered.
     pub failure: Option<(&'a str, &'a str)>,
+    /// Sent as a half-open probe.
+    pub probe: bool,
 }
 
 fn store_err(path: &Path, source: rusqlite::Error) -> Error {

@@ -4,12 +4,15 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::breaker::Event as BreakerEvent;
 use crate::cli::{AckArgs, NackArgs};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::maildir::{self, AckOutcome, Mailbox};
 use crate::output;
-use crate::store::Status;
+use crate::reliability;
+use crate::store::{Event, Status};
+use serde_json::json;
 
 /// Longest accepted nack reason.
 const MAX_REASON: usize = 4096;
@@ -38,6 +41,47 @@ pub fn nack(ctx: &mut Ctx, args: &NackArgs) -> Result<()> {
         )));
     }
     finish(ctx, &args.endpoint, &args.ids, Some(&args.reason))
+}
+
+/// Records finished messages in the index and feeds their outcome to the
+/// (sender, endpoint) breaker: an ack is a success, a nack a failure.
+fn record(
+    ctx: &mut Ctx,
+    endpoint: &str,
+    ids: &[String],
+    reason: Option<&str>,
+    now: u64,
+) -> Result<()> {
+    let breakers = ctx.config.reliability.circuit_breaker.clone();
+    let tx = ctx.store()?.begin()?;
+    for id in ids {
+        let row = tx.row(endpoint, id)?;
+        match reason {
+            None => tx.record_done(endpoint, id, Status::Acked, None, now)?,
+            Some(r) => {
+                tx.record_done(endpoint, id, Status::Failed, Some(("nack", r)), now)?;
+                tx.event(
+                    &Event {
+                        kind: "dead_letter",
+                        sender: row.as_ref().map(|r| r.sender.as_str()),
+                        endpoint: Some(endpoint),
+                        message_id: Some(id),
+                        detail: json!({ "code": "nack", "reason": r }),
+                    },
+                    now,
+                )?;
+            }
+        }
+        // A message the index never saw has no known sender: no pair to judge.
+        if let Some(row) = row {
+            let event = match reason {
+                None => BreakerEvent::Success { probe: row.probe },
+                Some(_) => BreakerEvent::Failure { probe: row.probe },
+            };
+            reliability::breaker_step(&tx, &breakers, &row.sender, endpoint, event, now)?;
+        }
+    }
+    tx.commit()
 }
 
 /// Acks (`reason` None) or nacks every id; ids that cannot be finished are
@@ -87,14 +131,12 @@ fn finish(ctx: &mut Ctx, endpoint: &str, ids: &[String], reason: Option<&str>) -
     if !report.acked.is_empty() {
         crate::home::sync_dir(&mb.sub("cur"))?;
     }
-    let (finished, status, code) = match reason {
-        None => (&report.acked, Status::Acked, None),
-        Some(_) => (&report.nacked, Status::Failed, Some("nack")),
+    let (finished, status) = match reason {
+        None => (&report.acked, Status::Acked),
+        Some(_) => (&report.nacked, Status::Failed),
     };
     if !finished.is_empty() {
-        let ids: Vec<&str> = finished.iter().map(String::as_str).collect();
-        ctx.store()?
-            .record_done(endpoint, &ids, status, code, reason, now)?;
+        record(ctx, endpoint, finished, reason, now)?;
     }
     for id in &report.already_done {
         output::warn(&format!(

@@ -10,6 +10,7 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::maildir::{Claimed, Mailbox};
 use crate::output;
+use crate::reliability;
 
 /// Longest pause between two looks at an empty mailbox while waiting.
 const MAX_POLL: Duration = Duration::from_millis(50);
@@ -35,8 +36,15 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
     }
     mb.sync_claims()?;
     let envs: Vec<_> = claimed.iter().map(|c| &c.envelope).collect();
-    ctx.store()?
-        .record_claimed(&mb.name, &envs, claimed[0].claimed_at)?;
+    let now = claimed[0].claimed_at;
+    let lease_until = args
+        .lease
+        .map(|l| now.saturating_add(u64::try_from(l.as_millis()).unwrap_or(u64::MAX)));
+    let breakers = ctx.config.reliability.circuit_breaker.clone();
+    let tx = ctx.store()?.begin()?;
+    tx.record_claimed(&mb.name, &envs, lease_until, now)?;
+    reliability::observe_leases(&tx, &breakers, Some(&mb.name), now)?;
+    tx.commit()?;
 
     let tty = std::io::stderr().is_terminal();
     for c in &claimed {
@@ -60,27 +68,23 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
 }
 
 /// Claims up to `count` messages, waiting up to `--wait` for the first.
-fn claim(ctx: &Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<Vec<Claimed>> {
+fn claim(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<Vec<Claimed>> {
     let deadline = args.wait.map(|w| Instant::now() + w);
     let mut pause = Duration::from_millis(2);
     let mut claimed = Vec::new();
     loop {
-        while claimed.len() < args.count as usize {
-            let mut bad = Vec::new();
-            let next = mb.claim_oldest(ctx.clock.now_ms(), &mut bad)?;
-            for q in bad {
-                output::warn(&format!(
-                    "moved unreadable message '{}' of '{}' to {}: {}",
-                    q.id,
-                    mb.name,
-                    mb.sub("failed").display(),
-                    q.problem
-                ));
-            }
-            match next {
-                Some(c) => claimed.push(c),
-                None => break,
-            }
+        let ranks = ctx.store()?.pending_priorities(&mb.name)?;
+        let mut bad = Vec::new();
+        let want = args.count as usize - claimed.len();
+        claimed.extend(mb.claim(want, ctx.clock.now_ms(), &ranks, &mut bad)?);
+        for q in bad {
+            output::warn(&format!(
+                "moved unreadable message '{}' of '{}' to {}: {}",
+                q.id,
+                mb.name,
+                mb.sub("failed").display(),
+                q.problem
+            ));
         }
         match deadline {
             Some(d) if claimed.is_empty() && Instant::now() < d => {

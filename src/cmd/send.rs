@@ -5,7 +5,12 @@ use std::io::{IsTerminal, Read};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
+
+use crate::breaker::{Decision as BreakerDecision, Event as BreakerEvent};
+use crate::pressure::{self, Priority};
+use crate::reliability::{self, RateOutcome};
+use crate::store::Event as StoreEvent;
 
 use crate::cli::SendArgs;
 use crate::context::Ctx;
@@ -19,13 +24,16 @@ use crate::subject;
 /// Longest accepted trace id.
 const MAX_TRACE_ID: usize = 128;
 
-/// What happened at one endpoint.
+/// An endpoint the message did not reach.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Rejection {
     endpoint: String,
     code: String,
     reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+    dead_lettered: bool,
 }
 
 /// `--json` result of a send.
@@ -35,6 +43,7 @@ struct SendReport<'a> {
     id: &'a str,
     trace_id: &'a str,
     subject: &'a str,
+    priority: &'a str,
     delivered_to: Vec<String>,
     rejected: Vec<Rejection>,
     warnings: Vec<String>,
@@ -66,6 +75,7 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
         payload,
         dispatch_id: None,
         trace_id: Some(args.trace_id.clone().unwrap_or_else(|| id.clone())),
+        priority: (args.priority != Priority::Normal).then(|| args.priority.as_str().to_string()),
         extra: serde_json::Map::new(),
     };
 
@@ -73,65 +83,327 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
     if targets.is_empty() {
         return dead_letter_unmatched(ctx, &envelope);
     }
+    let outcome = deliver_all(ctx, &envelope, targets, now)?;
+    report(ctx, &envelope, outcome)
+}
 
-    let mut delivered = Vec::new();
-    let mut rejected = Vec::new();
-    let mut copies = Vec::new();
-    for ep in &targets {
-        let mb = Mailbox::at(&ctx.home, ep);
-        match deliver_one(&mb, &envelope, now) {
-            Ok(copy) => {
-                delivered.push(ep.clone());
-                copies.push((ep.clone(), copy, None));
+/// What became of the message at one endpoint.
+enum Fate {
+    /// Delivered (the copy written, and whether it is a breaker probe).
+    Delivered(Envelope, bool),
+    /// Written to the endpoint's `failed/` (code, reason).
+    DeadLettered(String, String),
+    /// Refused for now; nothing written for it (code, message, retry-after).
+    Refused(String, String, Option<u64>),
+}
+
+/// Per-endpoint fates plus sender-level warnings of one send.
+struct Outcome {
+    fates: Vec<(String, Fate)>,
+    warnings: Vec<String>,
+}
+
+/// The send pipeline after validation: budget per endpoint, then (under the
+/// endpoints' locks) backpressure, then in one index transaction the rate
+/// limit and the breakers, then durable delivery, then the index rows.
+fn deliver_all(ctx: &mut Ctx, env: &Envelope, targets: Vec<String>, now: u64) -> Result<Outcome> {
+    let rel = ctx.config.reliability.clone();
+    let priority = env.priority();
+    let mut warnings = Vec::new();
+    let mut fates: Vec<(String, Option<Fate>)> = Vec::with_capacity(targets.len());
+    let mut hops = Vec::with_capacity(targets.len());
+
+    // Budget: pure, per endpoint (a wildcard send can revisit a chain member).
+    for ep in targets {
+        match env.budget.hop(&ep, now) {
+            Ok(b) => {
+                hops.push(Some(b));
+                fates.push((ep, None));
             }
             Err((code, reason)) => {
-                rejected.push(Rejection {
-                    endpoint: ep.clone(),
-                    code: code.clone(),
-                    reason: reason.clone(),
-                });
-                copies.push((ep.clone(), envelope.clone(), Some((code, reason))));
+                hops.push(None);
+                fates.push((
+                    ep,
+                    Some(Fate::DeadLettered(code.as_str().to_string(), reason)),
+                ));
             }
         }
     }
-    let rows: Vec<SentRow<'_>> = copies
+
+    // Backpressure: count and deliver under each endpoint's lock (sorted
+    // order, so two fan-outs cannot deadlock). Targets are already sorted.
+    let mut locks = Vec::new();
+    let mut pressure_events = Vec::new();
+    if rel.backpressure.enabled {
+        let policy = pressure_policy(&rel.backpressure);
+        for (ep, fate) in &mut fates {
+            if fate.is_some() {
+                continue;
+            }
+            let mb = Mailbox::at(&ctx.home, ep);
+            locks.push(mb.lock(&ctx.home)?);
+            let depth = mb.depth()?;
+            match pressure::decide(depth, priority, &policy) {
+                pressure::Decision::Accept => {}
+                pressure::Decision::Warn { depth, limit } => {
+                    let pct = depth * 100 / policy.max_mailbox_size.max(1);
+                    warnings.push(format!(
+                        "mailbox '{ep}' under backpressure: {pct}% full ({depth}/{} messages in new/ and cur/)",
+                        policy.max_mailbox_size
+                    ));
+                    pressure_events.push(("backpressure_warning", ep.clone(), depth, limit));
+                }
+                pressure::Decision::Reject { depth, limit } => {
+                    let why = if priority == Priority::Normal {
+                        format!(
+                            "mailbox '{ep}' is full ({depth}/{limit} messages in new/ and cur/)"
+                        )
+                    } else {
+                        format!(
+                            "mailbox '{ep}' takes no more {priority}-priority messages at depth {limit} (now {depth}; capacity {})",
+                            policy.max_mailbox_size
+                        )
+                    };
+                    *fate = Some(Fate::Refused(
+                        "backpressure".into(),
+                        format!("{why}; retry once its consumer catches up"),
+                        None,
+                    ));
+                    pressure_events.push(("backpressure_rejected", ep.clone(), depth, limit));
+                }
+            }
+        }
+    }
+
+    // Rate limit and breakers: one IMMEDIATE transaction, exact across processes.
+    let mut probes = vec![false; fates.len()];
+    {
+        let tx = ctx.store()?.begin()?;
+        for (kind, ep, depth, limit) in &pressure_events {
+            tx.event(
+                &StoreEvent {
+                    kind,
+                    sender: Some(&env.from),
+                    endpoint: Some(ep),
+                    message_id: Some(&env.id),
+                    detail: json!({ "depth": depth, "limit": limit, "priority": priority.as_str() }),
+                },
+                now,
+            )?;
+        }
+        match reliability::rate_limit(&tx, &rel.rate_limit, &env.from, now)? {
+            RateOutcome::Admit => {}
+            RateOutcome::Soft(w) => warnings.push(w),
+            RateOutcome::Hard {
+                message,
+                retry_after_ms,
+            } => {
+                tx.commit()?;
+                return Err(Error::Refused {
+                    message,
+                    retry_after_ms: Some(retry_after_ms),
+                });
+            }
+        }
+        for (i, (ep, fate)) in fates.iter_mut().enumerate() {
+            if fate.is_some() {
+                continue;
+            }
+            reliability::observe_leases(&tx, &rel.circuit_breaker, Some(ep), now)?;
+            match reliability::breaker_step(
+                &tx,
+                &rel.circuit_breaker,
+                &env.from,
+                ep,
+                BreakerEvent::Send,
+                now,
+            )? {
+                BreakerDecision::Reject { retry_after_ms } => {
+                    let phase = tx.breaker(&env.from, ep)?.phase;
+                    *fate = Some(Fate::Refused(
+                        "circuit_open".into(),
+                        reliability::breaker_refusal(&env.from, ep, phase, retry_after_ms),
+                        Some(retry_after_ms),
+                    ));
+                }
+                BreakerDecision::Probe => probes[i] = true,
+                BreakerDecision::Admit | BreakerDecision::Noted => {}
+            }
+        }
+        tx.commit()?;
+    }
+
+    // Durable delivery of the hop-updated copies.
+    let mut io_failures = Vec::new();
+    for (i, (ep, fate)) in fates.iter_mut().enumerate() {
+        if fate.is_some() {
+            continue;
+        }
+        let Some(budget) = hops[i].take() else {
+            continue;
+        };
+        let copy = Envelope {
+            budget,
+            ..env.clone()
+        };
+        let mb = Mailbox::at(&ctx.home, ep);
+        *fate = Some(
+            match crate::home::check_dir(mb.dir(), "mailbox").and_then(|()| mb.deliver(&copy, true))
+            {
+                Ok(()) => Fate::Delivered(copy, probes[i]),
+                Err(e) => {
+                    io_failures.push((ep.clone(), probes[i]));
+                    Fate::Refused("io_error".into(), e.to_string(), None)
+                }
+            },
+        );
+    }
+    drop(locks);
+
+    let mut fates: Vec<(String, Fate)> = fates
+        .into_iter()
+        .filter_map(|(ep, f)| f.map(|f| (ep, f)))
+        .collect();
+    let any_delivered = fates.iter().any(|(_, f)| matches!(f, Fate::Delivered(..)));
+
+    // Copies refused while others were delivered are dead-lettered, so an
+    // exit 0 never hides a lost copy; when all were refused, nothing is
+    // written and the sender retries the whole send.
+    for (ep, fate) in &mut fates {
+        let mb = Mailbox::at(&ctx.home, ep);
+        match fate {
+            Fate::DeadLettered(code, reason) => mb.dead_letter(env, reason, code, now)?,
+            Fate::Refused(code, reason, _) if any_delivered => {
+                let (code, reason) = (std::mem::take(code), std::mem::take(reason));
+                mb.dead_letter(env, &reason, &code, now)?;
+                *fate = Fate::DeadLettered(code, reason);
+            }
+            _ => {}
+        }
+    }
+
+    // Index rows, dead-letter events and I/O failures, in one transaction.
+    let tx = ctx.store()?.begin()?;
+    let rows: Vec<SentRow<'_>> = fates
         .iter()
-        .map(|(ep, env, failure)| SentRow {
-            endpoint: ep,
-            envelope: env,
-            failure: failure.as_ref().map(|(c, r)| (c.as_str(), r.as_str())),
+        .filter_map(|(ep, fate)| match fate {
+            Fate::Delivered(copy, probe) => Some(SentRow {
+                endpoint: ep,
+                envelope: copy,
+                failure: None,
+                probe: *probe,
+            }),
+            Fate::DeadLettered(code, reason) => Some(SentRow {
+                endpoint: ep,
+                envelope: env,
+                failure: Some((code.as_str(), reason.as_str())),
+                probe: false,
+            }),
+            Fate::Refused(..) => None,
         })
         .collect();
-    ctx.store()?.record_sent(&rows, now)?;
+    tx.record_sent(&rows, now)?;
+    for (ep, fate) in &fates {
+        if let Fate::DeadLettered(code, reason) = fate {
+            tx.event(
+                &StoreEvent {
+                    kind: "dead_letter",
+                    sender: Some(&env.from),
+                    endpoint: Some(ep),
+                    message_id: Some(&env.id),
+                    detail: json!({ "code": code, "reason": reason }),
+                },
+                now,
+            )?;
+        }
+    }
+    for (ep, probe) in &io_failures {
+        reliability::breaker_step(
+            &tx,
+            &rel.circuit_breaker,
+            &env.from,
+            ep,
+            BreakerEvent::Failure { probe: *probe },
+            now,
+        )?;
+    }
+    tx.commit()?;
+    Ok(Outcome { fates, warnings })
+}
 
-    let warnings: Vec<String> = rejected
-        .iter()
-        .map(|r| {
+/// Prints the result of a send, or turns an all-refused send into its error.
+fn report(ctx: &Ctx, env: &Envelope, outcome: Outcome) -> Result<()> {
+    let Outcome {
+        fates,
+        mut warnings,
+    } = outcome;
+    let mut delivered = Vec::new();
+    let mut rejected = Vec::new();
+    let mut retryable: Vec<(String, Option<u64>)> = Vec::new();
+    for (ep, fate) in fates {
+        match fate {
+            Fate::Delivered(..) => delivered.push(ep),
+            Fate::DeadLettered(code, reason) => rejected.push(Rejection {
+                endpoint: ep,
+                code,
+                reason,
+                retry_after_ms: None,
+                dead_lettered: true,
+            }),
+            Fate::Refused(code, reason, retry) => {
+                if code != "io_error" {
+                    retryable.push((reason.clone(), retry));
+                }
+                rejected.push(Rejection {
+                    endpoint: ep,
+                    code,
+                    reason,
+                    retry_after_ms: retry,
+                    dead_lettered: false,
+                });
+            }
+        }
+    }
+    for r in &rejected {
+        warnings.push(if r.dead_lettered {
             format!(
-                "not delivered to '{}' ({}): {}",
+                "not delivered to '{}' ({}), dead-lettered: {}",
                 r.endpoint, r.code, r.reason
             )
-        })
-        .collect();
+        } else {
+            r.reason.clone()
+        });
+    }
     if delivered.is_empty() {
-        // Every endpoint refused: budget codes are permanent, I/O errors are not.
-        let detail = warnings.join("; ");
-        return Err(if rejected.iter().all(|r| r.code == "io_error") {
+        let detail = rejected
+            .iter()
+            .map(|r| r.reason.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(if !retryable.is_empty() {
+            // Worth retrying: report the soonest moment it may work.
+            Error::Refused {
+                message: detail,
+                retry_after_ms: retryable.iter().filter_map(|r| r.1).min(),
+            }
+        } else if rejected.iter().all(|r| r.code == "io_error") {
             Error::Io {
-                what: format!("message {id} could not be delivered: {detail}"),
-                source: std::io::Error::other("delivery failed at every endpoint"),
+                what: format!("message {} could not be delivered", env.id),
+                source: std::io::Error::other(detail),
             }
         } else {
             Error::Data(format!(
-                "message {id} was dead-lettered at every endpoint: {detail}"
+                "message {} was dead-lettered at every endpoint: {detail}",
+                env.id
             ))
         });
     }
     if ctx.json {
         output::json_line(&SendReport {
-            id: &id,
-            trace_id: envelope.trace(),
-            subject: &args.subject,
+            id: &env.id,
+            trace_id: env.trace(),
+            subject: &env.subject,
+            priority: env.priority().as_str(),
             delivered_to: delivered,
             rejected,
             warnings,
@@ -140,7 +412,17 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
         for w in &warnings {
             output::warn(w);
         }
-        output::line(&id)
+        output::line(&env.id)
+    }
+}
+
+fn pressure_policy(cfg: &crate::config::Backpressure) -> pressure::Policy {
+    pressure::Policy {
+        max_mailbox_size: cfg.max_mailbox_size,
+        warning_at: cfg.pressure_warning_at,
+        shed_low_at: cfg.shed_low_at,
+        shed_background_at: cfg.shed_background_at,
+        priority_headroom: cfg.priority_headroom,
     }
 }
 
@@ -158,28 +440,6 @@ fn matching_endpoints(ctx: &Ctx, subj: &str) -> Result<Vec<String>> {
     }
 }
 
-/// Delivers the hop-updated copy, or dead-letters it in that mailbox.
-/// Returns the copy written, or the `(code, reason)` of the refusal.
-fn deliver_one(mb: &Mailbox, env: &Envelope, now: u64) -> Result<Envelope, (String, String)> {
-    let io_err = |e: Error| ("io_error".to_string(), e.to_string());
-    crate::home::check_dir(mb.dir(), "mailbox").map_err(io_err)?;
-    match env.budget.hop(&mb.name, now) {
-        Ok(budget) => {
-            let copy = Envelope {
-                budget,
-                ..env.clone()
-            };
-            mb.deliver(&copy, true).map_err(io_err)?;
-            Ok(copy)
-        }
-        Err((code, reason)) => {
-            let code = code.as_str().to_string();
-            mb.dead_letter(env, &reason, &code, now).map_err(io_err)?;
-            Err((code, reason))
-        }
-    }
-}
-
 /// Nothing matched: dead-letter under the subject itself (as DorkOS does)
 /// and fail with 69, listing what exists.
 fn dead_letter_unmatched(ctx: &mut Ctx, env: &Envelope) -> Result<()> {
@@ -187,14 +447,27 @@ fn dead_letter_unmatched(ctx: &mut Ctx, env: &Envelope) -> Result<()> {
     let reason = "no matching endpoints";
     let mb = Mailbox::at(&ctx.home, &env.subject);
     mb.dead_letter(env, reason, "no_match", now)?;
-    ctx.store()?.record_sent(
+    let tx = ctx.store()?.begin()?;
+    tx.record_sent(
         &[SentRow {
             endpoint: &env.subject,
             envelope: env,
             failure: Some(("no_match", reason)),
+            probe: false,
         }],
         now,
     )?;
+    tx.event(
+        &StoreEvent {
+            kind: "dead_letter",
+            sender: Some(&env.from),
+            endpoint: Some(&env.subject),
+            message_id: Some(&env.id),
+            detail: json!({ "code": "no_match", "reason": reason }),
+        },
+        now,
+    )?;
+    tx.commit()?;
     Err(Error::NoEndpoint(format!(
         "no endpoint matches '{}'; message {} dead-lettered to {}; {}",
         env.subject,

@@ -1,0 +1,209 @@
+//! The reliability layer's I/O side: applies the pure state machines
+//! (`bucket`, `breaker`) to state read and written inside one index
+//! transaction, and records every decision as an event.
+
+use serde_json::json;
+
+use crate::breaker::{self, Decision as BreakerDecision, Event as BreakerEvent, Transition};
+use crate::bucket;
+use crate::clock::human_ms;
+use crate::config::{CircuitBreaker, RateLimit};
+use crate::error::Result;
+use crate::store::{Event, Tx};
+
+/// What the rate limiter said about one send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RateOutcome {
+    /// Admitted quietly (or the limiter is disabled).
+    Admit,
+    /// Admitted with a warning.
+    Soft(String),
+    /// Refused.
+    Hard {
+        /// The complete user-facing message.
+        message: String,
+        /// When a token will be there.
+        retry_after_ms: u64,
+    },
+}
+
+/// The bucket policy for `sender` under `cfg`.
+#[must_use]
+pub fn bucket_policy(cfg: &RateLimit, sender: &str) -> bucket::Policy {
+    bucket::Policy::new(
+        cfg.limit_for(sender),
+        cfg.window_secs,
+        cfg.burst,
+        cfg.soft_limit_ratio,
+    )
+}
+
+/// Takes one token from `sender`'s persisted bucket and records the hit.
+pub fn rate_limit(tx: &Tx<'_>, cfg: &RateLimit, sender: &str, now: u64) -> Result<RateOutcome> {
+    if !cfg.enabled {
+        return Ok(RateOutcome::Admit);
+    }
+    let policy = bucket_policy(cfg, sender);
+    let state = tx
+        .bucket(sender)?
+        .unwrap_or_else(|| bucket::State::full(&policy, now));
+    let (next, decision) = bucket::take(&state, &policy, now);
+    let window = cfg.window_secs;
+    let (outcome, hit, kind, detail) = match decision {
+        bucket::Decision::Admit => (RateOutcome::Admit, None, None, json!({})),
+        bucket::Decision::Soft { used, capacity } => {
+            let pct = used * 100 / capacity.max(1);
+            (
+                RateOutcome::Soft(format!(
+                    "sender '{sender}' at {pct}% of its rate limit ({used}/{capacity} in {window}s)"
+                )),
+                Some(true),
+                Some("rate_limit_soft"),
+                json!({ "used": used, "capacity": capacity, "windowSecs": window }),
+            )
+        }
+        bucket::Decision::Hard {
+            capacity,
+            retry_after_ms,
+        } => (
+            RateOutcome::Hard {
+                message: format!(
+                    "rate limit exceeded for sender '{sender}' ({capacity}/{capacity} in {window}s); retry in {}",
+                    human_ms(retry_after_ms)
+                ),
+                retry_after_ms,
+            },
+            Some(false),
+            Some("rate_limit_hard"),
+            json!({ "capacity": capacity, "windowSecs": window, "retryAfterMs": retry_after_ms }),
+        ),
+    };
+    tx.put_bucket(sender, &next, hit, now)?;
+    if let Some(kind) = kind {
+        tx.event(
+            &Event {
+                kind,
+                sender: Some(sender),
+                endpoint: None,
+                message_id: None,
+                detail,
+            },
+            now,
+        )?;
+    }
+    Ok(outcome)
+}
+
+/// The breaker policy under `cfg`.
+#[must_use]
+pub fn breaker_policy(cfg: &CircuitBreaker) -> breaker::Policy {
+    breaker::Policy {
+        failure_threshold: cfg.failure_threshold,
+        cooldown_ms: cfg.cooldown_ms,
+        half_open_probes: cfg.half_open_probe_count,
+        success_to_close: cfg.success_to_close,
+        backoff: cfg.cooldown_backoff,
+        max_cooldown_ms: cfg.max_cooldown_ms,
+    }
+}
+
+/// Applies `event` to the (sender, endpoint) breaker, persists it, and
+/// records its transitions. A disabled breaker admits everything.
+/// `force` applies operator events even when breakers are disabled.
+pub fn breaker_step(
+    tx: &Tx<'_>,
+    cfg: &CircuitBreaker,
+    sender: &str,
+    endpoint: &str,
+    event: BreakerEvent,
+    now: u64,
+) -> Result<BreakerDecision> {
+    let operator = matches!(event, BreakerEvent::Reset | BreakerEvent::ForceOpen { .. });
+    if !cfg.enabled && !operator {
+        return Ok(match event {
+            BreakerEvent::Send => BreakerDecision::Admit,
+            _ => BreakerDecision::Noted,
+        });
+    }
+    let policy = breaker_policy(cfg);
+    let state = tx.breaker(sender, endpoint)?;
+    let (next, decision, transitions) = breaker::step(&state, event, &policy, now);
+    if next != state {
+        tx.put_breaker(sender, endpoint, &next, now)?;
+    }
+    for t in transitions {
+        let kind = match t {
+            Transition::Opened => "breaker_opened",
+            Transition::HalfOpened => "breaker_half_open",
+            Transition::Closed => "breaker_closed",
+        };
+        tx.event(
+            &Event {
+                kind,
+                sender: Some(sender),
+                endpoint: Some(endpoint),
+                message_id: None,
+                detail: json!({
+                    "failures": next.failures,
+                    "trips": next.total_trips,
+                    "nextProbeAt": (next.phase != breaker::Phase::Closed).then_some(next.next_probe_at),
+                    "manual": operator,
+                }),
+            },
+            now,
+        )?;
+    }
+    Ok(decision)
+}
+
+/// The user-facing refusal of an open or saturated half-open breaker.
+#[must_use]
+pub fn breaker_refusal(
+    sender: &str,
+    endpoint: &str,
+    phase: breaker::Phase,
+    retry_after_ms: u64,
+) -> String {
+    match phase {
+        breaker::Phase::HalfOpen => format!(
+            "circuit half-open for {sender} -> {endpoint}: probes in flight; retry in {}",
+            human_ms(retry_after_ms)
+        ),
+        _ => format!(
+            "circuit open for {sender} -> {endpoint}; next probe in {}",
+            human_ms(retry_after_ms)
+        ),
+    }
+}
+
+/// Counts claims held past their lease (on `endpoint`, or everywhere) as
+/// delivery failures of their pairs, once each. Returns how many.
+pub fn observe_leases(
+    tx: &Tx<'_>,
+    cfg: &CircuitBreaker,
+    endpoint: Option<&str>,
+    now: u64,
+) -> Result<usize> {
+    let expired = tx.expired_leases(endpoint, now)?;
+    for lease in &expired {
+        tx.event(
+            &Event {
+                kind: "lease_expired",
+                sender: Some(&lease.sender),
+                endpoint: Some(&lease.endpoint),
+                message_id: Some(&lease.id),
+                detail: json!({}),
+            },
+            now,
+        )?;
+        breaker_step(
+            tx,
+            cfg,
+            &lease.sender,
+            &lease.endpoint,
+            BreakerEvent::Failure { probe: lease.probe },
+            now,
+        )?;
+    }
+    Ok(expired.len())
+}
