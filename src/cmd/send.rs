@@ -90,7 +90,7 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
 /// What became of the message at one endpoint.
 enum Fate {
     /// Delivered (the copy written, and whether it is a breaker probe).
-    Delivered(Envelope, bool),
+    Delivered(Box<Envelope>, bool),
     /// Written to the endpoint's `failed/` (code, reason).
     DeadLettered(String, String),
     /// Refused for now; nothing written for it (code, message, retry-after).
@@ -250,7 +250,7 @@ fn deliver_all(ctx: &mut Ctx, env: &Envelope, targets: Vec<String>, now: u64) ->
         *fate = Some(
             match crate::home::check_dir(mb.dir(), "mailbox").and_then(|()| mb.deliver(&copy, true))
             {
-                Ok(()) => Fate::Delivered(copy, probes[i]),
+                Ok(()) => Fate::Delivered(Box::new(copy), probes[i]),
                 Err(e) => {
                     io_failures.push((ep.clone(), probes[i]));
                     Fate::Refused("io_error".into(), e.to_string(), None)
