@@ -45,6 +45,120 @@ pub enum Command {
     Nack(NackArgs),
     /// List, add or remove endpoints (mailboxes)
     Endpoints(EndpointsArgs),
+    /// One screen: endpoints and pressure, open breakers, limited senders, recent events
+    Status(StatusArgs),
+    /// Circuit breakers per (sender, endpoint) pair: list, reset, open
+    Breakers(BreakersArgs),
+    /// Per-sender rate limits: list, reset
+    Limits(LimitsArgs),
+    /// Show, read, change or check config.json
+    Config(ConfigArgs),
+}
+
+/// Arguments of `relay status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// How many recent events to show
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub events: u32,
+}
+
+/// Arguments of `relay breakers`.
+#[derive(Debug, Args)]
+pub struct BreakersArgs {
+    #[command(subcommand)]
+    pub action: Option<BreakersAction>,
+}
+
+/// What `relay breakers` does; listing is the default.
+#[derive(Debug, Subcommand)]
+pub enum BreakersAction {
+    /// List every breaker that has state
+    List,
+    /// Close breakers and clear their counters
+    Reset {
+        /// Sender of the pair
+        #[arg(value_name = "SENDER", required_unless_present = "all")]
+        sender: Option<String>,
+        /// Endpoint of the pair (all of the sender's endpoints if omitted)
+        #[arg(value_name = "ENDPOINT")]
+        endpoint: Option<String>,
+        /// Reset every breaker
+        #[arg(long, conflicts_with_all = ["sender", "endpoint"])]
+        all: bool,
+    },
+    /// Open a breaker by hand (maintenance): sends on the pair are refused
+    Open {
+        /// Sender of the pair
+        #[arg(value_name = "SENDER")]
+        sender: String,
+        /// Endpoint of the pair
+        #[arg(value_name = "ENDPOINT")]
+        endpoint: String,
+        /// How long before it half-opens [default: the configured cooldown]
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        duration: Option<Duration>,
+    },
+}
+
+/// Arguments of `relay limits`.
+#[derive(Debug, Args)]
+pub struct LimitsArgs {
+    #[command(subcommand)]
+    pub action: Option<LimitsAction>,
+}
+
+/// What `relay limits` does; listing is the default.
+#[derive(Debug, Subcommand)]
+pub enum LimitsAction {
+    /// List every sender with a rate-limit bucket
+    List,
+    /// Refill senders' buckets (forget their state and hit counts)
+    Reset {
+        /// Sender to reset
+        #[arg(value_name = "SENDER", required_unless_present = "all")]
+        sender: Option<String>,
+        /// Reset every sender
+        #[arg(long, conflicts_with = "sender")]
+        all: bool,
+    },
+}
+
+/// Arguments of `relay config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub action: Option<ConfigAction>,
+}
+
+/// What `relay config` does; `show` is the default.
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Every setting with its effective value and where it came from
+    Show,
+    /// Print one setting's effective value (JSON)
+    Get {
+        /// Dotted key, e.g. reliability.rateLimit.maxPerWindow
+        #[arg(value_name = "KEY")]
+        key: String,
+    },
+    /// Change one setting in config.json (validated, written atomically)
+    Set {
+        /// Dotted key, e.g. reliability.rateLimit.maxPerWindow
+        #[arg(value_name = "KEY")]
+        key: String,
+        /// New value as JSON: 20, true, 0.5, {"ci.": 500}
+        #[arg(value_name = "VALUE", allow_hyphen_values = true)]
+        value: String,
+    },
+    /// Check a config file (the home's by default); unknown keys fail too
+    Validate {
+        /// File to check
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Print the path of config.json
+    Path,
 }
 
 /// Arguments of `relay send`.

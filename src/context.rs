@@ -24,12 +24,17 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Resolves and prepares the home and reads the config; config warnings
-    /// (unknown keys) are printed to stderr.
-    pub fn new(home: Option<PathBuf>, json: bool) -> Result<Self> {
+    /// Resolves and prepares the home and reads the config (unless
+    /// `load_config` is false: defaults then); config warnings (unknown
+    /// keys) are printed to stderr.
+    pub fn new(home: Option<PathBuf>, json: bool, load_config: bool) -> Result<Self> {
         let home = Home::resolve(home)?;
         home.ensure()?;
-        let config = config::load(&home.config_file())?;
+        let config = if load_config {
+            config::load(&home.config_file())?
+        } else {
+            Config::default()
+        };
         for w in &config.warnings {
             output::warn(w);
         }

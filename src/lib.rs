@@ -56,13 +56,19 @@ where
 }
 
 fn dispatch(cli: Cli) -> Result<(), Error> {
-    let mut ctx = Ctx::new(cli.home, cli.json)?;
+    // `config` must work while config.json is broken: that is how it is fixed.
+    let load_config = !matches!(cli.command, Command::Config(_));
+    let mut ctx = Ctx::new(cli.home, cli.json, load_config)?;
     match &cli.command {
         Command::Send(a) => cmd::send::run(&mut ctx, a),
         Command::Recv(a) => cmd::recv::run(&mut ctx, a),
         Command::Ack(a) => cmd::ack::ack(&mut ctx, a),
         Command::Nack(a) => cmd::ack::nack(&mut ctx, a),
         Command::Endpoints(a) => cmd::endpoints::run(&mut ctx, a),
+        Command::Status(a) => cmd::status::run(&mut ctx, a),
+        Command::Breakers(a) => cmd::breakers::run(&mut ctx, a),
+        Command::Limits(a) => cmd::limits::run(&mut ctx, a),
+        Command::Config(a) => cmd::config::run(&ctx, a),
     }
 }
 

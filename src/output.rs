@@ -39,12 +39,17 @@ pub fn table(header: &[&str]) -> Table {
     t
 }
 
-/// Prints a table to stdout (trailing spaces trimmed).
-pub fn print_table(t: &Table) -> Result<()> {
-    let text: Vec<String> = t
-        .to_string()
+/// A table's text, each line without the preset's padding at either end.
+#[must_use]
+pub fn table_text(t: &Table) -> String {
+    t.to_string()
         .lines()
-        .map(|l| l.trim_end().trim_start_matches(' ').to_string())
-        .collect();
-    line(&text.join("\n"))
+        .map(|l| l.trim_end().trim_start_matches(' '))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Prints a table to stdout.
+pub fn print_table(t: &Table) -> Result<()> {
+    line(&table_text(t))
 }

@@ -257,15 +257,6 @@ pub struct ExpiredLease {
     pub probe: bool,
 }
 
-/// Persisted counters of one sender's bucket.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BucketHits {
-    /// Soft-threshold hits ever.
-    pub soft: u64,
-    /// Hard refusals ever.
-    pub hard: u64,
-}
-
 impl Tx<'_> {
     fn err(&self, e: rusqlite::Error) -> Error {
         store_err(self.path, e)
@@ -526,6 +517,77 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Every stored breaker, by sender then endpoint.
+    pub fn breakers(&self) -> Result<Vec<BreakerRow>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "SELECT phase, failures, successes, probes_in_flight, opened_at, next_probe_at,
+                        trips, total_trips, sender, endpoint
+                 FROM breakers ORDER BY sender, endpoint",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([], |r| {
+            Ok(BreakerRow {
+                state: breaker_from_row(r)?,
+                sender: r.get(8)?,
+                endpoint: r.get(9)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| self.err(e))
+    }
+
+    /// Every stored bucket, by sender.
+    pub fn buckets(&self) -> Result<Vec<BucketRow>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "SELECT sender, tokens, updated_at, soft_hits, hard_hits, last_hit_at
+                 FROM buckets ORDER BY sender",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([], |r| {
+            Ok(BucketRow {
+                sender: r.get(0)?,
+                state: bucket::State {
+                    tokens: r.get(1)?,
+                    updated_at: r.get(2)?,
+                },
+                soft_hits: r.get(3)?,
+                hard_hits: r.get(4)?,
+                last_hit_at: r.get(5)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| self.err(e))
+    }
+
+    /// The most recent `limit` events, newest first.
+    pub fn recent_events(&self, limit: u32) -> Result<Vec<EventRow>> {
+        let mut stmt = self
+            .tx
+            .prepare_cached(
+                "SELECT id, at, kind, sender, endpoint, message_id, detail
+                 FROM events ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map(params![limit], |r| {
+            let detail: String = r.get(6)?;
+            Ok(EventRow {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                kind: r.get(2)?,
+                sender: r.get(3)?,
+                endpoint: r.get(4)?,
+                message_id: r.get(5)?,
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| self.err(e))
+    }
+
     /// Pairs whose breaker is stored (optionally one sender's or one pair).
     pub fn breaker_pairs(
         &self,
@@ -565,6 +627,52 @@ impl Tx<'_> {
             .map_err(|e| self.err(e))?;
         Ok(())
     }
+}
+
+/// A stored breaker.
+#[derive(Debug, Clone)]
+pub struct BreakerRow {
+    /// Sender of the pair.
+    pub sender: String,
+    /// Endpoint of the pair.
+    pub endpoint: String,
+    /// Its state as last written.
+    pub state: breaker::State,
+}
+
+/// A stored bucket with its hit counters.
+#[derive(Debug, Clone)]
+pub struct BucketRow {
+    /// The sender.
+    pub sender: String,
+    /// Tokens as last written.
+    pub state: bucket::State,
+    /// Soft-threshold hits ever.
+    pub soft_hits: u64,
+    /// Hard refusals ever.
+    pub hard_hits: u64,
+    /// Time of the last hit of either kind.
+    pub last_hit_at: Option<u64>,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRow {
+    /// Sequence number (increasing).
+    pub id: i64,
+    /// When (ms since the epoch).
+    pub at: u64,
+    /// Event kind.
+    pub kind: String,
+    /// Sender concerned.
+    pub sender: Option<String>,
+    /// Endpoint concerned.
+    pub endpoint: Option<String>,
+    /// Message concerned.
+    pub message_id: Option<String>,
+    /// Kind-specific detail.
+    pub detail: serde_json::Value,
 }
 
 /// One event row to append.

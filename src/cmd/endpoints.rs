@@ -18,17 +18,50 @@ struct EndpointList {
     endpoints: Vec<EndpointInfo>,
 }
 
-/// One endpoint in `relay endpoints --json`.
+/// One endpoint in `relay endpoints --json` (and `status`).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct EndpointInfo {
-    subject: String,
+pub struct EndpointInfo {
+    /// The endpoint subject.
+    pub subject: String,
     /// `new + cur`: what backpressure counts.
-    depth: usize,
-    new: usize,
-    cur: usize,
-    failed: usize,
-    last_activity: Option<String>,
+    pub depth: usize,
+    /// Messages waiting in `new/`.
+    pub new: usize,
+    /// Claimed messages in `cur/`.
+    pub cur: usize,
+    /// Dead letters in `failed/`.
+    pub failed: usize,
+    /// `maxMailboxSize`, when backpressure is enabled.
+    pub capacity: Option<u64>,
+    /// `depth / capacity`, when backpressure is enabled.
+    pub pressure: Option<f64>,
+    /// When a message last arrived, was claimed or finished.
+    pub last_activity: Option<String>,
+}
+
+/// Every endpoint with its depth, pressure and last activity.
+pub fn infos(ctx: &Ctx) -> Result<Vec<EndpointInfo>> {
+    let bp = &ctx.config.reliability.backpressure;
+    let capacity = bp.enabled.then_some(bp.max_mailbox_size);
+    let mut rows = Vec::new();
+    for name in maildir::list_endpoints(&ctx.home)? {
+        let mb = Mailbox::at(&ctx.home, &name);
+        let (new, cur, failed) = (mb.count("new")?, mb.count("cur")?, mb.count("failed")?);
+        let last = mb.last_activity();
+        #[allow(clippy::cast_precision_loss)]
+        rows.push(EndpointInfo {
+            subject: name,
+            depth: new + cur,
+            new,
+            cur,
+            failed,
+            capacity,
+            pressure: capacity.map(|c| (new + cur) as f64 / c.max(1) as f64),
+            last_activity: (last > 0).then(|| iso8601(last)),
+        });
+    }
+    Ok(rows)
 }
 
 /// Runs `relay endpoints`.
@@ -42,20 +75,7 @@ pub fn run(ctx: &mut Ctx, args: &EndpointsArgs) -> Result<()> {
 
 fn list(ctx: &Ctx) -> Result<()> {
     let now = ctx.clock.now_ms();
-    let mut rows = Vec::new();
-    for name in maildir::list_endpoints(&ctx.home)? {
-        let mb = Mailbox::at(&ctx.home, &name);
-        let (new, cur, failed) = (mb.count("new")?, mb.count("cur")?, mb.count("failed")?);
-        let last = mb.last_activity();
-        rows.push(EndpointInfo {
-            subject: name,
-            depth: new + cur,
-            new,
-            cur,
-            failed,
-            last_activity: (last > 0).then(|| iso8601(last)),
-        });
-    }
+    let rows = infos(ctx)?;
     if ctx.json {
         return output::json_line(&EndpointList { endpoints: rows });
     }

@@ -2,6 +2,10 @@
 //! context and its own clap `Args`.
 
 pub mod ack;
+pub mod breakers;
+pub mod config;
 pub mod endpoints;
+pub mod limits;
 pub mod recv;
 pub mod send;
+pub mod status;

@@ -1,0 +1,192 @@
+//! `relay breakers`: list, reset and open the per-(sender, endpoint) circuit breakers.
+
+use serde::Serialize;
+
+use crate::breaker::{self, Event as BreakerEvent, Phase};
+use crate::cli::{BreakersAction, BreakersArgs};
+use crate::clock::{human_ms, iso8601};
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::output;
+use crate::reliability;
+use crate::store::BreakerRow;
+use crate::subject;
+
+/// One breaker as shown by `relay breakers --json` (and `status`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerInfo {
+    sender: String,
+    endpoint: String,
+    /// Effective state now: `closed`, `open` or `half-open`.
+    pub state: &'static str,
+    consecutive_failures: u32,
+    probes_in_flight: u32,
+    opened_at: Option<String>,
+    next_probe_at: Option<String>,
+    next_probe_in_ms: Option<u64>,
+    trips: u32,
+}
+
+impl BreakerInfo {
+    /// The view of a stored breaker at `now`.
+    #[must_use]
+    pub fn new(row: BreakerRow, now: u64) -> Self {
+        let s = row.state;
+        let phase = breaker::effective_phase(&s, now);
+        let waiting = phase == Phase::Open;
+        BreakerInfo {
+            sender: row.sender,
+            endpoint: row.endpoint,
+            state: phase.as_str(),
+            consecutive_failures: s.failures,
+            probes_in_flight: if phase == Phase::HalfOpen && s.phase == Phase::HalfOpen {
+                s.probes_in_flight
+            } else {
+                0
+            },
+            opened_at: (s.opened_at > 0).then(|| iso8601(s.opened_at)),
+            next_probe_at: waiting.then(|| iso8601(s.next_probe_at)),
+            next_probe_in_ms: waiting.then(|| s.next_probe_at.saturating_sub(now)),
+            trips: s.total_trips,
+        }
+    }
+
+    /// Table cells: pair, state, failures, opened, next probe, trips.
+    #[must_use]
+    pub fn cells(&self, now: u64) -> Vec<String> {
+        let opened = self
+            .opened_at
+            .as_deref()
+            .and_then(crate::clock::parse_iso8601)
+            .unwrap_or(0);
+        vec![
+            format!("{} -> {}", self.sender, self.endpoint),
+            self.state.to_string(),
+            self.consecutive_failures.to_string(),
+            crate::clock::ago(now, opened),
+            self.next_probe_in_ms
+                .map_or_else(|| "-".to_string(), |ms| format!("in {}", human_ms(ms))),
+            self.trips.to_string(),
+        ]
+    }
+}
+
+/// Column names matching `BreakerInfo::cells`.
+pub const COLUMNS: [&str; 6] = ["pair", "state", "failures", "opened", "next probe", "trips"];
+
+/// Runs `relay breakers`.
+pub fn run(ctx: &mut Ctx, args: &BreakersArgs) -> Result<()> {
+    match &args.action {
+        None | Some(BreakersAction::List) => list(ctx),
+        Some(BreakersAction::Reset {
+            sender,
+            endpoint,
+            all,
+        }) => reset(ctx, sender.as_deref(), endpoint.as_deref(), *all),
+        Some(BreakersAction::Open {
+            sender,
+            endpoint,
+            duration,
+        }) => open(ctx, sender, endpoint, *duration),
+    }
+}
+
+/// Stored breakers as seen at `now`, after counting expired leases.
+pub fn snapshot(ctx: &mut Ctx, now: u64) -> Result<Vec<BreakerInfo>> {
+    let cfg = ctx.config.reliability.circuit_breaker.clone();
+    let tx = ctx.store()?.begin()?;
+    reliability::observe_leases(&tx, &cfg, None, now)?;
+    let rows = tx.breakers()?;
+    tx.commit()?;
+    Ok(rows.into_iter().map(|r| BreakerInfo::new(r, now)).collect())
+}
+
+fn list(ctx: &mut Ctx) -> Result<()> {
+    let now = ctx.clock.now_ms();
+    let infos = snapshot(ctx, now)?;
+    if ctx.json {
+        return output::json_line(&serde_json::json!({ "breakers": infos }));
+    }
+    if infos.is_empty() {
+        eprintln!("relay: no breaker has state yet (every pair is closed)");
+        return Ok(());
+    }
+    let mut t = output::table(&COLUMNS);
+    for i in &infos {
+        t.add_row(i.cells(now));
+    }
+    output::print_table(&t)
+}
+
+fn reset(ctx: &mut Ctx, sender: Option<&str>, endpoint: Option<&str>, all: bool) -> Result<()> {
+    if let Some(s) = sender {
+        subject::validate_subject(s, "sender")?;
+    }
+    if let Some(e) = endpoint {
+        subject::validate_subject(e, "endpoint")?;
+    }
+    let now = ctx.clock.now_ms();
+    let cfg = ctx.config.reliability.circuit_breaker.clone();
+    let tx = ctx.store()?.begin()?;
+    let pairs = if all {
+        tx.breaker_pairs(None, None)?
+    } else {
+        tx.breaker_pairs(sender, endpoint)?
+    };
+    if pairs.is_empty() && !all {
+        let what = match endpoint {
+            Some(e) => format!("{} -> {e}", sender.unwrap_or("*")),
+            None => format!("sender '{}'", sender.unwrap_or("*")),
+        };
+        return Err(Error::Data(format!(
+            "no breaker state for {what}; see them with: relay breakers"
+        )));
+    }
+    for (s, e) in &pairs {
+        reliability::breaker_step(&tx, &cfg, s, e, BreakerEvent::Reset, now)?;
+    }
+    tx.commit()?;
+    let names: Vec<String> = pairs.iter().map(|(s, e)| format!("{s} -> {e}")).collect();
+    if ctx.json {
+        return output::json_line(&serde_json::json!({ "reset": names }));
+    }
+    eprintln!("relay: reset {} breaker(s)", names.len());
+    Ok(())
+}
+
+fn open(
+    ctx: &mut Ctx,
+    sender: &str,
+    endpoint: &str,
+    duration: Option<std::time::Duration>,
+) -> Result<()> {
+    subject::validate_subject(sender, "sender")?;
+    subject::validate_subject(endpoint, "endpoint")?;
+    let now = ctx.clock.now_ms();
+    let cfg = ctx.config.reliability.circuit_breaker.clone();
+    let ms = duration.map_or(cfg.cooldown_ms, |d| {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    });
+    let until = now.saturating_add(ms);
+    let tx = ctx.store()?.begin()?;
+    reliability::breaker_step(
+        &tx,
+        &cfg,
+        sender,
+        endpoint,
+        BreakerEvent::ForceOpen { until },
+        now,
+    )?;
+    tx.commit()?;
+    if ctx.json {
+        return output::json_line(&serde_json::json!({
+            "sender": sender, "endpoint": endpoint, "state": "open", "nextProbeAt": iso8601(until)
+        }));
+    }
+    eprintln!(
+        "relay: breaker {sender} -> {endpoint} open for {}",
+        human_ms(ms)
+    );
+    Ok(())
+}

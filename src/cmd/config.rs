@@ -1,0 +1,201 @@
+//! `relay config`: show, get, set, validate and locate config.json.
+
+use std::fs;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::cli::{ConfigAction, ConfigArgs};
+use crate::config::{self, Config};
+use crate::context::Ctx;
+use crate::error::{Error, IoContext, Result};
+use crate::home;
+use crate::output;
+
+/// One setting in `relay config show --json`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Setting {
+    key: &'static str,
+    value: Value,
+    default: Value,
+    /// `file` or `default`.
+    source: &'static str,
+}
+
+/// Runs `relay config`. The home's config is not required to be valid here:
+/// this is how a broken file gets inspected and fixed.
+pub fn run(ctx: &Ctx, args: &ConfigArgs) -> Result<()> {
+    let path = ctx.home.config_file();
+    match &args.action {
+        None | Some(ConfigAction::Show) => show(ctx, &path),
+        Some(ConfigAction::Get { key }) => get(ctx, &path, key),
+        Some(ConfigAction::Set { key, value }) => set(ctx, &path, key, value),
+        Some(ConfigAction::Validate { file }) => validate(ctx, file.as_deref().unwrap_or(&path)),
+        Some(ConfigAction::Path) => output::line(&path.display().to_string()),
+    }
+}
+
+fn show(ctx: &Ctx, path: &Path) -> Result<()> {
+    let cfg = load_reporting(path)?;
+    let raw = read_raw(path)?;
+    let defaults = Config::default();
+    let settings: Vec<Setting> = config::knobs()
+        .map(|key| Setting {
+            key,
+            value: cfg.get(key).unwrap_or(Value::Null),
+            default: defaults.get(key).unwrap_or(Value::Null),
+            source: if lookup(&raw, key).is_some() {
+                "file"
+            } else {
+                "default"
+            },
+        })
+        .collect();
+    if ctx.json {
+        return output::json_line(&serde_json::json!({
+            "path": path.display().to_string(),
+            "exists": path.exists(),
+            "settings": settings,
+        }));
+    }
+    let mut t = output::table(&["key", "value", "source"]);
+    for s in &settings {
+        t.add_row(vec![
+            s.key.to_string(),
+            s.value.to_string(),
+            s.source.to_string(),
+        ]);
+    }
+    output::print_table(&t)
+}
+
+fn get(ctx: &Ctx, path: &Path, key: &str) -> Result<()> {
+    check_key(key)?;
+    let cfg = load_reporting(path)?;
+    let value = cfg.get(key).unwrap_or(Value::Null);
+    if ctx.json {
+        return output::json_line(&serde_json::json!({ "key": key, "value": value }));
+    }
+    output::line(&value.to_string())
+}
+
+fn set(ctx: &Ctx, path: &Path, key: &str, value: &str) -> Result<()> {
+    check_key(key)?;
+    let new: Value = serde_json::from_str(value).map_err(|_| {
+        Error::Config(format!(
+            "value '{value}' for {key} is not JSON: write numbers and booleans bare (20, 0.5, true) and objects as JSON ({{\"ci.\": 500}})"
+        ))
+    })?;
+    // Serialize writers: read-modify-write under the config lock.
+    let lock_dir = ctx.home.root().join("locks");
+    home::create_dir_secure(&lock_dir, false)?;
+    let lock_path = lock_dir.join("config.lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .ctx("cannot open lock", &lock_path)?;
+    lock.lock().ctx("cannot lock", &lock_path)?;
+
+    let mut raw = read_raw(path)?;
+    let mut node = &mut raw;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let Value::Object(map) = node else {
+            return Err(Error::Config(format!(
+                "config {}: {} is not an object; fix the file first",
+                path.display(),
+                parts[..i].join(".")
+            )));
+        };
+        if i + 1 == parts.len() {
+            map.insert((*part).to_string(), new.clone());
+            break;
+        }
+        node = map
+            .entry((*part).to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    let text = serde_json::to_string_pretty(&raw)
+        .map_err(|e| Error::Config(format!("cannot render config: {e}")))?;
+    // Validate the whole result: nothing is written if any of it is wrong.
+    let origin = path.display().to_string();
+    config::parse(&text, &origin)?;
+    let tmp = path.with_extension(format!("json.tmp.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    home::write_new_file(&tmp, format!("{text}\n").as_bytes(), true)?;
+    fs::rename(&tmp, path).ctx("cannot replace", path)?;
+    home::sync_dir(ctx.home.root())?;
+    if ctx.json {
+        return output::json_line(&serde_json::json!({ "key": key, "value": new }));
+    }
+    Ok(())
+}
+
+fn validate(ctx: &Ctx, path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Err(Error::Config(format!(
+            "config {}: no such file",
+            path.display()
+        )));
+    }
+    let cfg = config::load(path)?;
+    if ctx.json {
+        output::json_line(&serde_json::json!({
+            "path": path.display().to_string(),
+            "valid": cfg.warnings.is_empty(),
+            "warnings": cfg.warnings,
+        }))?;
+    }
+    if cfg.warnings.is_empty() {
+        if !ctx.json {
+            eprintln!("relay: {} is valid", path.display());
+        }
+        Ok(())
+    } else {
+        Err(Error::Config(cfg.warnings.join("; ")))
+    }
+}
+
+/// Loads the config, printing its warnings.
+fn load_reporting(path: &Path) -> Result<Config> {
+    let cfg = config::load(path)?;
+    for w in &cfg.warnings {
+        output::warn(w);
+    }
+    Ok(cfg)
+}
+
+/// The file as a JSON object (`{}` when missing or blank).
+fn read_raw(path: &Path) -> Result<Value> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Value::Object(Map::new())),
+        Err(e) => return Err(Error::io("cannot read config", path, e)),
+    };
+    if text.trim().is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    // Validation (with file, line and column) comes from config::parse.
+    config::parse(&text, &path.display().to_string())?;
+    serde_json::from_str(text.trim_start_matches('\u{feff}'))
+        .map_err(|e| Error::Config(format!("config {}: invalid JSON: {e}", path.display())))
+}
+
+/// The value at a dotted key in a raw config object.
+fn lookup<'a>(raw: &'a Value, key: &str) -> Option<&'a Value> {
+    key.split('.').try_fold(raw, |node, part| node.get(part))
+}
+
+fn check_key(key: &str) -> Result<()> {
+    if config::knobs().any(|k| k == key) {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "unknown config key '{key}'; known keys: {}",
+        config::knobs().collect::<Vec<_>>().join(", ")
+    )))
+}

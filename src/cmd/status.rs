@@ -1,0 +1,154 @@
+//! `relay status`: one screen of the bus: endpoints with depth and pressure,
+//! breakers that are not closed, senders that hit their limit, recent events.
+
+use serde::Serialize;
+
+use crate::cli::StatusArgs;
+use crate::clock::ago;
+use crate::cmd::breakers::{self, BreakerInfo};
+use crate::cmd::endpoints::{self, EndpointInfo};
+use crate::cmd::limits::{self, LimitInfo};
+use crate::context::Ctx;
+use crate::error::Result;
+use crate::output;
+use crate::store::EventRow;
+
+/// `relay status --json`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Status {
+    home: String,
+    endpoints: Vec<EndpointInfo>,
+    breakers: Vec<BreakerInfo>,
+    limited_senders: Vec<LimitInfo>,
+    events: Vec<EventRow>,
+}
+
+/// Width of the pressure bar in cells.
+const BAR: usize = 10;
+
+/// Runs `relay status`.
+pub fn run(ctx: &mut Ctx, args: &StatusArgs) -> Result<()> {
+    let now = ctx.clock.now_ms();
+    let endpoints = endpoints::infos(ctx)?;
+    let breakers: Vec<BreakerInfo> = breakers::snapshot(ctx, now)?
+        .into_iter()
+        .filter(|b| b.state != "closed")
+        .collect();
+    let limited: Vec<LimitInfo> = limits::snapshot(ctx, now)?
+        .into_iter()
+        .filter(|l| l.is_limited(now))
+        .collect();
+    let events = {
+        let tx = ctx.store()?.begin()?;
+        let events = tx.recent_events(args.events)?;
+        tx.commit()?;
+        events
+    };
+    if ctx.json {
+        return output::json_line(&Status {
+            home: ctx.home.root().display().to_string(),
+            endpoints,
+            breakers,
+            limited_senders: limited,
+            events,
+        });
+    }
+
+    let mut out = Vec::new();
+    out.push(format!("relay home {}", ctx.home.root().display()));
+    out.push(String::new());
+    if endpoints.is_empty() {
+        out.push("no endpoints (create one with: relay endpoints add SUBJECT)".into());
+    } else {
+        let mut t = output::table(&["endpoint", "depth", "pressure", "failed", "last activity"]);
+        for e in &endpoints {
+            let last = e
+                .last_activity
+                .as_deref()
+                .and_then(crate::clock::parse_iso8601)
+                .unwrap_or(0);
+            t.add_row(vec![
+                e.subject.clone(),
+                e.capacity
+                    .map_or(e.depth.to_string(), |c| format!("{}/{c}", e.depth)),
+                e.pressure.map_or_else(|| "off".to_string(), bar),
+                e.failed.to_string(),
+                ago(now, last),
+            ]);
+        }
+        out.push(output::table_text(&t));
+    }
+    out.push(String::new());
+    if breakers.is_empty() {
+        out.push("breakers: all closed".into());
+    } else {
+        out.push("breakers not closed:".into());
+        let mut t = output::table(&breakers::COLUMNS);
+        for b in &breakers {
+            t.add_row(b.cells(now));
+        }
+        out.push(output::table_text(&t));
+    }
+    out.push(String::new());
+    if limited.is_empty() {
+        out.push("rate limits: no sender limited".into());
+    } else {
+        out.push("rate-limited senders:".into());
+        let mut t = output::table(&limits::COLUMNS);
+        for l in &limited {
+            t.add_row(l.cells(now));
+        }
+        out.push(output::table_text(&t));
+    }
+    out.push(String::new());
+    if events.is_empty() {
+        out.push("no events yet".into());
+    } else {
+        out.push("recent events:".into());
+        let mut t = output::table(&["when", "event", "sender", "endpoint", "detail"]);
+        for e in &events {
+            t.add_row(vec![
+                ago(now, e.at),
+                e.kind.clone(),
+                e.sender.clone().unwrap_or_default(),
+                e.endpoint.clone().unwrap_or_default(),
+                detail_text(&e.detail),
+            ]);
+        }
+        out.push(output::table_text(&t));
+    }
+    output::line(&out.join("\n"))
+}
+
+/// `[#######---]  72%`
+fn bar(pressure: f64) -> String {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let filled = ((pressure.clamp(0.0, 1.0) * BAR as f64).round() as usize).min(BAR);
+    format!(
+        "[{}{}] {:>3.0}%",
+        "#".repeat(filled),
+        "-".repeat(BAR - filled),
+        pressure * 100.0
+    )
+}
+
+/// `key=value` pairs of an event's detail, nulls left out.
+fn detail_text(v: &serde_json::Value) -> String {
+    match v.as_object() {
+        Some(m) => m
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => String::new(),
+    }
+}
