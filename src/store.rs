@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::envelope::Envelope;
@@ -147,6 +148,17 @@ impl Store {
         // The index is not the source of truth, so it need not fsync on commit.
         self.conn
             .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            .map_err(|e| self.err(e))?;
+        // Each relay process lives milliseconds: keep the WAL and shm files
+        // between processes and leave checkpoints to SQLite's auto-checkpoint
+        // instead of checkpointing (with fsyncs) on every close.
+        let mut persist = 1;
+        self.conn
+            .file_control(Some(rusqlite::MAIN_DB), rusqlite::FileControl::PersistWal(&mut persist))
+            .and_then(|()| {
+                self.conn
+                    .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            })
             .map_err(|e| self.err(e))?;
         let version: usize = self
             .conn
