@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::clock::parse_duration;
+use crate::clock::{parse_duration, parse_positive_duration};
 use crate::pressure::Priority;
 
 /// Reliable local messaging for agents, scripts and hooks.
@@ -20,8 +20,8 @@ use crate::pressure::Priority;
 #[derive(Debug, Parser)]
 #[command(name = "relay", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// Relay home directory [default: ~/.dork/relay]
-    #[arg(long, global = true, value_name = "DIR", env = "RELAY_HOME")]
+    /// Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]
+    #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<PathBuf>,
 
     /// Print machine-readable JSON (NDJSON for streams) instead of text
@@ -190,7 +190,7 @@ pub struct SendArgs {
     pub reply_to: Option<String>,
 
     /// Time to live, e.g. 30s, 5m, 1h (the message expires after it)
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, default_value = "1h")]
     pub ttl: Duration,
 
     /// Maximum number of hops before the message is dead-lettered

@@ -163,6 +163,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(ms as u64))
 }
 
+/// Like `parse_duration`, but zero is refused.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("invalid duration '{s}': must be more than zero")),
+        d => Ok(d),
+    }
+}
+
 /// A short human form of a duration in milliseconds: `850ms`, `1.4s`, `3m`, `2h`, `5d`.
 #[must_use]
 pub fn human_ms(ms: u64) -> String {

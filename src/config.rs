@@ -1178,11 +1178,11 @@ mod tests {
             c.warnings,
             [
                 "config /h/config.json: unknown key 'relability' ignored; did you mean 'reliability'?",
-                "config /h/config.json: unknown key 'reliability.backpressure.colour' ignored",
-                "config /h/config.json: unknown key 'reliability.backpressure.enable' ignored; \
-                 did you mean 'reliability.backpressure.enabled'?",
                 "config /h/config.json: unknown key 'reliability.ratelimit' ignored; \
                  did you mean 'reliability.rateLimit'?",
+                "config /h/config.json: unknown key 'reliability.backpressure.enable' ignored; \
+                 did you mean 'reliability.backpressure.enabled'?",
+                "config /h/config.json: unknown key 'reliability.backpressure.colour' ignored",
                 "config /h/config.json: unknown key 'zzz' ignored",
             ]
         );
@@ -1198,11 +1198,11 @@ mod tests {
         assert_eq!(
             c.warnings,
             [
-                // `enabled` lives in three sections: no single guess.
-                "config /h/config.json: unknown key 'enabled' ignored",
                 "config /h/config.json: unknown key 'rateLimit' ignored; did you mean 'reliability.rateLimit'?",
                 "config /h/config.json: unknown key 'reliability.maxMailboxSize' ignored; \
                  did you mean 'reliability.backpressure.maxMailboxSize'?",
+                // `enabled` lives in three sections: no single guess.
+                "config /h/config.json: unknown key 'enabled' ignored",
             ]
         );
     }
@@ -1214,9 +1214,9 @@ mod tests {
         assert_eq!(
             c.warnings,
             [
-                "config /h/config.json: unknown key 'a.b' ignored",
                 "config /h/config.json: unknown key 'reliability.rateLimit' ignored; \
                  nest it as objects, not as one dotted name",
+                "config /h/config.json: unknown key 'a.b' ignored",
             ]
         );
     }

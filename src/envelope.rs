@@ -71,6 +71,20 @@ impl Envelope {
     }
 }
 
+/// A new message id: a ULID whose time is `now_ms` and whose 80-bit
+/// random part starts with the real clock's nanoseconds (mod 2^50, about 13
+/// days), so ids minted by different processes within one millisecond still
+/// sort in the order they were made (FIFO), also under a pinned test clock;
+/// the low 30 bits are random to keep simultaneous ids distinct.
+#[must_use]
+pub fn new_id(now_ms: u64) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() & ((1u128 << 50) - 1));
+    let random = ulid::Ulid::new().random() & ((1u128 << 30) - 1);
+    ulid::Ulid::from_parts(now_ms, (nanos << 30) | random).to_string()
+}
+
 /// DorkOS `RelayBudget`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

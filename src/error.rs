@@ -33,9 +33,9 @@ pub enum Error {
     /// The input data was wrong: a subject, a payload, an id (65).
     #[error("{0}")]
     Data(String),
-    /// `recv` found nothing to claim (66): not a failure, but not success.
+    /// No input (66): `recv` found nothing to claim, or an input file is missing.
     #[error("{0}")]
-    Empty(String),
+    NoInput(String),
     /// No endpoint matches (69).
     #[error("{0}")]
     NoEndpoint(String),
@@ -70,7 +70,7 @@ impl Error {
         match self {
             Error::Usage(_) => code::USAGE,
             Error::Data(_) => code::DATAERR,
-            Error::Empty(_) => code::NOINPUT,
+            Error::NoInput(_) => code::NOINPUT,
             Error::NoEndpoint(_) => code::UNAVAILABLE,
             Error::Io { .. } | Error::Store(_) => code::IOERR,
             Error::Refused { .. } => code::TEMPFAIL,
@@ -85,7 +85,7 @@ impl Error {
         match self {
             Error::Usage(_) => "usage",
             Error::Data(_) => "data",
-            Error::Empty(_) => "empty",
+            Error::NoInput(_) => "no_input",
             Error::NoEndpoint(_) => "no_endpoint",
             Error::Io { .. } => "io",
             Error::Store(_) => "index",

@@ -20,26 +20,40 @@ pub struct Home {
 }
 
 impl Home {
-    /// Resolves the home: `--home`/`RELAY_HOME` if given, else `~/.dork/relay`.
+    /// Resolves the home: `--home` if given, else `RELAY_HOME`, else
+    /// `~/.dork/relay`.
     pub fn resolve(explicit: Option<PathBuf>) -> Result<Self> {
         let root = match explicit {
             Some(p) if p.as_os_str().is_empty() => {
                 return Err(Error::Usage(
-                    "empty relay home: pass --home DIR or set RELAY_HOME to a directory".into(),
+                    "empty --home: pass a directory, e.g. --home ~/.dork/relay".into(),
                 ));
             }
             Some(p) => p,
-            None => match std::env::var_os("HOME") {
-                Some(h) if !h.is_empty() => PathBuf::from(h).join(".dork").join("relay"),
-                _ => {
+            None => match std::env::var_os("RELAY_HOME") {
+                Some(p) if p.is_empty() => {
                     return Err(Error::Usage(
-                        "cannot find the relay home: HOME is not set; pass --home DIR or set RELAY_HOME"
+                        "RELAY_HOME is set but empty: set it to a directory or unset it to use ~/.dork/relay"
                             .into(),
                     ));
                 }
+                Some(p) => PathBuf::from(p),
+                None => Self::default_root()?,
             },
         };
         Ok(Home { root })
+    }
+
+    fn default_root() -> Result<PathBuf> {
+        Ok(match std::env::var_os("HOME") {
+            Some(h) if !h.is_empty() => PathBuf::from(h).join(".dork").join("relay"),
+            _ => {
+                return Err(Error::Usage(
+                    "cannot find the relay home: HOME is not set; pass --home DIR or set RELAY_HOME"
+                        .into(),
+                ));
+            }
+        })
     }
 
     /// Creates the home (and `mailboxes/`) if missing, then checks that

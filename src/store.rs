@@ -154,7 +154,10 @@ impl Store {
         // instead of checkpointing (with fsyncs) on every close.
         let mut persist = 1;
         self.conn
-            .file_control(Some(rusqlite::MAIN_DB), rusqlite::FileControl::PersistWal(&mut persist))
+            .file_control(
+                Some(rusqlite::MAIN_DB),
+                rusqlite::FileControl::PersistWal(&mut persist),
+            )
             .and_then(|()| {
                 self.conn
                     .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)

@@ -1,1 +1,15 @@
-mod x {}
+//! The integration suite: every test drives the real `relay` binary against a
+//! private temp `RELAY_HOME` (see `harness`), and checks exit codes and disk.
+
+mod harness;
+
+mod ack; // ack and nack: removal from cur/, dead letters with reason sidecars
+mod cli; // usage errors (64), help and version, the clean-environment fallbacks
+mod concurrency; // racing receivers: every message claimed exactly once
+mod config; // config.json: invalid files exit 78 naming file and key; unknown keys warn
+mod endpoints; // endpoints add/list/remove and their JSON
+mod foreign; // files other programs leave: DorkOS envelopes, stray and malformed files
+mod home; // home safety: symlinks and world-writable dirs refused (77), 0700/0600 modes
+mod recv; // claim order, --count, --wait, empty (66) and unknown (69) endpoints
+mod send; // delivery, fan-out, dead letters, payload sources, size cap, options
+mod subjects; // every subject rejection exits 65, names the value, writes nothing

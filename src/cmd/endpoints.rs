@@ -128,6 +128,7 @@ fn add(ctx: &Ctx, subjects: &[String]) -> Result<()> {
     for s in subjects {
         let mb = Mailbox::at(&ctx.home, s);
         if mb.is_endpoint() {
+            crate::home::check_dir(mb.dir(), "mailbox")?;
             present.push(s.clone());
         } else {
             mb.create(&SUBDIRS)?;

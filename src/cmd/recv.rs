@@ -29,7 +29,7 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
                 )
             })
             .unwrap_or_default();
-        return Err(Error::Empty(format!(
+        return Err(Error::NoInput(format!(
             "no message in '{}'{waited}",
             args.endpoint
         )));

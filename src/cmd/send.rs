@@ -2,7 +2,6 @@
 //! endpoint with durable Maildir delivery, dead-letter what cannot go.
 
 use std::io::{IsTerminal, Read};
-use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -15,7 +14,7 @@ use crate::store::Event as StoreEvent;
 use crate::cli::SendArgs;
 use crate::context::Ctx;
 use crate::envelope::{Budget, Envelope};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::maildir::{self, Mailbox};
 use crate::output;
 use crate::store::SentRow;
@@ -64,7 +63,7 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
 
     let now = ctx.clock.now_ms();
     let ttl_ms = u64::try_from(args.ttl.as_millis()).unwrap_or(u64::MAX);
-    let id = ulid::Ulid::from_datetime(UNIX_EPOCH + Duration::from_millis(now)).to_string();
+    let id = crate::envelope::new_id(now);
     let envelope = Envelope {
         id: id.clone(),
         subject: args.subject.clone(),
@@ -82,6 +81,11 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
     let targets = matching_endpoints(ctx, &args.subject)?;
     if targets.is_empty() {
         return dead_letter_unmatched(ctx, &envelope);
+    }
+    // A mailbox that is a symlink or world-writable is refused before
+    // anything is written anywhere.
+    for ep in &targets {
+        crate::home::check_dir(Mailbox::at(&ctx.home, ep).dir(), "mailbox")?;
     }
     let outcome = deliver_all(ctx, &envelope, targets, now)?;
     report(ctx, &envelope, outcome)
@@ -247,16 +251,13 @@ fn deliver_all(ctx: &mut Ctx, env: &Envelope, targets: Vec<String>, now: u64) ->
             ..env.clone()
         };
         let mb = Mailbox::at(&ctx.home, ep);
-        *fate = Some(
-            match crate::home::check_dir(mb.dir(), "mailbox").and_then(|()| mb.deliver(&copy, true))
-            {
-                Ok(()) => Fate::Delivered(Box::new(copy), probes[i]),
-                Err(e) => {
-                    io_failures.push((ep.clone(), probes[i]));
-                    Fate::Refused("io_error".into(), e.to_string(), None)
-                }
-            },
-        );
+        *fate = Some(match mb.deliver(&copy, true) {
+            Ok(()) => Fate::Delivered(Box::new(copy), probes[i]),
+            Err(e) => {
+                io_failures.push((ep.clone(), probes[i]));
+                Fate::Refused("io_error".into(), e.to_string(), None)
+            }
+        });
     }
     drop(locks);
 
@@ -443,6 +444,18 @@ fn matching_endpoints(ctx: &Ctx, subj: &str) -> Result<Vec<String>> {
 /// Nothing matched: dead-letter under the subject itself (as DorkOS does)
 /// and fail with 69, listing what exists.
 fn dead_letter_unmatched(ctx: &mut Ctx, env: &Envelope) -> Result<()> {
+    // Subjects are case-sensitive, but a mailbox differing only in case
+    // would collide on case-insensitive filesystems: refuse, write nothing.
+    let lower = env.subject.to_lowercase();
+    if let Some(other) = maildir::mailbox_dir_names(&ctx.home)?
+        .into_iter()
+        .find(|n| n.to_lowercase() == lower && *n != env.subject)
+    {
+        return Err(Error::Data(format!(
+            "subject '{}' differs only in case from mailbox '{other}'; subjects are case-sensitive (did you mean '{other}'?)",
+            env.subject
+        )));
+    }
     let now = ctx.clock.now_ms();
     let reason = "no matching endpoints";
     let mb = Mailbox::at(&ctx.home, &env.subject);
@@ -498,7 +511,12 @@ fn read_payload(args: &SendArgs, cap: u64) -> Result<Value> {
     let (bytes, from_stream) = match (&args.payload, &args.file) {
         (Some(p), _) => (p.clone().into_bytes(), false),
         (None, Some(path)) if path.as_os_str() != "-" => {
-            let f = std::fs::File::open(path).ctx("cannot open payload file", path)?;
+            let f = std::fs::File::open(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    Error::NoInput(format!("payload file {} does not exist", path.display()))
+                }
+                _ => Error::io("cannot open payload file", path, e),
+            })?;
             (read_capped(f, cap, &path.display().to_string())?, true)
         }
         (None, _) => {
@@ -513,6 +531,12 @@ fn read_payload(args: &SendArgs, cap: u64) -> Result<Value> {
     };
     if bytes.len() as u64 > cap {
         return Err(too_big(&bytes.len().to_string(), cap, "the argument"));
+    }
+    if bytes.is_empty() && from_stream {
+        // Almost always a forgotten pipe; an empty message is still possible.
+        return Err(Error::Data(
+            "the payload read from the file or stdin is empty; to send an empty string, pass it as an argument: relay send SUBJECT ''".into(),
+        ));
     }
     let text = String::from_utf8(bytes).map_err(|e| {
         Error::Data(format!(

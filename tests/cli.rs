@@ -1,0 +1,91 @@
+//! The command line itself: usage errors exit 64 (never clap's 2), help and
+//! version exit 0, `--json` errors, and where the home comes from.
+
+use serde_json::Value;
+
+use crate::harness::Relay;
+
+#[test]
+fn usage_errors_exit_64() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    let before = r.listing();
+    for (args, needle) in [
+        (vec!["send", "q", "x", "--bogus"], "--bogus"),
+        (vec!["frobnicate"], "frobnicate"),
+        (vec!["recv"], "ENDPOINT"),
+        (vec!["ack", "q"], "ID"),
+        (vec!["recv", "q", "--wait", "soon"], "soon"),
+        (vec!["recv", "q", "-n", "0"], "0"),
+        (vec!["send", "q", "x", "--max-hops", "0"], "0"),
+        (vec!["send", "q", "x", "--ttl", "forever"], "forever"),
+        (vec![], "Usage"),
+    ] {
+        r.cmd(&args).code(64).stderr_has(&[needle]);
+    }
+    assert_eq!(r.listing(), before);
+}
+
+#[test]
+fn help_and_version_exit_0_on_stdout() {
+    let r = Relay::new();
+    let out = r.cmd(["--help"]).success();
+    for sub in ["send", "recv", "ack", "nack", "endpoints"] {
+        assert!(out.stdout.contains(sub), "--help lacks {sub}");
+    }
+    let out = r.cmd(["--version"]).success();
+    assert!(out.stdout.starts_with("relay "), "{}", out.stdout);
+    r.cmd(["send", "--help"]).success();
+}
+
+#[test]
+fn json_errors_are_one_object_on_stderr() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    let out = r.cmd(["recv", "q", "--json"]).code(66);
+    assert!(out.stdout.is_empty());
+    let err: Value = serde_json::from_str(out.stderr.trim())
+        .unwrap_or_else(|e| out.fail(&format!("stderr is not JSON: {e}")));
+    assert_eq!(err["error"]["code"], 66);
+    assert_eq!(err["error"]["kind"], "no_input");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("'q'"))
+    );
+}
+
+#[test]
+fn home_defaults_to_dot_dork_relay_under_home() {
+    let r = Relay::new();
+    r.cmd(["endpoints", "add", "a.x"])
+        .env_remove("RELAY_HOME")
+        .success();
+    assert!(r.user_home().join(".dork/relay/mailboxes/a.x/new").is_dir());
+    assert!(!r.home().exists());
+}
+
+#[test]
+fn home_flag_wins_over_relay_home() {
+    let r = Relay::new();
+    let other = r.scratch().join("other");
+    r.cmd([
+        "--home",
+        other.to_str().unwrap_or_default(),
+        "endpoints",
+        "add",
+        "a.x",
+    ])
+    .success();
+    assert!(other.join("mailboxes/a.x/new").is_dir());
+    assert!(!r.home().exists());
+}
+
+#[test]
+fn empty_relay_home_is_a_usage_error() {
+    let r = Relay::new();
+    r.cmd(["endpoints"])
+        .env("RELAY_HOME", "")
+        .code(64)
+        .stderr_has(&["RELAY_HOME"]);
+}

@@ -1,0 +1,165 @@
+//! `relay recv`: the round trip, what is printed, claim order, `--count`,
+//! empty (66) and unknown (69) endpoints, and `--wait`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::Relay;
+
+#[test]
+fn round_trip_send_recv_ack() {
+    let r = Relay::new();
+    r.add(&["agent.backend"]);
+    let id = r.send("agent.backend", r#"{"text":"CI is green"}"#);
+    let file = format!("{id}.json");
+    assert_eq!(r.files("agent.backend", "new"), std::slice::from_ref(&file));
+
+    let out = r
+        .cmd(["recv", "agent.backend", "--json"])
+        .success()
+        .stderr_empty();
+    let env = out.json();
+    assert_eq!(env["id"], id.as_str());
+    assert_eq!(env["payload"], json!({"text": "CI is green"}));
+    assert_eq!(env["subject"], "agent.backend");
+    assert_eq!(out.stdout.lines().count(), 1, "one JSON line");
+    assert!(r.files("agent.backend", "new").is_empty());
+    assert_eq!(r.files("agent.backend", "cur"), [file]);
+
+    r.cmd(["recv", "agent.backend"]).code(66);
+    r.cmd(["ack", "agent.backend", &id])
+        .success()
+        .stderr_empty();
+    assert!(r.files("agent.backend", "cur").is_empty());
+    assert!(r.files("agent.backend", "new").is_empty());
+    assert!(r.files("agent.backend", "failed").is_empty());
+}
+
+#[test]
+fn recv_prints_strings_raw_and_other_json_compact() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    r.send("q", "hello world");
+    r.send("q", r#"{ "a": 1, "b": [1, 2] }"#);
+    r.send("q", "multi\nline");
+    r.cmd(["recv", "q"]).success().stdout_is("hello world\n");
+    r.cmd(["recv", "q"])
+        .success()
+        .stdout_is("{\"a\":1,\"b\":[1,2]}\n");
+    r.cmd(["recv", "q"]).success().stdout_is("multi\nline\n");
+}
+
+#[test]
+fn recv_claims_the_oldest_first() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    let ids: Vec<String> = (1..=3).map(|i| r.send("q", &format!("m{i}"))).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let env = r.cmd(["recv", "q", "--json"]).success().json();
+        assert_eq!(env["id"], id.as_str());
+        assert_eq!(env["payload"], format!("m{}", i + 1));
+    }
+}
+
+#[test]
+fn recv_count_prints_ndjson_and_claims_up_to_n() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    let ids: Vec<String> = (1..=3).map(|i| r.send("q", &format!("m{i}"))).collect();
+    let out = r.cmd(["recv", "q", "-n", "2", "--json"]).success();
+    let got: Vec<String> = out
+        .json_lines()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(got, ids[..2]);
+    assert_eq!(r.files("q", "new"), [format!("{}.json", ids[2])]);
+
+    // Fewer than asked for is still success.
+    let out = r.cmd(["recv", "q", "--count", "5"]).success();
+    assert_eq!(out.stdout, "m3\n");
+    assert_eq!(r.files("q", "cur").len(), 3);
+}
+
+#[test]
+fn empty_mailbox_exits_66_at_once() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    let out = r.cmd(["recv", "q"]).code(66).stderr_has(&["'q'"]);
+    if !out.stdout.is_empty() || out.elapsed > Duration::from_secs(5) {
+        out.fail("recv on an empty mailbox must fail at once, printing nothing");
+    }
+}
+
+#[test]
+fn recv_unknown_endpoint_exits_69_listing_known_ones() {
+    let r = Relay::new();
+    r.add(&["a.x", "b.y"]);
+    r.cmd(["recv", "nope"])
+        .code(69)
+        .stderr_has(&["'nope'", "a.x", "b.y"]);
+    assert!(!r.mailbox("nope").exists());
+}
+
+#[test]
+fn wait_exits_66_after_the_deadline() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    let out = r
+        .cmd(["recv", "q", "--wait", "300ms"])
+        .code(66)
+        .stderr_has(&["'q'"]);
+    // Not before the deadline; and promptly after it (generous for loaded CI).
+    if out.elapsed < Duration::from_millis(300) || out.elapsed > Duration::from_secs(10) {
+        out.fail("recv --wait 300ms did not return at its deadline");
+    }
+}
+
+/// Whether process `pid` is asleep in a timer (Linux `/proc`), i.e. `recv
+/// --wait` found the mailbox empty and is polling. `None` without `/proc`.
+fn is_sleeping(pid: u32) -> Option<bool> {
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).ok()?;
+    Some(wchan.contains("nanosleep"))
+}
+
+#[test]
+fn wait_returns_a_message_sent_by_another_process_during_the_wait() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    let waiter = r.cmd(["recv", "q", "--wait", "30s", "--json"]).spawn();
+    // Send only once the receiver is really waiting (when /proc shows it), so
+    // the waiting path is what is tested. Polled with a deadline; no fixed
+    // sleep stands in for the wait.
+    let deadline = waiter.started() + Duration::from_secs(5);
+    let mut waiting = is_sleeping(waiter.pid());
+    while waiting == Some(false) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+        waiting = is_sleeping(waiter.pid());
+    }
+    let sent_at = Instant::now();
+    let id = r.send("q", "wake up");
+    let out = waiter.wait().success();
+    assert_eq!(out.json()["id"], id.as_str());
+    assert_eq!(out.json()["payload"], "wake up");
+    // Well before the 30s deadline, however loaded the machine.
+    if sent_at.elapsed() > Duration::from_secs(10) {
+        out.fail("recv did not return soon after the message landed");
+    }
+    assert_eq!(r.files("q", "cur"), [format!("{id}.json")]);
+    assert_ne!(waiting, Some(false), "recv --wait was never seen waiting");
+}
+
+#[test]
+fn fifo_holds_for_messages_sent_in_the_same_millisecond() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    for i in 0..8 {
+        r.cmd(["send", "q", &format!("m{i}")])
+            .env("RELAY_FAKE_NOW_MS", "1767225600000")
+            .success();
+    }
+    let out = r.cmd(["recv", "q", "-n", "8"]).success();
+    let want: String = (0..8).map(|i| format!("m{i}\n")).collect();
+    out.stdout_is(&want);
+}
