@@ -189,13 +189,24 @@ pub struct SendArgs {
     #[arg(long, value_name = "SUBJECT")]
     pub reply_to: Option<String>,
 
-    /// Time to live, e.g. 30s, 5m, 1h (the message expires after it)
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration, default_value = "1h")]
-    pub ttl: Duration,
+    /// Time to live, e.g. 30s, 5m, 1h (the message expires after it) [default: 1h, or the parent's]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub ttl: Option<Duration>,
 
-    /// Maximum number of hops before the message is dead-lettered
-    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_hops: u32,
+    /// Maximum number of hops before the message is dead-lettered [default: 5, or the parent's]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_hops: Option<u32>,
+
+    /// Continue from a received message (an envelope file as printed by
+    /// `recv --json`): keep its trace and its spent budget (hops, chain, TTL,
+    /// call budget). $RELAY_BUDGET (budget JSON) does the same for the budget
+    #[arg(long, value_name = "FILE")]
+    pub parent: Option<PathBuf>,
+
+    /// Deliver at most once per key and sender within idempotency.windowSecs;
+    /// a repeat prints the original id and delivers nothing
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
 
     /// Trace id to join [default: $RELAY_TRACE_ID, else the message id]
     #[arg(long, value_name = "ID", env = "RELAY_TRACE_ID")]

@@ -31,6 +31,15 @@ pub struct Config {
     pub max_payload_bytes: u64,
     /// The DorkOS-compatible `reliability` section.
     pub reliability: Reliability,
+    /// `idempotency.windowSecs`: how long a `send --idempotency-key` is
+    /// remembered, `1..=` a year (relay's own key).
+    pub idempotency_window_secs: u64,
+    /// `retention.days`: age after which `gc` prunes finished index rows
+    /// and events, `1..=3650` (relay's own key).
+    pub retention_days: u64,
+    /// `retention.tmpMaxAgeSecs`: age after which `gc` deletes files left
+    /// in `tmp/` by crashed writers, `60..=` a year (relay's own key).
+    pub tmp_max_age_secs: u64,
     /// problems that are not fatal (unknown keys), one human line each
     pub warnings: Vec<String>,
 }
@@ -164,6 +173,33 @@ static KNOBS: &[Knob] = &[
         default: Value::Int(1_048_576),
         get: |c| Value::Int(c.max_payload_bytes),
         set: |c, v| c.max_payload_bytes = v.int(),
+    },
+    Knob {
+        key: "idempotency.windowSecs",
+        kind: Kind::Int {
+            min: 1,
+            max: YEAR_SECS,
+        },
+        default: Value::Int(86_400),
+        get: |c| Value::Int(c.idempotency_window_secs),
+        set: |c, v| c.idempotency_window_secs = v.int(),
+    },
+    Knob {
+        key: "retention.days",
+        kind: Kind::Int { min: 1, max: 3650 },
+        default: Value::Int(7),
+        get: |c| Value::Int(c.retention_days),
+        set: |c, v| c.retention_days = v.int(),
+    },
+    Knob {
+        key: "retention.tmpMaxAgeSecs",
+        kind: Kind::Int {
+            min: 60,
+            max: YEAR_SECS,
+        },
+        default: Value::Int(3600),
+        get: |c| Value::Int(c.tmp_max_age_secs),
+        set: |c, v| c.tmp_max_age_secs = v.int(),
     },
     Knob {
         key: "reliability.rateLimit.enabled",
@@ -350,6 +386,9 @@ impl Default for Config {
         // `tests::every_field_has_a_knob` checks.
         let mut config = Config {
             max_payload_bytes: 0,
+            idempotency_window_secs: 0,
+            retention_days: 0,
+            tmp_max_age_secs: 0,
             reliability: Reliability {
                 rate_limit: RateLimit {
                     enabled: false,
@@ -902,6 +941,7 @@ mod tests {
                 },
             },
             warnings: Vec::new(),
+            ..Config::default()
         };
         assert_eq!(c, want);
     }
@@ -1273,7 +1313,7 @@ mod tests {
     #[test]
     fn knobs_lists_every_key_once() {
         let keys: Vec<&str> = knobs().collect();
-        assert_eq!(keys.len(), 20);
+        assert_eq!(keys.len(), 23);
         assert!(keys.contains(&"reliability.rateLimit.maxPerWindow"));
         assert!(keys.contains(&"maxPayloadBytes"));
         let mut unique = keys.clone();

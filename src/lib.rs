@@ -2,6 +2,7 @@
 //!
 //! `run` is the whole program: parse, dispatch, and report the one error.
 
+pub mod access;
 pub mod breaker;
 pub mod bucket;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod envelope;
 pub mod error;
 pub mod home;
 pub mod maildir;
+pub mod notice;
 pub mod output;
 pub mod pressure;
 pub mod reliability;

@@ -302,6 +302,14 @@ impl Mailbox {
         }
     }
 
+    /// The envelope at `<sub>/<id>.json`, if it is one.
+    #[must_use]
+    pub fn read_envelope(&self, sub: &str, id: &str) -> Option<Envelope> {
+        fs::read(self.file(sub, id))
+            .ok()
+            .and_then(|b| Envelope::parse(&b).ok())
+    }
+
     /// Whether `<sub>/<id>.json` exists.
     #[must_use]
     pub fn has(&self, sub: &str, id: &str) -> bool {

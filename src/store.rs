@@ -79,6 +79,16 @@ const MIGRATIONS: &[&str] = &[
         detail     TEXT NOT NULL
      );
      CREATE INDEX events_by_at ON events (at);",
+    // 3: idempotency keys, and indexes for metrics windows and traces.
+    "CREATE TABLE idempotency (
+        sender     TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (sender, key)
+     ) WITHOUT ROWID;
+     CREATE INDEX messages_by_sent ON messages (sent_at);
+     CREATE INDEX messages_by_id ON messages (id);",
 ];
 
 /// Lifecycle status of a (message, endpoint) row.
@@ -620,6 +630,51 @@ impl Tx<'_> {
         stmt.query_map(params![sender, endpoint], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(Iterator::collect)
             .map_err(|e| self.err(e))
+    }
+
+    /// Records idempotency key `key` of `sender` for message `id`, unless it
+    /// was used within `window_ms`: then returns the id that used it.
+    pub fn claim_key(
+        &self,
+        sender: &str,
+        key: &str,
+        id: &str,
+        window_ms: u64,
+        now: u64,
+    ) -> Result<Option<String>> {
+        let existing: Option<(String, u64)> = self
+            .tx
+            .query_row(
+                "SELECT message_id, created_at FROM idempotency WHERE sender = ?1 AND key = ?2",
+                params![sender, key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some((original, at)) = existing
+            && now.saturating_sub(at) < window_ms
+        {
+            return Ok(Some(original));
+        }
+        self.tx
+            .execute(
+                "INSERT OR REPLACE INTO idempotency (sender, key, message_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![sender, key, id, now],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(None)
+    }
+
+    /// Forgets a key claimed by `id` (its send delivered nothing).
+    pub fn release_key(&self, sender: &str, key: &str, id: &str) -> Result<()> {
+        self.tx
+            .execute(
+                "DELETE FROM idempotency WHERE sender = ?1 AND key = ?2 AND message_id = ?3",
+                params![sender, key, id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Appends an event.

@@ -10,8 +10,8 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::maildir::{self, AckOutcome, Mailbox};
 use crate::output;
-use crate::reliability;
 use crate::store::{Event, Status};
+use crate::{notice, reliability};
 use serde_json::json;
 
 /// Longest accepted nack reason.
@@ -53,7 +53,20 @@ fn record(
     now: u64,
 ) -> Result<()> {
     let breakers = ctx.config.reliability.circuit_breaker.clone();
+    // Failure notices go out (to the Maildir) before the index records them.
+    let mut notices = Vec::new();
+    if let Some(r) = reason {
+        let mb = Mailbox::at(&ctx.home, endpoint);
+        for id in ids {
+            if let Some(env) = mb.read_envelope("failed", id) {
+                notices.extend(notice::send(&ctx.home, &env, endpoint, "nack", r, now)?);
+            }
+        }
+    }
     let tx = ctx.store()?.begin()?;
+    for n in &notices {
+        notice::record(&tx, n, now)?;
+    }
     for id in ids {
         let row = tx.row(endpoint, id)?;
         match reason {

@@ -10,6 +10,7 @@ use crate::breaker::{Decision as BreakerDecision, Event as BreakerEvent};
 use crate::pressure::{self, Priority};
 use crate::reliability::{self, RateOutcome};
 use crate::store::Event as StoreEvent;
+use crate::{access, notice};
 
 use crate::cli::SendArgs;
 use crate::context::Ctx;
@@ -59,36 +60,83 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
     if let Some(t) = &args.trace_id {
         validate_trace_id(t)?;
     }
+    if let Some(k) = &args.idempotency_key {
+        validate_key(k)?;
+    }
+    let parent = read_parent(args)?;
     let payload = read_payload(args, ctx.config.max_payload_bytes)?;
 
     let now = ctx.clock.now_ms();
-    let ttl_ms = u64::try_from(args.ttl.as_millis()).unwrap_or(u64::MAX);
     let id = crate::envelope::new_id(now);
     let envelope = Envelope {
         id: id.clone(),
         subject: args.subject.clone(),
         from: args.from.clone(),
         reply_to: args.reply_to.clone(),
-        budget: Budget::fresh(args.max_hops, now, ttl_ms),
+        budget: budget_for(args, parent.budget, now),
         created_at: crate::clock::iso8601(now),
         payload,
         dispatch_id: None,
-        trace_id: Some(args.trace_id.clone().unwrap_or_else(|| id.clone())),
+        trace_id: Some(
+            args.trace_id
+                .clone()
+                .or(parent.trace_id)
+                .unwrap_or_else(|| id.clone()),
+        ),
         priority: (args.priority != Priority::Normal).then(|| args.priority.as_str().to_string()),
         extra: serde_json::Map::new(),
     };
 
+    let rules = access::Rules::load(&ctx.home.root().join(access::FILE_NAME));
+    if let Err(denied) = rules.check(&envelope.from, &envelope.subject) {
+        dead_letter_at_subject(ctx, &envelope, "access_denied", &denied.to_string())?;
+        return Err(denied);
+    }
     let targets = matching_endpoints(ctx, &args.subject)?;
     if targets.is_empty() {
-        return dead_letter_unmatched(ctx, &envelope);
+        dead_letter_at_subject(ctx, &envelope, "no_match", "no matching endpoints")?;
+        return Err(Error::NoEndpoint(format!(
+            "no endpoint matches '{}'; message {} dead-lettered to {}; {}",
+            envelope.subject,
+            envelope.id,
+            Mailbox::at(&ctx.home, &envelope.subject)
+                .sub("failed")
+                .display(),
+            maildir::known_endpoints_hint(&ctx.home)
+        )));
     }
     // A mailbox that is a symlink or world-writable is refused before
     // anything is written anywhere.
     for ep in &targets {
         crate::home::check_dir(Mailbox::at(&ctx.home, ep).dir(), "mailbox")?;
     }
-    let outcome = deliver_all(ctx, &envelope, targets, now)?;
-    report(ctx, &envelope, outcome)
+    let key = args.idempotency_key.as_deref();
+    match deliver_all(ctx, &envelope, targets, key, now)? {
+        Delivery::Done(outcome) => report(ctx, &envelope, outcome),
+        Delivery::Duplicate(original) => {
+            if ctx.json {
+                output::json_line(&json!({
+                    "id": original,
+                    "duplicate": true,
+                    "idempotencyKey": key,
+                }))
+            } else {
+                output::warn(&format!(
+                    "idempotency key '{}' already used by message {original}; nothing sent",
+                    key.unwrap_or_default()
+                ));
+                output::line(&original)
+            }
+        }
+    }
+}
+
+/// A send either happened or was a repeat of an earlier one.
+enum Delivery {
+    /// The send ran; what became of each copy.
+    Done(Outcome),
+    /// The idempotency key was used within its window by this message id.
+    Duplicate(String),
 }
 
 /// What became of the message at one endpoint.
@@ -110,8 +158,15 @@ struct Outcome {
 /// The send pipeline after validation: budget per endpoint, then (under the
 /// endpoints' locks) backpressure, then in one index transaction the rate
 /// limit and the breakers, then durable delivery, then the index rows.
-fn deliver_all(ctx: &mut Ctx, env: &Envelope, targets: Vec<String>, now: u64) -> Result<Outcome> {
+fn deliver_all(
+    ctx: &mut Ctx,
+    env: &Envelope,
+    targets: Vec<String>,
+    key: Option<&str>,
+    now: u64,
+) -> Result<Delivery> {
     let rel = ctx.config.reliability.clone();
+    let key_window_ms = ctx.config.idempotency_window_secs.saturating_mul(1000);
     let priority = env.priority();
     let mut warnings = Vec::new();
     let mut fates: Vec<(String, Option<Fate>)> = Vec::with_capacity(targets.len());
@@ -183,6 +238,13 @@ fn deliver_all(ctx: &mut Ctx, env: &Envelope, targets: Vec<String>, now: u64) ->
     let mut probes = vec![false; fates.len()];
     {
         let tx = ctx.store()?.begin()?;
+        // A repeat is answered before it can spend a token or a probe.
+        if let Some(k) = key
+            && let Some(original) = tx.claim_key(&env.from, k, &env.id, key_window_ms, now)?
+        {
+            tx.commit()?;
+            return Ok(Delivery::Duplicate(original));
+        }
         for (kind, ep, depth, limit) in &pressure_events {
             tx.event(
                 &StoreEvent {
@@ -202,6 +264,9 @@ fn deliver_all(ctx: &mut Ctx, env: &Envelope, targets: Vec<String>, now: u64) ->
                 message,
                 retry_after_ms,
             } => {
+                if let Some(k) = key {
+                    tx.release_key(&env.from, k, &env.id)?;
+                }
                 tx.commit()?;
                 return Err(Error::Refused {
                     message,
@@ -270,10 +335,14 @@ fn deliver_all(ctx: &mut Ctx, env: &Envelope, targets: Vec<String>, now: u64) ->
     // Copies refused while others were delivered are dead-lettered, so an
     // exit 0 never hides a lost copy; when all were refused, nothing is
     // written and the sender retries the whole send.
+    let mut notices = Vec::new();
     for (ep, fate) in &mut fates {
         let mb = Mailbox::at(&ctx.home, ep);
         match fate {
-            Fate::DeadLettered(code, reason) => mb.dead_letter(env, reason, code, now)?,
+            Fate::DeadLettered(code, reason) => {
+                mb.dead_letter(env, reason, code, now)?;
+                notices.extend(notice::send(&ctx.home, env, ep, code, reason, now)?);
+            }
             Fate::Refused(code, reason, _) if any_delivered => {
                 let (code, reason) = (std::mem::take(code), std::mem::take(reason));
                 mb.dead_letter(env, &reason, &code, now)?;
@@ -306,17 +375,17 @@ fn deliver_all(ctx: &mut Ctx, env: &Envelope, targets: Vec<String>, now: u64) ->
     tx.record_sent(&rows, now)?;
     for (ep, fate) in &fates {
         if let Fate::DeadLettered(code, reason) = fate {
-            tx.event(
-                &StoreEvent {
-                    kind: "dead_letter",
-                    sender: Some(&env.from),
-                    endpoint: Some(ep),
-                    message_id: Some(&env.id),
-                    detail: json!({ "code": code, "reason": reason }),
-                },
-                now,
-            )?;
+            dead_letter_event(&tx, env, ep, code, reason, now)?;
         }
+    }
+    for n in &notices {
+        notice::record(&tx, n, now)?;
+    }
+    if let Some(k) = key
+        && !any_delivered
+    {
+        // Nothing went out: a retry with the same key must not be a "duplicate".
+        tx.release_key(&env.from, k, &env.id)?;
     }
     for (ep, probe) in &io_failures {
         reliability::breaker_step(
@@ -329,7 +398,7 @@ fn deliver_all(ctx: &mut Ctx, env: &Envelope, targets: Vec<String>, now: u64) ->
         )?;
     }
     tx.commit()?;
-    Ok(Outcome { fates, warnings })
+    Ok(Delivery::Done(Outcome { fates, warnings }))
 }
 
 /// Prints the result of a send, or turns an all-refused send into its error.
@@ -441,9 +510,10 @@ fn matching_endpoints(ctx: &Ctx, subj: &str) -> Result<Vec<String>> {
     }
 }
 
-/// Nothing matched: dead-letter under the subject itself (as DorkOS does)
-/// and fail with 69, listing what exists.
-fn dead_letter_unmatched(ctx: &mut Ctx, env: &Envelope) -> Result<()> {
+/// Dead-letters a message refused before fan-out (no endpoint matches, or
+/// access denied) under its subject itself, as DorkOS does, with its index
+/// row, event and failure notice.
+fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &str) -> Result<()> {
     // Subjects are case-sensitive, but a mailbox differing only in case
     // would collide on case-insensitive filesystems: refuse, write nothing.
     let lower = env.subject.to_lowercase();
@@ -457,37 +527,123 @@ fn dead_letter_unmatched(ctx: &mut Ctx, env: &Envelope) -> Result<()> {
         )));
     }
     let now = ctx.clock.now_ms();
-    let reason = "no matching endpoints";
     let mb = Mailbox::at(&ctx.home, &env.subject);
-    mb.dead_letter(env, reason, "no_match", now)?;
+    mb.dead_letter(env, reason, code, now)?;
+    let notice = notice::send(&ctx.home, env, &env.subject, code, reason, now)?;
     let tx = ctx.store()?.begin()?;
     tx.record_sent(
         &[SentRow {
             endpoint: &env.subject,
             envelope: env,
-            failure: Some(("no_match", reason)),
+            failure: Some((code, reason)),
             probe: false,
         }],
         now,
     )?;
+    dead_letter_event(&tx, env, &env.subject, code, reason, now)?;
+    if let Some(n) = &notice {
+        notice::record(&tx, n, now)?;
+    }
+    tx.commit()
+}
+
+fn dead_letter_event(
+    tx: &crate::store::Tx<'_>,
+    env: &Envelope,
+    endpoint: &str,
+    code: &str,
+    reason: &str,
+    now: u64,
+) -> Result<()> {
     tx.event(
         &StoreEvent {
             kind: "dead_letter",
             sender: Some(&env.from),
-            endpoint: Some(&env.subject),
+            endpoint: Some(endpoint),
             message_id: Some(&env.id),
-            detail: json!({ "code": "no_match", "reason": reason }),
+            detail: json!({ "code": code, "reason": reason }),
         },
         now,
-    )?;
-    tx.commit()?;
-    Err(Error::NoEndpoint(format!(
-        "no endpoint matches '{}'; message {} dead-lettered to {}; {}",
-        env.subject,
-        env.id,
-        mb.sub("failed").display(),
-        maildir::known_endpoints_hint(&ctx.home)
-    )))
+    )
+}
+
+/// What a parent message (`--parent FILE`, `$RELAY_BUDGET`) passes on.
+#[derive(Default)]
+struct Parent {
+    budget: Option<Budget>,
+    trace_id: Option<String>,
+}
+
+fn read_parent(args: &SendArgs) -> Result<Parent> {
+    if let Some(path) = &args.parent {
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Error::NoInput(format!("parent envelope {} does not exist", path.display()))
+            }
+            _ => Error::io("cannot read parent envelope", path, e),
+        })?;
+        // `recv --json -n N` writes NDJSON: the first line is the parent.
+        let first = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+        let env = Envelope::parse(first)
+            .map_err(|e| Error::Data(format!("--parent {}: {e}", path.display())))?;
+        return Ok(Parent {
+            trace_id: Some(env.trace().to_string()),
+            budget: Some(env.budget),
+        });
+    }
+    match std::env::var("RELAY_BUDGET") {
+        Ok(text) if !text.trim().is_empty() => {
+            let budget = serde_json::from_str(&text).map_err(|e| {
+                Error::Data(format!(
+                    "RELAY_BUDGET is not a budget object {{hopCount, maxHops, ancestorChain, ttl, callBudgetRemaining}}: {e}"
+                ))
+            })?;
+            Ok(Parent {
+                budget: Some(budget),
+                trace_id: None,
+            })
+        }
+        _ => Ok(Parent::default()),
+    }
+}
+
+/// A fresh budget, or the parent's spent one (its TTL shortened by `--ttl`,
+/// its ceiling replaced by `--max-hops`, if given).
+fn budget_for(args: &SendArgs, parent: Option<Budget>, now: u64) -> Budget {
+    let ttl_ms = args
+        .ttl
+        .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+    match parent {
+        Some(mut b) => {
+            if let Some(ms) = ttl_ms {
+                b.ttl = b.ttl.min(now.saturating_add(ms));
+            }
+            if let Some(m) = args.max_hops {
+                b.max_hops = m;
+            }
+            b
+        }
+        None => Budget::fresh(
+            args.max_hops.unwrap_or(DEFAULT_MAX_HOPS),
+            now,
+            ttl_ms.unwrap_or(DEFAULT_TTL_MS),
+        ),
+    }
+}
+
+/// Default hop ceiling, as in DorkOS.
+const DEFAULT_MAX_HOPS: u32 = 5;
+/// Default time to live (1 h), as in DorkOS.
+const DEFAULT_TTL_MS: u64 = 3_600_000;
+
+fn validate_key(k: &str) -> Result<()> {
+    if k.is_empty() || k.len() > 256 || k.chars().any(char::is_control) {
+        return Err(Error::Data(format!(
+            "invalid idempotency key '{}': use 1-256 characters without control characters",
+            k.escape_debug()
+        )));
+    }
+    Ok(())
 }
 
 fn validate_trace_id(t: &str) -> Result<()> {

@@ -1,0 +1,141 @@
+//! Failure notices: when a message that named a `replyTo` is dead-lettered
+//! for good (nack, budget, expiry, access), the sender learns it at that
+//! subject. Notices carry no `replyTo`, so there is never a notice about a
+//! notice.
+
+use serde_json::json;
+
+use crate::clock::iso8601;
+use crate::envelope::{Budget, DEFAULT_CALL_BUDGET, Envelope};
+use crate::error::Result;
+use crate::home::Home;
+use crate::maildir::Mailbox;
+
+/// Sender of every notice.
+pub const NOTICE_SENDER: &str = "relay.notice";
+
+/// Whether a dead letter with `code` is final and worth telling the sender
+/// about asynchronously.
+#[must_use]
+pub fn is_notifiable(code: &str) -> bool {
+    matches!(
+        code,
+        "nack"
+            | "hop_limit"
+            | "cycle_detected"
+            | "ttl_expired"
+            | "budget_exhausted"
+            | "access_denied"
+    )
+}
+
+/// Where a notice went.
+#[derive(Debug)]
+pub struct Sent {
+    /// The mailbox it landed in (or was dead-lettered under).
+    pub endpoint: String,
+    /// The notice as written.
+    pub envelope: Envelope,
+    /// Whether it was delivered (false: dead-lettered, no endpoint).
+    pub delivered: bool,
+}
+
+/// Builds and delivers the notice for `original` dead-lettered at
+/// `endpoint`; `None` when no notice is due (no `replyTo`, a notice itself,
+/// or a code that is not final).
+pub fn send(
+    home: &Home,
+    original: &Envelope,
+    endpoint: &str,
+    code: &str,
+    reason: &str,
+    now: u64,
+) -> Result<Option<Sent>> {
+    let Some(reply_to) = original.reply_to.as_deref() else {
+        return Ok(None);
+    };
+    if !is_notifiable(code) || original.from == NOTICE_SENDER {
+        return Ok(None);
+    }
+    let id = crate::envelope::new_id(now);
+    let mut notice = Envelope {
+        id,
+        subject: reply_to.to_string(),
+        from: NOTICE_SENDER.to_string(),
+        reply_to: None,
+        budget: Budget {
+            hop_count: 0,
+            max_hops: 1,
+            ancestor_chain: Vec::new(),
+            ttl: original.budget.ttl.max(now.saturating_add(3_600_000)),
+            call_budget_remaining: DEFAULT_CALL_BUDGET,
+        },
+        created_at: iso8601(now),
+        payload: json!({
+            "type": "relay.failure_notice",
+            "messageId": original.id,
+            "traceId": original.trace(),
+            "subject": original.subject,
+            "endpoint": endpoint,
+            "code": code,
+            "reason": reason,
+            "failedAt": iso8601(now),
+        }),
+        dispatch_id: None,
+        trace_id: Some(original.trace().to_string()),
+        priority: None,
+        extra: serde_json::Map::new(),
+    };
+    let mb = Mailbox::at(home, reply_to);
+    if mb.is_endpoint() && crate::home::check_dir(mb.dir(), "mailbox").is_ok() {
+        notice.budget.hop_count = 1;
+        notice.budget.ancestor_chain.push(reply_to.to_string());
+        notice.budget.call_budget_remaining -= 1;
+        mb.deliver(&notice, true)?;
+        return Ok(Some(Sent {
+            endpoint: reply_to.to_string(),
+            envelope: notice,
+            delivered: true,
+        }));
+    }
+    mb.dead_letter(
+        &notice,
+        "no endpoint for the failure notice's replyTo",
+        "no_match",
+        now,
+    )?;
+    Ok(Some(Sent {
+        endpoint: reply_to.to_string(),
+        envelope: notice,
+        delivered: false,
+    }))
+}
+
+/// Indexes a sent notice and records a `failure_notice` event.
+pub fn record(tx: &crate::store::Tx<'_>, sent: &Sent, now: u64) -> Result<()> {
+    let failure =
+        (!sent.delivered).then_some(("no_match", "no endpoint for the failure notice's replyTo"));
+    tx.record_sent(
+        &[crate::store::SentRow {
+            endpoint: &sent.endpoint,
+            envelope: &sent.envelope,
+            failure,
+            probe: false,
+        }],
+        now,
+    )?;
+    tx.event(
+        &crate::store::Event {
+            kind: "failure_notice",
+            sender: Some(NOTICE_SENDER),
+            endpoint: Some(&sent.endpoint),
+            message_id: Some(&sent.envelope.id),
+            detail: json!({
+                "about": sent.envelope.payload.get("messageId"),
+                "code": sent.envelope.payload.get("code"),
+                "delivered": sent.delivered,
+            }),
+        },
+        now,
+    )
+}
