@@ -53,6 +53,98 @@ pub enum Command {
     Limits(LimitsArgs),
     /// Show, read, change or check config.json
     Config(ConfigArgs),
+    /// Every span of a message's trace: endpoint, status, sent/delivered/processed times
+    Trace(TraceArgs),
+    /// Delivery metrics: counts, latency percentiles, rejections, per endpoint
+    Metrics(MetricsArgs),
+    /// Dead letters: list, show, requeue, purge
+    Dlq(DlqArgs),
+    /// The event log (everything the bus decided); --follow streams it
+    Events(EventsArgs),
+    /// Expire messages past their TTL, delete stale tmp/ files, prune old index rows and events
+    Gc(GcArgs),
+}
+
+/// Arguments of `relay trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// A message id (or a trace id)
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+/// Arguments of `relay metrics`.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Only messages sent within this window, e.g. 1h, 7d [default: all history]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+}
+
+/// Arguments of `relay dlq`.
+#[derive(Debug, Args)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    pub action: Option<DlqAction>,
+
+    /// Only dead letters of this endpoint (or dead-letter directory)
+    #[arg(long, global = true, value_name = "ENDPOINT")]
+    pub endpoint: Option<String>,
+}
+
+/// What `relay dlq` does; listing is the default.
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// List dead letters: id, endpoint, code, reason, when
+    List,
+    /// Show a dead letter's envelope and reason
+    Show {
+        /// Message id
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Put dead letters back into new/ (ids and trace kept)
+    Requeue {
+        /// Message ids
+        #[arg(value_name = "ID", required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Requeue every dead letter (of --endpoint, if given)
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete dead letters older than a given age
+    Purge {
+        /// Age, e.g. 7d, 12h
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        older_than: Duration,
+        /// Do not ask for confirmation
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+/// Arguments of `relay events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep printing new events as they happen (NDJSON with --json)
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// Only events within this window, e.g. 10m [default: the last 50]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub since: Option<Duration>,
+
+    /// Only events of this kind (repeatable), e.g. breaker_opened
+    #[arg(long, value_name = "KIND")]
+    pub kind: Vec<String>,
+}
+
+/// Arguments of `relay gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Report what would be done, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Arguments of `relay status`.

@@ -71,6 +71,11 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Breakers(a) => cmd::breakers::run(&mut ctx, a),
         Command::Limits(a) => cmd::limits::run(&mut ctx, a),
         Command::Config(a) => cmd::config::run(&ctx, a),
+        Command::Trace(a) => cmd::trace::run(&mut ctx, a),
+        Command::Metrics(a) => cmd::metrics::run(&mut ctx, a),
+        Command::Dlq(a) => cmd::dlq::run(&mut ctx, a),
+        Command::Events(a) => cmd::events::run(&mut ctx, a),
+        Command::Gc(a) => cmd::gc::run(&mut ctx, a),
     }
 }
 

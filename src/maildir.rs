@@ -310,6 +310,65 @@ impl Mailbox {
             .and_then(|b| Envelope::parse(&b).ok())
     }
 
+    /// The file `<sub>/<id>.json` as JSON, whatever its shape.
+    #[must_use]
+    pub fn read_json(&self, sub: &str, id: &str) -> Option<Value> {
+        fs::read(self.file(sub, id))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// The reason sidecar of dead letter `id`, if readable.
+    #[must_use]
+    pub fn read_reason(&self, id: &str) -> Option<Reason> {
+        fs::read(self.sub("failed").join(format!("{id}{REASON_EXT}")))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Moves dead letter `id` back into `new/` (atomic rename, so a
+    /// receiver sees it whole), drops its sidecar, and returns its envelope;
+    /// `None` if it is no longer in `failed/`.
+    pub fn requeue(&self, id: &str) -> Result<Option<Envelope>> {
+        let Some(env) = self.read_envelope("failed", id) else {
+            return Ok(None);
+        };
+        let (from, to) = (self.file("failed", id), self.file("new", id));
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("cannot requeue", &from, e)),
+        }
+        let _ = fs::remove_file(self.sub("failed").join(format!("{id}{REASON_EXT}")));
+        home::sync_dir(&self.sub("new"))?;
+        home::sync_dir(&self.sub("failed"))?;
+        Ok(Some(env))
+    }
+
+    /// Deletes dead letter `id` and its sidecar.
+    pub fn remove_dead_letter(&self, id: &str) -> std::io::Result<()> {
+        match fs::remove_file(self.file("failed", id)) {
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        match fs::remove_file(self.sub("failed").join(format!("{id}{REASON_EXT}"))) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Dead-letters an unclaimed message past its TTL: claims it (so no
+    /// receiver gets it meanwhile) and moves it to `failed/` with a
+    /// `ttl_expired` sidecar. Returns false if a receiver got it first.
+    pub fn expire(&self, id: &str, reason: &str, now: u64) -> Result<bool> {
+        let (from, to) = (self.file("new", id), self.file("cur", id));
+        match fs::rename(&from, &to) {
+            Ok(()) => self.fail(id, Value::Null, reason, "ttl_expired", now),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::io("cannot expire", &from, e)),
+        }
+    }
+
     /// Whether `<sub>/<id>.json` exists.
     #[must_use]
     pub fn has(&self, sub: &str, id: &str) -> bool {

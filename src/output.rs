@@ -53,3 +53,19 @@ pub fn table_text(t: &Table) -> String {
 pub fn print_table(t: &Table) -> Result<()> {
     line(&table_text(t))
 }
+
+/// `key=value` pairs of an event's detail, nulls left out.
+pub fn detail_text(v: &serde_json::Value) -> String {
+    match v.as_object() {
+        Some(m) => m
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => String::new(),
+    }
+}

@@ -4,8 +4,13 @@
 pub mod ack;
 pub mod breakers;
 pub mod config;
+pub mod dlq;
 pub mod endpoints;
+pub mod events;
+pub mod gc;
 pub mod limits;
+pub mod metrics;
 pub mod recv;
 pub mod send;
 pub mod status;
+pub mod trace;

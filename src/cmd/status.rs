@@ -113,7 +113,7 @@ pub fn run(ctx: &mut Ctx, args: &StatusArgs) -> Result<()> {
                 e.kind.clone(),
                 e.sender.clone().unwrap_or_default(),
                 e.endpoint.clone().unwrap_or_default(),
-                detail_text(&e.detail),
+                output::detail_text(&e.detail),
             ]);
         }
         out.push(output::table_text(&t));
@@ -135,20 +135,4 @@ fn bar(pressure: f64) -> String {
         "-".repeat(BAR - filled),
         pressure * 100.0
     )
-}
-
-/// `key=value` pairs of an event's detail, nulls left out.
-fn detail_text(v: &serde_json::Value) -> String {
-    match v.as_object() {
-        Some(m) => m
-            .iter()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| match v {
-                serde_json::Value::String(s) => format!("{k}={s}"),
-                other => format!("{k}={other}"),
-            })
-            .collect::<Vec<_>>()
-            .join(" "),
-        None => String::new(),
-    }
 }

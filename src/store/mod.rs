@@ -19,6 +19,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::home::FILE_MODE;
 use crate::{breaker, bucket};
 
+pub mod reports;
+
 /// Schema migrations; `PRAGMA user_version` counts how many are applied.
 /// Append only: never edit a released step.
 const MIGRATIONS: &[&str] = &[
@@ -373,6 +375,71 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Marks a requeued message pending again (indexing it if the index
+    /// lacks it), clearing its claim and failure.
+    pub fn record_requeued(&self, endpoint: &str, env: &Envelope) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO messages
+                 (endpoint, id, subject, sender, trace_id, status, sent_at, expires_at, priority)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8)
+                 ON CONFLICT (endpoint, id) DO UPDATE SET
+                   status = 'pending', claimed_at = NULL, done_at = NULL, code = NULL,
+                   reason = NULL, lease_until = NULL, lease_counted = 0, probe = 0",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    endpoint,
+                    env.id,
+                    env.subject,
+                    env.from,
+                    env.trace(),
+                    crate::clock::parse_iso8601(&env.created_at).unwrap_or(0),
+                    env.budget.ttl,
+                    env.priority().rank(),
+                ])
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Retention: deletes finished rows (acked or dead-lettered) and events
+    /// older than `before`, and idempotency keys older than `keys_before`.
+    /// Returns the three counts.
+    pub fn prune(&self, before: u64, keys_before: u64) -> Result<(usize, usize, usize)> {
+        let rows = self
+            .tx
+            .execute(
+                "DELETE FROM messages WHERE status IN ('acked', 'failed')
+                 AND COALESCE(done_at, sent_at) < ?1",
+                params![before],
+            )
+            .map_err(|e| self.err(e))?;
+        let events = self
+            .tx
+            .execute("DELETE FROM events WHERE at < ?1", params![before])
+            .map_err(|e| self.err(e))?;
+        let keys = self
+            .tx
+            .execute(
+                "DELETE FROM idempotency WHERE created_at < ?1",
+                params![keys_before],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok((rows, events, keys))
+    }
+
+    /// Deletes a message's index row at an endpoint.
+    pub fn forget(&self, endpoint: &str, id: &str) -> Result<()> {
+        self.tx
+            .execute(
+                "DELETE FROM messages WHERE endpoint = ?1 AND id = ?2",
+                params![endpoint, id],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// The index row of a message at an endpoint.
     pub fn row(&self, endpoint: &str, id: &str) -> Result<Option<Row>> {
         self.tx
@@ -597,20 +664,9 @@ impl Tx<'_> {
                  FROM events ORDER BY id DESC LIMIT ?1",
             )
             .map_err(|e| self.err(e))?;
-        stmt.query_map(params![limit], |r| {
-            let detail: String = r.get(6)?;
-            Ok(EventRow {
-                id: r.get(0)?,
-                at: r.get(1)?,
-                kind: r.get(2)?,
-                sender: r.get(3)?,
-                endpoint: r.get(4)?,
-                message_id: r.get(5)?,
-                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-            })
-        })
-        .and_then(Iterator::collect)
-        .map_err(|e| self.err(e))
+        stmt.query_map(params![limit], event_from_row)
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))
     }
 
     /// Pairs whose breaker is stored (optionally one sender's or one pair).
@@ -758,6 +814,20 @@ pub struct Event<'a> {
     pub message_id: Option<&'a str>,
     /// Anything else, as a JSON object.
     pub detail: serde_json::Value,
+}
+
+/// Reads an event row (`id, at, kind, sender, endpoint, message_id, detail`).
+pub fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    let detail: String = r.get(6)?;
+    Ok(EventRow {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        kind: r.get(2)?,
+        sender: r.get(3)?,
+        endpoint: r.get(4)?,
+        message_id: r.get(5)?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+    })
 }
 
 /// Reads a breaker row (columns in the order `Tx::breaker` selects them).

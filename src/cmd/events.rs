@@ -1,0 +1,95 @@
+//! `relay events`: the event log, as a table or NDJSON, optionally followed.
+
+use std::time::Duration;
+
+use crate::cli::EventsArgs;
+use crate::clock::iso8601;
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::output;
+use crate::store::{EventRow, reports};
+
+/// Every event kind relay records.
+pub const KINDS: &[&str] = &[
+    "rate_limit_soft",
+    "rate_limit_hard",
+    "breaker_opened",
+    "breaker_half_open",
+    "breaker_closed",
+    "backpressure_warning",
+    "backpressure_rejected",
+    "lease_expired",
+    "dead_letter",
+    "failure_notice",
+    "requeued",
+    "dlq_purged",
+    "expired",
+];
+
+/// Events shown when neither `--since` nor `--follow` narrows them.
+const DEFAULT_TAIL: i64 = 50;
+/// Pause between two looks at the log while following.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// Runs `relay events`.
+pub fn run(ctx: &mut Ctx, args: &EventsArgs) -> Result<()> {
+    for k in &args.kind {
+        if !KINDS.contains(&k.as_str()) {
+            return Err(Error::Usage(format!(
+                "unknown event kind '{k}'; known kinds: {}",
+                KINDS.join(", ")
+            )));
+        }
+    }
+    let now = ctx.clock.now_ms();
+    let since = args.since.map_or(0, |d| {
+        now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    });
+    let json = ctx.json;
+    let store = ctx.store()?;
+    let mut last = if args.since.is_some() {
+        0
+    } else {
+        let max: i64 = store
+            .read(|c| c.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0)))?;
+        max.saturating_sub(if args.follow { 10 } else { DEFAULT_TAIL })
+    };
+    loop {
+        let batch = store.read(|c| reports::events_after(c, last, since, &args.kind, 1000))?;
+        for e in &batch {
+            if json {
+                output::json_line(e)?;
+            } else {
+                output::line(&human(e))?;
+            }
+            last = e.id;
+        }
+        if !args.follow {
+            return Ok(());
+        }
+        if batch.len() < 1000 {
+            std::thread::sleep(FOLLOW_POLL);
+        }
+    }
+}
+
+/// `2026-11-23T05:21:54.123Z  breaker_opened  agent.a -> agent.b  failures=5 ...`
+fn human(e: &EventRow) -> String {
+    let who = match (&e.sender, &e.endpoint) {
+        (Some(s), Some(p)) => format!("{s} -> {p}"),
+        (Some(s), None) => s.clone(),
+        (None, Some(p)) => format!("-> {p}"),
+        (None, None) => "-".into(),
+    };
+    let mut line = format!("{}  {:<21}  {who}", iso8601(e.at), e.kind);
+    if let Some(id) = &e.message_id {
+        line.push_str("  message=");
+        line.push_str(id);
+    }
+    let detail = output::detail_text(&e.detail);
+    if !detail.is_empty() {
+        line.push_str("  ");
+        line.push_str(&detail);
+    }
+    line
+}

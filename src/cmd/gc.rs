@@ -1,0 +1,146 @@
+//! `relay gc`: expire unclaimed messages past their TTL (dead-lettered as
+//! `ttl_expired`, with failure notices), delete files crashed writers left in
+//! `tmp/`, and prune finished index rows, events and idempotency keys past
+//! their retention so `relay.db` does not grow without bound.
+
+use std::fs;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::GcArgs;
+use crate::clock::system_time_ms;
+use crate::context::Ctx;
+use crate::error::Result;
+use crate::maildir::{self, Mailbox};
+use crate::notice;
+use crate::output;
+use crate::store::{Event, Status};
+
+/// What one gc run did (or would do, with `--dry-run`).
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GcReport {
+    dry_run: bool,
+    expired: usize,
+    tmp_files_removed: usize,
+    index_rows_pruned: usize,
+    events_pruned: usize,
+    idempotency_keys_pruned: usize,
+}
+
+/// Runs `relay gc`.
+pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
+    let now = ctx.clock.now_ms();
+    let mut report = GcReport {
+        dry_run: args.dry_run,
+        ..GcReport::default()
+    };
+
+    // 1. Expiry: unclaimed messages whose TTL has passed.
+    let mut expired = Vec::new();
+    for ep in maildir::list_endpoints(&ctx.home)? {
+        let mb = Mailbox::at(&ctx.home, &ep);
+        for id in mb.list("new")? {
+            let Some(env) = mb.read_envelope("new", &id) else {
+                continue; // unreadable files are quarantined by recv
+            };
+            if now <= env.budget.ttl {
+                continue;
+            }
+            let reason = format!(
+                "ttl expired {} ago, never claimed",
+                crate::clock::human_ms(now - env.budget.ttl)
+            );
+            if args.dry_run || mb.expire(&id, &reason, now)? {
+                expired.push((ep.clone(), env, reason));
+            }
+        }
+    }
+    report.expired = expired.len();
+
+    // 2. Files left in tmp/ by writers that crashed mid-delivery.
+    let max_age_ms = ctx.config.tmp_max_age_secs.saturating_mul(1000);
+    for name in maildir::mailbox_dir_names(&ctx.home)? {
+        let tmp = Mailbox::at(&ctx.home, &name).sub("tmp");
+        let Ok(rd) = fs::read_dir(&tmp) else { continue };
+        for entry in rd.flatten() {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.saturating_sub(system_time_ms(t)) > max_age_ms);
+            if stale && (args.dry_run || fs::remove_file(entry.path()).is_ok()) {
+                report.tmp_files_removed += 1;
+            }
+        }
+    }
+
+    // 3. Notices for the expired, then the index: their rows, and retention.
+    let mut notices = Vec::new();
+    if !args.dry_run {
+        for (ep, env, reason) in &expired {
+            notices.extend(notice::send(
+                &ctx.home,
+                env,
+                ep,
+                "ttl_expired",
+                reason,
+                now,
+            )?);
+        }
+    }
+    let retention_ms = ctx.config.retention_days.saturating_mul(86_400_000);
+    let key_window_ms = ctx.config.idempotency_window_secs.saturating_mul(1000);
+    let tx = ctx.store()?.begin()?;
+    for (ep, env, reason) in &expired {
+        tx.record_done(
+            ep,
+            &env.id,
+            Status::Failed,
+            Some(("ttl_expired", reason)),
+            now,
+        )?;
+        tx.event(
+            &Event {
+                kind: "dead_letter",
+                sender: Some(&env.from),
+                endpoint: Some(ep),
+                message_id: Some(&env.id),
+                detail: json!({ "code": "ttl_expired", "reason": reason }),
+            },
+            now,
+        )?;
+    }
+    for n in &notices {
+        notice::record(&tx, n, now)?;
+    }
+    let pruned = tx.prune(
+        now.saturating_sub(retention_ms),
+        now.saturating_sub(key_window_ms),
+    )?;
+    report.index_rows_pruned = pruned.0;
+    report.events_pruned = pruned.1;
+    report.idempotency_keys_pruned = pruned.2;
+    if args.dry_run {
+        drop(tx); // rolls back: a dry run changes nothing
+    } else {
+        tx.commit()?;
+    }
+
+    if ctx.json {
+        return output::json_line(&report);
+    }
+    output::line(&format!(
+        "{}expired {} message(s), removed {} stale tmp file(s), pruned {} index row(s), {} event(s), {} idempotency key(s)",
+        if args.dry_run {
+            "dry run: would have "
+        } else {
+            ""
+        },
+        report.expired,
+        report.tmp_files_removed,
+        report.index_rows_pruned,
+        report.events_pruned,
+        report.idempotency_keys_pruned
+    ))
+}

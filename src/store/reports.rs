@@ -1,0 +1,251 @@
+//! Read-only queries behind `trace`, `metrics` and `events`: SQL aggregates
+//! over the index and the event log.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::EventRow;
+
+/// One span: a message at one endpoint, with its three timestamps.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Span {
+    /// `<messageId>@<endpoint>`.
+    pub id: String,
+    /// The message.
+    pub message_id: String,
+    /// Its trace.
+    pub trace_id: String,
+    /// The publish subject.
+    pub subject: String,
+    /// The mailbox.
+    pub endpoint: String,
+    /// Sender.
+    pub from: String,
+    /// DorkOS status: `sent`, `delivered` (processed), `failed`, `timeout` (rejected).
+    pub status: &'static str,
+    /// Our lifecycle state: `pending`, `claimed`, `acked`, `failed`.
+    pub state: String,
+    /// When it was sent (ISO-8601).
+    pub sent_at: String,
+    /// When a consumer claimed it.
+    pub delivered_at: Option<String>,
+    /// When it was acked or dead-lettered.
+    pub processed_at: Option<String>,
+    /// Why it failed.
+    pub error_message: Option<String>,
+    /// Machine-readable failure code.
+    pub code: Option<String>,
+}
+
+/// Codes that mean the consumer side failed (DorkOS `failed`); every other
+/// dead letter was a rejection (DorkOS `timeout`).
+const CONSUMER_FAILURES: &str = "('nack', 'lease_expired', 'malformed')";
+
+fn dork_status(state: &str, code: Option<&str>) -> &'static str {
+    match (state, code) {
+        ("acked", _) => "delivered",
+        ("failed", Some("nack" | "lease_expired" | "malformed")) => "failed",
+        ("failed", _) => "timeout",
+        _ => "sent",
+    }
+}
+
+/// The trace id of message `id` (or `id` itself if it names a trace).
+pub fn trace_of(conn: &Connection, id: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT trace_id FROM messages WHERE id = ?1
+         UNION ALL SELECT trace_id FROM messages WHERE trace_id = ?1 LIMIT 1",
+        params![id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Every span of a trace, by send time.
+pub fn spans(conn: &Connection, trace_id: &str) -> rusqlite::Result<Vec<Span>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, endpoint, subject, sender, trace_id, status, sent_at, claimed_at, done_at,
+                code, reason
+         FROM messages WHERE trace_id = ?1 ORDER BY sent_at, id, endpoint",
+    )?;
+    let iso = |v: Option<u64>| v.map(crate::clock::iso8601);
+    stmt.query_map(params![trace_id], |r| {
+        let id: String = r.get(0)?;
+        let endpoint: String = r.get(1)?;
+        let state: String = r.get(5)?;
+        let code: Option<String> = r.get(9)?;
+        Ok(Span {
+            id: format!("{id}@{endpoint}"),
+            message_id: id,
+            trace_id: r.get(4)?,
+            subject: r.get(2)?,
+            from: r.get(3)?,
+            status: dork_status(&state, code.as_deref()),
+            sent_at: crate::clock::iso8601(r.get(6)?),
+            delivered_at: iso(r.get(7)?),
+            processed_at: iso(r.get(8)?),
+            error_message: r.get(10)?,
+            code,
+            endpoint,
+            state,
+        })
+    })?
+    .collect()
+}
+
+/// Latency distribution (ms).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Latency {
+    /// How many samples.
+    pub count: u64,
+    /// Mean.
+    pub avg: Option<f64>,
+    /// Median (nearest rank).
+    pub p50: Option<u64>,
+    /// 95th percentile (nearest rank).
+    pub p95: Option<u64>,
+    /// 99th percentile (nearest rank).
+    pub p99: Option<u64>,
+}
+
+/// Latency of `expr` over rows of the window (and endpoint, if given):
+/// nearest-rank percentiles computed by SQL (`ORDER BY ... LIMIT 1 OFFSET k`).
+pub fn latency(
+    conn: &Connection,
+    expr: &str,
+    since: u64,
+    endpoint: Option<&str>,
+) -> rusqlite::Result<Latency> {
+    let filter = format!(
+        "FROM messages WHERE sent_at >= ?1 AND (?2 IS NULL OR endpoint = ?2) AND ({expr}) IS NOT NULL"
+    );
+    let (count, avg): (u64, Option<f64>) = conn.query_row(
+        &format!("SELECT COUNT(*), AVG({expr}) {filter}"),
+        params![since, endpoint],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let rank = |p: f64| -> rusqlite::Result<Option<u64>> {
+        if count == 0 {
+            return Ok(None);
+        }
+        // Nearest rank: the smallest value with at least p of the samples at or below it.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let k = ((p * count as f64).ceil() as u64).clamp(1, count) - 1;
+        conn.query_row(
+            &format!("SELECT MAX({expr}, 0) {filter} ORDER BY {expr} LIMIT 1 OFFSET ?3"),
+            params![since, endpoint, k],
+            |r| r.get(0),
+        )
+        .optional()
+    };
+    Ok(Latency {
+        count,
+        avg,
+        p50: rank(0.50)?,
+        p95: rank(0.95)?,
+        p99: rank(0.99)?,
+    })
+}
+
+/// Delivery latency: sent -> claimed.
+pub const DELIVERY: &str = "claimed_at - sent_at";
+/// Processing latency: claimed -> acked.
+pub const PROCESSING: &str = "CASE WHEN status = 'acked' THEN done_at - claimed_at END";
+
+/// Counts of one endpoint (or of everything).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    /// Rows (message copies).
+    pub total: u64,
+    /// Still in `new/`.
+    pub pending: u64,
+    /// Claimed, not finished.
+    pub in_flight: u64,
+    /// Acked.
+    pub delivered: u64,
+    /// Dead-lettered because the consumer failed.
+    pub failed: u64,
+    /// Dead-lettered for any reason.
+    pub dead_lettered: u64,
+}
+
+/// Per-endpoint counts in the window, by endpoint.
+pub fn counts(conn: &Connection, since: u64) -> rusqlite::Result<Vec<(String, Counts)>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT endpoint, COUNT(*),
+                SUM(status = 'pending'), SUM(status = 'claimed'), SUM(status = 'acked'),
+                SUM(status = 'failed' AND code IN {CONSUMER_FAILURES}), SUM(status = 'failed')
+         FROM messages WHERE sent_at >= ?1 GROUP BY endpoint ORDER BY endpoint"
+    ))?;
+    stmt.query_map(params![since], |r| {
+        Ok((
+            r.get(0)?,
+            Counts {
+                total: r.get(1)?,
+                pending: r.get(2)?,
+                in_flight: r.get(3)?,
+                delivered: r.get(4)?,
+                failed: r.get(5)?,
+                dead_lettered: r.get(6)?,
+            },
+        ))
+    })?
+    .collect()
+}
+
+/// Distinct messages sent in the window.
+pub fn distinct_messages(conn: &Connection, since: u64) -> rusqlite::Result<u64> {
+    conn.query_row(
+        "SELECT COUNT(DISTINCT id) FROM messages WHERE sent_at >= ?1",
+        params![since],
+        |r| r.get(0),
+    )
+}
+
+/// Dead letters in the window by code.
+pub fn codes(conn: &Connection, since: u64) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare(
+        "SELECT code, COUNT(*) FROM messages
+         WHERE sent_at >= ?1 AND status = 'failed' AND code IS NOT NULL GROUP BY code",
+    )?;
+    stmt.query_map(params![since], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+/// Events in the window by kind.
+pub fn event_kinds(conn: &Connection, since: u64) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt =
+        conn.prepare("SELECT kind, COUNT(*) FROM events WHERE at >= ?1 GROUP BY kind")?;
+    stmt.query_map(params![since], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+/// Events after `after_id` (at or after `since`, of the given kinds if any),
+/// oldest first, at most `limit`.
+pub fn events_after(
+    conn: &Connection,
+    after_id: i64,
+    since: u64,
+    kinds: &[String],
+    limit: u32,
+) -> rusqlite::Result<Vec<EventRow>> {
+    let kinds_json = serde_json::to_string(kinds).unwrap_or_else(|_| "[]".into());
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at, kind, sender, endpoint, message_id, detail FROM events
+         WHERE id > ?1 AND at >= ?2
+           AND (json_array_length(?3) = 0 OR kind IN (SELECT value FROM json_each(?3)))
+         ORDER BY id LIMIT ?4",
+    )?;
+    stmt.query_map(
+        params![after_id, since, kinds_json, limit],
+        super::event_from_row,
+    )?
+    .collect()
+}
