@@ -10,9 +10,8 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::maildir::{self, AckOutcome, Mailbox};
 use crate::output;
-use crate::store::{Event, Status};
+use crate::store::Status;
 use crate::{notice, reliability};
-use serde_json::json;
 
 /// Longest accepted nack reason.
 const MAX_REASON: usize = 4096;
@@ -72,17 +71,8 @@ fn record(
         match reason {
             None => tx.record_done(endpoint, id, Status::Acked, None, now)?,
             Some(r) => {
-                tx.record_done(endpoint, id, Status::Failed, Some(("nack", r)), now)?;
-                tx.event(
-                    &Event {
-                        kind: "dead_letter",
-                        sender: row.as_ref().map(|r| r.sender.as_str()),
-                        endpoint: Some(endpoint),
-                        message_id: Some(id),
-                        detail: json!({ "code": "nack", "reason": r }),
-                    },
-                    now,
-                )?;
+                let sender = row.as_ref().map(|r| r.sender.as_str());
+                tx.dead_lettered(sender, endpoint, id, "nack", r, now)?;
             }
         }
         // A message the index never saw has no known sender: no pair to judge.

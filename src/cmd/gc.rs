@@ -6,7 +6,6 @@
 use std::fs;
 
 use serde::Serialize;
-use serde_json::json;
 
 use crate::cli::GcArgs;
 use crate::clock::system_time_ms;
@@ -15,7 +14,6 @@ use crate::error::Result;
 use crate::maildir::{self, Mailbox};
 use crate::notice;
 use crate::output;
-use crate::store::{Event, Status};
 
 /// What one gc run did (or would do, with `--dry-run`).
 #[derive(Debug, Default, Serialize)]
@@ -93,23 +91,7 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
     let key_window_ms = ctx.config.idempotency_window_secs.saturating_mul(1000);
     let tx = ctx.store()?.begin()?;
     for (ep, env, reason) in &expired {
-        tx.record_done(
-            ep,
-            &env.id,
-            Status::Failed,
-            Some(("ttl_expired", reason)),
-            now,
-        )?;
-        tx.event(
-            &Event {
-                kind: "dead_letter",
-                sender: Some(&env.from),
-                endpoint: Some(ep),
-                message_id: Some(&env.id),
-                detail: json!({ "code": "ttl_expired", "reason": reason }),
-            },
-            now,
-        )?;
+        tx.dead_lettered(Some(&env.from), ep, &env.id, "ttl_expired", reason, now)?;
     }
     for n in &notices {
         notice::record(&tx, n, now)?;

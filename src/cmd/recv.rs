@@ -10,7 +10,7 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::maildir::{Claimed, Mailbox};
 use crate::output;
-use crate::reliability;
+use crate::{notice, reliability};
 
 /// Longest pause between two looks at an empty mailbox while waiting.
 const MAX_POLL: Duration = Duration::from_millis(50);
@@ -68,15 +68,21 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
 }
 
 /// Claims up to `count` messages, waiting up to `--wait` for the first.
+/// Messages found past their TTL are dead-lettered (`ttl_expired`, with a
+/// failure notice) instead of handed out, and others are claimed in their place.
 fn claim(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<Vec<Claimed>> {
     let deadline = args.wait.map(|w| Instant::now() + w);
     let mut pause = Duration::from_millis(2);
     let mut claimed = Vec::new();
     loop {
+        let now = ctx.clock.now_ms();
         let ranks = ctx.store()?.pending_priorities(&mb.name)?;
         let mut bad = Vec::new();
         let want = args.count as usize - claimed.len();
-        claimed.extend(mb.claim(want, ctx.clock.now_ms(), &ranks, &mut bad)?);
+        let (live, expired): (Vec<Claimed>, Vec<Claimed>) = mb
+            .claim(want, now, &ranks, &mut bad)?
+            .into_iter()
+            .partition(|c| now <= c.envelope.budget.ttl);
         for q in bad {
             output::warn(&format!(
                 "moved unreadable message '{}' of '{}' to {}: {}",
@@ -86,6 +92,13 @@ fn claim(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<Vec<Claimed>> {
                 q.problem
             ));
         }
+        claimed.extend(live);
+        if !expired.is_empty() {
+            expire(ctx, mb, &expired, now)?;
+            if claimed.len() < args.count as usize {
+                continue;
+            }
+        }
         match deadline {
             Some(d) if claimed.is_empty() && Instant::now() < d => {
                 std::thread::sleep(pause.min(d.saturating_duration_since(Instant::now())));
@@ -94,4 +107,40 @@ fn claim(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<Vec<Claimed>> {
             _ => return Ok(claimed),
         }
     }
+}
+
+/// Dead-letters claimed messages that were past their TTL.
+fn expire(ctx: &mut Ctx, mb: &Mailbox, expired: &[Claimed], now: u64) -> Result<()> {
+    let mut done = Vec::new();
+    for c in expired {
+        let env = &c.envelope;
+        let reason = format!(
+            "ttl expired {} before it was received",
+            crate::clock::human_ms(now.saturating_sub(env.budget.ttl))
+        );
+        let value = serde_json::to_value(env).unwrap_or(Value::Null);
+        mb.fail(&env.id, value, &reason, "ttl_expired", now)?;
+        output::warn(&format!(
+            "message '{}' of '{}' expired ({reason}); dead-lettered",
+            env.id, mb.name
+        ));
+        let notice = notice::send(&ctx.home, env, &mb.name, "ttl_expired", &reason, now)?;
+        done.push((env, reason, notice));
+    }
+    let tx = ctx.store()?.begin()?;
+    for (env, reason, notice) in &done {
+        tx.record_claimed(&mb.name, &[env], None, now)?;
+        tx.dead_lettered(
+            Some(&env.from),
+            &mb.name,
+            &env.id,
+            "ttl_expired",
+            reason,
+            now,
+        )?;
+        if let Some(n) = notice {
+            notice::record(&tx, n, now)?;
+        }
+    }
+    tx.commit()
 }

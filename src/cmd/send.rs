@@ -375,7 +375,7 @@ fn deliver_all(
     tx.record_sent(&rows, now)?;
     for (ep, fate) in &fates {
         if let Fate::DeadLettered(code, reason) = fate {
-            dead_letter_event(&tx, env, ep, code, reason, now)?;
+            tx.dead_lettered(Some(&env.from), ep, &env.id, code, reason, now)?;
         }
     }
     for n in &notices {
@@ -540,31 +540,11 @@ fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &st
         }],
         now,
     )?;
-    dead_letter_event(&tx, env, &env.subject, code, reason, now)?;
+    tx.dead_lettered(Some(&env.from), &env.subject, &env.id, code, reason, now)?;
     if let Some(n) = &notice {
         notice::record(&tx, n, now)?;
     }
     tx.commit()
-}
-
-fn dead_letter_event(
-    tx: &crate::store::Tx<'_>,
-    env: &Envelope,
-    endpoint: &str,
-    code: &str,
-    reason: &str,
-    now: u64,
-) -> Result<()> {
-    tx.event(
-        &StoreEvent {
-            kind: "dead_letter",
-            sender: Some(&env.from),
-            endpoint: Some(endpoint),
-            message_id: Some(&env.id),
-            detail: json!({ "code": code, "reason": reason }),
-        },
-        now,
-    )
 }
 
 /// What a parent message (`--parent FILE`, `$RELAY_BUDGET`) passes on.

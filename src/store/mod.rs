@@ -733,6 +733,30 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Marks a message dead-lettered at `endpoint` with `code` and records
+    /// the `dead_letter` event. The one place a dead letter is accounted.
+    pub fn dead_lettered(
+        &self,
+        sender: Option<&str>,
+        endpoint: &str,
+        id: &str,
+        code: &str,
+        reason: &str,
+        now: u64,
+    ) -> Result<()> {
+        self.record_done(endpoint, id, Status::Failed, Some((code, reason)), now)?;
+        self.event(
+            &Event {
+                kind: "dead_letter",
+                sender,
+                endpoint: Some(endpoint),
+                message_id: Some(id),
+                detail: serde_json::json!({ "code": code, "reason": reason }),
+            },
+            now,
+        )
+    }
+
     /// Appends an event.
     pub fn event(&self, e: &Event<'_>, now: u64) -> Result<()> {
         self.tx
