@@ -121,6 +121,8 @@ pub enum Event {
     Reset,
     /// Operator maintenance: open until `until`.
     ForceOpen { until: u64 },
+    /// Someone looked (`breakers`, `status`): apply what time alone changes.
+    Observe,
 }
 
 /// The breaker's answer.
@@ -179,6 +181,7 @@ fn finish(
     mut transitions: Vec<Transition>,
 ) -> (State, Decision, Vec<Transition>) {
     let decision = match (s.phase, event) {
+        (_, Event::Observe) => Decision::Noted,
         (_, Event::Reset) => {
             if s.phase != Phase::Closed {
                 transitions.push(Transition::Closed);
@@ -241,6 +244,7 @@ fn finish(
             Decision::Noted
         }
         (Phase::HalfOpen, Event::Failure { probe: true }) => {
+            s.failures = s.failures.saturating_add(1);
             open(&mut s, p, now, &mut transitions);
             Decision::Noted
         }

@@ -523,10 +523,27 @@ pub fn parse(text: &str, origin: &str) -> Result<Config> {
         return Err(invalid(
             origin,
             format!(
-                "reliability.backpressure.shedBackgroundAt ({}) must be <= shedLowAt ({}): background messages are shed before low ones",
+                "reliability.backpressure.shedBackgroundAt ({}) must be <= reliability.backpressure.shedLowAt ({}): background messages are shed before low ones",
                 bp.shed_background_at, bp.shed_low_at
             ),
         ));
+    }
+    let cb = &mut config.reliability.circuit_breaker;
+    if cb.max_cooldown_ms < cb.cooldown_ms {
+        if json
+            .pointer("/reliability/circuitBreaker/maxCooldownMs")
+            .is_some()
+        {
+            return Err(invalid(
+                origin,
+                format!(
+                    "reliability.circuitBreaker.maxCooldownMs ({}) must be >= reliability.circuitBreaker.cooldownMs ({})",
+                    cb.max_cooldown_ms, cb.cooldown_ms
+                ),
+            ));
+        }
+        // Only the cooldown was raised: the ceiling follows it.
+        cb.max_cooldown_ms = cb.cooldown_ms;
     }
     Ok(config)
 }

@@ -132,6 +132,12 @@ pub fn breaker_step(
         tx.put_breaker(sender, endpoint, &next, now)?;
     }
     for t in transitions {
+        // A breaker half-opens when its cooldown ends, whenever that is noticed.
+        let at = if t == Transition::HalfOpened {
+            state.next_probe_at.min(now)
+        } else {
+            now
+        };
         let kind = match t {
             Transition::Opened => "breaker_opened",
             Transition::HalfOpened => "breaker_half_open",
@@ -150,7 +156,7 @@ pub fn breaker_step(
                     "manual": operator,
                 }),
             },
-            now,
+            at,
         )?;
     }
     Ok(decision)

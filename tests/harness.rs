@@ -178,6 +178,33 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// Every recorded event (`status --json`), oldest first, read with the
+    /// clock pinned at `now_ms`.
+    #[track_caller]
+    pub fn events(&self, now_ms: u64) -> Vec<Value> {
+        let out = self
+            .cmd(["status", "--json", "--events", "100000"])
+            .at(now_ms)
+            .success();
+        let mut events = match out.json().get("events") {
+            Some(Value::Array(events)) => events.clone(),
+            _ => out.fail("status --json has no events array"),
+        };
+        events.reverse();
+        events
+    }
+
+    /// The events of `kind` (see [`Relay::events`]), oldest first.
+    #[track_caller]
+    pub fn events_of(&self, now_ms: u64, kind: &str) -> Vec<Value> {
+        self.events(now_ms)
+            .into_iter()
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    }
+}
+
 /// A command being built; nothing runs until `run`, `success`, `code` or
 /// `spawn`.
 #[must_use]
@@ -219,6 +246,11 @@ impl<'a> Cmd<'a> {
     pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Self {
         self.stdin = Some(bytes.into());
         self
+    }
+
+    /// Pins relay's clock: `RELAY_FAKE_NOW_MS=ms` (ms since the epoch).
+    pub fn at(self, ms: u64) -> Self {
+        self.env("RELAY_FAKE_NOW_MS", ms.to_string())
     }
 
     /// Runs relay under this umask (through `sh -c 'umask ..; exec relay'`).

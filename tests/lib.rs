@@ -4,12 +4,20 @@
 mod harness;
 
 mod ack; // ack and nack: removal from cur/, dead letters with reason sidecars
+mod backpressure; // mailbox depth: warning, refusal, priority lanes, recv order, fan-out refusals
+mod breakers; // circuit breakers: trips, open refusals, half-open probes, leases, reset/open
 mod cli; // usage errors (64), help and version, the clean-environment fallbacks
 mod concurrency; // racing receivers: every message claimed exactly once
 mod config; // config.json: invalid files exit 78 naming file and key; unknown keys warn
+mod config_cmd; // `relay config` show/get/set/validate/path; every invalid knob exits 78
+mod disabled; // every reliability feature off: relay behaves as the core
 mod endpoints; // endpoints add/list/remove and their JSON
 mod foreign; // files other programs leave: DorkOS envelopes, stray and malformed files
 mod home; // home safety: symlinks and world-writable dirs refused (77), 0700/0600 modes
+mod observability; // traces, metrics, dead letters, events, gc, access rules, failure notices, idempotency, budgets
+mod races; // 8 racing senders: bucket, mailbox capacity and half-open probes stay exact
+mod ratelimit; // per-sender token buckets: soft/hard hits, refill, burst, overrides, reset
 mod recv; // claim order, --count, --wait, empty (66) and unknown (69) endpoints
 mod send; // delivery, fan-out, dead letters, payload sources, size cap, options
+mod status; // status, breakers and limits: JSON shapes and their events
 mod subjects; // every subject rejection exits 65, names the value, writes nothing

@@ -159,7 +159,10 @@ fn fifo_holds_for_messages_sent_in_the_same_millisecond() {
             .env("RELAY_FAKE_NOW_MS", "1767225600000")
             .success();
     }
-    let out = r.cmd(["recv", "q", "-n", "8"]).success();
+    let out = r
+        .cmd(["recv", "q", "-n", "8"])
+        .env("RELAY_FAKE_NOW_MS", "1767225600001")
+        .success();
     let want: String = (0..8).map(|i| format!("m{i}\n")).collect();
     out.stdout_is(&want);
 }

@@ -97,6 +97,17 @@ pub fn snapshot(ctx: &mut Ctx, now: u64) -> Result<Vec<BreakerInfo>> {
     let cfg = ctx.config.reliability.circuit_breaker.clone();
     let tx = ctx.store()?.begin()?;
     reliability::observe_leases(&tx, &cfg, None, now)?;
+    // Record what the passing of time did (open -> half-open) before showing it.
+    for row in tx.breakers()? {
+        reliability::breaker_step(
+            &tx,
+            &cfg,
+            &row.sender,
+            &row.endpoint,
+            BreakerEvent::Observe,
+            now,
+        )?;
+    }
     let rows = tx.breakers()?;
     tx.commit()?;
     Ok(rows.into_iter().map(|r| BreakerInfo::new(r, now)).collect())

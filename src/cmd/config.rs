@@ -32,7 +32,9 @@ pub fn run(ctx: &Ctx, args: &ConfigArgs) -> Result<()> {
         None | Some(ConfigAction::Show) => show(ctx, &path),
         Some(ConfigAction::Get { key }) => get(ctx, &path, key),
         Some(ConfigAction::Set { key, value }) => set(ctx, &path, key, value),
-        Some(ConfigAction::Validate { file }) => validate(ctx, file.as_deref().unwrap_or(&path)),
+        Some(ConfigAction::Validate { file }) => {
+            validate(ctx, file.as_deref().unwrap_or(&path), file.is_some())
+        }
         Some(ConfigAction::Path) => output::line(&path.display().to_string()),
     }
 }
@@ -72,9 +74,23 @@ fn show(ctx: &Ctx, path: &Path) -> Result<()> {
 }
 
 fn get(ctx: &Ctx, path: &Path, key: &str) -> Result<()> {
-    check_key(key)?;
+    let prefix = format!("{key}.");
+    if !config::knobs().any(|k| k.starts_with(&prefix)) {
+        check_key(key)?;
+    }
     let cfg = load_reporting(path)?;
-    let value = cfg.get(key).unwrap_or(Value::Null);
+    // A section (e.g. reliability.rateLimit) reads as the object of its knobs.
+    let value = cfg.get(key).unwrap_or_else(|| {
+        let mut section = Value::Object(Map::new());
+        for k in config::knobs().filter(|k| k.starts_with(&prefix)) {
+            let _ = set_path(
+                &mut section,
+                &k[prefix.len()..],
+                cfg.get(k).unwrap_or(Value::Null),
+            );
+        }
+        section
+    });
     if ctx.json {
         return output::json_line(&serde_json::json!({ "key": key, "value": value }));
     }
@@ -101,24 +117,12 @@ fn set(ctx: &Ctx, path: &Path, key: &str, value: &str) -> Result<()> {
     lock.lock().ctx("cannot lock", &lock_path)?;
 
     let mut raw = read_raw(path)?;
-    let mut node = &mut raw;
-    let parts: Vec<&str> = key.split('.').collect();
-    for (i, part) in parts.iter().enumerate() {
-        let Value::Object(map) = node else {
-            return Err(Error::Config(format!(
-                "config {}: {} is not an object; fix the file first",
-                path.display(),
-                parts[..i].join(".")
-            )));
-        };
-        if i + 1 == parts.len() {
-            map.insert((*part).to_string(), new.clone());
-            break;
-        }
-        node = map
-            .entry((*part).to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
-    }
+    set_path(&mut raw, key, new.clone()).map_err(|parent| {
+        Error::Config(format!(
+            "config {}: {parent} is not an object; fix the file first",
+            path.display()
+        ))
+    })?;
     let text = serde_json::to_string_pretty(&raw)
         .map_err(|e| Error::Config(format!("cannot render config: {e}")))?;
     // Validate the whole result: nothing is written if any of it is wrong.
@@ -135,20 +139,34 @@ fn set(ctx: &Ctx, path: &Path, key: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate(ctx: &Ctx, path: &Path) -> Result<()> {
+fn validate(ctx: &Ctx, path: &Path, explicit: bool) -> Result<()> {
     if !path.exists() {
-        return Err(Error::Config(format!(
-            "config {}: no such file",
-            path.display()
-        )));
+        if explicit {
+            return Err(Error::NoInput(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        if ctx.json {
+            return output::json_line(&serde_json::json!({
+                "path": path.display().to_string(), "exists": false, "valid": true, "warnings": [],
+            }));
+        }
+        eprintln!("relay: no {} (the defaults apply)", path.display());
+        return Ok(());
     }
     let cfg = config::load(path)?;
     if ctx.json {
         output::json_line(&serde_json::json!({
             "path": path.display().to_string(),
+            "exists": true,
             "valid": cfg.warnings.is_empty(),
             "warnings": cfg.warnings,
         }))?;
+    } else {
+        for w in &cfg.warnings {
+            output::warn(w);
+        }
     }
     if cfg.warnings.is_empty() {
         if !ctx.json {
@@ -156,7 +174,11 @@ fn validate(ctx: &Ctx, path: &Path) -> Result<()> {
         }
         Ok(())
     } else {
-        Err(Error::Config(cfg.warnings.join("; ")))
+        Err(Error::Config(format!(
+            "config {}: {} unknown key(s); remove or rename them",
+            path.display(),
+            cfg.warnings.len()
+        )))
     }
 }
 
@@ -183,6 +205,26 @@ fn read_raw(path: &Path) -> Result<Value> {
     config::parse(&text, &path.display().to_string())?;
     serde_json::from_str(text.trim_start_matches('\u{feff}'))
         .map_err(|e| Error::Config(format!("config {}: invalid JSON: {e}", path.display())))
+}
+
+/// Sets the dotted `key` in a JSON object tree, creating objects on the way;
+/// fails with the dotted path of a member that is not an object.
+fn set_path(root: &mut Value, key: &str, value: Value) -> std::result::Result<(), String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut node = root;
+    for (i, part) in parts.iter().enumerate() {
+        let Value::Object(map) = node else {
+            return Err(parts[..i].join("."));
+        };
+        if i + 1 == parts.len() {
+            map.insert((*part).to_string(), value);
+            return Ok(());
+        }
+        node = map
+            .entry((*part).to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+    }
+    Ok(())
 }
 
 /// The value at a dotted key in a raw config object.

@@ -245,19 +245,14 @@ fn deliver_all(
             tx.commit()?;
             return Ok(Delivery::Duplicate(original));
         }
-        for (kind, ep, depth, limit) in &pressure_events {
-            tx.event(
-                &StoreEvent {
-                    kind,
-                    sender: Some(&env.from),
-                    endpoint: Some(ep),
-                    message_id: Some(&env.id),
-                    detail: json!({ "depth": depth, "limit": limit, "priority": priority.as_str() }),
-                },
-                now,
-            )?;
-        }
-        match reliability::rate_limit(&tx, &rel.rate_limit, &env.from, now)? {
+        // A send no endpoint can take is not charged a token.
+        let open = fates.iter().any(|(_, f)| f.is_none());
+        let rate = if open {
+            reliability::rate_limit(&tx, &rel.rate_limit, &env.from, now)?
+        } else {
+            RateOutcome::Admit
+        };
+        match rate {
             RateOutcome::Admit => {}
             RateOutcome::Soft(w) => warnings.push(w),
             RateOutcome::Hard {
@@ -273,6 +268,18 @@ fn deliver_all(
                     retry_after_ms: Some(retry_after_ms),
                 });
             }
+        }
+        for (kind, ep, depth, limit) in &pressure_events {
+            tx.event(
+                &StoreEvent {
+                    kind,
+                    sender: Some(&env.from),
+                    endpoint: Some(ep),
+                    message_id: Some(&env.id),
+                    detail: json!({ "depth": depth, "limit": limit, "priority": priority.as_str() }),
+                },
+                now,
+            )?;
         }
         for (i, (ep, fate)) in fates.iter_mut().enumerate() {
             if fate.is_some() {
