@@ -330,6 +330,30 @@ pub struct RecvArgs {
     /// a delivery failure for the sender's circuit breaker
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub lease: Option<Duration>,
+
+    /// Keep receiving: wait for new messages (filesystem notifications)
+    /// until interrupted; SIGINT/SIGTERM finish the current message and stop
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// Run CMD (with sh -c) per message: the envelope JSON on stdin and
+    /// RELAY_MESSAGE_ID, RELAY_TRACE_ID, RELAY_BUDGET, ... in its environment;
+    /// exit 0 acks, anything else nacks (and feeds the sender's breaker)
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+
+    /// Handlers run at once with --exec
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "exec",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub concurrency: u32,
+
+    /// Nack (and kill) a handler still running after DURATION
+    #[arg(long, value_name = "DURATION", requires = "exec", value_parser = parse_positive_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Ack each message as soon as it is printed (at-most-once consumption)
+    #[arg(long, conflicts_with = "exec")]
+    pub ack: bool,
 }
 
 /// Arguments of `relay ack`.

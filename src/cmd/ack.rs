@@ -42,6 +42,24 @@ pub fn nack(ctx: &mut Ctx, args: &NackArgs) -> Result<()> {
     finish(ctx, &args.endpoint, &args.ids, Some(&args.reason))
 }
 
+/// Finishes one claimed message for a consumer (`recv --ack`, `--exec`):
+/// acks it (`reason` None) or nacks it, durably, and records the outcome
+/// (index, breaker, failure notice). Returns false if it was no longer in `cur/`.
+pub fn settle(ctx: &mut Ctx, mb: &Mailbox, id: &str, reason: Option<&str>) -> Result<bool> {
+    let now = ctx.clock.now_ms();
+    let done = match reason {
+        None => mb.ack(id)? == AckOutcome::Removed,
+        Some(r) => mb.fail(id, Value::Null, r, "nack", now)?,
+    };
+    if done {
+        if reason.is_none() {
+            crate::home::sync_dir(&mb.sub("cur"))?;
+        }
+        record(ctx, &mb.name, &[id.to_string()], reason, now)?;
+    }
+    Ok(done)
+}
+
 /// Records finished messages in the index and feeds their outcome to the
 /// (sender, endpoint) breaker: an ack is a success, a nack a failure.
 fn record(

@@ -4,6 +4,7 @@
 pub mod ack;
 pub mod breakers;
 pub mod config;
+pub mod consume;
 pub mod dlq;
 pub mod endpoints;
 pub mod events;

@@ -1,4 +1,5 @@
-//! `relay recv`: claim the oldest messages of an endpoint and print them.
+//! `relay recv`: claim the oldest messages of an endpoint and print them
+//! (or hand them to the consumer loop for `--follow` and `--exec`).
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -18,69 +19,85 @@ const MAX_POLL: Duration = Duration::from_millis(50);
 /// Runs `relay recv`.
 pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
     let mb = Mailbox::open_endpoint(&ctx.home, &args.endpoint)?;
-    let claimed = claim(ctx, &mb, args)?;
+    if args.follow || args.exec.is_some() {
+        return crate::cmd::consume::run(ctx, &mb, args);
+    }
+    let claimed = wait_and_take(ctx, &mb, args)?;
     if claimed.is_empty() {
         let waited = args
             .wait
-            .map(|w| {
-                format!(
-                    " after waiting {}",
-                    crate::clock::human_ms(u64::try_from(w.as_millis()).unwrap_or(u64::MAX))
-                )
-            })
+            .map(|w| format!(" after waiting {}", crate::clock::human_ms(ms(w))))
             .unwrap_or_default();
         return Err(Error::NoInput(format!(
             "no message in '{}'{waited}",
             args.endpoint
         )));
     }
-    mb.sync_claims()?;
-    let envs: Vec<_> = claimed.iter().map(|c| &c.envelope).collect();
-    let now = claimed[0].claimed_at;
-    let lease_until = args
-        .lease
-        .map(|l| now.saturating_add(u64::try_from(l.as_millis()).unwrap_or(u64::MAX)));
-    let breakers = ctx.config.reliability.circuit_breaker.clone();
-    let tx = ctx.store()?.begin()?;
-    tx.record_claimed(&mb.name, &envs, lease_until, now)?;
-    reliability::observe_leases(&tx, &breakers, Some(&mb.name), now)?;
-    tx.commit()?;
-
     let tty = std::io::stderr().is_terminal();
     for c in &claimed {
-        let env = &c.envelope;
-        if ctx.json {
-            output::json_line(env)?;
-        } else {
-            match &env.payload {
-                Value::String(s) => output::line(s)?,
-                other => output::json_line(other)?,
-            }
-            if tty {
-                eprintln!(
-                    "relay: claimed {} (done: relay ack {} {}; failed: relay nack {} {} --reason ...)",
-                    env.id, mb.name, env.id, mb.name, env.id
-                );
-            }
+        print(ctx.json, &c.envelope)?;
+        if args.ack {
+            crate::cmd::ack::settle(ctx, &mb, &c.envelope.id, None)?;
+        } else if tty && !ctx.json {
+            let (ep, id) = (&mb.name, &c.envelope.id);
+            eprintln!(
+                "relay: claimed {id} (done: relay ack {ep} {id}; failed: relay nack {ep} {id} --reason ...)"
+            );
         }
     }
     Ok(())
 }
 
-/// Claims up to `count` messages, waiting up to `--wait` for the first.
-/// Messages found past their TTL are dead-lettered (`ttl_expired`, with a
-/// failure notice) instead of handed out, and others are claimed in their place.
-fn claim(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<Vec<Claimed>> {
+/// Prints one message: the envelope as a JSON line, or the payload (strings
+/// raw, other JSON on one line).
+pub fn print(json: bool, env: &crate::envelope::Envelope) -> Result<()> {
+    if json {
+        return output::json_line(env);
+    }
+    match &env.payload {
+        Value::String(s) => output::line(s),
+        other => output::json_line(other),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `take`, retried until something arrives or `--wait` runs out.
+fn wait_and_take(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<Vec<Claimed>> {
     let deadline = args.wait.map(|w| Instant::now() + w);
     let mut pause = Duration::from_millis(2);
-    let mut claimed = Vec::new();
     loop {
-        let now = ctx.clock.now_ms();
+        let claimed = take(ctx, mb, args.count as usize, args.lease)?;
+        match deadline {
+            Some(d) if claimed.is_empty() && Instant::now() < d => {
+                std::thread::sleep(pause.min(d.saturating_duration_since(Instant::now())));
+                pause = (pause * 2).min(MAX_POLL);
+            }
+            _ => return Ok(claimed),
+        }
+    }
+}
+
+/// Claims up to `max` messages now, without waiting: higher priority first,
+/// FIFO within a priority. Unreadable files are moved aside (reported);
+/// messages past their TTL are dead-lettered (`ttl_expired`, with a failure
+/// notice) and others claimed in their place. The claims are fsynced and
+/// indexed (with the lease, if any) before this returns.
+pub fn take(
+    ctx: &mut Ctx,
+    mb: &Mailbox,
+    max: usize,
+    lease: Option<Duration>,
+) -> Result<Vec<Claimed>> {
+    let mut claimed = Vec::new();
+    let now = ctx.clock.now_ms();
+    loop {
         let ranks = ctx.store()?.pending_priorities(&mb.name)?;
         let mut bad = Vec::new();
-        let want = args.count as usize - claimed.len();
         let (live, expired): (Vec<Claimed>, Vec<Claimed>) = mb
-            .claim(want, now, &ranks, &mut bad)?
+            .claim(max - claimed.len(), now, &ranks, &mut bad)?
             .into_iter()
             .partition(|c| now <= c.envelope.budget.ttl);
         for q in bad {
@@ -93,20 +110,26 @@ fn claim(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<Vec<Claimed>> {
             ));
         }
         claimed.extend(live);
-        if !expired.is_empty() {
-            expire(ctx, mb, &expired, now)?;
-            if claimed.len() < args.count as usize {
-                continue;
-            }
+        if expired.is_empty() {
+            break;
         }
-        match deadline {
-            Some(d) if claimed.is_empty() && Instant::now() < d => {
-                std::thread::sleep(pause.min(d.saturating_duration_since(Instant::now())));
-                pause = (pause * 2).min(MAX_POLL);
-            }
-            _ => return Ok(claimed),
+        expire(ctx, mb, &expired, now)?;
+        if claimed.len() >= max {
+            break;
         }
     }
+    if claimed.is_empty() {
+        return Ok(claimed);
+    }
+    mb.sync_claims()?;
+    let envs: Vec<_> = claimed.iter().map(|c| &c.envelope).collect();
+    let lease_until = lease.map(|l| now.saturating_add(ms(l)));
+    let breakers = ctx.config.reliability.circuit_breaker.clone();
+    let tx = ctx.store()?.begin()?;
+    tx.record_claimed(&mb.name, &envs, lease_until, now)?;
+    reliability::observe_leases(&tx, &breakers, Some(&mb.name), now)?;
+    tx.commit()?;
+    Ok(claimed)
 }
 
 /// Dead-letters claimed messages that were past their TTL.

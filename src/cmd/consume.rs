@@ -1,0 +1,323 @@
+//! The consumer loop behind `relay recv --follow` and `--exec`: waits on the
+//! mailbox with filesystem notifications (a slow poll as a fallback), runs a
+//! handler per message and acks or nacks by its exit status, reloads
+//! `config.json` when it changes, and on SIGINT/SIGTERM finishes the running
+//! handlers before it stops.
+
+use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+use serde_json::json;
+
+use crate::cli::RecvArgs;
+use crate::clock::human_ms;
+use crate::cmd::{ack, recv};
+use crate::config;
+use crate::context::Ctx;
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::maildir::{Claimed, Mailbox};
+use crate::output;
+
+/// Longest sleep without a notification before looking anyway.
+const FALLBACK_POLL: Duration = Duration::from_millis(1000);
+/// How often running handlers are checked.
+const TICK: Duration = Duration::from_millis(5);
+
+/// A handler working on one message.
+struct Job {
+    child: Child,
+    envelope: Envelope,
+    started: Instant,
+}
+
+/// Runs the consumer loop until interrupted (`--follow`) or until the
+/// mailbox is drained of up to `--count` messages.
+pub fn run(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while stopping ends relay at once (exit 130).
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))
+            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)))
+            .map_err(|e| Error::Io {
+                what: "cannot install signal handlers".into(),
+                source: e,
+            })?;
+    }
+    let (tx, rx) = mpsc::channel();
+    let _watcher = if args.follow || args.wait.is_some() {
+        watch(ctx, mb, tx)
+    } else {
+        None
+    };
+    let mut config_stamp = stamp(&ctx.home.config_file());
+    let deadline = args.wait.map(|w| Instant::now() + w);
+    let limit = if args.follow {
+        usize::MAX
+    } else {
+        args.count as usize
+    };
+    let slots = args.exec.as_ref().map_or(64, |_| args.concurrency as usize);
+    let mut running: Vec<Job> = Vec::new();
+    let mut taken = 0usize;
+    loop {
+        if args.follow {
+            reload_if_changed(ctx, &mut config_stamp);
+        }
+        reap(ctx, mb, &mut running, args)?;
+        let stopping = stop.load(Ordering::Relaxed);
+        if stopping && running.is_empty() {
+            break;
+        }
+        let want = slots.saturating_sub(running.len()).min(limit - taken);
+        let mut got = 0;
+        if want > 0 && !stopping {
+            let batch = recv::take(ctx, mb, want, args.lease)?;
+            got = batch.len();
+            taken += got;
+            for c in batch {
+                start(ctx, mb, args, c, &mut running)?;
+            }
+        }
+        let idle = running.is_empty();
+        let waiting = deadline.is_some_and(|d| taken == 0 && Instant::now() < d);
+        if !args.follow && idle && !waiting && (got == 0 || taken >= limit) {
+            break;
+        }
+        if got > 0 && running.len() < slots {
+            continue; // more may be waiting already
+        }
+        // Sleep until the mailbox (or the config) changes, a handler may
+        // have finished, or the fallback poll is due.
+        let pause = if idle { FALLBACK_POLL } else { TICK };
+        let pause = deadline.filter(|_| !args.follow).map_or(pause, |d| {
+            pause.min(d.saturating_duration_since(Instant::now()))
+        });
+        if rx.recv_timeout(pause).is_ok() {
+            while rx.try_recv().is_ok() {}
+        }
+    }
+    if taken == 0 && !args.follow {
+        return Err(Error::NoInput(format!("no message in '{}'", mb.name)));
+    }
+    Ok(())
+}
+
+/// Watches `new/` and the home (for `config.json`); `None` (with a warning)
+/// if notifications are unavailable, leaving the fallback poll.
+fn watch(ctx: &Ctx, mb: &Mailbox, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .and_then(|mut w| {
+        w.watch(&mb.sub("new"), RecursiveMode::NonRecursive)?;
+        w.watch(ctx.home.root(), RecursiveMode::NonRecursive)?;
+        Ok(w)
+    });
+    match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            output::warn(&format!(
+                "filesystem notifications unavailable ({e}); polling every {}",
+                human_ms(u64::try_from(FALLBACK_POLL.as_millis()).unwrap_or(1000))
+            ));
+            None
+        }
+    }
+}
+
+/// Identity of the config file's current contents (mtime and size).
+fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
+    let md = std::fs::metadata(path).ok()?;
+    Some((md.modified().ok()?, md.len()))
+}
+
+/// Re-reads `config.json` when it changed; a bad edit keeps the last good
+/// config and says so (once per edit).
+fn reload_if_changed(ctx: &mut Ctx, last: &mut Option<(SystemTime, u64)>) {
+    let path = ctx.home.config_file();
+    let now = stamp(&path);
+    if now == *last {
+        return;
+    }
+    *last = now;
+    match config::load(&path) {
+        Ok(c) => {
+            for w in &c.warnings {
+                output::warn(w);
+            }
+            ctx.config = c;
+            eprintln!("relay: reloaded {}", path.display());
+        }
+        Err(e) => output::warn(&format!("{e}; keeping the last good config")),
+    }
+}
+
+/// Hands one claimed message to the handler, or prints it (and acks it
+/// with `--ack`).
+fn start(
+    ctx: &mut Ctx,
+    mb: &Mailbox,
+    args: &RecvArgs,
+    c: Claimed,
+    running: &mut Vec<Job>,
+) -> Result<()> {
+    let env = c.envelope;
+    let Some(cmd) = &args.exec else {
+        recv::print(ctx.json, &env)?;
+        if args.ack {
+            ack::settle(ctx, mb, &env.id, None)?;
+        }
+        return Ok(());
+    };
+    let line = serde_json::to_string(&env).unwrap_or_default();
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::piped())
+        // Its own process group: a terminal's Ctrl-C stops relay, which lets
+        // the handler finish instead of killing it mid-message.
+        .process_group(0)
+        .env("RELAY_HOME", ctx.home.root())
+        .env("RELAY_ENDPOINT", &mb.name)
+        .env("RELAY_MESSAGE_ID", &env.id)
+        .env("RELAY_TRACE_ID", env.trace())
+        .env("RELAY_SUBJECT", &env.subject)
+        .env("RELAY_SENDER", &env.from)
+        .env("RELAY_PRIORITY", env.priority().as_str())
+        .env(
+            "RELAY_BUDGET",
+            serde_json::to_string(&env.budget).unwrap_or_default(),
+        )
+        // The handler speaks for the endpoint it serves.
+        .env("RELAY_FROM", &mb.name);
+    match &env.reply_to {
+        Some(r) => command.env("RELAY_REPLY_TO", r),
+        None => command.env_remove("RELAY_REPLY_TO"),
+    };
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = format!("cannot start handler: {e}");
+            ack::settle(ctx, mb, &env.id, Some(&reason))?;
+            report(
+                ctx,
+                &env,
+                &mb.name,
+                "nacked",
+                None,
+                Duration::ZERO,
+                Some(&reason),
+            )?;
+            return Ok(());
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A thread, so a handler that does not read cannot block relay.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(line.as_bytes());
+            let _ = stdin.write_all(b"\n");
+        });
+    }
+    running.push(Job {
+        child,
+        envelope: env,
+        started: Instant::now(),
+    });
+    Ok(())
+}
+
+/// Settles handlers that finished or ran out of time.
+fn reap(ctx: &mut Ctx, mb: &Mailbox, running: &mut Vec<Job>, args: &RecvArgs) -> Result<()> {
+    let mut i = 0;
+    while i < running.len() {
+        let job = &mut running[i];
+        let elapsed = job.started.elapsed();
+        let status = job.child.try_wait().map_err(|e| Error::Io {
+            what: format!("cannot wait for the handler of {}", job.envelope.id),
+            source: e,
+        })?;
+        let outcome = match status {
+            Some(s) => Some((s.code(), verdict(s))),
+            None if args.timeout.is_some_and(|t| elapsed > t) => {
+                kill_group(&mut job.child);
+                let took = human_ms(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+                Some((None, Err(format!("handler timed out after {took}"))))
+            }
+            None => None,
+        };
+        let Some((code, verdict)) = outcome else {
+            i += 1;
+            continue;
+        };
+        let job = running.swap_remove(i);
+        let reason = verdict.as_ref().err().map(String::as_str);
+        let settled = ack::settle(ctx, mb, &job.envelope.id, reason)?;
+        let word = match (settled, reason) {
+            (false, _) => "gone",
+            (true, None) => "acked",
+            (true, Some(_)) => "nacked",
+        };
+        report(ctx, &job.envelope, &mb.name, word, code, elapsed, reason)?;
+    }
+    Ok(())
+}
+
+/// Exit 0 acks; anything else is the nack reason.
+fn verdict(s: ExitStatus) -> std::result::Result<(), String> {
+    match (s.code(), s.signal()) {
+        (Some(0), _) => Ok(()),
+        (Some(c), _) => Err(format!("handler exited with status {c}")),
+        (None, Some(sig)) => Err(format!("handler killed by signal {sig}")),
+        (None, None) => Err("handler ended abnormally".into()),
+    }
+}
+
+/// Kills a handler and everything it started (its process group).
+fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// One line per finished message: NDJSON with `--json`, else on stderr.
+fn report(
+    ctx: &Ctx,
+    env: &Envelope,
+    endpoint: &str,
+    outcome: &str,
+    exit_code: Option<i32>,
+    took: Duration,
+    reason: Option<&str>,
+) -> Result<()> {
+    let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+    if ctx.json {
+        return output::json_line(&json!({
+            "id": env.id,
+            "endpoint": endpoint,
+            "outcome": outcome,
+            "exitCode": exit_code,
+            "durationMs": ms,
+            "reason": reason,
+        }));
+    }
+    match (outcome, reason) {
+        ("gone", _) => output::warn(&format!(
+            "message {} left cur/ while its handler ran (acked or nacked by someone else)",
+            env.id
+        )),
+        (_, Some(r)) => eprintln!("relay: {} {outcome} after {}: {r}", env.id, human_ms(ms)),
+        _ => eprintln!("relay: {} {outcome} after {}", env.id, human_ms(ms)),
+    }
+    Ok(())
+}
