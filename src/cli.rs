@@ -63,6 +63,18 @@ pub enum Command {
     Events(EventsArgs),
     /// Expire messages past their TTL, delete stale tmp/ files, prune old index rows and events
     Gc(GcArgs),
+    /// Print the shell completion script for SHELL
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or write all pages (relay.1 and one per subcommand) into DIR
+    Man {
+        /// Directory to write relay.1 and relay-SUBCOMMAND.1 into
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Arguments of `relay trace`.

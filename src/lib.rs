@@ -12,6 +12,7 @@ pub mod config;
 pub mod context;
 pub mod envelope;
 pub mod error;
+pub mod generate;
 pub mod home;
 pub mod maildir;
 pub mod notice;
@@ -58,6 +59,14 @@ where
 }
 
 fn dispatch(cli: Cli) -> Result<(), Error> {
+    // Generated documentation needs no home.
+    match &cli.command {
+        Command::Completions { shell } => {
+            return write_stdout(&generate::completion(*shell));
+        }
+        Command::Man { out } => return man(out.as_deref()),
+        _ => {}
+    }
     // `config` must work while config.json is broken: that is how it is fixed.
     let load_config = !matches!(cli.command, Command::Config(_));
     let mut ctx = Ctx::new(cli.home, cli.json, load_config)?;
@@ -76,7 +85,42 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Dlq(a) => cmd::dlq::run(&mut ctx, a),
         Command::Events(a) => cmd::events::run(&mut ctx, a),
         Command::Gc(a) => cmd::gc::run(&mut ctx, a),
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::Io {
+            what: "cannot write to stdout".into(),
+            source: e,
+        })
+}
+
+/// `relay man`: the main page on stdout, or every page into `out`.
+fn man(out: Option<&std::path::Path>) -> Result<(), Error> {
+    use crate::error::IoContext;
+    let pages = generate::man_pages().map_err(|e| Error::Io {
+        what: "cannot render the man pages".into(),
+        source: e,
+    })?;
+    let Some(dir) = out else {
+        return write_stdout(&pages[0].1);
+    };
+    std::fs::create_dir_all(dir).ctx("cannot create", dir)?;
+    for (name, page) in &pages {
+        let path = dir.join(name);
+        std::fs::write(&path, page).ctx("cannot write", &path)?;
+    }
+    eprintln!(
+        "relay: wrote {} man pages to {}",
+        pages.len(),
+        dir.display()
+    );
+    Ok(())
 }
 
 /// Prints an error on stderr: `relay: <message>`, or with `--json` one JSON

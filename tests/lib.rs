@@ -13,6 +13,7 @@ mod config_cmd; // `relay config` show/get/set/validate/path; every invalid knob
 mod disabled; // every reliability feature off: relay behaves as the core
 mod endpoints; // endpoints add/list/remove and their JSON
 mod foreign; // files other programs leave: DorkOS envelopes, stray and malformed files
+mod generated;
 mod home; // home safety: symlinks and world-writable dirs refused (77), 0700/0600 modes
 mod observability; // traces, metrics, dead letters, events, gc, access rules, failure notices, idempotency, budgets
 mod races; // 8 racing senders: bucket, mailbox capacity and half-open probes stay exact
@@ -20,4 +21,4 @@ mod ratelimit; // per-sender token buckets: soft/hard hits, refill, burst, overr
 mod recv; // claim order, --count, --wait, empty (66) and unknown (69) endpoints
 mod send; // delivery, fan-out, dead letters, payload sources, size cap, options
 mod status; // status, breakers and limits: JSON shapes and their events
-mod subjects; // every subject rejection exits 65, names the value, writes nothing
+mod subjects; // every subject rejection exits 65, names the value, writes nothing // man/ and completions/ match the CLI (RELAY_BLESS=1 regenerates)
