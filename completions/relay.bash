@@ -61,6 +61,9 @@ _relay() {
             relay,send)
                 cmd="relay__subcmd__send"
                 ;;
+            relay,serve)
+                cmd="relay__subcmd__serve"
+                ;;
             relay,status)
                 cmd="relay__subcmd__status"
                 ;;
@@ -226,6 +229,9 @@ _relay() {
             relay__subcmd__help,send)
                 cmd="relay__subcmd__help__subcmd__send"
                 ;;
+            relay__subcmd__help,serve)
+                cmd="relay__subcmd__help__subcmd__serve"
+                ;;
             relay__subcmd__help,status)
                 cmd="relay__subcmd__help__subcmd__status"
                 ;;
@@ -308,7 +314,7 @@ _relay() {
 
     case "${cmd}" in
         relay)
-            opts="-h -V --home --json --help --version send recv ack nack endpoints status breakers limits config trace metrics dlq events gc completions man help"
+            opts="-h -V --home --json --help --version send recv ack nack endpoints status breakers limits config trace metrics dlq events gc serve completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1098,7 +1104,7 @@ _relay() {
             return 0
             ;;
         relay__subcmd__help)
-            opts="send recv ack nack endpoints status breakers limits config trace metrics dlq events gc completions man help"
+            opts="send recv ack nack endpoints status breakers limits config trace metrics dlq events gc serve completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1559,6 +1565,20 @@ _relay() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        relay__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         relay__subcmd__help__subcmd__status)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -1858,6 +1878,28 @@ _relay() {
                     ;;
                 --priority)
                     COMPREPLY=($(compgen -W "critical high normal low background" -- "${cur}"))
+                    return 0
+                    ;;
+                --home)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        relay__subcmd__serve)
+            opts="-h --listen --allow-remote --home --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --home)

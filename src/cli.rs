@@ -63,6 +63,8 @@ pub enum Command {
     Events(EventsArgs),
     /// Expire messages past their TTL, delete stale tmp/ files, prune old index rows and events
     Gc(GcArgs),
+    /// Serve the read-only HTTP API, the live panel and Prometheus metrics
+    Serve(ServeArgs),
     /// Print the shell completion script for SHELL
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -75,6 +77,19 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+}
+
+/// Arguments of `relay serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:4242")]
+    pub listen: std::net::SocketAddr,
+
+    /// Allow a non-loopback address; requires RELAY_SERVE_TOKEN, which every
+    /// request must then present (Authorization: Bearer TOKEN, or ?token=)
+    #[arg(long)]
+    pub allow_remote: bool,
 }
 
 /// Arguments of `relay trace`.

@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod error;
 pub mod generate;
 pub mod home;
+pub mod http;
 pub mod maildir;
 pub mod notice;
 pub mod output;
@@ -85,6 +86,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Dlq(a) => cmd::dlq::run(&mut ctx, a),
         Command::Events(a) => cmd::events::run(&mut ctx, a),
         Command::Gc(a) => cmd::gc::run(&mut ctx, a),
+        Command::Serve(a) => cmd::serve::run(&ctx, a),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
 }

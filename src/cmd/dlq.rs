@@ -17,7 +17,7 @@ use crate::store::Event;
 /// One dead letter.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct DeadLetter {
+pub struct DeadLetter {
     id: String,
     endpoint: String,
     code: Option<String>,
@@ -48,8 +48,9 @@ pub fn run(ctx: &mut Ctx, args: &DlqArgs) -> Result<()> {
     }
 }
 
-/// Every dead letter (of `endpoint`, if given), oldest first.
-fn collect(ctx: &Ctx, endpoint: Option<&str>, with_envelope: bool) -> Result<Vec<DeadLetter>> {
+/// Every dead letter (of `endpoint`, if given), oldest first (also served
+/// by `relay serve`).
+pub fn collect(ctx: &Ctx, endpoint: Option<&str>, with_envelope: bool) -> Result<Vec<DeadLetter>> {
     let mut out = Vec::new();
     for name in maildir::mailbox_dir_names(&ctx.home)? {
         if endpoint.is_some_and(|e| e != name) || name.starts_with('.') {

@@ -27,6 +27,16 @@ pub fn run(ctx: &mut Ctx, args: &MetricsArgs) -> Result<()> {
     let since = args.since.map_or(0, |d| {
         now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     });
+    let report = compute(ctx, since)?;
+    if ctx.json {
+        return output::json_line(&report);
+    }
+    render(&report)
+}
+
+/// The metrics JSON (the seed's `trace/metrics` fields first, then ours)
+/// for messages sent at or after `since` (0 = all history).
+pub fn compute(ctx: &mut Ctx, since: u64) -> Result<serde_json::Value> {
     let active = crate::maildir::list_endpoints(&ctx.home)?.len();
     let store = ctx.store()?;
     let per: Vec<(String, Counts)> = store.read(|c| reports::counts(c, since))?;
@@ -92,55 +102,61 @@ pub fn run(ctx: &mut Ctx, args: &MetricsArgs) -> Result<()> {
         "failureNotices": kind("failure_notice"),
         "endpoints": endpoints,
     });
-    if ctx.json {
-        return output::json_line(&report);
-    }
+    Ok(report)
+}
 
-    let ms = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| format!("{v}ms"));
+/// The metrics as text for people, from the JSON `compute` makes.
+fn render(r: &serde_json::Value) -> Result<()> {
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let ms = |v: &serde_json::Value| {
+        v.as_u64()
+            .map_or_else(|| "-".to_string(), |v| format!("{v}ms"))
+    };
+    let budget = &r["budgetRejections"];
     let mut lines = vec![
         format!(
             "messages {}  delivered {}  failed {}  dead-lettered {}  pending {}  in flight {}{}",
-            total_messages,
-            sum(|c| c.delivered),
-            sum(|c| c.failed),
-            sum(|c| c.dead_lettered),
-            sum(|c| c.pending),
-            sum(|c| c.in_flight),
-            if since > 0 {
-                format!("  (since {})", crate::clock::iso8601(since))
-            } else {
-                String::new()
-            },
+            n(&r["totalMessages"]),
+            n(&r["deliveredCount"]),
+            n(&r["failedCount"]),
+            n(&r["deadLetteredCount"]),
+            n(&r["pendingCount"]),
+            n(&r["inFlightCount"]),
+            r["since"]
+                .as_str()
+                .map(|s| format!("  (since {s})"))
+                .unwrap_or_default(),
         ),
         format!(
             "delivery latency   p50 {}  p95 {}  p99 {}",
-            ms(delivery.p50),
-            ms(delivery.p95),
-            ms(delivery.p99)
+            ms(&r["p50DeliveryLatencyMs"]),
+            ms(&r["p95DeliveryLatencyMs"]),
+            ms(&r["p99DeliveryLatencyMs"])
         ),
         format!(
             "processing latency p50 {}  p95 {}  p99 {}",
-            ms(processing.p50),
-            ms(processing.p95),
-            ms(processing.p99)
+            ms(&r["p50ProcessingLatencyMs"]),
+            ms(&r["p95ProcessingLatencyMs"]),
+            ms(&r["p99ProcessingLatencyMs"])
         ),
         format!(
             "budget rejections  hop_limit {}  ttl_expired {}  cycle_detected {}  budget_exhausted {}",
-            code("hop_limit"),
-            code("ttl_expired"),
-            code("cycle_detected"),
-            code("budget_exhausted")
+            n(&budget["hopLimit"]),
+            n(&budget["ttlExpired"]),
+            n(&budget["cycleDetected"]),
+            n(&budget["budgetExhausted"])
         ),
         format!(
             "rate limit soft {} hard {}  breakers opened {}  backpressure warnings {} rejections {}  access denied {}",
-            kind("rate_limit_soft"),
-            kind("rate_limit_hard"),
-            kind("breaker_opened"),
-            kind("backpressure_warning"),
-            kind("backpressure_rejected"),
-            code("access_denied"),
+            n(&r["rateLimit"]["softHits"]),
+            n(&r["rateLimit"]["hardHits"]),
+            n(&r["breakers"]["opened"]),
+            n(&r["backpressure"]["warnings"]),
+            n(&r["backpressure"]["rejections"]),
+            n(&r["accessDenied"]),
         ),
     ];
+    let endpoints = r["endpoints"].as_array().cloned().unwrap_or_default();
     if !endpoints.is_empty() {
         let mut t = output::table(&[
             "endpoint",
@@ -154,16 +170,17 @@ pub fn run(ctx: &mut Ctx, args: &MetricsArgs) -> Result<()> {
             "p99",
         ]);
         for e in &endpoints {
+            let lat = &e["deliveryLatencyMs"];
             t.add_row(vec![
-                e.endpoint.clone(),
-                e.counts.total.to_string(),
-                e.counts.delivered.to_string(),
-                e.counts.failed.to_string(),
-                e.counts.dead_lettered.to_string(),
-                e.counts.pending.to_string(),
-                ms(e.delivery_latency_ms.p50),
-                ms(e.delivery_latency_ms.p95),
-                ms(e.delivery_latency_ms.p99),
+                e["endpoint"].as_str().unwrap_or_default().to_string(),
+                n(&e["total"]).to_string(),
+                n(&e["delivered"]).to_string(),
+                n(&e["failed"]).to_string(),
+                n(&e["deadLettered"]).to_string(),
+                n(&e["pending"]).to_string(),
+                ms(&lat["p50"]),
+                ms(&lat["p95"]),
+                ms(&lat["p99"]),
             ]);
         }
         lines.push(String::new());

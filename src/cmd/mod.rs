@@ -13,5 +13,6 @@ pub mod limits;
 pub mod metrics;
 pub mod recv;
 pub mod send;
+pub mod serve;
 pub mod status;
 pub mod trace;

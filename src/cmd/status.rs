@@ -13,22 +13,27 @@ use crate::error::Result;
 use crate::output;
 use crate::store::EventRow;
 
-/// `relay status --json`.
+/// `relay status --json` (and the HTTP API's `/api/relay/status`).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Status {
-    home: String,
-    endpoints: Vec<EndpointInfo>,
-    breakers: Vec<BreakerInfo>,
-    limited_senders: Vec<LimitInfo>,
-    events: Vec<EventRow>,
+pub struct Status {
+    /// The relay home.
+    pub home: String,
+    /// Every endpoint with depth and pressure.
+    pub endpoints: Vec<EndpointInfo>,
+    /// Breakers that are not closed.
+    pub breakers: Vec<BreakerInfo>,
+    /// Senders out of tokens or with a recent hit.
+    pub limited_senders: Vec<LimitInfo>,
+    /// Most recent events, newest first.
+    pub events: Vec<EventRow>,
 }
 
 /// Width of the pressure bar in cells.
 const BAR: usize = 10;
 
-/// Runs `relay status`.
-pub fn run(ctx: &mut Ctx, args: &StatusArgs) -> Result<()> {
+/// The whole status: what `relay status --json` prints and the HTTP API serves.
+pub fn snapshot(ctx: &mut Ctx, events: u32) -> Result<Status> {
     let now = ctx.clock.now_ms();
     let endpoints = endpoints::infos(ctx)?;
     let breakers: Vec<BreakerInfo> = breakers::snapshot(ctx, now)?
@@ -41,20 +46,33 @@ pub fn run(ctx: &mut Ctx, args: &StatusArgs) -> Result<()> {
         .collect();
     let events = {
         let tx = ctx.store()?.begin()?;
-        let events = tx.recent_events(args.events)?;
+        let events = tx.recent_events(events)?;
         tx.commit()?;
         events
     };
-    if ctx.json {
-        return output::json_line(&Status {
-            home: ctx.home.root().display().to_string(),
-            endpoints,
-            breakers,
-            limited_senders: limited,
-            events,
-        });
-    }
+    Ok(Status {
+        home: ctx.home.root().display().to_string(),
+        endpoints,
+        breakers,
+        limited_senders: limited,
+        events,
+    })
+}
 
+/// Runs `relay status`.
+pub fn run(ctx: &mut Ctx, args: &StatusArgs) -> Result<()> {
+    let st = snapshot(ctx, args.events)?;
+    if ctx.json {
+        return output::json_line(&st);
+    }
+    let now = ctx.clock.now_ms();
+    let Status {
+        endpoints,
+        breakers,
+        limited_senders: limited,
+        events,
+        ..
+    } = st;
     let mut out = Vec::new();
     out.push(format!("relay home {}", ctx.home.root().display()));
     out.push(String::new());

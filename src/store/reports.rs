@@ -227,6 +227,73 @@ pub fn event_kinds(conn: &Connection, since: u64) -> rusqlite::Result<Vec<(Strin
         .collect()
 }
 
+/// A message copy as the live stream announces it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageRow {
+    /// Message id.
+    pub id: String,
+    /// Mailbox.
+    pub endpoint: String,
+    /// Publish subject.
+    pub subject: String,
+    /// Sender.
+    pub from: String,
+    /// Trace.
+    pub trace_id: String,
+    /// Lifecycle state now.
+    pub state: String,
+    /// Send time (ms).
+    pub sent_at: u64,
+}
+
+/// Message copies sent at or after `since` (ms), oldest first.
+pub fn messages_since(conn: &Connection, since: u64) -> rusqlite::Result<Vec<MessageRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, endpoint, subject, sender, trace_id, status, sent_at FROM messages
+         WHERE sent_at >= ?1 ORDER BY sent_at, id LIMIT 1000",
+    )?;
+    stmt.query_map(params![since], |r| {
+        Ok(MessageRow {
+            id: r.get(0)?,
+            endpoint: r.get(1)?,
+            subject: r.get(2)?,
+            from: r.get(3)?,
+            trace_id: r.get(4)?,
+            state: r.get(5)?,
+            sent_at: r.get(6)?,
+        })
+    })?
+    .collect()
+}
+
+/// Cumulative counts of delivery latencies at or under each bound (ms),
+/// plus the total count and sum, for a Prometheus histogram.
+pub fn delivery_histogram(
+    conn: &Connection,
+    bounds: &[u64],
+) -> rusqlite::Result<(Vec<u64>, u64, u64)> {
+    let mut counts = Vec::with_capacity(bounds.len());
+    for b in bounds {
+        counts.push(conn.query_row(
+            "SELECT COUNT(*) FROM messages WHERE claimed_at IS NOT NULL AND claimed_at - sent_at <= ?1",
+            params![b],
+            |r| r.get(0),
+        )?);
+    }
+    let (n, sum): (u64, Option<i64>) = conn.query_row(
+        "SELECT COUNT(*), SUM(MAX(claimed_at - sent_at, 0)) FROM messages WHERE claimed_at IS NOT NULL",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok((counts, n, u64::try_from(sum.unwrap_or(0)).unwrap_or(0)))
+}
+
+/// The newest event id (0 if none).
+pub fn last_event_id(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))
+}
+
 /// Events after `after_id` (at or after `since`, of the given kinds if any),
 /// oldest first, at most `limit`.
 pub fn events_after(
