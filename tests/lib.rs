@@ -22,3 +22,4 @@ mod recv; // claim order, --count, --wait, empty (66) and unknown (69) endpoints
 mod send; // delivery, fan-out, dead letters, payload sources, size cap, options
 mod status; // status, breakers and limits: JSON shapes and their events
 mod subjects; // every subject rejection exits 65, names the value, writes nothing // man/ and completions/ match the CLI (RELAY_BLESS=1 regenerates)
+mod surfaces; // recv --follow/--exec consumers, relay serve routes, SSE, token, the panel in headless chromium
