@@ -65,6 +65,8 @@ pub enum Command {
     Gc(GcArgs),
     /// Serve the read-only HTTP API, the live panel and Prometheus metrics
     Serve(ServeArgs),
+    /// Check the store against the Maildir; --repair makes the index agree with it
+    Doctor(DoctorArgs),
     /// Print the shell completion script for SHELL
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -77,6 +79,16 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+}
+
+/// Arguments of `relay doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Fix what can be fixed: rebuild index rows from the Maildir, move a
+    /// damaged relay.db aside, quarantine unreadable files, delete stale tmp/
+    /// files, remove world-write permission. Never deletes a message
+    #[arg(long)]
+    pub repair: bool,
 }
 
 /// Arguments of `relay serve`.

@@ -87,6 +87,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Events(a) => cmd::events::run(&mut ctx, a),
         Command::Gc(a) => cmd::gc::run(&mut ctx, a),
         Command::Serve(a) => cmd::serve::run(&ctx, a),
+        Command::Doctor(a) => cmd::doctor::run(&mut ctx, a),
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
     }
 }

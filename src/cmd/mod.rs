@@ -6,6 +6,7 @@ pub mod breakers;
 pub mod config;
 pub mod consume;
 pub mod dlq;
+pub mod doctor;
 pub mod endpoints;
 pub mod events;
 pub mod gc;

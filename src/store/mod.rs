@@ -144,7 +144,7 @@ impl Store {
         };
         store.init().map_err(|e| match e {
             Error::Store(msg) => Error::Store(format!(
-                "{msg}; if the file is damaged, move it aside (mv {p} {p}.bad): relay starts a fresh index and the mailboxes keep every message",
+                "{msg}; if the file is damaged, run: relay doctor --repair (it moves {p} aside and rebuilds the index from the mailboxes, which keep every message)",
                 p = path.display()
             )),
             other => other,
@@ -246,6 +246,19 @@ impl Store {
         stmt.query_map(params![endpoint], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(Iterator::collect)
             .map_err(|e| self.err(e))
+    }
+
+    /// `PRAGMA quick_check`: `None` when the file is sound, else what is wrong.
+    pub fn integrity(&self) -> Result<Option<String>> {
+        let rows: Vec<String> = self
+            .conn
+            .prepare("PRAGMA quick_check")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| self.err(e))?;
+        Ok(match rows.as_slice() {
+            [ok] if ok == "ok" => None,
+            _ => Some(rows.join("; ")),
+        })
     }
 
     /// Runs a read-only query on the index (used by reports).
@@ -427,6 +440,66 @@ impl Tx<'_> {
             )
             .map_err(|e| self.err(e))?;
         Ok((rows, events, keys))
+    }
+
+    /// Every (endpoint, id, status) row whose message should be on disk
+    /// (pending, claimed or dead-lettered).
+    pub fn live_rows(&self) -> Result<Vec<(String, String, String)>> {
+        let mut stmt = self
+            .tx
+            .prepare("SELECT endpoint, id, status FROM messages WHERE status != 'acked'")
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Sets a row's status to what the Maildir says (`pending`, `claimed`, `failed`).
+    pub fn set_status(&self, endpoint: &str, id: &str, status: Status) -> Result<()> {
+        self.tx
+            .execute(
+                "UPDATE messages SET status = ?3 WHERE endpoint = ?1 AND id = ?2",
+                params![endpoint, id, status.as_str()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Indexes a message found on disk with the status its directory gives.
+    pub fn index_found(
+        &self,
+        endpoint: &str,
+        env: &Envelope,
+        status: Status,
+        failure: Option<(&str, &str)>,
+        now: u64,
+    ) -> Result<()> {
+        let (code, reason) = failure.unzip();
+        let sent_at = crate::clock::parse_iso8601(&env.created_at).unwrap_or(now);
+        self.tx
+            .execute(
+                "INSERT OR REPLACE INTO messages
+                 (endpoint, id, subject, sender, trace_id, status, sent_at, claimed_at, done_at,
+                  expires_at, code, reason, priority)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    endpoint,
+                    env.id,
+                    env.subject,
+                    env.from,
+                    env.trace(),
+                    status.as_str(),
+                    sent_at,
+                    (status == Status::Claimed).then_some(now),
+                    (status == Status::Failed).then_some(now),
+                    env.budget.ttl,
+                    code,
+                    reason,
+                    env.priority().rank(),
+                ],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Deletes a message's index row at an endpoint.

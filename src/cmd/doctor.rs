@@ -1,0 +1,310 @@
+//! `relay doctor [--repair]`: checks the store against the Maildir (the
+//! source of truth) and, with `--repair`, makes the index agree with it.
+//! It never deletes a message: repairs move, re-index or forget index rows.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::cli::DoctorArgs;
+use crate::clock::system_time_ms;
+use crate::context::Ctx;
+use crate::envelope::Envelope;
+use crate::error::{Error, Result};
+use crate::maildir::{self, Mailbox};
+use crate::output;
+use crate::store::{Status, Store};
+
+/// One problem found (and what was done about it).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Finding {
+    check: &'static str,
+    detail: String,
+    repaired: bool,
+}
+
+/// What the Maildir holds for one (endpoint, id).
+struct OnDisk {
+    status: Status,
+    envelope: Envelope,
+    failure: Option<(String, String)>,
+}
+
+/// Runs `relay doctor`.
+pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
+    let repair = args.repair;
+    let now = ctx.clock.now_ms();
+    let mut findings = Vec::new();
+    let mut note = |check: &'static str, detail: String, repaired: bool| {
+        findings.push(Finding {
+            check,
+            detail,
+            repaired,
+        });
+    };
+
+    // 1. The index file itself.
+    let db = ctx.home.db_file();
+    let problem = match Store::open(&db) {
+        Ok(store) => store.integrity()?,
+        Err(e) => Some(e.to_string()),
+    };
+    let index_usable = match problem {
+        Some(p) => {
+            let repaired = repair && set_aside(&db, now)?;
+            note(
+                "index",
+                format!("{} is damaged: {p}", db.display()),
+                repaired,
+            );
+            repaired
+        }
+        None => true,
+    };
+
+    // 2. Every mailbox directory: permissions, tmp/ leftovers, unreadable files.
+    let max_tmp_age = ctx.config.tmp_max_age_secs.saturating_mul(1000);
+    let mut disk: HashMap<(String, String), OnDisk> = HashMap::new();
+    for name in maildir::mailbox_dir_names(&ctx.home)? {
+        if name.starts_with('.') {
+            continue;
+        }
+        let mb = Mailbox::at(&ctx.home, &name);
+        let md =
+            fs::symlink_metadata(mb.dir()).map_err(|e| Error::io("cannot inspect", mb.dir(), e))?;
+        if md.file_type().is_symlink() {
+            note(
+                "permissions",
+                format!(
+                    "mailbox {} is a symlink; relay refuses it (replace it with a directory)",
+                    mb.dir().display()
+                ),
+                false,
+            );
+            continue;
+        }
+        for dir in std::iter::once(mb.dir().to_path_buf())
+            .chain(maildir::SUBDIRS.iter().map(|s| mb.sub(s)))
+        {
+            let Ok(m) = fs::metadata(&dir) else { continue };
+            if m.mode() & 0o002 != 0 {
+                let repaired =
+                    repair && fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).is_ok();
+                note(
+                    "permissions",
+                    format!(
+                        "{} is world-writable (mode {:o})",
+                        dir.display(),
+                        m.mode() & 0o7777
+                    ),
+                    repaired,
+                );
+            }
+        }
+        for entry in fs::read_dir(mb.sub("tmp")).into_iter().flatten().flatten() {
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_or(0, |t| now.saturating_sub(system_time_ms(t)));
+            if age > max_tmp_age {
+                // Never renamed into new/: not a delivered message.
+                let repaired = repair && fs::remove_file(entry.path()).is_ok();
+                note(
+                    "stray tmp file",
+                    format!(
+                        "{} ({} old)",
+                        entry.path().display(),
+                        crate::clock::human_ms(age)
+                    ),
+                    repaired,
+                );
+            }
+        }
+        for (sub, status) in [
+            ("new", Status::Pending),
+            ("cur", Status::Claimed),
+            ("failed", Status::Failed),
+        ] {
+            for id in mb.list(sub)? {
+                match mb.read_envelope(sub, &id) {
+                    Some(envelope) => {
+                        let failure = (status == Status::Failed).then(|| {
+                            let r = mb.read_reason(&id);
+                            (
+                                r.as_ref()
+                                    .and_then(|r| r.code.clone())
+                                    .unwrap_or_else(|| "unknown".into()),
+                                r.map_or_else(|| "no reason sidecar".into(), |r| r.reason),
+                            )
+                        });
+                        disk.insert(
+                            (name.clone(), id),
+                            OnDisk {
+                                status,
+                                envelope,
+                                failure,
+                            },
+                        );
+                    }
+                    None if sub != "failed" => {
+                        let path = mb.sub(sub).join(format!("{id}.json"));
+                        let repaired = repair && quarantine(&mb, sub, &id, now)?;
+                        note(
+                            "unreadable message",
+                            format!(
+                                "{} is not an envelope (moved to failed/ on repair)",
+                                path.display()
+                            ),
+                            repaired,
+                        );
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    // 3. The index against the Maildir (only once there is a usable one).
+    if !index_usable {
+        return finish(ctx, &findings, disk.len(), repair);
+    }
+    let store = ctx.store()?;
+    let tx = store.begin()?;
+    let mut rows: HashMap<(String, String), String> = HashMap::new();
+    for (ep, id, status) in tx.live_rows()? {
+        rows.insert((ep, id), status);
+    }
+    for (key, status) in &rows {
+        match disk.get(key) {
+            None => {
+                let repaired = repair;
+                if repair {
+                    tx.forget(&key.0, &key.1)?;
+                }
+                note(
+                    "index row without file",
+                    format!(
+                        "{} in '{}' is {status} in the index but not on disk",
+                        key.1, key.0
+                    ),
+                    repaired,
+                );
+            }
+            Some(d) if d.status.as_str() != status => {
+                if repair {
+                    tx.set_status(&key.0, &key.1, d.status)?;
+                }
+                note(
+                    "status mismatch",
+                    format!(
+                        "{} in '{}' is {status} in the index but {} on disk",
+                        key.1,
+                        key.0,
+                        d.status.as_str()
+                    ),
+                    repair,
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, d) in &disk {
+        if !rows.contains_key(key) {
+            if repair {
+                let failure = d.failure.as_ref().map(|(c, r)| (c.as_str(), r.as_str()));
+                tx.index_found(&key.0, &d.envelope, d.status, failure, now)?;
+            }
+            note(
+                "file without index row",
+                format!(
+                    "{} in '{}' ({}) is not indexed",
+                    key.1,
+                    key.0,
+                    d.status.as_str()
+                ),
+                repair,
+            );
+        }
+    }
+    tx.commit()?;
+    finish(ctx, &findings, disk.len(), repair)
+}
+
+/// Prints the findings; fails (65) if any problem is left.
+fn finish(ctx: &Ctx, findings: &[Finding], on_disk: usize, repair: bool) -> Result<()> {
+    let problems = findings.iter().filter(|f| !f.repaired).count();
+    if ctx.json {
+        output::json_line(&serde_json::json!({
+            "consistent": problems == 0,
+            "messagesOnDisk": on_disk,
+            "findings": findings,
+        }))?;
+    } else if findings.is_empty() {
+        output::line(&format!(
+            "relay store is consistent ({on_disk} message(s) on disk, all indexed)"
+        ))?;
+    } else {
+        let mut t = output::table(&["check", "detail", "repaired"]);
+        for f in findings {
+            t.add_row(vec![
+                f.check.to_string(),
+                f.detail.clone(),
+                if f.repaired {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+            ]);
+        }
+        output::print_table(&t)?;
+    }
+    if problems > 0 {
+        return Err(Error::Data(format!(
+            "{problems} problem(s) left; {}",
+            if repair {
+                "see the table above (symlinked mailboxes need a person)"
+            } else {
+                "run: relay doctor --repair"
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// Moves a damaged index (and its WAL files) aside; a fresh one is made on
+/// the next open.
+fn set_aside(db: &std::path::Path, now: u64) -> Result<bool> {
+    for suffix in ["", "-wal", "-shm"] {
+        let from = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        if from.exists() {
+            let to = std::path::PathBuf::from(format!("{}.corrupt-{now}{suffix}", db.display()));
+            fs::rename(&from, &to).map_err(|e| Error::io("cannot move aside", &from, e))?;
+        }
+    }
+    Ok(true)
+}
+
+/// Moves an unreadable file from `new/` or `cur/` to `failed/` with a
+/// `malformed` sidecar.
+fn quarantine(mb: &Mailbox, sub: &str, id: &str, now: u64) -> Result<bool> {
+    if sub == "new" {
+        let (from, to) = (
+            mb.sub("new").join(format!("{id}.json")),
+            mb.sub("cur").join(format!("{id}.json")),
+        );
+        if fs::rename(&from, &to).is_err() {
+            return Ok(false);
+        }
+    }
+    mb.fail(
+        id,
+        Value::Null,
+        "not a relay envelope (found by relay doctor)",
+        "malformed",
+        now,
+    )
+}
