@@ -31,6 +31,9 @@ _relay() {
             relay,dlq)
                 cmd="relay__subcmd__dlq"
                 ;;
+            relay,doctor)
+                cmd="relay__subcmd__doctor"
+                ;;
             relay,endpoints)
                 cmd="relay__subcmd__endpoints"
                 ;;
@@ -199,6 +202,9 @@ _relay() {
             relay__subcmd__help,dlq)
                 cmd="relay__subcmd__help__subcmd__dlq"
                 ;;
+            relay__subcmd__help,doctor)
+                cmd="relay__subcmd__help__subcmd__doctor"
+                ;;
             relay__subcmd__help,endpoints)
                 cmd="relay__subcmd__help__subcmd__endpoints"
                 ;;
@@ -314,7 +320,7 @@ _relay() {
 
     case "${cmd}" in
         relay)
-            opts="-h -V --home --json --help --version send recv ack nack endpoints status breakers limits config trace metrics dlq events gc serve completions man help"
+            opts="-h -V --home --json --help --version send recv ack nack endpoints status breakers limits config trace metrics dlq events gc serve doctor completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -917,6 +923,24 @@ _relay() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        relay__subcmd__doctor)
+            opts="-h --repair --home --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --home)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         relay__subcmd__endpoints)
             opts="-h --home --json --help list add remove help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -1104,7 +1128,7 @@ _relay() {
             return 0
             ;;
         relay__subcmd__help)
-            opts="send recv ack nack endpoints status breakers limits config trace metrics dlq events gc serve completions man help"
+            opts="send recv ack nack endpoints status breakers limits config trace metrics dlq events gc serve doctor completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1344,6 +1368,20 @@ _relay() {
         relay__subcmd__help__subcmd__dlq__subcmd__show)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        relay__subcmd__help__subcmd__doctor)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
