@@ -23,3 +23,6 @@ mod send; // delivery, fan-out, dead letters, payload sources, size cap, options
 mod status; // status, breakers and limits: JSON shapes and their events
 mod subjects; // every subject rejection exits 65, names the value, writes nothing // man/ and completions/ match the CLI (RELAY_BLESS=1 regenerates)
 mod surfaces; // recv --follow/--exec consumers, relay serve routes, SSE, token, the panel in headless chromium
+mod crash; // kill -9 harness: acknowledged sends survive exactly once, nothing partial, doctor consistent
+mod fuzz; // proptest: envelope parser, subject validator, config parser never panic
+mod hostile; // table of hostile inputs across subcommands: exit code, message, nothing written or lost
