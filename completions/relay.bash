@@ -1872,7 +1872,7 @@ _relay() {
             return 0
             ;;
         relay__subcmd__send)
-            opts="-f -h --file --text --from --reply-to --ttl --max-hops --parent --idempotency-key --trace-id --priority --home --json --help"
+            opts="-f -h --file --text --from --reply-to --ttl --max-hops --parent --idempotency-key --batch --no-fsync --trace-id --priority --home --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

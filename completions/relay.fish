@@ -62,6 +62,8 @@ low\t'Shed when the mailbox reaches `shedLowAt` of capacity'
 background\t'Shed first, at `shedBackgroundAt` of capacity'"
 complete -c relay -n "__fish_relay_using_subcommand send" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
 complete -c relay -n "__fish_relay_using_subcommand send" -l text -d 'Store the payload as a JSON string even if it parses as JSON'
+complete -c relay -n "__fish_relay_using_subcommand send" -l batch -d 'Send many: one JSON request per stdin line ({"subject", "payload", "from"?, "replyTo"?, "ttl"?, "maxHops"?, "traceId"?, "priority"?, "idempotencyKey"?}; options here are the defaults), same checks per message, one group commit per chunk; prints one result per line'
+complete -c relay -n "__fish_relay_using_subcommand send" -l no-fsync -d 'Skip fsync (UNSAFE: a power loss or kernel crash can lose messages whose send reported success; a killed process cannot)'
 complete -c relay -n "__fish_relay_using_subcommand send" -l json -d 'Print machine-readable JSON (NDJSON for streams) instead of text'
 complete -c relay -n "__fish_relay_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c relay -n "__fish_relay_using_subcommand recv" -s n -l count -d 'Claim up to N messages (printed one per line; NDJSON with --json)' -r

@@ -296,8 +296,8 @@ pub enum ConfigAction {
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Subject or pattern to send to (`*` matches one token, `>` the rest)
-    #[arg(value_name = "SUBJECT")]
-    pub subject: String,
+    #[arg(value_name = "SUBJECT", required_unless_present = "batch")]
+    pub subject: Option<String>,
 
     /// Payload (JSON is stored as JSON, anything else as a string); read from
     /// stdin when neither this nor --file is given
@@ -338,6 +338,18 @@ pub struct SendArgs {
     /// a repeat prints the original id and delivers nothing
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+
+    /// Send many: one JSON request per stdin line ({"subject", "payload",
+    /// "from"?, "replyTo"?, "ttl"?, "maxHops"?, "traceId"?, "priority"?,
+    /// "idempotencyKey"?}; options here are the defaults), same checks per
+    /// message, one group commit per chunk; prints one result per line
+    #[arg(long, conflicts_with_all = ["subject", "payload", "file", "text", "parent", "idempotency_key", "reply_to", "trace_id"])]
+    pub batch: bool,
+
+    /// Skip fsync (UNSAFE: a power loss or kernel crash can lose messages
+    /// whose send reported success; a killed process cannot)
+    #[arg(long)]
+    pub no_fsync: bool,
 
     /// Trace id to join [default: $RELAY_TRACE_ID, else the message id]
     #[arg(long, value_name = "ID", env = "RELAY_TRACE_ID")]

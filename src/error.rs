@@ -61,6 +61,9 @@ pub enum Error {
     /// A configuration file is invalid (78).
     #[error("{0}")]
     Config(String),
+    /// Some items of a batch failed; the code is the first failure's.
+    #[error("{message}")]
+    Batch { code: u8, message: String },
 }
 
 impl Error {
@@ -76,6 +79,7 @@ impl Error {
             Error::Refused { .. } => code::TEMPFAIL,
             Error::Denied(_) => code::NOPERM,
             Error::Config(_) => code::CONFIG,
+            Error::Batch { code, .. } => *code,
         }
     }
 
@@ -92,6 +96,7 @@ impl Error {
             Error::Refused { .. } => "refused",
             Error::Denied(_) => "denied",
             Error::Config(_) => "config",
+            Error::Batch { .. } => "batch",
         }
     }
 

@@ -153,6 +153,13 @@ pub fn write_new_file(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     Ok(())
 }
 
+/// Flushes every dirty file of the filesystem holding `dir` in one call
+/// (`syncfs`): the group commit behind batch sends.
+pub fn sync_filesystem(dir: &Path) -> Result<()> {
+    let f = fs::File::open(dir).ctx("cannot open", dir)?;
+    rustix::fs::syncfs(&f).map_err(|e| Error::io("cannot sync the filesystem of", dir, e.into()))
+}
+
 /// fsyncs a directory so renames into or out of it survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)

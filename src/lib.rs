@@ -18,6 +18,7 @@ pub mod http;
 pub mod maildir;
 pub mod notice;
 pub mod output;
+pub mod pipeline;
 pub mod pressure;
 pub mod reliability;
 pub mod store;

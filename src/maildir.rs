@@ -144,6 +144,24 @@ impl Mailbox {
         self.place(&env.id, &bytes, "new", sync)
     }
 
+    /// First half of a group-committed delivery: writes `tmp/<id>.json`
+    /// (exclusive create) without fsync. The caller makes the data durable
+    /// for many files at once, then calls `publish`.
+    pub fn stage(&self, env: &Envelope) -> Result<()> {
+        let bytes = env.to_file_bytes()?;
+        home::write_new_file(&self.file("tmp", &env.id), &bytes, false)
+    }
+
+    /// Second half: renames a staged `tmp/<id>.json` into `new/` (visible
+    /// whole, at once). The caller fsyncs `new/` once for many renames.
+    pub fn publish(&self, id: &str) -> Result<()> {
+        let (tmp, dest) = (self.file("tmp", id), self.file("new", id));
+        fs::rename(&tmp, &dest).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            Error::io("cannot move message into", &dest, e)
+        })
+    }
+
     /// Writes `bytes` as `<sub>/<id>.json` through `tmp/`.
     fn place(&self, id: &str, bytes: &[u8], sub: &str, sync: bool) -> Result<()> {
         let tmp = self.file("tmp", id);

@@ -1,28 +1,29 @@
-//! `relay send`: validate, build the envelope, fan out to every matching
-//! endpoint with durable Maildir delivery, dead-letter what cannot go.
+//! `relay send`: validate, build the envelope, and hand it to the pipeline
+//! (fan-out, reliability checks, durable delivery); `--batch` does the same
+//! for every NDJSON line on stdin with one group commit per chunk.
 
-use std::io::{IsTerminal, Read};
+use std::io::{BufRead, IsTerminal, Read};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::breaker::{Decision as BreakerDecision, Event as BreakerEvent};
-use crate::pressure::{self, Priority};
-use crate::reliability::{self, RateOutcome};
-use crate::store::Event as StoreEvent;
-use crate::{access, notice};
-
+use crate::access;
 use crate::cli::SendArgs;
 use crate::context::Ctx;
 use crate::envelope::{Budget, Envelope};
 use crate::error::{Error, Result};
 use crate::maildir::{self, Mailbox};
+use crate::notice;
 use crate::output;
+use crate::pipeline::{self, Delivery, Durability, Fate, Job};
+use crate::pressure::Priority;
 use crate::store::SentRow;
 use crate::subject;
 
 /// Longest accepted trace id.
 const MAX_TRACE_ID: usize = 128;
+/// Lines processed per transaction and group commit in `--batch`.
+const BATCH_CHUNK: usize = 500;
 
 /// An endpoint the message did not reach.
 #[derive(Debug, Serialize)]
@@ -49,41 +50,126 @@ struct SendReport<'a> {
     warnings: Vec<String>,
 }
 
+/// One message to send, from the command line or a `--batch` line.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Request {
+    subject: String,
+    payload: Value,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    reply_to: Option<String>,
+    /// Milliseconds, or a duration string such as "30s".
+    #[serde(default)]
+    ttl: Option<Value>,
+    #[serde(default)]
+    max_hops: Option<u32>,
+    #[serde(default)]
+    trace_id: Option<String>,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    /// A parent's spent budget to continue from.
+    #[serde(default)]
+    budget: Option<Budget>,
+}
+
 /// Runs `relay send`.
 pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
+    if args.batch {
+        return batch(ctx, args);
+    }
+    let subject = args.subject.clone().unwrap_or_default();
     // Everything the user gave is checked before anything is written.
-    subject::validate_pattern(&args.subject, "subject")?;
-    subject::validate_subject(&args.from, "sender (--from)")?;
-    if let Some(r) = &args.reply_to {
-        subject::validate_subject(r, "reply-to subject")?;
-    }
-    if let Some(t) = &args.trace_id {
-        validate_trace_id(t)?;
-    }
-    if let Some(k) = &args.idempotency_key {
-        validate_key(k)?;
-    }
+    subject::validate_pattern(&subject, "subject")?;
     let parent = read_parent(args)?;
     let payload = read_payload(args, ctx.config.max_payload_bytes)?;
-
+    let req = Request {
+        subject,
+        payload,
+        from: None,
+        reply_to: args.reply_to.clone(),
+        ttl: None,
+        max_hops: None,
+        trace_id: args.trace_id.clone().or(parent.trace_id),
+        priority: None,
+        idempotency_key: args.idempotency_key.clone(),
+        budget: parent.budget,
+    };
     let now = ctx.clock.now_ms();
+    let job = prepare(ctx, args, req, now)?;
+    let mut jobs = [job];
+    let durability = if args.no_fsync {
+        Durability::None
+    } else {
+        Durability::PerMessage
+    };
+    pipeline::deliver(ctx, &mut jobs, durability, now)?;
+    let [mut job] = jobs;
+    let delivery = job.take_result()?;
+    let line = summarize(job.envelope(), delivery)?;
+    print_result(ctx, &line)
+}
+
+/// Validates a request (command-line defaults filling what it lacks),
+/// builds its envelope, applies access rules and finds its endpoints.
+/// Sends refused here are dead-lettered under their subject as DorkOS does.
+fn prepare(ctx: &mut Ctx, args: &SendArgs, req: Request, now: u64) -> Result<Job> {
+    subject::validate_pattern(&req.subject, "subject")?;
+    let from = req.from.unwrap_or_else(|| args.from.clone());
+    subject::validate_subject(&from, "sender (--from)")?;
+    let reply_to = req.reply_to;
+    if let Some(r) = &reply_to {
+        subject::validate_subject(r, "reply-to subject")?;
+    }
+    if let Some(t) = &req.trace_id {
+        validate_trace_id(t)?;
+    }
+    if let Some(k) = &req.idempotency_key {
+        validate_key(k)?;
+    }
+    let priority = match &req.priority {
+        Some(p) => <Priority as clap::ValueEnum>::from_str(p, false).map_err(|_| {
+            Error::Data(format!(
+                "invalid priority '{p}': use critical, high, normal, low or background"
+            ))
+        })?,
+        None => args.priority,
+    };
+    let ttl_ms = match &req.ttl {
+        None => args
+            .ttl
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > 0) => n.as_u64(),
+        Some(Value::String(s)) => Some(
+            crate::clock::parse_positive_duration(s)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .map_err(Error::Data)?,
+        ),
+        Some(other) => {
+            return Err(Error::Data(format!(
+                "invalid ttl {other}: use milliseconds > 0 or a duration such as \"30s\""
+            )));
+        }
+    };
+    let max_hops = req.max_hops.or(args.max_hops);
+    if max_hops == Some(0) {
+        return Err(Error::Data("invalid maxHops 0: use 1 or more".into()));
+    }
     let id = crate::envelope::new_id(now);
     let envelope = Envelope {
         id: id.clone(),
-        subject: args.subject.clone(),
-        from: args.from.clone(),
-        reply_to: args.reply_to.clone(),
-        budget: budget_for(args, parent.budget, now),
+        subject: req.subject,
+        from,
+        reply_to,
+        budget: budget_for(req.budget, ttl_ms, max_hops, now),
         created_at: crate::clock::iso8601(now),
-        payload,
+        payload: req.payload,
         dispatch_id: None,
-        trace_id: Some(
-            args.trace_id
-                .clone()
-                .or(parent.trace_id)
-                .unwrap_or_else(|| id.clone()),
-        ),
-        priority: (args.priority != Priority::Normal).then(|| args.priority.as_str().to_string()),
+        trace_id: Some(req.trace_id.unwrap_or_else(|| id.clone())),
+        priority: (priority != Priority::Normal).then(|| priority.as_str().to_string()),
         extra: serde_json::Map::new(),
     };
 
@@ -92,7 +178,7 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
         dead_letter_at_subject(ctx, &envelope, "access_denied", &denied.to_string())?;
         return Err(denied);
     }
-    let targets = matching_endpoints(ctx, &args.subject)?;
+    let targets = matching_endpoints(ctx, &envelope.subject)?;
     if targets.is_empty() {
         dead_letter_at_subject(ctx, &envelope, "no_match", "no matching endpoints")?;
         return Err(Error::NoEndpoint(format!(
@@ -110,313 +196,31 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
     for ep in &targets {
         crate::home::check_dir(Mailbox::at(&ctx.home, ep).dir(), "mailbox")?;
     }
-    let key = args.idempotency_key.as_deref();
-    match deliver_all(ctx, &envelope, targets, key, now)? {
-        Delivery::Done(outcome) => report(ctx, &envelope, outcome),
+    Ok(Job::new(envelope, targets, req.idempotency_key))
+}
+
+/// What one send reports: its JSON shape, the id to print, warnings.
+enum Line {
+    Sent(serde_json::Value, String, Vec<String>),
+}
+
+/// Turns a delivery into its report, or an all-refused send into its error.
+fn summarize(env: &Envelope, delivery: Delivery) -> Result<Line> {
+    let (fates, mut warnings) = match delivery {
         Delivery::Duplicate(original) => {
-            if ctx.json {
-                output::json_line(&json!({
-                    "id": original,
-                    "duplicate": true,
-                    "idempotencyKey": key,
-                }))
-            } else {
-                output::warn(&format!(
-                    "idempotency key '{}' already used by message {original}; nothing sent",
-                    key.unwrap_or_default()
-                ));
-                output::line(&original)
-            }
+            let key_note =
+                format!("idempotency key already used by message {original}; nothing sent");
+            return Ok(Line::Sent(
+                json!({ "id": original, "duplicate": true }),
+                original,
+                vec![key_note],
+            ));
         }
-    }
-}
-
-/// A send either happened or was a repeat of an earlier one.
-enum Delivery {
-    /// The send ran; what became of each copy.
-    Done(Outcome),
-    /// The idempotency key was used within its window by this message id.
-    Duplicate(String),
-}
-
-/// What became of the message at one endpoint.
-enum Fate {
-    /// Delivered (the copy written, and whether it is a breaker probe).
-    Delivered(Box<Envelope>, bool),
-    /// Written to the endpoint's `failed/` (code, reason).
-    DeadLettered(String, String),
-    /// Refused for now; nothing written for it (code, message, retry-after).
-    Refused(String, String, Option<u64>),
-}
-
-/// Per-endpoint fates plus sender-level warnings of one send.
-struct Outcome {
-    fates: Vec<(String, Fate)>,
-    warnings: Vec<String>,
-}
-
-/// The send pipeline after validation: budget per endpoint, then (under the
-/// endpoints' locks) backpressure, then in one index transaction the rate
-/// limit and the breakers, then durable delivery, then the index rows.
-fn deliver_all(
-    ctx: &mut Ctx,
-    env: &Envelope,
-    targets: Vec<String>,
-    key: Option<&str>,
-    now: u64,
-) -> Result<Delivery> {
-    let rel = ctx.config.reliability.clone();
-    let key_window_ms = ctx.config.idempotency_window_secs.saturating_mul(1000);
-    let priority = env.priority();
-    let mut warnings = Vec::new();
-    let mut fates: Vec<(String, Option<Fate>)> = Vec::with_capacity(targets.len());
-    let mut hops = Vec::with_capacity(targets.len());
-
-    // Budget: pure, per endpoint (a wildcard send can revisit a chain member).
-    for ep in targets {
-        match env.budget.hop(&ep, now) {
-            Ok(b) => {
-                hops.push(Some(b));
-                fates.push((ep, None));
-            }
-            Err((code, reason)) => {
-                hops.push(None);
-                fates.push((
-                    ep,
-                    Some(Fate::DeadLettered(code.as_str().to_string(), reason)),
-                ));
-            }
-        }
-    }
-
-    // Backpressure: count and deliver under each endpoint's lock (sorted
-    // order, so two fan-outs cannot deadlock). Targets are already sorted.
-    let mut locks = Vec::new();
-    let mut pressure_events = Vec::new();
-    if rel.backpressure.enabled {
-        let policy = pressure_policy(&rel.backpressure);
-        for (ep, fate) in &mut fates {
-            if fate.is_some() {
-                continue;
-            }
-            let mb = Mailbox::at(&ctx.home, ep);
-            locks.push(mb.lock(&ctx.home)?);
-            let depth = mb.depth()?;
-            match pressure::decide(depth, priority, &policy) {
-                pressure::Decision::Accept => {}
-                pressure::Decision::Warn { depth, limit } => {
-                    let pct = depth * 100 / policy.max_mailbox_size.max(1);
-                    warnings.push(format!(
-                        "mailbox '{ep}' under backpressure: {pct}% full ({depth}/{} messages in new/ and cur/)",
-                        policy.max_mailbox_size
-                    ));
-                    pressure_events.push(("backpressure_warning", ep.clone(), depth, limit));
-                }
-                pressure::Decision::Reject { depth, limit } => {
-                    let why = if priority == Priority::Normal {
-                        format!(
-                            "mailbox '{ep}' is full ({depth}/{limit} messages in new/ and cur/)"
-                        )
-                    } else {
-                        format!(
-                            "mailbox '{ep}' takes no more {priority}-priority messages at depth {limit} (now {depth}; capacity {})",
-                            policy.max_mailbox_size
-                        )
-                    };
-                    *fate = Some(Fate::Refused(
-                        "backpressure".into(),
-                        format!("{why}; retry once its consumer catches up"),
-                        None,
-                    ));
-                    pressure_events.push(("backpressure_rejected", ep.clone(), depth, limit));
-                }
-            }
-        }
-    }
-
-    // Rate limit and breakers: one IMMEDIATE transaction, exact across processes.
-    let mut probes = vec![false; fates.len()];
-    {
-        let tx = ctx.store()?.begin()?;
-        // A repeat is answered before it can spend a token or a probe.
-        if let Some(k) = key
-            && let Some(original) = tx.claim_key(&env.from, k, &env.id, key_window_ms, now)?
-        {
-            tx.commit()?;
-            return Ok(Delivery::Duplicate(original));
-        }
-        // A send no endpoint can take is not charged a token.
-        let open = fates.iter().any(|(_, f)| f.is_none());
-        let rate = if open {
-            reliability::rate_limit(&tx, &rel.rate_limit, &env.from, now)?
-        } else {
-            RateOutcome::Admit
-        };
-        match rate {
-            RateOutcome::Admit => {}
-            RateOutcome::Soft(w) => warnings.push(w),
-            RateOutcome::Hard {
-                message,
-                retry_after_ms,
-            } => {
-                if let Some(k) = key {
-                    tx.release_key(&env.from, k, &env.id)?;
-                }
-                tx.commit()?;
-                return Err(Error::Refused {
-                    message,
-                    retry_after_ms: Some(retry_after_ms),
-                });
-            }
-        }
-        for (kind, ep, depth, limit) in &pressure_events {
-            tx.event(
-                &StoreEvent {
-                    kind,
-                    sender: Some(&env.from),
-                    endpoint: Some(ep),
-                    message_id: Some(&env.id),
-                    detail: json!({ "depth": depth, "limit": limit, "priority": priority.as_str() }),
-                },
-                now,
-            )?;
-        }
-        for (i, (ep, fate)) in fates.iter_mut().enumerate() {
-            if fate.is_some() {
-                continue;
-            }
-            reliability::observe_leases(&tx, &rel.circuit_breaker, Some(ep), now)?;
-            match reliability::breaker_step(
-                &tx,
-                &rel.circuit_breaker,
-                &env.from,
-                ep,
-                BreakerEvent::Send,
-                now,
-            )? {
-                BreakerDecision::Reject { retry_after_ms } => {
-                    let phase = tx.breaker(&env.from, ep)?.phase;
-                    *fate = Some(Fate::Refused(
-                        "circuit_open".into(),
-                        reliability::breaker_refusal(&env.from, ep, phase, retry_after_ms),
-                        Some(retry_after_ms),
-                    ));
-                }
-                BreakerDecision::Probe => probes[i] = true,
-                BreakerDecision::Admit | BreakerDecision::Noted => {}
-            }
-        }
-        tx.commit()?;
-    }
-
-    // Durable delivery of the hop-updated copies.
-    let mut io_failures = Vec::new();
-    for (i, (ep, fate)) in fates.iter_mut().enumerate() {
-        if fate.is_some() {
-            continue;
-        }
-        let Some(budget) = hops[i].take() else {
-            continue;
-        };
-        let copy = Envelope {
-            budget,
-            ..env.clone()
-        };
-        let mb = Mailbox::at(&ctx.home, ep);
-        *fate = Some(match mb.deliver(&copy, true) {
-            Ok(()) => Fate::Delivered(Box::new(copy), probes[i]),
-            Err(e) => {
-                io_failures.push((ep.clone(), probes[i]));
-                Fate::Refused("io_error".into(), e.to_string(), None)
-            }
-        });
-    }
-    drop(locks);
-
-    let mut fates: Vec<(String, Fate)> = fates
-        .into_iter()
-        .filter_map(|(ep, f)| f.map(|f| (ep, f)))
-        .collect();
-    let any_delivered = fates.iter().any(|(_, f)| matches!(f, Fate::Delivered(..)));
-
-    // Copies refused while others were delivered are dead-lettered, so an
-    // exit 0 never hides a lost copy; when all were refused, nothing is
-    // written and the sender retries the whole send.
-    let mut notices = Vec::new();
-    for (ep, fate) in &mut fates {
-        let mb = Mailbox::at(&ctx.home, ep);
-        match fate {
-            Fate::DeadLettered(code, reason) => {
-                mb.dead_letter(env, reason, code, now)?;
-                notices.extend(notice::send(&ctx.home, env, ep, code, reason, now)?);
-            }
-            Fate::Refused(code, reason, _) if any_delivered => {
-                let (code, reason) = (std::mem::take(code), std::mem::take(reason));
-                mb.dead_letter(env, &reason, &code, now)?;
-                *fate = Fate::DeadLettered(code, reason);
-            }
-            _ => {}
-        }
-    }
-
-    // Index rows, dead-letter events and I/O failures, in one transaction.
-    let tx = ctx.store()?.begin()?;
-    let rows: Vec<SentRow<'_>> = fates
-        .iter()
-        .filter_map(|(ep, fate)| match fate {
-            Fate::Delivered(copy, probe) => Some(SentRow {
-                endpoint: ep,
-                envelope: copy,
-                failure: None,
-                probe: *probe,
-            }),
-            Fate::DeadLettered(code, reason) => Some(SentRow {
-                endpoint: ep,
-                envelope: env,
-                failure: Some((code.as_str(), reason.as_str())),
-                probe: false,
-            }),
-            Fate::Refused(..) => None,
-        })
-        .collect();
-    tx.record_sent(&rows, now)?;
-    for (ep, fate) in &fates {
-        if let Fate::DeadLettered(code, reason) = fate {
-            tx.dead_lettered(Some(&env.from), ep, &env.id, code, reason, now)?;
-        }
-    }
-    for n in &notices {
-        notice::record(&tx, n, now)?;
-    }
-    if let Some(k) = key
-        && !any_delivered
-    {
-        // Nothing went out: a retry with the same key must not be a "duplicate".
-        tx.release_key(&env.from, k, &env.id)?;
-    }
-    for (ep, probe) in &io_failures {
-        reliability::breaker_step(
-            &tx,
-            &rel.circuit_breaker,
-            &env.from,
-            ep,
-            BreakerEvent::Failure { probe: *probe },
-            now,
-        )?;
-    }
-    tx.commit()?;
-    Ok(Delivery::Done(Outcome { fates, warnings }))
-}
-
-/// Prints the result of a send, or turns an all-refused send into its error.
-fn report(ctx: &Ctx, env: &Envelope, outcome: Outcome) -> Result<()> {
-    let Outcome {
-        fates,
-        mut warnings,
-    } = outcome;
+        Delivery::Done { fates, warnings } => (fates, warnings),
+    };
     let mut delivered = Vec::new();
     let mut rejected = Vec::new();
-    let mut retryable: Vec<(String, Option<u64>)> = Vec::new();
+    let mut retryable: Vec<Option<u64>> = Vec::new();
     for (ep, fate) in fates {
         match fate {
             Fate::Delivered(..) => delivered.push(ep),
@@ -429,7 +233,7 @@ fn report(ctx: &Ctx, env: &Envelope, outcome: Outcome) -> Result<()> {
             }),
             Fate::Refused(code, reason, retry) => {
                 if code != "io_error" {
-                    retryable.push((reason.clone(), retry));
+                    retryable.push(retry);
                 }
                 rejected.push(Rejection {
                     endpoint: ep,
@@ -461,7 +265,7 @@ fn report(ctx: &Ctx, env: &Envelope, outcome: Outcome) -> Result<()> {
             // Worth retrying: report the soonest moment it may work.
             Error::Refused {
                 message: detail,
-                retry_after_ms: retryable.iter().filter_map(|r| r.1).min(),
+                retry_after_ms: retryable.into_iter().flatten().min(),
             }
         } else if rejected.iter().all(|r| r.code == "io_error") {
             Error::Io {
@@ -475,31 +279,202 @@ fn report(ctx: &Ctx, env: &Envelope, outcome: Outcome) -> Result<()> {
             ))
         });
     }
+    let report = SendReport {
+        id: &env.id,
+        trace_id: env.trace(),
+        subject: &env.subject,
+        priority: env.priority().as_str(),
+        delivered_to: delivered,
+        rejected,
+        warnings: warnings.clone(),
+    };
+    Ok(Line::Sent(
+        serde_json::to_value(&report).unwrap_or(Value::Null),
+        env.id.clone(),
+        warnings,
+    ))
+}
+
+fn print_result(ctx: &Ctx, line: &Line) -> Result<()> {
+    let Line::Sent(json, id, warnings) = line;
     if ctx.json {
-        output::json_line(&SendReport {
-            id: &env.id,
-            trace_id: env.trace(),
-            subject: &env.subject,
-            priority: env.priority().as_str(),
-            delivered_to: delivered,
-            rejected,
-            warnings,
-        })
+        output::json_line(json)
     } else {
-        for w in &warnings {
+        for w in warnings {
             output::warn(w);
         }
-        output::line(&env.id)
+        output::line(id)
     }
 }
 
-fn pressure_policy(cfg: &crate::config::Backpressure) -> pressure::Policy {
-    pressure::Policy {
-        max_mailbox_size: cfg.max_mailbox_size,
-        warning_at: cfg.pressure_warning_at,
-        shed_low_at: cfg.shed_low_at,
-        shed_background_at: cfg.shed_background_at,
-        priority_headroom: cfg.priority_headroom,
+/// `relay send --batch`: one request per NDJSON line on stdin (`subject`,
+/// `payload`, optional `from`, `replyTo`, `ttl`, `maxHops`, `traceId`,
+/// `priority`, `idempotencyKey`, `budget`; command-line options are the
+/// defaults). Every line goes through the same checks; each chunk of lines
+/// shares one transaction and one group commit. Prints one result per line
+/// (the id, or with `--json` the report or `{"line", "error"}`); exits with
+/// the code of the first failed line, 0 if none failed.
+fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err(Error::Usage(
+            "--batch reads NDJSON requests on stdin, e.g. relay send --batch < requests.ndjson"
+                .into(),
+        ));
+    }
+    let durability = if args.no_fsync {
+        Durability::None
+    } else {
+        Durability::Group
+    };
+    let progress = std::io::stderr().is_terminal() && !ctx.json;
+    let mut first_error: Option<Error> = None;
+    let (mut lines, mut number, mut sent) = (stdin.lock().lines(), 0usize, 0usize);
+    loop {
+        let now = ctx.clock.now_ms();
+        let mut jobs = Vec::new();
+        let mut outcomes: Vec<(usize, std::result::Result<usize, Error>)> = Vec::new();
+        for line in lines.by_ref() {
+            number += 1;
+            let line = line.map_err(|e| Error::Io {
+                what: format!("cannot read stdin line {number}"),
+                source: e,
+            })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let cap = ctx.config.max_payload_bytes;
+            let parsed = if line.len() as u64 > cap.saturating_add(64 * 1024) {
+                Err(too_big(
+                    &line.len().to_string(),
+                    cap,
+                    &format!("line {number}"),
+                ))
+            } else {
+                serde_json::from_str::<Request>(&line).map_err(|e| {
+                    Error::Data(format!(
+                        "line {number}: not a send request {{subject, payload, ...}}: {e}"
+                    ))
+                })
+            };
+            match parsed.and_then(|req| prepare(ctx, args, req, now)) {
+                Ok(job) => {
+                    outcomes.push((number, Ok(jobs.len())));
+                    jobs.push(job);
+                }
+                Err(e) => outcomes.push((number, Err(e))),
+            }
+            if outcomes.len() >= BATCH_CHUNK {
+                break;
+            }
+        }
+        if outcomes.is_empty() {
+            break;
+        }
+        pipeline::deliver(ctx, &mut jobs, durability, now)?;
+        for (n, outcome) in outcomes {
+            let result = outcome.and_then(|j| {
+                let job = &mut jobs[j];
+                let delivery = job.take_result()?;
+                summarize(job.envelope(), delivery)
+            });
+            match result {
+                Ok(line) => {
+                    sent += 1;
+                    print_result(ctx, &line)?;
+                }
+                Err(e) => {
+                    if ctx.json {
+                        output::json_line(&json!({
+                            "line": n,
+                            "error": { "kind": e.kind(), "code": e.exit_code(), "message": e.to_string() },
+                        }))?;
+                    } else {
+                        eprintln!("relay: line {n}: {e}");
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if progress {
+            eprint!("\rrelay: {sent} sent, {number} lines read");
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    match first_error {
+        Some(e) => Err(Error::Batch {
+            code: e.exit_code(),
+            message: format!("some lines failed (the first: {e})"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What a parent message (`--parent FILE`, `$RELAY_BUDGET`) passes on.
+#[derive(Default)]
+struct Parent {
+    budget: Option<Budget>,
+    trace_id: Option<String>,
+}
+
+fn read_parent(args: &SendArgs) -> Result<Parent> {
+    if let Some(path) = &args.parent {
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                Error::NoInput(format!("parent envelope {} does not exist", path.display()))
+            }
+            _ => Error::io("cannot read parent envelope", path, e),
+        })?;
+        // `recv --json -n N` writes NDJSON: the first line is the parent.
+        let first = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
+        let env = Envelope::parse(first)
+            .map_err(|e| Error::Data(format!("--parent {}: {e}", path.display())))?;
+        return Ok(Parent {
+            trace_id: Some(env.trace().to_string()),
+            budget: Some(env.budget),
+        });
+    }
+    match std::env::var("RELAY_BUDGET") {
+        Ok(text) if !text.trim().is_empty() => {
+            let budget = serde_json::from_str(&text).map_err(|e| {
+                Error::Data(format!(
+                    "RELAY_BUDGET is not a budget object {{hopCount, maxHops, ancestorChain, ttl, callBudgetRemaining}}: {e}"
+                ))
+            })?;
+            Ok(Parent {
+                budget: Some(budget),
+                trace_id: None,
+            })
+        }
+        _ => Ok(Parent::default()),
+    }
+}
+
+/// A fresh budget, or the parent's spent one (its TTL shortened by the
+/// given TTL, its ceiling replaced by the given max hops).
+fn budget_for(
+    parent: Option<Budget>,
+    ttl_ms: Option<u64>,
+    max_hops: Option<u32>,
+    now: u64,
+) -> Budget {
+    match parent {
+        Some(mut b) => {
+            if let Some(ms) = ttl_ms {
+                b.ttl = b.ttl.min(now.saturating_add(ms));
+            }
+            if let Some(m) = max_hops {
+                b.max_hops = m;
+            }
+            b
+        }
+        None => Budget::fresh(
+            max_hops.unwrap_or(DEFAULT_MAX_HOPS),
+            now,
+            ttl_ms.unwrap_or(DEFAULT_TTL_MS),
+        ),
     }
 }
 
@@ -552,70 +527,6 @@ fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &st
         notice::record(&tx, n, now)?;
     }
     tx.commit()
-}
-
-/// What a parent message (`--parent FILE`, `$RELAY_BUDGET`) passes on.
-#[derive(Default)]
-struct Parent {
-    budget: Option<Budget>,
-    trace_id: Option<String>,
-}
-
-fn read_parent(args: &SendArgs) -> Result<Parent> {
-    if let Some(path) = &args.parent {
-        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                Error::NoInput(format!("parent envelope {} does not exist", path.display()))
-            }
-            _ => Error::io("cannot read parent envelope", path, e),
-        })?;
-        // `recv --json -n N` writes NDJSON: the first line is the parent.
-        let first = bytes.split(|b| *b == b'\n').next().unwrap_or_default();
-        let env = Envelope::parse(first)
-            .map_err(|e| Error::Data(format!("--parent {}: {e}", path.display())))?;
-        return Ok(Parent {
-            trace_id: Some(env.trace().to_string()),
-            budget: Some(env.budget),
-        });
-    }
-    match std::env::var("RELAY_BUDGET") {
-        Ok(text) if !text.trim().is_empty() => {
-            let budget = serde_json::from_str(&text).map_err(|e| {
-                Error::Data(format!(
-                    "RELAY_BUDGET is not a budget object {{hopCount, maxHops, ancestorChain, ttl, callBudgetRemaining}}: {e}"
-                ))
-            })?;
-            Ok(Parent {
-                budget: Some(budget),
-                trace_id: None,
-            })
-        }
-        _ => Ok(Parent::default()),
-    }
-}
-
-/// A fresh budget, or the parent's spent one (its TTL shortened by `--ttl`,
-/// its ceiling replaced by `--max-hops`, if given).
-fn budget_for(args: &SendArgs, parent: Option<Budget>, now: u64) -> Budget {
-    let ttl_ms = args
-        .ttl
-        .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
-    match parent {
-        Some(mut b) => {
-            if let Some(ms) = ttl_ms {
-                b.ttl = b.ttl.min(now.saturating_add(ms));
-            }
-            if let Some(m) = args.max_hops {
-                b.max_hops = m;
-            }
-            b
-        }
-        None => Budget::fresh(
-            args.max_hops.unwrap_or(DEFAULT_MAX_HOPS),
-            now,
-            ttl_ms.unwrap_or(DEFAULT_TTL_MS),
-        ),
-    }
 }
 
 /// Default hop ceiling, as in DorkOS.

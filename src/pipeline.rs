@@ -1,0 +1,448 @@
+//! The send pipeline after validation, for one message or a batch: budget
+//! per endpoint, then (under the endpoints' locks) backpressure, rate limit
+//! and breakers in one index transaction, then durable delivery (fsync per
+//! message, or one group commit for a batch), then the index rows, dead
+//! letters and failure notices in a second transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::json;
+
+use crate::breaker::{Decision as BreakerDecision, Event as BreakerEvent};
+use crate::config::Backpressure;
+use crate::context::Ctx;
+use crate::envelope::{Budget, Envelope};
+use crate::error::{Error, Result};
+use crate::maildir::Mailbox;
+use crate::pressure::{self, Priority};
+use crate::reliability::{self, RateOutcome};
+use crate::store::{Event as StoreEvent, SentRow};
+use crate::{home, notice};
+
+/// How delivered files are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync each file before its rename and `new/` after it.
+    PerMessage,
+    /// Stage every file, flush them all with one `syncfs`, then rename and
+    /// fsync each touched `new/` once.
+    Group,
+    /// No fsync at all (unsafe: a power loss can lose acknowledged messages).
+    None,
+}
+
+/// What became of a message at one endpoint.
+#[derive(Debug)]
+pub enum Fate {
+    /// Delivered (the copy written, and whether it is a breaker probe).
+    Delivered(Box<Envelope>, bool),
+    /// Written to the endpoint's `failed/` (code, reason).
+    DeadLettered(String, String),
+    /// Refused for now; nothing written for it (code, message, retry-after).
+    Refused(String, String, Option<u64>),
+}
+
+/// What became of one send.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The send ran: each endpoint's fate, and warnings for the sender.
+    Done {
+        /// Per endpoint.
+        fates: Vec<(String, Fate)>,
+        /// Soft limits, backpressure.
+        warnings: Vec<String>,
+    },
+    /// The idempotency key was used within its window by this message id.
+    Duplicate(String),
+}
+
+/// One message to send.
+pub struct Job {
+    env: Envelope,
+    key: Option<String>,
+    fates: Vec<(String, Option<Fate>)>,
+    hops: Vec<Option<Budget>>,
+    probes: Vec<bool>,
+    warnings: Vec<String>,
+    result: Option<Result<Delivery>>,
+}
+
+impl Job {
+    /// A send of `env` to `targets` (sorted, de-duplicated endpoints).
+    #[must_use]
+    pub fn new(env: Envelope, targets: Vec<String>, key: Option<String>) -> Self {
+        Job {
+            env,
+            key,
+            fates: targets.into_iter().map(|t| (t, None)).collect(),
+            hops: Vec::new(),
+            probes: Vec::new(),
+            warnings: Vec::new(),
+            result: None,
+        }
+    }
+
+    /// The envelope as sent (before the per-endpoint hop).
+    #[must_use]
+    pub fn envelope(&self) -> &Envelope {
+        &self.env
+    }
+
+    /// The outcome, once `deliver` ran.
+    pub fn take_result(&mut self) -> Result<Delivery> {
+        self.result.take().unwrap_or_else(|| {
+            Err(Error::Data(format!(
+                "message {} was not processed",
+                self.env.id
+            )))
+        })
+    }
+
+    fn open(&self) -> impl Iterator<Item = (usize, &String)> {
+        self.fates
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, f))| f.is_none())
+            .map(|(i, (ep, _))| (i, ep))
+    }
+}
+
+/// Runs the pipeline for every job at `now`; each job's result is set.
+/// Errors returned here are store or disk failures that stop the batch.
+pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64) -> Result<()> {
+    let rel = ctx.config.reliability.clone();
+    let key_window_ms = ctx.config.idempotency_window_secs.saturating_mul(1000);
+
+    // Budget: pure, per endpoint (a wildcard send can revisit a chain member).
+    for job in jobs.iter_mut() {
+        for (ep, fate) in &mut job.fates {
+            match job.env.budget.hop(ep, now) {
+                Ok(b) => job.hops.push(Some(b)),
+                Err((code, reason)) => {
+                    job.hops.push(None);
+                    *fate = Some(Fate::DeadLettered(code.as_str().to_string(), reason));
+                }
+            }
+        }
+        job.probes = vec![false; job.fates.len()];
+    }
+
+    // Backpressure: every endpoint's lock, in sorted order (no deadlock
+    // between fan-outs), from the depth count to the last rename.
+    let mut locks = Vec::new();
+    let mut depth: BTreeMap<String, u64> = BTreeMap::new();
+    if rel.backpressure.enabled {
+        let eps: BTreeSet<&String> = jobs
+            .iter()
+            .flat_map(|j| j.open().map(|(_, ep)| ep))
+            .collect();
+        for ep in eps {
+            let mb = Mailbox::at(&ctx.home, ep);
+            locks.push(mb.lock(&ctx.home)?);
+            depth.insert(ep.clone(), mb.depth()?);
+        }
+    }
+
+    // Idempotency, backpressure, rate limit and breakers: one IMMEDIATE
+    // transaction, exact across processes.
+    {
+        let tx = ctx.store()?.begin()?;
+        for job in jobs.iter_mut() {
+            let env = &job.env;
+            // A repeat is answered before it can spend a token or a probe.
+            if let Some(k) = &job.key
+                && let Some(original) = tx.claim_key(&env.from, k, &env.id, key_window_ms, now)?
+            {
+                job.result = Some(Ok(Delivery::Duplicate(original)));
+                continue;
+            }
+            let mut pressure_events = Vec::new();
+            if rel.backpressure.enabled {
+                pressure_events = backpressure(job, &depth, &rel.backpressure);
+            }
+            let env = &job.env;
+            // A send no endpoint can take is not charged a token.
+            let rate = if job.open().next().is_some() {
+                reliability::rate_limit(&tx, &rel.rate_limit, &env.from, now)?
+            } else {
+                RateOutcome::Admit
+            };
+            match rate {
+                RateOutcome::Admit => {}
+                RateOutcome::Soft(w) => job.warnings.push(w),
+                RateOutcome::Hard {
+                    message,
+                    retry_after_ms,
+                } => {
+                    if let Some(k) = &job.key {
+                        tx.release_key(&env.from, k, &env.id)?;
+                    }
+                    job.result = Some(Err(Error::Refused {
+                        message,
+                        retry_after_ms: Some(retry_after_ms),
+                    }));
+                    continue;
+                }
+            }
+            for (kind, ep, d, limit) in &pressure_events {
+                tx.event(
+                    &StoreEvent {
+                        kind,
+                        sender: Some(&env.from),
+                        endpoint: Some(ep),
+                        message_id: Some(&env.id),
+                        detail: json!({ "depth": d, "limit": limit, "priority": env.priority().as_str() }),
+                    },
+                    now,
+                )?;
+            }
+            for i in 0..job.fates.len() {
+                if job.fates[i].1.is_some() {
+                    continue;
+                }
+                let ep = job.fates[i].0.clone();
+                reliability::observe_leases(&tx, &rel.circuit_breaker, Some(&ep), now)?;
+                let step = BreakerEvent::Send;
+                match reliability::breaker_step(
+                    &tx,
+                    &rel.circuit_breaker,
+                    &job.env.from,
+                    &ep,
+                    step,
+                    now,
+                )? {
+                    BreakerDecision::Reject { retry_after_ms } => {
+                        let phase = tx.breaker(&job.env.from, &ep)?.phase;
+                        let why =
+                            reliability::breaker_refusal(&job.env.from, &ep, phase, retry_after_ms);
+                        job.fates[i].1 = Some(Fate::Refused(
+                            "circuit_open".into(),
+                            why,
+                            Some(retry_after_ms),
+                        ));
+                    }
+                    BreakerDecision::Probe => job.probes[i] = true,
+                    BreakerDecision::Admit | BreakerDecision::Noted => {}
+                }
+            }
+            // Reserve the room this message takes for the next jobs' checks.
+            for (_, ep) in job.open() {
+                if let Some(d) = depth.get_mut(ep) {
+                    *d += 1;
+                }
+            }
+        }
+        tx.commit()?;
+    }
+
+    // Durable delivery of the hop-updated copies.
+    let mut io_failures: Vec<(usize, String, bool)> = Vec::new();
+    let mut staged: Vec<(usize, usize)> = Vec::new();
+    for (j, job) in jobs.iter_mut().enumerate() {
+        if job.result.is_some() {
+            continue;
+        }
+        for i in 0..job.fates.len() {
+            if job.fates[i].1.is_some() {
+                continue;
+            }
+            let Some(budget) = job.hops[i].take() else {
+                continue;
+            };
+            let ep = job.fates[i].0.clone();
+            let copy = Envelope {
+                budget,
+                ..job.env.clone()
+            };
+            let mb = Mailbox::at(&ctx.home, &ep);
+            let written = match durability {
+                Durability::PerMessage => mb.deliver(&copy, true),
+                Durability::None => mb.deliver(&copy, false),
+                Durability::Group => mb.stage(&copy),
+            };
+            job.fates[i].1 = Some(match written {
+                Ok(()) => {
+                    if durability == Durability::Group {
+                        staged.push((j, i));
+                    }
+                    Fate::Delivered(Box::new(copy), job.probes[i])
+                }
+                Err(e) => {
+                    io_failures.push((j, ep, job.probes[i]));
+                    Fate::Refused("io_error".into(), e.to_string(), None)
+                }
+            });
+        }
+    }
+    if !staged.is_empty() {
+        group_commit(ctx, jobs, &staged, &mut io_failures)?;
+    }
+    drop(locks);
+
+    // Copies refused while others were delivered are dead-lettered, so an
+    // exit 0 never hides a lost copy; when all were refused, nothing is
+    // written and the sender retries the whole send.
+    let mut notices = Vec::new();
+    for job in jobs.iter_mut().filter(|j| j.result.is_none()) {
+        let any = job
+            .fates
+            .iter()
+            .any(|(_, f)| matches!(f, Some(Fate::Delivered(..))));
+        for (ep, fate) in &mut job.fates {
+            let mb = Mailbox::at(&ctx.home, ep);
+            match fate {
+                Some(Fate::DeadLettered(code, reason)) => {
+                    mb.dead_letter(&job.env, reason, code, now)?;
+                    notices.extend(notice::send(&ctx.home, &job.env, ep, code, reason, now)?);
+                }
+                Some(Fate::Refused(code, reason, _)) if any => {
+                    let (code, reason) = (std::mem::take(code), std::mem::take(reason));
+                    mb.dead_letter(&job.env, &reason, &code, now)?;
+                    *fate = Some(Fate::DeadLettered(code, reason));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // Index rows, dead letters, notices and I/O failures, in one transaction.
+    let tx = ctx.store()?.begin()?;
+    for job in jobs.iter().filter(|j| j.result.is_none()) {
+        let env = &job.env;
+        let rows: Vec<SentRow<'_>> = job
+            .fates
+            .iter()
+            .filter_map(|(ep, fate)| match fate {
+                Some(Fate::Delivered(copy, probe)) => Some(SentRow {
+                    endpoint: ep,
+                    envelope: copy,
+                    failure: None,
+                    probe: *probe,
+                }),
+                Some(Fate::DeadLettered(code, reason)) => Some(SentRow {
+                    endpoint: ep,
+                    envelope: env,
+                    failure: Some((code.as_str(), reason.as_str())),
+                    probe: false,
+                }),
+                _ => None,
+            })
+            .collect();
+        tx.record_sent(&rows, now)?;
+        for (ep, fate) in &job.fates {
+            if let Some(Fate::DeadLettered(code, reason)) = fate {
+                tx.dead_lettered(Some(&env.from), ep, &env.id, code, reason, now)?;
+            }
+        }
+        let any = job
+            .fates
+            .iter()
+            .any(|(_, f)| matches!(f, Some(Fate::Delivered(..))));
+        if let Some(k) = &job.key
+            && !any
+        {
+            // Nothing went out: a retry with the same key must not be a "duplicate".
+            tx.release_key(&env.from, k, &env.id)?;
+        }
+    }
+    for n in &notices {
+        notice::record(&tx, n, now)?;
+    }
+    for (j, ep, probe) in &io_failures {
+        let from = &jobs[*j].env.from;
+        let step = BreakerEvent::Failure { probe: *probe };
+        reliability::breaker_step(&tx, &rel.circuit_breaker, from, ep, step, now)?;
+    }
+    tx.commit()?;
+
+    for job in jobs.iter_mut().filter(|j| j.result.is_none()) {
+        let fates = std::mem::take(&mut job.fates)
+            .into_iter()
+            .filter_map(|(ep, f)| f.map(|f| (ep, f)))
+            .collect();
+        job.result = Some(Ok(Delivery::Done {
+            fates,
+            warnings: std::mem::take(&mut job.warnings),
+        }));
+    }
+    Ok(())
+}
+
+/// Backpressure for one job against the running depths; returns the events
+/// to record (kind, endpoint, depth, limit).
+fn backpressure(
+    job: &mut Job,
+    depth: &BTreeMap<String, u64>,
+    cfg: &Backpressure,
+) -> Vec<(&'static str, String, u64, u64)> {
+    let policy = pressure::Policy {
+        max_mailbox_size: cfg.max_mailbox_size,
+        warning_at: cfg.pressure_warning_at,
+        shed_low_at: cfg.shed_low_at,
+        shed_background_at: cfg.shed_background_at,
+        priority_headroom: cfg.priority_headroom,
+    };
+    let priority = job.env.priority();
+    let mut events = Vec::new();
+    for (ep, fate) in &mut job.fates {
+        if fate.is_some() {
+            continue;
+        }
+        let d = depth.get(ep).copied().unwrap_or(0);
+        match pressure::decide(d, priority, &policy) {
+            pressure::Decision::Accept => {}
+            pressure::Decision::Warn { depth, limit } => {
+                let pct = depth * 100 / policy.max_mailbox_size.max(1);
+                job.warnings.push(format!(
+                    "mailbox '{ep}' under backpressure: {pct}% full ({depth}/{} messages in new/ and cur/)",
+                    policy.max_mailbox_size
+                ));
+                events.push(("backpressure_warning", ep.clone(), depth, limit));
+            }
+            pressure::Decision::Reject { depth, limit } => {
+                let why = if priority == Priority::Normal {
+                    format!("mailbox '{ep}' is full ({depth}/{limit} messages in new/ and cur/)")
+                } else {
+                    format!(
+                        "mailbox '{ep}' takes no more {priority}-priority messages at depth {limit} (now {depth}; capacity {})",
+                        policy.max_mailbox_size
+                    )
+                };
+                *fate = Some(Fate::Refused(
+                    "backpressure".into(),
+                    format!("{why}; retry once its consumer catches up"),
+                    None,
+                ));
+                events.push(("backpressure_rejected", ep.clone(), depth, limit));
+            }
+        }
+    }
+    events
+}
+
+/// Makes every staged file durable with one `syncfs`, renames them into
+/// `new/`, and fsyncs each touched `new/` once.
+fn group_commit(
+    ctx: &Ctx,
+    jobs: &mut [Job],
+    staged: &[(usize, usize)],
+    io_failures: &mut Vec<(usize, String, bool)>,
+) -> Result<()> {
+    home::sync_filesystem(&ctx.home.mailboxes())?;
+    let mut dirs = BTreeSet::new();
+    for &(j, i) in staged {
+        let job = &mut jobs[j];
+        let ep = job.fates[i].0.clone();
+        let mb = Mailbox::at(&ctx.home, &ep);
+        if let Err(e) = mb.publish(&job.env.id) {
+            io_failures.push((j, ep, job.probes[i]));
+            job.fates[i].1 = Some(Fate::Refused("io_error".into(), e.to_string(), None));
+        } else {
+            dirs.insert(mb.sub("new"));
+        }
+    }
+    for d in dirs {
+        home::sync_dir(&d)?;
+    }
+    Ok(())
+}
