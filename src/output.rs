@@ -30,6 +30,23 @@ pub fn line(text: &str) -> Result<()> {
         })
 }
 
+/// Whether stdout is a pipe or socket whose reader has gone away: lets a
+/// follower stop on a quiet bus instead of at its next write.
+#[must_use]
+pub fn stdout_closed() -> bool {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let stdout = io::stdout();
+    let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL)
+}
+
 /// A table with relay's look: header row, no outer borders, aligned columns.
 #[must_use]
 pub fn table(header: &[&str]) -> Table {

@@ -82,6 +82,12 @@ impl Job {
         }
     }
 
+    /// The idempotency key, if any.
+    #[must_use]
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
     /// The envelope as sent (before the per-endpoint hop).
     #[must_use]
     pub fn envelope(&self) -> &Envelope {

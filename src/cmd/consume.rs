@@ -71,6 +71,10 @@ pub fn run(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<()> {
             reload_if_changed(ctx, &mut config_stamp);
         }
         reap(ctx, mb, &mut running, args)?;
+        // A printing follower whose reader went away has no one to serve.
+        if args.exec.is_none() && output::stdout_closed() {
+            stop.store(true, Ordering::Relaxed);
+        }
         let stopping = stop.load(Ordering::Relaxed);
         if stopping && running.is_empty() {
             break;

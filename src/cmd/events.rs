@@ -64,7 +64,7 @@ pub fn run(ctx: &mut Ctx, args: &EventsArgs) -> Result<()> {
             }
             last = e.id;
         }
-        if !args.follow {
+        if !args.follow || output::stdout_closed() {
             return Ok(());
         }
         if batch.len() < 1000 {

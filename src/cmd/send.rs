@@ -23,7 +23,7 @@ use crate::subject;
 /// Longest accepted trace id.
 const MAX_TRACE_ID: usize = 128;
 /// Lines processed per transaction and group commit in `--batch`.
-const BATCH_CHUNK: usize = 500;
+const BATCH_CHUNK: usize = 5000;
 
 /// An endpoint the message did not reach.
 #[derive(Debug, Serialize)]
@@ -99,7 +99,7 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
         budget: parent.budget,
     };
     let now = ctx.clock.now_ms();
-    let job = prepare(ctx, args, req, now)?;
+    let job = prepare(ctx, args, req, &mut Lookups::default(), now)?;
     let mut jobs = [job];
     let durability = if args.no_fsync {
         Durability::None
@@ -109,14 +109,28 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
     pipeline::deliver(ctx, &mut jobs, durability, now)?;
     let [mut job] = jobs;
     let delivery = job.take_result()?;
-    let line = summarize(job.envelope(), delivery)?;
+    let line = summarize(job.envelope(), job.key(), delivery)?;
     print_result(ctx, &line)
 }
 
 /// Validates a request (command-line defaults filling what it lacks),
 /// builds its envelope, applies access rules and finds its endpoints.
 /// Sends refused here are dead-lettered under their subject as DorkOS does.
-fn prepare(ctx: &mut Ctx, args: &SendArgs, req: Request, now: u64) -> Result<Job> {
+/// What `prepare` looks up on disk, kept across the lines of a batch (one
+/// access-rules read, one endpoint lookup per subject).
+#[derive(Default)]
+struct Lookups {
+    rules: Option<access::Rules>,
+    targets: std::collections::HashMap<String, Vec<String>>,
+}
+
+fn prepare(
+    ctx: &mut Ctx,
+    args: &SendArgs,
+    req: Request,
+    seen: &mut Lookups,
+    now: u64,
+) -> Result<Job> {
     subject::validate_pattern(&req.subject, "subject")?;
     let from = req.from.unwrap_or_else(|| args.from.clone());
     subject::validate_subject(&from, "sender (--from)")?;
@@ -173,12 +187,26 @@ fn prepare(ctx: &mut Ctx, args: &SendArgs, req: Request, now: u64) -> Result<Job
         extra: serde_json::Map::new(),
     };
 
-    let rules = access::Rules::load(&ctx.home.root().join(access::FILE_NAME));
+    let rules = seen
+        .rules
+        .get_or_insert_with(|| access::Rules::load(&ctx.home.root().join(access::FILE_NAME)));
     if let Err(denied) = rules.check(&envelope.from, &envelope.subject) {
         dead_letter_at_subject(ctx, &envelope, "access_denied", &denied.to_string())?;
         return Err(denied);
     }
-    let targets = matching_endpoints(ctx, &envelope.subject)?;
+    let targets = match seen.targets.get(&envelope.subject) {
+        Some(t) => t.clone(),
+        None => {
+            let t = matching_endpoints(ctx, &envelope.subject)?;
+            // A mailbox that is a symlink or world-writable is refused
+            // before anything is written anywhere.
+            for ep in &t {
+                crate::home::check_dir(Mailbox::at(&ctx.home, ep).dir(), "mailbox")?;
+            }
+            seen.targets.insert(envelope.subject.clone(), t.clone());
+            t
+        }
+    };
     if targets.is_empty() {
         dead_letter_at_subject(ctx, &envelope, "no_match", "no matching endpoints")?;
         return Err(Error::NoEndpoint(format!(
@@ -191,11 +219,6 @@ fn prepare(ctx: &mut Ctx, args: &SendArgs, req: Request, now: u64) -> Result<Job
             maildir::known_endpoints_hint(&ctx.home)
         )));
     }
-    // A mailbox that is a symlink or world-writable is refused before
-    // anything is written anywhere.
-    for ep in &targets {
-        crate::home::check_dir(Mailbox::at(&ctx.home, ep).dir(), "mailbox")?;
-    }
     Ok(Job::new(envelope, targets, req.idempotency_key))
 }
 
@@ -205,13 +228,15 @@ enum Line {
 }
 
 /// Turns a delivery into its report, or an all-refused send into its error.
-fn summarize(env: &Envelope, delivery: Delivery) -> Result<Line> {
+fn summarize(env: &Envelope, key: Option<&str>, delivery: Delivery) -> Result<Line> {
     let (fates, mut warnings) = match delivery {
         Delivery::Duplicate(original) => {
-            let key_note =
-                format!("idempotency key already used by message {original}; nothing sent");
+            let key_note = format!(
+                "idempotency key '{}' already used by message {original}; nothing sent",
+                key.unwrap_or_default()
+            );
             return Ok(Line::Sent(
-                json!({ "id": original, "duplicate": true }),
+                json!({ "id": original, "duplicate": true, "idempotencyKey": key }),
                 original,
                 vec![key_note],
             ));
@@ -296,14 +321,19 @@ fn summarize(env: &Envelope, delivery: Delivery) -> Result<Line> {
 }
 
 fn print_result(ctx: &Ctx, line: &Line) -> Result<()> {
+    output::line(&render(ctx, line))
+}
+
+/// The stdout line of a result (its warnings go to stderr now, unless `--json`).
+fn render(ctx: &Ctx, line: &Line) -> String {
     let Line::Sent(json, id, warnings) = line;
     if ctx.json {
-        output::json_line(json)
+        json.to_string()
     } else {
         for w in warnings {
             output::warn(w);
         }
-        output::line(id)
+        id.clone()
     }
 }
 
@@ -330,6 +360,7 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
     let progress = std::io::stderr().is_terminal() && !ctx.json;
     let mut first_error: Option<Error> = None;
     let (mut lines, mut number, mut sent) = (stdin.lock().lines(), 0usize, 0usize);
+    let mut seen = Lookups::default();
     loop {
         let now = ctx.clock.now_ms();
         let mut jobs = Vec::new();
@@ -352,12 +383,10 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
                 ))
             } else {
                 serde_json::from_str::<Request>(&line).map_err(|e| {
-                    Error::Data(format!(
-                        "line {number}: not a send request {{subject, payload, ...}}: {e}"
-                    ))
+                    Error::Data(format!("not a send request {{subject, payload, ...}}: {e}"))
                 })
             };
-            match parsed.and_then(|req| prepare(ctx, args, req, now)) {
+            match parsed.and_then(|req| prepare(ctx, args, req, &mut seen, now)) {
                 Ok(job) => {
                     outcomes.push((number, Ok(jobs.len())));
                     jobs.push(job);
@@ -372,29 +401,37 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
             break;
         }
         pipeline::deliver(ctx, &mut jobs, durability, now)?;
+        // One write per chunk: results are many and small.
+        let mut out = Vec::with_capacity(outcomes.len());
         for (n, outcome) in outcomes {
             let result = outcome.and_then(|j| {
                 let job = &mut jobs[j];
                 let delivery = job.take_result()?;
-                summarize(job.envelope(), delivery)
+                summarize(job.envelope(), job.key(), delivery)
             });
             match result {
                 Ok(line) => {
                     sent += 1;
-                    print_result(ctx, &line)?;
+                    out.push(render(ctx, &line));
                 }
                 Err(e) => {
                     if ctx.json {
-                        output::json_line(&json!({
-                            "line": n,
-                            "error": { "kind": e.kind(), "code": e.exit_code(), "message": e.to_string() },
-                        }))?;
+                        out.push(
+                            json!({
+                                "line": n,
+                                "error": { "kind": e.kind(), "code": e.exit_code(), "message": e.to_string() },
+                            })
+                            .to_string(),
+                        );
                     } else {
                         eprintln!("relay: line {n}: {e}");
                     }
                     first_error.get_or_insert(e);
                 }
             }
+        }
+        if !out.is_empty() {
+            output::line(&out.join("\n"))?;
         }
         if progress {
             eprint!("\rrelay: {sent} sent, {number} lines read");

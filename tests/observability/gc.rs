@@ -1,0 +1,185 @@
+//! `relay gc`: TTL expiry, stale tmp/ files, dry runs and retention.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::{DAY, HOUR, MIN, T0, ids, json_at, recv_at, send_at, sidecar, span};
+use crate::harness::Relay;
+
+fn real_now_ms() -> u64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    u64::try_from(d.as_millis()).expect("ms fit u64")
+}
+
+#[test]
+fn gc_expires_unclaimed_messages_past_their_ttl() {
+    let r = Relay::new();
+    r.add(&["a.x"]);
+    let short = send_at(&r, T0, &["a.x", "short", "--ttl", "1m"]);
+    let long = send_at(&r, T0, &["a.x", "long", "--ttl", "1h"]);
+    let also_short = send_at(&r, T0, &["a.x", "also short", "--ttl", "1m"]);
+    assert_eq!(ids(&r, "a.x", "new").len(), 3);
+
+    // Before the deadline: nothing expires.
+    let g = json_at(&r, T0 + 30_000, &["gc"]);
+    assert_eq!(g["expired"], 0, "{g}");
+    assert_eq!(ids(&r, "a.x", "new").len(), 3);
+
+    // Just past the deadline of the 1-minute ones.
+    let g = json_at(&r, T0 + MIN + 1, &["gc"]);
+    assert_eq!(g["dryRun"], false, "{g}");
+    assert_eq!(g["expired"], 2, "{g}");
+    assert_eq!(ids(&r, "a.x", "new"), vec![long.clone()]);
+    let mut dead = ids(&r, "a.x", "failed");
+    dead.sort();
+    let mut want = vec![short.clone(), also_short];
+    want.sort();
+    assert_eq!(dead, want);
+    let car = sidecar(&r, "a.x", &short);
+    assert_eq!(car["code"], "ttl_expired", "{car}");
+    assert_eq!(car["envelope"]["payload"], "short", "{car}");
+    let t = json_at(&r, T0 + MIN + 2, &["trace", &short]);
+    assert_eq!(span(&t, "a.x")["status"], "timeout", "{t}");
+    assert_eq!(span(&t, "a.x")["code"], "ttl_expired", "{t}");
+    let m = json_at(&r, T0 + MIN + 2, &["metrics"]);
+    assert_eq!(m["deadLetteredCount"], 2, "{m}");
+
+    // Running again finds nothing more.
+    assert_eq!(json_at(&r, T0 + MIN + 3, &["gc"])["expired"], 0);
+}
+
+#[test]
+fn gc_leaves_claimed_messages_alone() {
+    let r = Relay::new();
+    r.add(&["a.x"]);
+    let id = send_at(&r, T0, &["a.x", "in hand", "--ttl", "1m"]);
+    recv_at(&r, T0 + 1, "a.x");
+    let g = json_at(&r, T0 + HOUR, &["gc"]);
+    assert_eq!(g["expired"], 0, "{g}");
+    assert_eq!(ids(&r, "a.x", "cur"), vec![id.clone()]);
+    r.cmd(["ack", "a.x", &id]).at(T0 + HOUR + 1).success();
+}
+
+#[test]
+fn gc_dry_run_changes_nothing() {
+    let r = Relay::new();
+    r.add(&["a.x"]);
+    let id = send_at(&r, T0, &["a.x", "p", "--ttl", "1m"]);
+    r.write_file("mailboxes/a.x/tmp/crashed-writer.tmp", "partial");
+    let before = r.listing();
+    let g = json_at(&r, T0 + 10 * DAY, &["gc", "--dry-run"]);
+    assert_eq!(g["dryRun"], true, "{g}");
+    assert_eq!(g["expired"], 1, "{g}");
+    assert_eq!(r.listing(), before, "a dry run touches no file");
+    assert_eq!(ids(&r, "a.x", "new"), vec![id.clone()]);
+    // The index is untouched too: the message is still pending.
+    let t = json_at(&r, T0 + 10 * DAY, &["trace", &id]);
+    assert_eq!(span(&t, "a.x")["state"], "pending", "{t}");
+    // The real run does what the dry run announced.
+    let g = json_at(&r, T0 + 10 * DAY, &["gc"]);
+    assert_eq!(g["expired"], 1, "{g}");
+    assert_eq!(g["tmpFilesRemoved"], 1, "{g}");
+    assert_eq!(ids(&r, "a.x", "failed"), vec![id]);
+    assert!(r.files("a.x", "tmp").is_empty());
+}
+
+#[test]
+fn gc_removes_stale_tmp_files_only() {
+    let r = Relay::new();
+    r.add(&["a.x"]);
+    r.write_file("mailboxes/a.x/tmp/stale.tmp", "left by a crash");
+    let now = real_now_ms();
+    // Just written: younger than retention.tmpMaxAgeSecs (1h).
+    let g = json_at(&r, now, &["gc"]);
+    assert_eq!(g["tmpFilesRemoved"], 0, "{g}");
+    assert_eq!(r.files("a.x", "tmp"), vec!["stale.tmp".to_string()]);
+    // Two hours later it is stale.
+    let g = json_at(&r, now + 2 * HOUR, &["gc", "--dry-run"]);
+    assert_eq!(g["tmpFilesRemoved"], 1, "{g}");
+    assert_eq!(r.files("a.x", "tmp"), vec!["stale.tmp".to_string()]);
+    let g = json_at(&r, now + 2 * HOUR, &["gc"]);
+    assert_eq!(g["tmpFilesRemoved"], 1, "{g}");
+    assert!(r.files("a.x", "tmp").is_empty());
+    // Messages are not tmp files: a pending message survives.
+    assert!(r.files("a.x", "new").is_empty());
+}
+
+#[test]
+fn gc_respects_a_configured_tmp_max_age() {
+    let r = Relay::new();
+    r.add(&["a.x"]);
+    r.cmd(["config", "set", "retention.tmpMaxAgeSecs", "600"])
+        .success();
+    r.write_file("mailboxes/a.x/tmp/stale.tmp", "x");
+    let now = real_now_ms();
+    assert_eq!(json_at(&r, now + 5 * MIN, &["gc"])["tmpFilesRemoved"], 0);
+    assert_eq!(json_at(&r, now + 15 * MIN, &["gc"])["tmpFilesRemoved"], 1);
+    assert!(r.files("a.x", "tmp").is_empty());
+}
+
+#[test]
+fn gc_prunes_old_index_rows_events_and_keys_after_retention() {
+    let r = Relay::new();
+    r.add(&["a.x"]);
+    // At T0: one acked, one nacked (an event), one idempotency key.
+    let acked = send_at(&r, T0, &["a.x", "done", "--ttl", "30d"]);
+    let nacked = send_at(&r, T0, &["a.x", "bad", "--ttl", "30d"]);
+    r.cmd(["recv", "a.x", "-n", "2"]).at(T0 + 1).success();
+    r.cmd(["ack", "a.x", &acked]).at(T0 + 2).success();
+    r.cmd(["nack", "a.x", &nacked]).at(T0 + 3).success();
+    let keyed = send_at(
+        &r,
+        T0,
+        &["a.x", "k", "--idempotency-key", "k1", "--ttl", "30d"],
+    );
+    // Still pending at T0 + 8 days: not finished, so never pruned.
+    let events_before = r
+        .cmd(["events", "--json", "--since", "30d"])
+        .at(T0 + 4)
+        .success()
+        .json_lines();
+    assert_eq!(events_before.len(), 1, "{events_before:?}");
+
+    // Six days later nothing is old enough (retention.days = 7).
+    let g = json_at(&r, T0 + 6 * DAY, &["gc"]);
+    assert_eq!(g["indexRowsPruned"], 0, "{g}");
+    assert_eq!(g["eventsPruned"], 0, "{g}");
+    assert_eq!(
+        g["idempotencyKeysPruned"], 1,
+        "the 1-day window is over: {g}"
+    );
+
+    // Eight days: the finished rows and the event go; a dry run first.
+    let now = T0 + 8 * DAY;
+    let g = json_at(&r, now, &["gc", "--dry-run"]);
+    assert_eq!(g["indexRowsPruned"], 2, "{g}");
+    assert_eq!(g["eventsPruned"], 1, "{g}");
+    assert_eq!(
+        json_at(&r, now, &["trace", &acked])["spans"][0]["state"],
+        "acked"
+    );
+    let g = json_at(&r, now, &["gc"]);
+    assert_eq!(g["indexRowsPruned"], 2, "{g}");
+    assert_eq!(g["eventsPruned"], 1, "{g}");
+
+    let events = r
+        .cmd(["events", "--json", "--since", "30d"])
+        .at(now)
+        .success()
+        .json_lines();
+    assert!(events.is_empty(), "{events:?}");
+    let gone = r.cmd(["trace", &acked]).at(now).run();
+    assert_ne!(gone.code, 0, "the acked message's row was pruned");
+    let m = json_at(&r, now, &["metrics"]);
+    assert_eq!(
+        m["totalMessages"], 1,
+        "only the pending message is left: {m}"
+    );
+    assert_eq!(m["pendingCount"], 1, "{m}");
+    // The pending message and the dead letter's files are untouched.
+    assert_eq!(ids(&r, "a.x", "new"), vec![keyed.clone()]);
+    assert_eq!(ids(&r, "a.x", "failed"), vec![nacked]);
+    let t = json_at(&r, now, &["trace", &keyed]);
+    assert_eq!(span(&t, "a.x")["state"], "pending", "{t}");
+}
