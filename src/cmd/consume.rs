@@ -5,6 +5,7 @@
 //! handlers before it stops.
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -147,7 +148,8 @@ fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
 fn reload_if_changed(ctx: &mut Ctx, last: &mut Option<(SystemTime, u64)>) {
     let path = ctx.home.config_file();
     let now = stamp(&path);
-    if now == *last {
+    // An editor saving in place passes through an empty file: wait for content.
+    if now == *last || now.is_some_and(|(_, len)| len == 0) {
         return;
     }
     *last = now;
@@ -182,6 +184,12 @@ fn start(
     };
     let line = serde_json::to_string(&env).unwrap_or_default();
     let mut command = Command::new("sh");
+    if ctx.json {
+        // Keep relay's NDJSON stream clean: handler output goes to stderr.
+        if let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() {
+            command.stdout(Stdio::from(fd));
+        }
+    }
     command
         .arg("-c")
         .arg(cmd)

@@ -40,22 +40,22 @@ pub fn compute(ctx: &mut Ctx, since: u64) -> Result<serde_json::Value> {
     let active = crate::maildir::list_endpoints(&ctx.home)?.len();
     let store = ctx.store()?;
     let per: Vec<(String, Counts)> = store.read(|c| reports::counts(c, since))?;
-    let mut endpoints = Vec::new();
-    for (endpoint, counts) in per {
-        let delivery =
-            store.read(|c| reports::latency(c, reports::DELIVERY, since, Some(&endpoint)))?;
-        let processing =
-            store.read(|c| reports::latency(c, reports::PROCESSING, since, Some(&endpoint)))?;
-        endpoints.push(EndpointMetrics {
+    let mut delivery = store.read(|c| reports::latencies(c, reports::DELIVERY, since))?;
+    let mut processing = store.read(|c| reports::latencies(c, reports::PROCESSING, since))?;
+    let endpoints: Vec<EndpointMetrics> = per
+        .into_iter()
+        .map(|(endpoint, counts)| EndpointMetrics {
+            delivery_latency_ms: delivery.remove(&Some(endpoint.clone())).unwrap_or_default(),
+            processing_latency_ms: processing
+                .remove(&Some(endpoint.clone()))
+                .unwrap_or_default(),
             endpoint,
             counts,
-            delivery_latency_ms: delivery,
-            processing_latency_ms: processing,
-        });
-    }
+        })
+        .collect();
     let total_messages = store.read(|c| reports::distinct_messages(c, since))?;
-    let delivery = store.read(|c| reports::latency(c, reports::DELIVERY, since, None))?;
-    let processing = store.read(|c| reports::latency(c, reports::PROCESSING, since, None))?;
+    let delivery = delivery.remove(&None).unwrap_or_default();
+    let processing = processing.remove(&None).unwrap_or_default();
     let codes = store.read(|c| reports::codes(c, since))?;
     let kinds = store.read(|c| reports::event_kinds(c, since))?;
     let code = |k: &str| codes.iter().find(|(c, _)| c == k).map_or(0, |(_, n)| *n);

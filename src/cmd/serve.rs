@@ -148,7 +148,8 @@ fn serve_connection(shared: &Shared, stream: TcpStream) -> std::io::Result<()> {
     match handle(&mut ctx, &req) {
         Ok(Some((ctype, body))) => http::respond(&mut out, 200, ctype, body.as_bytes(), &[]),
         Ok(None) => not_found(&mut out, &req),
-        Err(Error::Data(m) | Error::NoEndpoint(m)) => error(&mut out, 404, &m),
+        Err(Error::NoInput(m) | Error::NoEndpoint(m)) => error(&mut out, 404, &m),
+        Err(Error::Data(m) | Error::Usage(m)) => error(&mut out, 400, &m),
         Err(e) => error(&mut out, 500, &e.to_string()),
     }
 }
@@ -249,7 +250,7 @@ fn handle(ctx: &mut Ctx, req: &Request) -> Result<Option<(&'static str, String)>
                 crate::maildir::validate_id(id)?;
                 let store = ctx.store()?;
                 let Some(trace) = store.read(|c| reports::trace_of(c, id))? else {
-                    return Err(Error::Data(format!("no message or trace '{id}'")));
+                    return Err(Error::NoInput(format!("no message or trace '{id}'")));
                 };
                 let spans = store.read(|c| reports::spans(c, &trace))?;
                 json!({ "traceId": trace, "spans": spans })

@@ -12,7 +12,7 @@ pub fn run(ctx: &mut Ctx, args: &TraceArgs) -> Result<()> {
     crate::maildir::validate_id(&args.id)?;
     let store = ctx.store()?;
     let Some(trace_id) = store.read(|c| reports::trace_of(c, &args.id))? else {
-        return Err(Error::Data(format!(
+        return Err(Error::NoInput(format!(
             "no message or trace '{}' in the index (pruned by gc, or never sent here)",
             args.id
         )));

@@ -158,8 +158,11 @@ impl Store {
             .map_err(|e| self.err(e))?;
         // WAL is persistent in the file; synchronous=NORMAL is per connection.
         // The index is not the source of truth, so it need not fsync on commit.
-        self.conn
-            .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        // Switching a brand-new file to WAL can report "locked" at once (the
+        // busy handler does not cover it) when another process is creating
+        // the same index: retry for a while.
+        let conn = &self.conn;
+        retry_busy(|| conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"))
             .map_err(|e| self.err(e))?;
         // Each relay process lives milliseconds: keep the WAL and shm files
         // between processes and leave checkpoints to SQLite's auto-checkpoint
@@ -180,7 +183,8 @@ impl Store {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| self.err(e))?;
         if version < MIGRATIONS.len() {
-            self.migrate().map_err(|e| self.err(e))?;
+            let path = self.path.clone();
+            retry_busy(|| self.migrate()).map_err(|e| store_err(&path, e))?;
         } else if version > MIGRATIONS.len() {
             return Err(Error::Config(format!(
                 "index {} has schema version {version}, newer than this relay understands ({}); upgrade relay",
@@ -951,6 +955,27 @@ pub struct SentRow<'a> {
     pub failure: Option<(&'a str, &'a str)>,
     /// Sent as a half-open probe.
     pub probe: bool,
+}
+
+/// Retries `f` while SQLite reports the database busy or locked, for up to
+/// about ten seconds (the same patience as the busy timeout).
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && waited < Duration::from_secs(10) =>
+            {
+                let pause = Duration::from_millis(5);
+                std::thread::sleep(pause);
+                waited += pause;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn store_err(path: &Path, source: rusqlite::Error) -> Error {

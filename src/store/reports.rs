@@ -110,47 +110,52 @@ pub struct Latency {
     pub p99: Option<u64>,
 }
 
-/// Latency of `expr` over rows of the window (and endpoint, if given):
-/// nearest-rank percentiles computed by SQL (`ORDER BY ... LIMIT 1 OFFSET k`).
-pub fn latency(
+/// Latency of `expr` over the rows of the window, overall (`None` key) and
+/// per endpoint, in two passes: nearest-rank percentiles picked by SQL window
+/// functions (`ROW_NUMBER` against `ceil(p * n)`), so cost stays one sort
+/// however many endpoints there are.
+pub fn latencies(
     conn: &Connection,
     expr: &str,
     since: u64,
-    endpoint: Option<&str>,
-) -> rusqlite::Result<Latency> {
-    let filter = format!(
-        "FROM messages WHERE sent_at >= ?1 AND (?2 IS NULL OR endpoint = ?2) AND ({expr}) IS NOT NULL"
-    );
-    let (count, avg): (u64, Option<f64>) = conn.query_row(
-        &format!("SELECT COUNT(*), AVG({expr}) {filter}"),
-        params![since, endpoint],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let rank = |p: f64| -> rusqlite::Result<Option<u64>> {
-        if count == 0 {
-            return Ok(None);
+) -> rusqlite::Result<std::collections::HashMap<Option<String>, Latency>> {
+    let mut out = std::collections::HashMap::new();
+    for (key, partition) in [("NULL", ""), ("endpoint", "PARTITION BY endpoint")] {
+        let sql = format!(
+            "WITH d AS (
+                 SELECT endpoint, MAX({expr}, 0) AS v FROM messages
+                 WHERE sent_at >= ?1 AND ({expr}) IS NOT NULL
+             ), r AS (
+                 SELECT {key} AS k, v,
+                        ROW_NUMBER() OVER ({partition} ORDER BY v) AS rn,
+                        COUNT(*) OVER ({partition}) AS n
+                 FROM d
+             )
+             SELECT k, MAX(n), AVG(v),
+                    MAX(CASE WHEN rn = (n + 1) / 2 THEN v END),
+                    MAX(CASE WHEN rn = (95 * n + 99) / 100 THEN v END),
+                    MAX(CASE WHEN rn = (99 * n + 99) / 100 THEN v END)
+             FROM r GROUP BY k"
+        );
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(params![since], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                Latency {
+                    count: r.get(1)?,
+                    avg: r.get(2)?,
+                    p50: r.get(3)?,
+                    p95: r.get(4)?,
+                    p99: r.get(5)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (k, lat) = row?;
+            out.insert(k, lat);
         }
-        // Nearest rank: the smallest value with at least p of the samples at or below it.
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
-        let k = ((p * count as f64).ceil() as u64).clamp(1, count) - 1;
-        conn.query_row(
-            &format!("SELECT MAX({expr}, 0) {filter} ORDER BY {expr} LIMIT 1 OFFSET ?3"),
-            params![since, endpoint, k],
-            |r| r.get(0),
-        )
-        .optional()
-    };
-    Ok(Latency {
-        count,
-        avg,
-        p50: rank(0.50)?,
-        p95: rank(0.95)?,
-        p99: rank(0.99)?,
-    })
+    }
+    Ok(out)
 }
 
 /// Delivery latency: sent -> claimed.

@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""relay benchmarks: figures beside baselines measured in the same run.
+
+Run from the repository root:  python3 bench/bench.py [--quick]
+Builds relay (release) and bench/cfloor.c, then prints a table and writes
+bench/results.json. Every figure is a median over repeated runs; each ratio
+compares against a baseline measured in the same invocation, interleaved
+round by round so machine noise hits both alike.
+
+This disk (ext4 without a journal) creates files slowly for minutes after
+many deletions in the same area. Every measurement therefore writes into
+fresh directories under one scratch root and nothing is deleted until the
+run ends, so no measurement pays for an earlier one's deletions.
+"""
+
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = "--quick" in sys.argv
+RELAY = os.path.join(ROOT, "target", "release", "relay")
+SCRATCH = tempfile.mkdtemp(prefix="relay-bench-", dir=os.environ.get("RELAY_BENCH_DIR"))
+CFLOOR = os.path.join(SCRATCH, "cfloor")
+ENV_BASE = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+COUNTER = [0]
+
+
+def fresh(name):
+    COUNTER[0] += 1
+    path = os.path.join(SCRATCH, f"{name}-{COUNTER[0]}")
+    os.makedirs(path)
+    return path
+
+
+def maildir(name):
+    path = fresh(name)
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(path, sub))
+    return path
+
+
+def relay_home(config=None, endpoints=("q",)):
+    home = fresh("home")
+    if config is not None:
+        with open(os.path.join(home, "config.json"), "w") as f:
+            json.dump(config, f)
+    env = dict(ENV_BASE, RELAY_HOME=home)
+    subprocess.run([RELAY, "endpoints", "add", *endpoints], env=env, check=True)
+    return home, env
+
+
+def timed(cmd, env=None, stdin=None):
+    """Wall time of one process, in ms."""
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, stdin=stdin, stdout=subprocess.DEVNULL, check=True)
+    return (time.perf_counter() - start) * 1000
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+RESULTS = []
+
+
+def record(name, value, unit, baseline=None, baseline_value=None, bar=None, note=""):
+    ratio = (value / baseline_value) if baseline_value else None
+    RESULTS.append({"name": name, "value": round(value, 3), "unit": unit, "baseline": baseline,
+                    "baselineValue": None if baseline_value is None else round(baseline_value, 3),
+                    "ratio": None if ratio is None else round(ratio, 3), "bar": bar, "note": note})
+    shown = f"{value:10.3f} {unit:<8}"
+    if baseline:
+        shown += f"  vs {baseline} {baseline_value:.3f}  ratio {ratio:.2f}"
+    if bar:
+        shown += f"  (bar {bar})"
+    print(f"{name:<44}{shown}", flush=True)
+
+
+def per_process_send(rounds):
+    """Whole-process durable send, all features on, one process per message."""
+    home, env = relay_home({"reliability": {"rateLimit": {"maxPerWindow": 1000000}}})
+    payload = '{"text":"' + "x" * 200 + '"}'
+    md_floor, md_mdeliver = maildir("cfloor"), maildir("mdeliver")
+    msg = os.path.join(SCRATCH, "msg.eml")
+    with open(msg, "w") as f:
+        f.write("From: bench\nSubject: bench\n\n" + "x" * 500 + "\n")
+    have_mdeliver = shutil.which("mdeliver") is not None
+    t_relay, t_floor, t_mdeliver, t_true, t_hello = [], [], [], [], []
+    for _ in range(rounds):
+        t_true.append(timed(["/bin/true"]))
+        t_hello.append(timed([RELAY, "--version"]))
+        t_floor.append(timed([CFLOOR, md_floor, "1"]))
+        if have_mdeliver:
+            with open(msg) as m:
+                t_mdeliver.append(timed(["mdeliver", md_mdeliver], stdin=m))
+        t_relay.append(timed([RELAY, "send", "q", payload, "--from", "bench"], env=env))
+    record("spawn /bin/true (per process)", median(t_true), "ms")
+    record("relay --version (startup only)", median(t_hello), "ms", "/bin/true", median(t_true))
+    record("C floor durable deliver (per process)", median(t_floor), "ms")
+    if have_mdeliver:
+        record("mdeliver (per process)", median(t_mdeliver), "ms")
+    record("relay send durable, all checks (per process)", median(t_relay), "ms", "C floor", median(t_floor), "<= 1.5x")
+    if have_mdeliver:
+        record("relay send vs mdeliver", median(t_relay), "ms", "mdeliver", median(t_mdeliver), "<= 1.5x")
+    return home, env
+
+
+def batch(n):
+    config = {"reliability": {"rateLimit": {"enabled": False}, "backpressure": {"maxMailboxSize": 10 * n}}}
+    lines = "".join(json.dumps({"subject": "q", "payload": {"n": i, "text": "x" * 200}}) + "\n" for i in range(n))
+    path = os.path.join(SCRATCH, "batch.ndjson")
+    with open(path, "w") as f:
+        f.write(lines)
+    rates = {"durable": [], "nofsync": [], "cloop": [], "cnofsync": []}
+    for _ in range(3):
+        for mode, flags in (("durable", []), ("nofsync", ["--no-fsync"])):
+            _, env = relay_home(config)
+            with open(path) as f:
+                ms = timed([RELAY, "send", "--batch", *flags], env=env, stdin=f)
+            rates[mode].append(n / ms * 1000)
+        md = maildir("cloop")
+        loop_n = max(200, n // 10)
+        rates["cloop"].append(loop_n / timed([CFLOOR, md, str(loop_n)]) * 1000)
+        md = maildir("cnofsync")
+        rates["cnofsync"].append(n / timed([CFLOOR, md, str(n), "nofsync"]) * 1000)
+    record(f"C per-message-fsync loop ({max(200, n // 10)} msgs)", median(rates["cloop"]), "msg/s")
+    record(f"relay send --batch durable ({n} msgs)", median(rates["durable"]), "msg/s",
+           "C fsync loop", median(rates["cloop"]), ">= 10x")
+    record(f"C no-fsync loop ({n} msgs)", median(rates["cnofsync"]), "msg/s")
+    record(f"relay send --batch --no-fsync ({n} msgs)", median(rates["nofsync"]), "msg/s",
+           "C no-fsync loop", median(rates["cnofsync"]), ">= 0.7x")
+
+
+def recv_ack(n):
+    config = {"reliability": {"rateLimit": {"enabled": False}, "backpressure": {"maxMailboxSize": 10 * n}}}
+    lines = "".join(json.dumps({"subject": "q", "payload": i}) + "\n" for i in range(n))
+    _, env = relay_home(config)
+    subprocess.run([RELAY, "send", "--batch"], env=env, input=lines.encode(), stdout=subprocess.DEVNULL, check=True)
+    per = []
+    for _ in range(min(100, n // 2)):
+        start = time.perf_counter()
+        out = subprocess.run([RELAY, "recv", "q", "--json"], env=env, capture_output=True, check=True).stdout
+        msg_id = json.loads(out)["id"]
+        subprocess.run([RELAY, "ack", "q", msg_id], env=env, check=True)
+        per.append((time.perf_counter() - start) * 1000)
+    record("recv + ack, one process each (per message)", median(per), "ms")
+    start = time.perf_counter()
+    out = subprocess.run([RELAY, "recv", "q", "--json", "-n", "1000000"], env=env, capture_output=True, check=True).stdout
+    ids = [json.loads(line)["id"] for line in out.splitlines()]
+    for i in range(0, len(ids), 1000):
+        subprocess.run([RELAY, "ack", "q", *ids[i:i + 1000]], env=env, check=True)
+    took = time.perf_counter() - start
+    record(f"recv -n + ack many ({len(ids)} msgs)", len(ids) / took, "msg/s")
+
+
+def growth(rounds):
+    # Capacity well above 999, so no backpressure warning muddies the figure.
+    config = {"reliability": {"rateLimit": {"enabled": False}, "backpressure": {"maxMailboxSize": 100000}}}
+    home_empty, env_empty = relay_home(config)
+    home_full, env_full = relay_home(config)
+    filler = "".join(json.dumps({"subject": "q", "payload": i}) + "\n" for i in range(999))
+    subprocess.run([RELAY, "send", "--batch", "--no-fsync"], env=env_full, input=filler.encode(),
+                   stdout=subprocess.DEVNULL, check=True)
+    at0, at999 = [], []
+    for _ in range(rounds):
+        at0.append(timed([RELAY, "send", "q", "x"], env=env_empty))
+        # Keep the full mailbox at 999: send one, claim and ack one.
+        at999.append(timed([RELAY, "send", "q", "x"], env=env_full))
+        out = subprocess.run([RELAY, "recv", "q", "--json"], env=env_full, capture_output=True, check=True).stdout
+        subprocess.run([RELAY, "ack", "q", json.loads(out)["id"]], env=env_full, check=True)
+    record("send at depth 999 vs depth 0", median(at999), "ms", "depth 0", median(at0), "<= 1.1x")
+
+
+def status_scale():
+    eps = [f"agent.e{i}" for i in range(200)]
+    home, env = relay_home({}, endpoints=eps)
+    subprocess.run([RELAY, "status", "--json"], env=env, stdout=subprocess.DEVNULL, check=True)
+    db = os.path.join(home, "relay.db")
+    # 100k finished index rows, as after a day of traffic (inserted directly).
+    subprocess.run(["sqlite3", db, """
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+        INSERT INTO messages (endpoint, id, subject, sender, trace_id, status, sent_at, claimed_at, done_at)
+        SELECT 'agent.e' || (i % 200), printf('%026d', i), 'agent.e' || (i % 200), 'bench', printf('%026d', i),
+               'acked', 1700000000000 + i, 1700000000010 + i, 1700000000020 + i FROM n;"""], check=True)
+    times = [timed([RELAY, "status", "--json"], env=env) for _ in range(15)]
+    record("status: 200 endpoints, 100k index rows", median(times), "ms", bar="< 100 ms")
+    times = [timed([RELAY, "metrics", "--json"], env=env) for _ in range(5)]
+    record("metrics: 100k index rows", median(times), "ms")
+    size = sum(os.path.getsize(os.path.join(home, f)) for f in os.listdir(home) if f.startswith("relay.db"))
+    record("index size with 100k rows", size / 1e6, "MB", note="about 1M rows stays bounded by gc retention.days")
+
+
+def memory():
+    _, env = relay_home({})
+    peak = []
+    for _ in range(5):
+        out = subprocess.run(["/usr/bin/time", "-f", "%M", RELAY, "send", "q", "x"], env=env,
+                             capture_output=True, text=True, check=True)
+        peak.append(int(out.stderr.strip().splitlines()[-1]))
+    record("peak RSS of send", median(peak) / 1024, "MB", bar="<= 8 MB")
+    follower = subprocess.Popen([RELAY, "recv", "q", "--follow", "--ack"], env=env, stdout=subprocess.DEVNULL)
+    time.sleep(1.0)  # let it settle into its idle wait; this measures memory, not time
+    with open(f"/proc/{follower.pid}/status") as f:
+        rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    follower.terminate()
+    follower.wait()
+    record("RSS of idle recv --follow", rss / 1024, "MB")
+
+
+def main():
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["gcc", "-O2", "-o", CFLOOR, os.path.join(ROOT, "bench", "cfloor.c")], check=True)
+    print(f"relay benchmarks ({'quick' if QUICK else 'full'}), scratch {SCRATCH}\n")
+    try:
+        per_process_send(40 if QUICK else 200)
+        batch(5000 if QUICK else 20000)
+        recv_ack(500 if QUICK else 2000)
+        growth(30 if QUICK else 150)
+        status_scale()
+        memory()
+    finally:
+        shutil.rmtree(SCRATCH, ignore_errors=True)
+    out = os.path.join(ROOT, "bench", "results.json")
+    with open(out, "w") as f:
+        json.dump({"quick": QUICK, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "results": RESULTS}, f, indent=2)
+        f.write("\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
