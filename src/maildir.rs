@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -220,22 +219,14 @@ impl Mailbox {
         Ok((self.count("new")? + self.count("cur")?) as u64)
     }
 
-    /// Takes this endpoint's exclusive lock (`<home>/locks/<name>.lock`),
-    /// blocking until it is free; released when the returned file drops.
-    /// Senders hold it from the depth count to the delivery, so concurrent
-    /// senders can never push a mailbox past its capacity.
-    pub fn lock(&self, home: &Home) -> Result<fs::File> {
-        let dir = home.root().join("locks");
-        home::create_dir_secure(&dir, false)?;
-        let path = dir.join(format!("{}.lock", self.name));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(home::FILE_MODE)
-            .open(&path)
-            .ctx("cannot open lock", &path)?;
-        file.lock().ctx("cannot lock", &path)?;
+    /// Takes this endpoint's exclusive lock (`flock` on the mailbox
+    /// directory itself: nothing extra on disk), blocking until it is free;
+    /// released when the returned handle drops. Senders hold it from the
+    /// depth count to the delivery, so concurrent senders can never push a
+    /// mailbox past its capacity.
+    pub fn lock(&self) -> Result<fs::File> {
+        let file = fs::File::open(&self.dir).ctx("cannot open", &self.dir)?;
+        file.lock().ctx("cannot lock", &self.dir)?;
         Ok(file)
     }
 

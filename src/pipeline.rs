@@ -62,6 +62,7 @@ pub struct Job {
     key: Option<String>,
     fates: Vec<(String, Option<Fate>)>,
     hops: Vec<Option<Budget>>,
+    copies: Vec<Option<Envelope>>,
     probes: Vec<bool>,
     warnings: Vec<String>,
     result: Option<Result<Delivery>>,
@@ -76,6 +77,7 @@ impl Job {
             key,
             fates: targets.into_iter().map(|t| (t, None)).collect(),
             hops: Vec::new(),
+            copies: Vec::new(),
             probes: Vec::new(),
             warnings: Vec::new(),
             result: None,
@@ -131,6 +133,7 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
             }
         }
         job.probes = vec![false; job.fates.len()];
+        job.copies = vec![None; job.fates.len()];
     }
 
     // Backpressure: every endpoint's lock, in sorted order (no deadlock
@@ -144,7 +147,7 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
             .collect();
         for ep in eps {
             let mb = Mailbox::at(&ctx.home, ep);
-            locks.push(mb.lock(&ctx.home)?);
+            locks.push(mb.lock()?);
             depth.insert(ep.clone(), mb.depth()?);
         }
     }
@@ -237,6 +240,30 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
                     *d += 1;
                 }
             }
+            // Index the copies about to be written in this same transaction,
+            // so the common path needs no second one. A crash before the
+            // rename leaves a row without a file, which `doctor --repair`
+            // forgets; the Maildir stays the truth.
+            for i in 0..job.fates.len() {
+                if job.fates[i].1.is_some() {
+                    continue;
+                }
+                let Some(budget) = job.hops[i].take() else {
+                    continue;
+                };
+                let copy = Envelope {
+                    budget,
+                    ..job.env.clone()
+                };
+                let row = SentRow {
+                    endpoint: &job.fates[i].0,
+                    envelope: &copy,
+                    failure: None,
+                    probe: job.probes[i],
+                };
+                tx.record_sent(&[row], now)?;
+                job.copies[i] = Some(copy);
+            }
         }
         tx.commit()?;
     }
@@ -252,14 +279,10 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
             if job.fates[i].1.is_some() {
                 continue;
             }
-            let Some(budget) = job.hops[i].take() else {
+            let Some(copy) = job.copies[i].take() else {
                 continue;
             };
             let ep = job.fates[i].0.clone();
-            let copy = Envelope {
-                budget,
-                ..job.env.clone()
-            };
             let mb = Mailbox::at(&ctx.home, &ep);
             let written = match durability {
                 Durability::PerMessage => mb.deliver(&copy, true),
@@ -311,55 +334,61 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
         }
     }
 
-    // Index rows, dead letters, notices and I/O failures, in one transaction.
-    let tx = ctx.store()?.begin()?;
-    for job in jobs.iter().filter(|j| j.result.is_none()) {
-        let env = &job.env;
-        let rows: Vec<SentRow<'_>> = job
-            .fates
+    // What the first transaction could not know: dead letters, notices,
+    // I/O failures, keys to release. Most sends have none of it.
+    let delivered = |j: &Job| {
+        j.fates
             .iter()
-            .filter_map(|(ep, fate)| match fate {
-                Some(Fate::Delivered(copy, probe)) => Some(SentRow {
-                    endpoint: ep,
-                    envelope: copy,
-                    failure: None,
-                    probe: *probe,
-                }),
-                Some(Fate::DeadLettered(code, reason)) => Some(SentRow {
-                    endpoint: ep,
-                    envelope: env,
-                    failure: Some((code.as_str(), reason.as_str())),
-                    probe: false,
-                }),
-                _ => None,
-            })
-            .collect();
-        tx.record_sent(&rows, now)?;
-        for (ep, fate) in &job.fates {
-            if let Some(Fate::DeadLettered(code, reason)) = fate {
-                tx.dead_lettered(Some(&env.from), ep, &env.id, code, reason, now)?;
+            .any(|(_, f)| matches!(f, Some(Fate::Delivered(..))))
+    };
+    let unusual = !notices.is_empty()
+        || !io_failures.is_empty()
+        || jobs.iter().filter(|j| j.result.is_none()).any(|j| {
+            (j.key.is_some() && !delivered(j))
+                || j.fates
+                    .iter()
+                    .any(|(_, f)| matches!(f, Some(Fate::DeadLettered(..))))
+        });
+    if unusual {
+        let tx = ctx.store()?.begin()?;
+        for job in jobs.iter().filter(|j| j.result.is_none()) {
+            let env = &job.env;
+            for (ep, fate) in &job.fates {
+                match fate {
+                    Some(Fate::DeadLettered(code, reason)) => {
+                        let row = SentRow {
+                            endpoint: ep,
+                            envelope: env,
+                            failure: Some((code.as_str(), reason.as_str())),
+                            probe: false,
+                        };
+                        tx.record_sent(&[row], now)?;
+                        tx.dead_lettered(Some(&env.from), ep, &env.id, code, reason, now)?;
+                    }
+                    // Indexed in the first transaction but never written.
+                    Some(Fate::Refused(code, _, _)) if code == "io_error" => {
+                        tx.forget(ep, &env.id)?;
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(k) = &job.key
+                && !delivered(job)
+            {
+                // Nothing went out: a retry with the same key must not be a "duplicate".
+                tx.release_key(&env.from, k, &env.id)?;
             }
         }
-        let any = job
-            .fates
-            .iter()
-            .any(|(_, f)| matches!(f, Some(Fate::Delivered(..))));
-        if let Some(k) = &job.key
-            && !any
-        {
-            // Nothing went out: a retry with the same key must not be a "duplicate".
-            tx.release_key(&env.from, k, &env.id)?;
+        for n in &notices {
+            notice::record(&tx, n, now)?;
         }
+        for (j, ep, probe) in &io_failures {
+            let from = &jobs[*j].env.from;
+            let step = BreakerEvent::Failure { probe: *probe };
+            reliability::breaker_step(&tx, &rel.circuit_breaker, from, ep, step, now)?;
+        }
+        tx.commit()?;
     }
-    for n in &notices {
-        notice::record(&tx, n, now)?;
-    }
-    for (j, ep, probe) in &io_failures {
-        let from = &jobs[*j].env.from;
-        let step = BreakerEvent::Failure { probe: *probe };
-        reliability::breaker_step(&tx, &rel.circuit_breaker, from, ep, step, now)?;
-    }
-    tx.commit()?;
 
     for job in jobs.iter_mut().filter(|j| j.result.is_none()) {
         let fates = std::mem::take(&mut job.fates)
