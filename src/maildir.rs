@@ -179,15 +179,8 @@ impl Mailbox {
     /// Message ids in `sub`, sorted (ULIDs sort by time, so this is FIFO).
     /// Files not ending in `.json`, sidecars and dot-files are ignored.
     pub fn list(&self, sub: &str) -> Result<Vec<String>> {
-        let dir = self.sub(sub);
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("cannot list", &dir, e)),
-        };
         let mut ids = Vec::new();
-        for entry in rd {
-            let entry = entry.ctx("cannot list", &dir)?;
+        for entry in entries(&self.sub(sub))? {
             if let Some(id) = entry.file_name().to_str().and_then(message_id) {
                 ids.push(id.to_string());
             }
@@ -198,20 +191,10 @@ impl Mailbox {
 
     /// Number of messages in `sub` (without sorting or keeping names).
     pub fn count(&self, sub: &str) -> Result<usize> {
-        let dir = self.sub(sub);
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(Error::io("cannot list", &dir, e)),
-        };
-        let mut n = 0;
-        for entry in rd {
-            let entry = entry.ctx("cannot list", &dir)?;
-            if entry.file_name().to_str().and_then(message_id).is_some() {
-                n += 1;
-            }
-        }
-        Ok(n)
+        Ok(entries(&self.sub(sub))?
+            .iter()
+            .filter(|e| e.file_name().to_str().and_then(message_id).is_some())
+            .count())
     }
 
     /// Backpressure depth: messages in `new/` plus `cur/`, whoever put them there.
@@ -487,18 +470,20 @@ pub fn list_endpoints(home: &Home) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// The entries of `dir`; none if it does not exist.
+fn entries(dir: &Path) -> Result<Vec<fs::DirEntry>> {
+    match fs::read_dir(dir) {
+        Ok(rd) => rd.map(|e| e.ctx("cannot list", dir)).collect(),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io("cannot list", dir, e)),
+    }
+}
+
 /// Every directory name under `mailboxes/` (endpoints, dead-letter-only
 /// directories, directories made by other programs).
 pub fn mailbox_dir_names(home: &Home) -> Result<Vec<String>> {
-    let dir = home.mailboxes();
-    let rd = match fs::read_dir(&dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("cannot list", &dir, e)),
-    };
     let mut names = Vec::new();
-    for entry in rd {
-        let entry = entry.ctx("cannot list", &dir)?;
+    for entry in entries(&home.mailboxes())? {
         if entry.file_type().is_ok_and(|t| t.is_dir())
             && let Ok(name) = entry.file_name().into_string()
         {
