@@ -117,10 +117,11 @@ pub fn check_dir(dir: &Path, what: &str) -> Result<()> {
         )));
     }
     if !md.is_dir() {
-        return Err(Error::Denied(format!(
-            "{what} {} is not a directory",
-            dir.display()
-        )));
+        return Err(Error::io(
+            what,
+            dir,
+            std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        ));
     }
     if md.mode() & 0o002 != 0 {
         return Err(Error::Denied(format!(

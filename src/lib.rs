@@ -141,6 +141,6 @@ fn report(e: &Error, json: bool) {
         }
         eprintln!("{}", serde_json::json!({ "error": obj }));
     } else {
-        eprintln!("relay: {e}");
+        eprintln!("relay: {}", output::printable(&e.to_string()));
     }
 }

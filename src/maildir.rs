@@ -99,8 +99,20 @@ impl Mailbox {
                 known_endpoints_hint(home)
             )));
         }
-        home::check_dir(&mb.dir, "mailbox")?;
+        mb.check()?;
         Ok(mb)
+    }
+
+    /// Refuses a mailbox whose directory or any of its four subdirectories
+    /// is a symlink, not a directory (or missing), or world-writable: relay
+    /// must never write through a link out of the home, nor mistake a
+    /// missing `cur/` for a lost race.
+    pub fn check(&self) -> Result<()> {
+        home::check_dir(&self.dir, "mailbox")?;
+        for sub in SUBDIRS {
+            home::check_dir(&self.sub(sub), "mailbox directory")?;
+        }
+        Ok(())
     }
 
     /// The mailbox directory.

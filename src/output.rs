@@ -9,7 +9,27 @@ use crate::error::{Error, Result};
 
 /// Prints `relay: warning: <msg>` on stderr.
 pub fn warn(msg: &str) {
-    eprintln!("relay: warning: {msg}");
+    eprintln!("relay: warning: {}", printable(msg));
+}
+
+/// `s` with control characters escaped (`\u{1b}`, `\n`), so a value
+/// someone else chose cannot drive the terminal.
+#[must_use]
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
 }
 
 /// Writes one line of compact JSON to stdout.
@@ -61,7 +81,7 @@ pub fn table(header: &[&str]) -> Table {
 pub fn table_text(t: &Table) -> String {
     t.to_string()
         .lines()
-        .map(|l| l.trim_end().trim_start_matches(' '))
+        .map(|l| printable(l.trim_end().trim_start_matches(' ')).into_owned())
         .collect::<Vec<_>>()
         .join("\n")
 }

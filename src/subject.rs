@@ -7,6 +7,9 @@ use crate::error::{Error, Result};
 
 /// The most tokens a subject or pattern may have.
 pub const MAX_TOKENS: usize = 16;
+/// The longest subject in bytes: it names a directory, and file names stop
+/// at 255 bytes on the filesystems relay runs on.
+pub const MAX_LEN: usize = 200;
 
 /// Validates a literal subject (no wildcards), e.g. an endpoint or a sender.
 /// `what` names the role in the error message ("endpoint", "sender", ...).
@@ -43,6 +46,12 @@ fn validate(s: &str, what: &str, wildcards: bool) -> Result<()> {
     }
     if s.contains('/') {
         return bad("'/' is not allowed; tokens are separated by '.'".into());
+    }
+    if s.len() > MAX_LEN {
+        return bad(format!(
+            "{} bytes long, at most {MAX_LEN} are allowed",
+            s.len()
+        ));
     }
     let tokens: Vec<&str> = s.split('.').collect();
     if tokens.len() > MAX_TOKENS {

@@ -1,8 +1,569 @@
-//! placeholder
+//! Crash harness: concurrent `relay send`, `relay recv --json` and
+//! `relay ack`/`nack` processes on a few endpoints, with `kill -9` of random
+//! children at random moments. After every round (all children finished or
+//! dead) it checks, over the whole history of the home:
+//!
+//! - every send that exited 0 (or printed its id before being killed) is on
+//!   disk exactly once, in new/, cur/ or failed/ of its endpoint, unless an
+//!   ack for it exited 0 (then it is gone) or was killed (then it may be);
+//!   a nack that exited 0 left it in failed/;
+//! - no file in new/, cur/ or failed/ is empty, partial or unparseable, and
+//!   no id is on disk twice;
+//! - no id was printed by two receivers, and none that was printed is
+//!   still in new/;
+//! - `relay doctor --repair` (with the clock 2 h ahead, so the tmp/ files
+//!   of killed writers count as stray) exits 0 without removing a message,
+//!   then `relay doctor` exits 0. What the repairs did is summed up at the end.
+//!
+//! Short mode (default, a few seconds): rounds until about 40 kills.
+//! Long mode, e.g. 1000 kills:
+//!
+//! ```text
+//! RELAY_CRASH_KILLS=1000 cargo test --release --test integration crash -- --nocapture
+//! ```
+//!
+//! `RELAY_CRASH_SEED=N` replays a run (the seed is printed at the start and
+//! in every failure).
 
-use crate::harness::Relay;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{BIN, Relay, is_ulid};
+
+/// The endpoints the children work on.
+const ENDPOINTS: [&str; 3] = ["crash.a", "crash.b", "crash.c"];
+/// Children alive at once.
+const CONCURRENCY: usize = 6;
+/// Children started per round.
+const PER_ROUND: usize = 40;
+/// Kills the short mode aims for.
+const SHORT_KILLS: usize = 40;
+/// Every feature on, but too generous to refuse anything: refusals would
+/// muddy the accounting.
+const CONFIG: &str = r#"{"reliability": {
+  "rateLimit": {"enabled": true, "windowSecs": 1, "maxPerWindow": 1000000},
+  "circuitBreaker": {"enabled": true, "failureThreshold": 1000000},
+  "backpressure": {"enabled": true, "maxMailboxSize": 1000000}
+}}"#;
+
+/// xorshift64*: small, seeded, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// What a child was asked to do.
+#[derive(Debug, Clone)]
+enum Role {
+    Send {
+        ep: &'static str,
+    },
+    Recv {
+        ep: &'static str,
+    },
+    Ack {
+        ep: &'static str,
+        ids: Vec<String>,
+        nack: bool,
+    },
+}
+
+struct Proc {
+    role: Role,
+    child: Child,
+    started: Instant,
+    kill_at: Option<Instant>,
+}
+
+/// Everything observed over the run.
+#[derive(Default)]
+struct Ledger {
+    /// id -> endpoint of every send whose id reached the caller.
+    sent: HashMap<String, &'static str>,
+    /// ids whose send was killed after printing them.
+    sent_by_killed: usize,
+    /// id -> (endpoint, how many receivers printed it).
+    received: HashMap<String, (&'static str, usize)>,
+    /// Received ids not yet handed to an acker.
+    unacked: Vec<(&'static str, String)>,
+    acked: HashSet<String>,
+    nacked: HashSet<String>,
+    /// ids of acks/nacks that were killed: the file may or may not be gone.
+    maybe_done: HashSet<String>,
+    kills: usize,
+    kills_by_role: BTreeMap<&'static str, usize>,
+    children: usize,
+    /// Lifetimes of children that were not killed (to aim the kills).
+    lifetimes: Vec<Duration>,
+    /// doctor --repair findings by check.
+    repairs: BTreeMap<String, usize>,
+    failures: Vec<String>,
+}
+
+impl Ledger {
+    /// Mean lifetime of a child, for picking kill moments inside it.
+    fn mean_life(&self) -> Duration {
+        let recent = &self.lifetimes[self.lifetimes.len().saturating_sub(50)..];
+        if recent.is_empty() {
+            return Duration::from_millis(6);
+        }
+        recent.iter().sum::<Duration>() / recent.len() as u32
+    }
+}
+
+fn spawn(r: &Relay, args: &[String]) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", r.user_home())
+        .env("XDG_CONFIG_HOME", r.user_home().join(".config"))
+        .env("RELAY_HOME", r.home())
+        .env("NO_COLOR", "1")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start relay: {e}"))
+}
+
+fn drain(pipe: Option<impl Read>) -> String {
+    let mut buf = Vec::new();
+    if let Some(mut p) = pipe {
+        let _ = p.read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Starts one child with a random role.
+fn start(r: &Relay, rng: &mut Rng, ledger: &mut Ledger, serial: usize) -> Proc {
+    let ep = *rng.pick(&ENDPOINTS);
+    let role = if !ledger.unacked.is_empty() && rng.chance(30) {
+        let n = 1 + rng.below(2.min(ledger.unacked.len() as u64)) as usize;
+        let i = rng.below(ledger.unacked.len() as u64) as usize;
+        let (ep, first) = ledger.unacked.swap_remove(i);
+        let mut ids = vec![first];
+        // A second id of the same endpoint, if there is one.
+        if n > 1
+            && let Some(j) = ledger.unacked.iter().position(|(e, _)| *e == ep)
+        {
+            ids.push(ledger.unacked.swap_remove(j).1);
+        }
+        Role::Ack {
+            ep,
+            ids,
+            nack: rng.chance(20),
+        }
+    } else if rng.chance(35) {
+        Role::Recv { ep }
+    } else {
+        Role::Send { ep }
+    };
+    let args: Vec<String> = match &role {
+        Role::Send { ep } => {
+            let mut a = vec![
+                "send".into(),
+                (*ep).into(),
+                format!(
+                    "{{\"n\":{serial},\"pad\":\"{}\"}}",
+                    "x".repeat(rng.below(2000) as usize)
+                ),
+            ];
+            if rng.chance(20) {
+                a.extend(["--priority".into(), "high".into()]);
+            }
+            a
+        }
+        Role::Recv { ep } => vec![
+            "recv".into(),
+            (*ep).into(),
+            "--json".into(),
+            "-n".into(),
+            (1 + rng.below(3)).to_string(),
+        ],
+        Role::Ack { ep, ids, nack } => {
+            let mut a: Vec<String> = vec![if *nack { "nack" } else { "ack" }.into(), (*ep).into()];
+            a.extend(ids.iter().cloned());
+            if *nack {
+                a.extend(["--reason".into(), "crash test".into()]);
+            }
+            a
+        }
+    };
+    let kill_at = rng.chance(40).then(|| {
+        let span = ledger.mean_life().as_micros().max(200) as u64 * 12 / 10;
+        Instant::now() + Duration::from_micros(rng.below(span))
+    });
+    ledger.children += 1;
+    Proc {
+        role,
+        child: spawn(r, &args),
+        started: Instant::now(),
+        kill_at,
+    }
+}
+
+/// Books the outcome of one finished child.
+fn settle(mut p: Proc, status: std::process::ExitStatus, ledger: &mut Ledger, seed: u64) {
+    let stdout = drain(p.child.stdout.take());
+    let stderr = drain(p.child.stderr.take());
+    let killed = status.signal() == Some(9);
+    let role_name = match &p.role {
+        Role::Send { .. } => "send",
+        Role::Recv { .. } => "recv",
+        Role::Ack { nack: false, .. } => "ack",
+        Role::Ack { nack: true, .. } => "nack",
+    };
+    if killed {
+        ledger.kills += 1;
+        *ledger.kills_by_role.entry(role_name).or_default() += 1;
+    } else {
+        ledger.lifetimes.push(p.started.elapsed());
+    }
+    let code = status.code();
+    let role = p.role.clone();
+    let describe = |what: &str| {
+        format!(
+            "[seed {seed}] {role_name} {role:?}: {what}\n    status {status}, stdout {stdout:?}, stderr {stderr:?}"
+        )
+    };
+    match &p.role {
+        Role::Send { ep } => {
+            let id = stdout.trim();
+            if !killed && code != Some(0) {
+                ledger
+                    .failures
+                    .push(describe("a send neither succeeded nor was killed"));
+            } else if code == Some(0) && !is_ulid(id) {
+                ledger
+                    .failures
+                    .push(describe("send exited 0 without printing an id"));
+            } else if is_ulid(id) && stdout.ends_with('\n') {
+                if killed {
+                    ledger.sent_by_killed += 1;
+                }
+                ledger.sent.insert(id.to_string(), ep);
+            }
+        }
+        Role::Recv { ep } => {
+            if !killed && code != Some(0) && code != Some(66) {
+                ledger.failures.push(describe(
+                    "a recv neither succeeded, found nothing, nor was killed",
+                ));
+            }
+            // Every complete line is a message handed to this receiver.
+            let complete = stdout.rfind('\n').map_or("", |i| &stdout[..i]);
+            for line in complete.lines() {
+                let id = serde_json::from_str::<Value>(line)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(String::from));
+                let Some(id) = id else {
+                    ledger.failures.push(format!(
+                        "[seed {seed}] recv {ep} printed a line that is not an envelope: {line:?}"
+                    ));
+                    continue;
+                };
+                let entry = ledger.received.entry(id.clone()).or_insert((ep, 0));
+                entry.1 += 1;
+                if entry.1 == 1 {
+                    ledger.unacked.push((ep, id));
+                }
+            }
+        }
+        Role::Ack { ids, nack, .. } => {
+            if code == Some(0) {
+                let set = if *nack {
+                    &mut ledger.nacked
+                } else {
+                    &mut ledger.acked
+                };
+                set.extend(ids.iter().cloned());
+            } else if killed {
+                ledger.maybe_done.extend(ids.iter().cloned());
+            } else {
+                ledger.failures.push(describe(
+                    "an ack/nack of a received id neither succeeded nor was killed",
+                ));
+            }
+        }
+    }
+}
+
+/// One round: `PER_ROUND` children, `CONCURRENCY` at a time, some killed.
+fn round(r: &Relay, rng: &mut Rng, ledger: &mut Ledger, seed: u64) {
+    let mut running: Vec<Proc> = Vec::new();
+    let mut started = 0;
+    while started < PER_ROUND || !running.is_empty() {
+        while running.len() < CONCURRENCY && started < PER_ROUND {
+            let serial = ledger.children;
+            running.push(start(r, rng, ledger, serial));
+            started += 1;
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < running.len() {
+            let p = &mut running[i];
+            if p.kill_at.is_some_and(|t| now >= t) {
+                p.kill_at = None;
+                // SIGKILL; a child that already exited is unaffected (its
+                // status says whether the signal was what ended it).
+                let _ = p.child.kill();
+            }
+            match p.child.try_wait() {
+                Ok(Some(status)) => {
+                    let p = running.swap_remove(i);
+                    settle(p, status, ledger, seed);
+                }
+                Ok(None) => {
+                    if p.started.elapsed() > Duration::from_secs(60) {
+                        let _ = p.child.kill();
+                        ledger
+                            .failures
+                            .push(format!("[seed {seed}] {:?} hung for 60 s", p.role));
+                    }
+                    i += 1;
+                }
+                Err(e) => panic!("cannot wait for a child: {e}"),
+            }
+        }
+        thread::sleep(Duration::from_micros(150));
+    }
+}
+
+/// Where each message id is on disk: (endpoint, subdirectory) per copy.
+type Disk = HashMap<String, Vec<(&'static str, &'static str)>>;
+
+/// Scans every endpoint; unreadable or partial messages are failures.
+fn scan(r: &Relay, ledger: &mut Ledger, seed: u64) -> Disk {
+    let mut disk: Disk = HashMap::new();
+    for ep in ENDPOINTS {
+        for sub in ["new", "cur", "failed"] {
+            for name in r.files(ep, sub) {
+                if name.starts_with('.') || name.ends_with(".reason.json") {
+                    continue;
+                }
+                let Some(id) = name.strip_suffix(".json") else {
+                    continue;
+                };
+                let path = r.mailbox(ep).join(sub).join(&name);
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                match relay::envelope::Envelope::parse(&bytes) {
+                    Ok(env) if env.id == id => {}
+                    Ok(env) => ledger.failures.push(format!(
+                        "[seed {seed}] {} holds envelope {}",
+                        path.display(),
+                        env.id
+                    )),
+                    Err(e) => ledger.failures.push(format!(
+                        "[seed {seed}] partial or unparseable file {} ({} bytes): {e}",
+                        path.display(),
+                        bytes.len()
+                    )),
+                }
+                disk.entry(id.to_string()).or_default().push((ep, sub));
+            }
+        }
+    }
+    disk
+}
+
+/// The invariants over the whole history so far.
+fn check(r: &Relay, ledger: &mut Ledger, seed: u64) -> Disk {
+    let disk = scan(r, ledger, seed);
+    let mut problems = Vec::new();
+    for (id, places) in &disk {
+        if places.len() > 1 {
+            problems.push(format!(
+                "{id} is on disk {} times: {places:?}",
+                places.len()
+            ));
+        }
+    }
+    for (id, ep) in &ledger.sent {
+        let places = disk.get(id).map_or(&[][..], Vec::as_slice);
+        let wrong_ep = places.iter().any(|(e, _)| e != ep);
+        if wrong_ep {
+            problems.push(format!("{id} sent to {ep} is at {places:?}"));
+        }
+        if ledger.acked.contains(id) {
+            if !places.is_empty() {
+                problems.push(format!(
+                    "{id} was acked (exit 0) but is still at {places:?}"
+                ));
+            }
+        } else if ledger.nacked.contains(id) {
+            if places != [(*ep, "failed")] {
+                problems.push(format!("{id} was nacked (exit 0) but is at {places:?}"));
+            }
+        } else if ledger.maybe_done.contains(id) {
+            if places.iter().any(|(_, s)| *s == "new") {
+                problems.push(format!("{id} was being acked but is in new/"));
+            }
+        } else if places.len() != 1 {
+            problems.push(format!(
+                "{id} (send exited 0) is on disk {} times: {places:?}",
+                places.len()
+            ));
+        }
+    }
+    for (id, (ep, times)) in &ledger.received {
+        if *times > 1 {
+            problems.push(format!("{id} in {ep} was handed to {times} receivers"));
+        }
+        if disk
+            .get(id)
+            .is_some_and(|p| p.iter().any(|(_, s)| *s == "new"))
+        {
+            problems.push(format!("{id} was received but is back in new/"));
+        }
+    }
+    for p in problems {
+        ledger.failures.push(format!("[seed {seed}] {p}"));
+    }
+    disk
+}
+
+/// `doctor --repair` (clock 2 h ahead: killed writers' tmp/ files are stale)
+/// must exit 0 and keep every message; then `doctor` must exit 0.
+fn doctor(r: &Relay, ledger: &mut Ledger, before: &Disk, seed: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let repair = r
+        .cmd(["doctor", "--repair", "--json"])
+        .at(now + 2 * 3_600_000)
+        .run();
+    if repair.code != 0 {
+        ledger.failures.push(format!(
+            "[seed {seed}] doctor --repair exited {}: {} {}",
+            repair.code, repair.stdout, repair.stderr
+        ));
+    }
+    let report: Value = serde_json::from_str(&repair.stdout).unwrap_or(Value::Null);
+    for f in report["findings"].as_array().into_iter().flatten() {
+        let check = f["check"].as_str().unwrap_or("?").to_string();
+        *ledger.repairs.entry(check).or_default() += 1;
+        if f["repaired"] != true {
+            ledger
+                .failures
+                .push(format!("[seed {seed}] doctor could not repair: {f}"));
+        }
+    }
+    let after = scan(r, ledger, seed);
+    let ids = |d: &Disk| d.keys().cloned().collect::<HashSet<_>>();
+    if ids(before) != ids(&after) {
+        ledger.failures.push(format!(
+            "[seed {seed}] doctor --repair changed the set of messages: lost {:?}, gained {:?}",
+            ids(before).difference(&ids(&after)).collect::<Vec<_>>(),
+            ids(&after).difference(&ids(before)).collect::<Vec<_>>()
+        ));
+    }
+    for ep in ENDPOINTS {
+        if !r.files(ep, "tmp").is_empty() {
+            ledger.failures.push(format!(
+                "[seed {seed}] stale tmp/ files of {ep} left after repair: {:?}",
+                r.files(ep, "tmp")
+            ));
+        }
+    }
+    let plain = r.cmd(["doctor"]).run();
+    if plain.code != 0 {
+        ledger.failures.push(format!(
+            "[seed {seed}] doctor after repair exited {}: {} {}",
+            plain.code, plain.stdout, plain.stderr
+        ));
+    }
+}
 
 #[test]
-fn placeholder_compiles() {
-    let _ = Relay::new();
+fn kill_9_at_random_moments_loses_or_duplicates_nothing() {
+    let target: usize = std::env::var("RELAY_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(SHORT_KILLS);
+    let seed: u64 = std::env::var("RELAY_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    println!("crash: seed {seed} (replay with RELAY_CRASH_SEED={seed}), aiming for {target} kills");
+    let mut rng = Rng(seed);
+    let r = Relay::new();
+    r.add(&ENDPOINTS);
+    r.write_file("config.json", CONFIG);
+    let mut ledger = Ledger::default();
+    let started = Instant::now();
+    let mut rounds = 0;
+    // Long runs stop early on the first failing round; a cap keeps a
+    // hopeless aim (kills that never land) from running forever.
+    let max_rounds = target.div_ceil(3).max(10);
+    while ledger.kills < target && rounds < max_rounds && ledger.failures.is_empty() {
+        round(&r, &mut rng, &mut ledger, seed);
+        rounds += 1;
+        let disk = check(&r, &mut ledger, seed);
+        doctor(&r, &mut ledger, &disk, seed);
+    }
+    let on_disk = scan(&r, &mut ledger, seed).len();
+    println!(
+        "crash: {} kills ({:?}) in {rounds} rounds of {PER_ROUND} children ({} children) in {:?}",
+        ledger.kills,
+        ledger.kills_by_role,
+        ledger.children,
+        started.elapsed()
+    );
+    println!(
+        "crash: {} messages sent ({} ids printed by sends killed right after), {} received, {} acked, {} nacked, {} ids in killed acks/nacks, {} on disk at the end",
+        ledger.sent.len(),
+        ledger.sent_by_killed,
+        ledger.received.len(),
+        ledger.acked.len(),
+        ledger.nacked.len(),
+        ledger.maybe_done.len(),
+        on_disk
+    );
+    println!(
+        "crash: doctor --repair findings (all repaired): {:?}",
+        ledger.repairs
+    );
+    assert!(
+        ledger.failures.is_empty(),
+        "crash harness (seed {seed}) found {} problem(s):\n{}",
+        ledger.failures.len(),
+        ledger.failures.join("\n")
+    );
+    assert!(
+        ledger.kills >= target.min(SHORT_KILLS) / 2,
+        "only {} kills landed (seed {seed})",
+        ledger.kills
+    );
 }

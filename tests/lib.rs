@@ -10,11 +10,14 @@ mod cli; // usage errors (64), help and version, the clean-environment fallbacks
 mod concurrency; // racing receivers: every message claimed exactly once
 mod config; // config.json: invalid files exit 78 naming file and key; unknown keys warn
 mod config_cmd; // `relay config` show/get/set/validate/path; every invalid knob exits 78
+mod crash; // kill -9 harness: acknowledged sends survive exactly once, nothing partial, doctor consistent
 mod disabled; // every reliability feature off: relay behaves as the core
 mod endpoints; // endpoints add/list/remove and their JSON
 mod foreign; // files other programs leave: DorkOS envelopes, stray and malformed files
+mod fuzz; // proptest: envelope parser, subject validator, config parser never panic
 mod generated;
 mod home; // home safety: symlinks and world-writable dirs refused (77), 0700/0600 modes
+mod hostile;
 mod observability; // traces, metrics, dead letters, events, gc, access rules, failure notices, idempotency, budgets
 mod races; // 8 racing senders: bucket, mailbox capacity and half-open probes stay exact
 mod ratelimit; // per-sender token buckets: soft/hard hits, refill, burst, overrides, reset
@@ -22,7 +25,4 @@ mod recv; // claim order, --count, --wait, empty (66) and unknown (69) endpoints
 mod send; // delivery, fan-out, dead letters, payload sources, size cap, options
 mod status; // status, breakers and limits: JSON shapes and their events
 mod subjects; // every subject rejection exits 65, names the value, writes nothing // man/ and completions/ match the CLI (RELAY_BLESS=1 regenerates)
-mod surfaces; // recv --follow/--exec consumers, relay serve routes, SSE, token, the panel in headless chromium
-mod crash; // kill -9 harness: acknowledged sends survive exactly once, nothing partial, doctor consistent
-mod fuzz; // proptest: envelope parser, subject validator, config parser never panic
-mod hostile; // table of hostile inputs across subcommands: exit code, message, nothing written or lost
+mod surfaces; // recv --follow/--exec consumers, relay serve routes, SSE, token, the panel in headless chromium // table of hostile inputs across subcommands: exit code, message, nothing written or lost

@@ -112,6 +112,9 @@ fn finish(ctx: &mut Ctx, endpoint: &str, ids: &[String], reason: Option<&str>) -
     for id in ids {
         maildir::validate_id(id)?;
     }
+    // Open the index before touching the Maildir: if it is unusable, fail
+    // with nothing done rather than finish messages that cannot be recorded.
+    ctx.store()?;
     let now = ctx.clock.now_ms();
     let mut report = DoneReport {
         endpoint: endpoint.to_string(),

@@ -69,10 +69,16 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
     // 2. Every mailbox directory: permissions, tmp/ leftovers, unreadable files.
     let max_tmp_age = ctx.config.tmp_max_age_secs.saturating_mul(1000);
     let mut disk: HashMap<(String, String), OnDisk> = HashMap::new();
-    for name in maildir::mailbox_dir_names(&ctx.home)? {
-        if name.starts_with('.') {
-            continue;
-        }
+    // Symlinks too: a linked mailbox is exactly what must be reported.
+    let mut names: Vec<String> = fs::read_dir(ctx.home.mailboxes())
+        .map_err(|e| Error::io("cannot list", &ctx.home.mailboxes(), e))?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() || t.is_symlink()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    for name in names {
         let mb = Mailbox::at(&ctx.home, &name);
         let md =
             fs::symlink_metadata(mb.dir()).map_err(|e| Error::io("cannot inspect", mb.dir(), e))?;
@@ -90,7 +96,17 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
         for dir in std::iter::once(mb.dir().to_path_buf())
             .chain(maildir::SUBDIRS.iter().map(|s| mb.sub(s)))
         {
-            let Ok(m) = fs::metadata(&dir) else { continue };
+            let Ok(m) = fs::symlink_metadata(&dir) else {
+                continue;
+            };
+            if m.file_type().is_symlink() {
+                let what = format!(
+                    "{} is a symlink; relay refuses it (replace it with a directory)",
+                    dir.display()
+                );
+                note("permissions", what, false);
+                continue;
+            }
             if m.mode() & 0o002 != 0 {
                 let repaired =
                     repair && fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).is_ok();

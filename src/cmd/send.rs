@@ -201,7 +201,7 @@ fn prepare(
             // A mailbox that is a symlink or world-writable is refused
             // before anything is written anywhere.
             for ep in &t {
-                crate::home::check_dir(Mailbox::at(&ctx.home, ep).dir(), "mailbox")?;
+                Mailbox::at(&ctx.home, ep).check()?;
             }
             seen.targets.insert(envelope.subject.clone(), t.clone());
             t

@@ -165,8 +165,8 @@ impl Store {
         retry_busy(|| conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"))
             .map_err(|e| self.err(e))?;
         // Each relay process lives milliseconds: keep the WAL and shm files
-        // between processes and leave checkpoints to SQLite's auto-checkpoint
-        // instead of checkpointing (with fsyncs) on every close.
+        // between processes instead of checkpointing (with an fsync) on every
+        // close; `Drop` checkpoints once the WAL has grown (see there).
         let mut persist = 1;
         self.conn
             .file_control(
@@ -271,6 +271,22 @@ impl Store {
     }
 }
 
+/// WAL size past which a closing process checkpoints and truncates it.
+/// Each new process must re-read (checksum) the whole WAL to rebuild the
+/// shared index, so an unbounded WAL would make every process slower.
+const WAL_TRUNCATE_BYTES: u64 = 256 * 1024;
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_TRUNCATE_BYTES) {
+            // Never wait: if others are busy, a later process will do it.
+            let _ = self.conn.busy_timeout(Duration::ZERO);
+            let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+        }
+    }
+}
+
 /// An open write transaction; dropped without `commit` it rolls back.
 pub struct Tx<'a> {
     tx: rusqlite::Transaction<'a>,
@@ -341,7 +357,7 @@ impl Tx<'_> {
                 .as_str(),
                 now,
                 failed.then_some(now),
-                r.envelope.budget.ttl,
+                sql_ms(r.envelope.budget.ttl),
                 code,
                 reason,
                 r.envelope.priority().rank(),
@@ -383,7 +399,7 @@ impl Tx<'_> {
                 env.trace(),
                 sent_at.min(now),
                 now,
-                env.budget.ttl,
+                sql_ms(env.budget.ttl),
                 env.priority().rank(),
                 lease_until,
             ])
@@ -412,7 +428,7 @@ impl Tx<'_> {
                     env.from,
                     env.trace(),
                     crate::clock::parse_iso8601(&env.created_at).unwrap_or(0),
-                    env.budget.ttl,
+                    sql_ms(env.budget.ttl),
                     env.priority().rank(),
                 ])
             })
@@ -496,7 +512,7 @@ impl Tx<'_> {
                     sent_at,
                     (status == Status::Claimed).then_some(now),
                     (status == Status::Failed).then_some(now),
-                    env.budget.ttl,
+                    sql_ms(env.budget.ttl),
                     code,
                     reason,
                     env.priority().rank(),
@@ -955,6 +971,12 @@ pub struct SentRow<'a> {
     pub failure: Option<(&'a str, &'a str)>,
     /// Sent as a half-open probe.
     pub probe: bool,
+}
+
+/// A time in ms as SQLite stores it: foreign envelopes may carry any u64
+/// (a TTL of u64::MAX means "never"), SQLite integers stop at i64::MAX.
+fn sql_ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// Retries `f` while SQLite reports the database busy or locked, for up to
