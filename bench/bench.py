@@ -26,6 +26,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = "--quick" in sys.argv
 RELAY = os.path.join(ROOT, "target", "release", "relay")
+HOST = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout.split("host: ")[1].split()[0]
+# The same code linked statically (no dynamic loader work at startup).
+RELAY_STATIC = os.path.join(ROOT, "target", "static", HOST, "release", "relay")
 SCRATCH = tempfile.mkdtemp(prefix="relay-bench-", dir=os.environ.get("RELAY_BENCH_DIR"))
 CFLOOR = os.path.join(SCRATCH, "cfloor")
 ENV_BASE = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
@@ -92,7 +95,9 @@ def per_process_send(rounds):
     with open(msg, "w") as f:
         f.write("From: bench\nSubject: bench\n\n" + "x" * 500 + "\n")
     have_mdeliver = shutil.which("mdeliver") is not None
+    _, env_static = relay_home({"reliability": {"rateLimit": {"maxPerWindow": 1000000}}})
     t_relay, t_floor, t_mdeliver, t_true, t_hello = [], [], [], [], []
+    t_static, t_static_hello = [], []
     for _ in range(rounds):
         t_true.append(timed(["/bin/true"]))
         t_hello.append(timed([RELAY, "--version"]))
@@ -101,6 +106,8 @@ def per_process_send(rounds):
             with open(msg) as m:
                 t_mdeliver.append(timed(["mdeliver", md_mdeliver], stdin=m))
         t_relay.append(timed([RELAY, "send", "q", payload, "--from", "bench"], env=env))
+        t_static_hello.append(timed([RELAY_STATIC, "--version"]))
+        t_static.append(timed([RELAY_STATIC, "send", "q", payload, "--from", "bench"], env=env_static))
     record("spawn /bin/true (per process)", median(t_true), "ms")
     record("relay --version (startup only)", median(t_hello), "ms", "/bin/true", median(t_true))
     record("C floor durable deliver (per process)", median(t_floor), "ms")
@@ -109,6 +116,8 @@ def per_process_send(rounds):
     record("relay send durable, all checks (per process)", median(t_relay), "ms", "C floor", median(t_floor), "<= 1.5x")
     if have_mdeliver:
         record("relay send vs mdeliver", median(t_relay), "ms", "mdeliver", median(t_mdeliver), "<= 1.5x")
+    record("relay --version, static build", median(t_static_hello), "ms", "/bin/true", median(t_true))
+    record("relay send, static build (per process)", median(t_static), "ms", "C floor", median(t_floor), "<= 1.5x")
     return home, env
 
 
@@ -216,6 +225,9 @@ def memory():
 
 def main():
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--target", HOST, "--target-dir",
+                    os.path.join(ROOT, "target", "static")], cwd=ROOT, check=True,
+                   env=dict(os.environ, RUSTFLAGS="-C target-feature=+crt-static"))
     subprocess.run(["gcc", "-O2", "-o", CFLOOR, os.path.join(ROOT, "bench", "cfloor.c")], check=True)
     print(f"relay benchmarks ({'quick' if QUICK else 'full'}), scratch {SCRATCH}\n")
     try:

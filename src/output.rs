@@ -67,6 +67,46 @@ pub fn stdout_closed() -> bool {
             .intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL)
 }
 
+/// A progress line for long operations: shown on a terminal's stderr,
+/// redrawn at most ten times a second, silent when stderr is piped.
+pub struct Progress {
+    what: &'static str,
+    on: bool,
+    last: Option<std::time::Instant>,
+}
+
+impl Progress {
+    /// Progress of `what` ("gc", "requeue", ...).
+    #[must_use]
+    pub fn new(what: &'static str) -> Self {
+        use std::io::IsTerminal;
+        Progress {
+            what,
+            on: io::stderr().is_terminal(),
+            last: None,
+        }
+    }
+
+    /// Reports `done` items (of `total`, if known).
+    pub fn tick(&mut self, done: usize, total: Option<usize>) {
+        let due = self
+            .last
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(100));
+        if self.on && due {
+            let of = total.map(|t| format!("/{t}")).unwrap_or_default();
+            eprint!("\rrelay: {}: {done}{of}\x1b[K", self.what);
+            self.last = Some(std::time::Instant::now());
+        }
+    }
+
+    /// Clears the line.
+    pub fn finish(&self) {
+        if self.on && self.last.is_some() {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
 /// A table with relay's look: header row, no outer borders, aligned columns.
 #[must_use]
 pub fn table(header: &[&str]) -> Table {

@@ -156,6 +156,15 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
     // transaction, exact across processes.
     {
         let tx = ctx.store()?.begin()?;
+        // Claims past their lease count against their breakers before any
+        // breaker is asked: once per endpoint, not once per message.
+        let eps: BTreeSet<String> = jobs
+            .iter()
+            .flat_map(|j| j.open().map(|(_, ep)| ep.clone()))
+            .collect();
+        for ep in &eps {
+            reliability::observe_leases(&tx, &rel.circuit_breaker, Some(ep), now)?;
+        }
         for job in jobs.iter_mut() {
             let env = &job.env;
             // A repeat is answered before it can spend a token or a probe.
@@ -210,7 +219,6 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
                     continue;
                 }
                 let ep = job.fates[i].0.clone();
-                reliability::observe_leases(&tx, &rel.circuit_breaker, Some(&ep), now)?;
                 let step = BreakerEvent::Send;
                 match reliability::breaker_step(
                     &tx,

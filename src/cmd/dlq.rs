@@ -185,12 +185,15 @@ fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> 
     }
     let now = ctx.clock.now_ms();
     let mut done = Vec::new();
-    for d in &targets {
+    let mut progress = output::Progress::new("requeue");
+    for (n, d) in targets.iter().enumerate() {
         let mb = Mailbox::at(&ctx.home, &d.endpoint);
         if let Some(env) = mb.requeue(&d.id)? {
             done.push((d.endpoint.clone(), env));
         }
+        progress.tick(n + 1, Some(targets.len()));
     }
+    progress.finish();
     let tx = ctx.store()?.begin()?;
     for (ep, env) in &done {
         tx.record_requeued(ep, env)?;

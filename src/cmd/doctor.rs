@@ -78,7 +78,10 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
         .filter(|n| !n.starts_with('.'))
         .collect();
     names.sort();
-    for name in names {
+    let mut progress = output::Progress::new("doctor: mailboxes");
+    let total = names.len();
+    for (n, name) in names.into_iter().enumerate() {
+        progress.tick(n, Some(total));
         let mb = Mailbox::at(&ctx.home, &name);
         let md =
             fs::symlink_metadata(mb.dir()).map_err(|e| Error::io("cannot inspect", mb.dir(), e))?;
@@ -183,6 +186,8 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
             }
         }
     }
+
+    progress.finish();
 
     // 3. The index against the Maildir (only once there is a usable one).
     if !index_usable {

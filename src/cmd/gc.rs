@@ -37,9 +37,13 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
 
     // 1. Expiry: unclaimed messages whose TTL has passed.
     let mut expired = Vec::new();
+    let mut progress = output::Progress::new("gc: checking TTLs");
+    let mut seen = 0;
     for ep in maildir::list_endpoints(&ctx.home)? {
         let mb = Mailbox::at(&ctx.home, &ep);
         for id in mb.list("new")? {
+            seen += 1;
+            progress.tick(seen, None);
             let Some(env) = mb.read_envelope("new", &id) else {
                 continue; // unreadable files are quarantined by recv
             };
@@ -55,6 +59,7 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
             }
         }
     }
+    progress.finish();
     report.expired = expired.len();
 
     // 2. Files left in tmp/ by writers that crashed mid-delivery.

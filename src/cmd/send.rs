@@ -357,7 +357,7 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
     } else {
         Durability::Group
     };
-    let progress = std::io::stderr().is_terminal() && !ctx.json;
+    let mut progress = output::Progress::new("batch: sent");
     let mut first_error: Option<Error> = None;
     let (mut lines, mut number, mut sent) = (stdin.lock().lines(), 0usize, 0usize);
     let mut seen = Lookups::default();
@@ -433,12 +433,11 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
         if !out.is_empty() {
             output::line(&out.join("\n"))?;
         }
-        if progress {
-            eprint!("\rrelay: {sent} sent, {number} lines read");
-        }
+        progress.tick(sent, None);
     }
-    if progress {
-        eprintln!();
+    progress.finish();
+    if !ctx.json && sent > 0 && std::io::stderr().is_terminal() {
+        eprintln!("relay: sent {sent} of {number} line(s)");
     }
     match first_error {
         Some(e) => Err(Error::Batch {
