@@ -136,16 +136,18 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
         job.copies = vec![None; job.fates.len()];
     }
 
+    // Every endpoint still open after the budget check, sorted.
+    let eps: BTreeSet<String> = jobs
+        .iter()
+        .flat_map(|j| j.open().map(|(_, ep)| ep.clone()))
+        .collect();
+
     // Backpressure: every endpoint's lock, in sorted order (no deadlock
     // between fan-outs), from the depth count to the last rename.
     let mut locks = Vec::new();
     let mut depth: BTreeMap<String, u64> = BTreeMap::new();
     if rel.backpressure.enabled {
-        let eps: BTreeSet<&String> = jobs
-            .iter()
-            .flat_map(|j| j.open().map(|(_, ep)| ep))
-            .collect();
-        for ep in eps {
+        for ep in &eps {
             let mb = Mailbox::at(&ctx.home, ep);
             locks.push(mb.lock()?);
             depth.insert(ep.clone(), mb.depth()?);
@@ -158,10 +160,6 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
         let tx = ctx.store()?.begin()?;
         // Claims past their lease count against their breakers before any
         // breaker is asked: once per endpoint, not once per message.
-        let eps: BTreeSet<String> = jobs
-            .iter()
-            .flat_map(|j| j.open().map(|(_, ep)| ep.clone()))
-            .collect();
         for ep in &eps {
             reliability::observe_leases(&tx, &rel.circuit_breaker, Some(ep), now)?;
         }

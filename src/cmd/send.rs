@@ -222,9 +222,14 @@ fn prepare(
     Ok(Job::new(envelope, targets, req.idempotency_key))
 }
 
-/// What one send reports: its JSON shape, the id to print, warnings.
-enum Line {
-    Sent(serde_json::Value, String, Vec<String>),
+/// What one send reports.
+struct Line {
+    /// The `--json` report.
+    json: serde_json::Value,
+    /// The id printed for people.
+    id: String,
+    /// Warnings for stderr.
+    warnings: Vec<String>,
 }
 
 /// Turns a delivery into its report, or an all-refused send into its error.
@@ -235,11 +240,11 @@ fn summarize(env: &Envelope, key: Option<&str>, delivery: Delivery) -> Result<Li
                 "idempotency key '{}' already used by message {original}; nothing sent",
                 key.unwrap_or_default()
             );
-            return Ok(Line::Sent(
-                json!({ "id": original, "duplicate": true, "idempotencyKey": key }),
-                original,
-                vec![key_note],
-            ));
+            return Ok(Line {
+                json: json!({ "id": original, "duplicate": true, "idempotencyKey": key }),
+                id: original,
+                warnings: vec![key_note],
+            });
         }
         Delivery::Done { fates, warnings } => (fates, warnings),
     };
@@ -313,11 +318,11 @@ fn summarize(env: &Envelope, key: Option<&str>, delivery: Delivery) -> Result<Li
         rejected,
         warnings: warnings.clone(),
     };
-    Ok(Line::Sent(
-        serde_json::to_value(&report).unwrap_or(Value::Null),
-        env.id.clone(),
+    Ok(Line {
+        json: serde_json::to_value(&report).unwrap_or(Value::Null),
+        id: env.id.clone(),
         warnings,
-    ))
+    })
 }
 
 fn print_result(ctx: &Ctx, line: &Line) -> Result<()> {
@@ -326,14 +331,13 @@ fn print_result(ctx: &Ctx, line: &Line) -> Result<()> {
 
 /// The stdout line of a result (its warnings go to stderr now, unless `--json`).
 fn render(ctx: &Ctx, line: &Line) -> String {
-    let Line::Sent(json, id, warnings) = line;
     if ctx.json {
-        json.to_string()
+        line.json.to_string()
     } else {
-        for w in warnings {
+        for w in &line.warnings {
             output::warn(w);
         }
-        id.clone()
+        line.id.clone()
     }
 }
 
