@@ -201,12 +201,32 @@ impl Mailbox {
         Ok(ids)
     }
 
-    /// Number of messages in `sub` (without sorting or keeping names).
+    /// Number of messages in `sub`: one pass over the directory with no
+    /// allocation per entry (this runs on every send, at any depth).
     pub fn count(&self, sub: &str) -> Result<usize> {
-        Ok(entries(&self.sub(sub))?
-            .iter()
-            .filter(|e| e.file_name().to_str().and_then(message_id).is_some())
-            .count())
+        let dir = self.sub(sub);
+        let flags = rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::CLOEXEC;
+        let fd = match rustix::fs::open(&dir, flags, rustix::fs::Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(0),
+            Err(e) => return Err(Error::io("cannot list", &dir, e.into())),
+        };
+        let mut entries = rustix::fs::Dir::read_from(&fd)
+            .map_err(|e| Error::io("cannot list", &dir, e.into()))?;
+        let mut n = 0;
+        while let Some(entry) = entries.read() {
+            let entry = entry.map_err(|e| Error::io("cannot list", &dir, e.into()))?;
+            if std::str::from_utf8(entry.file_name().to_bytes())
+                .ok()
+                .and_then(message_id)
+                .is_some()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Backpressure depth: messages in `new/` plus `cur/`, whoever put them there.
