@@ -117,8 +117,19 @@ pub fn run(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<()> {
 /// Watches `new/` and the home (for `config.json`); `None` (with a warning)
 /// if notifications are unavailable, leaving the fallback poll.
 fn watch(ctx: &Ctx, mb: &Mailbox, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-    let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        let _ = tx.send(());
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // The home also sees every index write of every process: wake only
+        // for message files and config.json (and on errors, to be safe).
+        let wanted = match &event {
+            Ok(e) => e
+                .paths
+                .iter()
+                .any(|p| p.extension().is_some_and(|x| x == "json")),
+            Err(_) => true,
+        };
+        if wanted {
+            let _ = tx.send(());
+        }
     })
     .and_then(|mut w| {
         w.watch(&mb.sub("new"), RecursiveMode::NonRecursive)?;
