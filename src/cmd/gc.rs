@@ -112,6 +112,7 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
         drop(tx); // rolls back: a dry run changes nothing
     } else {
         tx.commit()?;
+        ctx.store()?.shrink()?;
     }
 
     if ctx.json {

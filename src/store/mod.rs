@@ -131,7 +131,8 @@ pub struct Store {
 impl Store {
     /// Opens (creating with mode 0600) and migrates the index.
     pub fn open(path: &Path) -> Result<Self> {
-        if !path.exists() {
+        let fresh = !path.exists();
+        if fresh {
             OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -141,6 +142,11 @@ impl Store {
                 .ctx("cannot create index", path)?;
         }
         let conn = Connection::open(path).map_err(|e| store_err(path, e))?;
+        if fresh {
+            // Only possible before the file has pages: lets `gc` hand the
+            // pages it prunes back to the filesystem (`shrink`).
+            let _ = conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL");
+        }
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
@@ -227,6 +233,20 @@ impl Store {
             tx,
             path: &self.path,
         })
+    }
+
+    /// Returns the free pages left by pruning to the filesystem (the index
+    /// is created with incremental auto-vacuum); a no-op for older files.
+    pub fn shrink(&self) -> Result<()> {
+        // Each step frees one page: step to the end (execute_batch steps once).
+        self.conn
+            .prepare("PRAGMA incremental_vacuum")
+            .and_then(|mut st| {
+                let mut rows = st.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            })
+            .map_err(|e| self.err(e))
     }
 
     /// The indexed status of a message at an endpoint, if indexed.

@@ -183,3 +183,60 @@ fn gc_prunes_old_index_rows_events_and_keys_after_retention() {
     let t = json_at(&r, now, &["trace", &keyed]);
     assert_eq!(span(&t, "a.x")["state"], "pending", "{t}");
 }
+
+/// After retention prunes, `gc` hands the freed pages back: the index file
+/// shrinks instead of keeping its high-water mark.
+#[test]
+fn gc_returns_pruned_pages_to_the_filesystem() {
+    let r = Relay::new();
+    r.add(&["a.x"]);
+    r.write_file(
+        "config.json",
+        r#"{"reliability":{"rateLimit":{"enabled":false},"backpressure":{"maxMailboxSize":100000}}}"#,
+    );
+    let lines: String = (0..1500)
+        .map(|i| {
+            format!(
+                "{{\"subject\":\"a.x\",\"payload\":{{\"n\":{i},\"pad\":\"{}\"}}}}\n",
+                "x".repeat(100)
+            )
+        })
+        .collect();
+    r.cmd(["send", "--batch", "--no-fsync"])
+        .at(T0)
+        .stdin(lines.into_bytes())
+        .success();
+    let out = r
+        .cmd(["recv", "a.x", "--json", "-n", "1500"])
+        .at(T0 + 1000)
+        .success();
+    let claimed: Vec<String> = out
+        .json_lines()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(claimed.len(), 1500);
+    let mut ack = vec!["ack".to_string(), "a.x".to_string()];
+    ack.extend(claimed);
+    r.cmd(ack).at(T0 + 2000).success();
+
+    let pages = |r: &Relay| -> (i64, i64) {
+        let db = rusqlite::Connection::open(r.path("relay.db")).expect("open index");
+        let count: i64 = db
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .expect("page_count");
+        let free: i64 = db
+            .query_row("PRAGMA freelist_count", [], |row| row.get(0))
+            .expect("freelist");
+        (count, free)
+    };
+    let (before, _) = pages(&r);
+    let g = json_at(&r, T0 + 9 * DAY, &["gc"]);
+    assert_eq!(g["indexRowsPruned"], 1500, "{g}");
+    let (after, free) = pages(&r);
+    assert_eq!(free, 0, "pruned pages are not left on the free list");
+    assert!(
+        after * 4 < before,
+        "index did not shrink: {before} -> {after} pages"
+    );
+}
