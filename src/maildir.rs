@@ -128,7 +128,7 @@ impl Mailbox {
     }
 
     fn file(&self, sub: &str, id: &str) -> PathBuf {
-        self.dir.join(sub).join(format!("{id}{MSG_EXT}"))
+        self.dir.join(sub).join(file_name(id))
     }
 
     /// Whether this is a registered endpoint (its `new/` exists).
@@ -152,7 +152,7 @@ impl Mailbox {
     /// On return the message is visible whole or not at all.
     pub fn deliver(&self, env: &Envelope, sync: bool) -> Result<()> {
         let bytes = env.to_file_bytes()?;
-        self.place(&env.id, &bytes, "new", sync)
+        self.place(&file_name(&env.id), &bytes, "new", sync)
     }
 
     /// First half of a group-committed delivery: writes `tmp/<id>.json`
@@ -160,28 +160,30 @@ impl Mailbox {
     /// for many files at once, then calls `publish`.
     pub fn stage(&self, env: &Envelope) -> Result<()> {
         let bytes = env.to_file_bytes()?;
-        home::write_new_file(&self.file("tmp", &env.id), &bytes, false)
+        home::write_new_file(&self.sub("tmp").join(file_name(&env.id)), &bytes, false)
     }
 
     /// Second half: renames a staged `tmp/<id>.json` into `new/` (visible
     /// whole, at once). The caller fsyncs `new/` once for many renames.
     pub fn publish(&self, id: &str) -> Result<()> {
-        let (tmp, dest) = (self.file("tmp", id), self.file("new", id));
+        self.move_in(&file_name(id), "new")
+    }
+
+    /// Renames `tmp/<name>` to `<sub>/<name>`; on failure the tmp file is
+    /// removed, so nothing half-delivered stays behind.
+    fn move_in(&self, name: &str, sub: &str) -> Result<()> {
+        let (tmp, dest) = (self.sub("tmp").join(name), self.sub(sub).join(name));
         fs::rename(&tmp, &dest).map_err(|e| {
             let _ = fs::remove_file(&tmp);
-            Error::io("cannot move message into", &dest, e)
+            Error::io("cannot move into", &dest, e)
         })
     }
 
-    /// Writes `bytes` as `<sub>/<id>.json` through `tmp/`.
-    fn place(&self, id: &str, bytes: &[u8], sub: &str, sync: bool) -> Result<()> {
-        let tmp = self.file("tmp", id);
-        let dest = self.file(sub, id);
-        home::write_new_file(&tmp, bytes, sync)?;
-        if let Err(e) = fs::rename(&tmp, &dest) {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::io("cannot move message into", &dest, e));
-        }
+    /// Writes `bytes` as `<sub>/<name>` through `tmp/` (exclusive create,
+    /// rename), fsyncing the file and `<sub>` when `sync`.
+    fn place(&self, name: &str, bytes: &[u8], sub: &str, sync: bool) -> Result<()> {
+        home::write_new_file(&self.sub("tmp").join(name), bytes, sync)?;
+        self.move_in(name, sub)?;
         if sync {
             home::sync_dir(&self.sub(sub))?;
         }
@@ -435,7 +437,7 @@ impl Mailbox {
     pub fn dead_letter(&self, env: &Envelope, reason: &str, code: &str, now: u64) -> Result<()> {
         self.create(&["tmp", "failed"])?;
         let bytes = env.to_file_bytes()?;
-        self.place(&env.id, &bytes, "failed", true)?;
+        self.place(&file_name(&env.id), &bytes, "failed", true)?;
         let value = serde_json::to_value(env).unwrap_or(Value::Null);
         self.write_reason(&env.id, value, reason, code, now)
     }
@@ -457,13 +459,16 @@ impl Mailbox {
         };
         let bytes = serde_json::to_vec_pretty(&sidecar)
             .map_err(|e| Error::Data(format!("cannot serialize reason for {id}: {e}")))?;
-        let tmp = self.dir.join("tmp").join(format!("{id}{REASON_EXT}"));
-        let dest = self.dir.join("failed").join(format!("{id}{REASON_EXT}"));
-        let _ = fs::remove_file(&tmp);
-        home::write_new_file(&tmp, &bytes, true)?;
-        fs::rename(&tmp, &dest).ctx("cannot write reason", &dest)?;
-        home::sync_dir(&self.sub("failed"))
+        let name = format!("{id}{REASON_EXT}");
+        // A nack that crashed mid-write may have left this tmp file behind.
+        let _ = fs::remove_file(self.sub("tmp").join(&name));
+        self.place(&name, &bytes, "failed", true)
     }
+}
+
+/// The file name of message `id`.
+fn file_name(id: &str) -> String {
+    format!("{id}{MSG_EXT}")
 }
 
 /// The id of a message file name, if it is one: `<id>.json`, not a sidecar,
