@@ -45,16 +45,13 @@ impl Clock {
 }
 
 fn system_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms)
 }
 
 /// Milliseconds since the epoch of a file time (mtime/ctime), 0 if unknown.
 #[must_use]
 pub fn system_time_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    t.duration_since(UNIX_EPOCH).map_or(0, ms)
 }
 
 /// Formats epoch milliseconds as ISO-8601 UTC with millisecond precision,
@@ -169,6 +166,12 @@ pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
         d if d.is_zero() => Err(format!("invalid duration '{s}': must be more than zero")),
         d => Ok(d),
     }
+}
+
+/// A duration in whole milliseconds (saturating).
+#[must_use]
+pub fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A short human form of a duration in milliseconds: `850ms`, `1.4s`, `3m`, `2h`, `5d`.

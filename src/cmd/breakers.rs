@@ -176,9 +176,7 @@ fn open(
     subject::validate_subject(endpoint, "endpoint")?;
     let now = ctx.clock.now_ms();
     let cfg = ctx.config.reliability.circuit_breaker.clone();
-    let ms = duration.map_or(cfg.cooldown_ms, |d| {
-        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-    });
+    let ms = duration.map_or(cfg.cooldown_ms, crate::clock::ms);
     let until = now.saturating_add(ms);
     let tx = ctx.store()?.begin()?;
     reliability::breaker_step(

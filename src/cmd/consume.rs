@@ -141,7 +141,7 @@ fn watch(ctx: &Ctx, mb: &Mailbox, tx: mpsc::Sender<()>) -> Option<notify::Recomm
         Err(e) => {
             output::warn(&format!(
                 "filesystem notifications unavailable ({e}); polling every {}",
-                human_ms(u64::try_from(FALLBACK_POLL.as_millis()).unwrap_or(1000))
+                human_ms(crate::clock::ms(FALLBACK_POLL))
             ));
             None
         }
@@ -271,7 +271,7 @@ fn reap(ctx: &mut Ctx, mb: &Mailbox, running: &mut Vec<Job>, args: &RecvArgs) ->
             Some(s) => Some((s.code(), verdict(s))),
             None if args.timeout.is_some_and(|t| elapsed > t) => {
                 kill_group(&mut job.child);
-                let took = human_ms(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+                let took = human_ms(crate::clock::ms(elapsed));
                 Some((None, Err(format!("handler timed out after {took}"))))
             }
             None => None,
@@ -323,7 +323,7 @@ fn report(
     took: Duration,
     reason: Option<&str>,
 ) -> Result<()> {
-    let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+    let ms = crate::clock::ms(took);
     if ctx.json {
         return output::json_line(&json!({
             "id": env.id,

@@ -39,12 +39,9 @@ pub fn run(ctx: &mut Ctx, args: &DlqArgs) -> Result<()> {
         None | Some(DlqAction::List) => list(ctx, endpoint),
         Some(DlqAction::Show { id }) => show(ctx, endpoint, id),
         Some(DlqAction::Requeue { ids, all }) => requeue(ctx, endpoint, ids, *all),
-        Some(DlqAction::Purge { older_than, yes }) => purge(
-            ctx,
-            endpoint,
-            u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX),
-            *yes,
-        ),
+        Some(DlqAction::Purge { older_than, yes }) => {
+            purge(ctx, endpoint, crate::clock::ms(*older_than), *yes)
+        }
     }
 }
 

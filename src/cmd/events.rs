@@ -42,9 +42,9 @@ pub fn run(ctx: &mut Ctx, args: &EventsArgs) -> Result<()> {
         }
     }
     let now = ctx.clock.now_ms();
-    let since = args.since.map_or(0, |d| {
-        now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    });
+    let since = args
+        .since
+        .map_or(0, |d| now.saturating_sub(crate::clock::ms(d)));
     let json = ctx.json;
     let store = ctx.store()?;
     let mut last = if args.since.is_some() {

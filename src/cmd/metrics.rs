@@ -24,9 +24,9 @@ struct EndpointMetrics {
 /// Runs `relay metrics`.
 pub fn run(ctx: &mut Ctx, args: &MetricsArgs) -> Result<()> {
     let now = ctx.clock.now_ms();
-    let since = args.since.map_or(0, |d| {
-        now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-    });
+    let since = args
+        .since
+        .map_or(0, |d| now.saturating_sub(crate::clock::ms(d)));
     let report = compute(ctx, since)?;
     if ctx.json {
         return output::json_line(&report);

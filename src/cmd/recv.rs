@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::cli::RecvArgs;
+use crate::clock::ms;
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::maildir::{Claimed, Mailbox};
@@ -58,10 +59,6 @@ pub fn print(json: bool, env: &crate::envelope::Envelope) -> Result<()> {
         Value::String(s) => output::line(s),
         other => output::json_line(other),
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `take`, retried until something arrives or `--wait` runs out.

@@ -153,13 +153,11 @@ fn prepare(
         None => args.priority,
     };
     let ttl_ms = match &req.ttl {
-        None => args
-            .ttl
-            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        None => args.ttl.map(crate::clock::ms),
         Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > 0) => n.as_u64(),
         Some(Value::String(s)) => Some(
             crate::clock::parse_positive_duration(s)
-                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .map(crate::clock::ms)
                 .map_err(Error::Data)?,
         ),
         Some(other) => {

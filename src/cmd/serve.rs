@@ -206,7 +206,7 @@ fn handle(ctx: &mut Ctx, req: &Request) -> Result<Option<(&'static str, String)>
             let since = match req.param("since") {
                 Some(s) => {
                     let d = crate::clock::parse_duration(s).map_err(Error::Data)?;
-                    now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    now.saturating_sub(crate::clock::ms(d))
                 }
                 None => 0,
             };
