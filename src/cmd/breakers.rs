@@ -16,8 +16,10 @@ use crate::subject;
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BreakerInfo {
-    sender: String,
-    endpoint: String,
+    /// Sender of the pair.
+    pub sender: String,
+    /// Endpoint of the pair.
+    pub endpoint: String,
     /// Effective state now: `closed`, `open` or `half-open`.
     pub state: &'static str,
     consecutive_failures: u32,
@@ -25,7 +27,8 @@ pub struct BreakerInfo {
     opened_at: Option<String>,
     next_probe_at: Option<String>,
     next_probe_in_ms: Option<u64>,
-    trips: u32,
+    /// Times it opened, ever.
+    pub trips: u32,
 }
 
 impl BreakerInfo {

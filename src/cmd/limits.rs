@@ -15,12 +15,14 @@ use crate::subject;
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LimitInfo {
-    sender: String,
+    /// The sender.
+    pub sender: String,
     /// Whole tokens available now.
     pub tokens_left: u64,
     capacity: u64,
     window_secs: u64,
-    soft_hits: u64,
+    /// Soft-threshold hits ever.
+    pub soft_hits: u64,
     /// Refusals ever.
     pub hard_hits: u64,
     last_hit_at: Option<String>,

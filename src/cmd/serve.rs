@@ -429,26 +429,20 @@ fn prometheus(ctx: &mut Ctx, now: u64) -> Result<String> {
             .collect(),
     );
     let brs = breakers::snapshot(ctx, now)?;
-    let bv = serde_json::to_value(&brs).unwrap_or(Value::Null);
-    let rows = bv.as_array().cloned().unwrap_or_default();
-    let state_num = |s: &str| match s {
-        "open" => "2",
-        "half-open" => "1",
-        _ => "0",
-    };
+    let pair =
+        |b: &breakers::BreakerInfo| label(&[("sender", &b.sender), ("endpoint", &b.endpoint)]);
     metric(
         "breaker_state",
         "gauge",
         "Circuit breaker per pair: 0 closed, 1 half-open, 2 open.",
-        rows.iter()
+        brs.iter()
             .map(|b| {
-                (
-                    label(&[
-                        ("sender", b["sender"].as_str().unwrap_or("")),
-                        ("endpoint", b["endpoint"].as_str().unwrap_or("")),
-                    ]),
-                    state_num(b["state"].as_str().unwrap_or("")).to_string(),
-                )
+                let state = match b.state {
+                    "open" => "2",
+                    "half-open" => "1",
+                    _ => "0",
+                };
+                (pair(b), state.to_string())
             })
             .collect(),
     );
@@ -456,31 +450,15 @@ fn prometheus(ctx: &mut Ctx, now: u64) -> Result<String> {
         "breaker_trips_total",
         "counter",
         "Times the pair's breaker opened.",
-        rows.iter()
-            .map(|b| {
-                (
-                    label(&[
-                        ("sender", b["sender"].as_str().unwrap_or("")),
-                        ("endpoint", b["endpoint"].as_str().unwrap_or("")),
-                    ]),
-                    b["trips"].to_string(),
-                )
-            })
-            .collect(),
+        brs.iter().map(|b| (pair(b), b.trips.to_string())).collect(),
     );
-    let lv = serde_json::to_value(limits::snapshot(ctx, now)?).unwrap_or(Value::Null);
-    let lims = lv.as_array().cloned().unwrap_or_default();
+    let lims = limits::snapshot(ctx, now)?;
     metric(
         "rate_limit_tokens",
         "gauge",
         "Tokens left in the sender's bucket.",
         lims.iter()
-            .map(|l| {
-                (
-                    label(&[("sender", l["sender"].as_str().unwrap_or(""))]),
-                    l["tokensLeft"].to_string(),
-                )
-            })
+            .map(|l| (label(&[("sender", &l.sender)]), l.tokens_left.to_string()))
             .collect(),
     );
     metric(
@@ -489,15 +467,14 @@ fn prometheus(ctx: &mut Ctx, now: u64) -> Result<String> {
         "Rate-limit threshold hits by kind.",
         lims.iter()
             .flat_map(|l| {
-                let s = l["sender"].as_str().unwrap_or("").to_string();
                 [
                     (
-                        label(&[("sender", &s), ("kind", "soft")]),
-                        l["softHits"].to_string(),
+                        label(&[("sender", &l.sender), ("kind", "soft")]),
+                        l.soft_hits.to_string(),
                     ),
                     (
-                        label(&[("sender", &s), ("kind", "hard")]),
-                        l["hardHits"].to_string(),
+                        label(&[("sender", &l.sender), ("kind", "hard")]),
+                        l.hard_hits.to_string(),
                     ),
                 ]
             })
