@@ -40,7 +40,8 @@ impl Policy {
 }
 
 /// Where the breaker is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Deliveries flow; `failures` consecutive failures so far.
     Closed,
@@ -73,7 +74,8 @@ impl Phase {
 }
 
 /// Persisted breaker state for one pair.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct State {
     /// Current phase.
     pub phase: Phase,

@@ -32,7 +32,8 @@ impl Policy {
 }
 
 /// Persisted bucket state.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct State {
     /// Tokens available at `updated_at`.
     pub tokens: f64,

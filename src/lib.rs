@@ -15,12 +15,15 @@ pub mod error;
 pub mod generate;
 pub mod home;
 pub mod http;
+pub mod journal;
+pub mod ledger;
 pub mod maildir;
 pub mod notice;
 pub mod output;
 pub mod pipeline;
 pub mod pressure;
 pub mod reliability;
+pub mod state;
 pub mod store;
 pub mod subject;
 

@@ -112,7 +112,7 @@ pub fn send(
 }
 
 /// Indexes a sent notice and records a `failure_notice` event.
-pub fn record(tx: &crate::store::Tx<'_>, sent: &Sent, now: u64) -> Result<()> {
+pub fn record(tx: &impl crate::ledger::Ledger, sent: &Sent, now: u64) -> Result<()> {
     let failure =
         (!sent.delivered).then_some(("no_match", "no endpoint for the failure notice's replyTo"));
     tx.record_sent(

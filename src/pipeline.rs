@@ -9,14 +9,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::json;
 
 use crate::breaker::{Decision as BreakerDecision, Event as BreakerEvent};
-use crate::config::Backpressure;
+use crate::config::{Backpressure, Reliability};
 use crate::context::Ctx;
 use crate::envelope::{Budget, Envelope};
 use crate::error::{Error, Result};
+use crate::ledger::{Fast, Ledger};
 use crate::maildir::Mailbox;
 use crate::pressure::{self, Priority};
 use crate::reliability::{self, RateOutcome};
-use crate::store::{Event as StoreEvent, SentRow};
+use crate::store::{Event as StoreEvent, SentRow, Tx};
 use crate::{home, notice};
 
 /// How delivered files are made durable.
@@ -154,124 +155,26 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
         }
     }
 
-    // Idempotency, backpressure, rate limit and breakers: one IMMEDIATE
-    // transaction, exact across processes.
-    {
+    // Idempotency, backpressure, rate limit and breakers, exact across
+    // processes. A plain send decides from the state file alone; idempotency
+    // keys and leases past their deadline need the index.
+    let ledger = Fast::new(ctx.home.root());
+    let slow = jobs.iter().any(|j| j.key.is_some())
+        || ledger.state().lock()?.get().lease_due(eps.iter(), now);
+    if slow {
+        // The one lock order: the index before the state.
+        ledger.state().release()?;
         let tx = ctx.store()?.begin()?;
         // Claims past their lease count against their breakers before any
         // breaker is asked: once per endpoint, not once per message.
         for ep in &eps {
             reliability::observe_leases(&tx, &rel.circuit_breaker, Some(ep), now)?;
         }
-        for job in jobs.iter_mut() {
-            let env = &job.env;
-            // A repeat is answered before it can spend a token or a probe.
-            if let Some(k) = &job.key
-                && let Some(original) = tx.claim_key(&env.from, k, &env.id, key_window_ms, now)?
-            {
-                job.result = Some(Ok(Delivery::Duplicate(original)));
-                continue;
-            }
-            let mut pressure_events = Vec::new();
-            if rel.backpressure.enabled {
-                pressure_events = backpressure(job, &depth, &rel.backpressure);
-            }
-            let env = &job.env;
-            // A send no endpoint can take is not charged a token.
-            let rate = if job.open().next().is_some() {
-                reliability::rate_limit(&tx, &rel.rate_limit, &env.from, now)?
-            } else {
-                RateOutcome::Admit
-            };
-            match rate {
-                RateOutcome::Admit => {}
-                RateOutcome::Soft(w) => job.warnings.push(w),
-                RateOutcome::Hard {
-                    message,
-                    retry_after_ms,
-                } => {
-                    if let Some(k) = &job.key {
-                        tx.release_key(&env.from, k, &env.id)?;
-                    }
-                    job.result = Some(Err(Error::Refused {
-                        message,
-                        retry_after_ms: Some(retry_after_ms),
-                    }));
-                    continue;
-                }
-            }
-            for (kind, ep, d, limit) in &pressure_events {
-                tx.event(
-                    &StoreEvent {
-                        kind,
-                        sender: Some(&env.from),
-                        endpoint: Some(ep),
-                        message_id: Some(&env.id),
-                        detail: json!({ "depth": d, "limit": limit, "priority": env.priority().as_str() }),
-                    },
-                    now,
-                )?;
-            }
-            for i in 0..job.fates.len() {
-                if job.fates[i].1.is_some() {
-                    continue;
-                }
-                let ep = job.fates[i].0.clone();
-                let step = BreakerEvent::Send;
-                match reliability::breaker_step(
-                    &tx,
-                    &rel.circuit_breaker,
-                    &job.env.from,
-                    &ep,
-                    step,
-                    now,
-                )? {
-                    BreakerDecision::Reject { retry_after_ms } => {
-                        let phase = tx.breaker(&job.env.from, &ep)?.phase;
-                        let why =
-                            reliability::breaker_refusal(&job.env.from, &ep, phase, retry_after_ms);
-                        job.fates[i].1 = Some(Fate::Refused(
-                            "circuit_open".into(),
-                            why,
-                            Some(retry_after_ms),
-                        ));
-                    }
-                    BreakerDecision::Probe => job.probes[i] = true,
-                    BreakerDecision::Admit | BreakerDecision::Noted => {}
-                }
-            }
-            // Reserve the room this message takes for the next jobs' checks.
-            for (_, ep) in job.open() {
-                if let Some(d) = depth.get_mut(ep) {
-                    *d += 1;
-                }
-            }
-            // Index the copies about to be written in this same transaction,
-            // so the common path needs no second one. A crash before the
-            // rename leaves a row without a file, which `doctor --repair`
-            // forgets; the Maildir stays the truth.
-            for i in 0..job.fates.len() {
-                if job.fates[i].1.is_some() {
-                    continue;
-                }
-                let Some(budget) = job.hops[i].take() else {
-                    continue;
-                };
-                let copy = Envelope {
-                    budget,
-                    ..job.env.clone()
-                };
-                let row = SentRow {
-                    endpoint: &job.fates[i].0,
-                    envelope: &copy,
-                    failure: None,
-                    probe: job.probes[i],
-                };
-                tx.record_sent(&[row], now)?;
-                job.copies[i] = Some(copy);
-            }
-        }
+        decide(&tx, Some(&tx), jobs, &mut depth, &rel, key_window_ms, now)?;
         tx.commit()?;
+    } else {
+        decide(&ledger, None, jobs, &mut depth, &rel, key_window_ms, now)?;
+        ledger.state().release()?;
     }
 
     // Durable delivery of the hop-updated copies.
@@ -340,58 +243,56 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
         }
     }
 
-    // What the first transaction could not know: dead letters, notices,
-    // I/O failures, keys to release. Most sends have none of it.
-    let delivered = |j: &Job| {
-        j.fates
-            .iter()
-            .any(|(_, f)| matches!(f, Some(Fate::Delivered(..))))
-    };
-    let unusual = !notices.is_empty()
-        || !io_failures.is_empty()
-        || jobs.iter().filter(|j| j.result.is_none()).any(|j| {
-            (j.key.is_some() && !delivered(j))
-                || j.fates
-                    .iter()
-                    .any(|(_, f)| matches!(f, Some(Fate::DeadLettered(..))))
-        });
-    if unusual {
-        let tx = ctx.store()?.begin()?;
-        for job in jobs.iter().filter(|j| j.result.is_none()) {
-            let env = &job.env;
-            for (ep, fate) in &job.fates {
-                match fate {
-                    Some(Fate::DeadLettered(code, reason)) => {
-                        let row = SentRow {
-                            endpoint: ep,
-                            envelope: env,
-                            failure: Some((code.as_str(), reason.as_str())),
-                            probe: false,
-                        };
-                        tx.record_sent(&[row], now)?;
-                        tx.dead_lettered(Some(&env.from), ep, &env.id, code, reason, now)?;
-                    }
-                    // Indexed in the first transaction but never written.
-                    Some(Fate::Refused(code, _, _)) if code == "io_error" => {
-                        tx.forget(ep, &env.id)?;
-                    }
-                    _ => {}
+    // The index rows of what was written, dead letters, notices and I/O
+    // failures go to the journal; keys of sends that delivered nothing are
+    // released so a retry is not taken for a duplicate.
+    let mut release = Vec::new();
+    for job in jobs.iter().filter(|j| j.result.is_none()) {
+        let env = &job.env;
+        let mut delivered = false;
+        for (ep, fate) in &job.fates {
+            match fate {
+                Some(Fate::Delivered(copy, probe)) => {
+                    delivered = true;
+                    let row = SentRow {
+                        endpoint: ep,
+                        envelope: copy,
+                        failure: None,
+                        probe: *probe,
+                    };
+                    ledger.record_sent(&[row], now)?;
                 }
-            }
-            if let Some(k) = &job.key
-                && !delivered(job)
-            {
-                // Nothing went out: a retry with the same key must not be a "duplicate".
-                tx.release_key(&env.from, k, &env.id)?;
+                Some(Fate::DeadLettered(code, reason)) => {
+                    let row = SentRow {
+                        endpoint: ep,
+                        envelope: env,
+                        failure: Some((code.as_str(), reason.as_str())),
+                        probe: false,
+                    };
+                    ledger.dead_letter_row(&row, now)?;
+                }
+                _ => {}
             }
         }
-        for n in &notices {
-            notice::record(&tx, n, now)?;
+        if let Some(k) = &job.key
+            && !delivered
+        {
+            release.push((env.from.clone(), k.clone(), env.id.clone()));
         }
-        for (j, ep, probe) in &io_failures {
-            let from = &jobs[*j].env.from;
-            let step = BreakerEvent::Failure { probe: *probe };
-            reliability::breaker_step(&tx, &rel.circuit_breaker, from, ep, step, now)?;
+    }
+    for n in &notices {
+        notice::record(&ledger, n, now)?;
+    }
+    for (j, ep, probe) in &io_failures {
+        let from = &jobs[*j].env.from;
+        let step = BreakerEvent::Failure { probe: *probe };
+        reliability::breaker_step(&ledger, &rel.circuit_breaker, from, ep, step, now)?;
+    }
+    ledger.commit()?;
+    if !release.is_empty() {
+        let tx = ctx.store()?.begin()?;
+        for (from, k, id) in &release {
+            tx.release_key(from, k, id)?;
         }
         tx.commit()?;
     }
@@ -405,6 +306,110 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
             fates,
             warnings: std::mem::take(&mut job.warnings),
         }));
+    }
+    Ok(())
+}
+
+/// Idempotency, backpressure, rate limit and breakers for every job, in
+/// `ledger` (with `keys`, the index transaction, when a job has a key).
+/// Admitted copies are prepared in `job.copies`; `depth` reserves their room.
+fn decide<L: Ledger>(
+    ledger: &L,
+    keys: Option<&Tx<'_>>,
+    jobs: &mut [Job],
+    depth: &mut BTreeMap<String, u64>,
+    rel: &Reliability,
+    key_window_ms: u64,
+    now: u64,
+) -> Result<()> {
+    for job in jobs.iter_mut() {
+        let env = &job.env;
+        // A repeat is answered before it can spend a token or a probe.
+        if let (Some(k), Some(tx)) = (&job.key, keys)
+            && let Some(original) = tx.claim_key(&env.from, k, &env.id, key_window_ms, now)?
+        {
+            job.result = Some(Ok(Delivery::Duplicate(original)));
+            continue;
+        }
+        let mut pressure_events = Vec::new();
+        if rel.backpressure.enabled {
+            pressure_events = backpressure(job, depth, &rel.backpressure);
+        }
+        let env = &job.env;
+        // A send no endpoint can take is not charged a token.
+        let rate = if job.open().next().is_some() {
+            reliability::rate_limit(ledger, &rel.rate_limit, &env.from, now)?
+        } else {
+            RateOutcome::Admit
+        };
+        match rate {
+            RateOutcome::Admit => {}
+            RateOutcome::Soft(w) => job.warnings.push(w),
+            RateOutcome::Hard {
+                message,
+                retry_after_ms,
+            } => {
+                if let (Some(k), Some(tx)) = (&job.key, keys) {
+                    tx.release_key(&env.from, k, &env.id)?;
+                }
+                job.result = Some(Err(Error::Refused {
+                    message,
+                    retry_after_ms: Some(retry_after_ms),
+                }));
+                continue;
+            }
+        }
+        for (kind, ep, d, limit) in &pressure_events {
+            ledger.event(
+                &StoreEvent {
+                    kind,
+                    sender: Some(&env.from),
+                    endpoint: Some(ep),
+                    message_id: Some(&env.id),
+                    detail: json!({ "depth": d, "limit": limit, "priority": env.priority().as_str() }),
+                },
+                now,
+            )?;
+        }
+        for i in 0..job.fates.len() {
+            if job.fates[i].1.is_some() {
+                continue;
+            }
+            let ep = job.fates[i].0.clone();
+            let from = &job.env.from;
+            let cfg = &rel.circuit_breaker;
+            match reliability::breaker_step(ledger, cfg, from, &ep, BreakerEvent::Send, now)? {
+                BreakerDecision::Reject { retry_after_ms } => {
+                    let phase = ledger.breaker(from, &ep)?.phase;
+                    let why = reliability::breaker_refusal(from, &ep, phase, retry_after_ms);
+                    job.fates[i].1 = Some(Fate::Refused(
+                        "circuit_open".into(),
+                        why,
+                        Some(retry_after_ms),
+                    ));
+                }
+                BreakerDecision::Probe => job.probes[i] = true,
+                BreakerDecision::Admit | BreakerDecision::Noted => {}
+            }
+        }
+        // Reserve the room this message takes for the next jobs' checks.
+        for (_, ep) in job.open() {
+            if let Some(d) = depth.get_mut(ep) {
+                *d += 1;
+            }
+        }
+        // The copies to write, each with its own hop of the budget.
+        for i in 0..job.fates.len() {
+            if job.fates[i].1.is_some() {
+                continue;
+            }
+            if let Some(budget) = job.hops[i].take() {
+                job.copies[i] = Some(Envelope {
+                    budget,
+                    ..job.env.clone()
+                });
+            }
+        }
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use crate::bucket;
 use crate::clock::human_ms;
 use crate::config::{CircuitBreaker, RateLimit};
 use crate::error::Result;
+use crate::ledger::Ledger;
 use crate::store::{Event, Tx};
 
 /// What the rate limiter said about one send.
@@ -39,7 +40,12 @@ pub fn bucket_policy(cfg: &RateLimit, sender: &str) -> bucket::Policy {
 }
 
 /// Takes one token from `sender`'s persisted bucket and records the hit.
-pub fn rate_limit(tx: &Tx<'_>, cfg: &RateLimit, sender: &str, now: u64) -> Result<RateOutcome> {
+pub fn rate_limit(
+    tx: &impl Ledger,
+    cfg: &RateLimit,
+    sender: &str,
+    now: u64,
+) -> Result<RateOutcome> {
     if !cfg.enabled {
         return Ok(RateOutcome::Admit);
     }
@@ -111,7 +117,7 @@ pub fn breaker_policy(cfg: &CircuitBreaker) -> breaker::Policy {
 /// records its transitions. A disabled breaker admits everything.
 /// `force` applies operator events even when breakers are disabled.
 pub fn breaker_step(
-    tx: &Tx<'_>,
+    tx: &impl Ledger,
     cfg: &CircuitBreaker,
     sender: &str,
     endpoint: &str,
@@ -210,6 +216,21 @@ pub fn observe_leases(
             BreakerEvent::Failure { probe: lease.probe },
             now,
         )?;
+    }
+    // Sends look at these deadlines to know when to open the index again.
+    let next = tx.lease_deadlines(endpoint)?;
+    let mut state = tx.state().lock()?;
+    let due = &state.get().lease_due;
+    match endpoint {
+        Some(ep) if due.get(ep) != next.get(ep) => {
+            let due = &mut state.get_mut().lease_due;
+            match next.get(ep) {
+                Some(&at) => due.insert(ep.to_string(), at),
+                None => due.remove(ep),
+            };
+        }
+        None if *due != next => state.get_mut().lease_due = next,
+        _ => {}
     }
     Ok(expired.len())
 }

@@ -55,6 +55,8 @@ pub fn run(ctx: &mut Ctx, args: &EventsArgs) -> Result<()> {
         max.saturating_sub(if args.follow { 10 } else { DEFAULT_TAIL })
     };
     loop {
+        // Sends append to the journal; move what they wrote into the index.
+        store.ingest()?;
         let batch = store.read(|c| reports::events_after(c, last, since, &args.kind, 1000))?;
         for e in &batch {
             if json {

@@ -6,6 +6,7 @@ use crate::cli::{LimitsAction, LimitsArgs};
 use crate::clock::{ago, iso8601};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
+use crate::ledger::Ledger;
 use crate::output;
 use crate::reliability;
 use crate::store::BucketRow;

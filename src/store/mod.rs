@@ -5,11 +5,12 @@
 //! rename and the insert) and is completed when the message is next seen.
 
 use std::fs::OpenOptions;
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -17,6 +18,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::envelope::Envelope;
 use crate::error::{Error, IoContext, Result};
 use crate::home::FILE_MODE;
+use crate::journal::{self, Record};
+use crate::ledger::{LazyState, Ledger};
 use crate::{breaker, bucket};
 
 pub mod reports;
@@ -94,6 +97,12 @@ const MIGRATIONS: &[&str] = &[
     // 4: (endpoint, status) lookups are served by the primary key's prefix;
     // one index less to maintain on every send.
     "DROP INDEX messages_by_status;",
+    // 5: buckets and breakers move to state.json (a send no longer opens
+    // the index); events from the journal carry a key so a replay is a no-op.
+    "DROP TABLE buckets;
+     DROP TABLE breakers;
+     ALTER TABLE events ADD COLUMN jkey TEXT;
+     CREATE UNIQUE INDEX events_by_jkey ON events (jkey);",
 ];
 
 /// Lifecycle status of a (message, endpoint) row.
@@ -126,6 +135,7 @@ impl Status {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    dir: PathBuf,
 }
 
 impl Store {
@@ -150,6 +160,7 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
         store.init().map_err(|e| match e {
             Error::Store(msg) => Error::Store(format!(
@@ -158,6 +169,7 @@ impl Store {
             )),
             other => other,
         })?;
+        store.ingest()?;
         Ok(store)
     }
 
@@ -223,8 +235,10 @@ impl Store {
 
     /// Starts a write transaction (`BEGIN IMMEDIATE`): every read in it sees
     /// the state no other process can change until it commits, so
-    /// read-decide-write is atomic across processes.
+    /// read-decide-write is atomic across processes. The journal is moved
+    /// into the index first, so the transaction sees every finished send.
     pub fn begin(&mut self) -> Result<Tx<'_>> {
+        self.ingest()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -232,7 +246,42 @@ impl Store {
         Ok(Tx {
             tx,
             path: &self.path,
+            state: LazyState::new(&self.dir),
         })
+    }
+
+    /// Moves the records sends appended to the journal into the index (see
+    /// `journal`): one transaction, then the journal is emptied. Replays
+    /// after a crash between the two change nothing.
+    pub fn ingest(&mut self) -> Result<()> {
+        let path = journal::file(&self.dir);
+        let mut f = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("cannot open", &path, e)),
+        };
+        if f.metadata().ctx("cannot stat", &path)?.len() == 0 {
+            return Ok(());
+        }
+        // The one lock order: the index, then the journal.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| store_err(&self.path, e))?;
+        f.lock().ctx("cannot lock", &path)?;
+        let mut text = Vec::new();
+        f.read_to_end(&mut text).ctx("cannot read", &path)?;
+        let (records, bad) = journal::parse(&text);
+        apply(&tx, &records).map_err(|e| store_err(&self.path, e))?;
+        tx.commit().map_err(|e| store_err(&self.path, e))?;
+        f.set_len(0).ctx("cannot empty", &path)?;
+        if bad > 0 {
+            eprintln!(
+                "relay: warning: skipped {bad} torn line(s) in {} (a send killed mid-append; its message, if delivered, is indexed when next seen)",
+                path.display()
+            );
+        }
+        Ok(())
     }
 
     /// Returns the free pages left by pruning to the filesystem (the index
@@ -314,6 +363,7 @@ impl Drop for Store {
 pub struct Tx<'a> {
     tx: rusqlite::Transaction<'a>,
     path: &'a Path,
+    state: LazyState,
 }
 
 /// Index facts about one (message, endpoint) that finishing it needs.
@@ -345,10 +395,11 @@ impl Tx<'_> {
         store_err(self.path, e)
     }
 
-    /// Commits.
+    /// Commits, then writes back the state file if it was changed.
     pub fn commit(self) -> Result<()> {
         let path = self.path;
-        self.tx.commit().map_err(|e| store_err(path, e))
+        self.tx.commit().map_err(|e| store_err(path, e))?;
+        self.state.release()
     }
 
     /// Records deliveries (status `pending`) and direct dead letters
@@ -622,152 +673,21 @@ impl Tx<'_> {
         Ok(rows)
     }
 
-    /// The stored bucket of `sender`, if any.
-    pub fn bucket(&self, sender: &str) -> Result<Option<bucket::State>> {
-        self.tx
-            .query_row(
-                "SELECT tokens, updated_at FROM buckets WHERE sender = ?1",
-                params![sender],
-                |r| {
-                    Ok(bucket::State {
-                        tokens: r.get(0)?,
-                        updated_at: r.get(1)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.err(e))
-    }
-
-    /// Stores `sender`'s bucket, counting a soft or hard hit.
-    pub fn put_bucket(
-        &self,
-        sender: &str,
-        state: &bucket::State,
-        hit: Option<bool>,
-        now: u64,
-    ) -> Result<()> {
-        let (soft, hard) = match hit {
-            Some(true) => (1, 0),
-            Some(false) => (0, 1),
-            None => (0, 0),
-        };
-        self.tx
-            .prepare_cached(
-                "INSERT INTO buckets (sender, tokens, updated_at, soft_hits, hard_hits, last_hit_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN ?4 + ?5 > 0 THEN ?6 END)
-                 ON CONFLICT (sender) DO UPDATE SET
-                   tokens = excluded.tokens, updated_at = excluded.updated_at,
-                   soft_hits = soft_hits + ?4, hard_hits = hard_hits + ?5,
-                   last_hit_at = CASE WHEN ?4 + ?5 > 0 THEN ?6 ELSE last_hit_at END",
-            )
-            .and_then(|mut st| st.execute(params![sender, state.tokens, state.updated_at, soft, hard, now]))
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    /// Forgets buckets (all, or one sender's); returns how many.
-    pub fn reset_buckets(&self, sender: Option<&str>) -> Result<usize> {
-        self.tx
-            .execute(
-                "DELETE FROM buckets WHERE ?1 IS NULL OR sender = ?1",
-                params![sender],
-            )
-            .map_err(|e| self.err(e))
-    }
-
-    /// The stored breaker of a pair (closed if none).
-    pub fn breaker(&self, sender: &str, endpoint: &str) -> Result<breaker::State> {
-        self.tx
-            .prepare_cached(
-                "SELECT phase, failures, successes, probes_in_flight, opened_at, next_probe_at,
-                        trips, total_trips
-                 FROM breakers WHERE sender = ?1 AND endpoint = ?2",
-            )
-            .and_then(|mut st| st.query_row(params![sender, endpoint], breaker_from_row))
-            .optional()
-            .map(Option::unwrap_or_default)
-            .map_err(|e| self.err(e))
-    }
-
-    /// Stores a pair's breaker.
-    pub fn put_breaker(
-        &self,
-        sender: &str,
-        endpoint: &str,
-        s: &breaker::State,
-        now: u64,
-    ) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO breakers
-                 (sender, endpoint, phase, failures, successes, probes_in_flight, opened_at,
-                  next_probe_at, trips, total_trips, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    sender,
-                    endpoint,
-                    s.phase.as_str(),
-                    s.failures,
-                    s.successes,
-                    s.probes_in_flight,
-                    s.opened_at,
-                    s.next_probe_at,
-                    s.trips,
-                    s.total_trips,
-                    now
-                ])
-            })
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
-    /// Every stored breaker, by sender then endpoint.
-    pub fn breakers(&self) -> Result<Vec<BreakerRow>> {
+    /// The earliest lease deadline not yet counted, per endpoint (limited to
+    /// `endpoint` if given).
+    pub fn lease_deadlines(&self, endpoint: Option<&str>) -> Result<BTreeMap<String, u64>> {
         let mut stmt = self
             .tx
             .prepare_cached(
-                "SELECT phase, failures, successes, probes_in_flight, opened_at, next_probe_at,
-                        trips, total_trips, sender, endpoint
-                 FROM breakers ORDER BY sender, endpoint",
+                "SELECT endpoint, MIN(lease_until) FROM messages
+                 WHERE lease_until IS NOT NULL AND lease_counted = 0 AND status = 'claimed'
+                   AND (?1 IS NULL OR endpoint = ?1)
+                 GROUP BY endpoint",
             )
             .map_err(|e| self.err(e))?;
-        stmt.query_map([], |r| {
-            Ok(BreakerRow {
-                state: breaker_from_row(r)?,
-                sender: r.get(8)?,
-                endpoint: r.get(9)?,
-            })
-        })
-        .and_then(Iterator::collect)
-        .map_err(|e| self.err(e))
-    }
-
-    /// Every stored bucket, by sender.
-    pub fn buckets(&self) -> Result<Vec<BucketRow>> {
-        let mut stmt = self
-            .tx
-            .prepare_cached(
-                "SELECT sender, tokens, updated_at, soft_hits, hard_hits, last_hit_at
-                 FROM buckets ORDER BY sender",
-            )
-            .map_err(|e| self.err(e))?;
-        stmt.query_map([], |r| {
-            Ok(BucketRow {
-                sender: r.get(0)?,
-                state: bucket::State {
-                    tokens: r.get(1)?,
-                    updated_at: r.get(2)?,
-                },
-                soft_hits: r.get(3)?,
-                hard_hits: r.get(4)?,
-                last_hit_at: r.get(5)?,
-            })
-        })
-        .and_then(Iterator::collect)
-        .map_err(|e| self.err(e))
+        stmt.query_map(params![endpoint], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(Iterator::collect)
+            .map_err(|e| self.err(e))
     }
 
     /// The most recent `limit` events, newest first.
@@ -780,25 +700,6 @@ impl Tx<'_> {
             )
             .map_err(|e| self.err(e))?;
         stmt.query_map(params![limit], event_from_row)
-            .and_then(Iterator::collect)
-            .map_err(|e| self.err(e))
-    }
-
-    /// Pairs whose breaker is stored (optionally one sender's or one pair).
-    pub fn breaker_pairs(
-        &self,
-        sender: Option<&str>,
-        endpoint: Option<&str>,
-    ) -> Result<Vec<(String, String)>> {
-        let mut stmt = self
-            .tx
-            .prepare_cached(
-                "SELECT sender, endpoint FROM breakers
-                 WHERE (?1 IS NULL OR sender = ?1) AND (?2 IS NULL OR endpoint = ?2)
-                 ORDER BY sender, endpoint",
-            )
-            .map_err(|e| self.err(e))?;
-        stmt.query_map(params![sender, endpoint], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(Iterator::collect)
             .map_err(|e| self.err(e))
     }
@@ -894,6 +795,96 @@ impl Tx<'_> {
     }
 }
 
+impl Ledger for Tx<'_> {
+    fn state(&self) -> &LazyState {
+        &self.state
+    }
+
+    fn record_sent(&self, rows: &[SentRow<'_>], now: u64) -> Result<()> {
+        Tx::record_sent(self, rows, now)
+    }
+
+    fn event(&self, e: &Event<'_>, now: u64) -> Result<()> {
+        Tx::event(self, e, now)
+    }
+}
+
+/// Applies journal records in `tx`; a record the index already has (a
+/// replay) changes nothing.
+fn apply(tx: &rusqlite::Transaction<'_>, records: &[Record]) -> rusqlite::Result<()> {
+    let mut sent = tx.prepare_cached(
+        "INSERT INTO messages
+         (endpoint, id, subject, sender, trace_id, status, sent_at, done_at, expires_at,
+          code, reason, priority, probe)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+         ON CONFLICT (endpoint, id) DO NOTHING",
+    )?;
+    let mut event = tx.prepare_cached(
+        "INSERT INTO events (at, kind, sender, endpoint, message_id, detail, jkey)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (jkey) DO NOTHING",
+    )?;
+    for r in records {
+        match r {
+            Record::Sent {
+                at,
+                endpoint,
+                id,
+                subject,
+                sender,
+                trace_id,
+                expires_at,
+                priority,
+                probe,
+                code,
+                reason,
+            } => {
+                let failed = code.is_some();
+                let status = if failed {
+                    Status::Failed
+                } else {
+                    Status::Pending
+                };
+                sent.execute(params![
+                    endpoint,
+                    id,
+                    subject,
+                    sender,
+                    trace_id,
+                    status.as_str(),
+                    at,
+                    failed.then_some(at),
+                    sql_ms(*expires_at),
+                    code,
+                    reason,
+                    priority,
+                    probe,
+                ])?;
+            }
+            Record::Event {
+                key,
+                at,
+                kind,
+                sender,
+                endpoint,
+                message_id,
+                detail,
+            } => {
+                event.execute(params![
+                    at,
+                    kind,
+                    sender,
+                    endpoint,
+                    message_id,
+                    detail.to_string(),
+                    key
+                ])?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A stored breaker.
 #[derive(Debug, Clone)]
 pub struct BreakerRow {
@@ -966,20 +957,6 @@ pub fn event_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
         endpoint: r.get(4)?,
         message_id: r.get(5)?,
         detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-    })
-}
-
-/// Reads a breaker row (columns in the order `Tx::breaker` selects them).
-pub fn breaker_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<breaker::State> {
-    Ok(breaker::State {
-        phase: breaker::Phase::parse(&r.get::<_, String>(0)?),
-        failures: r.get(1)?,
-        successes: r.get(2)?,
-        probes_in_flight: r.get(3)?,
-        opened_at: r.get(4)?,
-        next_probe_at: r.get(5)?,
-        trips: r.get(6)?,
-        total_trips: r.get(7)?,
     })
 }
 

@@ -67,11 +67,15 @@ fn gc_dry_run_changes_nothing() {
     r.add(&["a.x"]);
     let id = send_at(&r, T0, &["a.x", "p", "--ttl", "1m"]);
     r.write_file("mailboxes/a.x/tmp/crashed-writer.tmp", "partial");
-    let before = r.listing();
+    let before = r.mailbox_tree();
     let g = json_at(&r, T0 + 10 * DAY, &["gc", "--dry-run"]);
     assert_eq!(g["dryRun"], true, "{g}");
     assert_eq!(g["expired"], 1, "{g}");
-    assert_eq!(r.listing(), before, "a dry run touches no file");
+    assert_eq!(
+        r.mailbox_tree(),
+        before,
+        "a dry run touches no mailbox file"
+    );
     assert_eq!(ids(&r, "a.x", "new"), vec![id.clone()]);
     // The index is untouched too: the message is still pending.
     let t = json_at(&r, T0 + 10 * DAY, &["trace", &id]);

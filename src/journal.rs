@@ -1,0 +1,203 @@
+//! The index journal: what a send would write into the index (its rows and
+//! events), appended to `journal` instead, so a send never opens SQLite.
+//!
+//! Every process that opens the index first moves the journal into it
+//! (`Store::ingest`), so reports, claims and acks always see every send
+//! that finished. Appends hold a shared `flock` on the journal for the one
+//! `write`; ingestion holds it exclusively while it copies and empties the
+//! file. Ingestion is idempotent (rows are keyed by endpoint and id, events
+//! by their journal key), so a crash between the index commit and the
+//! truncation only replays records the index already has.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{IoContext, Result};
+use crate::home::FILE_MODE;
+use crate::store::{Event, SentRow};
+
+/// `journal` in `dir` (the relay home).
+#[must_use]
+pub fn file(dir: &Path) -> PathBuf {
+    dir.join("journal")
+}
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Record {
+    /// An index row for a delivered or dead-lettered copy.
+    Sent {
+        /// When (ms).
+        at: u64,
+        /// Mailbox name.
+        endpoint: String,
+        /// Message id.
+        id: String,
+        /// Subject as sent.
+        subject: String,
+        /// Sender.
+        sender: String,
+        /// Trace id.
+        trace_id: String,
+        /// TTL deadline (ms).
+        expires_at: u64,
+        /// Priority rank.
+        priority: u8,
+        /// Sent as a half-open probe.
+        probe: bool,
+        /// Dead-letter code, when dead-lettered.
+        code: Option<String>,
+        /// Dead-letter reason, when dead-lettered.
+        reason: Option<String>,
+    },
+    /// An event.
+    Event {
+        /// Unique per record: replays are recognised by it.
+        key: String,
+        /// When (ms).
+        at: u64,
+        /// Event kind.
+        kind: String,
+        /// Sender concerned.
+        sender: Option<String>,
+        /// Endpoint concerned.
+        endpoint: Option<String>,
+        /// Message concerned.
+        message_id: Option<String>,
+        /// Kind-specific detail.
+        detail: serde_json::Value,
+    },
+}
+
+/// Records buffered by one process, appended with one `write`.
+#[derive(Debug)]
+pub struct Journal {
+    prefix: String,
+    next: u32,
+    buf: Vec<u8>,
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Journal {
+            prefix: ulid::Ulid::new().to_string(),
+            next: 0,
+            // A torn append (a kill mid-write) then loses only itself: the
+            // next append starts on a line of its own.
+            buf: b"\n".to_vec(),
+        }
+    }
+}
+
+impl Journal {
+    fn push(&mut self, r: &Record) {
+        // Encoding plain data into a Vec cannot fail.
+        if serde_json::to_writer(&mut self.buf, r).is_ok() {
+            self.buf.push(b'\n');
+        }
+    }
+
+    /// Buffers index rows.
+    pub fn sent(&mut self, rows: &[SentRow<'_>], now: u64) {
+        for r in rows {
+            let (code, reason) = r.failure.unzip();
+            let env = r.envelope;
+            self.push(&Record::Sent {
+                at: now,
+                endpoint: r.endpoint.to_string(),
+                id: env.id.clone(),
+                subject: env.subject.clone(),
+                sender: env.from.clone(),
+                trace_id: env.trace().to_string(),
+                expires_at: env.budget.ttl,
+                priority: env.priority().rank(),
+                probe: r.probe,
+                code: code.map(str::to_string),
+                reason: reason.map(str::to_string),
+            });
+        }
+    }
+
+    /// Buffers an event.
+    pub fn event(&mut self, e: &Event<'_>, now: u64) {
+        self.next += 1;
+        let key = format!("{}.{}", self.prefix, self.next);
+        self.push(&Record::Event {
+            key,
+            at: now,
+            kind: e.kind.to_string(),
+            sender: e.sender.map(str::to_string),
+            endpoint: e.endpoint.map(str::to_string),
+            message_id: e.message_id.map(str::to_string),
+            detail: e.detail.clone(),
+        });
+    }
+
+    /// Appends everything buffered to the journal in `dir`.
+    pub fn flush(&mut self, dir: &Path) -> Result<()> {
+        if self.buf.len() <= 1 {
+            return Ok(());
+        }
+        let path = file(dir);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(FILE_MODE)
+            .open(&path)
+            .ctx("cannot open", &path)?;
+        f.lock_shared().ctx("cannot lock", &path)?;
+        f.write_all(&self.buf).ctx("cannot append to", &path)?;
+        self.buf.truncate(1);
+        Ok(())
+    }
+}
+
+/// Parses journal text into records; lines that do not parse (a torn
+/// append) are counted and skipped.
+#[must_use]
+pub fn parse(text: &[u8]) -> (Vec<Record>, usize) {
+    let mut records = Vec::new();
+    let mut bad = 0;
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice(line) {
+            Ok(r) => records.push(r),
+            Err(_) => bad += 1,
+        }
+    }
+    (records, bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_torn_lines_are_skipped() {
+        let mut j = Journal::default();
+        j.event(
+            &Event {
+                kind: "rate_limit_soft",
+                sender: Some("a"),
+                endpoint: None,
+                message_id: None,
+                detail: serde_json::json!({ "used": 8 }),
+            },
+            7,
+        );
+        let mut text = j.buf.clone();
+        text.extend_from_slice(b"{\"t\":\"event\",\"ke");
+        let (records, bad) = parse(&text);
+        assert_eq!(bad, 1);
+        assert_eq!(records.len(), 1);
+        let Record::Event { kind, at, key, .. } = &records[0] else {
+            panic!("not an event: {records:?}");
+        };
+        assert_eq!((kind.as_str(), *at), ("rate_limit_soft", 7));
+        assert!(key.ends_with(".1"), "{key}");
+    }
+}
