@@ -145,13 +145,26 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
 
     // Backpressure: every endpoint's lock, in sorted order (no deadlock
     // between fan-outs), from the depth count to the last rename.
+    // Far below every threshold an upper bound on the depth decides as well
+    // as an exact count, and costs no directory listing: send cost stays
+    // flat as a mailbox fills, until decisions need the exact number.
     let mut locks = Vec::new();
     let mut depth: BTreeMap<String, u64> = BTreeMap::new();
     if rel.backpressure.enabled {
+        let quiet = policy(&rel.backpressure).quiet_below();
         for ep in &eps {
             let mb = Mailbox::at(&ctx.home, ep);
-            locks.push(mb.lock()?);
-            depth.insert(ep.clone(), mb.depth()?);
+            let lock = mb.lock()?;
+            let adding = jobs
+                .iter()
+                .filter(|j| j.fates.iter().any(|(e, _)| e == ep))
+                .count() as u64;
+            let d = match mb.depth_bound(&lock)? {
+                Some(bound) if bound.saturating_add(adding) < quiet => bound,
+                _ => mb.depth()?,
+            };
+            locks.push(lock);
+            depth.insert(ep.clone(), d);
         }
     }
 
@@ -414,6 +427,17 @@ fn decide<L: Ledger>(
     Ok(())
 }
 
+/// The pure backpressure policy of the configuration.
+fn policy(cfg: &Backpressure) -> pressure::Policy {
+    pressure::Policy {
+        max_mailbox_size: cfg.max_mailbox_size,
+        warning_at: cfg.pressure_warning_at,
+        shed_low_at: cfg.shed_low_at,
+        shed_background_at: cfg.shed_background_at,
+        priority_headroom: cfg.priority_headroom,
+    }
+}
+
 /// Backpressure for one job against the running depths; returns the events
 /// to record (kind, endpoint, depth, limit).
 fn backpressure(
@@ -421,13 +445,7 @@ fn backpressure(
     depth: &BTreeMap<String, u64>,
     cfg: &Backpressure,
 ) -> Vec<(&'static str, String, u64, u64)> {
-    let policy = pressure::Policy {
-        max_mailbox_size: cfg.max_mailbox_size,
-        warning_at: cfg.pressure_warning_at,
-        shed_low_at: cfg.shed_low_at,
-        shed_background_at: cfg.shed_background_at,
-        priority_headroom: cfg.priority_headroom,
-    };
+    let policy = policy(cfg);
     let priority = job.env.priority();
     let mut events = Vec::new();
     for (ep, fate) in &mut job.fates {

@@ -105,6 +105,15 @@ impl Policy {
     }
 
     /// The depth at which senders start being warned.
+    /// Depths below this get `Accept` for every priority: nothing needs
+    /// an exact count there.
+    #[must_use]
+    pub fn quiet_below(&self) -> u64 {
+        self.warning_depth()
+            .min(self.limit(Priority::Low))
+            .min(self.limit(Priority::Background))
+    }
+
     #[must_use]
     pub fn warning_depth(&self) -> u64 {
         #[allow(
@@ -163,6 +172,22 @@ mod tests {
         shed_background_at: 0.75,
         priority_headroom: 0.1,
     };
+
+    #[test]
+    fn below_quiet_every_priority_is_accepted() {
+        let q = P.quiet_below();
+        assert_eq!(q, 75);
+        for pr in [
+            Priority::Critical,
+            Priority::High,
+            Priority::Normal,
+            Priority::Low,
+            Priority::Background,
+        ] {
+            assert_eq!(decide(q - 1, pr, &P), Decision::Accept, "{pr}");
+        }
+        assert_ne!(decide(q, Priority::Background, &P), Decision::Accept);
+    }
 
     #[test]
     fn normal_warns_then_rejects_at_capacity() {
