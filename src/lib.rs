@@ -41,7 +41,9 @@ pub fn run<I>(args: I) -> u8
 where
     I: IntoIterator<Item = OsString>,
 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let parsed = Cli::parse_send(&args).map_or_else(|| Cli::try_parse_from(&args), Ok);
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -52,7 +54,7 @@ where
             };
         }
     };
-    let json = cli.json;
+    let json = cli.globals.json;
     match dispatch(cli) {
         Ok(()) => code::OK,
         Err(e) if e.is_broken_pipe() => code::OK,
@@ -74,7 +76,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
     }
     // `config` must work while config.json is broken: that is how it is fixed.
     let load_config = !matches!(cli.command, Command::Config(_));
-    let mut ctx = Ctx::new(cli.home, cli.json, load_config)?;
+    let mut ctx = Ctx::new(cli.globals.home, cli.globals.json, load_config)?;
     match &cli.command {
         Command::Send(a) => cmd::send::run(&mut ctx, a),
         Command::Recv(a) => cmd::recv::run(&mut ctx, a),
