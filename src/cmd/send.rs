@@ -222,8 +222,8 @@ fn prepare(
 
 /// What one send reports.
 struct Line {
-    /// The `--json` report.
-    json: serde_json::Value,
+    /// The `--json` report, encoded.
+    json: String,
     /// The id printed for people.
     id: String,
     /// Warnings for stderr.
@@ -239,7 +239,8 @@ fn summarize(env: &Envelope, key: Option<&str>, delivery: Delivery) -> Result<Li
                 key.unwrap_or_default()
             );
             return Ok(Line {
-                json: json!({ "id": original, "duplicate": true, "idempotencyKey": key }),
+                json: json!({ "id": original, "duplicate": true, "idempotencyKey": key })
+                    .to_string(),
                 id: original,
                 warnings: vec![key_note],
             });
@@ -317,7 +318,8 @@ fn summarize(env: &Envelope, key: Option<&str>, delivery: Delivery) -> Result<Li
         warnings: warnings.clone(),
     };
     Ok(Line {
-        json: serde_json::to_value(&report).unwrap_or(Value::Null),
+        json: serde_json::to_string(&report)
+            .map_err(|e| Error::Data(format!("cannot encode the send report: {e}")))?,
         id: env.id.clone(),
         warnings,
     })
@@ -330,7 +332,7 @@ fn print_result(ctx: &Ctx, line: &Line) -> Result<()> {
 /// The stdout line of a result (its warnings go to stderr now, unless `--json`).
 fn render(ctx: &Ctx, line: &Line) -> String {
     if ctx.json {
-        line.json.to_string()
+        line.json.clone()
     } else {
         for w in &line.warnings {
             output::warn(w);
