@@ -81,8 +81,35 @@ pub fn new_id(now_ms: u64) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() & ((1u128 << 50) - 1));
-    let random = ulid::Ulid::new().random() & ((1u128 << 30) - 1);
+    let random = u128::from(random_u64()) & ((1u128 << 30) - 1);
     ulid::Ulid::from_parts(now_ms, (nanos << 30) | random).to_string()
+}
+
+/// A ULID for the real clock with 80 random bits (names that only need to
+/// be unique: journal keys, set-aside directories).
+#[must_use]
+pub fn random_ulid() -> ulid::Ulid {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    ulid::Ulid::from_parts(
+        ms,
+        (u128::from(random_u64()) << 64) | u128::from(random_u64()),
+    )
+}
+
+/// 64 random bits from std's per-process random hash keys (seeded by the
+/// kernel's getrandom), mixed with the clock so successive calls differ: no
+/// random-number crate, no /dev/random poll at start-up.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 /// DorkOS `RelayBudget`.

@@ -85,7 +85,7 @@ pub struct Journal {
 impl Default for Journal {
     fn default() -> Self {
         Journal {
-            prefix: ulid::Ulid::new().to_string(),
+            prefix: crate::envelope::random_ulid().to_string(),
             next: 0,
             // A torn append (a kill mid-write) then loses only itself: the
             // next append starts on a line of its own.

@@ -160,7 +160,7 @@ fn remove(ctx: &Ctx, name: &str, force: bool) -> Result<()> {
     let grave = ctx
         .home
         .mailboxes()
-        .join(format!(".removed-{}", ulid::Ulid::new()));
+        .join(format!(".removed-{}", crate::envelope::random_ulid()));
     fs::rename(mb.dir(), &grave).ctx("cannot remove", mb.dir())?;
     fs::remove_dir_all(&grave).ctx("cannot delete", &grave)?;
     if ctx.json {
