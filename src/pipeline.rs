@@ -1,8 +1,9 @@
 //! The send pipeline after validation, for one message or a batch: budget
 //! per endpoint, then (under the endpoints' locks) backpressure, rate limit
-//! and breakers in one index transaction, then durable delivery (fsync per
-//! message, or one group commit for a batch), then the index rows, dead
-//! letters and failure notices in a second transaction.
+//! and breakers against the state file (the index only for idempotency keys
+//! and leases past their deadline), then durable delivery (fsync per message,
+//! or one group commit for a batch), then the index rows, dead letters and
+//! failure notices appended to the journal.
 
 use std::collections::{BTreeMap, BTreeSet};
 

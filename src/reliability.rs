@@ -1,6 +1,6 @@
 //! The reliability layer's I/O side: applies the pure state machines
-//! (`bucket`, `breaker`) to state read and written inside one index
-//! transaction, and records every decision as an event.
+//! (`bucket`, `breaker`) to the state of a `Ledger` (the state file, locked
+//! for the read-decide-write) and records every decision as an event.
 
 use serde_json::json;
 
