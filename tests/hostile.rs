@@ -5,7 +5,7 @@
 //! the exit code, that stderr names the bad value or file, that no panic or
 //! raw escape sequence comes out, and what was written: by default nothing
 //! at all (the home's listing before and after must be equal, ignoring
-//! `relay.db*` and `locks/`; files outside the home are compared too).
+//! `relay.db*`, `journal`, `state.json` and `locks/`; files outside the home are compared too).
 //!
 //! Rows marked `known_bug` are product bugs: they run, their failure is
 //! printed (not asserted), and a row that starts passing says so.
@@ -33,7 +33,8 @@ type After = fn(&Relay, &Vars) -> Result<(), String>;
 
 /// What the row's command may change on disk.
 enum Writes {
-    /// Nothing under the home (but `relay.db*` and `locks/`) or beside it.
+    /// Nothing under the home (but `relay.db*`, `journal`, `state.json`
+    /// and `locks/`) or beside it.
     Nothing,
     /// Exactly one dead letter (`<id>.json` + `<id>.reason.json`) in
     /// `mailboxes/<endpoint>/failed/` with this code, nothing else.
@@ -1794,7 +1795,14 @@ fn snapshot(r: &Relay) -> BTreeSet<String> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             match f.as_slice() {
-                [p, ..] if p.starts_with("relay.db") || p.starts_with("locks") => None,
+                // The index and its bookkeeping: the journal, the state file.
+                [p, ..]
+                    if ["relay.db", "locks", "journal", "state.json"]
+                        .iter()
+                        .any(|i| p.starts_with(i)) =>
+                {
+                    None
+                }
                 [p, "dir", mode, _] => Some(format!("home/{p} dir {mode}")),
                 _ => Some(format!("home/{}", l.trim())),
             }

@@ -12,6 +12,7 @@ use crate::cli::SendArgs;
 use crate::context::Ctx;
 use crate::envelope::{Budget, Envelope};
 use crate::error::{Error, Result};
+use crate::ledger::{Fast, Ledger};
 use crate::maildir::{self, Mailbox};
 use crate::notice;
 use crate::output;
@@ -552,21 +553,21 @@ fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &st
     let mb = Mailbox::at(&ctx.home, &env.subject);
     mb.dead_letter(env, reason, code, now)?;
     let notice = notice::send(&ctx.home, env, &env.subject, code, reason, now)?;
-    let tx = ctx.store()?.begin()?;
-    tx.record_sent(
-        &[SentRow {
+    // Accounted like the pipeline's dead letters: in the journal, no index.
+    let ledger = Fast::new(ctx.home.root());
+    ledger.dead_letter_row(
+        &SentRow {
             endpoint: &env.subject,
             envelope: env,
             failure: Some((code, reason)),
             probe: false,
-        }],
+        },
         now,
     )?;
-    tx.dead_lettered(Some(&env.from), &env.subject, &env.id, code, reason, now)?;
     if let Some(n) = &notice {
-        notice::record(&tx, n, now)?;
+        notice::record(&ledger, n, now)?;
     }
-    tx.commit()
+    ledger.commit()
 }
 
 /// Default hop ceiling, as in DorkOS.
