@@ -10,7 +10,7 @@
 use std::cell::{RefCell, RefMut};
 use std::path::{Path, PathBuf};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::state::{self, Locked};
 use crate::store::{BreakerRow, BucketRow, Event, SentRow};
@@ -39,10 +39,8 @@ impl LazyState {
         if held.is_none() {
             *held = Some(Locked::acquire(&self.dir)?);
         }
-        Ok(RefMut::map(held, |h| match h {
-            Some(l) => l,
-            None => unreachable!("locked just above"),
-        }))
+        RefMut::filter_map(held, Option::as_mut)
+            .map_err(|_| Error::Data("the reliability state lock was not held".into()))
     }
 
     /// Writes the state back if it was changed and releases the lock; a

@@ -174,7 +174,7 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
     // keys and leases past their deadline need the index.
     let ledger = Fast::new(ctx.home.root());
     let slow = jobs.iter().any(|j| j.key.is_some())
-        || ledger.state().lock()?.get().lease_due(eps.iter(), now);
+        || ledger.state().lock()?.get().lease_past_due(eps.iter(), now);
     if slow {
         // The one lock order: the index before the state.
         ledger.state().release()?;

@@ -74,7 +74,11 @@ impl State {
     }
 
     /// Whether a lease at one of `endpoints` is past its deadline at `now`.
-    pub fn lease_due<'a>(&self, mut endpoints: impl Iterator<Item = &'a String>, now: u64) -> bool {
+    pub fn lease_past_due<'a>(
+        &self,
+        mut endpoints: impl Iterator<Item = &'a String>,
+        now: u64,
+    ) -> bool {
         endpoints.any(|ep| self.lease_due.get(ep).is_some_and(|&at| at < now))
     }
 }

@@ -5,7 +5,7 @@
 //! rename and the insert) and is completed when the message is next seen.
 
 use std::fs::OpenOptions;
-use std::io::Read;
+use std::io::BufRead;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -255,7 +255,7 @@ impl Store {
     /// after a crash between the two change nothing.
     pub fn ingest(&mut self) -> Result<()> {
         let path = journal::file(&self.dir);
-        let mut f = match OpenOptions::new().read(true).write(true).open(&path) {
+        let f = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io("cannot open", &path, e)),
@@ -269,10 +269,25 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| store_err(&self.path, e))?;
         f.lock().ctx("cannot lock", &path)?;
-        let mut text = Vec::new();
-        f.read_to_end(&mut text).ctx("cannot read", &path)?;
-        let (records, bad) = journal::parse(&text);
-        apply(&tx, &records).map_err(|e| store_err(&self.path, e))?;
+        // A few MiB of whole lines at a time: a backlog of a million sends
+        // is never held in memory at once.
+        let mut reader = std::io::BufReader::new(&f);
+        let (mut chunk, mut bad) = (Vec::new(), 0);
+        loop {
+            chunk.clear();
+            while chunk.len() < 4 << 20
+                && reader
+                    .read_until(b'\n', &mut chunk)
+                    .ctx("cannot read", &path)?
+                    > 0
+            {}
+            if chunk.is_empty() {
+                break;
+            }
+            let (records, torn) = journal::parse(&chunk);
+            bad += torn;
+            apply(&tx, &records).map_err(|e| store_err(&self.path, e))?;
+        }
         tx.commit().map_err(|e| store_err(&self.path, e))?;
         f.set_len(0).ctx("cannot empty", &path)?;
         if bad > 0 {
