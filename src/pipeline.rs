@@ -192,42 +192,39 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
     }
 
     // Durable delivery of the hop-updated copies.
-    let mut io_failures: Vec<(usize, String, bool)> = Vec::new();
-    let mut staged: Vec<(usize, usize)> = Vec::new();
+    let mut work: Vec<Work> = Vec::new();
     for (j, job) in jobs.iter_mut().enumerate() {
         if job.result.is_some() {
             continue;
         }
         for i in 0..job.fates.len() {
-            if job.fates[i].1.is_some() {
-                continue;
+            if job.fates[i].1.is_none()
+                && let Some(copy) = job.copies[i].take()
+            {
+                work.push((j, i, job.fates[i].0.clone(), copy));
             }
-            let Some(copy) = job.copies[i].take() else {
-                continue;
-            };
-            let ep = job.fates[i].0.clone();
-            let mb = Mailbox::at(&ctx.home, &ep);
-            let written = match durability {
-                Durability::PerMessage => mb.deliver(&copy, true),
-                Durability::None => mb.deliver(&copy, false),
-                Durability::Group => mb.stage(&copy),
-            };
-            job.fates[i].1 = Some(match written {
-                Ok(()) => {
-                    if durability == Durability::Group {
-                        staged.push((j, i));
-                    }
-                    Fate::Delivered(Box::new(copy), job.probes[i])
-                }
-                Err(e) => {
-                    io_failures.push((j, ep, job.probes[i]));
-                    Fate::Refused("io_error".into(), e.to_string(), None)
-                }
-            });
         }
     }
-    if !staged.is_empty() {
-        group_commit(ctx, jobs, &staged, &mut io_failures)?;
+    let home = &ctx.home;
+    let written: Vec<Result<()>> = match durability {
+        Durability::PerMessage | Durability::None => {
+            let sync = durability == Durability::PerMessage;
+            parallel_map(&work, |(_, _, ep, copy)| {
+                Mailbox::at(home, ep).deliver(copy, sync)
+            })
+        }
+        Durability::Group => group_commit(home, &work)?,
+    };
+    let mut io_failures: Vec<(usize, String, bool)> = Vec::new();
+    for ((j, i, ep, copy), result) in work.into_iter().zip(written) {
+        let job = &mut jobs[j];
+        job.fates[i].1 = Some(match result {
+            Ok(()) => Fate::Delivered(Box::new(copy), job.probes[i]),
+            Err(e) => {
+                io_failures.push((j, ep, job.probes[i]));
+                Fate::Refused("io_error".into(), e.to_string(), None)
+            }
+        });
     }
     drop(locks);
 
@@ -485,29 +482,73 @@ fn backpressure(
     events
 }
 
-/// Makes every staged file durable with one `syncfs`, renames them into
-/// `new/`, and fsyncs each touched `new/` once.
-fn group_commit(
-    ctx: &Ctx,
-    jobs: &mut [Job],
-    staged: &[(usize, usize)],
-    io_failures: &mut Vec<(usize, String, bool)>,
-) -> Result<()> {
-    home::sync_filesystem(&ctx.home.mailboxes())?;
-    let mut dirs = BTreeSet::new();
-    for &(j, i) in staged {
-        let job = &mut jobs[j];
-        let ep = job.fates[i].0.clone();
-        let mb = Mailbox::at(&ctx.home, &ep);
-        if let Err(e) = mb.publish(&job.env.id) {
-            io_failures.push((j, ep, job.probes[i]));
-            job.fates[i].1 = Some(Fate::Refused("io_error".into(), e.to_string(), None));
+/// One copy to write: (job, endpoint index, endpoint, envelope).
+type Work = (usize, usize, String, Envelope);
+
+/// Group commit: stages every copy in `tmp/` without fsync, makes them all
+/// durable with one `syncfs`, renames them into `new/` and fsyncs each
+/// touched `new/` once. Staging and renaming run on two threads. One result
+/// per copy; errors returned here stop the batch.
+fn group_commit(relay_home: &crate::home::Home, work: &[Work]) -> Result<Vec<Result<()>>> {
+    let staged = parallel_map(work, |(_, _, ep, copy)| {
+        Mailbox::at(relay_home, ep).stage(copy)
+    });
+    home::sync_filesystem(&relay_home.mailboxes())?;
+    let todo: Vec<(&Work, bool)> = work.iter().zip(staged.iter().map(Result::is_ok)).collect();
+    let published = parallel_map(&todo, |((_, _, ep, copy), ok)| {
+        if *ok {
+            Mailbox::at(relay_home, ep).publish(&copy.id)
         } else {
-            dirs.insert(mb.sub("new"));
+            Ok(())
         }
+    });
+    let mut dirs = BTreeSet::new();
+    let mut results = Vec::with_capacity(work.len());
+    for (((_, _, ep, _), st), published) in work.iter().zip(staged).zip(published) {
+        let r = st.and(published);
+        if r.is_ok() {
+            dirs.insert(Mailbox::at(relay_home, ep).sub("new"));
+        }
+        results.push(r);
     }
     for d in dirs {
         home::sync_dir(&d)?;
     }
-    Ok(())
+    Ok(results)
+}
+
+/// `f` over `items`, in order, on up to two threads: a batch's file work is
+/// mostly system time, which a second core overlaps.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    const PER_THREAD_MIN: usize = 256;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
+    if threads < 2 || items.len() < 2 * PER_THREAD_MIN {
+        return items.iter().map(&f).collect();
+    }
+    let (first, second) = items.split_at(items.len() / 2);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| second.iter().map(&f).collect::<Vec<R>>());
+        let mut out: Vec<R> = first.iter().map(&f).collect();
+        match other.join() {
+            Ok(rest) => out.extend(rest),
+            // A panic on the other thread is a bug: raise it here.
+            Err(p) => std::panic::resume_unwind(p),
+        }
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parallel_map;
+
+    #[test]
+    fn parallel_map_keeps_the_input_order() {
+        for n in [0, 1, 511, 512, 2_001] {
+            let items: Vec<usize> = (0..n).collect();
+            let got = parallel_map(&items, |i| i * 3);
+            let want: Vec<usize> = items.iter().map(|i| i * 3).collect();
+            assert_eq!(got, want, "n = {n}");
+        }
+    }
 }

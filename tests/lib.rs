@@ -5,6 +5,7 @@ mod harness;
 
 mod ack; // ack and nack: removal from cur/, dead letters with reason sidecars
 mod backpressure; // mailbox depth: warning, refusal, priority lanes, recv order, fan-out refusals
+mod batch; // send --batch: order, fan-out, group commit on two threads, per-line errors, limits
 mod breakers; // circuit breakers: trips, open refusals, half-open probes, leases, reset/open
 mod cli; // usage errors (64), help and version, the clean-environment fallbacks
 mod concurrency; // racing receivers: every message claimed exactly once
