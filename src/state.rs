@@ -2,25 +2,28 @@
 //! sender, circuit breakers per (sender, endpoint), and the earliest lease
 //! deadline per endpoint.
 //!
-//! It lives in `state.json` beside the index rather than in SQLite because a
-//! send must not pay for opening the database (about 1 ms per process, more
-//! than the whole durable delivery): reading and rewriting this small file
-//! under `locks/state.lock` is a handful of syscalls. Writers take the lock
-//! exclusively, read, change, and replace the file with a rename, so a
-//! process killed at any moment leaves either the old state or the new one.
-//! The file is not fsynced: after a power loss the limits and breakers may
-//! be a little behind, which costs no message (the Maildir is the truth).
+//! It lives in two small files beside the index rather than in SQLite,
+//! because a send must not pay for opening the database (about 1 ms per
+//! process, more than the whole durable delivery). The files `state.0` and
+//! `state.1` are two slots, each a header line (`relay-state <generation>
+//! <length> <checksum>`) and the state as JSON. A writer holds an exclusive
+//! `flock` on `state.0`, reads both, and rewrites the older slot in place
+//! with the next generation: no file is created or renamed per change. A
+//! process killed mid-write leaves that slot failing its checksum, and the
+//! other slot still holds the state before the change. The slots are not
+//! fsynced: after a power loss limits and breakers may be a little behind,
+//! which costs no message (the Maildir is the truth).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::fs::{File, OpenOptions};
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::home::{self, FILE_MODE};
+use crate::home::FILE_MODE;
 use crate::{breaker, bucket};
 
 /// A sender's bucket with its hit counters.
@@ -49,7 +52,7 @@ pub struct Breaker {
     pub updated_at: u64,
 }
 
-/// Everything in `state.json`.
+/// Everything in the state slots.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct State {
@@ -83,10 +86,10 @@ impl State {
     }
 }
 
-/// `state.json` in `dir` (the relay home).
+/// The two slot files in `dir` (the relay home).
 #[must_use]
-pub fn file(dir: &Path) -> PathBuf {
-    dir.join("state.json")
+pub fn files(dir: &Path) -> [PathBuf; 2] {
+    [dir.join("state.0"), dir.join("state.1")]
 }
 
 /// The state, read under the lock and released at once (for reports).
@@ -94,12 +97,21 @@ pub fn read(dir: &Path) -> Result<State> {
     Ok(Locked::acquire(dir)?.state)
 }
 
+/// One slot as read: its file, generation (0 if empty or invalid) and
+/// length on disk.
+#[derive(Debug)]
+struct Slot {
+    file: File,
+    path: PathBuf,
+    generation: u64,
+    len: usize,
+}
+
 /// The state held under the exclusive lock; `save` writes it back if it was
 /// changed, dropping without `save` discards the changes.
 #[derive(Debug)]
 pub struct Locked {
-    _lock: File,
-    dir: PathBuf,
+    slots: [Slot; 2],
     state: State,
     dirty: bool,
 }
@@ -107,28 +119,36 @@ pub struct Locked {
 impl Locked {
     /// Takes the lock and reads the state (empty if there is none yet).
     pub fn acquire(dir: &Path) -> Result<Self> {
-        let lock_path = dir.join("locks").join("state.lock");
-        let open = || {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(FILE_MODE)
-                .open(&lock_path)
-        };
-        let lock = match open() {
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                home::create_dir_secure(&dir.join("locks"), false)?;
-                open()
+        let [p0, p1] = files(dir);
+        let f0 = open_slot(&p0)?;
+        f0.lock().ctx("cannot lock", &p0)?;
+        let f1 = open_slot(&p1)?;
+        let (s0, st0) = read_slot(f0, p0)?;
+        let (s1, st1) = read_slot(f1, p1)?;
+        let damaged = s0.len > 0 && st0.is_none() && s1.len > 0 && st1.is_none();
+        let state = match (st0, st1) {
+            (Some(a), Some(b)) => {
+                if s1.generation > s0.generation {
+                    b
+                } else {
+                    a
+                }
             }
-            other => other,
-        }
-        .ctx("cannot open lock", &lock_path)?;
-        lock.lock().ctx("cannot lock", &lock_path)?;
-        let state = load(&file(dir))?;
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => {
+                if damaged {
+                    eprintln!(
+                        "relay: warning: {} and {} are both damaged; rate limits and breakers start over",
+                        s0.path.display(),
+                        s1.path.display()
+                    );
+                }
+                State::default()
+            }
+        };
         Ok(Locked {
-            _lock: lock,
-            dir: dir.to_path_buf(),
+            slots: [s0, s1],
             state,
             dirty: false,
         })
@@ -146,51 +166,89 @@ impl Locked {
         &mut self.state
     }
 
-    /// Writes the state back if it changed, then releases the lock.
+    /// Writes the state back if it changed (into the older slot, in place),
+    /// then releases the lock.
     pub fn save(self) -> Result<()> {
+        use std::os::unix::fs::FileExt;
         if !self.dirty {
             return Ok(());
         }
-        let path = file(&self.dir);
-        let tmp = self.dir.join("state.json.tmp");
-        let bytes = serde_json::to_vec(&self.state)
+        let [s0, s1] = &self.slots;
+        let (older, newer) = if s0.generation <= s1.generation {
+            (s0, s1)
+        } else {
+            (s1, s0)
+        };
+        let json = serde_json::to_vec(&self.state)
             .map_err(|e| Error::Data(format!("cannot encode the reliability state: {e}")))?;
-        let written = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(FILE_MODE)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(&bytes));
-        written
-            .and_then(|()| fs::rename(&tmp, &path))
-            .ctx("cannot write", &path)
+        let mut bytes = format!(
+            "{MAGIC} {} {} {:016x}\n",
+            newer.generation.max(older.generation) + 1,
+            json.len(),
+            checksum(&json)
+        )
+        .into_bytes();
+        bytes.extend_from_slice(&json);
+        // Spaces over what a longer earlier state left: no truncate, so the
+        // write is one call.
+        bytes.resize(bytes.len().max(older.len), b' ');
+        bytes.push(b'\n');
+        older
+            .file
+            .write_all_at(&bytes, 0)
+            .ctx("cannot write", &older.path)
     }
 }
 
-/// Reads `path`; a file that does not parse (torn by a power loss, or
-/// edited by hand) is moved aside with a warning and the state starts over:
-/// refusing every send until someone repairs it would be worse.
-fn load(path: &Path) -> Result<State> {
+const MAGIC: &str = "relay-state";
+
+/// FNV-1a, 64 bits: enough to tell a torn slot from a whole one.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn open_slot(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(path)
+        .ctx("cannot open", path)
+}
+
+/// Reads a slot: its state if the header and checksum hold.
+fn read_slot(mut file: File, path: PathBuf) -> Result<(Slot, Option<State>)> {
     let mut raw = Vec::new();
-    match File::open(path) {
-        Ok(mut f) => f.read_to_end(&mut raw).ctx("cannot read", path)?,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(State::default()),
-        Err(e) => return Err(Error::io("cannot open", path, e)),
+    file.read_to_end(&mut raw).ctx("cannot read", &path)?;
+    let parsed = parse_slot(&raw);
+    let slot = Slot {
+        file,
+        path,
+        generation: parsed.as_ref().map_or(0, |(g, _)| *g),
+        len: raw.len(),
     };
-    match serde_json::from_slice(&raw) {
-        Ok(state) => Ok(state),
-        Err(e) => {
-            let aside = path.with_extension("json.damaged");
-            fs::rename(path, &aside).ctx("cannot move aside", path)?;
-            eprintln!(
-                "relay: warning: {} was damaged ({e}); rate limits and breakers start over (the damaged file is kept as {})",
-                path.display(),
-                aside.display()
-            );
-            Ok(State::default())
-        }
+    Ok((slot, parsed.map(|(_, s)| s)))
+}
+
+fn parse_slot(raw: &[u8]) -> Option<(u64, State)> {
+    let nl = raw.iter().position(|&b| b == b'\n')?;
+    let header = std::str::from_utf8(&raw[..nl]).ok()?;
+    let mut words = header.split(' ');
+    if words.next()? != MAGIC {
+        return None;
     }
+    let generation: u64 = words.next()?.parse().ok()?;
+    let len: usize = words.next()?.parse().ok()?;
+    let sum = u64::from_str_radix(words.next()?, 16).ok()?;
+    let json = raw.get(nl + 1..nl + 1 + len)?;
+    if checksum(json) != sum {
+        return None;
+    }
+    Some((generation, serde_json::from_slice(json).ok()?))
 }
 
 #[cfg(test)]
@@ -198,23 +256,62 @@ mod tests {
     use super::*;
 
     #[test]
-    fn changes_are_kept_only_when_saved() {
+    fn changes_are_kept_only_when_saved_and_alternate_slots() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut l = Locked::acquire(dir.path()).expect("lock");
         l.get_mut().lease_due.insert("a".into(), 5);
         drop(l);
         assert_eq!(read(dir.path()).expect("read"), State::default());
-        let mut l = Locked::acquire(dir.path()).expect("lock");
-        l.get_mut().lease_due.insert("a".into(), 5);
-        l.save().expect("save");
-        assert_eq!(read(dir.path()).expect("read").lease_due.get("a"), Some(&5));
+        for at in 1..=3 {
+            let mut l = Locked::acquire(dir.path()).expect("lock");
+            l.get_mut().lease_due.insert("a".into(), at);
+            l.save().expect("save");
+            assert_eq!(
+                read(dir.path()).expect("read").lease_due.get("a"),
+                Some(&at)
+            );
+        }
+        let [p0, p1] = files(dir.path());
+        let g = |p: &Path| parse_slot(&std::fs::read(p).expect("slot")).map(|(g, _)| g);
+        assert_eq!(
+            (g(&p0), g(&p1)),
+            (Some(3), Some(2)),
+            "each save writes the older slot"
+        );
     }
 
     #[test]
-    fn a_damaged_file_is_moved_aside_and_the_state_starts_over() {
+    fn a_torn_slot_falls_back_to_the_other_and_two_start_over() {
         let dir = tempfile::tempdir().expect("tempdir");
-        fs::write(file(dir.path()), b"{\"buckets\": {").expect("write");
+        for at in [7, 8] {
+            let mut l = Locked::acquire(dir.path()).expect("lock");
+            l.get_mut().lease_due.insert("a".into(), at);
+            l.save().expect("save");
+        }
+        // Slot 1 holds generation 2 (8); tear it: slot 0's 7 is what is left.
+        let [p0, p1] = files(dir.path());
+        let mut raw = std::fs::read(&p1).expect("slot");
+        let end = raw.len() - 5;
+        raw[end] ^= 0x20;
+        std::fs::write(&p1, &raw).expect("tear");
+        assert_eq!(read(dir.path()).expect("read").lease_due.get("a"), Some(&7));
+        std::fs::write(&p0, b"relay-state 9 2 0\n{}").expect("garbage");
         assert_eq!(read(dir.path()).expect("read"), State::default());
-        assert!(dir.path().join("state.json.damaged").exists());
+    }
+
+    #[test]
+    fn a_shorter_state_pads_the_slot_instead_of_truncating_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut l = Locked::acquire(dir.path()).expect("lock");
+        for i in 0..50 {
+            l.get_mut().lease_due.insert(format!("endpoint.{i}"), i);
+        }
+        l.save().expect("save");
+        for _ in 0..2 {
+            let mut l = Locked::acquire(dir.path()).expect("lock");
+            l.get_mut().lease_due.clear();
+            l.save().expect("save");
+        }
+        assert_eq!(read(dir.path()).expect("read"), State::default());
     }
 }

@@ -5,7 +5,7 @@
 //! the exit code, that stderr names the bad value or file, that no panic or
 //! raw escape sequence comes out, and what was written: by default nothing
 //! at all (the home's listing before and after must be equal, ignoring
-//! `relay.db*`, `journal`, `state.json` and `locks/`; files outside the home are compared too).
+//! `relay.db*`, `journal`, the `state.*` slots and `locks/`; files outside the home are compared too).
 //!
 //! Rows marked `known_bug` are product bugs: they run, their failure is
 //! printed (not asserted), and a row that starts passing says so.
@@ -33,7 +33,7 @@ type After = fn(&Relay, &Vars) -> Result<(), String>;
 
 /// What the row's command may change on disk.
 enum Writes {
-    /// Nothing under the home (but `relay.db*`, `journal`, `state.json`
+    /// Nothing under the home (but `relay.db*`, `journal`, `state.*`
     /// and `locks/`) or beside it.
     Nothing,
     /// Exactly one dead letter (`<id>.json` + `<id>.reason.json`) in
@@ -1797,7 +1797,7 @@ fn snapshot(r: &Relay) -> BTreeSet<String> {
             match f.as_slice() {
                 // The index and its bookkeeping: the journal, the state file.
                 [p, ..]
-                    if ["relay.db", "locks", "journal", "state.json"]
+                    if ["relay.db", "locks", "journal", "state."]
                         .iter()
                         .any(|i| p.starts_with(i)) =>
                 {

@@ -1,8 +1,10 @@
 //! A send never opens the index: its rows and events go to `journal` and its
-//! rate-limit and breaker state to `state.json`. Every index user ingests the
+//! rate-limit and breaker state to the slots `state.0`/`state.1`. Every index user ingests the
 //! journal first, replays change nothing, and damaged files cost no message.
 
 use std::fs;
+
+use serde_json::Value;
 
 use crate::harness::Relay;
 
@@ -98,8 +100,50 @@ fn a_torn_journal_line_is_skipped_with_a_warning_and_the_rest_ingested() {
     r.cmd(["recv", "agent.b"]).success().stdout_is("kept\n");
 }
 
+/// The newest valid state slot (`relay-state GEN LEN SUM` header, then
+/// JSON): its file name and state.
+fn newest_state(r: &Relay) -> (&'static str, Value) {
+    ["state.0", "state.1"]
+        .into_iter()
+        .filter_map(|f| {
+            let raw = fs::read_to_string(r.path(f)).ok()?;
+            let (header, rest) = raw.split_once('\n')?;
+            let generation: u64 = header.split(' ').nth(1)?.parse().ok()?;
+            let state = serde_json::from_str::<Value>(rest.trim_end()).ok()?;
+            Some((generation, f, state))
+        })
+        .max_by_key(|(g, _, _)| *g)
+        .map(|(_, f, v)| (f, v))
+        .unwrap_or_default()
+}
+
 #[test]
-fn a_damaged_state_file_is_set_aside_and_limits_start_over() {
+fn a_torn_state_slot_falls_back_to_the_state_before_it() {
+    let r = world(r#"{"reliability":{"rateLimit":{"maxPerWindow":2}}}"#);
+    r.cmd(["send", "agent.b", "1", "--from", "agent.a"])
+        .at(T)
+        .success();
+    r.cmd(["send", "agent.b", "2", "--from", "agent.a"])
+        .at(T)
+        .success();
+    // The second send's slot is torn (a kill mid-write): the first send's
+    // state is what is left, one token, so exactly one more send passes.
+    let (newest, state) = newest_state(&r);
+    assert!(state["buckets"]["agent.a"].is_object(), "{state}");
+    let mut raw = fs::read(r.path(newest)).expect("slot");
+    let at = raw.len() / 2;
+    raw[at] ^= 0x01;
+    fs::write(r.path(newest), raw).expect("tear");
+    r.cmd(["send", "agent.b", "3", "--from", "agent.a"])
+        .at(T)
+        .success();
+    r.cmd(["send", "agent.b", "4", "--from", "agent.a"])
+        .at(T)
+        .code(75);
+}
+
+#[test]
+fn damaged_state_slots_start_over_with_a_warning_and_lose_no_message() {
     let r = world(r#"{"reliability":{"rateLimit":{"maxPerWindow":1}}}"#);
     r.cmd(["send", "agent.b", "1", "--from", "agent.a"])
         .at(T)
@@ -107,12 +151,12 @@ fn a_damaged_state_file_is_set_aside_and_limits_start_over() {
     r.cmd(["send", "agent.b", "2", "--from", "agent.a"])
         .at(T)
         .code(75);
-    r.write_file("state.json", "{\"buckets\":{\"agent.a\":{\"tok");
+    r.write_file("state.0", "{\"buckets\":{\"agent.a\":{\"tok");
+    r.write_file("state.1", "garbage");
     r.cmd(["send", "agent.b", "3", "--from", "agent.a"])
         .at(T)
         .success()
-        .stderr_has(&["state.json was damaged", "start over", "state.json.damaged"]);
-    assert!(r.path("state.json.damaged").exists());
+        .stderr_has(&["state.0", "state.1", "both damaged", "start over"]);
     assert_eq!(r.files("agent.b", "new").len(), 2, "no message lost");
 }
 
@@ -128,7 +172,7 @@ fn buckets_and_breakers_survive_between_processes_in_the_state_file() {
         .to_string();
     r.cmd(["recv", "agent.b"]).at(T).success();
     r.cmd(["nack", "agent.b", &id]).at(T).success();
-    let state = r.read_json("state.json");
+    let (_, state) = newest_state(&r);
     assert_eq!(
         state["breakers"]["agent.a"]["agent.b"]["phase"], "open",
         "{state}"

@@ -97,7 +97,7 @@ const MIGRATIONS: &[&str] = &[
     // 4: (endpoint, status) lookups are served by the primary key's prefix;
     // one index less to maintain on every send.
     "DROP INDEX messages_by_status;",
-    // 5: buckets and breakers move to state.json (a send no longer opens
+    // 5: buckets and breakers move to the state slots (a send no longer opens
     // the index); events from the journal carry a key so a replay is a no-op.
     "DROP TABLE buckets;
      DROP TABLE breakers;
