@@ -76,6 +76,26 @@ impl State {
             .unwrap_or_default()
     }
 
+    /// Forgets what a sender with no state would get anyway, if untouched
+    /// since `before`: full buckets (`is_full`) and closed breakers with no
+    /// failures. Returns how many entries went.
+    pub fn prune(&mut self, before: u64, is_full: impl Fn(&str, &bucket::State) -> bool) -> usize {
+        let count =
+            |s: &State| s.buckets.len() + s.breakers.values().map(BTreeMap::len).sum::<usize>();
+        let was = count(self);
+        self.buckets
+            .retain(|sender, b| b.state.updated_at >= before || !is_full(sender, &b.state));
+        for pairs in self.breakers.values_mut() {
+            pairs.retain(|_, b| {
+                b.updated_at >= before
+                    || b.state.phase != breaker::Phase::Closed
+                    || b.state.failures > 0
+            });
+        }
+        self.breakers.retain(|_, pairs| !pairs.is_empty());
+        was - count(self)
+    }
+
     /// Whether a lease at one of `endpoints` is past its deadline at `now`.
     pub fn lease_past_due<'a>(
         &self,

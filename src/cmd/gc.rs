@@ -11,9 +11,10 @@ use crate::cli::GcArgs;
 use crate::clock::system_time_ms;
 use crate::context::Ctx;
 use crate::error::Result;
+use crate::ledger::Ledger;
 use crate::maildir::{self, Mailbox};
-use crate::notice;
 use crate::output;
+use crate::{notice, reliability};
 
 /// What one gc run did (or would do, with `--dry-run`).
 #[derive(Debug, Default, Serialize)]
@@ -25,6 +26,8 @@ struct GcReport {
     index_rows_pruned: usize,
     events_pruned: usize,
     idempotency_keys_pruned: usize,
+    /// Idle full buckets and idle closed breakers forgotten.
+    state_entries_pruned: usize,
 }
 
 /// Runs `relay gc`.
@@ -94,6 +97,7 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
     }
     let retention_ms = ctx.config.retention_days.saturating_mul(86_400_000);
     let key_window_ms = ctx.config.idempotency_window_secs.saturating_mul(1000);
+    let limits = ctx.config.reliability.rate_limit.clone();
     let tx = ctx.store()?.begin()?;
     for (ep, env, reason) in &expired {
         tx.dead_lettered(Some(&env.from), ep, &env.id, "ttl_expired", reason, now)?;
@@ -108,6 +112,14 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
     report.index_rows_pruned = pruned.0;
     report.events_pruned = pruned.1;
     report.idempotency_keys_pruned = pruned.2;
+    report.state_entries_pruned =
+        tx.state()
+            .lock()?
+            .get_mut()
+            .prune(now.saturating_sub(retention_ms), |sender, bucket| {
+                let policy = reliability::bucket_policy(&limits, sender);
+                bucket.refilled(&policy, now).tokens >= policy.capacity
+            });
     if args.dry_run {
         drop(tx); // rolls back: a dry run changes nothing
     } else {
@@ -119,7 +131,7 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
         return output::json_line(&report);
     }
     output::line(&format!(
-        "{}expired {} message(s), removed {} stale tmp file(s), pruned {} index row(s), {} event(s), {} idempotency key(s)",
+        "{}expired {} message(s), removed {} stale tmp file(s), pruned {} index row(s), {} event(s), {} idempotency key(s), {} idle limit/breaker state(s)",
         if args.dry_run {
             "dry run: would have "
         } else {
@@ -129,6 +141,7 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
         report.tmp_files_removed,
         report.index_rows_pruned,
         report.events_pruned,
-        report.idempotency_keys_pruned
+        report.idempotency_keys_pruned,
+        report.state_entries_pruned
     ))
 }

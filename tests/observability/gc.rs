@@ -244,3 +244,36 @@ fn gc_returns_pruned_pages_to_the_filesystem() {
         "index did not shrink: {before} -> {after} pages"
     );
 }
+
+#[test]
+fn gc_forgets_idle_full_buckets_and_idle_closed_breakers_but_keeps_the_rest() {
+    let r = Relay::new();
+    r.write_file(
+        "config.json",
+        r#"{"reliability":{"rateLimit":{"maxPerWindow":5,"windowSecs":60},"circuitBreaker":{"failureThreshold":1}}}"#,
+    );
+    r.add(&["a.x", "b.y"]);
+    // agent.idle sends once; agent.open trips its breaker to b.y.
+    send_at(&r, T0, &["a.x", "1", "--from", "agent.idle"]);
+    let id = send_at(&r, T0, &["b.y", "2", "--from", "agent.open"]);
+    recv_at(&r, T0, "b.y");
+    r.cmd(["nack", "b.y", &id]).at(T0).success();
+    let limits = |at| {
+        json_at(&r, at, &["limits"])["limits"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(limits(T0 + 1), 2);
+
+    // Within retention (7 days) nothing goes.
+    assert_eq!(json_at(&r, T0 + 6 * DAY, &["gc"])["stateEntriesPruned"], 0);
+    // Past it: both full buckets go; the open breaker stays (it still refuses).
+    let g = json_at(&r, T0 + 8 * DAY, &["gc", "--dry-run"]);
+    assert_eq!(g["stateEntriesPruned"], 2, "{g}");
+    assert_eq!(limits(T0 + 8 * DAY), 2, "a dry run forgets nothing");
+    let g = json_at(&r, T0 + 8 * DAY, &["gc"]);
+    assert_eq!(g["stateEntriesPruned"], 2, "{g}");
+    assert_eq!(limits(T0 + 8 * DAY), 0);
+    let b = json_at(&r, T0 + 8 * DAY, &["breakers"]);
+    assert_eq!(b["breakers"].as_array().map_or(0, Vec::len), 1, "{b}");
+}
