@@ -102,7 +102,7 @@ pub enum Command {
     Dlq(DlqArgs),
     /// The event log (everything the bus decided); --follow streams it
     Events(EventsArgs),
-    /// Expire messages past their TTL, delete stale tmp/ files, prune old index rows and events
+    /// Expire messages past their TTL, delete stale tmp/ files, prune old index rows, events and idle limits
     Gc(GcArgs),
     /// Serve the read-only HTTP API, the live panel and Prometheus metrics
     Serve(ServeArgs),
