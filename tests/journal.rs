@@ -117,15 +117,19 @@ fn newest_state(r: &Relay) -> (&'static str, Value) {
         .unwrap_or_default()
 }
 
+/// `relay send agent.b PAYLOAD --from agent.a` at T, expecting `code`;
+/// returns the command's output.
+fn send_a<'a>(r: &'a Relay, payload: &str, code: i32) -> crate::harness::Output<'a> {
+    r.cmd(["send", "agent.b", payload, "--from", "agent.a"])
+        .at(T)
+        .code(code)
+}
+
 #[test]
 fn a_torn_state_slot_falls_back_to_the_state_before_it() {
     let r = world(r#"{"reliability":{"rateLimit":{"maxPerWindow":2}}}"#);
-    r.cmd(["send", "agent.b", "1", "--from", "agent.a"])
-        .at(T)
-        .success();
-    r.cmd(["send", "agent.b", "2", "--from", "agent.a"])
-        .at(T)
-        .success();
+    send_a(&r, "1", 0);
+    send_a(&r, "2", 0);
     // The second send's slot is torn (a kill mid-write): the first send's
     // state is what is left, one token, so exactly one more send passes.
     let (newest, state) = newest_state(&r);
@@ -134,29 +138,18 @@ fn a_torn_state_slot_falls_back_to_the_state_before_it() {
     let at = raw.len() / 2;
     raw[at] ^= 0x01;
     fs::write(r.path(newest), raw).expect("tear");
-    r.cmd(["send", "agent.b", "3", "--from", "agent.a"])
-        .at(T)
-        .success();
-    r.cmd(["send", "agent.b", "4", "--from", "agent.a"])
-        .at(T)
-        .code(75);
+    send_a(&r, "3", 0);
+    send_a(&r, "4", 75);
 }
 
 #[test]
 fn damaged_state_slots_start_over_with_a_warning_and_lose_no_message() {
     let r = world(r#"{"reliability":{"rateLimit":{"maxPerWindow":1}}}"#);
-    r.cmd(["send", "agent.b", "1", "--from", "agent.a"])
-        .at(T)
-        .success();
-    r.cmd(["send", "agent.b", "2", "--from", "agent.a"])
-        .at(T)
-        .code(75);
+    send_a(&r, "1", 0);
+    send_a(&r, "2", 75);
     r.write_file("state.0", "{\"buckets\":{\"agent.a\":{\"tok");
     r.write_file("state.1", "garbage");
-    r.cmd(["send", "agent.b", "3", "--from", "agent.a"])
-        .at(T)
-        .success()
-        .stderr_has(&["state.0", "state.1", "both damaged", "start over"]);
+    send_a(&r, "3", 0).stderr_has(&["state.0", "state.1", "both damaged", "start over"]);
     assert_eq!(r.files("agent.b", "new").len(), 2, "no message lost");
 }
 
