@@ -4,10 +4,12 @@
 //! Every process that opens the index first moves the journal into it
 //! (`Store::ingest`), so reports, claims and acks always see every send
 //! that finished. Appends hold a shared `flock` on the journal for the one
-//! `write`; ingestion holds it exclusively while it copies and empties the
-//! file. Ingestion is idempotent (rows are keyed by endpoint and id, events
-//! by their journal key), so a crash between the index commit and the
-//! truncation only replays records the index already has.
+//! `write`. Ingestion reads whole lines from the offset the index has
+//! recorded (no lock: a send is never kept waiting) and empties the file
+//! only when everything is in and it can take the lock without waiting.
+//! Ingestion is idempotent (rows are keyed by endpoint and id, events by
+//! their journal key), so a crash anywhere only replays records the index
+//! already has.
 
 use std::fs::OpenOptions;
 use std::io::Write;

@@ -91,13 +91,47 @@ fn replaying_an_ingested_journal_adds_nothing() {
 fn a_torn_journal_line_is_skipped_with_a_warning_and_the_rest_ingested() {
     let r = world("{}");
     let id = r.send("agent.b", "kept");
+    // A send killed mid-append leaves a line without its end...
     let mut journal = fs::read(r.path("journal")).expect("journal");
     journal.extend_from_slice(b"{\"t\":\"sent\",\"at\":17");
     fs::write(r.path("journal"), journal).expect("tear");
-    let out = r.cmd(["trace", &id, "--json"]).run();
+    // ...which a reader leaves alone (it could be a send still writing)...
+    let t = r.cmd(["trace", &id, "--json"]).success().stderr_empty();
+    assert_eq!(t.json()["spans"][0]["state"], "pending");
+    // ...until the next append starts a line of its own: then it is skipped.
+    let next = r.send("agent.b", "next");
+    let out = r.cmd(["trace", &next, "--json"]).run();
     let out = out.success().stderr_has(&["skipped 1 torn line"]);
     assert_eq!(out.json()["spans"][0]["state"], "pending");
-    r.cmd(["recv", "agent.b"]).success().stdout_is("kept\n");
+    assert_eq!(
+        fs::metadata(r.path("journal")).expect("journal").len(),
+        0,
+        "fully ingested journal not emptied"
+    );
+    r.cmd(["recv", "agent.b", "-n", "2"])
+        .success()
+        .stdout_is("kept\nnext\n");
+}
+
+#[test]
+fn a_reader_never_waits_for_an_appending_send_and_reads_each_line_once() {
+    let r = world("{}");
+    let a = r.send("agent.b", "a");
+    // A send holds the journal (shared lock) as if mid-append: a reader
+    // still ingests (without waiting), but leaves the journal for later.
+    let held = fs::File::open(r.path("journal")).expect("journal");
+    held.lock_shared().expect("shared lock");
+    let t = r.cmd(["trace", &a, "--json"]).success().json();
+    assert_eq!(t["spans"][0]["state"], "pending", "{t}");
+    let before = fs::metadata(r.path("journal")).expect("journal").len();
+    assert!(before > 0, "emptied while a send held it");
+    drop(held);
+    // The next reader reads only what is new, then empties it.
+    let b = r.send("agent.b", "b");
+    let m = r.cmd(["metrics", "--json"]).success().json();
+    assert_eq!(m["totalMessages"], 2, "both sends indexed: {m}");
+    assert_eq!(fs::metadata(r.path("journal")).expect("journal").len(), 0);
+    r.cmd(["trace", &b]).success();
 }
 
 /// The newest valid state slot (`relay-state GEN LEN SUM` header, then

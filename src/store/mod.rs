@@ -5,7 +5,7 @@
 //! rename and the insert) and is completed when the message is next seen.
 
 use std::fs::OpenOptions;
-use std::io::BufRead;
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -103,6 +103,8 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE breakers;
      ALTER TABLE events ADD COLUMN jkey TEXT;
      CREATE UNIQUE INDEX events_by_jkey ON events (jkey);",
+    // 6: how far the index has read the journal.
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;",
 ];
 
 /// Lifecycle status of a (message, endpoint) row.
@@ -250,49 +252,65 @@ impl Store {
         })
     }
 
-    /// Moves the records sends appended to the journal into the index (see
-    /// `journal`): one transaction, then the journal is emptied. Replays
-    /// after a crash between the two change nothing.
+    /// Moves what sends appended to the journal into the index (see
+    /// `journal`). Reads from the offset the index has reached, a few MiB
+    /// of whole lines per transaction, recording the new offset in the same
+    /// transaction; senders are never blocked by it. Once everything is in
+    /// and no send is appending, the journal is emptied (offset back to 0
+    /// first: a crash in between only replays records, which changes
+    /// nothing).
     pub fn ingest(&mut self) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
+        const CHUNK: u64 = 4 << 20;
         let path = journal::file(&self.dir);
-        let f = match OpenOptions::new().read(true).write(true).open(&path) {
+        let mut f = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(Error::io("cannot open", &path, e)),
         };
-        if f.metadata().ctx("cannot stat", &path)?.len() == 0 {
+        let meta = f.metadata().ctx("cannot stat", &path)?;
+        if meta.len() == 0 {
             return Ok(());
         }
-        // The one lock order: the index, then the journal.
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| store_err(&self.path, e))?;
-        f.lock().ctx("cannot lock", &path)?;
-        // A few MiB of whole lines at a time: a backlog of a million sends
-        // is never held in memory at once.
-        let mut reader = std::io::BufReader::new(&f);
-        let (mut chunk, mut bad) = (Vec::new(), 0);
+        let ino = meta.ino();
+        let mut torn = 0;
         loop {
-            chunk.clear();
-            while chunk.len() < 4 << 20
-                && reader
-                    .read_until(b'\n', &mut chunk)
-                    .ctx("cannot read", &path)?
-                    > 0
-            {}
-            if chunk.is_empty() {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| store_err(&self.path, e))?;
+            let size = f.metadata().ctx("cannot stat", &path)?.len();
+            let offset = journal_offset(&tx, ino, size).map_err(|e| store_err(&self.path, e))?;
+            if offset >= size {
+                // All in: empty it, unless a send is appending right now
+                // (the next reader will).
+                if size > 0 && f.try_lock().is_ok() && f.metadata().is_ok_and(|m| m.len() == size) {
+                    set_journal_offset(&tx, ino, 0).map_err(|e| store_err(&self.path, e))?;
+                    tx.commit().map_err(|e| store_err(&self.path, e))?;
+                    f.set_len(0).ctx("cannot empty", &path)?;
+                }
                 break;
             }
-            let (records, torn) = journal::parse(&chunk);
-            bad += torn;
+            let mut chunk = Vec::new();
+            f.seek(SeekFrom::Start(offset)).ctx("cannot read", &path)?;
+            std::io::Read::take(&mut f, CHUNK)
+                .read_to_end(&mut chunk)
+                .ctx("cannot read", &path)?;
+            // Whole lines only: a send may be mid-append at the end.
+            let Some(end) = chunk.iter().rposition(|&b| b == b'\n') else {
+                break;
+            };
+            let (records, bad) = journal::parse(&chunk[..=end]);
+            torn += bad;
             apply(&tx, &records).map_err(|e| store_err(&self.path, e))?;
+            set_journal_offset(&tx, ino, offset + end as u64 + 1)
+                .map_err(|e| store_err(&self.path, e))?;
+            tx.commit().map_err(|e| store_err(&self.path, e))?;
         }
-        tx.commit().map_err(|e| store_err(&self.path, e))?;
-        f.set_len(0).ctx("cannot empty", &path)?;
-        if bad > 0 {
+        if torn > 0 {
             eprintln!(
-                "relay: warning: skipped {bad} torn line(s) in {} (a send killed mid-append; its message, if delivered, is indexed when next seen)",
+                "relay: warning: skipped {torn} torn line(s) in {} (a send killed mid-append; its message, if delivered, is indexed when next seen)",
                 path.display()
             );
         }
@@ -822,6 +840,33 @@ impl Ledger for Tx<'_> {
     fn event(&self, e: &Event<'_>, now: u64) -> Result<()> {
         Tx::event(self, e, now)
     }
+}
+
+/// How far into the journal (identified by its inode) the index has read;
+/// 0 for another file, or one shorter than the offset (replaced or emptied
+/// by hand).
+fn journal_offset(tx: &rusqlite::Transaction<'_>, ino: u64, size: u64) -> rusqlite::Result<u64> {
+    let stored: Option<(u64, u64)> = tx.query_row(
+        "SELECT (SELECT value FROM meta WHERE key = 'journal_ino'),
+                    (SELECT value FROM meta WHERE key = 'journal_offset')",
+        [],
+        |r| Ok(r.get::<_, Option<u64>>(0)?.zip(r.get::<_, Option<u64>>(1)?)),
+    )?;
+    Ok(match stored {
+        Some((i, offset)) if i == ino && offset <= size => offset,
+        _ => 0,
+    })
+}
+
+fn set_journal_offset(
+    tx: &rusqlite::Transaction<'_>,
+    ino: u64,
+    offset: u64,
+) -> rusqlite::Result<()> {
+    let mut st = tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+    st.execute(params!["journal_ino", ino])?;
+    st.execute(params!["journal_offset", offset])?;
+    Ok(())
 }
 
 /// Applies journal records in `tx`; a record the index already has (a
