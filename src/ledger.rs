@@ -1,4 +1,4 @@
-//! Where the reliability layer reads and writes: the state file (buckets,
+//! Where the reliability layer reads and writes: the state slots (buckets,
 //! breakers, lease deadlines) plus somewhere to put index rows and events.
 //!
 //! Two kinds of ledger: an index transaction (`store::Tx`), which writes
@@ -16,7 +16,7 @@ use crate::state::{self, Locked};
 use crate::store::{BreakerRow, BucketRow, Event, SentRow};
 use crate::{breaker, bucket};
 
-/// The state file, locked on first use and written back by `save`.
+/// The state slots (`state.rs`), locked on first use and written back by `save`.
 #[derive(Debug)]
 pub struct LazyState {
     dir: PathBuf,
@@ -53,7 +53,7 @@ impl LazyState {
 
 /// What the reliability layer needs of a ledger.
 pub trait Ledger {
-    /// The state file.
+    /// The state slots.
     fn state(&self) -> &LazyState;
     /// Records index rows for copies delivered or dead-lettered.
     fn record_sent(&self, rows: &[SentRow<'_>], now: u64) -> Result<()>;

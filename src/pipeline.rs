@@ -1,6 +1,6 @@
 //! The send pipeline after validation, for one message or a batch: budget
 //! per endpoint, then (under the endpoints' locks) backpressure, rate limit
-//! and breakers against the state file (the index only for idempotency keys
+//! and breakers against the state slots (the index only for idempotency keys
 //! and leases past their deadline), then durable delivery (fsync per message,
 //! or one group commit for a batch), then the index rows, dead letters and
 //! failure notices appended to the journal.
@@ -170,7 +170,7 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
     }
 
     // Idempotency, backpressure, rate limit and breakers, exact across
-    // processes. A plain send decides from the state file alone; idempotency
+    // processes. A plain send decides from the state slots alone; idempotency
     // keys and leases past their deadline need the index.
     let ledger = Fast::new(ctx.home.root());
     let slow = jobs.iter().any(|j| j.key.is_some())

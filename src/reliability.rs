@@ -1,5 +1,5 @@
 //! The reliability layer's I/O side: applies the pure state machines
-//! (`bucket`, `breaker`) to the state of a `Ledger` (the state file, locked
+//! (`bucket`, `breaker`) to the state of a `Ledger` (the state slots, locked
 //! for the read-decide-write) and records every decision as an event.
 
 use serde_json::json;

@@ -428,7 +428,7 @@ impl Tx<'_> {
         store_err(self.path, e)
     }
 
-    /// Commits, then writes back the state file if it was changed.
+    /// Commits, then writes back the state slots if they were changed.
     pub fn commit(self) -> Result<()> {
         let path = self.path;
         self.tx.commit().map_err(|e| store_err(path, e))?;
