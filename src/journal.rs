@@ -28,6 +28,11 @@ pub fn file(dir: &Path) -> PathBuf {
     dir.join("journal")
 }
 
+/// Past this size a send moves the journal into the index itself, so it
+/// stays small even when nothing else opens the index (a DorkOS consumer
+/// reading the Maildir directly): about 4,000 sends between two moves.
+pub const BACKLOG_BYTES: u64 = 1 << 20;
+
 /// One journal line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "camelCase", rename_all_fields = "camelCase")]
@@ -140,10 +145,11 @@ impl Journal {
         });
     }
 
-    /// Appends everything buffered to the journal in `dir`.
-    pub fn flush(&mut self, dir: &Path) -> Result<()> {
+    /// Appends everything buffered to the journal in `dir`; returns whether
+    /// the journal has grown past `BACKLOG_BYTES`.
+    pub fn flush(&mut self, dir: &Path) -> Result<bool> {
         if self.buf.len() <= 1 {
-            return Ok(());
+            return Ok(false);
         }
         let path = file(dir);
         let mut f = OpenOptions::new()
@@ -155,7 +161,7 @@ impl Journal {
         f.lock_shared().ctx("cannot lock", &path)?;
         f.write_all(&self.buf).ctx("cannot append to", &path)?;
         self.buf.truncate(1);
-        Ok(())
+        Ok(f.metadata().is_ok_and(|m| m.len() > BACKLOG_BYTES))
     }
 }
 

@@ -226,8 +226,9 @@ impl Fast {
     }
 
     /// Writes the state back (releasing its lock), then appends the rows
-    /// and events to the journal.
-    pub fn commit(self) -> Result<()> {
+    /// and events to the journal; returns whether the journal has grown
+    /// past `journal::BACKLOG_BYTES` (the caller should move it in).
+    pub fn commit(self) -> Result<bool> {
         self.state.release()?;
         self.journal.borrow_mut().flush(&self.dir)
     }

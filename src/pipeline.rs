@@ -18,7 +18,7 @@ use crate::ledger::{Fast, Ledger};
 use crate::maildir::Mailbox;
 use crate::pressure::{self, Priority};
 use crate::reliability::{self, RateOutcome};
-use crate::store::{Event as StoreEvent, SentRow, Tx};
+use crate::store::{Event as StoreEvent, SentRow, Store, Tx};
 use crate::{home, notice};
 
 /// How delivered files are made durable.
@@ -299,7 +299,13 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
         let step = BreakerEvent::Failure { probe: *probe };
         reliability::breaker_step(&ledger, &rel.circuit_breaker, from, ep, step, now)?;
     }
-    ledger.commit()?;
+    if ledger.commit()? {
+        // Nothing else may be opening the index: move the backlog in now.
+        // The messages are delivered whatever happens here.
+        if let Err(e) = ctx.store().and_then(Store::ingest) {
+            eprintln!("relay: warning: the index journal could not be moved into the index: {e}");
+        }
+    }
     if !release.is_empty() {
         let tx = ctx.store()?.begin()?;
         for (from, k, id) in &release {

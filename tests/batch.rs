@@ -157,3 +157,29 @@ fn a_batch_is_rate_limited_and_deduplicated_per_line() {
     assert_eq!(lines[6]["id"], lines[5]["id"]);
     assert_eq!(r.files("agent.b", "new").len(), 4);
 }
+
+#[test]
+fn a_send_moves_a_large_journal_into_the_index_itself() {
+    // Nothing but sends ever run here (a DorkOS consumer could read the
+    // Maildir directly): the journal must not grow without bound.
+    const N: usize = 5_000; // ~1.5 MB of journal, past the 1 MiB backlog
+    let r = world(
+        r#"{"reliability":{"rateLimit":{"enabled":false},"backpressure":{"maxMailboxSize":100000}}}"#,
+        &["agent.b"],
+    );
+    let input: Vec<Value> = (0..N)
+        .map(|i| json!({ "subject": "agent.b", "payload": { "n": i, "text": "x".repeat(100) } }))
+        .collect();
+    r.cmd(["send", "--batch", "--no-fsync"])
+        .stdin(ndjson(&input))
+        .at(T)
+        .success();
+    let journal = std::fs::metadata(r.path("journal")).map_or(0, |m| m.len());
+    assert!(journal < 1 << 20, "journal left at {journal} bytes");
+    assert!(
+        r.path("relay.db").exists(),
+        "the send did not open the index"
+    );
+    let m = r.cmd(["metrics", "--json"]).at(T + 1).success().json();
+    assert_eq!(m["totalMessages"], N, "{m}");
+}

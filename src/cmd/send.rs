@@ -567,7 +567,7 @@ fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &st
     if let Some(n) = &notice {
         notice::record(&ledger, n, now)?;
     }
-    ledger.commit()
+    ledger.commit().map(|_| ())
 }
 
 /// Default hop ceiling, as in DorkOS.
