@@ -40,6 +40,9 @@ pub struct Config {
     /// `retention.tmpMaxAgeSecs`: age after which `gc` deletes files left
     /// in `tmp/` by crashed writers, `60..=` a year (relay's own key).
     pub tmp_max_age_secs: u64,
+    /// `index.journalMaxBytes`: size past which a send moves the journal
+    /// into the index itself, `64 KiB..=1 GiB` (relay's own key).
+    pub journal_max_bytes: u64,
     /// problems that are not fatal (unknown keys), one human line each
     pub warnings: Vec<String>,
 }
@@ -200,6 +203,16 @@ static KNOBS: &[Knob] = &[
         default: Value::Int(3600),
         get: |c| Value::Int(c.tmp_max_age_secs),
         set: |c, v| c.tmp_max_age_secs = v.int(),
+    },
+    Knob {
+        key: "index.journalMaxBytes",
+        kind: Kind::Int {
+            min: 64 * 1024,
+            max: 1 << 30,
+        },
+        default: Value::Int(16 << 20),
+        get: |c| Value::Int(c.journal_max_bytes),
+        set: |c, v| c.journal_max_bytes = v.int(),
     },
     Knob {
         key: "reliability.rateLimit.enabled",
@@ -389,6 +402,7 @@ impl Default for Config {
             idempotency_window_secs: 0,
             retention_days: 0,
             tmp_max_age_secs: 0,
+            journal_max_bytes: 0,
             reliability: Reliability {
                 rate_limit: RateLimit {
                     enabled: false,
@@ -864,6 +878,7 @@ mod tests {
     fn defaults_are_the_documented_values() {
         let c = Config::default();
         assert_eq!(c.max_payload_bytes, 1_048_576);
+        assert_eq!(c.journal_max_bytes, 16 << 20);
         assert!(c.warnings.is_empty());
         let r = &c.reliability;
         assert!(r.rate_limit.enabled);
@@ -1330,7 +1345,7 @@ mod tests {
     #[test]
     fn knobs_lists_every_key_once() {
         let keys: Vec<&str> = knobs().collect();
-        assert_eq!(keys.len(), 23);
+        assert_eq!(keys.len(), 24);
         assert!(keys.contains(&"reliability.rateLimit.maxPerWindow"));
         assert!(keys.contains(&"maxPayloadBytes"));
         let mut unique = keys.clone();

@@ -28,11 +28,6 @@ pub fn file(dir: &Path) -> PathBuf {
     dir.join("journal")
 }
 
-/// Past this size a send moves the journal into the index itself, so it
-/// stays small even when nothing else opens the index (a DorkOS consumer
-/// reading the Maildir directly): about 4,000 sends between two moves.
-pub const BACKLOG_BYTES: u64 = 1 << 20;
-
 /// One journal line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "camelCase", rename_all_fields = "camelCase")]
@@ -145,11 +140,11 @@ impl Journal {
         });
     }
 
-    /// Appends everything buffered to the journal in `dir`; returns whether
-    /// the journal has grown past `BACKLOG_BYTES`.
-    pub fn flush(&mut self, dir: &Path) -> Result<bool> {
+    /// Appends everything buffered to the journal in `dir`; returns the
+    /// journal's size after it (0 when there was nothing to append).
+    pub fn flush(&mut self, dir: &Path) -> Result<u64> {
         if self.buf.len() <= 1 {
-            return Ok(false);
+            return Ok(0);
         }
         let path = file(dir);
         let mut f = OpenOptions::new()
@@ -161,7 +156,7 @@ impl Journal {
         f.lock_shared().ctx("cannot lock", &path)?;
         f.write_all(&self.buf).ctx("cannot append to", &path)?;
         self.buf.truncate(1);
-        Ok(f.metadata().is_ok_and(|m| m.len() > BACKLOG_BYTES))
+        Ok(f.metadata().map_or(0, |m| m.len()))
     }
 }
 

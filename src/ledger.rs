@@ -226,9 +226,8 @@ impl Fast {
     }
 
     /// Writes the state back (releasing its lock), then appends the rows
-    /// and events to the journal; returns whether the journal has grown
-    /// past `journal::BACKLOG_BYTES` (the caller should move it in).
-    pub fn commit(self) -> Result<bool> {
+    /// and events to the journal; returns the journal's size after it.
+    pub fn commit(self) -> Result<u64> {
         self.state.release()?;
         self.journal.borrow_mut().flush(&self.dir)
     }

@@ -299,8 +299,10 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
         let step = BreakerEvent::Failure { probe: *probe };
         reliability::breaker_step(&ledger, &rel.circuit_breaker, from, ep, step, now)?;
     }
-    if ledger.commit()? {
-        // Nothing else may be opening the index: move the backlog in now.
+    if ledger.commit()? > ctx.config.journal_max_bytes {
+        // Nothing else may be opening the index (a DorkOS consumer reads
+        // the Maildir directly): move the backlog in now, so the journal
+        // stays bounded.
         // The messages are delivered whatever happens here.
         if let Err(e) = ctx.store().and_then(Store::ingest) {
             eprintln!("relay: warning: the index journal could not be moved into the index: {e}");

@@ -162,14 +162,16 @@ fn a_batch_is_rate_limited_and_deduplicated_per_line() {
 fn a_send_moves_a_large_journal_into_the_index_itself() {
     // Nothing but sends ever run here (a DorkOS consumer could read the
     // Maildir directly): the journal must not grow without bound.
-    const N: usize = 5_000; // ~1.5 MB of journal, past the 1 MiB backlog
-    let r = world(
-        r#"{"reliability":{"rateLimit":{"enabled":false},"backpressure":{"maxMailboxSize":100000}}}"#,
-        &["agent.b"],
-    );
+    const N: usize = 5_000; // ~1.5 MB of journal, past a 1 MiB bound
     let input: Vec<Value> = (0..N)
         .map(|i| json!({ "subject": "agent.b", "payload": { "n": i, "text": "x".repeat(100) } }))
         .collect();
+    let limits =
+        r#""reliability":{"rateLimit":{"enabled":false},"backpressure":{"maxMailboxSize":100000}}"#;
+    let r = world(
+        &format!(r#"{{"index":{{"journalMaxBytes":1048576}},{limits}}}"#),
+        &["agent.b"],
+    );
     r.cmd(["send", "--batch", "--no-fsync"])
         .stdin(ndjson(&input))
         .at(T)
@@ -182,4 +184,12 @@ fn a_send_moves_a_large_journal_into_the_index_itself() {
     );
     let m = r.cmd(["metrics", "--json"]).at(T + 1).success().json();
     assert_eq!(m["totalMessages"], N, "{m}");
+
+    // Under the default bound (16 MiB) the same batch leaves it for a reader.
+    let r = world(&format!("{{{limits}}}"), &["agent.b"]);
+    r.cmd(["send", "--batch", "--no-fsync"])
+        .stdin(ndjson(&input))
+        .at(T)
+        .success();
+    assert!(!r.path("relay.db").exists(), "a send opened the index");
 }
