@@ -245,6 +245,8 @@ fn every_invalid_knob_is_refused_with_78_and_the_file_left_byte_identical() {
             r#"{"agent.":0}"#,
         ),
         ("maxPayloadBytes", "-1"),
+        ("index.journalMaxBytes", "1000"),
+        ("index.journalMaxBytes", "2000000000"),
         ("reliability.rateLimit.bogus", "1"),
         ("reliability.bogus.enabled", "true"),
         ("bogus", "1"),
