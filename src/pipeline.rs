@@ -529,8 +529,10 @@ fn group_commit(relay_home: &crate::home::Home, work: &[Work]) -> Result<Vec<Res
 /// mostly system time, which a second core overlaps.
 fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     const PER_THREAD_MIN: usize = 256;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
-    if threads < 2 || items.len() < 2 * PER_THREAD_MIN {
+    // Asking for the core count reads cgroup files: not for a single send.
+    if items.len() < 2 * PER_THREAD_MIN
+        || std::thread::available_parallelism().map_or(true, |n| n.get() < 2)
+    {
         return items.iter().map(&f).collect();
     }
     let (first, second) = items.split_at(items.len() / 2);
