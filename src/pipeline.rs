@@ -153,13 +153,17 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
     let mut depth: BTreeMap<String, u64> = BTreeMap::new();
     if rel.backpressure.enabled {
         let quiet = policy(&rel.backpressure).quiet_below();
+        // At most this many copies per endpoint join it now.
+        let mut adding: BTreeMap<&str, u64> = BTreeMap::new();
+        for job in jobs.iter() {
+            for (_, ep) in job.open() {
+                *adding.entry(ep.as_str()).or_default() += 1;
+            }
+        }
         for ep in &eps {
             let mb = Mailbox::at(&ctx.home, ep);
             let lock = mb.lock()?;
-            let adding = jobs
-                .iter()
-                .filter(|j| j.fates.iter().any(|(e, _)| e == ep))
-                .count() as u64;
+            let adding = adding.get(ep.as_str()).copied().unwrap_or(0);
             let d = match mb.depth_bound(&lock)? {
                 Some(bound) if bound.saturating_add(adding) < quiet => bound,
                 _ => mb.depth()?,
@@ -302,9 +306,8 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
     if ledger.commit()? > ctx.config.journal_max_bytes {
         // Nothing else may be opening the index (a DorkOS consumer reads
         // the Maildir directly): move the backlog in now, so the journal
-        // stays bounded.
-        // The messages are delivered whatever happens here.
-        if let Err(e) = ctx.store().and_then(Store::ingest) {
+        // stays bounded. The messages are delivered whatever happens here.
+        if let Err(e) = ctx.store().and_then(Store::catch_up) {
             eprintln!("relay: warning: the index journal could not be moved into the index: {e}");
         }
     }
