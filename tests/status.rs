@@ -243,13 +243,15 @@ fn breakers_json_lists_every_pair_with_state() {
     assert_eq!(x["nextProbeInMs"], 29_000);
     assert_eq!(x["trips"], 1);
     // A closed pair shows no next probe.
-    if let Some(y) = rows.iter().find(|b| b["sender"] == "agent.y") {
-        assert_eq!(y["state"], "closed", "{y}");
-        assert!(
-            y["nextProbeAt"].is_null() && y["nextProbeInMs"].is_null(),
-            "{y}"
-        );
-    }
+    let y = rows
+        .iter()
+        .find(|b| b["sender"] == "agent.y")
+        .unwrap_or_else(|| out.fail("no agent.y breaker"));
+    assert_eq!(y["state"], "closed", "{y}");
+    assert!(
+        y["nextProbeAt"].is_null() && y["nextProbeInMs"].is_null(),
+        "{y}"
+    );
     // The text table names the pair, its state and the time to the probe.
     let out = r.cmd(["breakers"]).at(T + 2_000).success();
     for needle in ["agent.x -> a", "open", "29.0s"] {
