@@ -137,15 +137,7 @@ impl Ledger {
 }
 
 fn spawn(r: &Relay, args: &[String]) -> Child {
-    Command::new(BIN)
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", r.user_home())
-        .env("XDG_CONFIG_HOME", r.user_home().join(".config"))
-        .env("RELAY_HOME", r.home())
-        .env("NO_COLOR", "1")
-        .env("RUST_BACKTRACE", "0")
+    r.clean_env(Command::new(BIN).args(args))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -158,6 +158,19 @@ impl Relay {
         }
     }
 
+    /// Clears `c`'s environment down to what every relay run here gets:
+    /// PATH, a private HOME and XDG_CONFIG_HOME, this world's RELAY_HOME,
+    /// no colour, no backtraces.
+    pub fn clean_env<'c>(&self, c: &'c mut Command) -> &'c mut Command {
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.user_home())
+            .env("XDG_CONFIG_HOME", self.user_home().join(".config"))
+            .env("RELAY_HOME", self.home())
+            .env("NO_COLOR", "1")
+            .env("RUST_BACKTRACE", "0")
+    }
+
     /// `relay endpoints add EP...`, asserting success.
     #[track_caller]
     pub fn add(&self, endpoints: &[&str]) {
@@ -292,14 +305,7 @@ impl<'a> Cmd<'a> {
                 c
             }
         };
-        c.args(&self.args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.relay.user_home())
-            .env("XDG_CONFIG_HOME", self.relay.user_home().join(".config"))
-            .env("RELAY_HOME", self.relay.home())
-            .env("NO_COLOR", "1")
-            .env("RUST_BACKTRACE", "0");
+        self.relay.clean_env(c.args(&self.args));
         for (k, v) in &self.env {
             match v {
                 Some(v) => c.env(k, v),

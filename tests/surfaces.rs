@@ -117,14 +117,7 @@ impl Proc {
     /// builds it) plus `env`.
     pub fn start(r: &Relay, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut c = Command::new(BIN);
-        c.args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", r.user_home())
-            .env("XDG_CONFIG_HOME", r.user_home().join(".config"))
-            .env("RELAY_HOME", r.home())
-            .env("NO_COLOR", "1")
-            .env("RUST_BACKTRACE", "0")
+        r.clean_env(c.args(args))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -18,13 +18,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 /// `relay events --follow --json` in `r`'s world (same clean environment as
 /// the harness), with stdout piped so lines can be read as they come.
 fn follow(r: &Relay) -> Child {
-    Command::new(BIN)
-        .args(["events", "--follow", "--json"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", r.user_home())
-        .env("RELAY_HOME", r.home())
-        .env("NO_COLOR", "1")
+    r.clean_env(Command::new(BIN).args(["events", "--follow", "--json"]))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
