@@ -5,10 +5,9 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Relay, dorkos_envelope};
+use crate::harness::{Relay, T, dorkos_envelope};
 
 /// 2026-01-01T00:00:00.000Z.
-const T: u64 = 1_767_225_600_000;
 
 /// A world with `endpoints` and `config` (rate limits off, so only the
 /// mailbox decides).

@@ -6,9 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Relay, is_ulid};
-
-const T: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+use crate::harness::{Relay, T, is_ulid};
 
 fn ndjson(lines: &[Value]) -> String {
     lines.iter().map(|l| format!("{l}\n")).collect()

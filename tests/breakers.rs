@@ -5,10 +5,9 @@
 
 use serde_json::Value;
 
-use crate::harness::Relay;
+use crate::harness::{Relay, T};
 
 /// 2026-01-01T00:00:00.000Z.
-const T: u64 = 1_767_225_600_000;
 
 /// A world with endpoints `agent.b` and `agent.c` and `config`.
 fn world(config: &str) -> Relay {

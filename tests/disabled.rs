@@ -3,10 +3,9 @@
 
 use std::thread;
 
-use crate::harness::Relay;
+use crate::harness::{Relay, T};
 
 /// 2026-01-01T00:00:00.000Z.
-const T: u64 = 1_767_225_600_000;
 
 /// Every kind of event the reliability layer records.
 const RELIABILITY_EVENTS: [&str; 7] = [

@@ -19,6 +19,9 @@ use tempfile::TempDir;
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_relay");
 
+/// 2026-01-01T00:00:00Z in ms: the pinned clock most tests run at.
+pub const T: u64 = 1_767_225_600_000;
+
 /// A child still running after this long is killed and the test fails.
 const WATCHDOG: Duration = Duration::from_secs(60);
 

@@ -6,9 +6,7 @@ use std::fs;
 
 use serde_json::Value;
 
-use crate::harness::Relay;
-
-const T: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+use crate::harness::{Relay, T};
 
 fn world(config: &str) -> Relay {
     let r = Relay::new();

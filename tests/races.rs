@@ -5,10 +5,9 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 
-use crate::harness::{Output, Relay};
+use crate::harness::{Output, Relay, T};
 
 /// 2026-01-01T00:00:00.000Z.
-const T: u64 = 1_767_225_600_000;
 const PROCS: usize = 8;
 const ROUNDS: usize = 5;
 

@@ -5,10 +5,9 @@
 
 use serde_json::Value;
 
-use crate::harness::{Relay, is_ulid};
+use crate::harness::{Relay, T, is_ulid};
 
 /// 2026-01-01T00:00:00.000Z.
-const T: u64 = 1_767_225_600_000;
 
 /// A world with endpoint `agent.b` and `config` as its config.json.
 fn world(config: &str) -> Relay {

@@ -3,10 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Relay, is_ulid};
-
-/// 2026-01-01T00:00:00.000Z, for runs with a pinned clock.
-const NOW_MS: u64 = 1_767_225_600_000;
+use crate::harness::{Relay, T, is_ulid};
 
 /// The payload stored for one `send` built by `build` to endpoint `q`.
 #[track_caller]
@@ -113,12 +110,12 @@ fn options_set_the_envelope_fields() {
             "--trace-id",
             "trace-123",
         ])
-        .env("RELAY_FAKE_NOW_MS", NOW_MS.to_string())
+        .env("RELAY_FAKE_NOW_MS", T.to_string())
         .success();
     let env = r.read_json(&format!("mailboxes/q/new/{}.json", out.stdout.trim()));
     assert_eq!(env["replyTo"], "agent.replies");
     assert_eq!(env["createdAt"], "2026-01-01T00:00:00.000Z");
-    assert_eq!(env["budget"]["ttl"], NOW_MS + 30_000, "ttl is absolute");
+    assert_eq!(env["budget"]["ttl"], T + 30_000, "ttl is absolute");
     assert_eq!(env["budget"]["maxHops"], 3);
     assert_eq!(env["traceId"], "trace-123");
 }

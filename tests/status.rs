@@ -3,10 +3,9 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::Relay;
+use crate::harness::{Relay, T};
 
 /// 2026-01-01T00:00:00.000Z.
-const T: u64 = 1_767_225_600_000;
 
 /// The keys of a JSON object, sorted.
 fn keys(v: &Value) -> Vec<String> {

@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::harness::{BIN, Cmd, Relay, is_ulid};
 
 /// 2026-01-01T00:00:00.000Z: the pinned clock of tests where time matters.
-pub const T: u64 = 1_767_225_600_000;
+pub use crate::harness::T;
 
 /// `n` seconds.
 pub fn secs(n: u64) -> Duration {
