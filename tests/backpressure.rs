@@ -7,8 +7,6 @@ use serde_json::{Value, json};
 
 use crate::harness::{Relay, T, dorkos_envelope};
 
-/// 2026-01-01T00:00:00.000Z.
-
 /// A world with `endpoints` and `config` (rate limits off, so only the
 /// mailbox decides).
 fn world(endpoints: &[&str], backpressure: &str) -> Relay {

@@ -7,8 +7,6 @@ use serde_json::Value;
 
 use crate::harness::{Relay, T};
 
-/// 2026-01-01T00:00:00.000Z.
-
 /// A world with endpoints `agent.b` and `agent.c` and `config`.
 fn world(config: &str) -> Relay {
     let r = Relay::new();

@@ -5,8 +5,6 @@ use std::thread;
 
 use crate::harness::{Relay, T};
 
-/// 2026-01-01T00:00:00.000Z.
-
 /// Every kind of event the reliability layer records.
 const RELIABILITY_EVENTS: [&str; 7] = [
     "rate_limit_soft",

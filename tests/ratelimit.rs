@@ -7,8 +7,6 @@ use serde_json::Value;
 
 use crate::harness::{Relay, T, is_ulid};
 
-/// 2026-01-01T00:00:00.000Z.
-
 /// A world with endpoint `agent.b` and `config` as its config.json.
 fn world(config: &str) -> Relay {
     let r = Relay::new();

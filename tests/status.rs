@@ -5,8 +5,6 @@ use serde_json::{Value, json};
 
 use crate::harness::{Relay, T};
 
-/// 2026-01-01T00:00:00.000Z.
-
 /// The keys of a JSON object, sorted.
 fn keys(v: &Value) -> Vec<String> {
     let mut k: Vec<String> = v
