@@ -307,7 +307,7 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
         // Nothing else may be opening the index (a DorkOS consumer reads
         // the Maildir directly): move the backlog in now, so the journal
         // stays bounded. The messages are delivered whatever happens here.
-        if let Err(e) = ctx.store().and_then(Store::catch_up) {
+        if let Err(e) = ctx.store().and_then(Store::ingest) {
             eprintln!("relay: warning: the index journal could not be moved into the index: {e}");
         }
     }

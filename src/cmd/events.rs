@@ -56,7 +56,7 @@ pub fn run(ctx: &mut Ctx, args: &EventsArgs) -> Result<()> {
     };
     loop {
         // Sends append to the journal; move what they wrote into the index.
-        store.catch_up()?;
+        store.ingest()?;
         let batch = store.read(|c| reports::events_after(c, last, since, &args.kind, 1000))?;
         for e in &batch {
             if json {

@@ -316,7 +316,7 @@ fn stream_events(shared: &Shared, req: &Request, out: &mut TcpStream) -> std::io
         std::thread::sleep(STREAM_POLL);
         let Ok(store) = ctx.store() else { continue };
         // Sends append to the journal; move what they wrote into the index.
-        let _ = store.catch_up();
+        let _ = store.ingest();
         let messages = store
             .read(|c| reports::messages_since(c, since))
             .unwrap_or_default();

@@ -138,9 +138,6 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     dir: PathBuf,
-    /// The journal was just ingested by `open`: the next `catch_up` need
-    /// not look again.
-    fresh: bool,
 }
 
 impl Store {
@@ -166,7 +163,6 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-            fresh: false,
         };
         store.init().map_err(|e| match e {
             Error::Store(msg) => Error::Store(format!(
@@ -176,7 +172,6 @@ impl Store {
             other => other,
         })?;
         store.ingest()?;
-        store.fresh = true;
         Ok(store)
     }
 
@@ -245,7 +240,7 @@ impl Store {
     /// read-decide-write is atomic across processes. The journal is moved
     /// into the index first, so the transaction sees every finished send.
     pub fn begin(&mut self) -> Result<Tx<'_>> {
-        self.catch_up()?;
+        self.ingest()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -255,15 +250,6 @@ impl Store {
             path: &self.path,
             state: LazyState::new(&self.dir),
         })
-    }
-
-    /// `ingest`, unless `open` has just done it: long-lived processes call
-    /// this before each look at the index, short ones pay for it once.
-    pub fn catch_up(&mut self) -> Result<()> {
-        if std::mem::take(&mut self.fresh) {
-            return Ok(());
-        }
-        self.ingest()
     }
 
     /// Moves what sends appended to the journal into the index (see
