@@ -36,12 +36,6 @@ impl Clock {
     pub fn now_ms(&self) -> u64 {
         self.fixed.unwrap_or_else(system_ms)
     }
-
-    /// Whether the clock is pinned (time does not pass while waiting).
-    #[must_use]
-    pub fn is_fixed(&self) -> bool {
-        self.fixed.is_some()
-    }
 }
 
 fn system_ms() -> u64 {

@@ -23,17 +23,6 @@ pub fn completion(shell: clap_complete::Shell) -> Vec<u8> {
     out
 }
 
-/// The file name a completion script is committed under.
-#[must_use]
-pub fn completion_file(shell: clap_complete::Shell) -> String {
-    match shell {
-        clap_complete::Shell::Bash => "relay.bash".into(),
-        clap_complete::Shell::Zsh => "_relay".into(),
-        clap_complete::Shell::Fish => "relay.fish".into(),
-        other => format!("relay.{other}"),
-    }
-}
-
 /// Every man page: `relay.1`, then `relay-SUBCOMMAND.1` for each subcommand.
 pub fn man_pages() -> io::Result<Vec<(String, Vec<u8>)>> {
     let cmd = Cli::command();

@@ -49,8 +49,6 @@ pub struct Reason {
 pub struct Claimed {
     /// The parsed envelope.
     pub envelope: Envelope,
-    /// When the claim happened (ms).
-    pub claimed_at: u64,
 }
 
 /// A file in `new/` that could not be parsed and was moved to `failed/`.
@@ -329,10 +327,7 @@ impl Mailbox {
                 }
             });
             match parsed {
-                Ok(envelope) => claimed.push(Claimed {
-                    envelope,
-                    claimed_at: now,
-                }),
+                Ok(envelope) => claimed.push(Claimed { envelope }),
                 Err(problem) => {
                     self.fail(&id, Value::Null, &problem, "malformed", now)?;
                     quarantined.push(Quarantined { id, problem });
