@@ -50,8 +50,7 @@ pub fn run(ctx: &mut Ctx, args: &EventsArgs) -> Result<()> {
     let mut last = if args.since.is_some() {
         0
     } else {
-        let max: i64 = store
-            .read(|c| c.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0)))?;
+        let max = store.read(reports::last_event_id)?;
         max.saturating_sub(if args.follow { 10 } else { DEFAULT_TAIL })
     };
     loop {

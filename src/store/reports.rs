@@ -39,13 +39,14 @@ pub struct Span {
 }
 
 /// Codes that mean the consumer side failed (DorkOS `failed`); every other
-/// dead letter was a rejection (DorkOS `timeout`).
-const CONSUMER_FAILURES: &str = "('nack', 'lease_expired', 'malformed')";
+/// dead letter was a rejection (DorkOS `timeout`). `counts` writes the same
+/// list into SQL.
+const CONSUMER_FAILURES: [&str; 3] = ["nack", "lease_expired", "malformed"];
 
 fn dork_status(state: &str, code: Option<&str>) -> &'static str {
     match (state, code) {
         ("acked", _) => "delivered",
-        ("failed", Some("nack" | "lease_expired" | "malformed")) => "failed",
+        ("failed", Some(c)) if CONSUMER_FAILURES.contains(&c) => "failed",
         ("failed", _) => "timeout",
         _ => "sent",
     }
@@ -183,10 +184,11 @@ pub struct Counts {
 
 /// Per-endpoint counts in the window, by endpoint.
 pub fn counts(conn: &Connection, since: u64) -> rusqlite::Result<Vec<(String, Counts)>> {
+    let consumer_failures = format!("('{}')", CONSUMER_FAILURES.join("', '"));
     let mut stmt = conn.prepare(&format!(
         "SELECT endpoint, COUNT(*),
                 SUM(status = 'pending'), SUM(status = 'claimed'), SUM(status = 'acked'),
-                SUM(status = 'failed' AND code IN {CONSUMER_FAILURES}), SUM(status = 'failed')
+                SUM(status = 'failed' AND code IN {consumer_failures}), SUM(status = 'failed')
          FROM messages WHERE sent_at >= ?1 GROUP BY endpoint ORDER BY endpoint"
     ))?;
     stmt.query_map(params![since], |r| {
