@@ -193,14 +193,9 @@ pub trait Ledger {
             return Ok(());
         };
         self.record_sent(std::slice::from_ref(row), now)?;
+        let env = row.envelope;
         self.event(
-            &Event {
-                kind: "dead_letter",
-                sender: Some(&row.envelope.from),
-                endpoint: Some(row.endpoint),
-                message_id: Some(&row.envelope.id),
-                detail: serde_json::json!({ "code": code, "reason": reason }),
-            },
+            &Event::dead_letter(Some(&env.from), row.endpoint, &env.id, code, reason),
             now,
         )
     }

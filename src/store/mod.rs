@@ -794,16 +794,7 @@ impl Tx<'_> {
         now: u64,
     ) -> Result<()> {
         self.record_done(endpoint, id, Status::Failed, Some((code, reason)), now)?;
-        self.event(
-            &Event {
-                kind: "dead_letter",
-                sender,
-                endpoint: Some(endpoint),
-                message_id: Some(id),
-                detail: serde_json::json!({ "code": code, "reason": reason }),
-            },
-            now,
-        )
+        self.event(&Event::dead_letter(sender, endpoint, id, code, reason), now)
     }
 
     /// Appends an event.
@@ -1004,6 +995,26 @@ pub struct Event<'a> {
     pub message_id: Option<&'a str>,
     /// Anything else, as a JSON object.
     pub detail: serde_json::Value,
+}
+
+impl<'a> Event<'a> {
+    /// The `dead_letter` event of message `id` at `endpoint`.
+    #[must_use]
+    pub fn dead_letter(
+        sender: Option<&'a str>,
+        endpoint: &'a str,
+        id: &'a str,
+        code: &str,
+        reason: &str,
+    ) -> Self {
+        Event {
+            kind: "dead_letter",
+            sender,
+            endpoint: Some(endpoint),
+            message_id: Some(id),
+            detail: serde_json::json!({ "code": code, "reason": reason }),
+        }
+    }
 }
 
 /// Reads an event row (`id, at, kind, sender, endpoint, message_id, detail`).
