@@ -112,11 +112,6 @@ pub fn files(dir: &Path) -> [PathBuf; 2] {
     [dir.join("state.0"), dir.join("state.1")]
 }
 
-/// The state, read under the lock and released at once (for reports).
-pub fn read(dir: &Path) -> Result<State> {
-    Ok(Locked::acquire(dir)?.state)
-}
-
 /// One slot as read: its file, generation (0 if empty or invalid) and
 /// length on disk.
 #[derive(Debug)]
@@ -274,6 +269,11 @@ fn parse_slot(raw: &[u8]) -> Option<(u64, State)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The state, read under the lock and released at once.
+    fn read(dir: &Path) -> Result<State> {
+        Ok(Locked::acquire(dir)?.state)
+    }
 
     #[test]
     fn changes_are_kept_only_when_saved_and_alternate_slots() {

@@ -6,7 +6,7 @@ use crate::cli::{LimitsAction, LimitsArgs};
 use crate::clock::{ago, iso8601};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
-use crate::ledger::Ledger;
+use crate::ledger::{Fast, Ledger};
 use crate::output;
 use crate::reliability;
 use crate::store::BucketRow;
@@ -74,9 +74,8 @@ pub fn run(ctx: &mut Ctx, args: &LimitsArgs) -> Result<()> {
 /// Every sender's bucket refilled to `now` under the current config.
 pub fn snapshot(ctx: &mut Ctx, now: u64) -> Result<Vec<LimitInfo>> {
     let cfg = ctx.config.reliability.rate_limit.clone();
-    let tx = ctx.store()?.begin()?;
-    let rows = tx.buckets()?;
-    tx.commit()?;
+    // Buckets live in the state slots: no need to open the index.
+    let rows = Fast::new(ctx.home.root()).buckets()?;
     Ok(rows
         .into_iter()
         .map(|r: BucketRow| {
@@ -120,9 +119,9 @@ fn reset(ctx: &mut Ctx, sender: Option<&str>, all: bool) -> Result<()> {
     if let Some(s) = sender {
         subject::validate_subject(s, "sender")?;
     }
-    let tx = ctx.store()?.begin()?;
-    let n = tx.reset_buckets(if all { None } else { sender })?;
-    tx.commit()?;
+    let ledger = Fast::new(ctx.home.root());
+    let n = ledger.reset_buckets(if all { None } else { sender })?;
+    ledger.commit()?;
     if n == 0 && !all {
         return Err(Error::Data(format!(
             "no rate-limit state for sender '{}'; see senders with: relay limits",
