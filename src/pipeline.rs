@@ -64,7 +64,6 @@ pub struct Job {
     key: Option<String>,
     fates: Vec<(String, Option<Fate>)>,
     hops: Vec<Option<Budget>>,
-    copies: Vec<Option<Envelope>>,
     probes: Vec<bool>,
     warnings: Vec<String>,
     result: Option<Result<Delivery>>,
@@ -79,7 +78,6 @@ impl Job {
             key,
             fates: targets.into_iter().map(|t| (t, None)).collect(),
             hops: Vec::new(),
-            copies: Vec::new(),
             probes: Vec::new(),
             warnings: Vec::new(),
             result: None,
@@ -135,7 +133,6 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
             }
         }
         job.probes = vec![false; job.fates.len()];
-        job.copies = vec![None; job.fates.len()];
     }
 
     // Every endpoint still open after the budget check, sorted.
@@ -195,7 +192,8 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
         ledger.state().release()?;
     }
 
-    // Durable delivery of the hop-updated copies.
+    // Durable delivery of the admitted copies, each with its own hop of
+    // the budget.
     let mut work: Vec<Work> = Vec::new();
     for (j, job) in jobs.iter_mut().enumerate() {
         if job.result.is_some() {
@@ -203,8 +201,12 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
         }
         for i in 0..job.fates.len() {
             if job.fates[i].1.is_none()
-                && let Some(copy) = job.copies[i].take()
+                && let Some(budget) = job.hops[i].take()
             {
+                let copy = Envelope {
+                    budget,
+                    ..job.env.clone()
+                };
                 work.push((j, i, job.fates[i].0.clone(), copy));
             }
         }
@@ -334,7 +336,7 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
 
 /// Idempotency, backpressure, rate limit and breakers for every job, in
 /// `ledger` (with `keys`, the index transaction, when a job has a key).
-/// Admitted copies are prepared in `job.copies`; `depth` reserves their room.
+/// Admitted copies are the fates left open; `depth` reserves their room.
 fn decide<L: Ledger>(
     ledger: &L,
     keys: Option<&Tx<'_>>,
@@ -418,18 +420,6 @@ fn decide<L: Ledger>(
         for (_, ep) in job.open() {
             if let Some(d) = depth.get_mut(ep) {
                 *d += 1;
-            }
-        }
-        // The copies to write, each with its own hop of the budget.
-        for i in 0..job.fates.len() {
-            if job.fates[i].1.is_some() {
-                continue;
-            }
-            if let Some(budget) = job.hops[i].take() {
-                job.copies[i] = Some(Envelope {
-                    budget,
-                    ..job.env.clone()
-                });
             }
         }
     }
