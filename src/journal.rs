@@ -76,6 +76,28 @@ pub enum Record {
     },
 }
 
+impl Record {
+    /// The index row of `row`, sent at `now`.
+    #[must_use]
+    pub fn sent(row: &SentRow<'_>, now: u64) -> Self {
+        let (code, reason) = row.failure.unzip();
+        let env = row.envelope;
+        Record::Sent {
+            at: now,
+            endpoint: row.endpoint.to_string(),
+            id: env.id.clone(),
+            subject: env.subject.clone(),
+            sender: env.from.clone(),
+            trace_id: env.trace().to_string(),
+            expires_at: env.budget.ttl,
+            priority: env.priority().rank(),
+            probe: row.probe,
+            code: code.map(str::to_string),
+            reason: reason.map(str::to_string),
+        }
+    }
+}
+
 /// Records buffered by one process, appended with one `write`.
 #[derive(Debug)]
 pub struct Journal {
@@ -107,21 +129,7 @@ impl Journal {
     /// Buffers index rows.
     pub fn sent(&mut self, rows: &[SentRow<'_>], now: u64) {
         for r in rows {
-            let (code, reason) = r.failure.unzip();
-            let env = r.envelope;
-            self.push(&Record::Sent {
-                at: now,
-                endpoint: r.endpoint.to_string(),
-                id: env.id.clone(),
-                subject: env.subject.clone(),
-                sender: env.from.clone(),
-                trace_id: env.trace().to_string(),
-                expires_at: env.budget.ttl,
-                priority: env.priority().rank(),
-                probe: r.probe,
-                code: code.map(str::to_string),
-                reason: reason.map(str::to_string),
-            });
+            self.push(&Record::sent(r, now));
         }
     }
 

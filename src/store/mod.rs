@@ -435,46 +435,6 @@ impl Tx<'_> {
         self.state.release()
     }
 
-    /// Records deliveries (status `pending`) and direct dead letters
-    /// (`failed`, with code and reason) of one send.
-    pub fn record_sent(&self, rows: &[SentRow<'_>], now: u64) -> Result<()> {
-        let mut stmt = self
-            .tx
-            .prepare_cached(
-                "INSERT OR REPLACE INTO messages
-                 (endpoint, id, subject, sender, trace_id, status, sent_at, done_at, expires_at,
-                  code, reason, priority, probe)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )
-            .map_err(|e| self.err(e))?;
-        for r in rows {
-            let failed = r.failure.is_some();
-            let (code, reason) = r.failure.unzip();
-            stmt.execute(params![
-                r.endpoint,
-                r.envelope.id,
-                r.envelope.subject,
-                r.envelope.from,
-                r.envelope.trace(),
-                if failed {
-                    Status::Failed
-                } else {
-                    Status::Pending
-                }
-                .as_str(),
-                now,
-                failed.then_some(now),
-                sql_ms(r.envelope.budget.ttl),
-                code,
-                reason,
-                r.envelope.priority().rank(),
-                r.probe,
-            ])
-            .map_err(|e| self.err(e))?;
-        }
-        Ok(())
-    }
-
     /// Marks messages claimed (with an optional lease deadline); a message
     /// the index lacks (dropped into `new/` by another program) gets its row now.
     pub fn record_claimed(
@@ -824,8 +784,11 @@ impl Ledger for Tx<'_> {
         &self.state
     }
 
+    /// The same insert as the journal's rows: a fresh id, so nothing to
+    /// replace.
     fn record_sent(&self, rows: &[SentRow<'_>], now: u64) -> Result<()> {
-        Tx::record_sent(self, rows, now)
+        let records: Vec<Record> = rows.iter().map(|r| Record::sent(r, now)).collect();
+        apply(&self.tx, &records).map_err(|e| self.err(e))
     }
 
     fn event(&self, e: &Event<'_>, now: u64) -> Result<()> {
