@@ -555,6 +555,16 @@ pub fn mailbox_dir_names(home: &Home) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// A name among `names` that differs from `name` only in case: two such
+/// mailboxes would collide on a case-insensitive filesystem.
+pub fn case_twin<'a>(
+    name: &str,
+    mut names: impl Iterator<Item = &'a String>,
+) -> Option<&'a String> {
+    let lower = name.to_lowercase();
+    names.find(|n| *n != name && n.to_lowercase() == lower)
+}
+
 /// "known endpoints: a, b" or the command that creates one.
 #[must_use]
 pub fn known_endpoints_hint(home: &Home) -> String {

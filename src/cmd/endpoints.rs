@@ -113,12 +113,7 @@ fn add(ctx: &Ctx, subjects: &[String]) -> Result<()> {
     }
     let existing = maildir::mailbox_dir_names(&ctx.home)?;
     for s in subjects {
-        let lower = s.to_lowercase();
-        if let Some(other) = existing
-            .iter()
-            .chain(subjects.iter())
-            .find(|e| *e != s && e.to_lowercase() == lower)
-        {
+        if let Some(other) = maildir::case_twin(s, existing.iter().chain(subjects)) {
             return Err(Error::Data(format!(
                 "endpoint '{s}' differs only in case from '{other}'; mailbox names must not collide on case-insensitive filesystems"
             )));

@@ -539,11 +539,8 @@ fn matching_endpoints(ctx: &Ctx, subj: &str) -> Result<Vec<String>> {
 fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &str) -> Result<()> {
     // Subjects are case-sensitive, but a mailbox differing only in case
     // would collide on case-insensitive filesystems: refuse, write nothing.
-    let lower = env.subject.to_lowercase();
-    if let Some(other) = maildir::mailbox_dir_names(&ctx.home)?
-        .into_iter()
-        .find(|n| n.to_lowercase() == lower && *n != env.subject)
-    {
+    let names = maildir::mailbox_dir_names(&ctx.home)?;
+    if let Some(other) = maildir::case_twin(&env.subject, names.iter()) {
         return Err(Error::Data(format!(
             "subject '{}' differs only in case from mailbox '{other}'; subjects are case-sensitive (did you mean '{other}'?)",
             env.subject
