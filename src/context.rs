@@ -47,6 +47,11 @@ impl Ctx {
         })
     }
 
+    /// Closes the index if it is open; the next `store` opens it again.
+    pub fn close_store(&mut self) {
+        self.store = None;
+    }
+
     /// The index, opened (and migrated) on first use.
     pub fn store(&mut self) -> Result<&mut Store> {
         let store = match self.store.take() {

@@ -16,7 +16,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::maildir::{self, Mailbox};
 use crate::output;
-use crate::store::{Status, Store};
+use crate::store::Status;
 
 /// One problem found (and what was done about it).
 #[derive(Debug, Serialize)]
@@ -49,12 +49,14 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
 
     // 1. The index file itself.
     let db = ctx.home.db_file();
-    let problem = match Store::open(&db) {
+    let problem = match ctx.store() {
         Ok(store) => store.integrity()?,
         Err(e) => Some(e.to_string()),
     };
     let index_usable = match problem {
         Some(p) => {
+            // Let go of the damaged file before it is moved aside.
+            ctx.close_store();
             let repaired = repair && set_aside(&db, now)?;
             note(
                 "index",
