@@ -188,6 +188,22 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Files in `tmp/` older than `max_age_ms` at `now`, with their ages:
+    /// left by writers that crashed before their rename, never delivered.
+    #[must_use]
+    pub fn stale_tmp(&self, now: u64, max_age_ms: u64) -> Vec<(PathBuf, u64)> {
+        let Ok(rd) = fs::read_dir(self.sub("tmp")) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|entry| {
+                let modified = entry.metadata().and_then(|m| m.modified()).ok()?;
+                let age = now.saturating_sub(system_time_ms(modified));
+                (age > max_age_ms).then(|| (entry.path(), age))
+            })
+            .collect()
+    }
+
     /// Message ids in `sub`, sorted (ULIDs sort by time, so this is FIFO).
     /// Files not ending in `.json`, sidecars and dot-files are ignored.
     pub fn list(&self, sub: &str) -> Result<Vec<String>> {

@@ -10,7 +10,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::DoctorArgs;
-use crate::clock::system_time_ms;
 use crate::context::Ctx;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -126,24 +125,14 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
                 );
             }
         }
-        for entry in fs::read_dir(mb.sub("tmp")).into_iter().flatten().flatten() {
-            let age = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map_or(0, |t| now.saturating_sub(system_time_ms(t)));
-            if age > max_tmp_age {
-                // Never renamed into new/: not a delivered message.
-                let repaired = repair && fs::remove_file(entry.path()).is_ok();
-                note(
-                    "stray tmp file",
-                    format!(
-                        "{} ({} old)",
-                        entry.path().display(),
-                        crate::clock::human_ms(age)
-                    ),
-                    repaired,
-                );
-            }
+        for (path, age) in mb.stale_tmp(now, max_tmp_age) {
+            // Never renamed into new/: not a delivered message.
+            let repaired = repair && fs::remove_file(&path).is_ok();
+            note(
+                "stray tmp file",
+                format!("{} ({} old)", path.display(), crate::clock::human_ms(age)),
+                repaired,
+            );
         }
         for (sub, status) in [
             ("new", Status::Pending),

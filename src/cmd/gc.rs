@@ -8,7 +8,6 @@ use std::fs;
 use serde::Serialize;
 
 use crate::cli::GcArgs;
-use crate::clock::system_time_ms;
 use crate::context::Ctx;
 use crate::error::Result;
 use crate::ledger::Ledger;
@@ -68,14 +67,8 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
     // 2. Files left in tmp/ by writers that crashed mid-delivery.
     let max_age_ms = ctx.config.tmp_max_age_secs.saturating_mul(1000);
     for name in maildir::mailbox_dir_names(&ctx.home)? {
-        let tmp = Mailbox::at(&ctx.home, &name).sub("tmp");
-        let Ok(rd) = fs::read_dir(&tmp) else { continue };
-        for entry in rd.flatten() {
-            let stale = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| now.saturating_sub(system_time_ms(t)) > max_age_ms);
-            if stale && (args.dry_run || fs::remove_file(entry.path()).is_ok()) {
+        for (path, _) in Mailbox::at(&ctx.home, &name).stale_tmp(now, max_age_ms) {
+            if args.dry_run || fs::remove_file(path).is_ok() {
                 report.tmp_files_removed += 1;
             }
         }
