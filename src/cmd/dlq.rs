@@ -48,6 +48,17 @@ pub fn run(ctx: &mut Ctx, args: &DlqArgs) -> Result<()> {
 /// Every dead letter (of `endpoint`, if given), oldest first (also served
 /// by `relay serve`).
 pub fn collect(ctx: &Ctx, endpoint: Option<&str>, with_envelope: bool) -> Result<Vec<DeadLetter>> {
+    gather(ctx, endpoint, None, with_envelope)
+}
+
+/// `collect`, limited to id `only` if given: the sidecars and envelopes of
+/// other dead letters are not read.
+fn gather(
+    ctx: &Ctx,
+    endpoint: Option<&str>,
+    only: Option<&str>,
+    with_envelope: bool,
+) -> Result<Vec<DeadLetter>> {
     let mut out = Vec::new();
     for name in maildir::mailbox_dir_names(&ctx.home)? {
         if endpoint.is_some_and(|e| e != name) || name.starts_with('.') {
@@ -55,6 +66,9 @@ pub fn collect(ctx: &Ctx, endpoint: Option<&str>, with_envelope: bool) -> Result
         }
         let mb = Mailbox::at(&ctx.home, &name);
         for id in mb.list("failed")? {
+            if only.is_some_and(|o| o != id) {
+                continue;
+            }
             let sidecar = mb.read_reason(&id);
             let failed_ms = sidecar
                 .as_ref()
@@ -113,10 +127,7 @@ fn find(
     with_envelope: bool,
 ) -> Result<Vec<DeadLetter>> {
     maildir::validate_id(id)?;
-    let found: Vec<DeadLetter> = collect(ctx, endpoint, with_envelope)?
-        .into_iter()
-        .filter(|d| d.id == id)
-        .collect();
+    let found = gather(ctx, endpoint, Some(id), with_envelope)?;
     if found.is_empty() {
         return Err(Error::Data(format!(
             "no dead letter '{id}'{}; list them with: relay dlq",
