@@ -150,7 +150,7 @@ impl Mailbox {
     /// On return the message is visible whole or not at all.
     pub fn deliver(&self, env: &Envelope, sync: bool) -> Result<()> {
         let bytes = env.to_file_bytes()?;
-        self.place(&file_name(&env.id), &bytes, "new", sync)
+        self.place(&file_name(&env.id), &bytes, "new", sync, sync)
     }
 
     /// First half of a group-committed delivery: writes `tmp/<id>.json`
@@ -178,11 +178,11 @@ impl Mailbox {
     }
 
     /// Writes `bytes` as `<sub>/<name>` through `tmp/` (exclusive create,
-    /// rename), fsyncing the file and `<sub>` when `sync`.
-    fn place(&self, name: &str, bytes: &[u8], sub: &str, sync: bool) -> Result<()> {
+    /// rename), fsyncing the file when `sync` and `<sub>` when `sync_dir`.
+    fn place(&self, name: &str, bytes: &[u8], sub: &str, sync: bool, sync_dir: bool) -> Result<()> {
         home::write_new_file(&self.sub("tmp").join(name), bytes, sync)?;
         self.move_in(name, sub)?;
-        if sync {
+        if sync_dir {
             home::sync_dir(&self.sub(sub))?;
         }
         Ok(())
@@ -478,7 +478,8 @@ impl Mailbox {
     pub fn dead_letter(&self, env: &Envelope, reason: &str, code: &str, now: u64) -> Result<()> {
         self.create(&["tmp", "failed"])?;
         let bytes = env.to_file_bytes()?;
-        self.place(&file_name(&env.id), &bytes, "failed", true)?;
+        // The sidecar's fsync of failed/ makes both renames durable.
+        self.place(&file_name(&env.id), &bytes, "failed", true, false)?;
         let value = serde_json::to_value(env).unwrap_or(Value::Null);
         self.write_reason(&env.id, value, reason, code, now)
     }
@@ -503,7 +504,7 @@ impl Mailbox {
         let name = format!("{id}{REASON_EXT}");
         // A nack that crashed mid-write may have left this tmp file behind.
         let _ = fs::remove_file(self.sub("tmp").join(&name));
-        self.place(&name, &bytes, "failed", true)
+        self.place(&name, &bytes, "failed", true, true)
     }
 }
 
