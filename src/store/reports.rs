@@ -280,20 +280,25 @@ pub fn delivery_histogram(
     conn: &Connection,
     bounds: &[u64],
 ) -> rusqlite::Result<(Vec<u64>, u64, u64)> {
-    let mut counts = Vec::with_capacity(bounds.len());
-    for b in bounds {
-        counts.push(conn.query_row(
-            "SELECT COUNT(*) FROM messages WHERE claimed_at IS NOT NULL AND claimed_at - sent_at <= ?1",
-            params![b],
-            |r| r.get(0),
-        )?);
-    }
-    let (n, sum): (u64, Option<i64>) = conn.query_row(
-        "SELECT COUNT(*), SUM(MAX(claimed_at - sent_at, 0)) FROM messages WHERE claimed_at IS NOT NULL",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    Ok((counts, n, u64::try_from(sum.unwrap_or(0)).unwrap_or(0)))
+    // One pass over the claimed rows, one cumulative count per bound.
+    let buckets: String = (1..=bounds.len())
+        .map(|i| format!(", COALESCE(SUM(d <= ?{i}), 0)"))
+        .collect();
+    let sql = format!(
+        "SELECT COUNT(*), SUM(MAX(d, 0)){buckets}
+         FROM (SELECT claimed_at - sent_at AS d FROM messages WHERE claimed_at IS NOT NULL)"
+    );
+    conn.query_row(&sql, rusqlite::params_from_iter(bounds), |r| {
+        let sum: Option<i64> = r.get(1)?;
+        let counts = (0..bounds.len())
+            .map(|i| r.get(i + 2))
+            .collect::<rusqlite::Result<Vec<u64>>>()?;
+        Ok((
+            counts,
+            r.get(0)?,
+            u64::try_from(sum.unwrap_or(0)).unwrap_or(0),
+        ))
+    })
 }
 
 /// The newest event id (0 if none).
@@ -322,4 +327,24 @@ pub fn events_after(
         super::event_from_row,
     )?
     .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_histogram_counts_each_bound_cumulatively() {
+        let conn = Connection::open_in_memory().expect("memory db");
+        conn.execute_batch(
+            "CREATE TABLE messages (sent_at INTEGER, claimed_at INTEGER);
+             INSERT INTO messages VALUES (0, 5), (10, 60), (0, 500), (0, NULL), (9, 1009);",
+        )
+        .expect("rows");
+        let (counts, n, sum) = delivery_histogram(&conn, &[10, 100, 1000]).expect("histogram");
+        assert_eq!(counts, [1, 2, 4]);
+        assert_eq!((n, sum), (4, 5 + 50 + 500 + 1000));
+        let (counts, n, sum) = delivery_histogram(&conn, &[]).expect("no bounds");
+        assert_eq!((counts.len(), n, sum), (0, 4, 1555));
+    }
 }
