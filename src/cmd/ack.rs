@@ -47,10 +47,7 @@ pub fn nack(ctx: &mut Ctx, args: &NackArgs) -> Result<()> {
 /// (index, breaker, failure notice). Returns false if it was no longer in `cur/`.
 pub fn settle(ctx: &mut Ctx, mb: &Mailbox, id: &str, reason: Option<&str>) -> Result<bool> {
     let now = ctx.clock.now_ms();
-    let done = match reason {
-        None => mb.ack(id)? == AckOutcome::Removed,
-        Some(r) => mb.fail(id, Value::Null, r, "nack", now)?,
-    };
+    let done = finish_file(mb, id, reason, now)?;
     if done {
         if reason.is_none() {
             crate::home::sync_dir(&mb.sub("cur"))?;
@@ -58,6 +55,15 @@ pub fn settle(ctx: &mut Ctx, mb: &Mailbox, id: &str, reason: Option<&str>) -> Re
         record(ctx, &mb.name, &[id.to_string()], reason, now)?;
     }
     Ok(done)
+}
+
+/// Removes `cur/<id>` (ack, `reason` None) or dead-letters it with
+/// `reason` (nack); false if it was not in `cur/`.
+fn finish_file(mb: &Mailbox, id: &str, reason: Option<&str>, now: u64) -> Result<bool> {
+    Ok(match reason {
+        None => mb.ack(id)? == AckOutcome::Removed,
+        Some(r) => mb.fail(id, Value::Null, r, "nack", now)?,
+    })
 }
 
 /// Records finished messages in the index and feeds their outcome to the
@@ -122,11 +128,7 @@ fn finish(ctx: &mut Ctx, endpoint: &str, ids: &[String], reason: Option<&str>) -
     };
     let mut problems = Vec::new();
     for id in ids {
-        let done = match reason {
-            None => mb.ack(id)? == AckOutcome::Removed,
-            Some(r) => mb.fail(id, Value::Null, r, "nack", now)?,
-        };
-        if done {
+        if finish_file(&mb, id, reason, now)? {
             match reason {
                 None => report.acked.push(id.clone()),
                 Some(_) => report.nacked.push(id.clone()),
