@@ -30,6 +30,9 @@ pub struct BreakerInfo {
     next_probe_in_ms: Option<u64>,
     /// Times it opened, ever.
     pub trips: u32,
+    /// `opened_at` in ms (0 if never), for tables.
+    #[serde(skip)]
+    opened_ms: u64,
 }
 
 impl BreakerInfo {
@@ -53,22 +56,18 @@ impl BreakerInfo {
             next_probe_at: waiting.then(|| iso8601(s.next_probe_at)),
             next_probe_in_ms: waiting.then(|| s.next_probe_at.saturating_sub(now)),
             trips: s.total_trips,
+            opened_ms: s.opened_at,
         }
     }
 
     /// Table cells: pair, state, failures, opened, next probe, trips.
     #[must_use]
     pub fn cells(&self, now: u64) -> Vec<String> {
-        let opened = self
-            .opened_at
-            .as_deref()
-            .and_then(crate::clock::parse_iso8601)
-            .unwrap_or(0);
         vec![
             format!("{} -> {}", self.sender, self.endpoint),
             self.state.to_string(),
             self.consecutive_failures.to_string(),
-            crate::clock::ago(now, opened),
+            crate::clock::ago(now, self.opened_ms),
             self.next_probe_in_ms
                 .map_or_else(|| "-".to_string(), |ms| format!("in {}", human_ms(ms))),
             self.trips.to_string(),

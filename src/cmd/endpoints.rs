@@ -38,6 +38,9 @@ pub struct EndpointInfo {
     pub pressure: Option<f64>,
     /// When a message last arrived, was claimed or finished.
     pub last_activity: Option<String>,
+    /// The same, in ms (0 if never), for tables.
+    #[serde(skip)]
+    pub last_activity_ms: u64,
 }
 
 /// Every endpoint with its depth, pressure and last activity.
@@ -59,6 +62,7 @@ pub fn infos(ctx: &Ctx) -> Result<Vec<EndpointInfo>> {
             capacity,
             pressure: capacity.map(|c| (new + cur) as f64 / c.max(1) as f64),
             last_activity: (last > 0).then(|| iso8601(last)),
+            last_activity_ms: last,
         });
     }
     Ok(rows)
@@ -85,17 +89,12 @@ fn list(ctx: &Ctx) -> Result<()> {
     }
     let mut t = output::table(&["endpoint", "new", "cur", "failed", "last activity"]);
     for r in &rows {
-        let last = r
-            .last_activity
-            .as_deref()
-            .and_then(crate::clock::parse_iso8601)
-            .unwrap_or(0);
         t.add_row(vec![
             r.subject.clone(),
             r.new.to_string(),
             r.cur.to_string(),
             r.failed.to_string(),
-            ago(now, last),
+            ago(now, r.last_activity_ms),
         ]);
     }
     for i in 1..=3 {

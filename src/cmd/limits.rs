@@ -27,6 +27,9 @@ pub struct LimitInfo {
     /// Refusals ever.
     pub hard_hits: u64,
     last_hit_at: Option<String>,
+    /// The same, in ms.
+    #[serde(skip)]
+    last_hit_ms: Option<u64>,
 }
 
 impl LimitInfo {
@@ -35,9 +38,7 @@ impl LimitInfo {
     #[must_use]
     pub fn is_limited(&self, now: u64) -> bool {
         let recent = self
-            .last_hit_at
-            .as_deref()
-            .and_then(crate::clock::parse_iso8601)
+            .last_hit_ms
             .is_some_and(|at| now.saturating_sub(at) < self.window_secs.saturating_mul(1000));
         self.tokens_left == 0 || recent
     }
@@ -45,11 +46,7 @@ impl LimitInfo {
     /// Table cells: sender, tokens, soft hits, hard hits, last hit.
     #[must_use]
     pub fn cells(&self, now: u64) -> Vec<String> {
-        let last = self
-            .last_hit_at
-            .as_deref()
-            .and_then(crate::clock::parse_iso8601)
-            .unwrap_or(0);
+        let last = self.last_hit_ms.unwrap_or(0);
         vec![
             self.sender.clone(),
             format!("{}/{}", self.tokens_left, self.capacity),
@@ -89,6 +86,7 @@ pub fn snapshot(ctx: &mut Ctx, now: u64) -> Result<Vec<LimitInfo>> {
                 soft_hits: r.soft_hits,
                 hard_hits: r.hard_hits,
                 last_hit_at: r.last_hit_at.map(iso8601),
+                last_hit_ms: r.last_hit_at,
                 sender: r.sender,
             }
         })

@@ -81,18 +81,13 @@ pub fn run(ctx: &mut Ctx, args: &StatusArgs) -> Result<()> {
     } else {
         let mut t = output::table(&["endpoint", "depth", "pressure", "failed", "last activity"]);
         for e in &endpoints {
-            let last = e
-                .last_activity
-                .as_deref()
-                .and_then(crate::clock::parse_iso8601)
-                .unwrap_or(0);
             t.add_row(vec![
                 e.subject.clone(),
                 e.capacity
                     .map_or(e.depth.to_string(), |c| format!("{}/{c}", e.depth)),
                 e.pressure.map_or_else(|| "off".to_string(), bar),
                 e.failed.to_string(),
-                ago(now, last),
+                ago(now, e.last_activity_ms),
             ]);
         }
         out.push(output::table_text(&t));
