@@ -114,9 +114,6 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
     print_result(ctx, &line)
 }
 
-/// Validates a request (command-line defaults filling what it lacks),
-/// builds its envelope, applies access rules and finds its endpoints.
-/// Sends refused here are dead-lettered under their subject as DorkOS does.
 /// What `prepare` looks up on disk, kept across the lines of a batch (one
 /// access-rules read, one endpoint lookup per subject).
 #[derive(Default)]
@@ -125,6 +122,9 @@ struct Lookups {
     targets: std::collections::HashMap<String, Vec<String>>,
 }
 
+/// Validates a request (command-line defaults filling what it lacks),
+/// builds its envelope, applies access rules and finds its endpoints.
+/// Sends refused here are dead-lettered under their subject as DorkOS does.
 fn prepare(
     ctx: &mut Ctx,
     args: &SendArgs,

@@ -247,12 +247,9 @@ fn handle(ctx: &mut Ctx, req: &Request) -> Result<Option<(&'static str, String)>
         }
         path => match trace_id(path) {
             Some(id) => {
-                crate::maildir::validate_id(id)?;
-                let store = ctx.store()?;
-                let Some(trace) = store.read(|c| reports::trace_of(c, id))? else {
+                let Some((trace, spans)) = super::trace::lookup(ctx, id)? else {
                     return Err(Error::NoInput(format!("no message or trace '{id}'")));
                 };
-                let spans = store.read(|c| reports::spans(c, &trace))?;
                 json!({ "traceId": trace, "spans": spans })
             }
             None => return Ok(None),

@@ -7,17 +7,26 @@ use crate::error::{Error, Result};
 use crate::output;
 use crate::store::reports;
 
+/// The trace of message (or trace) `id` and its spans; `None` if the index
+/// has neither (also served by `relay serve`).
+pub fn lookup(ctx: &mut Ctx, id: &str) -> Result<Option<(String, Vec<reports::Span>)>> {
+    crate::maildir::validate_id(id)?;
+    let store = ctx.store()?;
+    let Some(trace_id) = store.read(|c| reports::trace_of(c, id))? else {
+        return Ok(None);
+    };
+    let spans = store.read(|c| reports::spans(c, &trace_id))?;
+    Ok(Some((trace_id, spans)))
+}
+
 /// Runs `relay trace`.
 pub fn run(ctx: &mut Ctx, args: &TraceArgs) -> Result<()> {
-    crate::maildir::validate_id(&args.id)?;
-    let store = ctx.store()?;
-    let Some(trace_id) = store.read(|c| reports::trace_of(c, &args.id))? else {
+    let Some((trace_id, spans)) = lookup(ctx, &args.id)? else {
         return Err(Error::NoInput(format!(
             "no message or trace '{}' in the index (pruned by gc, or never sent here)",
             args.id
         )));
     };
-    let spans = store.read(|c| reports::spans(c, &trace_id))?;
     if ctx.json {
         return output::json_line(&serde_json::json!({ "traceId": trace_id, "spans": spans }));
     }
