@@ -21,9 +21,7 @@ fn send(r: &Relay, from: &str, ep: &str, payload: &str, at: u64) -> String {
     r.cmd(["send", ep, payload, "--from", from])
         .at(at)
         .success()
-        .stdout
-        .trim()
-        .to_string()
+        .id()
 }
 
 /// Claims the oldest message of `ep` at `at`; its id.

@@ -118,9 +118,7 @@ fn each_feature_can_be_disabled_on_its_own() {
             .cmd(["send", "q", "x", "--from", "a"])
             .at(T)
             .success()
-            .stdout
-            .trim()
-            .to_string();
+            .id();
         r.cmd(["recv", "q"]).at(T).success();
         r.cmd(["nack", "q", &id]).at(T).success();
     }

@@ -185,12 +185,7 @@ impl Relay {
     /// `relay send SUBJECT PAYLOAD`, asserting success; returns the id.
     #[track_caller]
     pub fn send(&self, subject: &str, payload: &str) -> String {
-        let out = self.cmd(["send", subject, payload]).success();
-        let id = out.stdout.trim().to_string();
-        if !is_ulid(&id) {
-            out.fail(&format!("send printed {id:?}, not a ULID"));
-        }
-        id
+        self.cmd(["send", subject, payload]).success().id()
     }
 }
 
@@ -510,6 +505,16 @@ impl Output<'_> {
             self.fail("stderr is not empty");
         }
         self
+    }
+
+    /// The message id `send` printed (stdout, trimmed), which must be a ULID.
+    #[track_caller]
+    pub fn id(&self) -> String {
+        let id = self.stdout.trim().to_string();
+        if !is_ulid(&id) {
+            self.fail(&format!("printed {id:?}, not a message id (ULID)"));
+        }
+        id
     }
 
     /// stdout parsed as one JSON value.

@@ -36,7 +36,7 @@ fn created_dirs_are_0700_and_files_0600_even_with_umask_000() {
     let r = Relay::new();
     let run = |args: &[&str]| r.cmd(args).umask(0o000).success();
     run(&["endpoints", "add", "a.x", "a.y"]);
-    let id = run(&["send", "a.*", "one"]).stdout.trim().to_string();
+    let id = run(&["send", "a.*", "one"]).id();
     run(&["send", "a.x", "two"]);
     run(&["recv", "a.x", "-n", "2"]);
     run(&["nack", "a.x", &id, "--reason", "test"]);

@@ -1967,9 +1967,7 @@ fn a_ttl_beyond_i64_is_accepted_and_indexed() {
         .cmd(["send", "a", "hi"])
         .env("RELAY_BUDGET", HUGE_TTL_BUDGET)
         .success()
-        .stdout
-        .trim()
-        .to_string();
+        .id();
     r.cmd(["doctor"]).success();
     let got = r.cmd(["recv", "a", "--json"]).success().json();
     assert_eq!(got["id"], id.as_str());

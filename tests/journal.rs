@@ -192,9 +192,7 @@ fn buckets_and_breakers_survive_between_processes_in_the_state_file() {
         .cmd(["send", "agent.b", "1", "--from", "agent.a"])
         .at(T)
         .success()
-        .stdout
-        .trim()
-        .to_string();
+        .id();
     r.cmd(["recv", "agent.b"]).at(T).success();
     r.cmd(["nack", "agent.b", &id]).at(T).success();
     let (_, state) = newest_state(&r);

@@ -302,8 +302,7 @@ fn text_flag_keeps_json_as_a_string() {
     let r = Relay::new();
     r.add(&["q"]);
     let p = stored_payload(&r, |r| {
-        let out = r.cmd(["send", "q", r#"{"a":1}"#, "--text"]).success();
-        out.stdout.trim().to_string()
+        r.cmd(["send", "q", r#"{"a":1}"#, "--text"]).success().id()
     });
     assert_eq!(p, json!(r#"{"a":1}"#));
 }
@@ -318,10 +317,7 @@ fn stdin_payload_loses_one_trailing_newline() {
         ("crlf\r\n", json!("crlf")),
         ("{\"k\": [1]}\n", json!({"k": [1]})),
     ] {
-        let p = stored_payload(&r, |r| {
-            let out = r.cmd(["send", "q"]).stdin(input).success();
-            out.stdout.trim().to_string()
-        });
+        let p = stored_payload(&r, |r| r.cmd(["send", "q"]).stdin(input).success().id());
         assert_eq!(p, want, "{input:?}");
     }
 }
@@ -356,7 +352,7 @@ fn file_payload_text_json_and_dash_for_stdin() {
             if let Some(s) = stdin {
                 cmd = cmd.stdin(s);
             }
-            cmd.success().stdout.trim().to_string()
+            cmd.success().id()
         });
         assert_eq!(p, want, "{args:?}");
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{BIN, Cmd, Relay, is_ulid};
+use crate::harness::{BIN, Cmd, Relay};
 
 /// 2026-01-01T00:00:00.000Z: the pinned clock of tests where time matters.
 pub use crate::harness::T;
@@ -534,12 +534,9 @@ pub fn pinned(cmd: Cmd<'_>, at: Option<u64>) -> Cmd<'_> {
 /// asserting success; the id.
 #[track_caller]
 pub fn send_from(r: &Relay, from: &str, subject: &str, payload: &str, at: Option<u64>) -> String {
-    let out = pinned(r.cmd(["send", subject, payload, "--from", from]), at).success();
-    let id = out.stdout.trim().to_string();
-    if !is_ulid(&id) {
-        out.fail("send printed no id");
-    }
-    id
+    pinned(r.cmd(["send", subject, payload, "--from", from]), at)
+        .success()
+        .id()
 }
 
 /// The `breakers --json` row of (sender, ep), or `Value::Null`.

@@ -115,9 +115,7 @@ fn relay_budget_env_passes_a_spent_budget() {
         .env("RELAY_BUDGET", &ok)
         .at(T0 + 1)
         .success()
-        .stdout
-        .trim()
-        .to_string();
+        .id();
     let env = envelope(&r, "work.a", "new", &id);
     assert_eq!(env["budget"]["hopCount"], 3, "{env}");
     assert_eq!(env["budget"]["callBudgetRemaining"], 2, "{env}");

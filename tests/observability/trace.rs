@@ -135,9 +135,7 @@ fn relay_trace_id_env_joins_sends_into_one_trace_and_the_flag_wins() {
         .env("RELAY_TRACE_ID", "ci-run-42")
         .at(T0)
         .success()
-        .stdout
-        .trim()
-        .to_string();
+        .id();
     let b = r
         .cmd(["send", "hook.b", "post-commit", "--json"])
         .env("RELAY_TRACE_ID", "ci-run-42")
@@ -152,9 +150,7 @@ fn relay_trace_id_env_joins_sends_into_one_trace_and_the_flag_wins() {
         .env("RELAY_TRACE_ID", "ci-run-42")
         .at(T0 + 2)
         .success()
-        .stdout
-        .trim()
-        .to_string();
+        .id();
 
     assert_eq!(envelope(&r, "hook.a", "new", &a)["traceId"], "ci-run-42");
     assert_eq!(ids(&r, "hook.b", "new"), vec![b.clone()]);

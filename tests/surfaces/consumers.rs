@@ -401,9 +401,7 @@ fn handler_env_names_the_message_and_its_own_send_joins_the_trace() {
             "agent.a.inbox",
         ])
         .success()
-        .stdout
-        .trim()
-        .to_string();
+        .id();
     let d = scratch_dir(&r, "h");
     let handler =
         r#"env > "$D/env"; cat > "$D/stdin"; "$TEST_RELAY" send agent.c reply > "$D/child""#;
