@@ -54,18 +54,10 @@ fn succeed(r: &Relay, from: &str, ep: &str, at: u64) {
     r.cmd(["ack", ep, &id]).at(at).success();
 }
 
-/// The `breakers --json` row of (sender, ep), or `Value::Null`.
+/// The `breakers --json` row of (sender, ep) at `at`, or `Value::Null`.
 #[track_caller]
 fn breaker(r: &Relay, sender: &str, ep: &str, at: u64) -> Value {
-    let out = r.cmd(["breakers", "--json"]).at(at).success();
-    let v = out.json();
-    let Some(rows) = v["breakers"].as_array() else {
-        out.fail("breakers --json has no breakers array")
-    };
-    rows.iter()
-        .find(|b| b["sender"] == sender && b["endpoint"] == ep)
-        .cloned()
-        .unwrap_or(Value::Null)
+    crate::surfaces::breaker(r, sender, ep, Some(at))
 }
 
 /// The state of (sender, ep): a pair without a row is closed.
