@@ -8,7 +8,7 @@ use std::fs;
 use serde_json::{Value, json};
 
 use super::{Proc, T, breaker, exists, scratch_dir, secs, send_from, wait_until};
-use crate::harness::{BIN, Relay, dorkos_envelope};
+use crate::harness::{BIN, Output, Relay, dorkos_envelope};
 
 /// A world with endpoints `eps` and its index already created, so a test's
 /// first concurrent relays do not race to create it (see
@@ -266,31 +266,30 @@ fn seen_counts(d: &std::path::Path) -> Vec<u64> {
     counts
 }
 
-#[test]
-fn concurrency_3_runs_three_handlers_at_once() {
-    let r = world(&["agent.b"]);
+/// Three messages handled by `recv --exec` with the overlap handler
+/// (`wait_for_peers`) and `extra` options; the output and, per handler, how
+/// many handlers it saw running at once.
+fn overlap_run<'a>(r: &'a Relay, wait_for_peers: bool, extra: &[&str]) -> (Output<'a>, Vec<u64>) {
     for i in 0..3 {
-        send_from(&r, "agent.a", "agent.b", &format!("m{i}"), Some(T));
+        send_from(r, "agent.a", "agent.b", &format!("m{i}"), Some(T));
     }
-    let d = scratch_dir(&r, "h");
+    let d = scratch_dir(r, "h");
     fs::create_dir_all(d.join("run")).expect("mkdir run");
     fs::create_dir_all(d.join("seen")).expect("mkdir seen");
-    let handler = overlap_handler(true);
+    let handler = overlap_handler(wait_for_peers);
     let out = r
-        .cmd([
-            "recv",
-            "agent.b",
-            "--exec",
-            &handler,
-            "--concurrency",
-            "3",
-            "-n",
-            "3",
-            "--json",
-        ])
+        .cmd(["recv", "agent.b", "--exec", &handler, "-n", "3", "--json"])
+        .args(extra)
         .env("D", &d)
         .at(T)
         .success();
+    (out, seen_counts(&d))
+}
+
+#[test]
+fn concurrency_3_runs_three_handlers_at_once() {
+    let r = world(&["agent.b"]);
+    let (out, seen) = overlap_run(&r, true, &["--concurrency", "3"]);
     let lines = out.json_lines();
     assert_eq!(lines.len(), 3, "{}", out.stdout);
     assert!(
@@ -299,34 +298,16 @@ fn concurrency_3_runs_three_handlers_at_once() {
         out.stdout
     );
     // Every handler saw all three running at once.
-    assert_eq!(seen_counts(&d), vec![3, 3, 3]);
+    assert_eq!(seen, vec![3, 3, 3]);
     assert!(r.files("agent.b", "cur").is_empty());
 }
 
 #[test]
 fn handlers_run_one_at_a_time_by_default() {
     let r = world(&["agent.b"]);
-    for i in 0..3 {
-        send_from(&r, "agent.a", "agent.b", &format!("m{i}"), Some(T));
-    }
-    let d = scratch_dir(&r, "h");
-    fs::create_dir_all(d.join("run")).expect("mkdir run");
-    fs::create_dir_all(d.join("seen")).expect("mkdir seen");
-    let out = r
-        .cmd([
-            "recv",
-            "agent.b",
-            "--exec",
-            &overlap_handler(false),
-            "-n",
-            "3",
-            "--json",
-        ])
-        .env("D", &d)
-        .at(T)
-        .success();
+    let (out, seen) = overlap_run(&r, false, &[]);
     assert_eq!(out.json_lines().len(), 3, "{}", out.stdout);
-    assert_eq!(seen_counts(&d), vec![1, 1, 1], "handlers overlapped");
+    assert_eq!(seen, vec![1, 1, 1], "handlers overlapped");
 }
 
 #[test]
