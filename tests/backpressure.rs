@@ -3,7 +3,7 @@
 //! `maxMailboxSize`, priority lanes shed early or granted headroom, `recv`
 //! by priority, and fan-out sends that are refused on some endpoints only.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::harness::{Relay, T, dorkos_envelope};
 
@@ -100,8 +100,7 @@ fn the_warning_is_in_send_json_and_the_refusal_is_json_on_stderr() {
         .at(T)
         .code(75)
         .stdout_is("");
-    let err: Value = serde_json::from_str(out.stderr.trim())
-        .unwrap_or_else(|e| out.fail(&format!("stderr is not one JSON value: {e}")));
+    let err = out.stderr_json();
     assert_eq!(err["error"]["code"], 75, "{err}");
     let msg = err["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("'q'") && msg.contains("2/2"), "{err}");

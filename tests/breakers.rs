@@ -111,8 +111,7 @@ fn five_consecutive_nacks_open_the_pair_and_only_that_pair() {
         .cmd(["send", "agent.b", "hi", "--from", "agent.a", "--json"])
         .at(T + 12_000)
         .code(75);
-    let err: Value = serde_json::from_str(out.stderr.trim())
-        .unwrap_or_else(|e| out.fail(&format!("stderr is not JSON: {e}")));
+    let err = out.stderr_json();
     assert_eq!(err["error"]["retryAfterMs"], 18_000, "{err}");
     assert_eq!(
         waiting(&r, "agent.b"),

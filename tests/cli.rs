@@ -1,8 +1,6 @@
 //! The command line itself: usage errors exit 64 (never clap's 2), help and
 //! version exit 0, `--json` errors, and where the home comes from.
 
-use serde_json::Value;
-
 use crate::harness::Relay;
 
 #[test]
@@ -44,8 +42,7 @@ fn json_errors_are_one_object_on_stderr() {
     r.add(&["q"]);
     let out = r.cmd(["recv", "q", "--json"]).code(66);
     assert!(out.stdout.is_empty());
-    let err: Value = serde_json::from_str(out.stderr.trim())
-        .unwrap_or_else(|e| out.fail(&format!("stderr is not JSON: {e}")));
+    let err = out.stderr_json();
     assert_eq!(err["error"]["code"], 66);
     assert_eq!(err["error"]["kind"], "no_input");
     assert!(

@@ -524,6 +524,13 @@ impl Output<'_> {
             .unwrap_or_else(|e| self.fail(&format!("stdout is not one JSON value: {e}")))
     }
 
+    /// stderr parsed as one JSON value (a `--json` error report).
+    #[track_caller]
+    pub fn stderr_json(&self) -> Value {
+        serde_json::from_str(self.stderr.trim())
+            .unwrap_or_else(|e| self.fail(&format!("stderr is not one JSON value: {e}")))
+    }
+
     /// stdout parsed as NDJSON (one value per line).
     #[track_caller]
     pub fn json_lines(&self) -> Vec<Value> {

@@ -99,8 +99,7 @@ fn a_burst_is_quiet_to_80_percent_then_warns_then_is_refused() {
         .at(T)
         .code(75)
         .stdout_is("");
-    let err: Value = serde_json::from_str(out.stderr.trim())
-        .unwrap_or_else(|e| out.fail(&format!("stderr is not one JSON value: {e}")));
+    let err = out.stderr_json();
     assert_eq!(err["error"]["code"], 75, "{err}");
     assert_eq!(err["error"]["retryAfterMs"], 3000, "{err}");
     let msg = err["error"]["message"].as_str().unwrap_or_default();
@@ -173,8 +172,7 @@ fn the_bucket_refills_at_max_per_window_over_window_secs() {
         .cmd(["send", "agent.b", "early", "--from", "agent.a", "--json"])
         .at(T + 2_999)
         .code(75);
-    let err: Value = serde_json::from_str(out.stderr.trim())
-        .unwrap_or_else(|e| out.fail(&format!("stderr is not JSON: {e}")));
+    let err = out.stderr_json();
     assert_eq!(err["error"]["retryAfterMs"], 1, "{err}");
 
     // At +3 s exactly one more is admitted; the next waits another 3 s.
