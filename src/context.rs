@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::batchlog;
 use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::error::Result;
@@ -52,11 +53,16 @@ impl Ctx {
         self.store = None;
     }
 
-    /// The index, opened (and migrated) on first use.
+    /// The index, opened (and migrated) on first use; opening it also
+    /// settles the batch logs that are due (`batchlog::settle`).
     pub fn store(&mut self) -> Result<&mut Store> {
         let store = match self.store.take() {
             Some(s) => s,
-            None => Store::open(&self.home.db_file())?,
+            None => {
+                let mut store = Store::open(&self.home.db_file())?;
+                batchlog::settle(&self.home, &mut store, self.clock.now_ms())?;
+                store
+            }
         };
         Ok(self.store.insert(store))
     }

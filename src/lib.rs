@@ -3,6 +3,7 @@
 //! `run` is the whole program: parse, dispatch, and report the one error.
 
 pub mod access;
+pub mod batchlog;
 pub mod breaker;
 pub mod bucket;
 pub mod cli;

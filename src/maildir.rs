@@ -149,22 +149,55 @@ impl Mailbox {
     /// fsync (if `sync`), rename into `new/`, fsync `new/` (if `sync`).
     /// On return the message is visible whole or not at all.
     pub fn deliver(&self, env: &Envelope, sync: bool) -> Result<()> {
-        let bytes = env.to_file_bytes()?;
-        self.place(&file_name(&env.id), &bytes, "new", sync, sync)
+        self.deliver_bytes(&env.id, &env.to_file_bytes()?, sync)
     }
 
-    /// First half of a group-committed delivery: writes `tmp/<id>.json`
-    /// (exclusive create) without fsync. The caller makes the data durable
-    /// for many files at once, then calls `publish`.
-    pub fn stage(&self, env: &Envelope) -> Result<()> {
-        let bytes = env.to_file_bytes()?;
-        home::write_new_file(&self.sub("tmp").join(file_name(&env.id)), &bytes, false)
+    /// `deliver` for a message `id` already serialized.
+    pub fn deliver_bytes(&self, id: &str, bytes: &[u8], sync: bool) -> Result<()> {
+        let name = file_name(id);
+        if sync || !self.link_new(&name, bytes)? {
+            self.place(&name, bytes, "new", sync, sync)?;
+        }
+        Ok(())
     }
 
-    /// Second half: renames a staged `tmp/<id>.json` into `new/` (visible
-    /// whole, at once). The caller fsyncs `new/` once for many renames.
-    pub fn publish(&self, id: &str) -> Result<()> {
-        self.move_in(&file_name(id), "new")
+    /// Delivers without fsync in one directory operation instead of two:
+    /// the file is written unnamed in `new/` (`O_TMPFILE`), then linked in
+    /// whole. `Ok(false)` where the filesystem (or a missing `/proc`) does
+    /// not allow it: the caller goes through `tmp/`. Not for durable
+    /// delivery: the fsynced inode would still count no links.
+    fn link_new(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+        use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+        use rustix::io::Errno;
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+        if UNSUPPORTED.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let new = self.sub("new");
+        let flags = OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC;
+        let mut f = match rustix::fs::open(&new, flags, Mode::from_raw_mode(home::FILE_MODE)) {
+            Ok(fd) => fs::File::from(fd),
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {
+                UNSUPPORTED.store(true, Ordering::Relaxed);
+                return Ok(false);
+            }
+            // `tmp/` names what is wrong (a missing mailbox, say) better.
+            Err(_) => return Ok(false),
+        };
+        f.write_all(bytes).ctx("cannot write a new file in", &new)?;
+        let dest = new.join(name);
+        let fd_path = format!("/proc/self/fd/{}", f.as_raw_fd());
+        match rustix::fs::linkat(CWD, fd_path.as_str(), CWD, &dest, AtFlags::SYMLINK_FOLLOW) {
+            Ok(()) => Ok(true),
+            Err(Errno::NOENT) if !Path::new("/proc/self/fd").is_dir() => {
+                UNSUPPORTED.store(true, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(e) => Err(Error::io("cannot create", &dest, e.into())),
+        }
     }
 
     /// Renames `tmp/<name>` to `<sub>/<name>`; on failure the tmp file is
@@ -367,6 +400,19 @@ impl Mailbox {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(AckOutcome::Missing),
             Err(e) => Err(Error::io("cannot remove", &path, e)),
         }
+    }
+
+    /// Writes message `id` into `<sub>/` durably unless a file of that name
+    /// already holds `bytes`, replacing it otherwise (after a power loss a
+    /// name can reach the disk without its data). Whether it wrote.
+    pub fn restore(&self, sub: &str, id: &str, bytes: &[u8]) -> Result<bool> {
+        if fs::read(self.file(sub, id)).is_ok_and(|b| b == bytes) {
+            return Ok(false);
+        }
+        let name = file_name(id);
+        let _ = fs::remove_file(self.sub("tmp").join(&name));
+        self.place(&name, bytes, sub, true, true)?;
+        Ok(true)
     }
 
     /// The envelope at `<sub>/<id>.json`, if it is one.

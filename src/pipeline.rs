@@ -19,16 +19,15 @@ use crate::maildir::Mailbox;
 use crate::pressure::{self, Priority};
 use crate::reliability::{self, RateOutcome};
 use crate::store::{Event as StoreEvent, SentRow, Store, Tx};
-use crate::{home, notice};
+use crate::{batchlog, notice};
 
 /// How delivered files are made durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Durability {
+pub enum Durability<'a> {
     /// fsync each file before its rename and `new/` after it.
     PerMessage,
-    /// Stage every file, flush them all with one `syncfs`, then rename and
-    /// fsync each touched `new/` once.
-    Group,
+    /// Group commit: append every file to the batch log and fsync it once,
+    /// then deliver the files without fsync (see `batchlog`).
+    Logged(&'a mut batchlog::Log),
     /// No fsync at all (unsafe: a power loss can lose acknowledged messages).
     None,
 }
@@ -117,7 +116,12 @@ impl Job {
 
 /// Runs the pipeline for every job at `now`; each job's result is set.
 /// Errors returned here are store or disk failures that stop the batch.
-pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64) -> Result<()> {
+pub fn deliver(
+    ctx: &mut Ctx,
+    jobs: &mut [Job],
+    durability: Durability<'_>,
+    now: u64,
+) -> Result<()> {
     let rel = ctx.config.reliability.clone();
     let key_window_ms = ctx.config.idempotency_window_secs.saturating_mul(1000);
 
@@ -213,13 +217,13 @@ pub fn deliver(ctx: &mut Ctx, jobs: &mut [Job], durability: Durability, now: u64
     }
     let home = &ctx.home;
     let written: Vec<Result<()>> = match durability {
-        Durability::PerMessage | Durability::None => {
-            let sync = durability == Durability::PerMessage;
-            parallel_map(&work, |(_, _, ep, copy)| {
-                Mailbox::at(home, ep).deliver(copy, sync)
-            })
-        }
-        Durability::Group => group_commit(home, &work)?,
+        Durability::PerMessage => parallel_map(&work, |(_, _, ep, copy)| {
+            Mailbox::at(home, ep).deliver(copy, true)
+        }),
+        Durability::None => parallel_map(&work, |(_, _, ep, copy)| {
+            Mailbox::at(home, ep).deliver(copy, false)
+        }),
+        Durability::Logged(log) => logged_commit(home, log, &work)?,
     };
     let mut io_failures: Vec<(usize, String, bool)> = Vec::new();
     for ((j, i, ep, copy), result) in work.into_iter().zip(written) {
@@ -486,36 +490,33 @@ fn backpressure(
 /// One copy to write: (job, endpoint index, endpoint, envelope).
 type Work = (usize, usize, String, Envelope);
 
-/// Group commit: stages every copy in `tmp/` without fsync, makes them all
-/// durable with one `syncfs`, renames them into `new/` and fsyncs each
-/// touched `new/` once. Staging and renaming run on two threads. One result
-/// per copy; errors returned here stop the batch.
-fn group_commit(relay_home: &crate::home::Home, work: &[Work]) -> Result<Vec<Result<()>>> {
-    let staged = parallel_map(work, |(_, _, ep, copy)| {
-        Mailbox::at(relay_home, ep).stage(copy)
-    });
-    home::sync_filesystem(&relay_home.mailboxes())?;
-    let todo: Vec<(&Work, bool)> = work.iter().zip(staged.iter().map(Result::is_ok)).collect();
-    let published = parallel_map(&todo, |((_, _, ep, copy), ok)| {
-        if *ok {
-            Mailbox::at(relay_home, ep).publish(&copy.id)
-        } else {
-            Ok(())
-        }
-    });
-    let mut dirs = BTreeSet::new();
-    let mut results = Vec::with_capacity(work.len());
-    for (((_, _, ep, _), st), published) in work.iter().zip(staged).zip(published) {
-        let r = st.and(published);
-        if r.is_ok() {
-            dirs.insert(Mailbox::at(relay_home, ep).sub("new"));
-        }
-        results.push(r);
-    }
-    for d in dirs {
-        home::sync_dir(&d)?;
-    }
-    Ok(results)
+/// Group commit through the batch log: every copy is serialized, appended
+/// to the log with one fsync, then delivered without fsync. Serializing and
+/// delivering run on two threads. One result per copy; errors returned here
+/// (the log could not be written) stop the batch before anything is
+/// delivered.
+fn logged_commit(
+    relay_home: &crate::home::Home,
+    log: &mut batchlog::Log,
+    work: &[Work],
+) -> Result<Vec<Result<()>>> {
+    let encoded = parallel_map(work, |(_, _, _, copy)| copy.to_file_bytes());
+    log.append(
+        relay_home,
+        work.iter()
+            .zip(&encoded)
+            .filter_map(|((_, _, ep, copy), b)| {
+                Some((ep.as_str(), copy.id.as_str(), b.as_ref().ok()?.as_slice()))
+            }),
+    )?;
+    let todo: Vec<(&Work, Result<Vec<u8>>)> = work.iter().zip(encoded).collect();
+    Ok(parallel_map(
+        &todo,
+        |((_, _, ep, copy), bytes)| match bytes {
+            Ok(b) => Mailbox::at(relay_home, ep).deliver_bytes(&copy.id, b, false),
+            Err(e) => Err(Error::Data(e.to_string())),
+        },
+    ))
 }
 
 /// `f` over `items`, in order, on up to two threads: a batch's file work is

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::access;
+use crate::batchlog;
 use crate::cli::SendArgs;
 use crate::context::Ctx;
 use crate::envelope::{Budget, Envelope};
@@ -357,10 +358,16 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
                 .into(),
         ));
     }
-    let durability = if args.no_fsync {
-        Durability::None
+    // Logs of earlier batches due to be retired (or replayed after a
+    // restart) are settled when the index opens: so the logs stay few also
+    // when nothing but sends run.
+    if !args.no_fsync && batchlog::due(&ctx.home, ctx.clock.now_ms()) {
+        ctx.store()?;
+    }
+    let mut log = if args.no_fsync {
+        None
     } else {
-        Durability::Group
+        batchlog::Log::new()
     };
     let mut progress = output::Progress::new("batch: sent");
     let mut first_error: Option<Error> = None;
@@ -405,6 +412,12 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
         if outcomes.is_empty() {
             break;
         }
+        let durability = match (&mut log, args.no_fsync) {
+            (_, true) => Durability::None,
+            (Some(log), false) => Durability::Logged(log),
+            // No boot id to tell a restart by: fsync every message.
+            (None, false) => Durability::PerMessage,
+        };
         pipeline::deliver(ctx, &mut jobs, durability, now)?;
         // One write per chunk: results are many and small.
         let mut out = Vec::with_capacity(outcomes.len());
