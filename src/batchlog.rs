@@ -33,7 +33,7 @@ use crate::maildir::Mailbox;
 use crate::store::{Status, Store};
 
 /// Environment variable that sets the boot id (tests stand for a restart
-/// with it); documented as test-only.
+/// with it; empty: unknown); documented as test-only.
 pub const FAKE_BOOT_ENV: &str = "RELAY_FAKE_BOOT_ID";
 /// Age after which a log of this boot is retired.
 pub const RETIRE_AFTER_MS: u64 = 60_000;
@@ -43,7 +43,7 @@ const MAGIC: &str = "relay-batch-log 1";
 #[must_use]
 pub fn boot_id() -> Option<String> {
     if let Some(id) = std::env::var_os(FAKE_BOOT_ENV) {
-        return id.into_string().ok();
+        return id.into_string().ok().filter(|s| !s.is_empty());
     }
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .ok()

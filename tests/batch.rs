@@ -1,6 +1,7 @@
 //! `relay send --batch`: NDJSON requests on stdin, the same checks per line,
-//! one group commit per chunk (staging and renames on two threads), one
-//! result line per request, in order.
+//! one group commit per chunk (one fsync of the batch log, files written on
+//! two threads), one result line per request, in order; and the batch log's
+//! retirement and replay after a restart.
 
 use std::collections::BTreeSet;
 
@@ -21,7 +22,7 @@ fn world(config: &str, endpoints: &[&str]) -> Relay {
 
 #[test]
 fn a_large_durable_batch_delivers_every_line_once_in_order() {
-    const N: usize = 1_500; // enough for both staging threads and three parts
+    const N: usize = 1_500; // enough for both threads and three chunks
     let r = world(
         r#"{"reliability":{"rateLimit":{"enabled":false},"backpressure":{"maxMailboxSize":100000}}}"#,
         &["agent.b"],
@@ -190,4 +191,202 @@ fn a_send_moves_a_large_journal_into_the_index_itself() {
         .at(T)
         .success();
     assert!(!r.path("relay.db").exists(), "a send opened the index");
+}
+
+/// The batch logs in the home: (file name, contents).
+fn batch_logs(r: &Relay) -> Vec<(String, String)> {
+    let Ok(rd) = std::fs::read_dir(r.path("batches")) else {
+        return Vec::new();
+    };
+    rd.map(|e| {
+        let e = e.expect("batches/ entry");
+        let text = std::fs::read_to_string(e.path()).expect("readable log");
+        (e.file_name().to_string_lossy().into_owned(), text)
+    })
+    .collect()
+}
+
+/// The real clock in ms, `ahead_ms` from now: a log's age is measured
+/// against its file's (real) modification time.
+fn real_now_plus(ahead_ms: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    u64::try_from(now.as_millis()).expect("ms fit") + ahead_ms
+}
+
+#[test]
+fn a_durable_batch_is_logged_then_the_log_is_retired_once_on_disk() {
+    let r = world("{}", &["agent.b"]);
+    let input: Vec<Value> = (0..3)
+        .map(|i| json!({ "subject": "agent.b", "payload": i }))
+        .collect();
+    r.cmd(["send", "--batch", "--no-fsync"])
+        .stdin(ndjson(&input))
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .at(T)
+        .success();
+    assert!(batch_logs(&r).is_empty(), "--no-fsync writes no log");
+
+    let out = r
+        .cmd(["send", "--batch"])
+        .stdin(ndjson(&input))
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .at(T)
+        .success();
+    let logs = batch_logs(&r);
+    assert_eq!(logs.len(), 1, "one log per batch");
+    let (name, text) = &logs[0];
+    assert!(text.starts_with("relay-batch-log 1 boot-a\n"), "{text}");
+    for id in out.stdout.lines() {
+        let file =
+            std::fs::read_to_string(r.mailbox("agent.b").join("new").join(format!("{id}.json")))
+                .expect("delivered");
+        assert!(
+            text.contains(&format!("agent.b {id} {}\n{file}\n", file.len())),
+            "{id} is in the log as delivered"
+        );
+    }
+
+    // Young, and then held by a batch still writing it: left alone.
+    r.cmd(["status"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .success();
+    assert_eq!(batch_logs(&r).len(), 1, "a log younger than 60 s stays");
+    let held = std::fs::File::open(r.path("batches").join(name)).expect("log");
+    held.lock().expect("flock");
+    r.cmd(["status"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-b")
+        .at(real_now_plus(61_000))
+        .success();
+    assert_eq!(batch_logs(&r).len(), 1, "a locked log is never settled");
+    drop(held);
+
+    // Old and of this boot: retired without replaying anything (a message
+    // gone from the mailbox on this boot was taken by someone, not lost).
+    let first = out.stdout.lines().next().expect("an id").to_owned();
+    std::fs::remove_file(
+        r.mailbox("agent.b")
+            .join("new")
+            .join(format!("{first}.json")),
+    )
+    .expect("remove");
+    r.cmd(["status"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .at(real_now_plus(61_000))
+        .success()
+        .stderr_empty();
+    assert!(batch_logs(&r).is_empty(), "retired");
+    assert_eq!(r.files("agent.b", "new").len(), 5, "nothing restored");
+}
+
+#[test]
+fn after_a_restart_the_batch_log_restores_what_did_not_reach_the_disk() {
+    let r = world("{}", &["agent.b"]);
+    let input: Vec<Value> = (0..4)
+        .map(|i| json!({ "subject": "agent.b", "payload": i }))
+        .collect();
+    let ids: Vec<String> = r
+        .cmd(["send", "--batch", "--from", "agent.a"])
+        .stdin(ndjson(&input))
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .at(T)
+        .success()
+        .stdout
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let new = r.mailbox("agent.b").join("new");
+    let path = |id: &str| new.join(format!("{id}.json"));
+    let original: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| std::fs::read(path(id)).expect("delivered"))
+        .collect();
+
+    // Message 2 is received and acked before the power goes.
+    let got = r
+        .cmd(["recv", "agent.b", "--json", "-n", "3"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .at(T + 1)
+        .success()
+        .json_lines();
+    assert_eq!(got.len(), 3);
+    r.cmd(["ack", "agent.b", &ids[2]])
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .at(T + 2)
+        .success();
+    // The power loss: message 0's file never reached the disk, message 1's
+    // name did but its data did not; a batch killed mid-append left a
+    // partial entry at the end of the log.
+    let cur = r.mailbox("agent.b").join("cur");
+    std::fs::remove_file(cur.join(format!("{}.json", ids[0]))).expect("lose 0");
+    std::fs::write(cur.join(format!("{}.json", ids[1])), b"").expect("empty 1");
+    let (log, _) = batch_logs(&r).pop().expect("a log");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(r.path("batches").join(&log))
+        .expect("log");
+    std::io::Write::write_all(&mut f, b"agent.b 01KXXXXXXXXXXXXXXXXXXXXXXX 999\n{\"id\"")
+        .expect("append");
+
+    let out = r
+        .cmd(["status"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-b")
+        .at(T + 3)
+        .success()
+        .stderr_has(&["restored 2 message(s)", "partial entry"]);
+    assert!(
+        batch_logs(&r).is_empty(),
+        "replayed and removed: {}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read(path(&ids[0])).expect("0 back in new/"),
+        original[0]
+    );
+    assert_eq!(
+        std::fs::read(cur.join(format!("{}.json", ids[1]))).expect("1 in cur/"),
+        original[1],
+        "rewritten where it was"
+    );
+    assert!(
+        !path(&ids[2]).exists() && !cur.join(format!("{}.json", ids[2])).exists(),
+        "acked stays acked"
+    );
+    assert_eq!(
+        std::fs::read(path(&ids[3])).expect("3 untouched"),
+        original[3]
+    );
+
+    // The restored message is indexed and handed out again.
+    let again = r
+        .cmd(["recv", "agent.b", "--json", "-n", "5"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-b")
+        .at(T + 4)
+        .success()
+        .json_lines();
+    let again: Vec<&Value> = again.iter().map(|m| &m["id"]).collect();
+    assert_eq!(again, [&json!(ids[0]), &json!(ids[3])]);
+    r.cmd(["doctor"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-b")
+        .at(T + 5)
+        .success();
+}
+
+#[test]
+fn without_a_boot_id_a_durable_batch_fsyncs_every_message_instead() {
+    let r = world("{}", &["agent.b"]);
+    let input: Vec<Value> = (0..3)
+        .map(|i| json!({ "subject": "agent.b", "payload": i }))
+        .collect();
+    r.cmd(["send", "--batch"])
+        .stdin(ndjson(&input))
+        .env("RELAY_FAKE_BOOT_ID", "")
+        .at(T)
+        .success();
+    assert!(
+        !r.path("batches").exists(),
+        "no log without a boot id to check it against"
+    );
+    assert_eq!(r.files("agent.b", "new").len(), 3);
 }
