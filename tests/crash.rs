@@ -80,8 +80,10 @@ impl Rng {
 /// What a child was asked to do.
 #[derive(Debug, Clone)]
 enum Role {
+    /// `send`, or with `lines` > 1 a durable `send --batch` of that many.
     Send {
         ep: &'static str,
+        lines: usize,
     },
     Recv {
         ep: &'static str,
@@ -136,13 +138,21 @@ impl Ledger {
     }
 }
 
-fn spawn(r: &Relay, args: &[String]) -> Child {
-    r.clean_env(Command::new(BIN).args(args))
-        .stdin(Stdio::null())
+/// Starts relay with `args`, writing `input` (small enough for the pipe's
+/// buffer) to its stdin.
+fn spawn(r: &Relay, args: &[String], input: &str) -> Child {
+    let mut child = r
+        .clean_env(Command::new(BIN).args(args))
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start relay: {e}"))
+        .unwrap_or_else(|e| panic!("cannot start relay: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        // A child killed before reading it only breaks the pipe.
+        let _ = std::io::Write::write_all(&mut stdin, input.as_bytes());
+    }
+    child
 }
 
 fn drain(pipe: Option<impl Read>) -> String {
@@ -175,10 +185,25 @@ fn start(r: &Relay, rng: &mut Rng, ledger: &mut Ledger, serial: usize) -> Proc {
     } else if rng.chance(35) {
         Role::Recv { ep }
     } else {
-        Role::Send { ep }
+        let lines = if rng.chance(15) {
+            2 + rng.below(6) as usize
+        } else {
+            1
+        };
+        Role::Send { ep, lines }
     };
+    let mut input = String::new();
     let args: Vec<String> = match &role {
-        Role::Send { ep } => {
+        Role::Send { ep, lines } if *lines > 1 => {
+            for i in 0..*lines {
+                let pad = "x".repeat(rng.below(2000) as usize);
+                input.push_str(&format!(
+                    "{{\"subject\":\"{ep}\",\"payload\":{{\"n\":{serial},\"i\":{i},\"pad\":\"{pad}\"}}}}\n"
+                ));
+            }
+            vec!["send".into(), "--batch".into()]
+        }
+        Role::Send { ep, .. } => {
             let mut a = vec![
                 "send".into(),
                 (*ep).into(),
@@ -215,7 +240,7 @@ fn start(r: &Relay, rng: &mut Rng, ledger: &mut Ledger, serial: usize) -> Proc {
     ledger.children += 1;
     Proc {
         role,
-        child: spawn(r, &args),
+        child: spawn(r, &args, &input),
         started: Instant::now(),
         kill_at,
     }
@@ -227,7 +252,8 @@ fn settle(mut p: Proc, status: std::process::ExitStatus, ledger: &mut Ledger, se
     let stderr = drain(p.child.stderr.take());
     let killed = status.signal() == Some(9);
     let role_name = match &p.role {
-        Role::Send { .. } => "send",
+        Role::Send { lines: 1, .. } => "send",
+        Role::Send { .. } => "batch",
         Role::Recv { .. } => "recv",
         Role::Ack { nack: false, .. } => "ack",
         Role::Ack { nack: true, .. } => "nack",
@@ -246,17 +272,26 @@ fn settle(mut p: Proc, status: std::process::ExitStatus, ledger: &mut Ledger, se
         )
     };
     match &p.role {
-        Role::Send { ep } => {
-            let id = stdout.trim();
+        Role::Send { ep, lines } => {
+            // Every complete line is the id of a delivered message.
+            let complete = stdout.rfind('\n').map_or("", |i| &stdout[..i]);
+            let ids: Vec<&str> = complete.lines().collect();
             if !killed && code != Some(0) {
                 ledger
                     .failures
                     .push(describe("a send neither succeeded nor was killed"));
-            } else if code == Some(0) && !is_ulid(id) {
+            } else if code == Some(0) && ids.len() != *lines {
                 ledger
                     .failures
-                    .push(describe("send exited 0 without printing an id"));
-            } else if is_ulid(id) && stdout.ends_with('\n') {
+                    .push(describe("send exited 0 without printing an id per message"));
+            }
+            for id in ids {
+                if !is_ulid(id) {
+                    ledger
+                        .failures
+                        .push(describe("send printed a line that is not an id"));
+                    continue;
+                }
                 if killed {
                     ledger.sent_by_killed += 1;
                 }
