@@ -228,9 +228,24 @@ def status_scale():
     record("status: 200 endpoints, 100k index rows", median(times), "ms", bar="< 100 ms")
     times = [timed([RELAY, "metrics", "--json"], env=env) for _ in range(5)]
     record("metrics: 100k index rows", median(times), "ms")
+
+
+def index_growth(n):
+    """The index after n messages, and after a gc once they are past
+    retention (rows inserted directly, as a day of finished traffic)."""
+    home, env = relay_home({}, endpoints=["agent.e0"])
+    subprocess.run([RELAY, "status", "--json"], env=env, stdout=subprocess.DEVNULL, check=True)
+    db = os.path.join(home, "relay.db")
+    subprocess.run(["sqlite3", db, f"""
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n})
+        INSERT INTO messages (endpoint, id, subject, sender, trace_id, status, sent_at, claimed_at, done_at)
+        SELECT 'agent.e0', printf('%026d', i), 'agent.e0', 'bench', printf('%026d', i),
+               'acked', 1700000000000 + i, 1700000000010 + i, 1700000000020 + i FROM n;"""], check=True)
+    subprocess.run(["sqlite3", db, "PRAGMA wal_checkpoint(TRUNCATE);"], stdout=subprocess.DEVNULL, check=True)
+
     def index_size():
         return sum(os.path.getsize(os.path.join(home, f)) for f in os.listdir(home) if f.startswith("relay.db"))
-    record("index size with 100k rows", index_size() / 1e6, "MB")
+    record(f"index size with {n // 1000}k rows", index_size() / 1e6, "MB")
     # Retention: a gc run once the rows are past retention.days (7) hands
     # their pages back, so the file holds what retention keeps, not a peak.
     later = str(int(time.time() * 1000) + 8 * 86_400_000)
@@ -238,7 +253,7 @@ def status_scale():
     subprocess.run([RELAY, "gc"], env=dict(env, RELAY_FAKE_NOW_MS=later), stdout=subprocess.DEVNULL, check=True)
     took = (time.perf_counter() - start) * 1000
     subprocess.run(["sqlite3", db, "PRAGMA wal_checkpoint(TRUNCATE);"], stdout=subprocess.DEVNULL, check=True)
-    record("gc pruning 100k rows past retention", took, "ms")
+    record(f"gc pruning {n // 1000}k rows past retention", took, "ms")
     record("index size after that gc", index_size() / 1e6, "MB")
 
 
@@ -274,6 +289,7 @@ def main():
         recv_ack(500 if QUICK else 2000)
         growth(30 if QUICK else 150)
         status_scale()
+        index_growth(100_000 if QUICK else 1_000_000)
         memory()
     finally:
         shutil.rmtree(SCRATCH, ignore_errors=True)
