@@ -22,7 +22,7 @@
 //! Without a boot id (not Linux), durable batches fsync every message.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
@@ -38,6 +38,8 @@ pub const FAKE_BOOT_ENV: &str = "RELAY_FAKE_BOOT_ID";
 /// Age after which a log of this boot is retired.
 pub const RETIRE_AFTER_MS: u64 = 60_000;
 const MAGIC: &str = "relay-batch-log 1";
+/// Longest header line read (a boot id is 36 characters).
+const HEADER_MAX: usize = 256;
 
 /// This boot's id (Linux), or the test override.
 #[must_use]
@@ -129,13 +131,20 @@ struct Entry<'a> {
     bytes: &'a [u8],
 }
 
+/// A log's boot id and what follows its header line.
+fn header(data: &[u8]) -> Option<(&str, &[u8])> {
+    let nl = data.iter().take(HEADER_MAX).position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&data[..nl]).ok()?;
+    Some((
+        line.strip_prefix(MAGIC)?.strip_prefix(' ')?,
+        &data[nl + 1..],
+    ))
+}
+
 /// A log's boot id and whole entries; `torn` when it ends in a partial
 /// entry (a batch killed mid-append: that chunk was never reported sent).
 fn parse(data: &[u8]) -> Option<(&str, Vec<Entry<'_>>, bool)> {
-    let nl = data.iter().position(|&b| b == b'\n')?;
-    let header = std::str::from_utf8(&data[..nl]).ok()?;
-    let boot = header.strip_prefix(MAGIC)?.strip_prefix(' ')?;
-    let mut rest = &data[nl + 1..];
+    let (boot, mut rest) = header(data)?;
     let mut entries = Vec::new();
     while !rest.is_empty() {
         let entry = (|| {
@@ -170,8 +179,10 @@ pub fn due(home: &Home, now: u64) -> bool {
     !scan(home, now).is_empty()
 }
 
-/// Logs that can be settled at `now`, locked: (path, lock, data).
-fn scan(home: &Home, now: u64) -> Vec<(PathBuf, File, Vec<u8>)> {
+/// Logs that can be settled at `now`, locked: (path, file, whether it is
+/// of another boot). Reads the headers only: a young log of this boot can
+/// be megabytes that every command would otherwise read.
+fn scan(home: &Home, now: u64) -> Vec<(PathBuf, File, bool)> {
     let Ok(rd) = fs::read_dir(dir(home)) else {
         return Vec::new();
     };
@@ -189,11 +200,15 @@ fn scan(home: &Home, now: u64) -> Vec<(PathBuf, File, Vec<u8>)> {
         if f.try_lock().is_err() {
             continue;
         }
-        let mut data = Vec::new();
-        if f.read_to_end(&mut data).is_err() {
+        let mut head = Vec::with_capacity(HEADER_MAX);
+        if (&mut f)
+            .take(HEADER_MAX as u64)
+            .read_to_end(&mut head)
+            .is_err()
+        {
             continue;
         }
-        let same_boot = matches!((parse(&data), &boot), (Some((b, _, _)), Some(cur)) if b == cur);
+        let foreign = header(&head).is_none_or(|(b, _)| boot.as_deref() != Some(b));
         let age = f
             .metadata()
             .and_then(|m| m.modified())
@@ -202,10 +217,9 @@ fn scan(home: &Home, now: u64) -> Vec<(PathBuf, File, Vec<u8>)> {
             .map_or(u64::MAX, |d| {
                 now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             });
-        if same_boot && age < RETIRE_AFTER_MS {
-            continue;
+        if foreign || age >= RETIRE_AFTER_MS {
+            due.push((path, f, foreign));
         }
-        due.push((path, f, data));
     }
     due
 }
@@ -217,22 +231,26 @@ pub fn settle(home: &Home, store: &mut Store, now: u64) -> Result<usize> {
     if due.is_empty() {
         return Ok(0);
     }
-    let boot = boot_id();
     let mut restored = 0;
-    for (path, _, data) in &due {
-        match parse(data) {
-            Some((b, entries, torn)) if boot.as_deref() != Some(b) => {
-                restored += replay(home, store, &entries, now)?;
-                if torn {
-                    eprintln!(
-                        "relay: warning: {} ends in a partial entry (a batch killed mid-write, which reported none of that chunk sent); skipped it",
-                        path.display()
-                    );
-                }
-            }
-            Some(_) => {}
-            // No whole header: the batch died before its first fsync.
-            None => {}
+    for (path, f, foreign) in &due {
+        if !foreign {
+            continue;
+        }
+        let mut data = Vec::new();
+        let mut f = f;
+        f.seek(SeekFrom::Start(0))
+            .and_then(|_| f.read_to_end(&mut data))
+            .ctx("cannot read the batch log", path)?;
+        // A log without a whole header died before its first fsync.
+        let Some((_, entries, torn)) = parse(&data) else {
+            continue;
+        };
+        restored += replay(home, store, &entries, now)?;
+        if torn {
+            eprintln!(
+                "relay: warning: {} ends in a partial entry (a batch killed mid-write, which reported none of that chunk sent); skipped it",
+                path.display()
+            );
         }
     }
     if restored > 0 {
