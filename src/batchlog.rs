@@ -35,6 +35,10 @@ use crate::store::{Status, Store};
 /// Environment variable that sets the boot id (tests stand for a restart
 /// with it; empty: unknown); documented as test-only.
 pub const FAKE_BOOT_ENV: &str = "RELAY_FAKE_BOOT_ID";
+/// Size past which a running batch retires its log and begins another.
+pub const MAX_BYTES: u64 = 64 << 20;
+/// Environment variable that lowers `MAX_BYTES` (for tests).
+pub const MAX_ENV: &str = "RELAY_BATCH_LOG_MAX_BYTES";
 /// Age after which a log of this boot is retired.
 pub const RETIRE_AFTER_MS: u64 = 60_000;
 const MAGIC: &str = "relay-batch-log 1";
@@ -61,18 +65,29 @@ fn dir(home: &Home) -> PathBuf {
 /// One batch's log, created on the first append.
 pub struct Log {
     boot: String,
-    file: Option<(File, PathBuf)>,
+    max_bytes: u64,
+    file: Option<(File, PathBuf, u64)>,
 }
 
 impl Log {
     /// A log for this boot; `None` when the boot id is unknown.
     #[must_use]
     pub fn new() -> Option<Self> {
-        boot_id().map(|boot| Log { boot, file: None })
+        let max_bytes = std::env::var(MAX_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(MAX_BYTES);
+        boot_id().map(|boot| Log {
+            boot,
+            max_bytes,
+            file: None,
+        })
     }
 
     /// Appends `copies` (endpoint, id, file bytes) and fsyncs the log: on
-    /// return they survive a power loss.
+    /// return they survive a power loss. Past its size bound, the log is
+    /// first retired (one `syncfs` for what it covers) and a new one begun,
+    /// so a long batch does not keep a second copy of everything it sent.
     pub fn append<'a>(
         &mut self,
         home: &Home,
@@ -87,23 +102,28 @@ impl Log {
         if buf.is_empty() {
             return Ok(());
         }
-        let (file, path) = match &mut self.file {
-            Some((f, p)) => (f, p.as_path()),
-            None => {
-                let (f, p) = create(home, &self.boot)?;
-                let (f, p) = self.file.insert((f, p));
-                (f, p.as_path())
-            }
+        if let Some((_, path, len)) = &self.file
+            && *len > self.max_bytes
+        {
+            home::sync_filesystem(&home.mailboxes())?;
+            fs::remove_file(path).ctx("cannot remove", path)?;
+            self.file = None;
+        }
+        let (file, path, len) = match &mut self.file {
+            Some(open) => open,
+            None => self.file.insert(create(home, &self.boot)?),
         };
         file.write_all(&buf)
             .and_then(|()| file.sync_data())
-            .ctx("cannot write the batch log", path)
+            .ctx("cannot write the batch log", path)?;
+        *len += buf.len() as u64;
+        Ok(())
     }
 }
 
 /// Creates a new log (0600, locked, header written) and makes its name
 /// durable.
-fn create(home: &Home, boot: &str) -> Result<(File, PathBuf)> {
+fn create(home: &Home, boot: &str) -> Result<(File, PathBuf, u64)> {
     let dir = dir(home);
     if !dir.is_dir() {
         home::create_dir_secure(&dir, false)?;
@@ -117,10 +137,11 @@ fn create(home: &Home, boot: &str) -> Result<(File, PathBuf)> {
         .open(&path)
         .ctx("cannot create the batch log", &path)?;
     f.lock().ctx("cannot lock", &path)?;
-    f.write_all(format!("{MAGIC} {boot}\n").as_bytes())
+    let header = format!("{MAGIC} {boot}\n");
+    f.write_all(header.as_bytes())
         .ctx("cannot write the batch log", &path)?;
     home::sync_dir(&dir)?;
-    Ok((f, path))
+    Ok((f, path, header.len() as u64))
 }
 
 /// One message in a log.

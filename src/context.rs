@@ -60,7 +60,11 @@ impl Ctx {
             Some(s) => s,
             None => {
                 let mut store = Store::open(&self.home.db_file())?;
-                batchlog::settle(&self.home, &mut store, self.clock.now_ms())?;
+                // A log that cannot be settled is kept (and tried again by
+                // the next command): no reason to refuse this one.
+                if let Err(e) = batchlog::settle(&self.home, &mut store, self.clock.now_ms()) {
+                    output::warn(&format!("cannot settle the batch logs: {e}; they are kept"));
+                }
                 store
             }
         };

@@ -390,3 +390,37 @@ fn without_a_boot_id_a_durable_batch_fsyncs_every_message_instead() {
     );
     assert_eq!(r.files("agent.b", "new").len(), 3);
 }
+
+#[test]
+fn a_long_batch_retires_its_log_past_the_size_bound() {
+    const N: usize = 5_001; // two chunks of the group commit
+    let r = world(
+        r#"{"reliability":{"rateLimit":{"enabled":false},"backpressure":{"maxMailboxSize":100000}}}"#,
+        &["agent.b"],
+    );
+    let input: Vec<Value> = (0..N)
+        .map(|i| json!({ "subject": "agent.b", "payload": i }))
+        .collect();
+    let out = r
+        .cmd(["send", "--batch"])
+        .stdin(ndjson(&input))
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .env("RELAY_BATCH_LOG_MAX_BYTES", "1024")
+        .at(T)
+        .success();
+    let last = out.stdout.lines().last().expect("ids").to_owned();
+    let logs = batch_logs(&r);
+    assert_eq!(logs.len(), 1, "the first chunk's log was retired");
+    let entries: Vec<&str> = logs[0]
+        .1
+        .lines()
+        .filter(|l| l.starts_with("agent.b "))
+        .collect();
+    assert_eq!(entries.len(), 1, "the second log holds the last chunk only");
+    assert!(
+        entries[0].starts_with(&format!("agent.b {last} ")),
+        "{}",
+        entries[0]
+    );
+    assert_eq!(r.files("agent.b", "new").len(), N);
+}
