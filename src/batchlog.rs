@@ -5,31 +5,39 @@
 //! (one `syncfs`) writes a 4 KiB block per message. Instead, a chunk's
 //! message files are first appended to the batch's log
 //! (`batches/<ulid>.log`) and that one file is fsynced; then the files are
-//! delivered Maildir-atomically (`tmp/`, rename into `new/`) without fsync.
-//! Once the kernel has written them back, the log is no longer needed.
+//! delivered (whole, at once) without fsync. A copy whose delivery failed
+//! is cancelled in the log (fsynced) before the failure is reported. Once
+//! the kernel has written the files back, the log is no longer needed.
 //!
 //! Any command that opens the index settles the logs (`settle`):
 //! - a log written on this boot is retired once older than
 //!   `RETIRE_AFTER_MS` (the kernel writes dirty pages back within about
 //!   35 s): one `syncfs` makes sure, then the log is removed;
 //! - a log from another boot (the machine restarted, perhaps losing power)
-//!   is replayed first: every message in it that is not in its mailbox
-//!   (`new/`, `cur/`, `failed/`) and not acknowledged or dead-lettered in the
-//!   index is written again, durably, with its index row.
+//!   is replayed first: every message in it whose file is missing or does
+//!   not hold what the log does is written again, durably; a missing one
+//!   only if the index does not have it acked or dead-lettered. While logs
+//!   remain, that process commits to the index durably, so an ack cannot be
+//!   lost while the file's removal survives. Messages a program outside
+//!   relay removed cannot be told from lost ones and come back: at least
+//!   once, never lost.
 //!
-//! A batch holds an exclusive `flock` on its log while it runs, so a log
-//! being written is never retired; settling takes it without waiting.
+//! A batch holds an exclusive `flock` on its log while it runs (a log is
+//! locked before it gets its name), so a log being written is never
+//! retired. A log of another boot is waited for, not skipped, so every
+//! relay command after a restart reads the mailboxes after the replay.
 //! Without a boot id (not Linux), durable batches fsync every message.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use crate::envelope::{self, Envelope};
 use crate::error::{Error, IoContext, Result};
 use crate::home::{self, FILE_MODE, Home};
 use crate::maildir::Mailbox;
+use crate::output;
 use crate::store::{Status, Store};
 
 /// Environment variable that sets the boot id (tests stand for a restart
@@ -119,27 +127,49 @@ impl Log {
         *len += buf.len() as u64;
         Ok(())
     }
+
+    /// Cancels appended copies whose delivery failed (they are reported
+    /// failed, and the sender will retry them), fsynced: a replay skips them.
+    pub fn cancel<'a>(&mut self, copies: impl Iterator<Item = (&'a str, &'a str)>) -> Result<()> {
+        let buf: String = copies.map(|(ep, id)| format!("{ep} {id} -\n")).collect();
+        match &mut self.file {
+            Some((file, path, len)) if !buf.is_empty() => {
+                file.write_all(buf.as_bytes())
+                    .and_then(|()| file.sync_data())
+                    .ctx("cannot write the batch log", path)?;
+                *len += buf.len() as u64;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
-/// Creates a new log (0600, locked, header written) and makes its name
-/// durable.
+/// Creates a new log: locked and given its header under a name settling
+/// ignores (`.new`), then renamed to `.log`, so no settler sees it unlocked;
+/// both names are made durable.
 fn create(home: &Home, boot: &str) -> Result<(File, PathBuf, u64)> {
     let dir = dir(home);
     if !dir.is_dir() {
         home::create_dir_secure(&dir, false)?;
-        home::sync_dir(home.root())?;
     }
-    let path = dir.join(format!("{}.log", envelope::random_ulid()));
+    home::sync_dir(home.root())?;
+    let name = envelope::random_ulid();
+    let (new, path) = (
+        dir.join(format!("{name}.new")),
+        dir.join(format!("{name}.log")),
+    );
     let mut f = OpenOptions::new()
-        .write(true)
+        .append(true)
         .create_new(true)
         .mode(FILE_MODE)
-        .open(&path)
-        .ctx("cannot create the batch log", &path)?;
-    f.lock().ctx("cannot lock", &path)?;
+        .open(&new)
+        .ctx("cannot create the batch log", &new)?;
+    f.lock().ctx("cannot lock", &new)?;
     let header = format!("{MAGIC} {boot}\n");
     f.write_all(header.as_bytes())
-        .ctx("cannot write the batch log", &path)?;
+        .ctx("cannot write the batch log", &new)?;
+    fs::rename(&new, &path).ctx("cannot name the batch log", &path)?;
     home::sync_dir(&dir)?;
     Ok((f, path, header.len() as u64))
 }
@@ -162,18 +192,23 @@ fn header(data: &[u8]) -> Option<(&str, &[u8])> {
     ))
 }
 
-/// A log's boot id and whole entries; `torn` when it ends in a partial
-/// entry (a batch killed mid-append: that chunk was never reported sent).
+/// A log's boot id and its entries not cancelled; `torn` when it ends in a
+/// partial line (a batch killed mid-append, before it reported that chunk).
 fn parse(data: &[u8]) -> Option<(&str, Vec<Entry<'_>>, bool)> {
     let (boot, mut rest) = header(data)?;
     let mut entries = Vec::new();
+    let mut cancelled = std::collections::HashSet::new();
+    let mut torn = false;
     while !rest.is_empty() {
-        let entry = (|| {
+        let line = (|| {
             let nl = rest.iter().position(|&b| b == b'\n')?;
             let line = std::str::from_utf8(&rest[..nl]).ok()?;
             let mut parts = line.split(' ');
-            let (endpoint, id) = (parts.next()?, parts.next()?);
-            let len: usize = parts.next()?.parse().ok()?;
+            let (endpoint, id, len) = (parts.next()?, parts.next()?, parts.next()?);
+            if len == "-" {
+                return Some((None, (endpoint, id), nl + 1));
+            }
+            let len: usize = len.parse().ok()?;
             let body = rest.get(nl + 1..nl + 1 + len)?;
             (rest.get(nl + 1 + len) == Some(&b'\n')).then_some(())?;
             let entry = Entry {
@@ -181,114 +216,187 @@ fn parse(data: &[u8]) -> Option<(&str, Vec<Entry<'_>>, bool)> {
                 id,
                 bytes: body,
             };
-            Some((entry, nl + len + 2))
+            Some((Some(entry), (endpoint, id), nl + len + 2))
         })();
+        let Some((entry, key, used)) = line else {
+            torn = true;
+            break;
+        };
         match entry {
-            Some((e, used)) => {
-                entries.push(e);
-                rest = &rest[used..];
+            Some(e) => entries.push(e),
+            None => {
+                cancelled.insert(key);
             }
-            None => return Some((boot, entries, true)),
         }
+        rest = &rest[used..];
     }
-    Some((boot, entries, false))
+    entries.retain(|e| !cancelled.contains(&(e.endpoint, e.id)));
+    Some((boot, entries, torn))
 }
 
-/// Whether any log could be settled now (cheap: reads headers only).
+/// Whether any log could be settled now (reads headers only).
 #[must_use]
 pub fn due(home: &Home, now: u64) -> bool {
-    !scan(home, now).is_empty()
+    !scan(home, now, false).0.is_empty()
 }
 
-/// Logs that can be settled at `now`, locked: (path, file, whether it is
-/// of another boot). Reads the headers only: a young log of this boot can
-/// be megabytes that every command would otherwise read.
-fn scan(home: &Home, now: u64) -> Vec<(PathBuf, File, bool)> {
-    let Ok(rd) = fs::read_dir(dir(home)) else {
-        return Vec::new();
+/// A log to settle, locked.
+struct Due {
+    path: PathBuf,
+    file: File,
+    /// Of another boot: to replay.
+    foreign: bool,
+}
+
+/// Logs that can be settled at `now`, and whether others remain. Reads the
+/// headers only: a young log of this boot can be megabytes, and every
+/// command that opens the index scans.
+fn scan(home: &Home, now: u64, force: bool) -> (Vec<Due>, bool) {
+    let dir = dir(home);
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), false),
+        Err(e) => {
+            output::warn(&format!(
+                "cannot read {}: {e}; its batch logs wait",
+                dir.display()
+            ));
+            return (Vec::new(), true);
+        }
     };
     let boot = boot_id();
-    let mut due = Vec::new();
+    let (mut due, mut remain) = (Vec::new(), false);
     for entry in rd.flatten() {
         let path = entry.path();
-        if path.extension().is_none_or(|e| e != "log") {
-            continue;
+        let age = age(&path, now);
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("log") => {}
+            // A batch killed before naming its log: a header at most.
+            Some("new") if age >= RETIRE_AFTER_MS => {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            _ => continue,
         }
-        let Ok(mut f) = File::open(&path) else {
-            continue;
-        };
-        // Held by the batch writing it, or by another process settling it.
-        if f.try_lock().is_err() {
-            continue;
-        }
-        let mut head = Vec::with_capacity(HEADER_MAX);
-        if (&mut f)
-            .take(HEADER_MAX as u64)
-            .read_to_end(&mut head)
-            .is_err()
-        {
-            continue;
-        }
-        let foreign = header(&head).is_none_or(|(b, _)| boot.as_deref() != Some(b));
-        let age = f
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(u64::MAX, |d| {
-                now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            });
-        if foreign || age >= RETIRE_AFTER_MS {
-            due.push((path, f, foreign));
+        let age = if force { u64::MAX } else { age };
+        match open_due(&path, boot.as_deref(), age) {
+            Ok(Some(d)) => due.push(d),
+            Ok(None) => remain = true,
+            Err(e) => {
+                output::warn(&format!(
+                    "cannot read the batch log {}: {e}; it waits",
+                    path.display()
+                ));
+                remain = true;
+            }
         }
     }
-    due
+    (due, remain)
 }
 
-/// Settles the logs that are due (see the module doc); returns how many
-/// messages were written again.
-pub fn settle(home: &Home, store: &mut Store, now: u64) -> Result<usize> {
-    let due = scan(home, now);
+/// Milliseconds since `path` was last written, at `now`.
+fn age(path: &Path, now: u64) -> u64 {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(u64::MAX, |d| {
+            now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        })
+}
+
+/// The log at `path`, locked, if it is due (`Ok(None)`: not yet, or gone).
+fn open_due(path: &Path, boot: Option<&str>, age: u64) -> std::io::Result<Option<Due>> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut head = Vec::with_capacity(HEADER_MAX);
+    (&mut file).take(HEADER_MAX as u64).read_to_end(&mut head)?;
+    // Without a boot id to compare, no log is taken for another boot's.
+    let foreign = boot.is_some() && header(&head).is_none_or(|(b, _)| boot != Some(b));
+    if foreign {
+        // Only another settler can hold it (its batch died with the boot):
+        // wait, so nothing reads the mailboxes before the replay is done.
+        file.lock()?;
+        if file.metadata()?.nlink() == 0 {
+            return Ok(None);
+        }
+    } else if age < RETIRE_AFTER_MS || file.try_lock().is_err() {
+        // Young, or held by the batch writing it or by another settler.
+        return Ok(None);
+    }
+    Ok(Some(Due {
+        path: path.to_path_buf(),
+        file,
+        foreign,
+    }))
+}
+
+/// Settles the logs that are due (see the module doc), each on its own: a
+/// log that cannot be replayed is kept, with a warning. `force` retires
+/// this boot's logs whatever their age (before removing dead letters for
+/// good: a replay could not tell them from lost messages). Returns whether
+/// logs remain (the caller then commits to the index durably).
+pub fn settle(home: &Home, store: &mut Store, now: u64, force: bool) -> Result<bool> {
+    let (due, mut remain) = scan(home, now, force);
     if due.is_empty() {
-        return Ok(0);
+        return Ok(remain);
     }
     let mut restored = 0;
-    for (path, f, foreign) in &due {
-        if !foreign {
-            continue;
+    let mut done = Vec::with_capacity(due.len());
+    for d in due {
+        if d.foreign {
+            match replay_file(home, store, &d, now) {
+                Ok(n) => restored += n,
+                Err(e) => {
+                    output::warn(&format!(
+                        "cannot replay the batch log {}: {e}; it is kept",
+                        d.path.display()
+                    ));
+                    remain = true;
+                    continue;
+                }
+            }
         }
-        let mut data = Vec::new();
-        let mut f = f;
-        f.seek(SeekFrom::Start(0))
-            .and_then(|_| f.read_to_end(&mut data))
-            .ctx("cannot read the batch log", path)?;
-        // A log without a whole header died before its first fsync.
-        let Some((_, entries, torn)) = parse(&data) else {
-            continue;
-        };
-        restored += replay(home, store, &entries, now)?;
-        if torn {
-            eprintln!(
-                "relay: warning: {} ends in a partial entry (a batch killed mid-write, which reported none of that chunk sent); skipped it",
-                path.display()
-            );
-        }
+        done.push(d);
     }
     if restored > 0 {
-        eprintln!(
-            "relay: warning: restored {restored} message(s) from batch logs written before a restart (they had not reached the disk)"
-        );
+        output::warn(&format!(
+            "restored {restored} message(s) from batch logs written before a restart (they had not reached the disk)"
+        ));
     }
     // Everything the logs cover is on disk once this returns.
     home::sync_filesystem(&home.mailboxes())?;
-    for (path, _lock, _) in due {
-        match fs::remove_file(&path) {
+    for d in done {
+        match fs::remove_file(&d.path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("cannot remove", &path, e)),
+            Err(e) => return Err(Error::io("cannot remove", &d.path, e)),
         }
     }
-    Ok(restored)
+    Ok(remain)
+}
+
+/// Reads and replays one log of another boot; how many messages it wrote.
+fn replay_file(home: &Home, store: &mut Store, d: &Due, now: u64) -> Result<usize> {
+    let mut data = Vec::new();
+    let mut f = &d.file;
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.read_to_end(&mut data))
+        .ctx("cannot read the batch log", &d.path)?;
+    // A log without a whole header died before its first fsync.
+    let Some((_, entries, torn)) = parse(&data) else {
+        return Ok(0);
+    };
+    if torn {
+        output::warn(&format!(
+            "{} ends in a partial line (a batch killed mid-write, before it reported that chunk); skipped it",
+            d.path.display()
+        ));
+    }
+    replay(home, store, &entries, now)
 }
 
 /// Writes again, durably, every entry whose file is missing or does not
@@ -360,6 +468,11 @@ mod tests {
         }
         let (_, entries, torn) = parse(&log[..log.len() - 13]).expect("header");
         assert_eq!((entries.len(), torn), (1, false));
+        // A cancelled copy (its delivery failed and was reported) is dropped.
+        let mut cancelled = log.clone();
+        cancelled.extend_from_slice(b"q 01A -\n");
+        let (_, entries, torn) = parse(&cancelled).expect("header");
+        assert_eq!((entries.len(), entries[0].id, torn), (1, "01B", false));
         assert!(parse(b"relay-batch-log 1 boot").is_none());
         assert!(parse(b"something else\n").is_none());
     }

@@ -192,11 +192,13 @@ impl Mailbox {
         let fd_path = format!("/proc/self/fd/{}", f.as_raw_fd());
         match rustix::fs::linkat(CWD, fd_path.as_str(), CWD, &dest, AtFlags::SYMLINK_FOLLOW) {
             Ok(()) => Ok(true),
-            Err(Errno::NOENT) if !Path::new("/proc/self/fd").is_dir() => {
+            Err(Errno::EXIST) => Err(Error::io("cannot create", &dest, Errno::EXIST.into())),
+            // No /proc, a sandbox refusing the link, ...: `tmp/` names what
+            // is wrong if it fails too.
+            Err(_) => {
                 UNSUPPORTED.store(true, Ordering::Relaxed);
                 Ok(false)
             }
-            Err(e) => Err(Error::io("cannot create", &dest, e.into())),
         }
     }
 

@@ -510,13 +510,18 @@ fn logged_commit(
             }),
     )?;
     let todo: Vec<(&Work, Result<Vec<u8>>)> = work.iter().zip(encoded).collect();
-    Ok(parallel_map(
-        &todo,
-        |((_, _, ep, copy), bytes)| match bytes {
-            Ok(b) => Mailbox::at(relay_home, ep).deliver_bytes(&copy.id, b, false),
-            Err(e) => Err(Error::Data(e.to_string())),
-        },
-    ))
+    let results = parallel_map(&todo, |((_, _, ep, copy), bytes)| match bytes {
+        Ok(b) => Mailbox::at(relay_home, ep).deliver_bytes(&copy.id, b, false),
+        Err(e) => Err(Error::Data(e.to_string())),
+    });
+    // Reported failed, so retried by the sender: not to be replayed.
+    log.cancel(
+        work.iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_err())
+            .map(|((_, _, ep, copy), _)| (ep.as_str(), copy.id.as_str())),
+    )?;
+    Ok(results)
 }
 
 /// `f` over `items`, in order, on up to two threads: a batch's file work is

@@ -256,10 +256,10 @@ fn a_durable_batch_is_logged_then_the_log_is_retired_once_on_disk() {
     let held = std::fs::File::open(r.path("batches").join(name)).expect("log");
     held.lock().expect("flock");
     r.cmd(["status"])
-        .env("RELAY_FAKE_BOOT_ID", "boot-b")
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
         .at(real_now_plus(61_000))
         .success();
-    assert_eq!(batch_logs(&r).len(), 1, "a locked log is never settled");
+    assert_eq!(batch_logs(&r).len(), 1, "a locked log is never retired");
     drop(held);
 
     // Old and of this boot: retired without replaying anything (a message
@@ -334,7 +334,7 @@ fn after_a_restart_the_batch_log_restores_what_did_not_reach_the_disk() {
         .env("RELAY_FAKE_BOOT_ID", "boot-b")
         .at(T + 3)
         .success()
-        .stderr_has(&["restored 2 message(s)", "partial entry"]);
+        .stderr_has(&["restored 2 message(s)", "partial line"]);
     assert!(
         batch_logs(&r).is_empty(),
         "replayed and removed: {}",
@@ -423,4 +423,48 @@ fn a_long_batch_retires_its_log_past_the_size_bound() {
         entries[0]
     );
     assert_eq!(r.files("agent.b", "new").len(), N);
+}
+
+#[test]
+fn purging_dead_letters_first_retires_the_batch_logs() {
+    // A replay after a power loss could not tell a purged dead letter from
+    // a lost message: the purge makes the log's messages durable first.
+    let r = world("{}", &["agent.b"]);
+    let input: Vec<Value> = (0..2)
+        .map(|i| json!({ "subject": "agent.b", "payload": i }))
+        .collect();
+    let ids: Vec<String> = r
+        .cmd(["send", "--batch"])
+        .stdin(ndjson(&input))
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .at(T)
+        .success()
+        .stdout
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    r.cmd(["recv", "agent.b", "--json"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .at(T + 1)
+        .success();
+    r.cmd(["nack", "agent.b", &ids[0], "--reason", "boom"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .at(T + 2)
+        .success();
+    assert_eq!(batch_logs(&r).len(), 1, "young: still there");
+    r.cmd(["dlq", "purge", "--older-than", "0s", "--yes"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .at(T + 3)
+        .success();
+    assert!(batch_logs(&r).is_empty(), "retired before the purge");
+    r.cmd(["status"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-b")
+        .at(T + 4)
+        .success()
+        .stderr_empty();
+    assert_eq!(r.files("agent.b", "new"), [format!("{}.json", ids[1])]);
+    assert!(
+        r.files("agent.b", "failed").is_empty(),
+        "purged stays purged"
+    );
 }

@@ -259,6 +259,12 @@ fn purge(ctx: &mut Ctx, endpoint: Option<&str>, older_ms: u64, yes: bool) -> Res
             return Ok(());
         }
     }
+    if !old.is_empty() {
+        // A batch log replayed after a power loss could not tell a purged
+        // dead letter from a lost message: retire this boot's logs first.
+        let home = ctx.home.clone();
+        crate::batchlog::settle(&home, ctx.store()?, now, true)?;
+    }
     for d in &old {
         let mb = Mailbox::at(&ctx.home, &d.endpoint);
         mb.remove_dead_letter(&d.id)

@@ -317,6 +317,15 @@ impl Store {
         Ok(())
     }
 
+    /// Makes every later commit of this connection durable (WAL fsynced on
+    /// commit), as it is not by default: the index can be rebuilt from the
+    /// Maildir, except while batch logs could replay (see `batchlog`).
+    pub fn durable_commits(&self) -> Result<()> {
+        self.conn
+            .execute_batch("PRAGMA synchronous=FULL")
+            .map_err(|e| self.err(e))
+    }
+
     /// Returns the free pages left by pruning to the filesystem (the index
     /// is created with incremental auto-vacuum); a no-op for older files.
     pub fn shrink(&self) -> Result<()> {
