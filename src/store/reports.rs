@@ -112,51 +112,65 @@ pub struct Latency {
 }
 
 /// Latency of `expr` over the rows of the window, overall (`None` key) and
-/// per endpoint, in two passes: nearest-rank percentiles picked by SQL window
-/// functions (`ROW_NUMBER` against `ceil(p * n)`), so cost stays one sort
-/// however many endpoints there are.
+/// per endpoint (only keys with samples): one scan, then nearest-rank
+/// percentiles from sorted samples (in SQL, window functions took four
+/// sorts of the whole window: 0.6 s for 100k rows).
 pub fn latencies(
     conn: &Connection,
     expr: &str,
     since: u64,
 ) -> rusqlite::Result<std::collections::HashMap<Option<String>, Latency>> {
-    let mut out = std::collections::HashMap::new();
-    for (key, partition) in [("NULL", ""), ("endpoint", "PARTITION BY endpoint")] {
-        let sql = format!(
-            "WITH d AS (
-                 SELECT endpoint, MAX({expr}, 0) AS v FROM messages
-                 WHERE sent_at >= ?1 AND ({expr}) IS NOT NULL
-             ), r AS (
-                 SELECT {key} AS k, v,
-                        ROW_NUMBER() OVER ({partition} ORDER BY v) AS rn,
-                        COUNT(*) OVER ({partition}) AS n
-                 FROM d
-             )
-             SELECT k, MAX(n), AVG(v),
-                    MAX(CASE WHEN rn = (n + 1) / 2 THEN v END),
-                    MAX(CASE WHEN rn = (95 * n + 99) / 100 THEN v END),
-                    MAX(CASE WHEN rn = (99 * n + 99) / 100 THEN v END)
-             FROM r GROUP BY k"
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(params![since], |r| {
-            Ok((
-                r.get::<_, Option<String>>(0)?,
-                Latency {
-                    count: r.get(1)?,
-                    avg: r.get(2)?,
-                    p50: r.get(3)?,
-                    p95: r.get(4)?,
-                    p99: r.get(5)?,
-                },
-            ))
-        })?;
-        for row in rows {
-            let (k, lat) = row?;
-            out.insert(k, lat);
+    let mut stmt = conn.prepare(&format!(
+        "SELECT endpoint, MAX({expr}, 0) FROM messages
+         WHERE {} >= ?1 AND ({expr}) IS NOT NULL",
+        sent_at(since)
+    ))?;
+    let mut per: std::collections::HashMap<String, Vec<u64>> = std::collections::HashMap::new();
+    let mut all = Vec::new();
+    let mut rows = stmt.query(params![since])?;
+    while let Some(r) = rows.next()? {
+        let ep = r.get_ref(0)?.as_str()?;
+        let v = u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0);
+        all.push(v);
+        match per.get_mut(ep) {
+            Some(vs) => vs.push(v),
+            None => {
+                per.insert(ep.to_owned(), vec![v]);
+            }
         }
     }
+    let mut out: std::collections::HashMap<Option<String>, Latency> = per
+        .into_iter()
+        .map(|(ep, mut vs)| (Some(ep), Latency::of(&mut vs)))
+        .collect();
+    if !all.is_empty() {
+        out.insert(None, Latency::of(&mut all));
+    }
     Ok(out)
+}
+
+impl Latency {
+    /// Count, mean and nearest-rank percentiles of `samples` (sorted here).
+    fn of(samples: &mut [u64]) -> Self {
+        samples.sort_unstable();
+        let n = samples.len();
+        // Nearest rank: the ceil(p * n)-th smallest.
+        let rank = |p: usize| samples.get((p * n).div_ceil(100).max(1) - 1).copied();
+        Latency {
+            count: n as u64,
+            avg: (n > 0).then(|| samples.iter().map(|&v| v as f64).sum::<f64>() / n as f64),
+            p50: rank(50),
+            p95: rank(95),
+            p99: rank(99),
+        }
+    }
+}
+
+/// The column to compare with a window's start: for all history (0) a scan
+/// of the table, not of `messages_by_sent` with a primary-key lookup per
+/// row, which is five times slower (`+` keeps SQLite off the index).
+fn sent_at(since: u64) -> &'static str {
+    if since == 0 { "+sent_at" } else { "sent_at" }
 }
 
 /// Delivery latency: sent -> claimed.
@@ -189,7 +203,8 @@ pub fn counts(conn: &Connection, since: u64) -> rusqlite::Result<Vec<(String, Co
         "SELECT endpoint, COUNT(*),
                 SUM(status = 'pending'), SUM(status = 'claimed'), SUM(status = 'acked'),
                 SUM(status = 'failed' AND code IN {consumer_failures}), SUM(status = 'failed')
-         FROM messages WHERE sent_at >= ?1 GROUP BY endpoint ORDER BY endpoint"
+         FROM messages WHERE {} >= ?1 GROUP BY endpoint ORDER BY endpoint",
+        sent_at(since)
     ))?;
     stmt.query_map(params![since], |r| {
         Ok((
@@ -210,7 +225,10 @@ pub fn counts(conn: &Connection, since: u64) -> rusqlite::Result<Vec<(String, Co
 /// Distinct messages sent in the window.
 pub fn distinct_messages(conn: &Connection, since: u64) -> rusqlite::Result<u64> {
     conn.query_row(
-        "SELECT COUNT(DISTINCT id) FROM messages WHERE sent_at >= ?1",
+        &format!(
+            "SELECT COUNT(DISTINCT id) FROM messages WHERE {} >= ?1",
+            sent_at(since)
+        ),
         params![since],
         |r| r.get(0),
     )
@@ -218,10 +236,11 @@ pub fn distinct_messages(conn: &Connection, since: u64) -> rusqlite::Result<u64>
 
 /// Dead letters in the window by code.
 pub fn codes(conn: &Connection, since: u64) -> rusqlite::Result<Vec<(String, u64)>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare(&format!(
         "SELECT code, COUNT(*) FROM messages
-         WHERE sent_at >= ?1 AND status = 'failed' AND code IS NOT NULL GROUP BY code",
-    )?;
+         WHERE {} >= ?1 AND status = 'failed' AND code IS NOT NULL GROUP BY code",
+        sent_at(since)
+    ))?;
     stmt.query_map(params![since], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect()
 }
@@ -346,5 +365,38 @@ mod tests {
         assert_eq!((n, sum), (4, 5 + 50 + 500 + 1000));
         let (counts, n, sum) = delivery_histogram(&conn, &[]).expect("no bounds");
         assert_eq!((counts.len(), n, sum), (0, 4, 1555));
+    }
+
+    #[test]
+    fn latencies_are_nearest_rank_overall_and_per_endpoint() {
+        let conn = Connection::open_in_memory().expect("memory db");
+        conn.execute_batch(
+            "CREATE TABLE messages (endpoint TEXT, sent_at INTEGER, claimed_at INTEGER);
+             INSERT INTO messages VALUES ('b', 100, 90), ('b', 0, NULL), ('a', 5, 4);",
+        )
+        .expect("rows");
+        let mut values = String::new();
+        for i in 1..=100 {
+            values.push_str(&format!("('a', 0, {i}),"));
+        }
+        values.pop();
+        conn.execute_batch(&format!("INSERT INTO messages VALUES {values}"))
+            .expect("rows");
+        let got = latencies(&conn, DELIVERY, 0).expect("latencies");
+        let a = &got[&Some("a".to_owned())];
+        // 0 (clamped from -1), then 1..=100: 101 samples.
+        assert_eq!(
+            (a.count, a.p50, a.p95, a.p99),
+            (101, Some(50), Some(95), Some(99))
+        );
+        assert_eq!(a.avg, Some(5050.0 / 101.0));
+        let b = &got[&Some("b".to_owned())];
+        assert_eq!(
+            (b.count, b.p50, b.p99),
+            (1, Some(0), Some(0)),
+            "clamped at 0"
+        );
+        assert_eq!(got[&None].count, 102);
+        assert!(latencies(&conn, DELIVERY, 1_000).expect("empty").is_empty());
     }
 }
