@@ -17,16 +17,18 @@
 //!   is replayed first: every message in it whose file is missing or does
 //!   not hold what the log does is written again, durably; a missing one
 //!   only if the index does not have it acked or dead-lettered. While logs
-//!   remain, that process commits to the index durably, so an ack cannot be
-//!   lost while the file's removal survives. Messages a program outside
-//!   relay removed cannot be told from lost ones and come back: at least
-//!   once, never lost.
+//!   remain, every index transaction commits durably (`Store::begin`), so
+//!   an ack cannot be lost while the file's removal survives; `dlq purge`
+//!   retires the logs first (and waits for running batches). Messages a
+//!   program outside relay removed cannot be told from lost ones and come
+//!   back: at least once, never lost.
 //!
 //! A batch holds an exclusive `flock` on its log while it runs (a log is
 //! locked before it gets its name), so a log being written is never
 //! retired. A log of another boot is waited for, not skipped, so every
 //! relay command after a restart reads the mailboxes after the replay.
-//! Without a boot id (not Linux), durable batches fsync every message.
+//! Without a boot id (not Linux), durable batches fsync every message, and
+//! logs (written under one) are kept: nothing could tell a restart.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -56,13 +58,26 @@ const HEADER_MAX: usize = 256;
 /// This boot's id (Linux), or the test override.
 #[must_use]
 pub fn boot_id() -> Option<String> {
-    if let Some(id) = std::env::var_os(FAKE_BOOT_ENV) {
-        return id.into_string().ok().filter(|s| !s.is_empty());
-    }
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+    let id = match std::env::var_os(FAKE_BOOT_ENV) {
+        Some(id) => id.into_string().ok()?,
+        None => fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?,
+    };
+    let id = id.trim();
+    // A header line must hold it whole (a uuid is 36 characters).
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ok.then(|| id.to_owned())
+}
+
+/// Whether any batch log is in `root` (a relay home): while one is, a
+/// replay could follow a power loss.
+#[must_use]
+pub fn pending(root: &Path) -> bool {
+    fs::read_dir(root.join("batches")).is_ok_and(|mut rd| {
+        rd.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log")))
+    })
 }
 
 /// `batches/` in the home.
@@ -266,14 +281,19 @@ fn scan(home: &Home, now: u64, force: bool) -> (Vec<Due>, bool) {
     };
     let boot = boot_id();
     let (mut due, mut remain) = (Vec::new(), false);
-    for entry in rd.flatten() {
-        let path = entry.path();
+    // One order for every settler: they lock logs one after another.
+    let mut paths: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
         let age = age(&path, now);
         match path.extension().and_then(|e| e.to_str()) {
             Some("log") => {}
-            // A batch killed before naming its log: a header at most.
+            // A batch killed before naming its log: a header at most (a
+            // live one holds its lock).
             Some("new") if age >= RETIRE_AFTER_MS => {
-                let _ = fs::remove_file(&path);
+                if File::open(&path).is_ok_and(|f| f.try_lock().is_ok()) {
+                    let _ = fs::remove_file(&path);
+                }
                 continue;
             }
             _ => continue,
@@ -314,8 +334,11 @@ fn open_due(path: &Path, boot: Option<&str>, age: u64) -> std::io::Result<Option
     };
     let mut head = Vec::with_capacity(HEADER_MAX);
     (&mut file).take(HEADER_MAX as u64).read_to_end(&mut head)?;
-    // Without a boot id to compare, no log is taken for another boot's.
-    let foreign = boot.is_some() && header(&head).is_none_or(|(b, _)| boot != Some(b));
+    // Without a boot id to compare, no log can be told safe to retire.
+    let Some(boot) = boot else {
+        return Ok(None);
+    };
+    let foreign = header(&head).is_none_or(|(b, _)| b != boot);
     if foreign {
         // Only another settler can hold it (its batch died with the boot):
         // wait, so nothing reads the mailboxes before the replay is done.
@@ -367,7 +390,8 @@ pub fn settle(home: &Home, store: &mut Store, now: u64, force: bool) -> Result<b
             "restored {restored} message(s) from batch logs written before a restart (they had not reached the disk)"
         ));
     }
-    // Everything the logs cover is on disk once this returns.
+    // Everything the logs cover (and every file replayed) is on disk once
+    // this returns.
     home::sync_filesystem(&home.mailboxes())?;
     for d in done {
         match fs::remove_file(&d.path) {
@@ -376,6 +400,7 @@ pub fn settle(home: &Home, store: &mut Store, now: u64, force: bool) -> Result<b
             Err(e) => return Err(Error::io("cannot remove", &d.path, e)),
         }
     }
+    home::sync_dir(&dir(home))?;
     Ok(remain)
 }
 
@@ -399,12 +424,14 @@ fn replay_file(home: &Home, store: &mut Store, d: &Due, now: u64) -> Result<usiz
     replay(home, store, &entries, now)
 }
 
-/// Writes again, durably, every entry whose file is missing or does not
-/// hold what the log does: where it is (`new/`, `cur/`, `failed/`), or in
-/// `new/` with its index row unless the index has it acked or dead-lettered.
+/// Writes again every entry whose file is missing or does not hold what
+/// the log does: where it is (`new/`, `cur/`, `failed/`), or in `new/`,
+/// with its index row, unless the index has it acked or dead-lettered. The
+/// files are not fsynced one by one (`settle` flushes them all), and the
+/// index is written to only at the end, so nobody waits on its lock.
 fn replay(home: &Home, store: &mut Store, entries: &[Entry<'_>], now: u64) -> Result<usize> {
-    let tx = store.begin()?;
     let mut restored = 0;
+    let mut rows = Vec::new();
     for e in entries {
         let mb = Mailbox::at(home, e.endpoint);
         if !mb.is_endpoint() {
@@ -417,7 +444,7 @@ fn replay(home: &Home, store: &mut Store, entries: &[Entry<'_>], now: u64) -> Re
             restored += usize::from(mb.restore(sub, e.id, e.bytes)?);
             continue;
         }
-        let status = tx.row(e.endpoint, e.id)?.map(|r| r.status);
+        let status = store.status(e.endpoint, e.id)?;
         if matches!(status.as_deref(), Some("acked" | "failed")) {
             continue;
         }
@@ -425,11 +452,17 @@ fn replay(home: &Home, store: &mut Store, entries: &[Entry<'_>], now: u64) -> Re
             continue;
         };
         if env.id == e.id && mb.restore("new", e.id, e.bytes)? {
-            tx.index_found(e.endpoint, &env, Status::Pending, None, now)?;
+            rows.push((e.endpoint, env));
             restored += 1;
         }
     }
-    tx.commit()?;
+    if !rows.is_empty() {
+        let tx = store.begin()?;
+        for (ep, env) in &rows {
+            tx.index_found(ep, env, Status::Pending, None, now)?;
+        }
+        tx.commit()?;
+    }
     Ok(restored)
 }
 

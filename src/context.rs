@@ -61,16 +61,10 @@ impl Ctx {
             None => {
                 let mut store = Store::open(&self.home.db_file())?;
                 // A log that cannot be settled is kept (and tried again by
-                // the next command): no reason to refuse this one. While
-                // logs remain, commits are durable: a replay after a power
-                // loss must not take an acked message for a lost one.
-                let remain = batchlog::settle(&self.home, &mut store, self.clock.now_ms(), false)
-                    .unwrap_or_else(|e| {
-                        output::warn(&format!("cannot settle the batch logs: {e}; they are kept"));
-                        true
-                    });
-                if remain {
-                    store.durable_commits()?;
+                // the next command): no reason to refuse this one.
+                if let Err(e) = batchlog::settle(&self.home, &mut store, self.clock.now_ms(), false)
+                {
+                    output::warn(&format!("cannot settle the batch logs: {e}; they are kept"));
                 }
                 store
             }

@@ -404,16 +404,17 @@ impl Mailbox {
         }
     }
 
-    /// Writes message `id` into `<sub>/` durably unless a file of that name
-    /// already holds `bytes`, replacing it otherwise (after a power loss a
-    /// name can reach the disk without its data). Whether it wrote.
+    /// Writes message `id` into `<sub>/` (through `tmp/`, without fsync: the
+    /// caller flushes) unless a file of that name already holds `bytes`,
+    /// replacing it otherwise (after a power loss a name can reach the disk
+    /// without its data). Whether it wrote.
     pub fn restore(&self, sub: &str, id: &str, bytes: &[u8]) -> Result<bool> {
         if fs::read(self.file(sub, id)).is_ok_and(|b| b == bytes) {
             return Ok(false);
         }
         let name = file_name(id);
         let _ = fs::remove_file(self.sub("tmp").join(&name));
-        self.place(&name, bytes, sub, true, true)?;
+        self.place(&name, bytes, sub, false, false)?;
         Ok(true)
     }
 

@@ -389,6 +389,19 @@ fn without_a_boot_id_a_durable_batch_fsyncs_every_message_instead() {
         "no log without a boot id to check it against"
     );
     assert_eq!(r.files("agent.b", "new").len(), 3);
+
+    // A log written with one is never retired without one: nothing could
+    // tell whether the machine restarted since.
+    r.cmd(["send", "--batch"])
+        .stdin(ndjson(&input))
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .at(T)
+        .success();
+    r.cmd(["status"])
+        .env("RELAY_FAKE_BOOT_ID", "")
+        .at(real_now_plus(61_000))
+        .success();
+    assert_eq!(batch_logs(&r).len(), 1, "kept");
 }
 
 #[test]
@@ -452,6 +465,17 @@ fn purging_dead_letters_first_retires_the_batch_logs() {
         .at(T + 2)
         .success();
     assert_eq!(batch_logs(&r).len(), 1, "young: still there");
+    // Held by a batch still running: the purge is refused for now.
+    let (name, _) = batch_logs(&r).pop().expect("a log");
+    let held = std::fs::File::open(r.path("batches").join(name)).expect("log");
+    held.lock().expect("flock");
+    r.cmd(["dlq", "purge", "--older-than", "0s", "--yes"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .at(T + 3)
+        .code(75)
+        .stderr_has(&["durable batch is still running"]);
+    assert_eq!(r.files("agent.b", "failed").len(), 2, "nothing purged");
+    drop(held);
     r.cmd(["dlq", "purge", "--older-than", "0s", "--yes"])
         .env("RELAY_FAKE_BOOT_ID", "boot-a")
         .at(T + 3)

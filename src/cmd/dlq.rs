@@ -159,6 +159,9 @@ fn show(ctx: &Ctx, endpoint: Option<&str>, id: &str) -> Result<()> {
 }
 
 fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> Result<()> {
+    // Batch logs are settled before any file moves (a replay after a
+    // restart must not run beside the moves).
+    ctx.store()?;
     let targets: Vec<DeadLetter> = if all {
         collect(ctx, endpoint, false)?
     } else {
@@ -263,7 +266,15 @@ fn purge(ctx: &mut Ctx, endpoint: Option<&str>, older_ms: u64, yes: bool) -> Res
         // A batch log replayed after a power loss could not tell a purged
         // dead letter from a lost message: retire this boot's logs first.
         let home = ctx.home.clone();
-        crate::batchlog::settle(&home, ctx.store()?, now, true)?;
+        if crate::batchlog::settle(&home, ctx.store()?, now, true)? {
+            return Err(Error::Refused {
+                message: format!(
+                    "a durable batch is still running (its log is in {}); purge once it has finished",
+                    home.root().join("batches").display()
+                ),
+                retry_after_ms: None,
+            });
+        }
     }
     for d in &old {
         let mb = Mailbox::at(&ctx.home, &d.endpoint);

@@ -37,6 +37,10 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
         ..GcReport::default()
     };
 
+    // Batch logs are settled before any file moves (a replay after a
+    // restart must not run beside the moves).
+    ctx.store()?;
+
     // 1. Expiry: unclaimed messages whose TTL has passed.
     let mut expired = Vec::new();
     let mut progress = output::Progress::new("gc: checking TTLs");

@@ -138,6 +138,8 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     dir: PathBuf,
+    /// Commits are fsynced (`durable_commits`).
+    durable: bool,
 }
 
 impl Store {
@@ -163,6 +165,7 @@ impl Store {
             conn,
             path: path.to_path_buf(),
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            durable: false,
         };
         store.init().map_err(|e| match e {
             Error::Store(msg) => Error::Store(format!(
@@ -241,6 +244,11 @@ impl Store {
     /// into the index first, so the transaction sees every finished send.
     pub fn begin(&mut self) -> Result<Tx<'_>> {
         self.ingest()?;
+        // While a batch log could be replayed after a power loss, a commit
+        // lost with the power could bring back a message acked here.
+        if !self.durable && crate::batchlog::pending(&self.dir) {
+            self.durable_commits()?;
+        }
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -320,10 +328,12 @@ impl Store {
     /// Makes every later commit of this connection durable (WAL fsynced on
     /// commit), as it is not by default: the index can be rebuilt from the
     /// Maildir, except while batch logs could replay (see `batchlog`).
-    pub fn durable_commits(&self) -> Result<()> {
+    fn durable_commits(&mut self) -> Result<()> {
         self.conn
             .execute_batch("PRAGMA synchronous=FULL")
-            .map_err(|e| self.err(e))
+            .map_err(|e| store_err(&self.path, e))?;
+        self.durable = true;
+        Ok(())
     }
 
     /// Returns the free pages left by pruning to the filesystem (the index
