@@ -215,30 +215,39 @@ fn real_now_plus(ahead_ms: u64) -> u64 {
     u64::try_from(now.as_millis()).expect("ms fit") + ahead_ms
 }
 
+/// The boot id relay reads: a test restarts the machine by changing it.
+const BOOT: &str = "RELAY_FAKE_BOOT_ID";
+
+/// `relay send --batch [flags]` of `n` requests to `agent.b` (payloads
+/// 0..n) on boot `boot`, at `T`; the printed ids.
+fn batch_on(r: &Relay, boot: &str, n: usize, flags: &[&str]) -> Vec<String> {
+    let input: Vec<Value> = (0..n)
+        .map(|i| json!({ "subject": "agent.b", "payload": i }))
+        .collect();
+    r.cmd(["send", "--batch"])
+        .args(flags)
+        .stdin(ndjson(&input))
+        .env(BOOT, boot)
+        .at(T)
+        .success()
+        .stdout
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 #[test]
 fn a_durable_batch_is_logged_then_the_log_is_retired_once_on_disk() {
     let r = world("{}", &["agent.b"]);
-    let input: Vec<Value> = (0..3)
-        .map(|i| json!({ "subject": "agent.b", "payload": i }))
-        .collect();
-    r.cmd(["send", "--batch", "--no-fsync"])
-        .stdin(ndjson(&input))
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
-        .at(T)
-        .success();
+    batch_on(&r, "boot-a", 3, &["--no-fsync"]);
     assert!(batch_logs(&r).is_empty(), "--no-fsync writes no log");
 
-    let out = r
-        .cmd(["send", "--batch"])
-        .stdin(ndjson(&input))
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
-        .at(T)
-        .success();
+    let ids = batch_on(&r, "boot-a", 3, &[]);
     let logs = batch_logs(&r);
     assert_eq!(logs.len(), 1, "one log per batch");
     let (name, text) = &logs[0];
     assert!(text.starts_with("relay-batch-log 1 boot-a\n"), "{text}");
-    for id in out.stdout.lines() {
+    for id in &ids {
         let file =
             std::fs::read_to_string(r.mailbox("agent.b").join("new").join(format!("{id}.json")))
                 .expect("delivered");
@@ -249,14 +258,12 @@ fn a_durable_batch_is_logged_then_the_log_is_retired_once_on_disk() {
     }
 
     // Young, and then held by a batch still writing it: left alone.
-    r.cmd(["status"])
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
-        .success();
+    r.cmd(["status"]).env(BOOT, "boot-a").success();
     assert_eq!(batch_logs(&r).len(), 1, "a log younger than 60 s stays");
     let held = std::fs::File::open(r.path("batches").join(name)).expect("log");
     held.lock().expect("flock");
     r.cmd(["status"])
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .env(BOOT, "boot-a")
         .at(real_now_plus(61_000))
         .success();
     assert_eq!(batch_logs(&r).len(), 1, "a locked log is never retired");
@@ -264,7 +271,7 @@ fn a_durable_batch_is_logged_then_the_log_is_retired_once_on_disk() {
 
     // Old and of this boot: retired without replaying anything (a message
     // gone from the mailbox on this boot was taken by someone, not lost).
-    let first = out.stdout.lines().next().expect("an id").to_owned();
+    let first = &ids[0];
     std::fs::remove_file(
         r.mailbox("agent.b")
             .join("new")
@@ -272,7 +279,7 @@ fn a_durable_batch_is_logged_then_the_log_is_retired_once_on_disk() {
     )
     .expect("remove");
     r.cmd(["status"])
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .env(BOOT, "boot-a")
         .at(real_now_plus(61_000))
         .success()
         .stderr_empty();
@@ -283,19 +290,7 @@ fn a_durable_batch_is_logged_then_the_log_is_retired_once_on_disk() {
 #[test]
 fn after_a_restart_the_batch_log_restores_what_did_not_reach_the_disk() {
     let r = world("{}", &["agent.b"]);
-    let input: Vec<Value> = (0..4)
-        .map(|i| json!({ "subject": "agent.b", "payload": i }))
-        .collect();
-    let ids: Vec<String> = r
-        .cmd(["send", "--batch", "--from", "agent.a"])
-        .stdin(ndjson(&input))
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
-        .at(T)
-        .success()
-        .stdout
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let ids = batch_on(&r, "boot-a", 4, &["--from", "agent.a"]);
     let new = r.mailbox("agent.b").join("new");
     let path = |id: &str| new.join(format!("{id}.json"));
     let original: Vec<Vec<u8>> = ids
@@ -306,13 +301,13 @@ fn after_a_restart_the_batch_log_restores_what_did_not_reach_the_disk() {
     // Message 2 is received and acked before the power goes.
     let got = r
         .cmd(["recv", "agent.b", "--json", "-n", "3"])
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .env(BOOT, "boot-a")
         .at(T + 1)
         .success()
         .json_lines();
     assert_eq!(got.len(), 3);
     r.cmd(["ack", "agent.b", &ids[2]])
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .env(BOOT, "boot-a")
         .at(T + 2)
         .success();
     // The power loss: message 0's file never reached the disk, message 1's
@@ -331,7 +326,7 @@ fn after_a_restart_the_batch_log_restores_what_did_not_reach_the_disk() {
 
     let out = r
         .cmd(["status"])
-        .env("RELAY_FAKE_BOOT_ID", "boot-b")
+        .env(BOOT, "boot-b")
         .at(T + 3)
         .success()
         .stderr_has(&["restored 2 message(s)", "partial line"]);
@@ -361,29 +356,19 @@ fn after_a_restart_the_batch_log_restores_what_did_not_reach_the_disk() {
     // The restored message is indexed and handed out again.
     let again = r
         .cmd(["recv", "agent.b", "--json", "-n", "5"])
-        .env("RELAY_FAKE_BOOT_ID", "boot-b")
+        .env(BOOT, "boot-b")
         .at(T + 4)
         .success()
         .json_lines();
     let again: Vec<&Value> = again.iter().map(|m| &m["id"]).collect();
     assert_eq!(again, [&json!(ids[0]), &json!(ids[3])]);
-    r.cmd(["doctor"])
-        .env("RELAY_FAKE_BOOT_ID", "boot-b")
-        .at(T + 5)
-        .success();
+    r.cmd(["doctor"]).env(BOOT, "boot-b").at(T + 5).success();
 }
 
 #[test]
 fn without_a_boot_id_a_durable_batch_fsyncs_every_message_instead() {
     let r = world("{}", &["agent.b"]);
-    let input: Vec<Value> = (0..3)
-        .map(|i| json!({ "subject": "agent.b", "payload": i }))
-        .collect();
-    r.cmd(["send", "--batch"])
-        .stdin(ndjson(&input))
-        .env("RELAY_FAKE_BOOT_ID", "")
-        .at(T)
-        .success();
+    batch_on(&r, "", 3, &[]);
     assert!(
         !r.path("batches").exists(),
         "no log without a boot id to check it against"
@@ -392,13 +377,9 @@ fn without_a_boot_id_a_durable_batch_fsyncs_every_message_instead() {
 
     // A log written with one is never retired without one: nothing could
     // tell whether the machine restarted since.
-    r.cmd(["send", "--batch"])
-        .stdin(ndjson(&input))
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
-        .at(T)
-        .success();
+    batch_on(&r, "boot-a", 3, &[]);
     r.cmd(["status"])
-        .env("RELAY_FAKE_BOOT_ID", "")
+        .env(BOOT, "")
         .at(real_now_plus(61_000))
         .success();
     assert_eq!(batch_logs(&r).len(), 1, "kept");
@@ -417,7 +398,7 @@ fn a_long_batch_retires_its_log_past_the_size_bound() {
     let out = r
         .cmd(["send", "--batch"])
         .stdin(ndjson(&input))
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .env(BOOT, "boot-a")
         .env("RELAY_BATCH_LOG_MAX_BYTES", "1024")
         .at(T)
         .success();
@@ -443,25 +424,13 @@ fn purging_dead_letters_first_retires_the_batch_logs() {
     // A replay after a power loss could not tell a purged dead letter from
     // a lost message: the purge makes the log's messages durable first.
     let r = world("{}", &["agent.b"]);
-    let input: Vec<Value> = (0..2)
-        .map(|i| json!({ "subject": "agent.b", "payload": i }))
-        .collect();
-    let ids: Vec<String> = r
-        .cmd(["send", "--batch"])
-        .stdin(ndjson(&input))
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
-        .at(T)
-        .success()
-        .stdout
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let ids = batch_on(&r, "boot-a", 2, &[]);
     r.cmd(["recv", "agent.b", "--json"])
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .env(BOOT, "boot-a")
         .at(T + 1)
         .success();
     r.cmd(["nack", "agent.b", &ids[0], "--reason", "boom"])
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .env(BOOT, "boot-a")
         .at(T + 2)
         .success();
     assert_eq!(batch_logs(&r).len(), 1, "young: still there");
@@ -470,19 +439,19 @@ fn purging_dead_letters_first_retires_the_batch_logs() {
     let held = std::fs::File::open(r.path("batches").join(name)).expect("log");
     held.lock().expect("flock");
     r.cmd(["dlq", "purge", "--older-than", "0s", "--yes"])
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .env(BOOT, "boot-a")
         .at(T + 3)
         .code(75)
         .stderr_has(&["durable batch is still running"]);
     assert_eq!(r.files("agent.b", "failed").len(), 2, "nothing purged");
     drop(held);
     r.cmd(["dlq", "purge", "--older-than", "0s", "--yes"])
-        .env("RELAY_FAKE_BOOT_ID", "boot-a")
+        .env(BOOT, "boot-a")
         .at(T + 3)
         .success();
     assert!(batch_logs(&r).is_empty(), "retired before the purge");
     r.cmd(["status"])
-        .env("RELAY_FAKE_BOOT_ID", "boot-b")
+        .env(BOOT, "boot-b")
         .at(T + 4)
         .success()
         .stderr_empty();
