@@ -40,7 +40,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::home::{self, FILE_MODE, Home};
 use crate::maildir::Mailbox;
 use crate::output;
-use crate::store::{Status, Store};
+use crate::store::{Event, Status, Store};
+use serde_json::json;
 
 /// Environment variable that sets the boot id (tests stand for a restart
 /// with it; empty: unknown); documented as test-only.
@@ -430,40 +431,50 @@ fn replay_file(home: &Home, store: &mut Store, d: &Due, now: u64) -> Result<usiz
 /// files are not fsynced one by one (`settle` flushes them all), and the
 /// index is written to only at the end, so nobody waits on its lock.
 fn replay(home: &Home, store: &mut Store, entries: &[Entry<'_>], now: u64) -> Result<usize> {
-    let mut restored = 0;
-    let mut rows = Vec::new();
+    // (endpoint, envelope, where it was written, whether it needs a row)
+    let mut restored = Vec::new();
     for e in entries {
         let mb = Mailbox::at(home, e.endpoint);
         if !mb.is_endpoint() {
             continue;
         }
-        if let Some(sub) = ["new", "cur", "failed"]
+        let found = ["new", "cur", "failed"]
             .into_iter()
-            .find(|s| mb.has(s, e.id))
-        {
-            restored += usize::from(mb.restore(sub, e.id, e.bytes)?);
-            continue;
-        }
-        let status = store.status(e.endpoint, e.id)?;
-        if matches!(status.as_deref(), Some("acked" | "failed")) {
-            continue;
+            .find(|s| mb.has(s, e.id));
+        if found.is_none() {
+            let status = store.status(e.endpoint, e.id)?;
+            if matches!(status.as_deref(), Some("acked" | "failed")) {
+                continue;
+            }
         }
         let Ok(env) = Envelope::parse(e.bytes) else {
             continue;
         };
-        if env.id == e.id && mb.restore("new", e.id, e.bytes)? {
-            rows.push((e.endpoint, env));
-            restored += 1;
+        let sub = found.unwrap_or("new");
+        if env.id == e.id && mb.restore(sub, e.id, e.bytes)? {
+            restored.push((e.endpoint, env, sub, found.is_none()));
         }
     }
-    if !rows.is_empty() {
+    if !restored.is_empty() {
         let tx = store.begin()?;
-        for (ep, env) in &rows {
-            tx.index_found(ep, env, Status::Pending, None, now)?;
+        for (ep, env, sub, missing) in &restored {
+            if *missing {
+                tx.index_found(ep, env, Status::Pending, None, now)?;
+            }
+            tx.event(
+                &Event {
+                    kind: "restored",
+                    sender: Some(&env.from),
+                    endpoint: Some(ep),
+                    message_id: Some(&env.id),
+                    detail: json!({ "into": sub, "was": if *missing { "missing" } else { "damaged" } }),
+                },
+                now,
+            )?;
         }
         tx.commit()?;
     }
-    Ok(restored)
+    Ok(restored.len())
 }
 
 #[cfg(test)]

@@ -353,6 +353,33 @@ fn after_a_restart_the_batch_log_restores_what_did_not_reach_the_disk() {
         original[3]
     );
 
+    // Each is in the event log, for whoever looks later.
+    let events = r
+        .cmd(["events", "--json", "--kind", "restored"])
+        .env(BOOT, "boot-b")
+        .at(T + 4)
+        .success()
+        .json_lines();
+    let mut seen: Vec<(Value, Value, Value)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["messageId"].clone(),
+                e["detail"]["into"].clone(),
+                e["detail"]["was"].clone(),
+            )
+        })
+        .collect();
+    seen.sort_by_key(|(id, _, _)| id.to_string());
+    assert_eq!(
+        seen,
+        [
+            (json!(ids[0]), json!("new"), json!("missing")),
+            (json!(ids[1]), json!("cur"), json!("damaged")),
+        ],
+        "{events:?}"
+    );
+
     // The restored message is indexed and handed out again.
     let again = r
         .cmd(["recv", "agent.b", "--json", "-n", "5"])

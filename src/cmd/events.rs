@@ -24,6 +24,7 @@ pub const KINDS: &[&str] = &[
     "requeued",
     "dlq_purged",
     "expired",
+    "restored",
 ];
 
 /// Events shown when neither `--since` nor `--follow` narrows them.
