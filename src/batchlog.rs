@@ -520,4 +520,65 @@ mod tests {
         assert!(parse(b"relay-batch-log 1 boot").is_none());
         assert!(parse(b"something else\n").is_none());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// A log on disk can be anything (a damaged disk, a stray file):
+        /// parsing it never panics.
+        #[test]
+        fn parse_survives_arbitrary_bytes(
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+        ) {
+            let mut log = b"relay-batch-log 1 b\n".to_vec();
+            log.extend_from_slice(&tail);
+            let _ = parse(&log);
+            let _ = parse(&tail);
+        }
+
+        /// What `Log::append` and `Log::cancel` write parses back, and any
+        /// cut leaves the whole entries before it, flagged torn unless the
+        /// cut falls between two lines.
+        #[test]
+        fn parse_reads_back_what_was_appended(
+            bodies in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 0..8),
+            cancel in proptest::collection::vec(proptest::prelude::any::<bool>(), 8),
+            cut in 0usize..2000,
+        ) {
+            let mut log = b"relay-batch-log 1 b\n".to_vec();
+            let mut bounds = vec![log.len()];
+            for (i, b) in bodies.iter().enumerate() {
+                log.extend_from_slice(format!("q.r e{i} {}\n", b.len()).as_bytes());
+                log.extend_from_slice(b);
+                log.push(b'\n');
+                bounds.push(log.len());
+            }
+            for (i, _) in bodies.iter().enumerate().filter(|(i, _)| cancel[*i]) {
+                log.extend_from_slice(format!("q.r e{i} -\n").as_bytes());
+                bounds.push(log.len());
+            }
+            let (_, entries, torn) = parse(&log).expect("header");
+            let kept: Vec<&[u8]> = bodies
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !cancel[*i])
+                .map(|(_, b)| b.as_slice())
+                .collect();
+            proptest::prop_assert!(!torn);
+            proptest::prop_assert_eq!(entries.iter().map(|e| e.bytes).collect::<Vec<_>>(), kept);
+
+            let cut = bounds[0] + cut % (log.len() - bounds[0] + 1);
+            let (_, entries, torn) = parse(&log[..cut]).expect("header");
+            proptest::prop_assert_eq!(torn, !bounds.contains(&cut));
+            let whole = bounds.iter().filter(|&&b| b <= cut).count() - 1;
+            proptest::prop_assert!(entries.len() <= whole.min(bodies.len()));
+            for e in &entries {
+                let i: usize = e.id[1..].parse().expect("id");
+                proptest::prop_assert_eq!(e.bytes, bodies[i].as_slice());
+            }
+        }
+    }
 }
