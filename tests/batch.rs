@@ -488,3 +488,28 @@ fn purging_dead_letters_first_retires_the_batch_logs() {
         "purged stays purged"
     );
 }
+
+#[test]
+fn a_garbage_batch_log_is_set_aside_without_harm() {
+    let r = world("{}", &["agent.b"]);
+    let ids = batch_on(&r, "boot-a", 2, &[]);
+    r.write_file(
+        "batches/zz-garbage.log",
+        b"\x00\xffnot a log\nq.r x 99999\n{",
+    );
+    r.write_file("batches/notes.txt", "not ours");
+    r.cmd(["status"]).env(BOOT, "boot-b").at(T + 1).success();
+    assert!(
+        !r.path("batches/zz-garbage.log").exists(),
+        "a log without a header holds nothing to replay"
+    );
+    assert!(
+        r.path("batches/notes.txt").exists(),
+        "other files are left alone"
+    );
+    let mut names = r.files("agent.b", "new");
+    names.sort();
+    let mut want: Vec<String> = ids.iter().map(|id| format!("{id}.json")).collect();
+    want.sort();
+    assert_eq!(names, want, "the real log replayed nothing (all present)");
+}
