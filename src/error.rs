@@ -18,6 +18,8 @@ pub mod code {
     pub const TEMPFAIL: u8 = 75;
     pub const NOPERM: u8 = 77;
     pub const CONFIG: u8 = 78;
+    /// Stopped by a signal (128 + SIGINT), as shells report it.
+    pub const INTERRUPTED: u8 = 130;
 }
 
 /// Result alias used throughout the crate.
@@ -64,6 +66,9 @@ pub enum Error {
     /// Some items of a batch failed; the code is the first failure's.
     #[error("{message}")]
     Batch { code: u8, message: String },
+    /// Stopped at once by a second SIGINT/SIGTERM (130).
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl Error {
@@ -80,6 +85,7 @@ impl Error {
             Error::Denied(_) => code::NOPERM,
             Error::Config(_) => code::CONFIG,
             Error::Batch { code, .. } => *code,
+            Error::Interrupted(_) => code::INTERRUPTED,
         }
     }
 
@@ -97,6 +103,7 @@ impl Error {
             Error::Denied(_) => "denied",
             Error::Config(_) => "config",
             Error::Batch { .. } => "batch",
+            Error::Interrupted(_) => "interrupted",
         }
     }
 

@@ -461,6 +461,20 @@ impl Mailbox {
         Ok(Some(env))
     }
 
+    /// Gives up a claim: moves `cur/<id>.json` back into `new/` (durably),
+    /// for the next consumer. `Ok(false)` if it is no longer in `cur/`.
+    pub fn unclaim(&self, id: &str) -> Result<bool> {
+        let (from, to) = (self.file("cur", id), self.file("new", id));
+        match fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("cannot give back", &from, e)),
+        }
+        home::sync_dir(&self.sub("new"))?;
+        home::sync_dir(&self.sub("cur"))?;
+        Ok(true)
+    }
+
     /// Deletes dead letter `id` and its sidecar.
     pub fn remove_dead_letter(&self, id: &str) -> std::io::Result<()> {
         match fs::remove_file(self.file("failed", id)) {

@@ -25,6 +25,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::maildir::{Claimed, Mailbox};
 use crate::output;
+use crate::store::Event;
 
 /// Longest sleep without a notification before looking anyway.
 const FALLBACK_POLL: Duration = Duration::from_millis(1000);
@@ -41,16 +42,26 @@ struct Job {
 /// Runs the consumer loop until interrupted (`--follow`) or until the
 /// mailbox is drained of up to `--count` messages.
 pub fn run(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
+    // Each SIGINT/SIGTERM sets `signalled`; the loop counts them. The first
+    // stops taking messages and lets the running handlers finish; the
+    // second kills them and gives their messages back. A third, while
+    // that is under way, ends relay at once.
+    let signalled = Arc::new(AtomicBool::new(false));
+    let forcing = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while stopping ends relay at once (exit 130).
-        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))
-            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&stop)))
-            .map_err(|e| Error::Io {
-                what: "cannot install signal handlers".into(),
-                source: e,
-            })?;
+        signal_hook::flag::register_conditional_shutdown(
+            sig,
+            i32::from(crate::error::code::INTERRUPTED),
+            Arc::clone(&forcing),
+        )
+        .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&signalled)))
+        .map_err(|e| Error::Io {
+            what: "cannot install signal handlers".into(),
+            source: e,
+        })?;
     }
+    let mut signals = 0;
+    let mut stop = false;
     let (tx, rx) = mpsc::channel();
     let _watcher = if args.follow || args.wait.is_some() {
         watch(ctx, mb, tx)
@@ -72,11 +83,29 @@ pub fn run(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<()> {
             reload_if_changed(ctx, &mut config_stamp);
         }
         reap(ctx, mb, &mut running, args)?;
+        if signalled.swap(false, Ordering::Relaxed) {
+            signals += 1;
+            stop = true;
+            if signals == 1 && !running.is_empty() {
+                eprintln!(
+                    "relay: stopping once {} running handler(s) finish; signal again to stop now",
+                    running.len()
+                );
+            }
+        }
+        if signals >= 2 && !running.is_empty() {
+            forcing.store(true, Ordering::Relaxed);
+            let given_back = abandon(ctx, mb, &mut running)?;
+            return Err(Error::Interrupted(format!(
+                "stopped at once: killed {given_back} running handler(s) and gave their messages back to '{}' for the next consumer",
+                mb.name
+            )));
+        }
         // A printing follower whose reader went away has no one to serve.
         if args.exec.is_none() && output::stdout_closed() {
-            stop.store(true, Ordering::Relaxed);
+            stop = true;
         }
-        let stopping = stop.load(Ordering::Relaxed);
+        let stopping = stop;
         if stopping && running.is_empty() {
             break;
         }
@@ -291,6 +320,44 @@ fn reap(ctx: &mut Ctx, mb: &Mailbox, running: &mut Vec<Job>, args: &RecvArgs) ->
         report(ctx, &job.envelope, &mb.name, word, code, elapsed, reason)?;
     }
     Ok(())
+}
+
+/// Kills the running handlers (their whole process groups) and gives their
+/// messages back: into `new/`, pending again in the index. How many.
+fn abandon(ctx: &mut Ctx, mb: &Mailbox, running: &mut Vec<Job>) -> Result<usize> {
+    let (mut given_back, now) = (0, ctx.clock.now_ms());
+    for mut job in running.drain(..) {
+        kill_group(&mut job.child);
+        let env = &job.envelope;
+        if !mb.unclaim(&env.id)? {
+            continue;
+        }
+        let tx = ctx.store()?.begin()?;
+        tx.record_requeued(&mb.name, env)?;
+        tx.event(
+            &Event {
+                kind: "requeued",
+                sender: Some(&env.from),
+                endpoint: Some(&mb.name),
+                message_id: Some(&env.id),
+                detail: json!({ "why": "consumer stopped at once" }),
+            },
+            now,
+        )?;
+        tx.commit()?;
+        let reason = "consumer stopped at once; handler killed";
+        report(
+            ctx,
+            env,
+            &mb.name,
+            "released",
+            None,
+            job.started.elapsed(),
+            Some(reason),
+        )?;
+        given_back += 1;
+    }
+    Ok(given_back)
 }
 
 /// Exit 0 acks; anything else is the nack reason.

@@ -369,6 +369,71 @@ fn sigint_lets_the_running_handler_finish_acks_it_and_exits_0() {
 }
 
 #[test]
+fn a_second_sigint_kills_the_handler_and_gives_its_message_back() {
+    let r = world(&["agent.b"]);
+    let d = scratch_dir(&r, "h");
+    // Runs until told (or 10 s), then leaves `finished.<id>`.
+    let handler = r#"echo $$ > "$D/pid"; touch "$D/started.$RELAY_MESSAGE_ID"; i=0; while [ ! -e "$D/go" ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done; touch "$D/finished.$RELAY_MESSAGE_ID""#;
+    let d_str = d.display().to_string();
+    let mut f = Proc::start(
+        &r,
+        &[
+            "recv", "agent.b", "--follow", "--exec", handler, "--json", "--lease", "5m",
+        ],
+        &[("D", &d_str)],
+    );
+    let id = send_from(&r, "agent.a", "agent.b", "work", None);
+    wait_until(secs(10), "the handler to start", || {
+        exists(&d, &format!("started.{id}"))
+    });
+
+    f.signal("INT");
+    f.stderr_line(secs(10), "signal again to stop now");
+    f.signal("INT");
+    let code = f.finish(secs(10));
+    if code != 130 {
+        f.fail(&format!(
+            "expected exit 130 after a second SIGINT, got {code}"
+        ));
+    }
+    assert!(
+        f.err
+            .seen
+            .iter()
+            .any(|l| l.contains("gave their messages back")),
+        "{}",
+        f.dump()
+    );
+    let released: Vec<Value> = f
+        .out
+        .seen
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(released.len(), 1, "{}", f.dump());
+    assert_eq!(
+        (released[0]["id"].as_str(), released[0]["outcome"].as_str()),
+        (Some(id.as_str()), Some("released"))
+    );
+    // Back in new/, pending, for the next consumer; the handler is dead.
+    assert!(r.files("agent.b", "cur").is_empty(), "left claimed");
+    assert_eq!(r.files("agent.b", "new"), vec![file(&id)]);
+    let pid = fs::read_to_string(d.join("pid")).expect("pid");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        "the handler (pid {pid}) is still running"
+    );
+    let next = r.cmd(["recv", "agent.b", "--json"]).success().json();
+    assert_eq!(next["id"], id.as_str());
+    let events = r
+        .cmd(["events", "--json", "--kind", "requeued"])
+        .success()
+        .json_lines();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["messageId"], id.as_str());
+}
+
+#[test]
 fn handler_env_names_the_message_and_its_own_send_joins_the_trace() {
     let r = world(&["agent.b", "agent.c"]);
     let id = r
