@@ -105,13 +105,12 @@ pub fn run(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<()> {
         if args.exec.is_none() && output::stdout_closed() {
             stop = true;
         }
-        let stopping = stop;
-        if stopping && running.is_empty() {
+        if stop && running.is_empty() {
             break;
         }
         let want = slots.saturating_sub(running.len()).min(limit - taken);
         let mut got = 0;
-        if want > 0 && !stopping {
+        if want > 0 && !stop {
             let batch = recv::take(ctx, mb, want, args.lease)?;
             got = batch.len();
             taken += got;
