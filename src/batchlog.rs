@@ -35,6 +35,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::clock::system_time_ms;
 use crate::envelope::{self, Envelope};
 use crate::error::{Error, IoContext, Result};
 use crate::home::{self, FILE_MODE, Home};
@@ -133,15 +134,11 @@ impl Log {
             fs::remove_file(path).ctx("cannot remove", path)?;
             self.file = None;
         }
-        let (file, path, len) = match &mut self.file {
+        let open = match &mut self.file {
             Some(open) => open,
             None => self.file.insert(create(home, &self.boot)?),
         };
-        file.write_all(&buf)
-            .and_then(|()| file.sync_data())
-            .ctx("cannot write the batch log", path)?;
-        *len += buf.len() as u64;
-        Ok(())
+        write_synced(open, &buf)
     }
 
     /// Cancels appended copies whose delivery failed (they are reported
@@ -149,16 +146,19 @@ impl Log {
     pub fn cancel<'a>(&mut self, copies: impl Iterator<Item = (&'a str, &'a str)>) -> Result<()> {
         let buf: String = copies.map(|(ep, id)| format!("{ep} {id} -\n")).collect();
         match &mut self.file {
-            Some((file, path, len)) if !buf.is_empty() => {
-                file.write_all(buf.as_bytes())
-                    .and_then(|()| file.sync_data())
-                    .ctx("cannot write the batch log", path)?;
-                *len += buf.len() as u64;
-                Ok(())
-            }
+            Some(open) if !buf.is_empty() => write_synced(open, buf.as_bytes()),
             _ => Ok(()),
         }
     }
+}
+
+/// Appends `buf` to an open log (file, path, length) and fdatasyncs it.
+fn write_synced((file, path, len): &mut (File, PathBuf, u64), buf: &[u8]) -> Result<()> {
+    file.write_all(buf)
+        .and_then(|()| file.sync_data())
+        .ctx("cannot write the batch log", path)?;
+    *len += buf.len() as u64;
+    Ok(())
 }
 
 /// Creates a new log: locked and given its header under a name settling
@@ -315,15 +315,11 @@ fn scan(home: &Home, now: u64, force: bool) -> (Vec<Due>, bool) {
     (due, remain)
 }
 
-/// Milliseconds since `path` was last written, at `now`.
+/// Milliseconds since `path` was last written, at `now` (unknown: oldest).
 fn age(path: &Path, now: u64) -> u64 {
     fs::metadata(path)
         .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(u64::MAX, |d| {
-            now.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        })
+        .map_or(u64::MAX, |t| now.saturating_sub(system_time_ms(t)))
 }
 
 /// The log at `path`, locked, if it is due (`Ok(None)`: not yet, or gone).

@@ -223,6 +223,13 @@ impl Mailbox {
         Ok(())
     }
 
+    /// `place` over a file that may exist already, and over the `tmp/` file
+    /// an earlier writer of the same name may have left when it crashed.
+    fn place_over(&self, name: &str, bytes: &[u8], sub: &str, sync: bool) -> Result<()> {
+        let _ = fs::remove_file(self.sub("tmp").join(name));
+        self.place(name, bytes, sub, sync, sync)
+    }
+
     /// Files in `tmp/` older than `max_age_ms` at `now`, with their ages:
     /// left by writers that crashed before their rename, never delivered.
     #[must_use]
@@ -412,9 +419,7 @@ impl Mailbox {
         if fs::read(self.file(sub, id)).is_ok_and(|b| b == bytes) {
             return Ok(false);
         }
-        let name = file_name(id);
-        let _ = fs::remove_file(self.sub("tmp").join(&name));
-        self.place(&name, bytes, sub, false, false)?;
+        self.place_over(&file_name(id), bytes, sub, false)?;
         Ok(true)
     }
 
@@ -564,10 +569,7 @@ impl Mailbox {
         };
         let bytes = serde_json::to_vec_pretty(&sidecar)
             .map_err(|e| Error::Data(format!("cannot serialize reason for {id}: {e}")))?;
-        let name = format!("{id}{REASON_EXT}");
-        // A nack that crashed mid-write may have left this tmp file behind.
-        let _ = fs::remove_file(self.sub("tmp").join(&name));
-        self.place(&name, &bytes, "failed", true, true)
+        self.place_over(&format!("{id}{REASON_EXT}"), &bytes, "failed", true)
     }
 }
 

@@ -217,13 +217,13 @@ pub fn deliver(
     }
     let home = &ctx.home;
     let written: Vec<Result<()>> = match durability {
-        Durability::PerMessage => parallel_map(&work, |(_, _, ep, copy)| {
-            Mailbox::at(home, ep).deliver(copy, true)
-        }),
-        Durability::None => parallel_map(&work, |(_, _, ep, copy)| {
-            Mailbox::at(home, ep).deliver(copy, false)
-        }),
         Durability::Logged(log) => logged_commit(home, log, &work)?,
+        plain => {
+            let sync = matches!(plain, Durability::PerMessage);
+            parallel_map(&work, |(_, _, ep, copy)| {
+                Mailbox::at(home, ep).deliver(copy, sync)
+            })
+        }
     };
     let mut io_failures: Vec<(usize, String, bool)> = Vec::new();
     for ((j, i, ep, copy), result) in work.into_iter().zip(written) {
