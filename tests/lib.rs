@@ -14,6 +14,7 @@ mod config_cmd; // `relay config` show/get/set/validate/path; every invalid knob
 mod crash; // kill -9 harness: acknowledged sends survive exactly once, nothing partial, doctor consistent
 mod disabled; // every reliability feature off: relay behaves as the core
 mod endpoints; // endpoints add/list/remove and their JSON
+mod faults; // issue 11: one module per fault class (disk, foreign, own files, locks, leases, clock, scale, maintenance, serve)
 mod foreign; // files other programs leave: DorkOS envelopes, stray and malformed files
 mod fuzz; // proptest: envelope parser, subject validator, config parser never panic
 mod generated;

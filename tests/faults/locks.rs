@@ -1,0 +1,1 @@
+//! Fault class tests: see `tests/faults.rs`.
