@@ -155,7 +155,7 @@ pub enum Transition {
 /// phase transitions it caused (in order).
 #[must_use]
 pub fn step(s: &State, event: Event, p: &Policy, now: u64) -> (State, Decision, Vec<Transition>) {
-    let mut s = *s;
+    let mut s = rebased(s, p, now);
     let mut transitions = Vec::new();
     // Time-driven moves first: an open breaker past its cooldown half-opens;
     // half-open probes unresolved for a whole cooldown count as failed.
@@ -265,6 +265,32 @@ fn open(s: &mut State, p: &Policy, now: u64, transitions: &mut Vec<Transition>) 
     s.probes_in_flight = 0;
     s.successes = 0;
     transitions.push(Transition::Opened);
+}
+
+/// `s` with its times brought back to `now` if the wall clock was stepped
+/// back since they were written (a time later than `now`): a cooldown or a
+/// probe timeout then runs its configured length from `now` at most,
+/// instead of that length plus the step (a 30 s cooldown shown as "next
+/// probe in 59m" after a step back of an hour).
+#[must_use]
+pub fn rebased(s: &State, p: &Policy, now: u64) -> State {
+    let mut s = *s;
+    if s.opened_at > now {
+        // Open: the cooldown (or the operator's `open --for`) it was set
+        // for, measured from now.
+        let length = s.next_probe_at.saturating_sub(s.opened_at);
+        s.opened_at = now;
+        if s.phase == Phase::Open {
+            s.next_probe_at = now.saturating_add(length);
+        }
+    }
+    if s.phase == Phase::HalfOpen {
+        // Unresolved probes time out one cooldown after half-opening.
+        s.next_probe_at = s
+            .next_probe_at
+            .min(now.saturating_add(p.cooldown(s.trips.max(1))));
+    }
+    s
 }
 
 /// The phase an observer at `now` should be shown (an open breaker whose
@@ -414,6 +440,112 @@ mod tests {
                 retry_after_ms: 480
             }
         );
+    }
+
+    const HOUR: u64 = 3_600_000;
+    const T: u64 = 1_767_225_600_000;
+
+    #[test]
+    fn a_clock_step_back_leaves_the_cooldown_its_length() {
+        let (s, _, _) = run(State::default(), &[(fail(), T); 5]);
+        // Stepped back an hour, 10 s after the trip: "next probe in 30s",
+        // not "in 1h".
+        let back = T - HOUR + 10_000;
+        let (s2, d, _) = step(&s, Event::Send, &P, back);
+        assert_eq!(
+            d,
+            Decision::Reject {
+                retry_after_ms: 30_000
+            }
+        );
+        assert_eq!((s2.opened_at, s2.next_probe_at), (back, back + 30_000));
+        // The cooldown ends 30 s later, on the clock as it now runs.
+        assert_eq!(
+            step(&s2, Event::Send, &P, back + 29_999).1,
+            Decision::Reject { retry_after_ms: 1 }
+        );
+        assert_eq!(step(&s2, Event::Send, &P, back + 30_000).1, Decision::Probe);
+        // Unchanged without a step.
+        assert_eq!(rebased(&s, &P, T + 5), s);
+    }
+
+    #[test]
+    fn a_clock_step_back_keeps_a_forced_opening_its_length() {
+        let (s, _, _) = step(
+            &State::default(),
+            Event::ForceOpen { until: T + 600_000 },
+            &P,
+            T,
+        );
+        let (_, d, _) = step(&s, Event::Send, &P, T - HOUR);
+        assert_eq!(
+            d,
+            Decision::Reject {
+                retry_after_ms: 600_000
+            }
+        );
+    }
+
+    #[test]
+    fn a_clock_step_back_leaves_unresolved_probes_one_cooldown() {
+        let (s, _, _) = run(State::default(), &[(fail(), T); 5]);
+        let (s, d, _) = run(s, &[(Event::Send, T + 30_000)]);
+        assert_eq!(d, vec![Decision::Probe]);
+        let back = T - HOUR;
+        let (s2, d, t) = step(&s, Event::Send, &P, back);
+        assert!(t.is_empty());
+        assert_eq!(
+            d,
+            Decision::Reject {
+                retry_after_ms: 30_000
+            }
+        );
+        // The probe times out (a failure: open again) a cooldown later.
+        let (s3, _, t) = step(&s2, Event::Send, &P, back + 30_000);
+        assert_eq!(t, vec![Transition::Opened]);
+        assert_eq!(s3.next_probe_at, back + 60_000);
+    }
+
+    /// Property: with the clock stepping back at random, a refusal never
+    /// asks to wait longer than a cooldown, and once an open breaker's
+    /// retry-after has passed (the clock running forward) a probe is let
+    /// through.
+    #[test]
+    fn retry_after_never_exceeds_the_cooldown_across_clock_steps() {
+        let mut seed = 0x0123_4567_89AB_CDEF_u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..300 {
+            let (mut s, mut now) = (State::default(), T);
+            for _ in 0..300 {
+                now = match rand() % 8 {
+                    0 => now - rand() % (24 * HOUR),
+                    _ => now + rand() % 20_000,
+                };
+                let event = match rand() % 3 {
+                    0 => Event::Send,
+                    1 => Event::Success {
+                        probe: rand() % 2 == 0,
+                    },
+                    _ => fail(),
+                };
+                let (n, d, _) = step(&s, event, &P, now);
+                s = n;
+                if let Decision::Reject { retry_after_ms } = d {
+                    assert!(retry_after_ms <= P.cooldown_ms, "case {case}: {d:?}");
+                    if s.phase == Phase::Open {
+                        let later = now + retry_after_ms;
+                        let (n, d, _) = step(&s, Event::Send, &P, later);
+                        assert_eq!(d, Decision::Probe, "case {case}");
+                        (s, now) = (n, later);
+                    }
+                }
+            }
+        }
     }
 
     /// Property: whatever the sequence, a half-open breaker never has more

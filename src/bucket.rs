@@ -51,15 +51,17 @@ impl State {
         }
     }
 
-    /// The state refilled up to `now` (time never runs backwards here: a
-    /// clock step back just adds nothing).
+    /// The state refilled up to `now`. A stored time later than `now` means
+    /// the wall clock was stepped back since: it counts as `now`, so the
+    /// step adds nothing and the bucket refills from `now` on (keeping the
+    /// later time would freeze it until the clock caught up).
     #[must_use]
     pub fn refilled(&self, policy: &Policy, now: u64) -> Self {
         #[allow(clippy::cast_precision_loss)]
-        let elapsed = now.saturating_sub(self.updated_at) as f64;
+        let elapsed = (now - self.updated_at.min(now)) as f64;
         State {
             tokens: (self.tokens + elapsed * policy.refill_per_ms).min(policy.capacity),
-            updated_at: now.max(self.updated_at),
+            updated_at: now,
         }
     }
 }
@@ -177,15 +179,65 @@ mod tests {
     }
 
     #[test]
-    fn clock_going_back_adds_nothing() {
-        let p = policy(10, 10);
+    fn clock_going_back_adds_nothing_and_refills_from_then_on() {
+        let p = policy(10, 10); // one token per second
         let s = State {
             tokens: 0.0,
             updated_at: 5000,
         };
         let r = s.refilled(&p, 1000);
         assert!(r.tokens.abs() < 1e-12);
-        assert_eq!(r.updated_at, 5000);
+        assert_eq!(r.updated_at, 1000);
+        // The next token is due one refill period after the step, not at
+        // the time written before it.
+        assert_eq!(
+            take(&s, &p, 1000).1,
+            Decision::Hard {
+                capacity: 10,
+                retry_after_ms: 1000
+            }
+        );
+        let (_, d) = take(&take(&s, &p, 1000).0, &p, 2000);
+        assert!(!matches!(d, Decision::Hard { .. }), "{d:?}");
+    }
+
+    /// Property: whatever the clock does (steps back included), a refusal's
+    /// retry-after is never longer than one token's refill time, and a send
+    /// made that long after a refusal, with the clock running forward, is
+    /// admitted.
+    #[test]
+    fn retry_after_is_the_truth_across_clock_steps() {
+        let mut seed = 0x2545_F491_4F6C_DD1D_u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..200 {
+            let p = policy(1 + rand() % 50, 1 + rand() % 3600);
+            let refill_ms = (1.0 / p.refill_per_ms).ceil();
+            let mut s = State::full(&p, 1_000_000_000_000);
+            let mut now = 1_000_000_000_000u64;
+            for _ in 0..300 {
+                now = match rand() % 10 {
+                    // A step back of up to a day.
+                    0 => now - rand() % 86_400_000,
+                    _ => now + rand() % 5000,
+                };
+                let (n, d) = take(&s, &p, now);
+                s = n;
+                if let Decision::Hard { retry_after_ms, .. } = d {
+                    #[allow(clippy::cast_precision_loss)]
+                    let shown = retry_after_ms as f64;
+                    assert!(shown <= refill_ms, "case {case}: retry in {retry_after_ms}");
+                    let (n, d) = take(&s, &p, now + retry_after_ms);
+                    assert!(!matches!(d, Decision::Hard { .. }), "case {case}: {d:?}");
+                    s = n;
+                    now += retry_after_ms;
+                }
+            }
+        }
     }
 
     #[test]
