@@ -153,6 +153,7 @@ pub fn deliver(
     let mut locks = Vec::new();
     let mut depth: BTreeMap<String, u64> = BTreeMap::new();
     if rel.backpressure.enabled {
+        room_for_locks(eps.len())?;
         let quiet = policy(&rel.backpressure).quiet_below();
         // At most this many copies per endpoint join it now.
         let mut adding: BTreeMap<&str, u64> = BTreeMap::new();
@@ -428,6 +429,53 @@ fn decide<L: Ledger>(
         }
     }
     Ok(())
+}
+
+/// Files a send may have open besides its mailbox locks: stdio, the state
+/// slots, the index and its journal, the batch log, and a message file and
+/// a directory per delivery thread.
+const SPARE_FDS: u64 = 64;
+/// Open files every process may have (macOS's default soft limit, the
+/// lowest in use): a send needing fewer does not ask.
+const FDS_ANYWHERE: u64 = 256;
+
+/// Makes sure this process may hold `n` mailbox locks (one open directory
+/// each, for exact depths from the count to the rename) and its other
+/// files at once, raising its soft limit up to the hard one if needed.
+/// When even the hard limit is too low, the send is refused before
+/// anything is written, instead of failing half-way for lack of files.
+fn room_for_locks(n: usize) -> Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let need = u64::try_from(n)
+        .unwrap_or(u64::MAX)
+        .saturating_add(SPARE_FDS);
+    if need <= FDS_ANYWHERE {
+        return Ok(());
+    }
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    let (soft, hard) = (
+        limit.current.unwrap_or(u64::MAX),
+        limit.maximum.unwrap_or(u64::MAX),
+    );
+    if need <= soft {
+        return Ok(());
+    }
+    let raised = Rlimit {
+        current: Some(need),
+        maximum: limit.maximum,
+    };
+    if need <= hard && setrlimit(Resource::Nofile, raised).is_ok() {
+        return Ok(());
+    }
+    let allowed = if need > hard { hard } else { soft };
+    Err(Error::Refused {
+        message: format!(
+            "a send to {n} endpoints holds all their mailbox locks at once and needs about {need} open files, more than the {allowed} this process may open; nothing was sent: raise the limit (e.g. ulimit -n {}) or send to fewer endpoints at a time",
+            need.next_power_of_two()
+        ),
+        retry_after_ms: None,
+    })
 }
 
 /// The pure backpressure policy of the configuration.

@@ -19,6 +19,7 @@ use crate::notice;
 use crate::output;
 use crate::pipeline::{self, Delivery, Durability, Fate, Job};
 use crate::pressure::Priority;
+use crate::reliability::{self, RateOutcome};
 use crate::store::SentRow;
 use crate::subject;
 
@@ -394,9 +395,17 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
                     &format!("line {number}"),
                 ))
             } else {
-                serde_json::from_str::<Request>(&line).map_err(|e| {
-                    Error::Data(format!("not a send request {{subject, payload, ...}}: {e}"))
-                })
+                serde_json::from_str::<Request>(&line)
+                    .map_err(|e| {
+                        Error::Data(format!("not a send request {{subject, payload, ...}}: {e}"))
+                    })
+                    .and_then(|req| {
+                        let size = payload_size(&req.payload);
+                        if size > cap {
+                            return Err(too_big(&size.to_string(), cap, &format!("line {number}")));
+                        }
+                        Ok(req)
+                    })
             };
             match parsed.and_then(|req| prepare(ctx, args, req, &mut seen, now)) {
                 Ok(job) => {
@@ -560,11 +569,28 @@ fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &st
         )));
     }
     let now = ctx.clock.now_ms();
+    // A refused send costs its sender a token like a delivered one, so a
+    // runaway sender cannot fill failed/ with sends that match nothing or
+    // are denied: past its limit they are refused and nothing is written.
+    let ledger = Fast::new(ctx.home.root());
+    let rate =
+        reliability::rate_limit(&ledger, &ctx.config.reliability.rate_limit, &env.from, now)?;
+    ledger.state().release()?;
+    if let RateOutcome::Hard {
+        message,
+        retry_after_ms,
+    } = rate
+    {
+        ledger.commit()?;
+        return Err(Error::Refused {
+            message: format!("{message}; message {} was not sent", env.id),
+            retry_after_ms: Some(retry_after_ms),
+        });
+    }
     let mb = Mailbox::at(&ctx.home, &env.subject);
     mb.dead_letter(env, reason, code, now)?;
     let notice = notice::send(&ctx.home, env, &env.subject, code, reason, now)?;
     // Accounted like the pipeline's dead letters: in the journal, no index.
-    let ledger = Fast::new(ctx.home.root());
     ledger.dead_letter_row(
         &SentRow {
             endpoint: &env.subject,
@@ -676,6 +702,31 @@ fn read_capped(r: impl Read, cap: u64, what: &str) -> Result<Vec<u8>> {
         return Err(too_big(&format!("over {cap}"), cap, what));
     }
     Ok(buf)
+}
+
+/// A batch line's payload measured as a single send measures its own: a
+/// string by its text, other JSON by its compact encoding (as stored).
+fn payload_size(payload: &Value) -> u64 {
+    /// Counts what is written to it.
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    match payload {
+        Value::String(text) => text.len() as u64,
+        other => {
+            let mut count = Count(0);
+            // Writing to a counter cannot fail.
+            let _ = serde_json::to_writer(&mut count, other);
+            count.0
+        }
+    }
 }
 
 fn too_big(size: &str, cap: u64, what: &str) -> Error {
