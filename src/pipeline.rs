@@ -365,8 +365,14 @@ fn decide<L: Ledger>(
             pressure_events = backpressure(job, depth, &rel.backpressure);
         }
         let env = &job.env;
-        // A send no endpoint can take is not charged a token.
-        let rate = if job.open().next().is_some() {
+        // A send that writes nothing (every endpoint refused it for now) is
+        // not charged a token; one that writes dead letters is, so a
+        // runaway sender cannot fill failed/ with budget rejections.
+        let writes = job
+            .fates
+            .iter()
+            .any(|(_, f)| matches!(f, None | Some(Fate::DeadLettered(..))));
+        let rate = if writes {
             reliability::rate_limit(ledger, &rel.rate_limit, &env.from, now)?
         } else {
             RateOutcome::Admit

@@ -154,6 +154,36 @@ fn a_runaway_sender_denied_by_access_rules_is_rate_limited() {
     assert!(r.files("agent.b", "new").is_empty());
 }
 
+#[test]
+fn a_runaway_handler_loop_rejected_by_its_budget_is_rate_limited() {
+    // A handler of agent.b re-sending to agent.b: every send is a cycle,
+    // dead-lettered at its only endpoint.
+    let r = Relay::new();
+    r.add(&["agent.b"]);
+    r.write_file(
+        "config.json",
+        r#"{"reliability":{"rateLimit":{"maxPerWindow":4,"windowSecs":60}}}"#,
+    );
+    let budget = r#"{"hopCount":1,"maxHops":5,"ancestorChain":["agent.b"],"ttl":4102444800000,"callBudgetRemaining":9}"#;
+    let send = || {
+        r.cmd(["send", "agent.b", "again", "--from", "agent.b"])
+            .env("RELAY_BUDGET", budget)
+            .at(T)
+            .run()
+    };
+    for _ in 0..4 {
+        send().code(65).stderr_has(&["cycle detected"]);
+    }
+    assert_eq!(dead_letters(&r, "agent.b"), 4);
+    for _ in 0..10 {
+        send()
+            .code(75)
+            .stderr_has(&["rate limit exceeded for sender 'agent.b'"]);
+    }
+    assert_eq!(dead_letters(&r, "agent.b"), 4, "failed/ stops growing");
+    assert!(r.files("agent.b", "new").is_empty());
+}
+
 /// Runs `relay ARGS` under `sh -c 'ulimit LIMIT; exec relay ARGS'`.
 fn under_ulimit(r: &Relay, limit: &str, args: &[&str]) -> std::process::Output {
     let mut c = std::process::Command::new("sh");
