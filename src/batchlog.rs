@@ -166,9 +166,8 @@ fn write_synced((file, path, len): &mut (File, PathBuf, u64), buf: &[u8]) -> Res
 /// both names are made durable.
 fn create(home: &Home, boot: &str) -> Result<(File, PathBuf, u64)> {
     let dir = dir(home);
-    if !dir.is_dir() {
-        home::create_dir_secure(&dir, false)?;
-    }
+    home::create_dir_secure(&dir, false)?;
+    home::check_dir(&dir, "batch log directory")?;
     home::sync_dir(home.root())?;
     let name = envelope::random_ulid();
     let (new, path) = (
@@ -270,7 +269,14 @@ struct Due {
 fn scan(home: &Home, now: u64, force: bool) -> (Vec<Due>, bool) {
     let dir = dir(home);
     let rd = match fs::read_dir(&dir) {
-        Ok(rd) => rd,
+        Ok(rd) => {
+            // A symlink out of the home is neither read nor replayed.
+            if let Err(e) = home::check_dir(&dir, "batch log directory") {
+                output::warn(&format!("{e}; its batch logs wait"));
+                return (Vec::new(), true);
+            }
+            rd
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), false),
         Err(e) => {
             output::warn(&format!(
@@ -292,7 +298,9 @@ fn scan(home: &Home, now: u64, force: bool) -> (Vec<Due>, bool) {
             // A batch killed before naming its log: a header at most (a
             // live one holds its lock).
             Some("new") if age >= RETIRE_AFTER_MS => {
-                if File::open(&path).is_ok_and(|f| f.try_lock().is_ok()) {
+                if home::open_regular(&path, rustix::fs::OFlags::RDONLY, 0)
+                    .is_ok_and(|(f, _)| f.try_lock().is_ok())
+                {
                     let _ = fs::remove_file(&path);
                 }
                 continue;
@@ -324,10 +332,15 @@ fn age(path: &Path, now: u64) -> u64 {
 
 /// The log at `path`, locked, if it is due (`Ok(None)`: not yet, or gone).
 fn open_due(path: &Path, boot: Option<&str>, age: u64) -> std::io::Result<Option<Due>> {
-    let mut file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+    let mut file = match home::open_regular(path, rustix::fs::OFlags::RDONLY, 0) {
+        Ok((f, _)) => f,
+        Err(home::Unreadable::Missing) => return Ok(None),
+        Err(home::Unreadable::NotRegular(kind)) => {
+            return Err(std::io::Error::other(format!(
+                "it is a {kind}, not a regular file (remove it: relay never follows or reads it)"
+            )));
+        }
+        Err(e) => return Err(e.into_io()),
     };
     let mut head = Vec::with_capacity(HEADER_MAX);
     (&mut file).take(HEADER_MAX as u64).read_to_end(&mut head)?;
@@ -430,6 +443,17 @@ fn replay(home: &Home, store: &mut Store, entries: &[Entry<'_>], now: u64) -> Re
     // (endpoint, envelope, where it was written, whether it needs a row)
     let mut restored = Vec::new();
     for e in entries {
+        // A log is relay's own file, but a damaged or planted one must not
+        // lead a write out of the mailboxes.
+        if crate::subject::validate_subject(e.endpoint, "endpoint").is_err()
+            || crate::maildir::validate_id(e.id).is_err()
+        {
+            output::warn(&format!(
+                "batch log entry for endpoint '{}' id '{}' names no mailbox file; skipped it",
+                e.endpoint, e.id
+            ));
+            continue;
+        }
         let mb = Mailbox::at(home, e.endpoint);
         if !mb.is_endpoint() {
             continue;

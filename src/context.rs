@@ -29,13 +29,14 @@ impl Ctx {
     /// `load_config` is false: defaults then); config warnings (unknown
     /// keys) are printed to stderr.
     pub fn new(home: Option<PathBuf>, json: bool, load_config: bool) -> Result<Self> {
-        let home = Home::resolve(home)?;
+        let mut home = Home::resolve(home)?;
         home.ensure()?;
         let config = if load_config {
             config::load(&home.config_file())?
         } else {
             Config::default()
         };
+        home.set_payload_cap(config.max_payload_bytes);
         for w in &config.warnings {
             output::warn(w);
         }

@@ -11,15 +11,13 @@
 //! their journal key), so a crash anywhere only replays records the index
 //! already has.
 
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{IoContext, Result};
-use crate::home::FILE_MODE;
+use crate::home;
 use crate::store::{Event, SentRow};
 
 /// `journal` in `dir` (the relay home).
@@ -154,17 +152,15 @@ impl Journal {
         if self.buf.len() <= 1 {
             return Ok(0);
         }
+        use rustix::fs::OFlags;
         let path = file(dir);
-        let mut f = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(FILE_MODE)
-            .open(&path)
-            .ctx("cannot open", &path)?;
+        let (mut f, md) = home::create_own(&path, OFlags::WRONLY | OFlags::APPEND, "journal")?;
         f.lock_shared().ctx("cannot lock", &path)?;
         f.write_all(&self.buf).ctx("cannot append to", &path)?;
+        let appended = self.buf.len() as u64;
         self.buf.truncate(1);
-        Ok(f.metadata().map_or(0, |m| m.len()))
+        // At least this much: other sends may have appended meanwhile.
+        Ok(md.len() + appended)
     }
 }
 

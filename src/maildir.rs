@@ -75,6 +75,8 @@ pub struct Mailbox {
     /// The endpoint subject (= directory name).
     pub name: String,
     dir: PathBuf,
+    /// The largest message file read (`Home::message_cap`).
+    cap: u64,
 }
 
 impl Mailbox {
@@ -84,6 +86,7 @@ impl Mailbox {
         Mailbox {
             name: name.to_string(),
             dir: home.mailboxes().join(name),
+            cap: home.message_cap(),
         }
     }
 
@@ -373,7 +376,20 @@ impl Mailbox {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue, // another receiver won
                 Err(e) => return Err(Error::io("cannot claim", &from, e)),
             }
-            let bytes = fs::read(&to).ctx("cannot read", &to)?;
+            // Anything but a regular file of a sane size (a FIFO, a
+            // directory, a symlink, a device, 256 MiB) is dead-lettered
+            // unread: it can neither hang nor exhaust this receiver.
+            let bytes = match home::read_regular(&to, self.cap) {
+                Ok(bytes) => bytes,
+                Err(home::Unreadable::Missing) => continue,
+                Err(home::Unreadable::Io(e)) => return Err(Error::io("cannot read", &to, e)),
+                Err(why) => {
+                    let problem = format!("not read: {why}");
+                    self.fail(&id, Value::Null, &problem, "malformed", now)?;
+                    quarantined.push(Quarantined { id, problem });
+                    continue;
+                }
+            };
             let parsed = Envelope::parse(&bytes).and_then(|env| {
                 if env.id == id {
                     Ok(env)
@@ -416,7 +432,7 @@ impl Mailbox {
     /// replacing it otherwise (after a power loss a name can reach the disk
     /// without its data). Whether it wrote.
     pub fn restore(&self, sub: &str, id: &str, bytes: &[u8]) -> Result<bool> {
-        if fs::read(self.file(sub, id)).is_ok_and(|b| b == bytes) {
+        if self.read(sub, id).is_ok_and(|b| b == bytes) {
             return Ok(false);
         }
         self.place_over(&file_name(id), bytes, sub, false)?;
@@ -426,15 +442,21 @@ impl Mailbox {
     /// The envelope at `<sub>/<id>.json`, if it is one.
     #[must_use]
     pub fn read_envelope(&self, sub: &str, id: &str) -> Option<Envelope> {
-        fs::read(self.file(sub, id))
+        self.read(sub, id)
             .ok()
             .and_then(|b| Envelope::parse(&b).ok())
+    }
+
+    /// The bytes of `<sub>/<id>.json` if it is a regular file within the
+    /// read cap (never a symlink followed, a FIFO waited on, a huge file).
+    pub fn read(&self, sub: &str, id: &str) -> std::result::Result<Vec<u8>, home::Unreadable> {
+        home::read_regular(&self.file(sub, id), self.cap)
     }
 
     /// The file `<sub>/<id>.json` as JSON, whatever its shape.
     #[must_use]
     pub fn read_json(&self, sub: &str, id: &str) -> Option<Value> {
-        fs::read(self.file(sub, id))
+        self.read(sub, id)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
     }
@@ -442,8 +464,11 @@ impl Mailbox {
     /// The reason sidecar of dead letter `id`, if readable.
     #[must_use]
     pub fn read_reason(&self, id: &str) -> Option<Reason> {
-        fs::read(self.sub("failed").join(format!("{id}{REASON_EXT}")))
-            .ok()
+        home::read_regular(
+            &self.sub("failed").join(format!("{id}{REASON_EXT}")),
+            self.cap,
+        )
+        .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
@@ -529,7 +554,7 @@ impl Mailbox {
             Err(e) => return Err(Error::io("cannot dead-letter", &from, e)),
         }
         let envelope = if envelope.is_null() {
-            fs::read(&to)
+            home::read_regular(&to, self.cap)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or(Value::Null)

@@ -31,13 +31,28 @@ pub fn is_notifiable(code: &str) -> bool {
 
 /// Where a notice went.
 #[derive(Debug)]
-pub struct Sent {
-    /// The mailbox it landed in (or was dead-lettered under).
-    pub endpoint: String,
-    /// The notice as written.
-    pub envelope: Envelope,
-    /// Whether it was delivered (false: dead-lettered, no endpoint).
-    pub delivered: bool,
+pub enum Sent {
+    /// Written: delivered, or dead-lettered where no endpoint took it.
+    Written {
+        /// The mailbox it landed in (or was dead-lettered under).
+        endpoint: String,
+        /// The notice as written.
+        envelope: Envelope,
+        /// Whether it was delivered (false: dead-lettered, no endpoint).
+        delivered: bool,
+    },
+    /// Not written: the original's `replyTo` (written by another program)
+    /// is no subject, so it cannot name a mailbox inside the home.
+    Refused {
+        /// The message the notice was about.
+        about: String,
+        /// The `replyTo` as found.
+        reply_to: String,
+        /// Why it is not a subject.
+        problem: String,
+        /// The dead-letter code of the original.
+        code: String,
+    },
 }
 
 /// Builds and delivers the notice for `original` dead-lettered at
@@ -56,6 +71,15 @@ pub fn send(
     };
     if !is_notifiable(code) || original.from == NOTICE_SENDER {
         return Ok(None);
+    }
+    // Another program may have written anything there ("/tmp/x", "../..").
+    if let Err(e) = crate::subject::validate_subject(reply_to, "replyTo") {
+        return Ok(Some(Sent::Refused {
+            about: original.id.clone(),
+            reply_to: reply_to.to_string(),
+            problem: e.to_string(),
+            code: code.to_string(),
+        }));
     }
     let id = crate::envelope::new_id(now);
     let mut notice = Envelope {
@@ -92,7 +116,7 @@ pub fn send(
         notice.budget.ancestor_chain.push(reply_to.to_string());
         notice.budget.call_budget_remaining -= 1;
         mb.deliver(&notice, true)?;
-        return Ok(Some(Sent {
+        return Ok(Some(Sent::Written {
             endpoint: reply_to.to_string(),
             envelope: notice,
             delivered: true,
@@ -104,21 +128,46 @@ pub fn send(
         "no_match",
         now,
     )?;
-    Ok(Some(Sent {
+    Ok(Some(Sent::Written {
         endpoint: reply_to.to_string(),
         envelope: notice,
         delivered: false,
     }))
 }
 
-/// Indexes a sent notice and records a `failure_notice` event.
+/// Indexes a sent notice and records a `failure_notice` event, or a
+/// `failure_notice_refused` event for a notice not written.
 pub fn record(tx: &impl crate::ledger::Ledger, sent: &Sent, now: u64) -> Result<()> {
+    let (endpoint, envelope, delivered) = match sent {
+        Sent::Written {
+            endpoint,
+            envelope,
+            delivered,
+        } => (endpoint, envelope, *delivered),
+        Sent::Refused {
+            about,
+            reply_to,
+            problem,
+            code,
+        } => {
+            return tx.event(
+                &crate::store::Event {
+                    kind: "failure_notice_refused",
+                    sender: Some(NOTICE_SENDER),
+                    endpoint: None,
+                    message_id: Some(about),
+                    detail: json!({ "replyTo": reply_to, "code": code, "problem": problem }),
+                },
+                now,
+            );
+        }
+    };
     let failure =
-        (!sent.delivered).then_some(("no_match", "no endpoint for the failure notice's replyTo"));
+        (!delivered).then_some(("no_match", "no endpoint for the failure notice's replyTo"));
     tx.record_sent(
         &[crate::store::SentRow {
-            endpoint: &sent.endpoint,
-            envelope: &sent.envelope,
+            endpoint,
+            envelope,
             failure,
             probe: false,
         }],
@@ -128,12 +177,12 @@ pub fn record(tx: &impl crate::ledger::Ledger, sent: &Sent, now: u64) -> Result<
         &crate::store::Event {
             kind: "failure_notice",
             sender: Some(NOTICE_SENDER),
-            endpoint: Some(&sent.endpoint),
-            message_id: Some(&sent.envelope.id),
+            endpoint: Some(endpoint),
+            message_id: Some(&envelope.id),
             detail: json!({
-                "about": sent.envelope.payload.get("messageId"),
-                "code": sent.envelope.payload.get("code"),
-                "delivered": sent.delivered,
+                "about": envelope.payload.get("messageId"),
+                "code": envelope.payload.get("code"),
+                "delivered": delivered,
             }),
         },
         now,

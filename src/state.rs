@@ -15,15 +15,13 @@
 //! which costs no message (the Maildir is the truth).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
-use crate::home::FILE_MODE;
 use crate::{breaker, bucket};
 
 /// A sender's bucket with its hit counters.
@@ -196,26 +194,44 @@ impl Locked {
         };
         let json = serde_json::to_vec(&self.state)
             .map_err(|e| Error::Data(format!("cannot encode the reliability state: {e}")))?;
+        // Read generations are below GENERATION_MAX (a slot claiming more
+        // is invalid), so this cannot wrap; at the limit numbering starts
+        // over and the other slot is emptied below.
+        let next = newer.generation.max(older.generation) + 1;
+        let renumber = next >= GENERATION_MAX;
         let mut bytes = format!(
             "{MAGIC} {} {} {:016x}\n",
-            newer.generation.max(older.generation) + 1,
+            if renumber { 1 } else { next },
             json.len(),
             checksum(&json)
         )
         .into_bytes();
         bytes.extend_from_slice(&json);
-        // Spaces over what a longer earlier state left: no truncate, so the
-        // write is one call.
-        bytes.resize(bytes.len().max(older.len), b' ');
         bytes.push(b'\n');
         older
             .file
             .write_all_at(&bytes, 0)
-            .ctx("cannot write", &older.path)
+            .ctx("cannot write", &older.path)?;
+        // A shorter state than the slot held: cut the rest (the header's
+        // length already ignores it, so a crash before this is harmless).
+        if bytes.len() < older.len {
+            older
+                .file
+                .set_len(bytes.len() as u64)
+                .ctx("cannot shorten", &older.path)?;
+        }
+        if renumber {
+            newer.file.set_len(0).ctx("cannot empty", &newer.path)?;
+        }
+        Ok(())
     }
 }
 
 const MAGIC: &str = "relay-state";
+/// Generations at or above this are not ones relay wrote (2^62 saves is
+/// beyond any lifetime): such a slot is ignored, so the counter can never
+/// wrap and leave a stale slot forever newer than every save.
+const GENERATION_MAX: u64 = 1 << 62;
 
 /// FNV-1a, 64 bits: enough to tell a torn slot from a whole one.
 fn checksum(bytes: &[u8]) -> u64 {
@@ -225,14 +241,7 @@ fn checksum(bytes: &[u8]) -> u64 {
 }
 
 fn open_slot(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(FILE_MODE)
-        .open(path)
-        .ctx("cannot open", path)
+    Ok(crate::home::create_own(path, rustix::fs::OFlags::RDWR, "state slot")?.0)
 }
 
 /// Reads a slot: its state if the header and checksum hold.
@@ -256,7 +265,11 @@ fn parse_slot(raw: &[u8]) -> Option<(u64, State)> {
     if words.next()? != MAGIC {
         return None;
     }
-    let generation: u64 = words.next()?.parse().ok()?;
+    let generation: u64 = words
+        .next()?
+        .parse()
+        .ok()
+        .filter(|&g| g < GENERATION_MAX)?;
     let len: usize = words.next()?.parse().ok()?;
     let sum = u64::from_str_radix(words.next()?, 16).ok()?;
     let json = raw.get(nl + 1..nl + 1 + len)?;
@@ -320,7 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shorter_state_pads_the_slot_instead_of_truncating_it() {
+    fn a_shorter_state_shrinks_the_slot() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut l = Locked::acquire(dir.path()).expect("lock");
         for i in 0..50 {
@@ -333,5 +346,34 @@ mod tests {
             l.save().expect("save");
         }
         assert_eq!(read(dir.path()).expect("read"), State::default());
+        for p in files(dir.path()) {
+            let len = std::fs::metadata(&p).expect("slot").len();
+            assert!(len < 100, "{} is {len} bytes", p.display());
+        }
+    }
+
+    #[test]
+    fn generations_at_the_limit_start_over_instead_of_freezing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let [p0, p1] = files(dir.path());
+        let slot = |generation: u64, json: &str| {
+            format!(
+                "{MAGIC} {generation} {} {:016x}\n{json}\n",
+                json.len(),
+                checksum(json.as_bytes())
+            )
+        };
+        std::fs::write(&p0, slot(GENERATION_MAX - 1, r#"{"leaseDue":{"a":1}}"#)).expect("slot");
+        std::fs::write(&p1, slot(u64::MAX, r#"{"leaseDue":{"a":9}}"#)).expect("slot");
+        assert_eq!(read(dir.path()).expect("read").lease_due.get("a"), Some(&1));
+        for at in 2..=4 {
+            let mut l = Locked::acquire(dir.path()).expect("lock");
+            l.get_mut().lease_due.insert("a".into(), at);
+            l.save().expect("save");
+            assert_eq!(
+                read(dir.path()).expect("read").lease_due.get("a"),
+                Some(&at)
+            );
+        }
     }
 }

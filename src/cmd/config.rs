@@ -107,13 +107,9 @@ fn set(ctx: &Ctx, path: &Path, key: &str, value: &str) -> Result<()> {
     // Serialize writers: read-modify-write under the config lock.
     let lock_dir = ctx.home.root().join("locks");
     home::create_dir_secure(&lock_dir, false)?;
+    home::check_dir(&lock_dir, "lock directory")?;
     let lock_path = lock_dir.join("config.lock");
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .ctx("cannot open lock", &lock_path)?;
+    let (lock, _) = home::create_own(&lock_path, rustix::fs::OFlags::WRONLY, "lock file")?;
     lock.lock().ctx("cannot lock", &lock_path)?;
 
     let mut raw = read_raw(path)?;

@@ -4,9 +4,7 @@
 //! stays the source of truth; the index may lag it (a crash between the
 //! rename and the insert) and is completed when the message is next seen.
 
-use std::fs::OpenOptions;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,7 +15,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use crate::envelope::Envelope;
 use crate::error::{Error, IoContext, Result};
-use crate::home::FILE_MODE;
+use crate::home;
 use crate::journal::{self, Record};
 use crate::ledger::{LazyState, Ledger};
 use crate::{breaker, bucket};
@@ -145,15 +143,11 @@ pub struct Store {
 impl Store {
     /// Opens (creating with mode 0600) and migrates the index.
     pub fn open(path: &Path) -> Result<Self> {
-        let fresh = !path.exists();
-        if fresh {
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(FILE_MODE)
-                .open(path)
-                .ctx("cannot create index", path)?;
+        use rustix::fs::OFlags;
+        // relay's own file: never through a symlink, never a FIFO or device.
+        let fresh = home::create_own(path, OFlags::RDWR, "index")?.1.len() == 0;
+        for suffix in ["-wal", "-shm", "-journal"] {
+            home::check_own(Path::new(&format!("{}{suffix}", path.display())), "index file")?;
         }
         let conn = Connection::open(path).map_err(|e| store_err(path, e))?;
         if fresh {
@@ -272,12 +266,11 @@ impl Store {
         use std::os::unix::fs::MetadataExt;
         const CHUNK: u64 = 4 << 20;
         let path = journal::file(&self.dir);
-        let mut f = match OpenOptions::new().read(true).write(true).open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(Error::io("cannot open", &path, e)),
+        let Some((mut f, meta)) =
+            home::open_own(&path, rustix::fs::OFlags::RDWR, "journal")?
+        else {
+            return Ok(());
         };
-        let meta = f.metadata().ctx("cannot stat", &path)?;
         if meta.len() == 0 {
             return Ok(());
         }
