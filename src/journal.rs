@@ -164,16 +164,27 @@ impl Journal {
     }
 }
 
+impl Record {
+    /// Whether its numbers fit the index (SQLite integers are signed).
+    fn in_range(&self) -> bool {
+        let at = match self {
+            Record::Sent { at, .. } | Record::Event { at, .. } => *at,
+        };
+        i64::try_from(at).is_ok()
+    }
+}
+
 /// Parses journal text into records; lines that do not parse (a torn
-/// append) are counted and skipped.
+/// append, anything not written by relay) or whose numbers are out of range
+/// are counted and skipped.
 #[must_use]
 pub fn parse(text: &[u8]) -> (Vec<Record>, usize) {
     let mut records = Vec::new();
     let mut bad = 0;
     for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice(line) {
-            Ok(r) => records.push(r),
-            Err(_) => bad += 1,
+        match serde_json::from_slice::<Record>(line) {
+            Ok(r) if r.in_range() => records.push(r),
+            _ => bad += 1,
         }
     }
     (records, bad)

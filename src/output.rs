@@ -117,8 +117,23 @@ pub fn table(header: &[&str]) -> Table {
 }
 
 /// A table's text, each line without the preset's padding at either end.
+/// Every cell is escaped (`printable`) before layout: a newline in a name
+/// someone else chose shows as `\n` instead of forging a row.
 #[must_use]
 pub fn table_text(t: &Table) -> String {
+    let escaped = |row: &comfy_table::Row| -> comfy_table::Row {
+        row.cell_iter()
+            .map(|c| printable(&c.content()).into_owned())
+            .collect::<Vec<_>>()
+            .into()
+    };
+    let mut t = t.clone();
+    if let Some(header) = t.header().map(escaped) {
+        t.set_header(header);
+    }
+    for row in t.row_iter_mut() {
+        *row = escaped(row);
+    }
     t.to_string()
         .lines()
         .map(|l| printable(l.trim_end().trim_start_matches(' ')).into_owned())

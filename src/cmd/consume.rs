@@ -405,8 +405,14 @@ fn report(
             "message {} left cur/ while its handler ran (acked or nacked by someone else)",
             env.id
         )),
-        (_, Some(r)) => eprintln!("relay: {} {outcome} after {}: {r}", env.id, human_ms(ms)),
-        _ => eprintln!("relay: {} {outcome} after {}", env.id, human_ms(ms)),
+        (_, Some(r)) => eprintln!(
+            "relay: {}",
+            output::printable(&format!("{} {outcome} after {}: {r}", env.id, human_ms(ms)))
+        ),
+        _ => eprintln!(
+            "relay: {}",
+            output::printable(&format!("{} {outcome} after {}", env.id, human_ms(ms)))
+        ),
     }
     Ok(())
 }

@@ -143,14 +143,14 @@ fn show(ctx: &Ctx, endpoint: Option<&str>, id: &str) -> Result<()> {
         return output::json_line(&json!({ "deadLetters": found }));
     }
     for d in &found {
-        output::line(&format!(
+        output::line(&output::printable(&format!(
             "{} in {}: {} ({}) at {}",
             d.id,
             d.endpoint,
             d.reason.as_deref().unwrap_or("no reason sidecar"),
             d.code.as_deref().unwrap_or("-"),
             d.failed_at.as_deref().unwrap_or("-")
-        ))?;
+        )))?;
         let text = serde_json::to_string_pretty(d.envelope.as_ref().unwrap_or(&Value::Null))
             .unwrap_or_default();
         output::line(&text)?;

@@ -40,7 +40,7 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
         if args.ack {
             crate::cmd::ack::settle(ctx, &mb, &c.envelope.id, None)?;
         } else if tty && !ctx.json {
-            let (ep, id) = (&mb.name, &c.envelope.id);
+            let (ep, id) = (&mb.name, output::printable(&c.envelope.id));
             eprintln!(
                 "relay: claimed {id} (done: relay ack {ep} {id}; failed: relay nack {ep} {id} --reason ...)"
             );

@@ -298,22 +298,31 @@ impl Store {
             std::io::Read::take(&mut f, CHUNK)
                 .read_to_end(&mut chunk)
                 .ctx("cannot read", &path)?;
-            // Whole lines only: a send may be mid-append at the end.
-            let Some(end) = chunk.iter().rposition(|&b| b == b'\n') else {
-                break;
+            // Whole lines only: a send may be mid-append at the end. No
+            // send writes a line of CHUNK bytes: one that long (written by
+            // something else) is skipped a chunk at a time, so it can
+            // neither wedge ingestion nor make the journal grow forever.
+            let (records, bad, next) = match chunk.iter().rposition(|&b| b == b'\n') {
+                Some(end) => {
+                    let (records, bad) = journal::parse(&chunk[..=end]);
+                    (records, bad, offset + end as u64 + 1)
+                }
+                None if chunk.len() as u64 >= CHUNK => (Vec::new(), 1, offset + CHUNK),
+                None => break,
             };
-            let (records, bad) = journal::parse(&chunk[..=end]);
-            torn += bad;
             apply(&tx, &records).map_err(|e| store_err(&self.path, e))?;
-            set_journal_offset(&tx, ino, offset + end as u64 + 1)
-                .map_err(|e| store_err(&self.path, e))?;
+            if bad > 0 {
+                skipped_event(&tx, bad, offset).map_err(|e| store_err(&self.path, e))?;
+            }
+            torn += bad;
+            set_journal_offset(&tx, ino, next).map_err(|e| store_err(&self.path, e))?;
             tx.commit().map_err(|e| store_err(&self.path, e))?;
         }
         if torn > 0 {
-            eprintln!(
-                "relay: warning: skipped {torn} torn line(s) in {} (a send killed mid-append; its message, if delivered, is indexed when next seen)",
+            crate::output::warn(&format!(
+                "skipped {torn} unreadable line(s) in {} (a send killed mid-append, or text not written by relay; a message delivered meanwhile is indexed when next seen)",
                 path.display()
-            );
+            ));
         }
         Ok(())
     }
@@ -806,6 +815,16 @@ impl Ledger for Tx<'_> {
     fn event(&self, e: &Event<'_>, now: u64) -> Result<()> {
         Tx::event(self, e, now)
     }
+}
+
+/// Records a `journal_skipped` event: `lines` lines from `offset` on could
+/// not be ingested (torn, not records, or numbers out of range).
+fn skipped_event(tx: &rusqlite::Transaction<'_>, lines: usize, offset: u64) -> rusqlite::Result<()> {
+    let now = crate::clock::Clock::from_env().now_ms();
+    let detail = serde_json::json!({ "lines": lines, "offset": offset });
+    tx.prepare_cached("INSERT INTO events (at, kind, detail) VALUES (?1, ?2, ?3)")?
+        .execute(params![sql_ms(now), "journal_skipped", detail.to_string()])?;
+    Ok(())
 }
 
 /// How far into the journal (identified by its inode) the index has read;
