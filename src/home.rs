@@ -304,14 +304,24 @@ pub fn check_own(path: &Path, what: &str) -> Result<()> {
 }
 
 /// Creates `dir` with mode 0700 if it does not exist (parents too when
-/// `parents`); an existing directory is left as it is.
+/// `parents`), whatever the umask; an existing directory is left as it is.
 pub fn create_dir_secure(dir: &Path, parents: bool) -> Result<()> {
-    match DirBuilder::new()
-        .recursive(parents)
-        .mode(DIR_MODE)
-        .create(dir)
-    {
-        // A umask can only have taken bits away; put them back (0700).
+    let mkdir = || DirBuilder::new().mode(DIR_MODE).create(dir);
+    let made = match mkdir() {
+        Err(e) if parents && e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent() {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(DIR_MODE)
+                    .create(parent)
+                    .ctx("cannot create directory", parent)?;
+            }
+            mkdir()
+        }
+        other => other,
+    };
+    match made {
+        // A umask can only have taken bits away: put them back.
         Ok(()) => match fs::symlink_metadata(dir) {
             Ok(md) if md.is_dir() && md.mode() & 0o7777 != DIR_MODE => {
                 use std::os::unix::fs::PermissionsExt;

@@ -469,7 +469,7 @@ impl Mailbox {
             self.cap,
         )
         .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     /// Moves dead letter `id` back into `new/` (atomic rename, so a

@@ -37,7 +37,7 @@ pub enum Sent {
         /// The mailbox it landed in (or was dead-lettered under).
         endpoint: String,
         /// The notice as written.
-        envelope: Envelope,
+        envelope: Box<Envelope>,
         /// Whether it was delivered (false: dead-lettered, no endpoint).
         delivered: bool,
     },
@@ -118,7 +118,7 @@ pub fn send(
         mb.deliver(&notice, true)?;
         return Ok(Some(Sent::Written {
             endpoint: reply_to.to_string(),
-            envelope: notice,
+            envelope: Box::new(notice),
             delivered: true,
         }));
     }
@@ -130,7 +130,7 @@ pub fn send(
     )?;
     Ok(Some(Sent::Written {
         endpoint: reply_to.to_string(),
-        envelope: notice,
+        envelope: Box::new(notice),
         delivered: false,
     }))
 }

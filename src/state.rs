@@ -265,11 +265,7 @@ fn parse_slot(raw: &[u8]) -> Option<(u64, State)> {
     if words.next()? != MAGIC {
         return None;
     }
-    let generation: u64 = words
-        .next()?
-        .parse()
-        .ok()
-        .filter(|&g| g < GENERATION_MAX)?;
+    let generation: u64 = words.next()?.parse().ok().filter(|&g| g < GENERATION_MAX)?;
     let len: usize = words.next()?.parse().ok()?;
     let sum = u64::from_str_radix(words.next()?, 16).ok()?;
     let json = raw.get(nl + 1..nl + 1 + len)?;

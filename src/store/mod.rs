@@ -147,7 +147,10 @@ impl Store {
         // relay's own file: never through a symlink, never a FIFO or device.
         let fresh = home::create_own(path, OFlags::RDWR, "index")?.1.len() == 0;
         for suffix in ["-wal", "-shm", "-journal"] {
-            home::check_own(Path::new(&format!("{}{suffix}", path.display())), "index file")?;
+            home::check_own(
+                Path::new(&format!("{}{suffix}", path.display())),
+                "index file",
+            )?;
         }
         let conn = Connection::open(path).map_err(|e| store_err(path, e))?;
         if fresh {
@@ -266,8 +269,7 @@ impl Store {
         use std::os::unix::fs::MetadataExt;
         const CHUNK: u64 = 4 << 20;
         let path = journal::file(&self.dir);
-        let Some((mut f, meta)) =
-            home::open_own(&path, rustix::fs::OFlags::RDWR, "journal")?
+        let Some((mut f, meta)) = home::open_own(&path, rustix::fs::OFlags::RDWR, "journal")?
         else {
             return Ok(());
         };
@@ -320,7 +322,7 @@ impl Store {
         }
         if torn > 0 {
             crate::output::warn(&format!(
-                "skipped {torn} unreadable line(s) in {} (a send killed mid-append, or text not written by relay; a message delivered meanwhile is indexed when next seen)",
+                "skipped {torn} torn line(s) in {} (a send killed mid-append, or text not written by relay; a message delivered meanwhile is indexed when next seen)",
                 path.display()
             ));
         }
@@ -819,7 +821,11 @@ impl Ledger for Tx<'_> {
 
 /// Records a `journal_skipped` event: `lines` lines from `offset` on could
 /// not be ingested (torn, not records, or numbers out of range).
-fn skipped_event(tx: &rusqlite::Transaction<'_>, lines: usize, offset: u64) -> rusqlite::Result<()> {
+fn skipped_event(
+    tx: &rusqlite::Transaction<'_>,
+    lines: usize,
+    offset: u64,
+) -> rusqlite::Result<()> {
     let now = crate::clock::Clock::from_env().now_ms();
     let detail = serde_json::json!({ "lines": lines, "offset": offset });
     tx.prepare_cached("INSERT INTO events (at, kind, detail) VALUES (?1, ?2, ?3)")?

@@ -86,7 +86,10 @@ fn a_directory_named_like_a_message_does_not_stop_a_follow_consumer() {
     let code = f.finish(secs(10));
     assert_eq!(code, 0, "{}", f.dump());
     assert!(
-        r.mailbox("q").join("failed").join(format!("{A}.json")).is_dir(),
+        r.mailbox("q")
+            .join("failed")
+            .join(format!("{A}.json"))
+            .is_dir(),
         "the directory is dead-lettered as it is"
     );
     assert_eq!(sidecar(&r, "q", A)["code"], "malformed");
@@ -113,7 +116,11 @@ fn symlinks_in_new_are_moved_never_followed_nor_copied() {
     let reason = sidecar(&r, "q", A);
     assert_eq!(reason["code"], "malformed", "{reason}");
     assert!(!reason.to_string().contains("TOP SECRET"), "{reason}");
-    assert!(reason["reason"].as_str().is_some_and(|s| s.contains("symlink")));
+    assert!(
+        reason["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("symlink"))
+    );
     let shown = r.cmd(["dlq", "show", A]).success();
     assert!(!shown.stdout.contains("TOP SECRET"), "{}", shown.stdout);
 
@@ -129,7 +136,8 @@ fn symlinks_in_new_are_moved_never_followed_nor_copied() {
 fn oversize_files_and_devices_are_dead_lettered_without_being_read() {
     let r = Relay::new();
     r.add(&["q"]);
-    r.cmd(["config", "set", "maxPayloadBytes", "1024"]).success();
+    r.cmd(["config", "set", "maxPayloadBytes", "1024"])
+        .success();
     // A valid envelope, far beyond what a 1 KiB payload cap lets relay
     // write (6 x 1 KiB escaped + 64 KiB of envelope): before, read whole
     // and delivered.
@@ -151,14 +159,18 @@ fn oversize_files_and_devices_are_dead_lettered_without_being_read() {
     let reason = sidecar(&r, "q", A);
     assert_eq!(reason["code"], "malformed", "{reason}");
     assert!(
-        reason["reason"].as_str().is_some_and(|s| s.contains("bytes")),
+        reason["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("bytes")),
         "{reason}"
     );
     assert_eq!(reason["envelope"], Value::Null, "the big file is not read");
     if ok {
         let reason = sidecar(&r, "q", B);
         assert!(
-            reason["reason"].as_str().is_some_and(|s| s.contains("device")),
+            reason["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("device")),
             "{reason}"
         );
     }
@@ -232,7 +244,10 @@ fn batch_log_replay_does_not_follow_dot_dot_in_an_endpoint_or_id() {
         let left: Vec<_> = fs::read_dir(evil.join(sub))
             .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
             .unwrap_or_default();
-        assert!(left.is_empty(), "replay wrote into {sub}/ outside the home: {left:?}");
+        assert!(
+            left.is_empty(),
+            "replay wrote into {sub}/ outside the home: {left:?}"
+        );
     }
     assert!(!r.scratch().join("x").exists());
 }
@@ -244,7 +259,12 @@ fn names_with_newlines_and_escapes_are_printed_escaped_in_dlq_list() {
     let name = "evil\nFAKE-ROW\u{1b}[31m";
     r.write_file(&format!("mailboxes/q/new/{name}.json"), "not json");
     r.cmd(["recv", "q"]).code(66);
-    assert_eq!(r.files("q", "failed").len(), 2, "{:?}", r.files("q", "failed"));
+    assert_eq!(
+        r.files("q", "failed").len(),
+        2,
+        "{:?}",
+        r.files("q", "failed")
+    );
     let out = r.cmd(["dlq"]).success();
     assert!(!out.stdout.contains('\u{1b}'), "{:?}", out.stdout);
     assert!(
