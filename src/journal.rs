@@ -55,6 +55,15 @@ pub enum Record {
         /// Dead-letter reason, when dead-lettered.
         reason: Option<String>,
     },
+    /// A copy whose `Sent` row was appended but which then could not be
+    /// delivered: its row goes again (rows go to the journal before their
+    /// copy is made visible, so the index never lacks a delivered message).
+    Unsent {
+        /// Mailbox name.
+        endpoint: String,
+        /// Message id.
+        id: String,
+    },
     /// An event.
     Event {
         /// Unique per record: replays are recognised by it.
@@ -131,6 +140,14 @@ impl Journal {
         }
     }
 
+    /// Buffers the withdrawal of a copy's row (see `Record::Unsent`).
+    pub fn unsent(&mut self, endpoint: &str, id: &str) {
+        self.push(&Record::Unsent {
+            endpoint: endpoint.to_string(),
+            id: id.to_string(),
+        });
+    }
+
     /// Buffers an event.
     pub fn event(&mut self, e: &Event<'_>, now: u64) {
         self.next += 1;
@@ -148,6 +165,8 @@ impl Journal {
 
     /// Appends everything buffered to the journal in `dir`; returns the
     /// journal's size after it (0 when there was nothing to append).
+    /// On failure nothing buffered is kept (a short write leaves at most a
+    /// torn line, which ingestion skips).
     pub fn flush(&mut self, dir: &Path) -> Result<u64> {
         if self.buf.len() <= 1 {
             return Ok(0);
@@ -156,9 +175,10 @@ impl Journal {
         let path = file(dir);
         let (mut f, md) = home::create_own(&path, OFlags::WRONLY | OFlags::APPEND, "journal")?;
         f.lock_shared().ctx("cannot lock", &path)?;
-        f.write_all(&self.buf).ctx("cannot append to", &path)?;
+        let written = f.write_all(&self.buf).ctx("cannot append to", &path);
         let appended = self.buf.len() as u64;
         self.buf.truncate(1);
+        written?;
         // At least this much: other sends may have appended meanwhile.
         Ok(md.len() + appended)
     }
@@ -169,6 +189,7 @@ impl Record {
     fn in_range(&self) -> bool {
         let at = match self {
             Record::Sent { at, .. } | Record::Event { at, .. } => *at,
+            Record::Unsent { .. } => return true,
         };
         i64::try_from(at).is_ok()
     }

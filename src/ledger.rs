@@ -5,7 +5,8 @@
 //! rows and events into SQLite, and `Fast`, which appends them to the
 //! journal so a plain send never opens SQLite. Both take the state lock
 //! only when the state is first touched, after the index lock if there is
-//! one (the one lock order: mailboxes, index, state, journal).
+//! one (locks nest only in this order: mailboxes, index, state, journal;
+//! the send pipeline nests none but the state inside the mailboxes).
 
 use std::cell::{RefCell, RefMut};
 use std::path::{Path, PathBuf};
@@ -220,11 +221,22 @@ impl Fast {
         }
     }
 
+    /// Appends the rows and events buffered so far to the journal; returns
+    /// the journal's size after it (0 if there was nothing to append).
+    pub fn flush(&self) -> Result<u64> {
+        self.journal.borrow_mut().flush(&self.dir)
+    }
+
+    /// Withdraws the row of a copy recorded but then not delivered.
+    pub fn unsent(&self, endpoint: &str, id: &str) {
+        self.journal.borrow_mut().unsent(endpoint, id);
+    }
+
     /// Writes the state back (releasing its lock), then appends the rows
     /// and events to the journal; returns the journal's size after it.
     pub fn commit(self) -> Result<u64> {
         self.state.release()?;
-        self.journal.borrow_mut().flush(&self.dir)
+        self.flush()
     }
 }
 

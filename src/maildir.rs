@@ -150,18 +150,24 @@ impl Mailbox {
 
     /// Delivers `env` Maildir-atomically: exclusive create in `tmp/`, write,
     /// fsync (if `sync`), rename into `new/`, fsync `new/` (if `sync`).
-    /// On return the message is visible whole or not at all.
-    pub fn deliver(&self, env: &Envelope, sync: bool) -> Result<()> {
+    /// On return the message is visible whole (`Ok`) or not at all (`Err`,
+    /// nothing left in `tmp/`); `Ok(Some(e))` when it is visible but `new/`
+    /// could not be fsynced.
+    pub fn deliver(&self, env: &Envelope, sync: bool) -> Result<Option<Error>> {
         self.deliver_bytes(&env.id, &env.to_file_bytes()?, sync)
     }
 
     /// `deliver` for a message `id` already serialized.
-    pub fn deliver_bytes(&self, id: &str, bytes: &[u8], sync: bool) -> Result<()> {
+    pub fn deliver_bytes(&self, id: &str, bytes: &[u8], sync: bool) -> Result<Option<Error>> {
         let name = file_name(id);
-        if sync || !self.link_new(&name, bytes)? {
-            self.place(&name, bytes, "new", sync, sync)?;
+        if !sync && self.link_new(&name, bytes)? {
+            return Ok(None);
         }
-        Ok(())
+        home::write_new_file(&self.sub("tmp").join(&name), bytes, sync)?;
+        self.move_in(&name, "new")?;
+        Ok(sync
+            .then(|| home::sync_dir(&self.sub("new")).err())
+            .flatten())
     }
 
     /// Delivers without fsync in one directory operation instead of two:
@@ -334,6 +340,16 @@ impl Mailbox {
         let file = fs::File::open(&self.dir).ctx("cannot open", &self.dir)?;
         file.lock().ctx("cannot lock", &self.dir)?;
         Ok(file)
+    }
+
+    /// `lock` without waiting: `None` while someone else holds it.
+    pub fn try_lock(&self) -> Result<Option<fs::File>> {
+        let file = fs::File::open(&self.dir).ctx("cannot open", &self.dir)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", &self.dir, e)),
+        }
     }
 
     /// Latest modification time (ms) of the mailbox's subdirectories: when a

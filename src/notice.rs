@@ -115,7 +115,9 @@ pub fn send(
         notice.budget.hop_count = 1;
         notice.budget.ancestor_chain.push(reply_to.to_string());
         notice.budget.call_budget_remaining -= 1;
-        mb.deliver(&notice, true)?;
+        if let Some(e) = mb.deliver(&notice, true)? {
+            crate::output::warn(&format!("failure notice {} delivered, but: {e}", notice.id));
+        }
         return Ok(Some(Sent::Written {
             endpoint: reply_to.to_string(),
             envelope: Box::new(notice),

@@ -16,9 +16,10 @@ use crate::envelope::{Budget, Envelope};
 use crate::error::{Error, Result};
 use crate::ledger::{Fast, Ledger};
 use crate::maildir::Mailbox;
+use crate::output;
 use crate::pressure::{self, Priority};
 use crate::reliability::{self, RateOutcome};
-use crate::store::{Event as StoreEvent, SentRow, Store, Tx};
+use crate::store::{Event as StoreEvent, SentRow, Store};
 use crate::{batchlog, notice};
 
 /// How delivered files are made durable.
@@ -65,6 +66,9 @@ pub struct Job {
     hops: Vec<Option<Budget>>,
     probes: Vec<bool>,
     warnings: Vec<String>,
+    /// Its idempotency key was claimed for it (and is released if nothing
+    /// is delivered).
+    key_claimed: bool,
     result: Option<Result<Delivery>>,
 }
 
@@ -79,6 +83,7 @@ impl Job {
             hops: Vec::new(),
             probes: Vec::new(),
             warnings: Vec::new(),
+            key_claimed: false,
             result: None,
         }
     }
@@ -115,7 +120,16 @@ impl Job {
 }
 
 /// Runs the pipeline for every job at `now`; each job's result is set.
-/// Errors returned here are store or disk failures that stop the batch.
+/// Errors returned here are store or disk failures that stop the batch
+/// before any of its copies became visible.
+///
+/// The locks, each held only for what needs it, never one while waiting
+/// for another held by someone else: the index (idempotency keys, leases
+/// past their deadline) before any mailbox lock; the mailbox locks (taken
+/// all at once, see `lock_all`) from the depth count to the last rename;
+/// the state lock only for the decision and its write, never across the
+/// delivery. A sender stalled in delivery to one endpoint holds only that
+/// endpoint's lock, so it keeps no sender to another endpoint waiting.
 pub fn deliver(
     ctx: &mut Ctx,
     jobs: &mut [Job],
@@ -145,60 +159,24 @@ pub fn deliver(
         .flat_map(|j| j.open().map(|(_, ep)| ep.clone()))
         .collect();
 
-    // Backpressure: every endpoint's lock, in sorted order (no deadlock
-    // between fan-outs), from the depth count to the last rename.
-    // Far below every threshold an upper bound on the depth decides as well
-    // as an exact count, and costs no directory listing: send cost stays
-    // flat as a mailbox fills, until decisions need the exact number.
-    let mut locks = Vec::new();
-    let mut depth: BTreeMap<String, u64> = BTreeMap::new();
+    // A fan-out holds every endpoint's lock at once: refused now if this
+    // process may not open that many files, before anything is written.
     if rel.backpressure.enabled {
         room_for_locks(eps.len())?;
-        let quiet = policy(&rel.backpressure).quiet_below();
-        // At most this many copies per endpoint join it now.
-        let mut adding: BTreeMap<&str, u64> = BTreeMap::new();
-        for job in jobs.iter() {
-            for (_, ep) in job.open() {
-                *adding.entry(ep.as_str()).or_default() += 1;
-            }
-        }
-        for ep in &eps {
-            let mb = Mailbox::at(&ctx.home, ep);
-            let lock = mb.lock()?;
-            let adding = adding.get(ep.as_str()).copied().unwrap_or(0);
-            let d = match mb.depth_bound(&lock)? {
-                Some(bound) if bound.saturating_add(adding) < quiet => bound,
-                _ => mb.depth()?,
-            };
-            locks.push(lock);
-            depth.insert(ep.clone(), d);
-        }
     }
 
-    // Idempotency, backpressure, rate limit and breakers, exact across
-    // processes. A plain send decides from the state slots alone; idempotency
-    // keys and leases past their deadline need the index.
-    let ledger = Fast::new(ctx.home.root());
-    let slow = jobs.iter().any(|j| j.key.is_some())
-        || ledger.state().lock()?.get().lease_past_due(eps.iter(), now);
-    if slow {
-        // The one lock order: the index before the state.
-        ledger.state().release()?;
-        let tx = ctx.store()?.begin()?;
-        // Claims past their lease count against their breakers before any
-        // breaker is asked: once per endpoint, not once per message.
-        for ep in &eps {
-            reliability::observe_leases(&tx, &rel.circuit_breaker, Some(ep), now)?;
+    let (locks, ledger) = match admit(ctx, jobs, &eps, &rel, key_window_ms, now) {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            give_back_keys(ctx, jobs);
+            return Err(e);
         }
-        decide(&tx, Some(&tx), jobs, &mut depth, &rel, key_window_ms, now)?;
-        tx.commit()?;
-    } else {
-        decide(&ledger, None, jobs, &mut depth, &rel, key_window_ms, now)?;
-        ledger.state().release()?;
-    }
+    };
 
-    // Durable delivery of the admitted copies, each with its own hop of
-    // the budget.
+    // The admitted copies, each with its own hop of the budget. Their index
+    // rows go to the journal before any of them is visible, so the index
+    // never lacks a message a send reported (a full disk refuses the
+    // append, and then nothing is delivered).
     let mut work: Vec<Work> = Vec::new();
     for (j, job) in jobs.iter_mut().enumerate() {
         if job.result.is_some() {
@@ -212,13 +190,48 @@ pub fn deliver(
                     budget,
                     ..job.env.clone()
                 };
+                let row = SentRow {
+                    endpoint: &job.fates[i].0,
+                    envelope: &copy,
+                    failure: None,
+                    probe: job.probes[i],
+                };
+                ledger.record_sent(&[row], now)?;
                 work.push((j, i, job.fates[i].0.clone(), copy));
             }
         }
     }
     let home = &ctx.home;
-    let written: Vec<Result<()>> = match durability {
-        Durability::Logged(log) => logged_commit(home, log, &work)?,
+    // What could not be done once copies may be visible: reported as a
+    // warning with each result, never as a failure (a retry would deliver
+    // them twice).
+    let mut problems: Vec<String> = Vec::new();
+    let mut stop = None;
+    // Nothing is visible yet: a journal that cannot take the rows (a full
+    // disk, say) refuses the whole send with its own error.
+    let journal_size = match ledger.flush() {
+        Ok(size) => size,
+        Err(e) => {
+            give_back_keys(ctx, jobs);
+            return Err(e);
+        }
+    };
+    let written: Vec<Written> = match durability {
+        Durability::Logged(log) => match logged_commit(home, log, &work) {
+            Ok((results, problem)) => {
+                problems.extend(problem);
+                results
+            }
+            Err(e) => {
+                // Nothing delivered: the rows go again, and the batch stops.
+                let results = work
+                    .iter()
+                    .map(|_| Err(Error::Data(e.to_string())))
+                    .collect();
+                stop = Some(e);
+                results
+            }
+        },
         plain => {
             let sync = matches!(plain, Durability::PerMessage);
             parallel_map(&work, |(_, _, ep, copy)| {
@@ -230,8 +243,16 @@ pub fn deliver(
     for ((j, i, ep, copy), result) in work.into_iter().zip(written) {
         let job = &mut jobs[j];
         job.fates[i].1 = Some(match result {
-            Ok(()) => Fate::Delivered(Box::new(copy), job.probes[i]),
+            Ok(unsynced) => {
+                if let Some(e) = unsynced {
+                    job.warnings.push(format!(
+                        "delivered to '{ep}', but it may not survive a power loss: {e}"
+                    ));
+                }
+                Fate::Delivered(Box::new(copy), job.probes[i])
+            }
             Err(e) => {
+                ledger.unsent(&ep, &copy.id);
                 io_failures.push((j, ep, job.probes[i]));
                 Fate::Refused("io_error".into(), e.to_string(), None)
             }
@@ -252,81 +273,100 @@ pub fn deliver(
             let mb = Mailbox::at(&ctx.home, ep);
             match fate {
                 Some(Fate::DeadLettered(code, reason)) => {
-                    mb.dead_letter(&job.env, reason, code, now)?;
-                    notices.extend(notice::send(&ctx.home, &job.env, ep, code, reason, now)?);
+                    if let Err(e) = mb.dead_letter(&job.env, reason, code, now) {
+                        // Refused for good, and not even kept: say so.
+                        problems.push(format!(
+                            "message {} refused at '{ep}' ({code}) could not be dead-lettered: {e}",
+                            job.env.id
+                        ));
+                        *fate = Some(Fate::Refused(
+                            std::mem::take(code),
+                            std::mem::take(reason),
+                            None,
+                        ));
+                        continue;
+                    }
+                    match notice::send(&ctx.home, &job.env, ep, code, reason, now) {
+                        Ok(n) => notices.extend(n),
+                        Err(e) => problems.push(format!("no failure notice sent: {e}")),
+                    }
                 }
                 Some(Fate::Refused(code, reason, _)) if any => {
-                    let (code, reason) = (std::mem::take(code), std::mem::take(reason));
-                    mb.dead_letter(&job.env, &reason, &code, now)?;
-                    *fate = Some(Fate::DeadLettered(code, reason));
+                    match mb.dead_letter(&job.env, reason, code, now) {
+                        Ok(()) => {
+                            let (code, reason) = (std::mem::take(code), std::mem::take(reason));
+                            *fate = Some(Fate::DeadLettered(code, reason));
+                        }
+                        Err(e) => problems.push(format!(
+                            "the copy refused at '{ep}' could not be dead-lettered: {e}"
+                        )),
+                    }
                 }
                 _ => {}
             }
         }
     }
 
-    // The index rows of what was written, dead letters, notices and I/O
-    // failures go to the journal; keys of sends that delivered nothing are
-    // released so a retry is not taken for a duplicate.
-    let mut release = Vec::new();
+    // Dead letters, notices and I/O failures go to the journal; keys of
+    // sends that delivered nothing are released so a retry is not taken
+    // for a duplicate.
     for job in jobs.iter().filter(|j| j.result.is_none()) {
         let env = &job.env;
-        let mut delivered = false;
         for (ep, fate) in &job.fates {
-            match fate {
-                Some(Fate::Delivered(copy, probe)) => {
-                    delivered = true;
-                    let row = SentRow {
-                        endpoint: ep,
-                        envelope: copy,
-                        failure: None,
-                        probe: *probe,
-                    };
-                    ledger.record_sent(&[row], now)?;
-                }
-                Some(Fate::DeadLettered(code, reason)) => {
-                    let row = SentRow {
-                        endpoint: ep,
-                        envelope: env,
-                        failure: Some((code.as_str(), reason.as_str())),
-                        probe: false,
-                    };
-                    ledger.dead_letter_row(&row, now)?;
-                }
-                _ => {}
+            if let Some(Fate::DeadLettered(code, reason)) = fate {
+                let row = SentRow {
+                    endpoint: ep,
+                    envelope: env,
+                    failure: Some((code.as_str(), reason.as_str())),
+                    probe: false,
+                };
+                ledger.dead_letter_row(&row, now)?;
             }
         }
-        if let Some(k) = &job.key
-            && !delivered
-        {
-            release.push((env.from.clone(), k.clone(), env.id.clone()));
-        }
     }
+    let release = unused_keys(jobs);
     for n in &notices {
         notice::record(&ledger, n, now)?;
     }
     for (j, ep, probe) in &io_failures {
         let from = &jobs[*j].env.from;
         let step = BreakerEvent::Failure { probe: *probe };
-        reliability::breaker_step(&ledger, &rel.circuit_breaker, from, ep, step, now)?;
-    }
-    if ledger.commit()? > ctx.config.journal_max_bytes {
-        // Nothing else may be opening the index (a DorkOS consumer reads
-        // the Maildir directly): move the backlog in now, so the journal
-        // stays bounded. The messages are delivered whatever happens here.
-        if let Err(e) = ctx.store().and_then(Store::ingest) {
-            eprintln!("relay: warning: the index journal could not be moved into the index: {e}");
+        if let Err(e) =
+            reliability::breaker_step(&ledger, &rel.circuit_breaker, from, ep, step, now)
+        {
+            problems.push(format!("the breaker {from} -> {ep} was not updated: {e}"));
         }
     }
-    if !release.is_empty() {
-        let tx = ctx.store()?.begin()?;
-        for (from, k, id) in &release {
-            tx.release_key(from, k, id)?;
+    match ledger.commit().map(|size| size.max(journal_size)) {
+        Ok(size) if size > ctx.config.journal_max_bytes => {
+            // Nothing else may be opening the index (a DorkOS consumer reads
+            // the Maildir directly): move the backlog in now, so the journal
+            // stays bounded. The messages are delivered whatever happens here.
+            if let Err(e) = ctx.store().and_then(Store::ingest) {
+                problems.push(format!(
+                    "the index journal could not be moved into the index: {e}"
+                ));
+            }
         }
-        tx.commit()?;
+        Ok(_) => {}
+        Err(e) => problems.push(format!(
+            "the index lacks some of this send's records ({e}); relay doctor --repair re-indexes from the mailboxes"
+        )),
+    }
+    if !release.is_empty()
+        && let Err(e) = release_keys(ctx, &release)
+    {
+        problems.push(key_problem(&release, &e));
+    }
+    if let Some(e) = stop {
+        return Err(e);
     }
 
-    for job in jobs.iter_mut().filter(|j| j.result.is_none()) {
+    for job in jobs.iter_mut() {
+        job.warnings.extend(problems.iter().cloned());
+        if job.result.is_some() {
+            continue;
+        }
         let fates = std::mem::take(&mut job.fates)
             .into_iter()
             .filter_map(|(ep, f)| f.map(|f| (ep, f)))
@@ -339,27 +379,194 @@ pub fn deliver(
     Ok(())
 }
 
-/// Idempotency, backpressure, rate limit and breakers for every job, in
-/// `ledger` (with `keys`, the index transaction, when a job has a key).
-/// Admitted copies are the fates left open; `depth` reserves their room.
-fn decide<L: Ledger>(
-    ledger: &L,
-    keys: Option<&Tx<'_>>,
+/// Backpressure, rate limit and breakers, exact across processes: under
+/// the mailbox locks and the state lock, which is written back (and let
+/// go) before this returns; the mailbox locks are returned, to be held
+/// until the last rename. Checks that need the index come first, holding
+/// no mailbox lock (a busy index keeps only this send waiting): for
+/// idempotency keys, and when a lease at one of the endpoints is past its
+/// deadline (then every lock is let go for it, and taken again).
+fn admit(
+    ctx: &mut Ctx,
     jobs: &mut [Job],
-    depth: &mut BTreeMap<String, u64>,
+    eps: &BTreeSet<String>,
+    rel: &Reliability,
+    key_window_ms: u64,
+    now: u64,
+) -> Result<(Vec<std::fs::File>, Fast)> {
+    let mut indexed = false;
+    if jobs.iter().any(|j| j.key.is_some()) {
+        index_checks(ctx, jobs, eps, rel, key_window_ms, now)?;
+        indexed = true;
+    }
+    loop {
+        let (locks, mut depth) = lock_mailboxes(ctx, jobs, eps, &rel.backpressure)?;
+        let ledger = Fast::new(ctx.home.root());
+        if !indexed && ledger.state().lock()?.get().lease_past_due(eps.iter(), now) {
+            ledger.state().release()?;
+            drop(locks);
+            index_checks(ctx, jobs, eps, rel, key_window_ms, now)?;
+            indexed = true;
+            continue;
+        }
+        decide(&ledger, jobs, &mut depth, rel, now)?;
+        ledger.state().release()?;
+        return Ok((locks, ledger));
+    }
+}
+
+/// (sender, key, id) of every key claimed for a send that delivered nothing.
+fn unused_keys(jobs: &[Job]) -> Vec<(String, String, String)> {
+    jobs.iter()
+        .filter(|j| j.key_claimed)
+        .filter(|j| {
+            !j.fates
+                .iter()
+                .any(|(_, f)| matches!(f, Some(Fate::Delivered(..))))
+        })
+        .filter_map(|j| {
+            let k = j.key.as_ref()?;
+            Some((j.env.from.clone(), k.clone(), j.env.id.clone()))
+        })
+        .collect()
+}
+
+/// Releases the keys of sends that wrote nothing, before an error ends
+/// them: a retry must not be taken for a duplicate.
+fn give_back_keys(ctx: &mut Ctx, jobs: &[Job]) {
+    let keys = unused_keys(jobs);
+    if !keys.is_empty()
+        && let Err(e) = release_keys(ctx, &keys)
+    {
+        output::warn(&key_problem(&keys, &e));
+    }
+}
+
+/// What to tell the sender when `keys` could not be released.
+fn key_problem(keys: &[(String, String, String)], e: &Error) -> String {
+    let names: Vec<&str> = keys.iter().map(|(_, k, _)| k.as_str()).collect();
+    format!(
+        "idempotency key(s) {} not released ({e}): a retry with the same key is taken for a duplicate of a message that was not sent; retry with a new key",
+        names.join(", ")
+    )
+}
+
+/// The checks that need the index, in one transaction: claims past their
+/// lease count against their breakers (once per endpoint, before any
+/// breaker is asked), and idempotency keys are claimed (a repeat within
+/// the window is answered before it can spend a token or a probe).
+fn index_checks(
+    ctx: &mut Ctx,
+    jobs: &mut [Job],
+    eps: &BTreeSet<String>,
     rel: &Reliability,
     key_window_ms: u64,
     now: u64,
 ) -> Result<()> {
-    for job in jobs.iter_mut() {
+    let tx = ctx.store()?.begin()?;
+    for ep in eps {
+        reliability::observe_leases(&tx, &rel.circuit_breaker, Some(ep), now)?;
+    }
+    for job in jobs.iter_mut().filter(|j| j.result.is_none()) {
         let env = &job.env;
-        // A repeat is answered before it can spend a token or a probe.
-        if let (Some(k), Some(tx)) = (&job.key, keys)
-            && let Some(original) = tx.claim_key(&env.from, k, &env.id, key_window_ms, now)?
-        {
-            job.result = Some(Ok(Delivery::Duplicate(original)));
-            continue;
+        if let Some(k) = &job.key {
+            match tx.claim_key(&env.from, k, &env.id, key_window_ms, now)? {
+                Some(original) => job.result = Some(Ok(Delivery::Duplicate(original))),
+                None => job.key_claimed = true,
+            }
         }
+    }
+    tx.commit()
+}
+
+/// Gives back idempotency keys (sender, key, id) of sends that delivered nothing.
+fn release_keys(ctx: &mut Ctx, keys: &[(String, String, String)]) -> Result<()> {
+    let tx = ctx.store()?.begin()?;
+    for (from, k, id) in keys {
+        tx.release_key(from, k, id)?;
+    }
+    tx.commit()
+}
+
+/// With backpressure on: every open endpoint's lock (see `lock_all`) and
+/// its depth. Far below every threshold an upper bound on the depth decides
+/// as well as an exact count, and costs no directory listing: send cost
+/// stays flat as a mailbox fills, until decisions need the exact number.
+fn lock_mailboxes(
+    ctx: &Ctx,
+    jobs: &[Job],
+    eps: &BTreeSet<String>,
+    cfg: &Backpressure,
+) -> Result<(Vec<std::fs::File>, BTreeMap<String, u64>)> {
+    let mut depth = BTreeMap::new();
+    if !cfg.enabled {
+        return Ok((Vec::new(), depth));
+    }
+    let quiet = policy(cfg).quiet_below();
+    // At most this many copies per endpoint join it now.
+    let mut adding: BTreeMap<&str, u64> = BTreeMap::new();
+    for job in jobs.iter().filter(|j| j.result.is_none()) {
+        for (_, ep) in job.open() {
+            *adding.entry(ep.as_str()).or_default() += 1;
+        }
+    }
+    let mailboxes: Vec<Mailbox> = eps.iter().map(|ep| Mailbox::at(&ctx.home, ep)).collect();
+    let locks = lock_all(&mailboxes)?;
+    for (mb, lock) in mailboxes.iter().zip(&locks) {
+        let adding = adding.get(mb.name.as_str()).copied().unwrap_or(0);
+        let d = match mb.depth_bound(lock)? {
+            Some(bound) if bound.saturating_add(adding) < quiet => bound,
+            _ => mb.depth()?,
+        };
+        depth.insert(mb.name.clone(), d);
+    }
+    Ok((locks, depth))
+}
+
+/// Every mailbox's lock, without ever holding one while waiting for
+/// another: each is tried without waiting; at the first one busy, all are
+/// let go, that one is waited for alone, and the rest tried again. A
+/// fan-out never keeps its other endpoints locked while an endpoint's
+/// holder is stalled, and two fan-outs cannot deadlock.
+fn lock_all(mailboxes: &[Mailbox]) -> Result<Vec<std::fs::File>> {
+    let mut busy: Option<usize> = None;
+    'again: loop {
+        let mut waited = match busy.take() {
+            Some(i) => Some((i, mailboxes[i].lock()?)),
+            None => None,
+        };
+        let mut locks = Vec::with_capacity(mailboxes.len());
+        for (i, mb) in mailboxes.iter().enumerate() {
+            if let Some((w, _)) = &waited
+                && *w == i
+                && let Some((_, lock)) = waited.take()
+            {
+                locks.push(lock);
+                continue;
+            }
+            match mb.try_lock()? {
+                Some(lock) => locks.push(lock),
+                None => {
+                    busy = Some(i);
+                    continue 'again;
+                }
+            }
+        }
+        return Ok(locks);
+    }
+}
+
+/// Backpressure, rate limit and breakers for every job still open, in
+/// `ledger`. Admitted copies are the fates left open; `depth` reserves
+/// their room.
+fn decide<L: Ledger>(
+    ledger: &L,
+    jobs: &mut [Job],
+    depth: &mut BTreeMap<String, u64>,
+    rel: &Reliability,
+    now: u64,
+) -> Result<()> {
+    for job in jobs.iter_mut().filter(|j| j.result.is_none()) {
         let mut pressure_events = Vec::new();
         if rel.backpressure.enabled {
             pressure_events = backpressure(job, depth, &rel.backpressure);
@@ -384,9 +591,7 @@ fn decide<L: Ledger>(
                 message,
                 retry_after_ms,
             } => {
-                if let (Some(k), Some(tx)) = (&job.key, keys) {
-                    tx.release_key(&env.from, k, &env.id)?;
-                }
+                // Its key, if claimed, is released after the delivery.
                 job.result = Some(Err(Error::Refused {
                     message,
                     retry_after_ms: Some(retry_after_ms),
@@ -544,16 +749,20 @@ fn backpressure(
 /// One copy to write: (job, endpoint index, endpoint, envelope).
 type Work = (usize, usize, String, Envelope);
 
+/// What became of one copy's delivery (see `Mailbox::deliver`).
+type Written = Result<Option<Error>>;
+
 /// Group commit through the batch log: every copy is serialized, appended
 /// to the log with one fsync, then delivered without fsync. Serializing and
-/// delivering run on two threads. One result per copy; errors returned here
-/// (the log could not be written) stop the batch before anything is
-/// delivered.
+/// delivering run on two threads. One result per copy, and a problem to
+/// report if the failed copies could not be struck from the log; errors
+/// returned here (the log could not be written) stop the batch before
+/// anything is delivered.
 fn logged_commit(
     relay_home: &crate::home::Home,
     log: &mut batchlog::Log,
     work: &[Work],
-) -> Result<Vec<Result<()>>> {
+) -> Result<(Vec<Written>, Option<String>)> {
     let encoded = parallel_map(work, |(_, _, _, copy)| copy.to_file_bytes());
     log.append(
         relay_home,
@@ -569,13 +778,18 @@ fn logged_commit(
         Err(e) => Err(Error::Data(e.to_string())),
     });
     // Reported failed, so retried by the sender: not to be replayed.
-    log.cancel(
+    let cancelled = log.cancel(
         work.iter()
             .zip(&results)
             .filter(|(_, r)| r.is_err())
             .map(|((_, _, ep, copy), _)| (ep.as_str(), copy.id.as_str())),
-    )?;
-    Ok(results)
+    );
+    let problem = cancelled.err().map(|e| {
+        format!(
+            "copies reported failed may come back after a power loss (batch log not updated: {e})"
+        )
+    });
+    Ok((results, problem))
 }
 
 /// `f` over `items`, in order, on up to two threads: a batch's file work is

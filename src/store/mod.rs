@@ -870,6 +870,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, records: &[Record]) -> rusqlite::Result
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (endpoint, id) DO NOTHING",
     )?;
+    let mut unsent = tx.prepare_cached(
+        "DELETE FROM messages WHERE endpoint = ?1 AND id = ?2 AND status = 'pending'",
+    )?;
     let mut event = tx.prepare_cached(
         "INSERT INTO events (at, kind, sender, endpoint, message_id, detail, jkey)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -911,6 +914,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, records: &[Record]) -> rusqlite::Result
                     priority,
                     probe,
                 ])?;
+            }
+            Record::Unsent { endpoint, id } => {
+                unsent.execute(params![endpoint, id])?;
             }
             Record::Event {
                 key,
