@@ -51,13 +51,20 @@ pub enum Rules {
     Quarantined(String),
 }
 
+/// Longest access rules file read.
+const FILE_MAX: u64 = 16 << 20;
+
 impl Rules {
     /// Loads `path`; never fails: a broken file quarantines.
     #[must_use]
     pub fn load(path: &Path) -> Self {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Rules::None,
+        // A FIFO or device there is refused, never waited on.
+        let text = match crate::home::read_operator_file(path, FILE_MAX).map(String::from_utf8) {
+            Ok(Ok(t)) => t,
+            Err(crate::home::Unreadable::Missing) => return Rules::None,
+            Ok(Err(e)) => {
+                return Rules::Quarantined(format!("cannot read {}: {e}", path.display()));
+            }
             Err(e) => return Rules::Quarantined(format!("cannot read {}: {e}", path.display())),
         };
         Self::parse(&text, &path.display().to_string())

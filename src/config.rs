@@ -4,7 +4,6 @@
 //! listing of keys come from that table, so they cannot disagree.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::Path;
 
 use serde_json::Value as Json;
@@ -497,10 +496,8 @@ impl RateLimit {
 /// Other read failures are `Error::Io` (exit 74); invalid UTF-8 or content is
 /// `Error::Config` (exit 78).
 pub fn load(path: &Path) -> Result<Config> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Config::default()),
-        Err(e) => return Err(Error::io("cannot read config", path, e)),
+    let Some(bytes) = read_file(path)? else {
+        return Ok(Config::default());
     };
     let origin = path.display().to_string();
     let text = String::from_utf8(bytes).map_err(|e| {
@@ -510,6 +507,24 @@ pub fn load(path: &Path) -> Result<Config> {
         ))
     })?;
     parse(&text, &origin)
+}
+
+/// Longest `config.json` read: far more than any real one.
+const FILE_MAX: u64 = 16 << 20;
+
+/// The bytes of the config file at `path`, `None` when there is none. A
+/// FIFO, device or directory there is refused (78) instead of waited on.
+pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
+    use crate::home::Unreadable;
+    match crate::home::read_operator_file(path, FILE_MAX) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(Unreadable::Missing) => Ok(None),
+        Err(Unreadable::Io(e)) => Err(Error::io("cannot read config", path, e)),
+        Err(why) => Err(Error::Config(format!(
+            "config {}: {why}; replace it with a JSON file or remove it",
+            path.display()
+        ))),
+    }
 }
 
 /// Parses config text; `origin` (the file path as displayed) is used in messages.

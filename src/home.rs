@@ -145,10 +145,9 @@ impl std::fmt::Display for Unreadable {
         match self {
             Unreadable::Missing => write!(f, "it does not exist"),
             Unreadable::NotRegular(kind) => write!(f, "it is a {kind}, not a regular file"),
-            Unreadable::TooLarge { size, cap } => write!(
-                f,
-                "it is {size} bytes, more than the {cap} bytes a message may take (maxPayloadBytes plus envelope)"
-            ),
+            Unreadable::TooLarge { size, cap } => {
+                write!(f, "it is {size} bytes, over the read limit of {cap} bytes")
+            }
             Unreadable::Io(e) => write!(f, "{e}"),
         }
     }
@@ -206,8 +205,17 @@ pub fn open_regular(
     flags: rustix::fs::OFlags,
     mode: u32,
 ) -> std::result::Result<(fs::File, fs::Metadata), Unreadable> {
+    open_checked(path, flags | rustix::fs::OFlags::NOFOLLOW, mode)
+}
+
+/// `open_regular` that follows a symlink only if `flags` lacks `O_NOFOLLOW`.
+fn open_checked(
+    path: &Path,
+    flags: rustix::fs::OFlags,
+    mode: u32,
+) -> std::result::Result<(fs::File, fs::Metadata), Unreadable> {
     use rustix::fs::{Mode, OFlags};
-    let flags = flags | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let flags = flags | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
     let file = fs::File::from(rustix::fs::open(path, flags, Mode::from_raw_mode(mode))?);
     let md = file.metadata().map_err(Unreadable::Io)?;
     match kind_of(md.file_type()) {
@@ -219,8 +227,23 @@ pub fn open_regular(
 /// Reads the regular file at `path` if it holds at most `cap` bytes, without
 /// following a symlink, blocking on a FIFO or reading more than `cap + 1`.
 pub fn read_regular(path: &Path, cap: u64) -> std::result::Result<Vec<u8>, Unreadable> {
+    read_capped(path, rustix::fs::OFlags::NOFOLLOW, cap)
+}
+
+/// Reads a file the operator edits (`config.json`, access rules) if it is
+/// a regular file of at most `cap` bytes: a symlink to one is followed (as
+/// dotfile managers make them), a FIFO or device is refused, never waited on.
+pub fn read_operator_file(path: &Path, cap: u64) -> std::result::Result<Vec<u8>, Unreadable> {
+    read_capped(path, rustix::fs::OFlags::empty(), cap)
+}
+
+fn read_capped(
+    path: &Path,
+    flags: rustix::fs::OFlags,
+    cap: u64,
+) -> std::result::Result<Vec<u8>, Unreadable> {
     use std::io::Read;
-    let (file, md) = open_regular(path, rustix::fs::OFlags::RDONLY, 0)?;
+    let (file, md) = open_checked(path, rustix::fs::OFlags::RDONLY | flags, 0)?;
     if md.len() > cap {
         return Err(Unreadable::TooLarge {
             size: md.len(),

@@ -400,7 +400,9 @@ impl Mailbox {
                 Err(home::Unreadable::Missing) => continue,
                 Err(home::Unreadable::Io(e)) => return Err(Error::io("cannot read", &to, e)),
                 Err(why) => {
-                    let problem = format!("not read: {why}");
+                    let limit = matches!(why, home::Unreadable::TooLarge { .. })
+                        .then_some(" (a message file may take 6 x maxPayloadBytes + 64 KiB)");
+                    let problem = format!("not read: {why}{}", limit.unwrap_or_default());
                     self.fail(&id, Value::Null, &problem, "malformed", now)?;
                     quarantined.push(Quarantined { id, problem });
                     continue;

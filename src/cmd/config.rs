@@ -189,11 +189,16 @@ fn load_reporting(path: &Path) -> Result<Config> {
 
 /// The file as a JSON object (`{}` when missing or blank).
 fn read_raw(path: &Path) -> Result<Value> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Value::Object(Map::new())),
-        Err(e) => return Err(Error::io("cannot read config", path, e)),
+    let Some(bytes) = config::read_file(path)? else {
+        return Ok(Value::Object(Map::new()));
     };
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::Config(format!(
+            "config {}: not valid UTF-8 (bad byte at offset {}); fix or remove the file",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     if text.trim().is_empty() {
         return Ok(Value::Object(Map::new()));
     }

@@ -275,3 +275,26 @@ fn names_with_newlines_and_escapes_are_printed_escaped_in_dlq_list() {
     assert_eq!(out.stdout.lines().count(), 2, "{:?}", out.stdout);
     assert!(out.stdout.contains("evil\\nFAKE-ROW"), "{:?}", out.stdout);
 }
+
+#[test]
+fn a_fifo_as_config_json_or_access_rules_is_refused_instead_of_hanging() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    mkfifo(&r.path("config.json"));
+    // Every command reads the config first: before, each blocked forever.
+    r.cmd(["send", "q", "hi"])
+        .code(78)
+        .stderr_has(&["config.json", "FIFO"]);
+    r.cmd(["recv", "q"]).code(78);
+    fs::remove_file(r.path("config.json")).unwrap_or_else(|e| panic!("rm: {e}"));
+
+    let access = r.path("access-rules.json");
+    mkfifo(&access);
+    let out = r.cmd(["send", "q", "hi"]).run();
+    assert!(
+        out.code > 0,
+        "with unreadable rules nothing is allowed: {}",
+        out.code
+    );
+    assert!(r.files("q", "new").is_empty());
+}
