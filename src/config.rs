@@ -513,17 +513,12 @@ pub fn load(path: &Path) -> Result<Config> {
 const FILE_MAX: u64 = 16 << 20;
 
 /// The bytes of the config file at `path`, `None` when there is none. A
-/// FIFO, device or directory there is refused (78) instead of waited on.
+/// FIFO, device or directory there is a read error (74), never waited on.
 pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>> {
-    use crate::home::Unreadable;
     match crate::home::read_operator_file(path, FILE_MAX) {
         Ok(bytes) => Ok(Some(bytes)),
-        Err(Unreadable::Missing) => Ok(None),
-        Err(Unreadable::Io(e)) => Err(Error::io("cannot read config", path, e)),
-        Err(why) => Err(Error::Config(format!(
-            "config {}: {why}; replace it with a JSON file or remove it",
-            path.display()
-        ))),
+        Err(crate::home::Unreadable::Missing) => Ok(None),
+        Err(e) => Err(Error::io("cannot read config", path, e.into_io())),
     }
 }
 

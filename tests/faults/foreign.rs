@@ -283,9 +283,9 @@ fn a_fifo_as_config_json_or_access_rules_is_refused_instead_of_hanging() {
     mkfifo(&r.path("config.json"));
     // Every command reads the config first: before, each blocked forever.
     r.cmd(["send", "q", "hi"])
-        .code(78)
-        .stderr_has(&["config.json", "FIFO"]);
-    r.cmd(["recv", "q"]).code(78);
+        .code(74)
+        .stderr_has(&["cannot read config", "FIFO"]);
+    r.cmd(["recv", "q"]).code(74);
     fs::remove_file(r.path("config.json")).unwrap_or_else(|e| panic!("rm: {e}"));
 
     let access = r.path("access-rules.json");
