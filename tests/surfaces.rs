@@ -369,7 +369,7 @@ fn connect(addr: SocketAddr) -> TcpStream {
 #[track_caller]
 pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
     let mut s = connect(addr);
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -404,7 +404,7 @@ impl Sse {
         let mut s = connect(addr);
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
         )
         .unwrap_or_else(|e| panic!("cannot send GET {path}: {e}"));
         s.set_read_timeout(Some(Duration::from_millis(200)))

@@ -1,0 +1,563 @@
+//! `GET /api/relay/stream?subject=PATTERN`: server-sent events with the
+//! seed's names: `relay_connected`, then `relay_message` for new message
+//! copies at matching endpoints, `relay_backpressure` for backpressure
+//! decisions and `relay_signal` for every other event.
+//!
+//! One poller thread moves what sends appended to the journal into the
+//! index and publishes every new message copy and event, in index order, on
+//! a broadcast channel; each stream filters it for its pattern. Message
+//! copies are ordered by (sent time, id, endpoint) and events by their id,
+//! so a thousand copies sent in one millisecond are passed one by one, never
+//! re-read. Every event carries an `id:`, the stream's position
+//! `EVENT:SENT_AT:MESSAGE:ENDPOINT` (the last event id and message copy
+//! passed); reconnecting with it as `Last-Event-ID` (or `?after=`) replays
+//! what was missed from the index, then goes on live. A stream that falls
+//! behind the channel catches up from the index the same way.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use rusqlite::{Connection, params};
+use serde_json::json;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::query::Query;
+use super::{App, Db, StreamSlot, api_error, failure, lock};
+use crate::context::Ctx;
+use crate::error::{Error, Result};
+use crate::store::{EventRow, reports};
+use crate::subject;
+
+/// How often the poller looks for news.
+const POLL: Duration = Duration::from_millis(250);
+/// A comment line after this long without an event keeps idle streams open
+/// through proxies.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Message copies read from the index at once.
+const MESSAGE_PAGE: usize = 1000;
+/// Events read from the index at once.
+const EVENT_PAGE: usize = 500;
+/// Items the channel keeps for a slow stream before it must catch up from
+/// the index.
+const CHANNEL: usize = 4096;
+
+/// Where a message copy is in the stream's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct MessageKey {
+    sent_at: u64,
+    id: String,
+    endpoint: String,
+}
+
+/// A stream position: the last event and the last message copy passed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Cursor {
+    event: i64,
+    message: MessageKey,
+}
+
+impl Cursor {
+    /// Whether `pos` was passed already.
+    fn covers(&self, pos: &Pos) -> bool {
+        match pos {
+            Pos::Event(id) => *id <= self.event,
+            Pos::Message(key) => *key <= self.message,
+        }
+    }
+
+    fn advance(&mut self, pos: &Pos) {
+        match pos {
+            Pos::Event(id) => self.event = self.event.max(*id),
+            Pos::Message(key) => {
+                if *key > self.message {
+                    self.message = key.clone();
+                }
+            }
+        }
+    }
+
+    /// Whether it is behind `other` in either order.
+    fn behind(&self, other: &Cursor) -> bool {
+        self.event < other.event || self.message < other.message
+    }
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.message;
+        write!(f, "{}:{}:{}:{}", self.event, m.sent_at, m.id, m.endpoint)
+    }
+}
+
+/// Where a reconnecting client left off: an id this stream sent, or just
+/// an event id (messages then from now on).
+#[derive(Debug, PartialEq, Eq)]
+struct Resume {
+    event: i64,
+    message: Option<MessageKey>,
+}
+
+impl Resume {
+    fn parse(s: &str) -> std::result::Result<Self, String> {
+        let bad = || {
+            format!(
+                "bad stream position '{}': expected an id: line of this stream (EVENT:SENT_AT:MESSAGE:ENDPOINT) or an event id",
+                s.escape_debug()
+            )
+        };
+        let mut parts = s.trim().splitn(4, ':');
+        let event = parts
+            .next()
+            .and_then(|e| e.parse().ok())
+            .ok_or_else(bad)?;
+        let message = match (parts.next(), parts.next(), parts.next()) {
+            (None, None, None) => None,
+            (Some(at), Some(id), Some(endpoint)) => Some(MessageKey {
+                sent_at: at.parse().map_err(|_| bad())?,
+                id: id.to_string(),
+                endpoint: endpoint.to_string(),
+            }),
+            _ => return Err(bad()),
+        };
+        Ok(Resume { event, message })
+    }
+
+    /// The cursor, messages from `live` on if none was given.
+    fn at(self, live: &Cursor) -> Cursor {
+        Cursor {
+            event: self.event,
+            message: self.message.unwrap_or_else(|| live.message.clone()),
+        }
+    }
+}
+
+/// A position in the stream's order.
+#[derive(Debug, Clone)]
+enum Pos {
+    Event(i64),
+    Message(MessageKey),
+}
+
+/// One message copy or event, as every stream gets it.
+#[derive(Debug)]
+struct Item {
+    pos: Pos,
+    name: &'static str,
+    /// The subject a pattern is matched against.
+    concerns: String,
+    /// The `data:` JSON.
+    data: String,
+}
+
+impl Item {
+    fn message(m: &reports::MessageRow) -> Self {
+        Item {
+            pos: Pos::Message(MessageKey {
+                sent_at: m.sent_at,
+                id: m.id.clone(),
+                endpoint: m.endpoint.clone(),
+            }),
+            name: "relay_message",
+            concerns: m.endpoint.clone(),
+            data: json!(m).to_string(),
+        }
+    }
+
+    fn event(e: &EventRow) -> Self {
+        let concerns = e
+            .endpoint
+            .as_deref()
+            .or(e.sender.as_deref())
+            .unwrap_or("relay")
+            .to_string();
+        let name = if e.kind.starts_with("backpressure") {
+            "relay_backpressure"
+        } else {
+            "relay_signal"
+        };
+        Item {
+            pos: Pos::Event(e.id),
+            name,
+            concerns,
+            data: json!(e).to_string(),
+        }
+    }
+}
+
+/// The live feed: the channel and the position the poller has published.
+#[derive(Default)]
+pub(super) struct Hub {
+    live: Mutex<Live>,
+}
+
+#[derive(Default)]
+struct Live {
+    /// `None` once the server stops.
+    tx: Option<broadcast::Sender<Arc<Item>>>,
+    /// `None` until the index was first read.
+    at: Option<Cursor>,
+    closed: bool,
+}
+
+impl Hub {
+    /// Publishes `item`; the position moves with it, under one lock, so a
+    /// new subscriber gets every item after the position it reads.
+    fn publish(&self, item: Item) {
+        let mut live = lock(&self.live);
+        if let Some(at) = live.at.as_mut() {
+            at.advance(&item.pos);
+        }
+        if let Some(tx) = &live.tx {
+            // No subscriber is no error.
+            let _ = tx.send(Arc::new(item));
+        }
+    }
+
+    /// A receiver and the position from which it gets every item.
+    fn subscribe(&self) -> Option<(broadcast::Receiver<Arc<Item>>, Cursor)> {
+        let live = lock(&self.live);
+        Some((live.tx.as_ref()?.subscribe(), live.at.clone()?))
+    }
+
+    fn position(&self) -> Option<Cursor> {
+        lock(&self.live).at.clone()
+    }
+
+    /// Ends every stream and the poller.
+    pub(super) fn close(&self) {
+        let mut live = lock(&self.live);
+        live.tx = None;
+        live.closed = true;
+    }
+}
+
+/// Reads the index once (so the stream starts from what it holds now) and
+/// starts the poller thread.
+pub(super) fn start_poller(app: &Arc<App>) -> Result<()> {
+    let hub = Arc::clone(&app.hub);
+    lock(&hub.live).tx = Some(broadcast::channel(CHANNEL).0);
+    let mut db = Db::open(&app.home)?;
+    if let Err(e) = poll(&hub, db.ctx()) {
+        crate::output::warn(&format!(
+            "cannot read the index for the stream yet: {e}; retrying"
+        ));
+    }
+    std::thread::Builder::new()
+        .name("relay-stream".into())
+        .spawn(move || {
+            let mut warned = false;
+            while !lock(&hub.live).closed {
+                std::thread::sleep(POLL);
+                match poll(&hub, db.ctx()) {
+                    Ok(()) => warned = false,
+                    Err(e) => {
+                        if !warned {
+                            crate::output::warn(&format!(
+                                "the stream cannot read the index: {e}; retrying"
+                            ));
+                            warned = true;
+                        }
+                        db.ctx().close_store();
+                    }
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| Error::Io {
+            what: "cannot start the stream's poller".into(),
+            source: e,
+        })
+}
+
+/// One look: ingest the journal, then publish everything after the live
+/// position (the first look only sets it).
+fn poll(hub: &Hub, ctx: &mut Ctx) -> Result<()> {
+    let store = ctx.store()?;
+    // Sends append to the journal; move what they wrote into the index.
+    let _ = store.ingest();
+    let Some(mut at) = hub.position() else {
+        let now = store.read(|c| {
+            Ok(Cursor {
+                event: reports::last_event_id(c)?,
+                message: last_message(c)?,
+            })
+        })?;
+        lock(&hub.live).at = Some(now);
+        return Ok(());
+    };
+    loop {
+        let rows = store.read(|c| messages_after(c, &at.message, MESSAGE_PAGE))?;
+        for m in &rows {
+            let item = Item::message(m);
+            at.advance(&item.pos);
+            hub.publish(item);
+        }
+        if rows.len() < MESSAGE_PAGE {
+            break;
+        }
+    }
+    loop {
+        let rows = store.read(|c| reports::events_after(c, at.event, 0, &[], EVENT_PAGE as u32))?;
+        for e in &rows {
+            let item = Item::event(e);
+            at.advance(&item.pos);
+            hub.publish(item);
+        }
+        if rows.len() < EVENT_PAGE {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The last message copy in the stream's order.
+fn last_message(c: &Connection) -> rusqlite::Result<MessageKey> {
+    let mut stmt = c.prepare_cached(
+        "SELECT sent_at, id, endpoint FROM messages
+         ORDER BY sent_at DESC, id DESC, endpoint DESC LIMIT 1",
+    )?;
+    let mut rows = stmt.query([])?;
+    Ok(match rows.next()? {
+        Some(r) => MessageKey {
+            sent_at: r.get(0)?,
+            id: r.get(1)?,
+            endpoint: r.get(2)?,
+        },
+        None => MessageKey::default(),
+    })
+}
+
+/// Up to `limit` message copies after `after`, in the stream's order.
+fn messages_after(
+    c: &Connection,
+    after: &MessageKey,
+    limit: usize,
+) -> rusqlite::Result<Vec<reports::MessageRow>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, endpoint, subject, sender, trace_id, status, sent_at FROM messages
+         WHERE sent_at >= ?1 AND (sent_at > ?1 OR id > ?2 OR (id = ?2 AND endpoint > ?3))
+         ORDER BY sent_at, id, endpoint LIMIT ?4",
+    )?;
+    stmt.query_map(
+        params![after.sent_at, after.id, after.endpoint, limit as i64],
+        |r| {
+            Ok(reports::MessageRow {
+                id: r.get(0)?,
+                endpoint: r.get(1)?,
+                subject: r.get(2)?,
+                from: r.get(3)?,
+                trace_id: r.get(4)?,
+                state: r.get(5)?,
+                sent_at: r.get(6)?,
+            })
+        },
+    )?
+    .collect()
+}
+
+/// One page of what lies after `from` up to `to` in the index, and whether
+/// there is more.
+fn read_between(ctx: &mut Ctx, from: &Cursor, to: &Cursor) -> Result<(Vec<Item>, bool)> {
+    let store = ctx.store()?;
+    let mut items = Vec::new();
+    let mut more = false;
+    if from.message < to.message {
+        let rows = store.read(|c| messages_after(c, &from.message, MESSAGE_PAGE))?;
+        more |= rows.len() == MESSAGE_PAGE;
+        items.extend(rows.iter().map(Item::message));
+    }
+    if from.event < to.event {
+        let rows =
+            store.read(|c| reports::events_after(c, from.event, 0, &[], EVENT_PAGE as u32))?;
+        more |= rows.len() == EVENT_PAGE;
+        items.extend(rows.iter().map(Item::event));
+    }
+    // Past `to` comes from the channel.
+    items.retain(|i| to.covers(&i.pos));
+    Ok((items, more))
+}
+
+/// `GET /api/relay/stream`.
+pub(super) async fn stream(
+    State(app): State<Arc<App>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let q = Query::parse(q.as_deref());
+    let pattern = q.get("subject").unwrap_or(">").to_string();
+    if let Err(e) = subject::validate_pattern(&pattern, "subject filter") {
+        return failure(&e);
+    }
+    // A reconnecting EventSource sends the last id it saw.
+    let resume = headers
+        .get("last-event-id")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .or_else(|| q.get("after").map(str::to_string))
+        .filter(|s| !s.trim().is_empty());
+    let resume = match resume.as_deref().map(Resume::parse).transpose() {
+        Ok(r) => r,
+        Err(m) => return api_error(StatusCode::BAD_REQUEST, &m),
+    };
+    let Some(slot) = app.stream_slot() else {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "too many open streams ({} at most, half the connections); retry shortly",
+                app.max_streams
+            ),
+        );
+    };
+    let Some((rx, live)) = app.hub.subscribe() else {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the stream is not ready: the index could not be read yet (see the server's stderr); retry shortly",
+        );
+    };
+    let at = match resume {
+        Some(r) => r.at(&live),
+        None => live.clone(),
+    };
+    let hello = Event::default()
+        .id(at.to_string())
+        .event("relay_connected")
+        .data(json!({ "pattern": pattern }).to_string());
+    let sub = Subscriber {
+        app: Arc::clone(&app),
+        rx,
+        behind: at.behind(&live).then_some(live),
+        at,
+        pattern,
+        queue: VecDeque::from([hello]),
+        _slot: slot,
+    };
+    let mut resp = Sse::new(futures_util::stream::unfold(sub, Subscriber::next)).into_response();
+    resp.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// One open stream.
+struct Subscriber {
+    app: Arc<App>,
+    rx: broadcast::Receiver<Arc<Item>>,
+    pattern: String,
+    at: Cursor,
+    /// Catch up from the index up to this first.
+    behind: Option<Cursor>,
+    queue: VecDeque<Event>,
+    _slot: StreamSlot,
+}
+
+impl Subscriber {
+    async fn next(mut self) -> Option<(std::result::Result<Event, Infallible>, Self)> {
+        loop {
+            if let Some(ev) = self.queue.pop_front() {
+                return Some((Ok(ev), self));
+            }
+            if let Some(to) = self.behind.take() {
+                let from = self.at.clone();
+                let target = to.clone();
+                let (items, more) = match self
+                    .app
+                    .blocking(move |ctx| read_between(ctx, &from, &target))
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(e) => {
+                        crate::output::warn(&format!("a stream cannot catch up: {e}"));
+                        return None;
+                    }
+                };
+                let progressed = !items.is_empty();
+                for item in items {
+                    self.take(&item);
+                }
+                if more && progressed {
+                    self.behind = Some(to);
+                }
+                continue;
+            }
+            match tokio::time::timeout(KEEPALIVE, self.rx.recv()).await {
+                Err(_) => return Some((Ok(Event::default().comment("keepalive")), self)),
+                Ok(Ok(item)) => self.take(&item),
+                // Fell behind the channel: what it dropped is in the index.
+                Ok(Err(RecvError::Lagged(_))) => self.behind = self.app.hub.position(),
+                Ok(Err(RecvError::Closed)) => return None,
+            }
+        }
+    }
+
+    /// Passes `item`, queueing its event if the pattern wants it.
+    fn take(&mut self, item: &Item) {
+        if self.at.covers(&item.pos) {
+            return;
+        }
+        self.at.advance(&item.pos);
+        if self.pattern != ">" && !subject::matches(&self.pattern, &item.concerns) {
+            return;
+        }
+        let mut ev = Event::default();
+        let id = self.at.to_string();
+        // An id a client could not send back is left out: it resumes from
+        // the one before (this event again, at least once).
+        if !id.contains(['\r', '\n', '\0']) {
+            ev = ev.id(id);
+        }
+        self.queue.push_back(ev.event(item.name).data(&item.data));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(at: u64, id: &str, ep: &str) -> MessageKey {
+        MessageKey {
+            sent_at: at,
+            id: id.into(),
+            endpoint: ep.into(),
+        }
+    }
+
+    #[test]
+    fn positions_round_trip_and_plain_event_ids_resume_events() {
+        let c = Cursor {
+            event: 42,
+            message: key(1_767_225_600_000, "01JZ", "agent.b"),
+        };
+        let text = c.to_string();
+        assert_eq!(text, "42:1767225600000:01JZ:agent.b");
+        let live = Cursor::default();
+        assert_eq!(Resume::parse(&text).map(|r| r.at(&live)), Ok(c.clone()));
+        let r = Resume::parse("7").map(|r| r.at(&c));
+        assert_eq!(r.map(|r| (r.event, r.message)), Ok((7, c.message.clone())));
+        for bad in ["", "x", "1:2", "1:x:id:ep", "-:0::"] {
+            assert!(Resume::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Resume::parse("0:0::").is_ok());
+    }
+
+    #[test]
+    fn a_cursor_passes_each_copy_once_in_order() {
+        let mut c = Cursor::default();
+        let a = Pos::Message(key(5, "A", "x.b"));
+        let b = Pos::Message(key(5, "A", "x.c"));
+        assert!(!c.covers(&a));
+        c.advance(&a);
+        assert!(c.covers(&a));
+        assert!(!c.covers(&b), "another copy of the same message, same ms");
+        c.advance(&b);
+        c.advance(&a);
+        assert_eq!(c.message, key(5, "A", "x.c"), "never moves back");
+        assert!(!c.covers(&Pos::Event(1)));
+        c.advance(&Pos::Event(3));
+        assert!(c.covers(&Pos::Event(2)) && !c.covers(&Pos::Event(4)));
+    }
+}
