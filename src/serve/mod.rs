@@ -278,8 +278,8 @@ async fn serve(app: Arc<App>, listener: std::net::TcpListener) -> Result<()> {
     use hyper_util::service::TowerToHyperService;
     use tokio::signal::unix::{SignalKind, signal};
 
-    let listener = tokio::net::TcpListener::from_std(listener)
-        .map_err(|e| io_error("cannot listen", e))?;
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(|e| io_error("cannot listen", e))?;
     let mut term =
         signal(SignalKind::terminate()).map_err(|e| io_error("cannot handle SIGTERM", e))?;
     let mut int =
@@ -326,7 +326,10 @@ async fn serve(app: Arc<App>, listener: std::net::TcpListener) -> Result<()> {
     drop(listener);
     eprintln!("relay: {signal}: stopping (no new connections; streams end, requests finish)");
     app.hub.close();
-    if tokio::time::timeout(GRACE, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
         eprintln!(
             "relay: {} connection(s) still open after {}s; closing them",
             app.connections.load(Ordering::SeqCst),

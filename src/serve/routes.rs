@@ -139,10 +139,7 @@ async fn not_found(method: Method, uri: Uri) -> Response {
 async fn not_allowed(method: Method, uri: Uri) -> Response {
     let mut resp = api_error(
         StatusCode::METHOD_NOT_ALLOWED,
-        &format!(
-            "{method} is not allowed on {}; use GET",
-            decode(uri.path())
-        ),
+        &format!("{method} is not allowed on {}; use GET", decode(uri.path())),
     );
     resp.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static("GET"));

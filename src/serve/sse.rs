@@ -113,10 +113,7 @@ impl Resume {
             )
         };
         let mut parts = s.trim().splitn(4, ':');
-        let event = parts
-            .next()
-            .and_then(|e| e.parse().ok())
-            .ok_or_else(bad)?;
+        let event = parts.next().and_then(|e| e.parse().ok()).ok_or_else(bad)?;
         let message = match (parts.next(), parts.next(), parts.next()) {
             (None, None, None) => None,
             (Some(at), Some(id), Some(endpoint)) => Some(MessageKey {
