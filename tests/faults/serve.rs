@@ -527,3 +527,23 @@ fn every_answer_has_the_status_line_of_its_code() {
     get(s.addr, "/api/relay/trace/metrics?since=xx").assert_error("HTTP/1.1 400 Bad Request");
     request(s.addr, "GET", "/", &[("Host", "evil.example")]).assert_error("HTTP/1.1 403 Forbidden");
 }
+
+#[test]
+fn sigterm_and_sigint_stop_the_server_gracefully() {
+    let r = Relay::new();
+    r.add(&["agent.b"]);
+    for sig in ["TERM", "INT"] {
+        let mut s = Server::start(&r, "127.0.0.1:0", &[], &[]);
+        let mut sse = stream(s.addr, "/api/relay/stream");
+        s.proc.signal(sig);
+        // The open stream ends (not cut mid-event), and relay exits 0.
+        let deadline = Instant::now() + secs(10);
+        while sse.next(deadline).is_some() {}
+        assert_eq!(s.proc.finish(secs(10)), 0, "SIG{sig}\n{}", s.proc.dump());
+        assert!(
+            s.proc.err.seen.iter().any(|l| l.contains("stopping")),
+            "SIG{sig}: {}",
+            s.proc.dump()
+        );
+    }
+}
