@@ -418,8 +418,9 @@ pub struct RecvArgs {
     #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
     pub wait: Option<Duration>,
 
-    /// Promise to ack or nack within DURATION; a claim held longer counts as
-    /// a delivery failure for the sender's circuit breaker
+    /// Promise to ack or nack within DURATION [default: delivery.leaseSecs,
+    /// 30m]; a claim held longer goes back to new/ for redelivery (its
+    /// deliveryCount raised) and counts against the sender's breaker
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub lease: Option<Duration>,
 
@@ -458,6 +459,11 @@ pub struct AckArgs {
     /// Ids of claimed messages
     #[arg(value_name = "ID", required = true)]
     pub ids: Vec<String>,
+
+    /// The deliveryCount the claim had (as recv --json printed it): refused
+    /// if the message was redelivered since
+    #[arg(long, value_name = "N")]
+    pub delivery_count: Option<u32>,
 }
 
 /// Arguments of `relay nack`.
@@ -474,6 +480,11 @@ pub struct NackArgs {
     /// Why the message failed (kept in the dead letter's reason sidecar)
     #[arg(long, value_name = "TEXT", default_value = "rejected by consumer")]
     pub reason: String,
+
+    /// The deliveryCount the claim had (as recv --json printed it): refused
+    /// if the message was redelivered since
+    #[arg(long, value_name = "N")]
+    pub delivery_count: Option<u32>,
 }
 
 /// Arguments of `relay endpoints`.

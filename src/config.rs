@@ -42,8 +42,22 @@ pub struct Config {
     /// `index.journalMaxBytes`: size past which a send moves the journal
     /// into the index itself, `64 KiB..=1 GiB` (relay's own key).
     pub journal_max_bytes: u64,
+    /// The `delivery` section: leases and redelivery (relay's own keys).
+    pub delivery: Delivery,
     /// problems that are not fatal (unknown keys), one human line each
     pub warnings: Vec<String>,
+}
+
+/// `delivery`: how long a claim is held and how often it is handed out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// `delivery.leaseSecs`: the lease of a claim made without `--lease`
+    /// (and of a claim the index does not know, counted from its rename
+    /// into `cur/`), `1..=` a year; 1800 (30 min) as DorkOS.
+    pub lease_secs: u64,
+    /// `delivery.maxDeliveries`: claims whose lease may run out before the
+    /// message is dead-lettered as `max_deliveries`, `1..=1000`.
+    pub max_deliveries: u32,
 }
 
 /// The `reliability` section, as DorkOS names it.
@@ -212,6 +226,23 @@ static KNOBS: &[Knob] = &[
         default: Value::Int(16 << 20),
         get: |c| Value::Int(c.journal_max_bytes),
         set: |c, v| c.journal_max_bytes = v.int(),
+    },
+    Knob {
+        key: "delivery.leaseSecs",
+        kind: Kind::Int {
+            min: 1,
+            max: YEAR_SECS,
+        },
+        default: Value::Int(1800),
+        get: |c| Value::Int(c.delivery.lease_secs),
+        set: |c, v| c.delivery.lease_secs = v.int(),
+    },
+    Knob {
+        key: "delivery.maxDeliveries",
+        kind: Kind::Int { min: 1, max: 1000 },
+        default: Value::Int(5),
+        get: |c| Value::Int(u64::from(c.delivery.max_deliveries)),
+        set: |c, v| c.delivery.max_deliveries = v.int32(),
     },
     Knob {
         key: "reliability.rateLimit.enabled",
@@ -402,6 +433,10 @@ impl Default for Config {
             retention_days: 0,
             tmp_max_age_secs: 0,
             journal_max_bytes: 0,
+            delivery: Delivery {
+                lease_secs: 0,
+                max_deliveries: 0,
+            },
             reliability: Reliability {
                 rate_limit: RateLimit {
                     enabled: false,

@@ -38,6 +38,10 @@ pub struct Envelope {
     /// Our priority lane (additive); absent means normal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<String>,
+    /// How many claims of this message ran out of their lease (additive;
+    /// absent means none): raised each time it goes back to `new/`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub delivery_count: u32,
     /// Fields written by other programs, kept verbatim.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -69,6 +73,12 @@ impl Envelope {
         serde_json::to_vec_pretty(self)
             .map_err(|e| Error::Data(format!("cannot serialize envelope {}: {e}", self.id)))
     }
+}
+
+/// Whether a count is zero (then it is left out of the file).
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A new message id: a ULID whose time is `now_ms` and whose 80-bit

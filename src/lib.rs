@@ -16,6 +16,7 @@ pub mod error;
 pub mod generate;
 pub mod home;
 pub mod journal;
+pub mod lease;
 pub mod ledger;
 pub mod maildir;
 pub mod notice;

@@ -523,6 +523,46 @@ impl Mailbox {
         Ok(true)
     }
 
+    /// When message `id` was claimed, as far as the Maildir knows: the
+    /// change time of `cur/<id>.json` (the rename into `cur/` sets it, as
+    /// DorkOS's crash recovery also reads it). `None` if it is not there.
+    #[must_use]
+    pub fn claimed_at(&self, id: &str) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::symlink_metadata(self.file("cur", id)).ok()?;
+        let secs = u64::try_from(m.ctime()).ok()?;
+        let nanos = u64::try_from(m.ctime_nsec()).unwrap_or(0);
+        Some(secs.saturating_mul(1000).saturating_add(nanos / 1_000_000))
+    }
+
+    /// Gives back a claim whose lease ran out: `cur/<id>.json` is replaced
+    /// by `env` (its delivery count raised; written through `tmp/` and
+    /// swapped in atomically, so a file acked meanwhile is not brought
+    /// back), then moved to `new/`. `Ok(false)` if it left `cur/` first.
+    pub fn redeliver(&self, env: &Envelope) -> Result<bool> {
+        use rustix::fs::{CWD, RenameFlags};
+        let name = file_name(&env.id);
+        let (tmp, cur) = (self.sub("tmp").join(&name), self.sub("cur").join(&name));
+        let _ = fs::remove_file(&tmp);
+        home::write_new_file(&tmp, &env.to_file_bytes()?, true)?;
+        let swapped = match rustix::fs::renameat_with(CWD, &tmp, CWD, &cur, RenameFlags::EXCHANGE) {
+            // A filesystem without the exchange: replace it (the mailbox
+            // lock keeps relay's own acks out meanwhile).
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) if cur.exists() => {
+                fs::rename(&tmp, &cur).map_err(|e| {
+                    rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)
+                })
+            }
+            other => other,
+        };
+        let _ = fs::remove_file(&tmp);
+        match swapped {
+            Ok(()) => self.unclaim(&env.id),
+            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(e) => Err(Error::io("cannot rewrite", &cur, e.into())),
+        }
+    }
+
     /// Deletes dead letter `id` and its sidecar.
     pub fn remove_dead_letter(&self, id: &str) -> std::io::Result<()> {
         match fs::remove_file(self.file("failed", id)) {

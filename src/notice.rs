@@ -26,6 +26,7 @@ pub fn is_notifiable(code: &str) -> bool {
             | "ttl_expired"
             | "budget_exhausted"
             | "access_denied"
+            | "max_deliveries"
     )
 }
 
@@ -108,6 +109,7 @@ pub fn send(
         dispatch_id: None,
         trace_id: Some(original.trace().to_string()),
         priority: None,
+        delivery_count: 0,
         extra: serde_json::Map::new(),
     };
     let mb = Mailbox::at(home, reply_to);

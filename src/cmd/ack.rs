@@ -8,6 +8,7 @@ use crate::breaker::Event as BreakerEvent;
 use crate::cli::{AckArgs, NackArgs};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
+use crate::lease::{self, Refusal};
 use crate::maildir::{self, AckOutcome, Mailbox};
 use crate::output;
 use crate::store::Status;
@@ -28,7 +29,7 @@ struct DoneReport {
 
 /// Runs `relay ack`.
 pub fn ack(ctx: &mut Ctx, args: &AckArgs) -> Result<()> {
-    finish(ctx, &args.endpoint, &args.ids, None)
+    finish(ctx, &args.endpoint, &args.ids, None, args.delivery_count)
 }
 
 /// Runs `relay nack`.
@@ -39,22 +40,68 @@ pub fn nack(ctx: &mut Ctx, args: &NackArgs) -> Result<()> {
             args.reason.len()
         )));
     }
-    finish(ctx, &args.endpoint, &args.ids, Some(&args.reason))
+    finish(
+        ctx,
+        &args.endpoint,
+        &args.ids,
+        Some(&args.reason),
+        args.delivery_count,
+    )
 }
 
-/// Finishes one claimed message for a consumer (`recv --ack`, `--exec`):
-/// acks it (`reason` None) or nacks it, durably, and records the outcome
-/// (index, breaker, failure notice). Returns false if it was no longer in `cur/`.
-pub fn settle(ctx: &mut Ctx, mb: &Mailbox, id: &str, reason: Option<&str>) -> Result<bool> {
+/// How a consumer's finish of one claim went.
+#[derive(Debug)]
+pub enum Settled {
+    /// Acked or nacked, durably, and recorded.
+    Done,
+    /// No longer in `cur/` (finished by someone else).
+    Gone,
+    /// Refused: the claim's lease ran out, or it was redelivered (why).
+    Refused(String),
+}
+
+/// Finishes one claimed message for a consumer (`recv --ack`, `--exec`)
+/// that holds it at delivery `held` (its `deliveryCount`): acks it
+/// (`reason` None) or nacks it, durably, and records the outcome (index,
+/// breaker, failure notice), unless its lease ran out (then it goes back
+/// to `new/`) or it was redelivered since.
+pub fn settle(
+    ctx: &mut Ctx,
+    mb: &Mailbox,
+    id: &str,
+    reason: Option<&str>,
+    held: Option<u32>,
+) -> Result<Settled> {
     let now = ctx.clock.now_ms();
-    let done = finish_file(mb, id, reason, now)?;
-    if done {
-        if reason.is_none() {
-            crate::home::sync_dir(&mb.sub("cur"))?;
+    let default_ms = lease::default_ms(&ctx.config);
+    let row = ctx.store()?.claim_row(&mb.name, id)?;
+    let verb = if reason.is_some() { "nack" } else { "ack" };
+    let done = {
+        let _lock = mb.lock()?;
+        if let Some(refusal) =
+            lease::check_holder(mb, id, row.as_ref(), held, verb, default_ms, now)
+        {
+            Err(refusal)
+        } else {
+            Ok(finish_file(mb, id, reason, now)?)
         }
-        record(ctx, &mb.name, &[id.to_string()], reason, now)?;
+    };
+    match done {
+        Ok(false) => Ok(Settled::Gone),
+        Ok(true) => {
+            if reason.is_none() {
+                crate::home::sync_dir(&mb.sub("cur"))?;
+            }
+            record(ctx, &mb.name, &[id.to_string()], reason, now)?;
+            Ok(Settled::Done)
+        }
+        Err(refusal) => {
+            if matches!(refusal, Refusal::RanOut(_)) {
+                lease::sweep(ctx, mb, now)?;
+            }
+            Ok(Settled::Refused(refusal.message().to_string()))
+        }
     }
-    Ok(done)
 }
 
 /// Removes `cur/<id>` (ack, `reason` None) or dead-letters it with
@@ -111,9 +158,17 @@ fn record(
     tx.commit()
 }
 
-/// Acks (`reason` None) or nacks every id; ids that cannot be finished are
-/// reported together after the others are done.
-fn finish(ctx: &mut Ctx, endpoint: &str, ids: &[String], reason: Option<&str>) -> Result<()> {
+/// Acks (`reason` None) or nacks every id held at delivery `held` (if
+/// given); ids that cannot be finished are reported together after the
+/// others are done. Claims whose lease ran out are refused and go back to
+/// `new/` for redelivery.
+fn finish(
+    ctx: &mut Ctx,
+    endpoint: &str,
+    ids: &[String],
+    reason: Option<&str>,
+    held: Option<u32>,
+) -> Result<()> {
     let mb = Mailbox::open_endpoint(&ctx.home, endpoint)?;
     for id in ids {
         maildir::validate_id(id)?;
@@ -127,7 +182,24 @@ fn finish(ctx: &mut Ctx, endpoint: &str, ids: &[String], reason: Option<&str>) -
         ..DoneReport::default()
     };
     let mut problems = Vec::new();
+    let (verb, default_ms) = (
+        if reason.is_some() { "nack" } else { "ack" },
+        lease::default_ms(&ctx.config),
+    );
+    let mut ran_out = false;
+    // The mailbox lock keeps a sweep from giving a claim back while it is
+    // checked and finished here.
+    let lock = mb.lock()?;
     for id in ids {
+        let row = ctx.store()?.claim_row(endpoint, id)?;
+        if mb.has("cur", id)
+            && let Some(refusal) =
+                lease::check_holder(&mb, id, row.as_ref(), held, verb, default_ms, now)
+        {
+            ran_out |= matches!(refusal, Refusal::RanOut(_));
+            problems.push(refusal.message().to_string());
+            continue;
+        }
         if finish_file(&mb, id, reason, now)? {
             match reason {
                 None => report.acked.push(id.clone()),
@@ -135,17 +207,33 @@ fn finish(ctx: &mut Ctx, endpoint: &str, ids: &[String], reason: Option<&str>) -
             }
             continue;
         }
-        let status = ctx.store()?.status(endpoint, id)?;
-        let wanted = if reason.is_some() { "failed" } else { "acked" };
-        if status.as_deref() == Some(wanted) {
+        let status = row.as_ref().map(|r| r.status);
+        let wanted = if reason.is_some() {
+            Status::Failed
+        } else {
+            Status::Acked
+        };
+        if status == Some(wanted) {
             report.already_done.push(id.clone());
+        } else if let Some(note) = lease::gone_note(row.as_ref()) {
+            problems.push(format!(
+                "{verb} of message '{id}' in '{endpoint}' refused: {note}"
+            ));
         } else if mb.has("new", id) {
             problems.push(format!(
                 "message '{id}' in '{endpoint}' is not claimed yet; claim it first with: relay recv {endpoint}"
             ));
         } else if mb.has("failed", id) {
+            let code = mb.read_reason(id).and_then(|r| r.code);
+            let why = match code.as_deref() {
+                Some(lease::MAX_DELIVERIES) => {
+                    " as max_deliveries: its lease ran out too many times".to_string()
+                }
+                Some(c) => format!(" ({c})"),
+                None => String::new(),
+            };
             problems.push(format!(
-                "message '{id}' in '{endpoint}' is already dead-lettered (failed/)"
+                "message '{id}' in '{endpoint}' is already dead-lettered{why} (failed/)"
             ));
         } else {
             problems.push(format!(
@@ -153,6 +241,10 @@ fn finish(ctx: &mut Ctx, endpoint: &str, ids: &[String], reason: Option<&str>) -
                 mb.sub("cur").display()
             ));
         }
+    }
+    drop(lock);
+    if ran_out {
+        lease::sweep(ctx, &mb, now)?;
     }
     if !report.acked.is_empty() {
         crate::home::sync_dir(&mb.sub("cur"))?;

@@ -18,25 +18,31 @@ use serde_json::json;
 
 use crate::cli::RecvArgs;
 use crate::clock::human_ms;
-use crate::cmd::{ack, recv};
+use crate::cmd::ack::{self, Settled};
+use crate::cmd::recv;
 use crate::config;
 use crate::context::Ctx;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::maildir::{Claimed, Mailbox};
-use crate::output;
 use crate::store::Event;
+use crate::{lease, output};
 
 /// Longest sleep without a notification before looking anyway.
 const FALLBACK_POLL: Duration = Duration::from_millis(1000);
 /// How often running handlers are checked.
 const TICK: Duration = Duration::from_millis(5);
 
+/// Least time between two sweeps for claims whose lease ran out.
+const SWEEP_EVERY: Duration = Duration::from_millis(1000);
+
 /// A handler working on one message.
 struct Job {
     child: Child,
     envelope: Envelope,
     started: Instant,
+    /// When its claim's lease runs out (ms, relay's clock).
+    lease_until: Option<u64>,
 }
 
 /// Runs the consumer loop until interrupted (`--follow`) or until the
@@ -78,6 +84,7 @@ pub fn run(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<()> {
     let slots = args.exec.as_ref().map_or(64, |_| args.concurrency as usize);
     let mut running: Vec<Job> = Vec::new();
     let mut taken = 0usize;
+    let mut last_sweep: Option<Instant> = None;
     loop {
         if args.follow {
             reload_if_changed(ctx, &mut config_stamp);
@@ -111,11 +118,32 @@ pub fn run(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<()> {
         let want = slots.saturating_sub(running.len()).min(limit - taken);
         let mut got = 0;
         if want > 0 && !stop {
-            let batch = recv::take(ctx, mb, want, args.lease)?;
+            // Claims whose lease ran out (a consumer killed mid-handler, say)
+            // go back to new/ before anything is taken.
+            if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+                last_sweep = Some(Instant::now());
+                lease::sweep(ctx, mb, ctx.clock.now_ms())?;
+            }
+            let lease = lease::of_claim(&ctx.config, args.ack, args.lease);
+            let batch = match recv::take(ctx, mb, want, lease) {
+                Ok(batch) => batch,
+                // The claims went back to new/: a follower waits and tries
+                // again rather than stop over a busy index.
+                Err(e @ Error::Refused { .. }) if args.follow => {
+                    output::warn(&format!(
+                        "{e}; trying again in {}",
+                        human_ms(crate::clock::ms(FALLBACK_POLL))
+                    ));
+                    std::thread::sleep(FALLBACK_POLL);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             got = batch.len();
             taken += got;
+            let lease_until = lease.map(|l| ctx.clock.now_ms().saturating_add(l));
             for c in batch {
-                start(ctx, mb, args, c, &mut running)?;
+                start(ctx, mb, args, c, lease_until, &mut running)?;
             }
         }
         let idle = running.is_empty();
@@ -211,13 +239,15 @@ fn start(
     mb: &Mailbox,
     args: &RecvArgs,
     c: Claimed,
+    lease_until: Option<u64>,
     running: &mut Vec<Job>,
 ) -> Result<()> {
     let env = c.envelope;
+    let held = Some(env.delivery_count);
     let Some(cmd) = &args.exec else {
         recv::print(ctx.json, &env)?;
         if args.ack {
-            ack::settle(ctx, mb, &env.id, None)?;
+            ack::settle(ctx, mb, &env.id, None, held)?;
         }
         return Ok(());
     };
@@ -243,6 +273,7 @@ fn start(
         .env("RELAY_SUBJECT", &env.subject)
         .env("RELAY_SENDER", &env.from)
         .env("RELAY_PRIORITY", env.priority().as_str())
+        .env("RELAY_DELIVERY_COUNT", env.delivery_count.to_string())
         .env(
             "RELAY_BUDGET",
             serde_json::to_string(&env.budget).unwrap_or_default(),
@@ -257,7 +288,7 @@ fn start(
         Ok(c) => c,
         Err(e) => {
             let reason = format!("cannot start handler: {e}");
-            ack::settle(ctx, mb, &env.id, Some(&reason))?;
+            ack::settle(ctx, mb, &env.id, Some(&reason), held)?;
             report(
                 ctx,
                 &env,
@@ -281,12 +312,15 @@ fn start(
         child,
         envelope: env,
         started: Instant::now(),
+        lease_until,
     });
     Ok(())
 }
 
-/// Settles handlers that finished or ran out of time.
+/// Settles handlers that finished or ran out of time; kills those whose
+/// claim's lease ran out (the message goes back to new/ for redelivery).
 fn reap(ctx: &mut Ctx, mb: &Mailbox, running: &mut Vec<Job>, args: &RecvArgs) -> Result<()> {
+    let now = ctx.clock.now_ms();
     let mut i = 0;
     while i < running.len() {
         let job = &mut running[i];
@@ -302,6 +336,12 @@ fn reap(ctx: &mut Ctx, mb: &Mailbox, running: &mut Vec<Job>, args: &RecvArgs) ->
                 let took = human_ms(crate::clock::ms(elapsed));
                 Some((None, Err(format!("handler timed out after {took}"))))
             }
+            None if job.lease_until.is_some_and(|at| at < now) => {
+                // Its result could not be acked: stop it, and let the
+                // settle below refuse and give the message back.
+                kill_group(&mut job.child);
+                Some((None, Err("the claim's lease ran out".to_string())))
+            }
             None => None,
         };
         let Some((code, verdict)) = outcome else {
@@ -310,11 +350,22 @@ fn reap(ctx: &mut Ctx, mb: &Mailbox, running: &mut Vec<Job>, args: &RecvArgs) ->
         };
         let job = running.swap_remove(i);
         let reason = verdict.as_ref().err().map(String::as_str);
-        let settled = ack::settle(ctx, mb, &job.envelope.id, reason)?;
-        let word = match (settled, reason) {
-            (false, _) => "gone",
-            (true, None) => "acked",
-            (true, Some(_)) => "nacked",
+        let held = Some(job.envelope.delivery_count);
+        let settled = match ack::settle(ctx, mb, &job.envelope.id, reason, held) {
+            Ok(s) => s,
+            // A busy index: the message stays where it is (a claim comes
+            // back when its lease runs out); the consumer goes on.
+            Err(e @ (Error::Store(_) | Error::Refused { .. })) if args.follow => {
+                output::warn(&format!("cannot settle message {}: {e}", job.envelope.id));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let (word, reason) = match (&settled, reason) {
+            (Settled::Gone, _) => ("gone", reason),
+            (Settled::Done, None) => ("acked", None),
+            (Settled::Done, Some(_)) => ("nacked", reason),
+            (Settled::Refused(why), _) => ("refused", Some(why.as_str())),
         };
         report(ctx, &job.envelope, &mb.name, word, code, elapsed, reason)?;
     }
@@ -322,15 +373,26 @@ fn reap(ctx: &mut Ctx, mb: &Mailbox, running: &mut Vec<Job>, args: &RecvArgs) ->
 }
 
 /// Kills the running handlers (their whole process groups) and gives their
-/// messages back: into `new/`, pending again in the index. How many.
+/// messages back: into `new/` (under the mailbox lock, so nothing that
+/// counts or moves the mailbox's files runs in between), pending again in
+/// the index. How many.
 fn abandon(ctx: &mut Ctx, mb: &Mailbox, running: &mut Vec<Job>) -> Result<usize> {
     let (mut given_back, now) = (0, ctx.clock.now_ms());
-    for mut job in running.drain(..) {
+    let mut jobs: Vec<Job> = running.drain(..).collect();
+    for job in &mut jobs {
         kill_group(&mut job.child);
-        let env = &job.envelope;
-        if !mb.unclaim(&env.id)? {
-            continue;
+    }
+    let mut back = Vec::new();
+    {
+        let _lock = mb.lock()?;
+        for job in jobs {
+            if mb.unclaim(&job.envelope.id)? {
+                back.push(job);
+            }
         }
+    }
+    for job in back {
+        let env = &job.envelope;
         let tx = ctx.store()?.begin()?;
         tx.record_requeued(&mb.name, env)?;
         tx.event(

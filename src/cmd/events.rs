@@ -19,6 +19,7 @@ pub const KINDS: &[&str] = &[
     "backpressure_warning",
     "backpressure_rejected",
     "lease_expired",
+    "redelivered",
     "dead_letter",
     "failure_notice",
     "requeued",

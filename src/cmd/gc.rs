@@ -1,4 +1,5 @@
-//! `relay gc`: expire unclaimed messages past their TTL (dead-lettered as
+//! `relay gc`: give back claims whose lease ran out (see `lease`), expire
+//! unclaimed messages past their TTL (dead-lettered as
 //! `ttl_expired`, with failure notices), delete files crashed writers left in
 //! `tmp/`, and prune finished index rows, events and idempotency keys past
 //! their retention so `relay.db` does not grow without bound.
@@ -13,13 +14,17 @@ use crate::error::Result;
 use crate::ledger::Ledger;
 use crate::maildir::{self, Mailbox};
 use crate::output;
-use crate::{notice, reliability};
+use crate::{lease, notice, reliability};
 
 /// What one gc run did (or would do, with `--dry-run`).
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct GcReport {
     dry_run: bool,
+    /// Claims whose lease ran out, given back to `new/`.
+    redelivered: usize,
+    /// Claims whose lease ran out once too often (`max_deliveries`).
+    dead_lettered_max_deliveries: usize,
     expired: usize,
     tmp_files_removed: usize,
     index_rows_pruned: usize,
@@ -40,6 +45,18 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
     // Batch logs are settled before any file moves (a replay after a
     // restart must not run beside the moves).
     ctx.store()?;
+
+    // 0. Claims whose lease ran out go back to new/ (or are dead-lettered).
+    for ep in maildir::list_endpoints(&ctx.home)? {
+        let mb = Mailbox::at(&ctx.home, &ep);
+        if args.dry_run {
+            report.redelivered += lease::due(ctx, &mb, now)?;
+        } else {
+            let swept = lease::sweep(ctx, &mb, now)?;
+            report.redelivered += swept.redelivered;
+            report.dead_lettered_max_deliveries += swept.dead_lettered;
+        }
+    }
 
     // 1. Expiry: unclaimed messages whose TTL has passed.
     let mut expired = Vec::new();
@@ -128,12 +145,14 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
         return output::json_line(&report);
     }
     output::line(&format!(
-        "{}expired {} message(s), removed {} stale tmp file(s), pruned {} index row(s), {} event(s), {} idempotency key(s), {} idle limit/breaker state(s)",
+        "{}redelivered {} claim(s) whose lease ran out ({} dead-lettered as max_deliveries), expired {} message(s), removed {} stale tmp file(s), pruned {} index row(s), {} event(s), {} idempotency key(s), {} idle limit/breaker state(s)",
         if args.dry_run {
             "dry run: would have "
         } else {
             ""
         },
+        report.redelivered,
+        report.dead_lettered_max_deliveries,
         report.expired,
         report.tmp_files_removed,
         report.index_rows_pruned,

@@ -99,6 +99,8 @@ pub fn compute(ctx: &mut Ctx, since: u64) -> Result<serde_json::Value> {
             "rejections": kind("backpressure_rejected"),
         },
         "leasesExpired": kind("lease_expired"),
+        "redeliveries": kind("redelivered"),
+        "maxDeliveries": code("max_deliveries"),
         "failureNotices": kind("failure_notice"),
         "endpoints": endpoints,
     });
@@ -154,6 +156,12 @@ fn render(r: &serde_json::Value) -> Result<()> {
             n(&r["backpressure"]["warnings"]),
             n(&r["backpressure"]["rejections"]),
             n(&r["accessDenied"]),
+        ),
+        format!(
+            "leases expired {}  redeliveries {}  dead-lettered after max deliveries {}",
+            n(&r["leasesExpired"]),
+            n(&r["redeliveries"]),
+            n(&r["maxDeliveries"]),
         ),
     ];
     let endpoints = r["endpoints"].as_array().cloned().unwrap_or_default();

@@ -23,7 +23,8 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
     if args.follow || args.exec.is_some() {
         return crate::cmd::consume::run(ctx, &mb, args);
     }
-    let claimed = wait_and_take(ctx, &mb, args)?;
+    let lease = crate::lease::of_claim(&ctx.config, args.ack, args.lease);
+    let claimed = wait_and_take(ctx, &mb, args, lease)?;
     if claimed.is_empty() {
         let waited = args
             .wait
@@ -36,24 +37,35 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
     }
     let tty = std::io::stderr().is_terminal();
     for c in &claimed {
-        print(ctx.json, &c.envelope)?;
+        let env = &c.envelope;
+        print(ctx.json, env)?;
         if args.ack {
-            crate::cmd::ack::settle(ctx, &mb, &c.envelope.id, None)?;
+            crate::cmd::ack::settle(ctx, &mb, &env.id, None, Some(env.delivery_count))?;
         } else if tty && !ctx.json {
-            let (ep, id) = (&mb.name, output::printable(&c.envelope.id));
+            let (ep, id) = (&mb.name, output::printable(&env.id));
+            let held = match env.delivery_count {
+                0 => String::new(),
+                n => format!(" --delivery-count {n}"),
+            };
             eprintln!(
-                "relay: claimed {id} (done: relay ack {ep} {id}; failed: relay nack {ep} {id} --reason ...)"
+                "relay: claimed {id} (done: relay ack {ep} {id}{held}; failed: relay nack {ep} {id}{held} --reason ...)"
             );
         }
     }
     Ok(())
 }
 
-/// Prints one message: the envelope as a JSON line, or the payload (strings
-/// raw, other JSON on one line).
+/// Prints one message: the envelope as a JSON line (with its
+/// `deliveryCount` also when 0: what `ack --delivery-count` checks), or the
+/// payload (strings raw, other JSON on one line).
 pub fn print(json: bool, env: &crate::envelope::Envelope) -> Result<()> {
     if json {
-        return output::json_line(env);
+        let mut value = serde_json::to_value(env)
+            .map_err(|e| Error::Data(format!("cannot serialize envelope {}: {e}", env.id)))?;
+        if let Value::Object(map) = &mut value {
+            map.insert("deliveryCount".into(), env.delivery_count.into());
+        }
+        return output::json_line(&value);
     }
     match &env.payload {
         Value::String(s) => output::line(s),
@@ -61,12 +73,19 @@ pub fn print(json: bool, env: &crate::envelope::Envelope) -> Result<()> {
     }
 }
 
-/// `take`, retried until something arrives or `--wait` runs out.
-fn wait_and_take(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<Vec<Claimed>> {
+/// `take` (after giving back claims whose lease ran out), retried until
+/// something arrives or `--wait` runs out.
+fn wait_and_take(
+    ctx: &mut Ctx,
+    mb: &Mailbox,
+    args: &RecvArgs,
+    lease: Option<u64>,
+) -> Result<Vec<Claimed>> {
     let deadline = args.wait.map(|w| Instant::now() + w);
     let mut pause = Duration::from_millis(2);
     loop {
-        let claimed = take(ctx, mb, args.count as usize, args.lease)?;
+        crate::lease::sweep(ctx, mb, ctx.clock.now_ms())?;
+        let claimed = take(ctx, mb, args.count as usize, lease)?;
         match deadline {
             Some(d) if claimed.is_empty() && Instant::now() < d => {
                 std::thread::sleep(pause.min(d.saturating_duration_since(Instant::now())));
@@ -81,13 +100,10 @@ fn wait_and_take(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<Vec<Cla
 /// FIFO within a priority. Unreadable files are moved aside (reported);
 /// messages past their TTL are dead-lettered (`ttl_expired`, with a failure
 /// notice) and others claimed in their place. The claims are fsynced and
-/// indexed (with the lease, if any) before this returns.
-pub fn take(
-    ctx: &mut Ctx,
-    mb: &Mailbox,
-    max: usize,
-    lease: Option<Duration>,
-) -> Result<Vec<Claimed>> {
+/// indexed with their lease (ms; `None` for at-most-once claims) before
+/// this returns; if that fails (a busy index, say) they are given back to
+/// `new/` and the refusal says so: a claim is never left unrecorded.
+pub fn take(ctx: &mut Ctx, mb: &Mailbox, max: usize, lease: Option<u64>) -> Result<Vec<Claimed>> {
     let mut claimed = Vec::new();
     let now = ctx.clock.now_ms();
     loop {
@@ -118,15 +134,46 @@ pub fn take(
     if claimed.is_empty() {
         return Ok(claimed);
     }
+    match record(ctx, mb, &claimed, lease, now) {
+        Ok(()) => Ok(claimed),
+        Err(e) => Err(give_back(mb, &claimed, &e)?),
+    }
+}
+
+/// Makes claims durable and indexes them with their lease.
+fn record(
+    ctx: &mut Ctx,
+    mb: &Mailbox,
+    claimed: &[Claimed],
+    lease: Option<u64>,
+    now: u64,
+) -> Result<()> {
     mb.sync_claims()?;
     let envs: Vec<_> = claimed.iter().map(|c| &c.envelope).collect();
-    let lease_until = lease.map(|l| now.saturating_add(ms(l)));
+    let lease_until = lease.map(|l| now.saturating_add(l));
     let breakers = ctx.config.reliability.circuit_breaker.clone();
     let tx = ctx.store()?.begin()?;
     tx.record_claimed(&mb.name, &envs, lease_until, now)?;
     reliability::observe_leases(&tx, &breakers, Some(&mb.name), now)?;
-    tx.commit()?;
-    Ok(claimed)
+    tx.commit()
+}
+
+/// Puts claims that could not be recorded back into `new/` (under the
+/// mailbox lock) and returns the error to report: a refusal (75, retry
+/// later) when everything went back.
+fn give_back(mb: &Mailbox, claimed: &[Claimed], cause: &Error) -> Result<Error> {
+    let _lock = mb.lock()?;
+    for c in claimed {
+        mb.unclaim(&c.envelope.id)?;
+    }
+    Ok(Error::Refused {
+        message: format!(
+            "cannot record the claim of {} message(s) of '{}' ({cause}); gave them back to new/ for the next receiver; retry later",
+            claimed.len(),
+            mb.name
+        ),
+        retry_after_ms: None,
+    })
 }
 
 /// Dead-letters claimed messages that were past their TTL.

@@ -185,6 +185,7 @@ fn prepare(
         dispatch_id: None,
         trace_id: Some(req.trace_id.unwrap_or_else(|| id.clone())),
         priority: (priority != Priority::Normal).then(|| priority.as_str().to_string()),
+        delivery_count: 0,
         extra: serde_json::Map::new(),
     };
 

@@ -11,7 +11,7 @@ use crate::cmd::limits::{self, LimitInfo};
 use crate::context::Ctx;
 use crate::error::Result;
 use crate::output;
-use crate::store::EventRow;
+use crate::store::{EventRow, reports};
 
 /// `relay status --json` (and the HTTP API's `/api/relay/status`).
 #[derive(Debug, Serialize)]
@@ -25,6 +25,11 @@ pub struct Status {
     pub breakers: Vec<BreakerInfo>,
     /// Senders out of tokens or with a recent hit.
     pub limited_senders: Vec<LimitInfo>,
+    /// Claims whose lease ran out and that went back to `new/`, ever (as
+    /// far as the event log goes back).
+    pub redeliveries: u64,
+    /// Messages dead-lettered as `max_deliveries`, ever (likewise).
+    pub max_deliveries_dead_lettered: u64,
     /// Most recent events, newest first.
     pub events: Vec<EventRow>,
 }
@@ -50,11 +55,17 @@ pub fn snapshot(ctx: &mut Ctx, events: u32) -> Result<Status> {
         tx.commit()?;
         events
     };
+    let kinds = ctx.store()?.read(|c| reports::event_kinds(c, 0))?;
+    let codes = ctx.store()?.read(|c| reports::codes(c, 0))?;
+    let count =
+        |v: &[(String, u64)], k: &str| v.iter().find(|(c, _)| c == k).map_or(0, |(_, n)| *n);
     Ok(Status {
         home: ctx.home.root().display().to_string(),
         endpoints,
         breakers,
         limited_senders: limited,
+        redeliveries: count(&kinds, "redelivered"),
+        max_deliveries_dead_lettered: count(&codes, crate::lease::MAX_DELIVERIES),
         events,
     })
 }
@@ -71,6 +82,8 @@ pub fn run(ctx: &mut Ctx, args: &StatusArgs) -> Result<()> {
         breakers,
         limited_senders: limited,
         events,
+        redeliveries,
+        max_deliveries_dead_lettered,
         ..
     } = st;
     let mut out = Vec::new();
@@ -114,6 +127,10 @@ pub fn run(ctx: &mut Ctx, args: &StatusArgs) -> Result<()> {
         }
         out.push(output::table_text(&t));
     }
+    out.push(String::new());
+    out.push(format!(
+        "redeliveries: {redeliveries} (claims whose lease ran out, back in new/); {max_deliveries_dead_lettered} dead-lettered as max_deliveries"
+    ));
     out.push(String::new());
     if events.is_empty() {
         out.push("no events yet".into());

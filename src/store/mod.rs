@@ -129,6 +129,19 @@ impl Status {
             Status::Failed => "failed",
         }
     }
+
+    /// The status of a stored name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Status::Pending,
+            Status::Claimed,
+            Status::Acked,
+            Status::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
 }
 
 /// An open index.
@@ -393,6 +406,18 @@ impl Store {
         })
     }
 
+    /// What the index knows of one message's claim at `endpoint`.
+    pub fn claim_row(&self, endpoint: &str, id: &str) -> Result<Option<ClaimRow>> {
+        claim_rows(&self.conn, endpoint, Some(id))
+            .map(|mut rows| rows.remove(id))
+            .map_err(|e| self.err(e))
+    }
+
+    /// What the index knows of every claimed message at `endpoint`, by id.
+    pub fn claims(&self, endpoint: &str) -> Result<HashMap<String, ClaimRow>> {
+        claim_rows(&self.conn, endpoint, None).map_err(|e| self.err(e))
+    }
+
     /// Runs a read-only query on the index (used by reports).
     pub fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         f(&self.conn).map_err(|e| self.err(e))
@@ -431,6 +456,50 @@ pub struct Row {
     pub status: String,
     /// Whether it was sent as a half-open probe.
     pub probe: bool,
+}
+
+/// The index's view of a message's claim (see `lease`).
+#[derive(Debug, Clone)]
+pub struct ClaimRow {
+    /// Sender of the message.
+    pub sender: String,
+    /// Lifecycle status.
+    pub status: Status,
+    /// Whether it was sent as a half-open probe.
+    pub probe: bool,
+    /// While claimed: when its lease runs out (`None`: no lease recorded,
+    /// e.g. a `recv --ack` claim). Once redelivered: when the lease that
+    /// sent it back ran out.
+    pub lease_until: Option<u64>,
+    /// Whether the lease's running out was counted against the breaker.
+    pub lease_counted: bool,
+}
+
+/// `ClaimRow`s at `endpoint`: every claimed one, or the row of `id`
+/// whatever its status.
+fn claim_rows(
+    conn: &Connection,
+    endpoint: &str,
+    id: Option<&str>,
+) -> rusqlite::Result<HashMap<String, ClaimRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, sender, status, probe, lease_until, lease_counted FROM messages
+         WHERE endpoint = ?1 AND (CASE WHEN ?2 IS NULL THEN status = 'claimed' ELSE id = ?2 END)",
+    )?;
+    stmt.query_map(params![endpoint, id], |r| {
+        let status: String = r.get(2)?;
+        Ok((
+            r.get(0)?,
+            ClaimRow {
+                sender: r.get(1)?,
+                status: Status::parse(&status).unwrap_or(Status::Claimed),
+                probe: r.get(3)?,
+                lease_until: r.get(4)?,
+                lease_counted: r.get(5)?,
+            },
+        ))
+    })?
+    .collect()
 }
 
 /// A claim held past its lease, found by `Tx::expired_leases`.
@@ -522,6 +591,27 @@ impl Tx<'_> {
                     env.priority().rank(),
                 ])
             })
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// What the index knows of every claimed message at `endpoint`, by id
+    /// (read inside this transaction).
+    pub fn claims(&self, endpoint: &str) -> Result<HashMap<String, ClaimRow>> {
+        claim_rows(&self.tx, endpoint, None).map_err(|e| self.err(e))
+    }
+
+    /// Marks a message whose lease ran out pending again (indexing it if
+    /// the index lacks it), remembering when that lease ran out; the lease
+    /// counts as counted, so nothing counts it twice.
+    pub fn record_redelivered(&self, endpoint: &str, env: &Envelope, ran_out: u64) -> Result<()> {
+        self.record_requeued(endpoint, env)?;
+        self.tx
+            .execute(
+                "UPDATE messages SET lease_until = ?3, lease_counted = 1
+                 WHERE endpoint = ?1 AND id = ?2",
+                params![endpoint, env.id, sql_ms(ran_out)],
+            )
             .map_err(|e| self.err(e))?;
         Ok(())
     }

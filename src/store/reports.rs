@@ -41,7 +41,7 @@ pub struct Span {
 /// Codes that mean the consumer side failed (DorkOS `failed`); every other
 /// dead letter was a rejection (DorkOS `timeout`). `counts` writes the same
 /// list into SQL.
-const CONSUMER_FAILURES: [&str; 3] = ["nack", "lease_expired", "malformed"];
+const CONSUMER_FAILURES: [&str; 4] = ["nack", "lease_expired", "max_deliveries", "malformed"];
 
 fn dork_status(state: &str, code: Option<&str>) -> &'static str {
     match (state, code) {

@@ -1,0 +1,288 @@
+//! The delivery model (SPEC §2). Every claim not made with `recv --ack`
+//! holds a lease. A claim whose lease ran out (its consumer crashed, hung
+//! or forgot) goes back to `new/` with the envelope's `deliveryCount`
+//! raised, counts as a failure against its (sender, endpoint) breaker and
+//! is recorded (`lease_expired`, `redelivered`); once `deliveryCount`
+//! reaches `delivery.maxDeliveries` it is dead-lettered as
+//! `max_deliveries` with a failure notice instead. There is no daemon:
+//! `recv`, `gc` and consumers sweep an endpoint when they next run, and an
+//! ack or nack of a claim whose lease ran out is refused.
+//!
+//! A claim's deadline is the one the index recorded when it was made. A
+//! claim the index does not know (made by another program, or the index
+//! was rebuilt) runs out the default lease after its rename into `cur/`.
+//! The count lives in the message file, so it survives an index rebuild.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::breaker::Event as BreakerEvent;
+use crate::clock::{human_ms, iso8601};
+use crate::config::{CircuitBreaker, Config};
+use crate::context::Ctx;
+use crate::envelope::Envelope;
+use crate::error::Result;
+use crate::maildir::Mailbox;
+use crate::store::{ClaimRow, Event, Status, Tx};
+use crate::{notice, output, reliability};
+
+/// The dead-letter code of a message whose leases ran out too often.
+pub const MAX_DELIVERIES: &str = "max_deliveries";
+
+/// The default lease (`delivery.leaseSecs`), in ms.
+#[must_use]
+pub fn default_ms(cfg: &Config) -> u64 {
+    cfg.delivery.lease_secs.saturating_mul(1000)
+}
+
+/// The lease of a claim made now, in ms: `--lease`, else the default;
+/// `None` for an at-most-once claim (`--ack`), acked as soon as it is made.
+#[must_use]
+pub fn of_claim(cfg: &Config, at_most_once: bool, lease: Option<Duration>) -> Option<u64> {
+    (!at_most_once).then(|| lease.map_or_else(|| default_ms(cfg), crate::clock::ms))
+}
+
+/// When the claim of `id` in `mb` runs out: the deadline the index
+/// recorded for it, else its rename into `cur/` plus `default_ms`. `None`
+/// if it is not in `cur/`.
+#[must_use]
+pub fn deadline(mb: &Mailbox, id: &str, row: Option<&ClaimRow>, default_ms: u64) -> Option<u64> {
+    row.filter(|r| r.status == Status::Claimed)
+        .and_then(|r| r.lease_until)
+        .or_else(|| mb.claimed_at(id).map(|at| at.saturating_add(default_ms)))
+}
+
+/// Why the holder's ack or nack of a claim is refused.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The lease ran out; the message is due for redelivery (sweep it).
+    RanOut(String),
+    /// The message was redelivered since the holder's claim, which is gone.
+    Redelivered(String),
+}
+
+impl Refusal {
+    /// The user-facing sentence.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        match self {
+            Refusal::RanOut(m) | Refusal::Redelivered(m) => m,
+        }
+    }
+}
+
+/// Checks that `cur/<id>` is still the claim of the one finishing it (the
+/// `verb`): its lease has not run out, and, if the holder says which
+/// delivery it holds (`held`, the `deliveryCount` it received), the
+/// message was not redelivered since.
+#[must_use]
+pub fn check_holder(
+    mb: &Mailbox,
+    id: &str,
+    row: Option<&ClaimRow>,
+    held: Option<u32>,
+    verb: &str,
+    default_ms: u64,
+    now: u64,
+) -> Option<Refusal> {
+    let ep = &mb.name;
+    if let Some(held) = held
+        && let Some(env) = mb.read_envelope("cur", id)
+        && env.delivery_count != held
+    {
+        return Some(Refusal::Redelivered(format!(
+            "{verb} of message '{id}' in '{ep}' refused: it was redelivered since that claim (its deliveryCount is now {}, the claim had {held}); the current holder finishes it",
+            env.delivery_count
+        )));
+    }
+    let at = deadline(mb, id, row, default_ms)?;
+    (at < now).then(|| {
+        Refusal::RanOut(format!(
+            "{verb} of message '{id}' in '{ep}' refused: its lease ran out at {} ({} ago); it goes back to new/ for redelivery",
+            iso8601(at),
+            human_ms(now - at)
+        ))
+    })
+}
+
+/// Why a message no longer in `cur/` cannot be finished, when its lease
+/// running out explains it.
+#[must_use]
+pub fn gone_note(row: Option<&ClaimRow>) -> Option<String> {
+    let row = row?;
+    let at = row.lease_until.filter(|_| row.lease_counted)?;
+    (row.status == Status::Pending)
+        .then(|| format!("its lease ran out at {}; it was redelivered", iso8601(at)))
+}
+
+/// What a sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Claims given back to `new/`.
+    pub redelivered: usize,
+    /// Claims dead-lettered as `max_deliveries`.
+    pub dead_lettered: usize,
+}
+
+/// Claims in `mb` whose lease ran out before `now`, with their deadlines.
+fn ran_out(
+    mb: &Mailbox,
+    rows: &HashMap<String, ClaimRow>,
+    default_ms: u64,
+    now: u64,
+) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for id in mb.list("cur")? {
+        if let Some(at) = deadline(mb, &id, rows.get(&id), default_ms)
+            && at < now
+        {
+            out.push((id, at));
+        }
+    }
+    Ok(out)
+}
+
+/// How many claims in `mb` have a lease that ran out before `now` (what a
+/// sweep would move).
+pub fn due(ctx: &mut Ctx, mb: &Mailbox, now: u64) -> Result<usize> {
+    if mb.count("cur")? == 0 {
+        return Ok(0);
+    }
+    let default_ms = default_ms(&ctx.config);
+    let rows = ctx.store()?.claims(&mb.name)?;
+    Ok(ran_out(mb, &rows, default_ms, now)?.len())
+}
+
+/// Gives back (or dead-letters) every claim in `mb` whose lease ran out
+/// before `now`. Costs one directory count when nothing is claimed; takes
+/// the mailbox lock, then the index, only when some lease ran out.
+pub fn sweep(ctx: &mut Ctx, mb: &Mailbox, now: u64) -> Result<Swept> {
+    if mb.count("cur")? == 0 {
+        return Ok(Swept::default());
+    }
+    let default_ms = default_ms(&ctx.config);
+    let rows = ctx.store()?.claims(&mb.name)?;
+    if ran_out(mb, &rows, default_ms, now)?.is_empty() {
+        return Ok(Swept::default());
+    }
+    let max = ctx.config.delivery.max_deliveries;
+    let breakers = ctx.config.reliability.circuit_breaker.clone();
+    let home = ctx.home.clone();
+    // The one lock order: the mailbox, then the index. Looked at again
+    // under both: an ack or another sweep may have come first.
+    let _lock = mb.lock()?;
+    let tx = ctx.store()?.begin()?;
+    let rows = tx.claims(&mb.name)?;
+    // Leases the index knows count against their breakers (once each).
+    reliability::observe_leases(&tx, &breakers, Some(&mb.name), now)?;
+    let mut swept = Swept::default();
+    let mut notices = Vec::new();
+    for (id, at) in ran_out(mb, &rows, default_ms, now)? {
+        let row = rows.get(&id);
+        let Some(mut env) = mb.read_envelope("cur", &id) else {
+            // Not an envelope: the next claim moves it aside as malformed.
+            mb.unclaim(&id)?;
+            continue;
+        };
+        if row.is_none_or(|r| r.lease_until.is_none()) {
+            count_unindexed(&tx, &breakers, &mb.name, &env, row, now)?;
+        }
+        env.delivery_count = env.delivery_count.saturating_add(1);
+        let n = env.delivery_count;
+        if n >= max {
+            let reason = format!(
+                "its lease ran out {n} time(s), the most delivery.maxDeliveries allows ({max}); last at {}",
+                iso8601(at)
+            );
+            let value = serde_json::to_value(&env).unwrap_or(serde_json::Value::Null);
+            if !mb.fail(&id, value, &reason, MAX_DELIVERIES, now)? {
+                continue;
+            }
+            output::warn(&format!(
+                "message '{id}' of '{}' dead-lettered ({MAX_DELIVERIES}): {reason}",
+                mb.name
+            ));
+            notices.extend(notice::send(
+                &home,
+                &env,
+                &mb.name,
+                MAX_DELIVERIES,
+                &reason,
+                now,
+            )?);
+            if row.is_none() {
+                tx.record_claimed(&mb.name, &[&env], None, now)?;
+            }
+            let sender = row.map_or(env.from.as_str(), |r| r.sender.as_str());
+            tx.dead_lettered(Some(sender), &mb.name, &id, MAX_DELIVERIES, &reason, now)?;
+            swept.dead_lettered += 1;
+        } else {
+            if !mb.redeliver(&env)? {
+                continue;
+            }
+            output::warn(&format!(
+                "message '{id}' of '{}': its lease ran out at {}; back in new/ for delivery {} of at most {max}",
+                mb.name,
+                iso8601(at),
+                n + 1
+            ));
+            tx.record_redelivered(&mb.name, &env, at)?;
+            tx.event(
+                &Event {
+                    kind: "redelivered",
+                    sender: Some(&env.from),
+                    endpoint: Some(&mb.name),
+                    message_id: Some(&id),
+                    detail: json!({
+                        "deliveryCount": n,
+                        "maxDeliveries": max,
+                        "leaseRanOutAt": iso8601(at),
+                    }),
+                },
+                now,
+            )?;
+            swept.redelivered += 1;
+        }
+    }
+    for n in &notices {
+        notice::record(&tx, n, now)?;
+    }
+    tx.commit()?;
+    Ok(swept)
+}
+
+/// Counts a lease the index had no deadline for (its claim was made by
+/// another program, with `--ack`, or before a rebuild): the event, and a
+/// failure of its pair if the index knows the sender.
+fn count_unindexed(
+    tx: &Tx<'_>,
+    cfg: &CircuitBreaker,
+    endpoint: &str,
+    env: &Envelope,
+    row: Option<&ClaimRow>,
+    now: u64,
+) -> Result<()> {
+    tx.event(
+        &Event {
+            kind: "lease_expired",
+            sender: Some(row.map_or(env.from.as_str(), |r| r.sender.as_str())),
+            endpoint: Some(endpoint),
+            message_id: Some(&env.id),
+            detail: json!({}),
+        },
+        now,
+    )?;
+    if let Some(r) = row {
+        reliability::breaker_step(
+            tx,
+            cfg,
+            &r.sender,
+            endpoint,
+            BreakerEvent::Failure { probe: r.probe },
+            now,
+        )?;
+    }
+    Ok(())
+}
