@@ -242,7 +242,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
     (
         (text(), text(), text()),
         prop::option::of(text()),
-        budget,
+        (budget, any::<u32>()),
         text(),
         json_value(),
         (
@@ -253,7 +253,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
         extra,
     )
         .prop_map(
-            |((id, subject, from), reply_to, budget, created_at, payload, (d, t, p), extra)| {
+            |((id, subject, from), reply_to, (budget, delivery_count), created_at, payload, (d, t, p), extra)| {
                 Envelope {
                     id,
                     subject,
@@ -265,6 +265,7 @@ fn envelope() -> impl Strategy<Value = Envelope> {
                     dispatch_id: d,
                     trace_id: t,
                     priority: p,
+                    delivery_count,
                     extra,
                 }
             },
