@@ -338,12 +338,16 @@ _relay() {
             return 0
             ;;
         relay__subcmd__ack)
-            opts="-h --home --json --help"
+            opts="-h --delivery-count --home --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --delivery-count)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --home)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1800,13 +1804,17 @@ _relay() {
             return 0
             ;;
         relay__subcmd__nack)
-            opts="-h --reason --home --json --help"
+            opts="-h --reason --delivery-count --home --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --delivery-count)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

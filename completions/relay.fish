@@ -68,7 +68,7 @@ complete -c relay -n "__fish_relay_using_subcommand send" -l json -d 'Print mach
 complete -c relay -n "__fish_relay_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c relay -n "__fish_relay_using_subcommand recv" -s n -l count -d 'Claim up to N messages (printed one per line; NDJSON with --json)' -r
 complete -c relay -n "__fish_relay_using_subcommand recv" -s w -l wait -d 'Block up to DURATION for a message when the mailbox is empty' -r
-complete -c relay -n "__fish_relay_using_subcommand recv" -l lease -d 'Promise to ack or nack within DURATION; a claim held longer counts as a delivery failure for the sender\'s circuit breaker' -r
+complete -c relay -n "__fish_relay_using_subcommand recv" -l lease -d 'Promise to ack or nack within DURATION [default: delivery.leaseSecs, 30m]; a claim held longer goes back to new/ for redelivery (its deliveryCount raised) and counts against the sender\'s breaker' -r
 complete -c relay -n "__fish_relay_using_subcommand recv" -l exec -d 'Run CMD (with sh -c) per message: the envelope JSON on stdin and RELAY_MESSAGE_ID, RELAY_TRACE_ID, RELAY_BUDGET, ... in its environment; exit 0 acks, anything else nacks (and feeds the sender\'s breaker)' -r
 complete -c relay -n "__fish_relay_using_subcommand recv" -l concurrency -d 'Handlers run at once with --exec' -r
 complete -c relay -n "__fish_relay_using_subcommand recv" -l timeout -d 'Nack (and kill) a handler still running after DURATION' -r
@@ -77,10 +77,12 @@ complete -c relay -n "__fish_relay_using_subcommand recv" -s f -l follow -d 'Kee
 complete -c relay -n "__fish_relay_using_subcommand recv" -l ack -d 'Ack each message as soon as it is printed (at-most-once consumption)'
 complete -c relay -n "__fish_relay_using_subcommand recv" -l json -d 'Print machine-readable JSON (NDJSON for streams) instead of text'
 complete -c relay -n "__fish_relay_using_subcommand recv" -s h -l help -d 'Print help'
+complete -c relay -n "__fish_relay_using_subcommand ack" -l delivery-count -d 'The deliveryCount the claim had (as recv --json printed it): refused if the message was redelivered since' -r
 complete -c relay -n "__fish_relay_using_subcommand ack" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
 complete -c relay -n "__fish_relay_using_subcommand ack" -l json -d 'Print machine-readable JSON (NDJSON for streams) instead of text'
 complete -c relay -n "__fish_relay_using_subcommand ack" -s h -l help -d 'Print help'
 complete -c relay -n "__fish_relay_using_subcommand nack" -l reason -d 'Why the message failed (kept in the dead letter\'s reason sidecar)' -r
+complete -c relay -n "__fish_relay_using_subcommand nack" -l delivery-count -d 'The deliveryCount the claim had (as recv --json printed it): refused if the message was redelivered since' -r
 complete -c relay -n "__fish_relay_using_subcommand nack" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
 complete -c relay -n "__fish_relay_using_subcommand nack" -l json -d 'Print machine-readable JSON (NDJSON for streams) instead of text'
 complete -c relay -n "__fish_relay_using_subcommand nack" -s h -l help -d 'Print help'

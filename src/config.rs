@@ -1390,7 +1390,7 @@ mod tests {
     #[test]
     fn knobs_lists_every_key_once() {
         let keys: Vec<&str> = knobs().collect();
-        assert_eq!(keys.len(), 24);
+        assert_eq!(keys.len(), 26);
         assert!(keys.contains(&"reliability.rateLimit.maxPerWindow"));
         assert!(keys.contains(&"maxPayloadBytes"));
         let mut unique = keys.clone();

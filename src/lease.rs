@@ -126,47 +126,49 @@ pub struct Swept {
     pub dead_lettered: usize,
 }
 
-/// Claims in `mb` whose lease ran out before `now`, with their deadlines.
+/// Of the claims `ids` in `mb`, those whose lease ran out before `now`,
+/// with their deadlines.
 fn ran_out(
     mb: &Mailbox,
+    ids: Vec<String>,
     rows: &HashMap<String, ClaimRow>,
     default_ms: u64,
     now: u64,
-) -> Result<Vec<(String, u64)>> {
-    let mut out = Vec::new();
-    for id in mb.list("cur")? {
-        if let Some(at) = deadline(mb, &id, rows.get(&id), default_ms)
-            && at < now
-        {
-            out.push((id, at));
-        }
+) -> Vec<(String, u64)> {
+    ids.into_iter()
+        .filter_map(|id| {
+            let at = deadline(mb, &id, rows.get(&id), default_ms)?;
+            (at < now).then_some((id, at))
+        })
+        .collect()
+}
+
+/// The claims in `mb` whose lease ran out before `now`, as the index (read
+/// outside any transaction) and the Maildir see them.
+fn due_now(ctx: &mut Ctx, mb: &Mailbox, now: u64) -> Result<Vec<(String, u64)>> {
+    if mb.count("cur")? == 0 {
+        return Ok(Vec::new());
     }
-    Ok(out)
+    let ids = mb.list("cur")?;
+    let rows = ctx.store()?.claims(&mb.name, &ids)?;
+    Ok(ran_out(mb, ids, &rows, default_ms(&ctx.config), now))
 }
 
 /// How many claims in `mb` have a lease that ran out before `now` (what a
 /// sweep would move).
 pub fn due(ctx: &mut Ctx, mb: &Mailbox, now: u64) -> Result<usize> {
-    if mb.count("cur")? == 0 {
-        return Ok(0);
-    }
-    let default_ms = default_ms(&ctx.config);
-    let rows = ctx.store()?.claims(&mb.name)?;
-    Ok(ran_out(mb, &rows, default_ms, now)?.len())
+    Ok(due_now(ctx, mb, now)?.len())
 }
 
 /// Gives back (or dead-letters) every claim in `mb` whose lease ran out
 /// before `now`. Costs one directory count when nothing is claimed; takes
 /// the mailbox lock, then the index, only when some lease ran out.
 pub fn sweep(ctx: &mut Ctx, mb: &Mailbox, now: u64) -> Result<Swept> {
-    if mb.count("cur")? == 0 {
+    let candidates = due_now(ctx, mb, now)?;
+    if candidates.is_empty() {
         return Ok(Swept::default());
     }
     let default_ms = default_ms(&ctx.config);
-    let rows = ctx.store()?.claims(&mb.name)?;
-    if ran_out(mb, &rows, default_ms, now)?.is_empty() {
-        return Ok(Swept::default());
-    }
     let max = ctx.config.delivery.max_deliveries;
     let breakers = ctx.config.reliability.circuit_breaker.clone();
     let home = ctx.home.clone();
@@ -174,12 +176,13 @@ pub fn sweep(ctx: &mut Ctx, mb: &Mailbox, now: u64) -> Result<Swept> {
     // under both: an ack or another sweep may have come first.
     let _lock = mb.lock()?;
     let tx = ctx.store()?.begin()?;
-    let rows = tx.claims(&mb.name)?;
+    let ids: Vec<String> = candidates.into_iter().map(|(id, _)| id).collect();
+    let rows = tx.claims(&mb.name, &ids)?;
     // Leases the index knows count against their breakers (once each).
     reliability::observe_leases(&tx, &breakers, Some(&mb.name), now)?;
     let mut swept = Swept::default();
     let mut notices = Vec::new();
-    for (id, at) in ran_out(mb, &rows, default_ms, now)? {
+    for (id, at) in ran_out(mb, ids, &rows, default_ms, now) {
         let row = rows.get(&id);
         let Some(mut env) = mb.read_envelope("cur", &id) else {
             // Not an envelope: the next claim moves it aside as malformed.

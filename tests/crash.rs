@@ -594,3 +594,195 @@ fn kill_9_at_random_moments_loses_or_duplicates_nothing() {
         ledger.kills
     );
 }
+
+/// Consumers (`recv --follow --exec`, leases of 2 s) killed with `kill -9`
+/// while their handlers hold claims, round after round; between rounds the
+/// clock moves past every lease, so the next round's consumers (and a
+/// final `gc` and drain) find the claims the killed ones left in `cur/`.
+/// At the end no message is stranded: each is acked (gone, acked at most
+/// once by the consumers' reports) or dead-lettered as `nack` or
+/// `max_deliveries`; none is left in `new/` or `cur/`, and `doctor` is clean.
+#[test]
+fn consumers_killed_while_holding_leases_strand_nothing() {
+    const MESSAGES: usize = 40;
+    const ROUNDS: usize = 8;
+    const CONSUMERS: usize = 3;
+    let seed: u64 = std::env::var("RELAY_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    println!("crash (leases): seed {seed} (replay with RELAY_CRASH_SEED={seed})");
+    let mut rng = Rng(seed);
+    let r = Relay::new();
+    let ep = "crash.l";
+    r.add(&[ep]);
+    r.write_file(
+        "config.json",
+        r#"{"delivery": {"maxDeliveries": 3},
+            "reliability": {"circuitBreaker": {"failureThreshold": 1000000},
+                            "rateLimit": {"maxPerWindow": 1000000}}}"#,
+    );
+    // The real time: a claim the index never recorded (its consumer was
+    // killed between the rename and the insert) runs out the default lease
+    // after its rename into cur/, which the file's ctime tells.
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut now = start;
+    let mut sent = HashSet::new();
+    for i in 0..MESSAGES {
+        let id = r
+            .cmd(["send", ep, &format!("{{\"n\":{i}}}")])
+            .at(now)
+            .success()
+            .id();
+        sent.insert(id);
+    }
+    // Most handlers ack after a short while; ids ending in 0 or 1 nack.
+    let handler = r#"sleep 0.02; case "$RELAY_MESSAGE_ID" in *0|*1) exit 1;; esac"#;
+    let mut acked: HashMap<String, usize> = HashMap::new();
+    let mut kills = 0;
+    let book = |stdout: &str, acked: &mut HashMap<String, usize>| {
+        for line in stdout.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if v["outcome"] == "acked"
+                && let Some(id) = v["id"].as_str()
+            {
+                *acked.entry(id.to_string()).or_default() += 1;
+            }
+        }
+    };
+    for _ in 0..ROUNDS {
+        let at = now.to_string();
+        let mut consumers: Vec<(Child, Instant)> = (0..CONSUMERS)
+            .map(|_| {
+                let child = r
+                    .clean_env(Command::new(BIN).args([
+                        "recv",
+                        ep,
+                        "--follow",
+                        "--exec",
+                        handler,
+                        "--lease",
+                        "2s",
+                        "--concurrency",
+                        "2",
+                        "--json",
+                    ]))
+                    .env("RELAY_FAKE_NOW_MS", &at)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot start a consumer: {e}"));
+                let kill_at = Instant::now() + Duration::from_millis(20 + rng.below(250));
+                (child, kill_at)
+            })
+            .collect();
+        while !consumers.is_empty() {
+            let mut i = 0;
+            while i < consumers.len() {
+                if Instant::now() >= consumers[i].1 {
+                    let (mut child, _) = consumers.swap_remove(i);
+                    let _ = child.kill();
+                    let status = child.wait().unwrap_or_else(|e| panic!("cannot wait: {e}"));
+                    if status.signal() == Some(9) {
+                        kills += 1;
+                    }
+                    book(&drain(child.stdout.take()), &mut acked);
+                } else {
+                    i += 1;
+                }
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        // Past every lease of this round.
+        now += 3000;
+    }
+    // Whatever runs next finds the stranded claims: gc, then one drain,
+    // past the default lease (30 min) of claims the index does not know.
+    now = now.max(start + 32 * 60_000);
+    r.cmd(["gc"]).at(now).success();
+    let drain_out = r
+        .cmd(["recv", ep, "--exec", handler, "-n", "1000", "--json"])
+        .at(now)
+        .run();
+    if drain_out.code != 0 && drain_out.code != 66 {
+        drain_out.fail("the final drain failed");
+    }
+    book(&drain_out.stdout, &mut acked);
+
+    let mut problems = Vec::new();
+    for sub in ["new", "cur"] {
+        let left = r.files(ep, sub);
+        if !left.is_empty() {
+            problems.push(format!("stranded in {sub}/: {left:?}"));
+        }
+    }
+    let failed: HashSet<String> = r
+        .files(ep, "failed")
+        .into_iter()
+        .filter_map(|f| f.strip_suffix(".json").map(String::from))
+        .filter(|f| !f.ends_with(".reason"))
+        .collect();
+    for id in &failed {
+        let reason = r.read_json(&format!("mailboxes/{ep}/failed/{id}.reason.json"));
+        let code = reason["code"].as_str().unwrap_or("?");
+        if code != "nack" && code != "max_deliveries" {
+            problems.push(format!("{id} dead-lettered as {code}"));
+        }
+        if acked.contains_key(id) {
+            problems.push(format!("{id} was reported acked but is dead-lettered"));
+        }
+        if !sent.contains(id) {
+            problems.push(format!("{id} in failed/ was never sent"));
+        }
+    }
+    for (id, n) in &acked {
+        if *n > 1 {
+            problems.push(format!("{id} was acked {n} times"));
+        }
+        if !sent.contains(id) {
+            problems.push(format!("{id} acked but never sent"));
+        }
+    }
+    // A consumer killed between an ack's unlink and its insert leaves the
+    // index behind the Maildir: repaired, never by moving a message.
+    let before = r.mailbox_tree();
+    let repair = r.cmd(["doctor", "--repair"]).at(now).run();
+    if repair.code != 0 {
+        problems.push(format!(
+            "doctor --repair exited {}: {} {}",
+            repair.code, repair.stdout, repair.stderr
+        ));
+    }
+    if r.mailbox_tree() != before {
+        problems.push("doctor --repair moved messages".to_string());
+    }
+    let doctor = r.cmd(["doctor"]).at(now).run();
+    if doctor.code != 0 {
+        problems.push(format!(
+            "doctor exited {}: {} {}",
+            doctor.code, doctor.stdout, doctor.stderr
+        ));
+    }
+    println!(
+        "crash (leases): {kills} consumers killed, {} acked, {} dead-lettered, of {MESSAGES}",
+        sent.len() - failed.len(),
+        failed.len()
+    );
+    assert!(
+        problems.is_empty(),
+        "crash harness (leases, seed {seed}) found {} problem(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert!(kills > 0, "no consumer was killed (seed {seed})");
+}

@@ -66,7 +66,15 @@ fn status_json_has_endpoints_open_breakers_limited_senders_and_events() {
     let v = out.json();
     assert_eq!(
         keys(&v),
-        sorted(&["home", "endpoints", "breakers", "limitedSenders", "events"]),
+        sorted(&[
+            "home",
+            "endpoints",
+            "breakers",
+            "limitedSenders",
+            "redeliveries",
+            "maxDeliveriesDeadLettered",
+            "events"
+        ]),
         "{v}"
     );
     assert_eq!(v["home"], r.home().display().to_string());

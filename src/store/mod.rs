@@ -408,14 +408,12 @@ impl Store {
 
     /// What the index knows of one message's claim at `endpoint`.
     pub fn claim_row(&self, endpoint: &str, id: &str) -> Result<Option<ClaimRow>> {
-        claim_rows(&self.conn, endpoint, Some(id))
-            .map(|mut rows| rows.remove(id))
-            .map_err(|e| self.err(e))
+        claim_row(&self.conn, endpoint, id).map_err(|e| self.err(e))
     }
 
-    /// What the index knows of every claimed message at `endpoint`, by id.
-    pub fn claims(&self, endpoint: &str) -> Result<HashMap<String, ClaimRow>> {
-        claim_rows(&self.conn, endpoint, None).map_err(|e| self.err(e))
+    /// What the index knows of the messages `ids` at `endpoint`, by id.
+    pub fn claims(&self, endpoint: &str, ids: &[String]) -> Result<HashMap<String, ClaimRow>> {
+        claim_rows(&self.conn, endpoint, ids).map_err(|e| self.err(e))
     }
 
     /// Runs a read-only query on the index (used by reports).
@@ -475,31 +473,39 @@ pub struct ClaimRow {
     pub lease_counted: bool,
 }
 
-/// `ClaimRow`s at `endpoint`: every claimed one, or the row of `id`
-/// whatever its status.
+/// The `ClaimRow` of `id` at `endpoint` (a primary-key lookup).
+fn claim_row(conn: &Connection, endpoint: &str, id: &str) -> rusqlite::Result<Option<ClaimRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT sender, status, probe, lease_until, lease_counted FROM messages
+         WHERE endpoint = ?1 AND id = ?2",
+    )?;
+    stmt.query_row(params![endpoint, id], |r| {
+        let status: String = r.get(1)?;
+        Ok(ClaimRow {
+            sender: r.get(0)?,
+            status: Status::parse(&status).unwrap_or(Status::Claimed),
+            probe: r.get(2)?,
+            lease_until: r.get(3)?,
+            lease_counted: r.get(4)?,
+        })
+    })
+    .optional()
+}
+
+/// The `ClaimRow`s of `ids` at `endpoint` that the index has: one lookup
+/// each, so the cost follows what is in `cur/`, not the endpoint's history.
 fn claim_rows(
     conn: &Connection,
     endpoint: &str,
-    id: Option<&str>,
+    ids: &[String],
 ) -> rusqlite::Result<HashMap<String, ClaimRow>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, sender, status, probe, lease_until, lease_counted FROM messages
-         WHERE endpoint = ?1 AND (CASE WHEN ?2 IS NULL THEN status = 'claimed' ELSE id = ?2 END)",
-    )?;
-    stmt.query_map(params![endpoint, id], |r| {
-        let status: String = r.get(2)?;
-        Ok((
-            r.get(0)?,
-            ClaimRow {
-                sender: r.get(1)?,
-                status: Status::parse(&status).unwrap_or(Status::Claimed),
-                probe: r.get(3)?,
-                lease_until: r.get(4)?,
-                lease_counted: r.get(5)?,
-            },
-        ))
-    })?
-    .collect()
+    let mut rows = HashMap::new();
+    for id in ids {
+        if let Some(row) = claim_row(conn, endpoint, id)? {
+            rows.insert(id.clone(), row);
+        }
+    }
+    Ok(rows)
 }
 
 /// A claim held past its lease, found by `Tx::expired_leases`.
@@ -595,10 +601,10 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// What the index knows of every claimed message at `endpoint`, by id
+    /// What the index knows of the messages `ids` at `endpoint`, by id
     /// (read inside this transaction).
-    pub fn claims(&self, endpoint: &str) -> Result<HashMap<String, ClaimRow>> {
-        claim_rows(&self.tx, endpoint, None).map_err(|e| self.err(e))
+    pub fn claims(&self, endpoint: &str, ids: &[String]) -> Result<HashMap<String, ClaimRow>> {
+        claim_rows(&self.tx, endpoint, ids).map_err(|e| self.err(e))
     }
 
     /// Marks a message whose lease ran out pending again (indexing it if
@@ -743,7 +749,8 @@ impl Tx<'_> {
         let (code, reason) = failure.unzip();
         self.tx
             .prepare_cached(
-                "UPDATE messages SET status = ?3, done_at = ?4, code = ?5, reason = ?6
+                "UPDATE messages SET status = ?3, done_at = ?4, code = ?5, reason = ?6,
+                   lease_until = NULL
                  WHERE endpoint = ?1 AND id = ?2",
             )
             .and_then(|mut st| {
