@@ -253,7 +253,15 @@ fn envelope() -> impl Strategy<Value = Envelope> {
         extra,
     )
         .prop_map(
-            |((id, subject, from), reply_to, (budget, delivery_count), created_at, payload, (d, t, p), extra)| {
+            |(
+                (id, subject, from),
+                reply_to,
+                (budget, delivery_count),
+                created_at,
+                payload,
+                (d, t, p),
+                extra,
+            )| {
                 Envelope {
                     id,
                     subject,

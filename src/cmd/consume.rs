@@ -378,7 +378,7 @@ fn reap(ctx: &mut Ctx, mb: &Mailbox, running: &mut Vec<Job>, args: &RecvArgs) ->
 /// the index. How many.
 fn abandon(ctx: &mut Ctx, mb: &Mailbox, running: &mut Vec<Job>) -> Result<usize> {
     let (mut given_back, now) = (0, ctx.clock.now_ms());
-    let mut jobs: Vec<Job> = running.drain(..).collect();
+    let mut jobs: Vec<Job> = std::mem::take(running);
     for job in &mut jobs {
         kill_group(&mut job.child);
     }

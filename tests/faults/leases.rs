@@ -39,11 +39,7 @@ fn file(id: &str) -> String {
 /// The one envelope `recv EP --json` prints at `at` (extra args appended).
 #[track_caller]
 fn recv_one(r: &Relay, ep: &str, at: u64, extra: &[&str]) -> Value {
-    let out = r
-        .cmd(["recv", ep, "--json"])
-        .args(extra)
-        .at(at)
-        .success();
+    let out = r.cmd(["recv", ep, "--json"]).args(extra).at(at).success();
     let lines = out.json_lines();
     if lines.len() != 1 {
         out.fail("expected exactly one envelope");
@@ -75,7 +71,10 @@ fn a_claim_made_without_lease_holds_the_default_lease_then_comes_back_with_its_c
     assert_eq!(r.files("agent.b", "cur"), vec![file(&id)]);
 
     // Past them the next recv gets it again, as its second delivery.
-    let again = r.cmd(["recv", "agent.b", "--json"]).at(T + 31 * MIN).success();
+    let again = r
+        .cmd(["recv", "agent.b", "--json"])
+        .at(T + 31 * MIN)
+        .success();
     let v = &again.json_lines()[0];
     assert_eq!(v["id"], id.as_str(), "{v}");
     assert_eq!(v["deliveryCount"], 1, "{v}");
@@ -85,7 +84,10 @@ fn a_claim_made_without_lease_holds_the_default_lease_then_comes_back_with_its_c
     assert_eq!(on_disk["deliveryCount"], 1, "{on_disk}");
 
     // It counted against the sender's breaker and was recorded.
-    assert_eq!(breaker(&r, "agent.a", "agent.b", Some(T + 31 * MIN))["state"], "open");
+    assert_eq!(
+        breaker(&r, "agent.a", "agent.b", Some(T + 31 * MIN))["state"],
+        "open"
+    );
     let redelivered = r.events_of(T + 31 * MIN, "redelivered");
     assert_eq!(redelivered.len(), 1, "{redelivered:?}");
     assert_eq!(redelivered[0]["messageId"], id.as_str());
@@ -101,14 +103,20 @@ fn the_lease_and_the_delivery_limit_are_configurable_and_validated() {
     recv_one(&r, "agent.b", T, &[]);
     r.cmd(["recv", "agent.b"]).at(T + 59_000).code(66);
     let v = recv_one(&r, "agent.b", T + 61_000, &[]);
-    assert_eq!((v["id"].as_str(), v["deliveryCount"].as_u64()), (Some(id.as_str()), Some(1)));
+    assert_eq!(
+        (v["id"].as_str(), v["deliveryCount"].as_u64()),
+        (Some(id.as_str()), Some(1))
+    );
     // --lease still overrides per claim: after 5 minutes only the claim
     // on the default lease came back.
     let long = r.send("agent.b", "long");
     let v = recv_one(&r, "agent.b", T + 61_000, &["--lease", "10m"]);
     assert_eq!(v["id"], long.as_str());
     let v = recv_one(&r, "agent.b", T + 61_000 + 5 * MIN, &["-n", "5"]);
-    assert_eq!((v["id"].as_str(), v["deliveryCount"].as_u64()), (Some(id.as_str()), Some(2)));
+    assert_eq!(
+        (v["id"].as_str(), v["deliveryCount"].as_u64()),
+        (Some(id.as_str()), Some(2))
+    );
 
     for (key, bad) in [
         ("delivery.leaseSecs", "0"),
@@ -132,7 +140,15 @@ fn past_max_deliveries_a_message_is_dead_lettered_with_a_failure_notice() {
         Some(r#"{"delivery": {"maxDeliveries": 2}}"#),
     );
     let id = r
-        .cmd(["send", "agent.b", "work", "--from", "agent.a", "--reply-to", "agent.a"])
+        .cmd([
+            "send",
+            "agent.b",
+            "work",
+            "--from",
+            "agent.a",
+            "--reply-to",
+            "agent.a",
+        ])
         .at(T)
         .success()
         .id();
@@ -169,7 +185,11 @@ fn past_max_deliveries_a_message_is_dead_lettered_with_a_failure_notice() {
         text.fail("status does not show the redelivery");
     }
     let m = r.cmd(["metrics", "--json"]).at(T + 5000).success().json();
-    assert_eq!((m["redeliveries"].as_u64(), m["maxDeliveries"].as_u64()), (Some(1), Some(1)), "{m}");
+    assert_eq!(
+        (m["redeliveries"].as_u64(), m["maxDeliveries"].as_u64()),
+        (Some(1), Some(1)),
+        "{m}"
+    );
     // A late ack says why.
     r.cmd(["ack", "agent.b", &id])
         .at(T + 5000)
@@ -240,10 +260,13 @@ fn a_consumer_killed_mid_handler_does_not_strand_its_claim() {
     let t = T.to_string();
     let id = r.send("agent.b", "work");
     // Runs (at most 30 s) until killed.
-    let handler = r#"echo $$ > "$D/pid"; i=0; while [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done"#;
+    let handler =
+        r#"echo $$ > "$D/pid"; i=0; while [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done"#;
     let mut c = Proc::start(
         &r,
-        &["recv", "agent.b", "--follow", "--exec", handler, "--lease", "2s"],
+        &[
+            "recv", "agent.b", "--follow", "--exec", handler, "--lease", "2s",
+        ],
         &[("D", &d_str), ("RELAY_FAKE_NOW_MS", &t)],
     );
     wait_until(secs(10), "the handler to start", || exists(&d, "pid"));
@@ -294,7 +317,8 @@ fn a_consumer_whose_index_is_busy_waits_and_never_strands_its_claim() {
         c.fail("the consumer stopped over a busy index");
     }
     assert!(
-        r.files("agent.b", "new") == vec![file(&id)] || r.files("agent.b", "cur") == vec![file(&id)],
+        r.files("agent.b", "new") == vec![file(&id)]
+            || r.files("agent.b", "cur") == vec![file(&id)],
         "{}",
         c.dump()
     );
@@ -332,7 +356,8 @@ fn the_second_signal_gives_claims_back_under_the_mailbox_lock() {
     let r = world(&["agent.b"], None);
     let d = scratch_dir(&r, "h");
     let d_str = d.display().to_string();
-    let handler = r#"touch "$D/started"; i=0; while [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done"#;
+    let handler =
+        r#"touch "$D/started"; i=0; while [ $i -lt 3000 ]; do sleep 0.01; i=$((i+1)); done"#;
     let id = r.send("agent.b", "work");
     let mut c = Proc::start(
         &r,
