@@ -720,11 +720,16 @@ fn consumers_killed_while_holding_leases_strand_nothing() {
     book(&drain_out.stdout, &mut acked);
 
     let mut problems = Vec::new();
+    let mut stranded = HashSet::new();
     for sub in ["new", "cur"] {
         let left = r.files(ep, sub);
         if !left.is_empty() {
             problems.push(format!("stranded in {sub}/: {left:?}"));
         }
+        stranded.extend(
+            left.iter()
+                .filter_map(|f| f.strip_suffix(".json").map(String::from)),
+        );
     }
     let failed: HashSet<String> = r
         .files(ep, "failed")
@@ -774,9 +779,13 @@ fn consumers_killed_while_holding_leases_strand_nothing() {
         ));
     }
     println!(
-        "crash (leases): {kills} consumers killed, {} acked, {} dead-lettered, of {MESSAGES}",
-        sent.len() - failed.len(),
-        failed.len()
+        "crash (leases): {kills} consumers killed, {} redeliveries, {} acked (gone), {} dead-lettered, {} left in new/ or cur/, of {MESSAGES}",
+        r.cmd(["status", "--json"]).at(now).run().json()["redeliveries"],
+        sent.iter()
+            .filter(|id| !failed.contains(*id) && !stranded.contains(*id))
+            .count(),
+        failed.len(),
+        stranded.len()
     );
     assert!(
         problems.is_empty(),
