@@ -406,5 +406,14 @@ pub(crate) fn failure(e: &Error) -> Response {
         Error::Refused { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    api_error(status, &e.to_string())
+    let mut resp = api_error(status, &e.to_string());
+    if let Error::Refused {
+        retry_after_ms: Some(ms),
+        ..
+    } = e
+    {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
+    }
+    resp
 }
