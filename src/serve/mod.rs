@@ -417,3 +417,58 @@ pub(crate) fn failure(e: &Error) -> Response {
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(max_connections: usize) -> Arc<App> {
+        Arc::new(App {
+            home: PathBuf::from("/nonexistent"),
+            token: None,
+            config: Mutex::new(Config::default()),
+            pool: Mutex::new(Vec::new()),
+            hub: Arc::new(sse::Hub::default()),
+            max_connections,
+            max_streams: max_connections / 2,
+            connections: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+        })
+    }
+
+    #[test]
+    fn slots_are_capped_in_total_and_per_remote_address_and_freed_on_drop() {
+        let app = app(PER_REMOTE_CLIENT + 4);
+        let remote: IpAddr = [192, 0, 2, 7].into();
+        let local: IpAddr = [127, 0, 0, 1].into();
+        let mut held: Vec<Slot> = (0..PER_REMOTE_CLIENT)
+            .map(|_| app.admit(remote).expect("under the per-address cap"))
+            .collect();
+        let refused = app.admit(remote).err().unwrap_or_default();
+        assert!(refused.contains("192.0.2.7"), "{refused}");
+        // Loopback clients are not capped per address, only in total.
+        held.extend((0..4).map(|_| app.admit(local).expect("under the total cap")));
+        assert!(app.admit(local).is_err(), "past the total cap");
+        assert_eq!(
+            app.connections.load(Ordering::SeqCst),
+            PER_REMOTE_CLIENT + 4
+        );
+        held.clear();
+        assert_eq!(app.connections.load(Ordering::SeqCst), 0);
+        assert!(lock(&app.per_client).is_empty(), "per-address counts freed");
+        assert!(app.admit(remote).is_ok());
+    }
+
+    #[test]
+    fn streams_take_at_most_half() {
+        let app = app(8);
+        let held: Vec<StreamSlot> = (0..4)
+            .map(|_| app.stream_slot().expect("under half"))
+            .collect();
+        assert!(app.stream_slot().is_none());
+        drop(held);
+        assert_eq!(app.streams.load(Ordering::SeqCst), 0);
+        assert!(app.stream_slot().is_some());
+    }
+}
