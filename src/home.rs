@@ -265,9 +265,8 @@ fn read_capped(
 
 /// Opens one of relay's own files in the home (`what` names it: "journal",
 /// "state slot", ...) with `flags`, creating it 0600 when `flags` asks,
-/// and refuses (exit 77) one that is a symlink, not a regular file, or
-/// hard-linked elsewhere: relay must never write through it out of the
-/// home. `Ok(None)` when it does not exist (and was not to be created);
+/// and refuses (exit 77) one that is a symlink or not a regular file:
+/// relay must never write through it out of the home. `Ok(None)` when it does not exist (and was not to be created);
 /// the file comes with its metadata (the one `fstat`).
 pub fn open_own(
     path: &Path,
@@ -280,9 +279,6 @@ pub fn open_own(
         Err(Unreadable::NotRegular(kind)) => return Err(refuse_own(path, what, kind)),
         Err(e) => return Err(Error::io("cannot open", path, e.into_io())),
     };
-    if md.nlink() > 1 {
-        return Err(refuse_own(path, what, "hard link to another file"));
-    }
     // Created under a umask that left it other than 0600 (or chmod-ed).
     if md.mode() & 0o7777 != FILE_MODE {
         rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(FILE_MODE))
@@ -312,13 +308,12 @@ fn refuse_own(path: &Path, what: &str, kind: &str) -> Error {
     ))
 }
 
-/// Refuses (exit 77) an own file at `path` that exists and is not a plain
+/// Refuses (exit 77) an own file at `path` that exists and is not a
 /// regular file (for files another library opens, like SQLite's).
 pub fn check_own(path: &Path, what: &str) -> Result<()> {
     match fs::symlink_metadata(path) {
         Ok(md) => match kind_of(md.file_type()) {
             Some(kind) => Err(refuse_own(path, what, kind)),
-            None if md.nlink() > 1 => Err(refuse_own(path, what, "hard link to another file")),
             None => Ok(()),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

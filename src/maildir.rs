@@ -390,6 +390,12 @@ impl Mailbox {
             match fs::rename(&from, &to) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => continue, // another receiver won
+                // A foreign directory (or a file over one) left in new/.
+                Err(e) if collides(&e) => {
+                    let problem = format!("cannot claim {}: {e}; left in new/", from.display());
+                    quarantined.push(Quarantined { id, problem });
+                    continue;
+                }
                 Err(e) => return Err(Error::io("cannot claim", &from, e)),
             }
             // Anything but a regular file of a sane size (a FIFO, a
@@ -403,8 +409,7 @@ impl Mailbox {
                     let limit = matches!(why, home::Unreadable::TooLarge { .. })
                         .then_some(" (a message file may take 6 x maxPayloadBytes + 64 KiB)");
                     let problem = format!("not read: {why}{}", limit.unwrap_or_default());
-                    self.fail(&id, Value::Null, &problem, "malformed", now)?;
-                    quarantined.push(Quarantined { id, problem });
+                    quarantined.push(self.quarantine(id, problem, now)?);
                     continue;
                 }
             };
@@ -420,13 +425,24 @@ impl Mailbox {
             });
             match parsed {
                 Ok(envelope) => claimed.push(Claimed { envelope }),
-                Err(problem) => {
-                    self.fail(&id, Value::Null, &problem, "malformed", now)?;
-                    quarantined.push(Quarantined { id, problem });
-                }
+                Err(problem) => quarantined.push(self.quarantine(id, problem, now)?),
             }
         }
         Ok(claimed)
+    }
+
+    /// Dead-letters claimed file `id` as `malformed`. A foreign entry that
+    /// cannot take its place in `failed/` (something else of that name is
+    /// there) stays in `cur/`, reported: it must not stop the receiver.
+    fn quarantine(&self, id: String, problem: String, now: u64) -> Result<Quarantined> {
+        match self.fail(&id, Value::Null, &problem, "malformed", now) {
+            Err(Error::Io { what, source }) if collides(&source) => Ok(Quarantined {
+                problem: format!("{problem}; left in cur/: {what}: {source}"),
+                id,
+            }),
+            Err(e) => Err(e),
+            Ok(_) => Ok(Quarantined { id, problem }),
+        }
     }
 
     /// Makes claims durable (one fsync for any number of claims).
@@ -654,6 +670,15 @@ impl Mailbox {
             .map_err(|e| Error::Data(format!("cannot serialize reason for {id}: {e}")))?;
         self.place_over(&format!("{id}{REASON_EXT}"), &bytes, "failed", true)
     }
+}
+
+/// Whether a rename failed because a directory met a file of the same name
+/// (or a non-empty directory): only foreign entries do that.
+fn collides(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::IsADirectory | ErrorKind::NotADirectory | ErrorKind::DirectoryNotEmpty
+    )
 }
 
 /// The file name of message `id`.

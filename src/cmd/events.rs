@@ -63,7 +63,8 @@ pub fn run(ctx: &mut Ctx, args: &EventsArgs) -> Result<()> {
             if json {
                 output::json_line(e)?;
             } else {
-                output::line(&human(e))?;
+                // Names and details come from other programs too.
+                output::line(&output::printable(&human(e)))?;
             }
             last = e.id;
         }

@@ -274,6 +274,17 @@ fn names_with_newlines_and_escapes_are_printed_escaped_in_dlq_list() {
     );
     assert_eq!(out.stdout.lines().count(), 2, "{:?}", out.stdout);
     assert!(out.stdout.contains("evil\\nFAKE-ROW"), "{:?}", out.stdout);
+
+    // An event whose detail another program chose (a replyTo).
+    foreign_with_reply_to(&r, A, "\u{1b}]0;owned\u{7}", true);
+    r.cmd(["recv", "q"]).at(T).code(66);
+    let events = r.cmd(["events"]).at(T).success();
+    assert!(
+        events.stdout.contains("failure_notice_refused"),
+        "{}",
+        events.stdout
+    );
+    assert!(!events.stdout.contains('\u{1b}'), "{:?}", events.stdout);
 }
 
 #[test]
@@ -297,4 +308,27 @@ fn a_fifo_as_config_json_or_access_rules_is_refused_instead_of_hanging() {
         out.code
     );
     assert!(r.files("q", "new").is_empty());
+}
+
+#[test]
+fn a_foreign_directory_that_cannot_be_dead_lettered_is_reported_and_passed_over() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    // failed/ already holds something of the same name that a directory
+    // cannot replace.
+    fs::create_dir_all(
+        r.mailbox("q")
+            .join("failed")
+            .join(format!("{A}.json"))
+            .join("x"),
+    )
+    .unwrap_or_else(|e| panic!("mkdir: {e}"));
+    fs::create_dir(new_file(&r, "q", A)).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    let id = r.send("q", "real");
+    r.cmd(["recv", "q"])
+        .success()
+        .stdout_is("real\n")
+        .stderr_has(&[A, "directory", "left in cur/"]);
+    r.cmd(["ack", "q", &id]).success();
+    r.cmd(["recv", "q"]).code(66);
 }
