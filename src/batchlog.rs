@@ -180,7 +180,7 @@ fn create(home: &Home, boot: &str) -> Result<(File, PathBuf, u64)> {
         .mode(FILE_MODE)
         .open(&new)
         .ctx("cannot create the batch log", &new)?;
-    f.lock().ctx("cannot lock", &new)?;
+    crate::lockwait::flock(&f, &new, "the batch log lock")?;
     let header = format!("{MAGIC} {boot}\n");
     f.write_all(header.as_bytes())
         .ctx("cannot write the batch log", &new)?;
@@ -252,7 +252,8 @@ fn parse(data: &[u8]) -> Option<(&str, Vec<Entry<'_>>, bool)> {
 /// Whether any log could be settled now (reads headers only).
 #[must_use]
 pub fn due(home: &Home, now: u64) -> bool {
-    !scan(home, now, false).0.is_empty()
+    // A log another settler holds too long is due: opening the index says so.
+    scan(home, now, false).map_or(true, |(due, _)| !due.is_empty())
 }
 
 /// A log to settle, locked.
@@ -265,25 +266,26 @@ struct Due {
 
 /// Logs that can be settled at `now`, and whether others remain. Reads the
 /// headers only: a young log of this boot can be megabytes, and every
-/// command that opens the index scans.
-fn scan(home: &Home, now: u64, force: bool) -> (Vec<Due>, bool) {
+/// command that opens the index scans. Fails only when a log of another
+/// boot stays locked past the lock timeout (its replay is not done).
+fn scan(home: &Home, now: u64, force: bool) -> Result<(Vec<Due>, bool)> {
     let dir = dir(home);
     let rd = match fs::read_dir(&dir) {
         Ok(rd) => {
             // A symlink out of the home is neither read nor replayed.
             if let Err(e) = home::check_dir(&dir, "batch log directory") {
                 output::warn(&format!("{e}; its batch logs wait"));
-                return (Vec::new(), true);
+                return Ok((Vec::new(), true));
             }
             rd
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
         Err(e) => {
             output::warn(&format!(
                 "cannot read {}: {e}; its batch logs wait",
                 dir.display()
             ));
-            return (Vec::new(), true);
+            return Ok((Vec::new(), true));
         }
     };
     let boot = boot_id();
@@ -311,6 +313,7 @@ fn scan(home: &Home, now: u64, force: bool) -> (Vec<Due>, bool) {
         match open_due(&path, boot.as_deref(), age) {
             Ok(Some(d)) => due.push(d),
             Ok(None) => remain = true,
+            Err(e @ Error::Locked(_)) => return Err(e),
             Err(e) => {
                 output::warn(&format!(
                     "cannot read the batch log {}: {e}; it waits",
@@ -320,7 +323,7 @@ fn scan(home: &Home, now: u64, force: bool) -> (Vec<Due>, bool) {
             }
         }
     }
-    (due, remain)
+    Ok((due, remain))
 }
 
 /// Milliseconds since `path` was last written, at `now` (unknown: oldest).
@@ -331,19 +334,26 @@ fn age(path: &Path, now: u64) -> u64 {
 }
 
 /// The log at `path`, locked, if it is due (`Ok(None)`: not yet, or gone).
-fn open_due(path: &Path, boot: Option<&str>, age: u64) -> std::io::Result<Option<Due>> {
+fn open_due(path: &Path, boot: Option<&str>, age: u64) -> Result<Option<Due>> {
     let mut file = match home::open_regular(path, rustix::fs::OFlags::RDONLY, 0) {
         Ok((f, _)) => f,
         Err(home::Unreadable::Missing) => return Ok(None),
         Err(home::Unreadable::NotRegular(kind)) => {
-            return Err(std::io::Error::other(format!(
-                "it is a {kind}, not a regular file (remove it: relay never follows or reads it)"
-            )));
+            return Err(Error::io(
+                "cannot read",
+                path,
+                std::io::Error::other(format!(
+                    "it is a {kind}, not a regular file (remove it: relay never follows or reads it)"
+                )),
+            ));
         }
-        Err(e) => return Err(e.into_io()),
+        Err(e) => return Err(Error::io("cannot open", path, e.into_io())),
     };
     let mut head = Vec::with_capacity(HEADER_MAX);
-    (&mut file).take(HEADER_MAX as u64).read_to_end(&mut head)?;
+    (&mut file)
+        .take(HEADER_MAX as u64)
+        .read_to_end(&mut head)
+        .ctx("cannot read", path)?;
     // Without a boot id to compare, no log can be told safe to retire.
     let Some(boot) = boot else {
         return Ok(None);
@@ -352,8 +362,12 @@ fn open_due(path: &Path, boot: Option<&str>, age: u64) -> std::io::Result<Option
     if foreign {
         // Only another settler can hold it (its batch died with the boot):
         // wait, so nothing reads the mailboxes before the replay is done.
-        file.lock()?;
-        if file.metadata()?.nlink() == 0 {
+        crate::lockwait::flock(
+            &file,
+            path,
+            "the batch log (being replayed by another relay)",
+        )?;
+        if file.metadata().ctx("cannot stat", path)?.nlink() == 0 {
             return Ok(None);
         }
     } else if age < RETIRE_AFTER_MS || file.try_lock().is_err() {
@@ -373,7 +387,7 @@ fn open_due(path: &Path, boot: Option<&str>, age: u64) -> std::io::Result<Option
 /// good: a replay could not tell them from lost messages). Returns whether
 /// logs remain (the caller then commits to the index durably).
 pub fn settle(home: &Home, store: &mut Store, now: u64, force: bool) -> Result<bool> {
-    let (due, mut remain) = scan(home, now, force);
+    let (due, mut remain) = scan(home, now, force)?;
     if due.is_empty() {
         return Ok(remain);
     }
@@ -412,6 +426,80 @@ pub fn settle(home: &Home, store: &mut Store, now: u64, force: bool) -> Result<b
     }
     home::sync_dir(&dir(home))?;
     Ok(remain)
+}
+
+/// A log of another boot that could not be replayed because the index
+/// that knew what was acked was set aside (`doctor --repair`).
+#[derive(Debug)]
+pub struct Unreplayed {
+    /// Where the log now is (`batches/<name>.unreplayed`), or where it was
+    /// if nothing in it was missing (then it is removed).
+    pub path: PathBuf,
+    /// Messages of the log that are not in their mailbox: acked, or lost
+    /// with the power; nothing can tell which any more.
+    pub missing: Vec<(String, String)>,
+    /// Files present but damaged that were written again from the log.
+    pub restored: usize,
+}
+
+/// Disarms the logs of another boot after the index was set aside: the new
+/// index has no record of what was acked, so a normal replay would bring
+/// acked messages back. Files that are present but damaged are written
+/// again (present means not acked); missing ones are left missing and
+/// reported, and a log with any is kept as `<name>.unreplayed` (which
+/// nothing replays) for a person to decide; the others are removed.
+pub fn disarm_foreign(home: &Home, now: u64) -> Result<Vec<Unreplayed>> {
+    let (due, _) = scan(home, now, false)?;
+    let mut out = Vec::new();
+    for d in due.into_iter().filter(|d| d.foreign) {
+        let mut data = Vec::new();
+        let mut f = &d.file;
+        f.seek(SeekFrom::Start(0))
+            .and_then(|_| f.read_to_end(&mut data))
+            .ctx("cannot read the batch log", &d.path)?;
+        let (mut missing, mut restored) = (Vec::new(), 0);
+        for e in parse(&data)
+            .map(|(_, entries, _)| entries)
+            .unwrap_or_default()
+        {
+            let mb = Mailbox::at(home, e.endpoint);
+            if crate::subject::validate_subject(e.endpoint, "endpoint").is_err()
+                || crate::maildir::validate_id(e.id).is_err()
+                || !mb.is_endpoint()
+            {
+                continue;
+            }
+            match ["new", "cur", "failed"]
+                .into_iter()
+                .find(|s| mb.has(s, e.id))
+            {
+                Some(sub) => {
+                    if Envelope::parse(e.bytes).is_ok_and(|env| env.id == e.id)
+                        && mb.restore(sub, e.id, e.bytes)?
+                    {
+                        restored += 1;
+                    }
+                }
+                None => missing.push((e.endpoint.to_owned(), e.id.to_owned())),
+            }
+        }
+        home::sync_filesystem(&home.mailboxes())?;
+        let path = if missing.is_empty() {
+            fs::remove_file(&d.path).ctx("cannot remove", &d.path)?;
+            d.path.clone()
+        } else {
+            let kept = d.path.with_extension("unreplayed");
+            fs::rename(&d.path, &kept).ctx("cannot set aside", &d.path)?;
+            kept
+        };
+        home::sync_dir(&dir(home))?;
+        out.push(Unreplayed {
+            path,
+            missing,
+            restored,
+        });
+    }
+    Ok(out)
 }
 
 /// Reads and replays one log of another boot; how many messages it wrote.

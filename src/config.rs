@@ -44,6 +44,11 @@ pub struct Config {
     pub journal_max_bytes: u64,
     /// The `delivery` section: leases and redelivery (relay's own keys).
     pub delivery: Delivery,
+    /// `locks.timeoutMs`: how long a command waits for a lock another
+    /// process holds (a mailbox, the state, the index, ...) before it gives
+    /// up with exit 75, `1..=` an hour (relay's own key; the environment
+    /// variable `RELAY_LOCK_TIMEOUT_MS` overrides it).
+    pub lock_timeout_ms: u64,
     /// problems that are not fatal (unknown keys), one human line each
     pub warnings: Vec<String>,
 }
@@ -245,6 +250,16 @@ static KNOBS: &[Knob] = &[
         set: |c, v| c.delivery.max_deliveries = v.int32(),
     },
     Knob {
+        key: "locks.timeoutMs",
+        kind: Kind::Int {
+            min: 1,
+            max: 3_600_000,
+        },
+        default: Value::Int(crate::lockwait::DEFAULT_MS),
+        get: |c| Value::Int(c.lock_timeout_ms),
+        set: |c, v| c.lock_timeout_ms = v.int(),
+    },
+    Knob {
         key: "reliability.rateLimit.enabled",
         kind: Kind::Bool,
         default: Value::Bool(true),
@@ -437,6 +452,7 @@ impl Default for Config {
                 lease_secs: 0,
                 max_deliveries: 0,
             },
+            lock_timeout_ms: 0,
             reliability: Reliability {
                 rate_limit: RateLimit {
                     enabled: false,
@@ -1390,7 +1406,7 @@ mod tests {
     #[test]
     fn knobs_lists_every_key_once() {
         let keys: Vec<&str> = knobs().collect();
-        assert_eq!(keys.len(), 26);
+        assert_eq!(keys.len(), 27);
         assert!(keys.contains(&"reliability.rateLimit.maxPerWindow"));
         assert!(keys.contains(&"maxPayloadBytes"));
         let mut unique = keys.clone();

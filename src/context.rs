@@ -37,6 +37,7 @@ impl Ctx {
             Config::default()
         };
         home.set_payload_cap(config.max_payload_bytes);
+        crate::lockwait::configure(config.lock_timeout_ms)?;
         for w in &config.warnings {
             output::warn(w);
         }
@@ -63,9 +64,14 @@ impl Ctx {
                 let mut store = Store::open(&self.home.db_file())?;
                 // A log that cannot be settled is kept (and tried again by
                 // the next command): no reason to refuse this one.
-                if let Err(e) = batchlog::settle(&self.home, &mut store, self.clock.now_ms(), false)
-                {
-                    output::warn(&format!("cannot settle the batch logs: {e}; they are kept"));
+                match batchlog::settle(&self.home, &mut store, self.clock.now_ms(), false) {
+                    Ok(_) => {}
+                    // Another relay is still replaying: its mailboxes are
+                    // not to be read before it is done.
+                    Err(e @ crate::error::Error::Locked(_)) => return Err(e),
+                    Err(e) => {
+                        output::warn(&format!("cannot settle the batch logs: {e}; they are kept"));
+                    }
                 }
                 store
             }

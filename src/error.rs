@@ -57,6 +57,14 @@ pub enum Error {
         message: String,
         retry_after_ms: Option<u64>,
     },
+    /// A lock was not obtained within the lock timeout (75): the message
+    /// names the lock and, if known, the pid holding it.
+    #[error("{0}")]
+    Locked(String),
+    /// The index file is damaged (74): not a database, or corrupt. Only
+    /// this makes `doctor --repair` set it aside.
+    #[error("{0}")]
+    Damaged(String),
     /// Permission or safety refusal (77).
     #[error("{0}")]
     Denied(String),
@@ -80,8 +88,8 @@ impl Error {
             Error::Data(_) => code::DATAERR,
             Error::NoInput(_) => code::NOINPUT,
             Error::NoEndpoint(_) => code::UNAVAILABLE,
-            Error::Io { .. } | Error::Store(_) => code::IOERR,
-            Error::Refused { .. } => code::TEMPFAIL,
+            Error::Io { .. } | Error::Store(_) | Error::Damaged(_) => code::IOERR,
+            Error::Refused { .. } | Error::Locked(_) => code::TEMPFAIL,
             Error::Denied(_) => code::NOPERM,
             Error::Config(_) => code::CONFIG,
             Error::Batch { code, .. } => *code,
@@ -100,6 +108,8 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Store(_) => "index",
             Error::Refused { .. } => "refused",
+            Error::Locked(_) => "lock_timeout",
+            Error::Damaged(_) => "index_damaged",
             Error::Denied(_) => "denied",
             Error::Config(_) => "config",
             Error::Batch { .. } => "batch",

@@ -18,6 +18,7 @@ pub mod home;
 pub mod journal;
 pub mod lease;
 pub mod ledger;
+pub mod lockwait;
 pub mod maildir;
 pub mod notice;
 pub mod output;

@@ -332,13 +332,23 @@ impl Mailbox {
     }
 
     /// Takes this endpoint's exclusive lock (`flock` on the mailbox
-    /// directory itself: nothing extra on disk), blocking until it is free;
-    /// released when the returned handle drops. Senders hold it from the
-    /// depth count to the delivery, so concurrent senders can never push a
-    /// mailbox past its capacity.
+    /// directory itself: nothing extra on disk), waiting at most the lock
+    /// timeout (`lockwait`); released when the returned handle drops.
+    /// Senders hold it from the depth count to the delivery, so concurrent
+    /// senders can never push a mailbox past its capacity; `endpoints
+    /// remove`, `dlq requeue` and `gc` hold it for what they count and move.
+    /// A mailbox removed while this waited is `NoEndpoint`.
     pub fn lock(&self) -> Result<fs::File> {
-        let file = fs::File::open(&self.dir).ctx("cannot open", &self.dir)?;
-        file.lock().ctx("cannot lock", &self.dir)?;
+        let file = match fs::File::open(&self.dir) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(self.gone()),
+            Err(e) => return Err(Error::io("cannot open", &self.dir, e)),
+        };
+        crate::lockwait::flock(&file, &self.dir, "the mailbox lock of")?;
+        // `endpoints remove` deletes the directory before it lets go.
+        if rustix::fs::fstat(&file).is_ok_and(|st| st.st_nlink == 0) {
+            return Err(self.gone());
+        }
         Ok(file)
     }
 
@@ -350,6 +360,13 @@ impl Mailbox {
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", &self.dir, e)),
         }
+    }
+
+    fn gone(&self) -> Error {
+        Error::NoEndpoint(format!(
+            "no endpoint '{}': it was removed (create it again with: relay endpoints add {})",
+            self.name, self.name
+        ))
     }
 
     /// Latest modification time (ms) of the mailbox's subdirectories: when a
@@ -508,12 +525,26 @@ impl Mailbox {
 
     /// Moves dead letter `id` back into `new/` (atomic rename, so a
     /// receiver sees it whole), drops its sidecar, and returns its envelope;
-    /// `None` if it is no longer in `failed/`.
-    pub fn requeue(&self, id: &str) -> Result<Option<Envelope>> {
+    /// `None` if it is no longer in `failed/`. With `rewritten`, that
+    /// envelope is written into `new/` instead (durably, through `tmp/`)
+    /// and the dead letter removed.
+    pub fn requeue(&self, id: &str, rewritten: Option<&Envelope>) -> Result<Option<Envelope>> {
         let Some(env) = self.read_envelope("failed", id) else {
             return Ok(None);
         };
-        let (from, to) = (self.file("failed", id), self.file("new", id));
+        let from = self.file("failed", id);
+        if let Some(new) = rewritten {
+            self.place_over(&file_name(id), &new.to_file_bytes()?, "new", true)?;
+            match fs::remove_file(&from) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("cannot remove the requeued", &from, e)),
+            }
+            let _ = fs::remove_file(self.sub("failed").join(format!("{id}{REASON_EXT}")));
+            home::sync_dir(&self.sub("failed"))?;
+            return Ok(Some(new.clone()));
+        }
+        let to = self.file("new", id);
         match fs::rename(&from, &to) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),

@@ -134,7 +134,7 @@ impl Locked {
     pub fn acquire(dir: &Path) -> Result<Self> {
         let [p0, p1] = files(dir);
         let f0 = open_slot(&p0)?;
-        f0.lock().ctx("cannot lock", &p0)?;
+        crate::lockwait::flock(&f0, &p0, "the state lock")?;
         let f1 = open_slot(&p1)?;
         let (s0, st0) = read_slot(f0, p0)?;
         let (s1, st1) = read_slot(f1, p1)?;

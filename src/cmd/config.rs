@@ -110,7 +110,7 @@ fn set(ctx: &Ctx, path: &Path, key: &str, value: &str) -> Result<()> {
     home::check_dir(&lock_dir, "lock directory")?;
     let lock_path = lock_dir.join("config.lock");
     let (lock, _) = home::create_own(&lock_path, rustix::fs::OFlags::WRONLY, "lock file")?;
-    lock.lock().ctx("cannot lock", &lock_path)?;
+    crate::lockwait::flock(&lock, &lock_path, "the config lock")?;
 
     let mut raw = read_raw(path)?;
     set_path(&mut raw, key, new.clone()).map_err(|parent| {

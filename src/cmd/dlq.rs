@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use crate::cli::{DlqAction, DlqArgs};
 use crate::clock::{ago, iso8601, parse_iso8601, system_time_ms};
 use crate::context::Ctx;
+use crate::envelope::Envelope;
 use crate::error::{Error, IoContext, Result};
 use crate::maildir::{self, Mailbox};
 use crate::output;
@@ -158,77 +159,202 @@ fn show(ctx: &Ctx, endpoint: Option<&str>, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Lifetime given to a requeued letter whose TTL has passed, when the one
+/// it was sent with is unknown (the default TTL of a send).
+const REQUEUE_TTL_MS: u64 = 3_600_000;
+
+/// Best effort: every letter is requeued or reported with why not; one
+/// that cannot be does not stop the others (the exit code is then the
+/// first failure's). Each mailbox's letters move under its lock.
 fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> Result<()> {
     // Batch logs are settled before any file moves (a replay after a
     // restart must not run beside the moves).
     ctx.store()?;
+    let mut failed: Vec<(Option<DeadLetter>, Error)> = Vec::new();
     let targets: Vec<DeadLetter> = if all {
         collect(ctx, endpoint, false)?
     } else {
         let mut v = Vec::new();
         for id in ids {
-            v.extend(find(ctx, endpoint, id, false)?);
+            match find(ctx, endpoint, id, false) {
+                Ok(found) => v.extend(found),
+                Err(e) => failed.push((None, e)),
+            }
         }
         v
     };
-    // Check everything first: a requeue that cannot be done writes nothing.
-    for d in &targets {
-        let mb = Mailbox::at(&ctx.home, &d.endpoint);
-        if !mb.is_endpoint() {
-            return Err(Error::NoEndpoint(format!(
-                "cannot requeue {}: '{}' is not an endpoint (dead-lettered because nothing matched); create it first with: relay endpoints add {}",
-                d.id, d.endpoint, d.endpoint
-            )));
-        }
-        crate::home::check_dir(mb.dir(), "mailbox")?;
-        if mb.read_envelope("failed", &d.id).is_none() {
-            return Err(Error::Data(format!(
-                "cannot requeue {} of '{}': the file is not a valid envelope (see: relay dlq show {})",
-                d.id, d.endpoint, d.id
-            )));
-        }
-        if mb.has("new", &d.id) || mb.has("cur", &d.id) {
-            return Err(Error::Data(format!(
-                "cannot requeue {} of '{}': a message with that id is already in new/ or cur/",
-                d.id, d.endpoint
-            )));
-        }
+    let mut by_mailbox: std::collections::BTreeMap<String, Vec<DeadLetter>> =
+        std::collections::BTreeMap::new();
+    for d in targets {
+        by_mailbox.entry(d.endpoint.clone()).or_default().push(d);
     }
     let now = ctx.clock.now_ms();
-    let mut done = Vec::new();
+    let total: usize = by_mailbox.values().map(Vec::len).sum();
+    let mut done: Vec<(String, Envelope, Option<u64>)> = Vec::new();
     let mut progress = output::Progress::new("requeue");
-    for (n, d) in targets.iter().enumerate() {
-        let mb = Mailbox::at(&ctx.home, &d.endpoint);
-        if let Some(env) = mb.requeue(&d.id)? {
-            done.push((d.endpoint.clone(), env));
+    for (name, letters) in by_mailbox {
+        let mb = match requeue_target(ctx, &name) {
+            Ok(mb) => mb,
+            Err(e) => {
+                let msg = e.to_string();
+                failed.extend(letters.into_iter().map(|d| {
+                    let e = Error::NoEndpoint(format!("cannot requeue {}: {msg}", d.id));
+                    (Some(d), e)
+                }));
+                continue;
+            }
+        };
+        let _lock = match mb.lock() {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = e.to_string();
+                failed.extend(letters.into_iter().map(|d| {
+                    let e = Error::Refused {
+                        message: format!("cannot requeue {} of '{name}': {msg}", d.id),
+                        retry_after_ms: None,
+                    };
+                    (Some(d), e)
+                }));
+                continue;
+            }
+        };
+        for d in letters {
+            match requeue_one(&mb, &d.id, now) {
+                Ok(Some((env, fresh))) => done.push((name.clone(), env, fresh)),
+                Ok(None) => {} // requeued or purged by someone else meanwhile
+                Err(e) => failed.push((Some(d), e)),
+            }
+            progress.tick(done.len() + failed.len(), Some(total));
         }
-        progress.tick(n + 1, Some(targets.len()));
     }
     progress.finish();
-    let tx = ctx.store()?.begin()?;
-    for (ep, env) in &done {
-        tx.record_requeued(ep, env)?;
-        tx.event(
-            &Event {
-                kind: "requeued",
-                sender: Some(&env.from),
-                endpoint: Some(ep),
-                message_id: Some(&env.id),
-                detail: json!({}),
-            },
-            now,
-        )?;
+    if !done.is_empty() {
+        let tx = ctx.store()?.begin()?;
+        for (ep, env, fresh) in &done {
+            tx.record_requeued(ep, env)?;
+            let detail = match fresh {
+                Some(ttl) => json!({ "freshTtl": ttl }),
+                None => json!({}),
+            };
+            tx.event(
+                &Event {
+                    kind: "requeued",
+                    sender: Some(&env.from),
+                    endpoint: Some(ep),
+                    message_id: Some(&env.id),
+                    detail,
+                },
+                now,
+            )?;
+        }
+        tx.commit()?;
     }
-    tx.commit()?;
-    let names: Vec<Value> = done
-        .iter()
-        .map(|(ep, env)| json!({ "id": env.id, "endpoint": ep }))
-        .collect();
     if ctx.json {
-        return output::json_line(&json!({ "requeued": names }));
+        let names: Vec<Value> = done
+            .iter()
+            .map(|(ep, env, fresh)| {
+                let mut v = json!({ "id": env.id, "endpoint": ep });
+                if let Some(ttl) = fresh {
+                    v["freshTtl"] = json!(iso8601(*ttl));
+                }
+                v
+            })
+            .collect();
+        let errors: Vec<Value> = failed
+            .iter()
+            .map(|(d, e)| {
+                json!({
+                    "id": d.as_ref().map(|d| d.id.clone()),
+                    "endpoint": d.as_ref().map(|d| d.endpoint.clone()),
+                    "kind": e.kind(),
+                    "message": e.to_string(),
+                })
+            })
+            .collect();
+        output::json_line(&json!({ "requeued": names, "failed": errors }))?;
+    } else {
+        for (_, e) in &failed {
+            eprintln!("relay: {}", output::printable(&e.to_string()));
+        }
+        for (ep, env, fresh) in &done {
+            if let Some(ttl) = fresh {
+                eprintln!(
+                    "relay: {} of '{ep}' had expired; requeued with a fresh TTL (until {})",
+                    env.id,
+                    iso8601(*ttl)
+                );
+            }
+        }
+        eprintln!("relay: requeued {} message(s)", done.len());
     }
-    eprintln!("relay: requeued {} message(s)", done.len());
-    Ok(())
+    match failed.first() {
+        None => Ok(()),
+        Some((_, first)) => Err(Error::Batch {
+            code: first.exit_code(),
+            message: format!(
+                "{} dead letter(s) could not be requeued (see above); {} requeued",
+                failed.len(),
+                done.len()
+            ),
+        }),
+    }
+}
+
+/// The mailbox a dead letter of directory `name` is requeued into: only a
+/// registered endpoint with a literal name, which receivers read. A
+/// directory named after a pattern (where a publish that matched nothing
+/// was dead-lettered) is read by nobody, even with a `new/`.
+fn requeue_target(ctx: &Ctx, name: &str) -> Result<Mailbox> {
+    if crate::subject::is_pattern(name)
+        || crate::subject::validate_subject(name, "endpoint").is_err()
+    {
+        return Err(Error::NoEndpoint(format!(
+            "'{}' is not an endpoint but the dead-letter directory of a publish that matched nothing, and nothing reads messages there; it stays in failed/: see it with relay dlq show ID, then send it again to an endpoint (relay send SUBJECT PAYLOAD)",
+            output::printable(name)
+        )));
+    }
+    let mb = Mailbox::at(&ctx.home, name);
+    if !mb.is_endpoint() {
+        return Err(Error::NoEndpoint(format!(
+            "'{name}' is not an endpoint (dead-lettered because nothing matched); create it first with: relay endpoints add {name}"
+        )));
+    }
+    mb.check()?;
+    Ok(mb)
+}
+
+/// Requeues one letter of `mb` (whose lock the caller holds); with the
+/// fresh TTL it was given if its own had passed. `None` when it is no
+/// longer in `failed/`.
+fn requeue_one(mb: &Mailbox, id: &str, now: u64) -> Result<Option<(Envelope, Option<u64>)>> {
+    let Some(mut env) = mb.read_envelope("failed", id) else {
+        if !mb.has("failed", id) {
+            return Ok(None);
+        }
+        return Err(Error::Data(format!(
+            "cannot requeue {id} of '{}': the file is not a valid envelope (see: relay dlq show {id})",
+            mb.name
+        )));
+    };
+    if mb.has("new", id) || mb.has("cur", id) {
+        return Err(Error::Data(format!(
+            "cannot requeue {id} of '{}': a message with that id is already in new/ or cur/",
+            mb.name
+        )));
+    }
+    // A letter past its TTL would expire again at once: it gets the
+    // lifetime it was sent with, from now.
+    let fresh = (env.budget.ttl <= now).then(|| {
+        let lifetime = parse_iso8601(&env.created_at)
+            .and_then(|sent| env.budget.ttl.checked_sub(sent))
+            .filter(|&ms| ms > 0)
+            .unwrap_or(REQUEUE_TTL_MS);
+        now.saturating_add(lifetime)
+    });
+    if let Some(ttl) = fresh {
+        env.budget.ttl = ttl;
+    }
+    Ok(mb.requeue(id, fresh.map(|_| &env))?.map(|env| (env, fresh)))
 }
 
 fn purge(ctx: &mut Ctx, endpoint: Option<&str>, older_ms: u64, yes: bool) -> Result<()> {

@@ -46,12 +46,21 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
         });
     };
 
-    // 1. The index file itself.
+    // 1. The index file itself. Only proven damage (not a database, corrupt,
+    // or a failed integrity check) sets it aside: a lock, a full disk or
+    // another I/O error leaves it as it is, with its keys and history.
     let db = ctx.home.db_file();
-    let problem = match ctx.store() {
-        Ok(store) => store.integrity()?,
-        Err(e) => Some(e.to_string()),
+    let problem = match ctx.store().and_then(|s| s.integrity()) {
+        Ok(p) => p,
+        Err(Error::Damaged(msg)) => Some(msg),
+        // A directory (or anything else) where the file should be is not a
+        // database either.
+        Err(e) if fs::symlink_metadata(&db).is_ok_and(|m| !m.is_file()) => {
+            Some(format!("not a regular file ({e})"))
+        }
+        Err(e) => return Err(left_untouched(e, &db)),
     };
+    let mut rebuilt = false;
     let index_usable = match problem {
         Some(p) => {
             // Let go of the damaged file before it is moved aside.
@@ -62,10 +71,45 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
                 format!("{} is damaged: {p}", db.display()),
                 repaired,
             );
+            rebuilt = repaired;
             repaired
         }
         None => true,
     };
+    if rebuilt {
+        // The new index does not know what was acked: a batch log of
+        // another boot must not be replayed into it.
+        for u in crate::batchlog::disarm_foreign(&ctx.home, now)? {
+            if u.restored > 0 {
+                note(
+                    "batch log",
+                    format!(
+                        "{} damaged message file(s) written again from {}",
+                        u.restored,
+                        u.path.display()
+                    ),
+                    true,
+                );
+            }
+            if !u.missing.is_empty() {
+                let ids: Vec<String> = u
+                    .missing
+                    .iter()
+                    .map(|(ep, id)| format!("{id} in '{ep}'"))
+                    .collect();
+                note(
+                    "batch log",
+                    format!(
+                        "{} message(s) of a batch written before a restart are not in their mailboxes ({}); the damaged index cannot tell whether they were acked, so they were not restored; the log is kept at {} (re-send by hand any that were not acked)",
+                        ids.len(),
+                        ids.join(", "),
+                        u.path.display()
+                    ),
+                    false,
+                );
+            }
+        }
+    }
 
     // 2. Every mailbox directory: permissions, tmp/ leftovers, unreadable files.
     let max_tmp_age = ctx.config.tmp_max_age_secs.saturating_mul(1000);
@@ -142,15 +186,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
             for id in mb.list(sub)? {
                 match mb.read_envelope(sub, &id) {
                     Some(envelope) => {
-                        let failure = (status == Status::Failed).then(|| {
-                            let r = mb.read_reason(&id);
-                            (
-                                r.as_ref()
-                                    .and_then(|r| r.code.clone())
-                                    .unwrap_or_else(|| "unknown".into()),
-                                r.map_or_else(|| "no reason sidecar".into(), |r| r.reason),
-                            )
-                        });
+                        let failure = (status == Status::Failed).then(|| failure_of(&mb, &id));
                         disk.insert(
                             (name.clone(), id),
                             OnDisk {
@@ -160,9 +196,14 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
                             },
                         );
                     }
+                    // Gone since it was listed: claimed, acked or moved on.
+                    None if !mb.has(sub, &id) => {}
                     None if sub != "failed" => {
                         let path = mb.sub(sub).join(format!("{id}.json"));
                         let repaired = repair && quarantine(&mb, sub, &id, now)?;
+                        if repair && !repaired && !mb.has(sub, &id) {
+                            continue;
+                        }
                         note(
                             "unreadable message",
                             format!(
@@ -184,16 +225,39 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
     if !index_usable {
         return finish(ctx, &findings, disk.len(), repair);
     }
+    let home = ctx.home.clone();
     let store = ctx.store()?;
+    if rebuilt {
+        // This boot's logs were written against the old index too: retire
+        // them now (one syncfs), so none can replay into the new one.
+        crate::batchlog::settle(&home, store, now, true)?;
+    }
     let tx = store.begin()?;
     let mut rows: HashMap<(String, String), String> = HashMap::new();
     for (ep, id, status) in tx.live_rows()? {
         rows.insert((ep, id), status);
     }
-    for (key, status) in &rows {
-        match disk.get(key) {
-            None => {
-                let repaired = repair;
+    // Commands run beside doctor: every difference seen between the scan
+    // and the index is checked again against the Maildir as it is now,
+    // under the index's write lock, and what it says now is what is
+    // written. A command that moved a file and waits for the lock writes
+    // its own row after this commit.
+    let mut keys: Vec<&(String, String)> = rows
+        .iter()
+        .filter(|(k, st)| {
+            disk.get(*k)
+                .is_none_or(|d| d.status.as_str() != st.as_str())
+        })
+        .map(|(k, _)| k)
+        .chain(disk.keys().filter(|k| !rows.contains_key(*k)))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        let mb = Mailbox::at(&home, &key.0);
+        let now_at = locate(&mb, &key.1);
+        match (rows.get(key), now_at) {
+            (Some(status), None) => {
                 if repair {
                     tx.forget(&key.0, &key.1)?;
                 }
@@ -203,12 +267,12 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
                         "{} in '{}' is {status} in the index but not on disk",
                         key.1, key.0
                     ),
-                    repaired,
+                    repair,
                 );
             }
-            Some(d) if d.status.as_str() != status => {
+            (Some(status), Some(at)) if at.as_str() != status => {
                 if repair {
-                    tx.set_status(&key.0, &key.1, d.status)?;
+                    tx.set_status(&key.0, &key.1, at)?;
                 }
                 note(
                     "status mismatch",
@@ -216,34 +280,97 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
                         "{} in '{}' is {status} in the index but {} on disk",
                         key.1,
                         key.0,
-                        d.status.as_str()
+                        at.as_str()
                     ),
                     repair,
                 );
             }
-            Some(_) => {}
-        }
-    }
-    for (key, d) in &disk {
-        if !rows.contains_key(key) {
-            if repair {
-                let failure = d.failure.as_ref().map(|(c, r)| (c.as_str(), r.as_str()));
-                tx.index_found(&key.0, &d.envelope, d.status, failure, now)?;
+            (Some(_), Some(_)) | (None, None) => {}
+            (None, Some(at)) => {
+                let Some(found) = on_disk(&mb, &key.1, at, disk.get(key)) else {
+                    continue; // moved on, or not an envelope (reported above)
+                };
+                if repair {
+                    let failure = found
+                        .failure
+                        .as_ref()
+                        .map(|(c, r)| (c.as_str(), r.as_str()));
+                    tx.index_found(&key.0, &found.envelope, at, failure, now)?;
+                }
+                note(
+                    "file without index row",
+                    format!("{} in '{}' ({}) is not indexed", key.1, key.0, at.as_str()),
+                    repair,
+                );
             }
-            note(
-                "file without index row",
-                format!(
-                    "{} in '{}' ({}) is not indexed",
-                    key.1,
-                    key.0,
-                    d.status.as_str()
-                ),
-                repair,
-            );
         }
     }
     tx.commit()?;
     finish(ctx, &findings, disk.len(), repair)
+}
+
+/// Where message `id` is in `mb` right now. `new/` is looked at again last:
+/// a message given back (`cur/` or `failed/` to `new/`) while the others
+/// were looked at is found there.
+fn locate(mb: &Mailbox, id: &str) -> Option<Status> {
+    [
+        ("new", Status::Pending),
+        ("cur", Status::Claimed),
+        ("failed", Status::Failed),
+        ("new", Status::Pending),
+    ]
+    .into_iter()
+    .find(|(sub, _)| mb.has(sub, id))
+    .map(|(_, status)| status)
+}
+
+/// What is on disk for `id` in `at`: from the scan if it saw it there,
+/// else read again (`None` if it moved on or is not an envelope).
+fn on_disk(mb: &Mailbox, id: &str, at: Status, seen: Option<&OnDisk>) -> Option<OnDisk> {
+    if let Some(d) = seen.filter(|d| d.status == at) {
+        return Some(OnDisk {
+            status: at,
+            envelope: d.envelope.clone(),
+            failure: d.failure.clone(),
+        });
+    }
+    let sub = match at {
+        Status::Pending => "new",
+        Status::Claimed => "cur",
+        Status::Failed | Status::Acked => "failed",
+    };
+    let envelope = mb.read_envelope(sub, id)?;
+    Some(OnDisk {
+        status: at,
+        envelope,
+        failure: (at == Status::Failed).then(|| failure_of(mb, id)),
+    })
+}
+
+/// A dead letter's code and reason from its sidecar.
+fn failure_of(mb: &Mailbox, id: &str) -> (String, String) {
+    let r = mb.read_reason(id);
+    (
+        r.as_ref()
+            .and_then(|r| r.code.clone())
+            .unwrap_or_else(|| "unknown".into()),
+        r.map_or_else(|| "no reason sidecar".into(), |r| r.reason),
+    )
+}
+
+/// An index that could not be checked for a reason other than damage: the
+/// same error (75 for a lock, 74 for a full disk or I/O), saying the file
+/// was left as it is.
+fn left_untouched(e: Error, db: &std::path::Path) -> Error {
+    let why = format!(
+        "; {} was left as it is (only a file that is not a database or fails its integrity check is set aside)",
+        db.display()
+    );
+    match e {
+        Error::Locked(m) => Error::Locked(format!("{m}{why}")),
+        Error::Store(m) => Error::Store(format!("cannot check the index: {m}{why}")),
+        other => other,
+    }
 }
 
 /// Prints the findings; fails (65) if any problem is left.
@@ -278,7 +405,7 @@ fn finish(ctx: &Ctx, findings: &[Finding], on_disk: usize, repair: bool) -> Resu
         return Err(Error::Data(format!(
             "{problems} problem(s) left; {}",
             if repair {
-                "see the table above (symlinked mailboxes need a person)"
+                "see the table above (symlinked mailboxes and unreplayed batch logs need a person)"
             } else {
                 "run: relay doctor --repair"
             }

@@ -141,24 +141,60 @@ fn add(ctx: &Ctx, subjects: &[String]) -> Result<()> {
 
 fn remove(ctx: &Ctx, name: &str, force: bool) -> Result<()> {
     let mb = Mailbox::open_endpoint(&ctx.home, name)?;
-    let held: usize = ["new", "cur", "failed"]
-        .iter()
-        .map(|s| mb.count(s))
-        .sum::<Result<usize>>()?;
-    if held > 0 && !force {
-        return Err(Error::Data(format!(
+    let not_empty = |held: usize| {
+        Error::Data(format!(
             "endpoint '{name}' still holds {held} message(s) in new/, cur/ or failed/; drain it first or pass --force to delete them"
-        )));
+        ))
+    };
+    // Under the mailbox lock: nothing that takes it (a send, `dlq requeue`,
+    // `gc`) moves a message in or between the directories counted.
+    let _lock = mb.lock()?;
+    let held = count_held(&mb)?;
+    if held > 0 && !force {
+        return Err(not_empty(held));
     }
-    // Rename out of the namespace first so no sender sees a half-removed mailbox.
-    let grave = ctx
-        .home
-        .mailboxes()
-        .join(format!(".removed-{}", crate::envelope::random_ulid()));
+    // Rename out of the namespace first so no sender sees a half-removed
+    // mailbox; then count again where nothing can reach any more: a writer
+    // that does not take the lock (a consumer giving a claim back, a
+    // DorkOS process) may have put a message in after the count.
+    let grave_name = format!(".removed-{}", crate::envelope::random_ulid());
+    let grave = ctx.home.mailboxes().join(&grave_name);
     fs::rename(mb.dir(), &grave).ctx("cannot remove", mb.dir())?;
+    let buried = Mailbox::at(&ctx.home, &grave_name);
+    let held = count_held(&buried)?;
+    if held > 0 && !force {
+        // Back where it was (never over a mailbox made since).
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &grave,
+            rustix::fs::CWD,
+            mb.dir(),
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot put the mailbox back from {} (its messages are safe there) to",
+                    grave.display()
+                ),
+                mb.dir(),
+                e.into(),
+            )
+        })?;
+        return Err(not_empty(held));
+    }
     fs::remove_dir_all(&grave).ctx("cannot delete", &grave)?;
+    crate::home::sync_dir(&ctx.home.mailboxes())?;
     if ctx.json {
         return output::json_line(&serde_json::json!({ "removed": name, "deletedMessages": held }));
     }
     Ok(())
+}
+
+/// Messages in `new/`, `cur/` and `failed/` of `mb`.
+fn count_held(mb: &Mailbox) -> Result<usize> {
+    ["new", "cur", "failed"]
+        .iter()
+        .map(|s| mb.count(s))
+        .sum::<Result<usize>>()
 }

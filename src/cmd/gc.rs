@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::cli::GcArgs;
 use crate::context::Ctx;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ledger::Ledger;
 use crate::maildir::{self, Mailbox};
 use crate::output;
@@ -64,6 +64,7 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
     let mut seen = 0;
     for ep in maildir::list_endpoints(&ctx.home)? {
         let mb = Mailbox::at(&ctx.home, &ep);
+        let mut due = Vec::new();
         for id in mb.list("new")? {
             seen += 1;
             progress.tick(seen, None);
@@ -77,7 +78,27 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
                 "ttl expired {} ago, never claimed",
                 crate::clock::human_ms(now - env.budget.ttl)
             );
-            if args.dry_run || mb.expire(&id, &reason, now)? {
+            due.push((id, env, reason));
+        }
+        if due.is_empty() {
+            continue;
+        }
+        if args.dry_run {
+            expired.extend(
+                due.into_iter()
+                    .map(|(_, env, reason)| (ep.clone(), env, reason)),
+            );
+            continue;
+        }
+        // The moves under the mailbox lock (not the reads before them): what
+        // `endpoints remove` counts cannot change under it.
+        let _lock = match mb.lock() {
+            Ok(l) => l,
+            Err(Error::NoEndpoint(_)) => continue, // removed meanwhile
+            Err(e) => return Err(e),
+        };
+        for (id, env, reason) in due {
+            if mb.expire(&id, &reason, now)? {
                 expired.push((ep.clone(), env, reason));
             }
         }
@@ -109,6 +130,22 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
             )?);
         }
     }
+    // A batch log replayed after a power loss brings back every message
+    // of it that is missing and not acked in the index: finished rows stay
+    // while a log could still be replayed. This boot's idle logs are
+    // retired first (one syncfs), as `dlq purge` does.
+    let logs_remain = if args.dry_run {
+        crate::batchlog::pending(ctx.home.root())
+    } else {
+        let home = ctx.home.clone();
+        crate::batchlog::settle(&home, ctx.store()?, now, true)?
+    };
+    if logs_remain {
+        output::warn(&format!(
+            "a batch log is pending in {} (a running batch, or one to replay): finished index rows are kept until it is retired",
+            ctx.home.root().join("batches").display()
+        ));
+    }
     let retention_ms = ctx.config.retention_days.saturating_mul(86_400_000);
     let key_window_ms = ctx.config.idempotency_window_secs.saturating_mul(1000);
     let limits = ctx.config.reliability.rate_limit.clone();
@@ -119,7 +156,13 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
     for n in &notices {
         notice::record(&tx, n, now)?;
     }
+    let rows_before = if logs_remain {
+        0
+    } else {
+        now.saturating_sub(retention_ms)
+    };
     let pruned = tx.prune(
+        rows_before,
         now.saturating_sub(retention_ms),
         now.saturating_sub(key_window_ms),
     )?;

@@ -177,20 +177,21 @@ impl Store {
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             durable: false,
         };
-        store.init().map_err(|e| match e {
-            Error::Store(msg) => Error::Store(format!(
-                "{msg}; if the file is damaged, run: relay doctor --repair (it moves {p} aside and rebuilds the index from the mailboxes, which keep every message)",
+        let hint = |e| match e {
+            Error::Damaged(msg) => Error::Damaged(format!(
+                "{msg}; run: relay doctor --repair (it moves {p} aside and rebuilds the index from the mailboxes, which keep every message)",
                 p = path.display()
             )),
             other => other,
-        })?;
-        store.ingest()?;
+        };
+        store.init().map_err(hint)?;
+        store.ingest().map_err(hint)?;
         Ok(store)
     }
 
     fn init(&mut self) -> Result<()> {
         self.conn
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(crate::lockwait::timeout())
             .map_err(|e| self.err(e))?;
         // WAL is persistent in the file; synchronous=NORMAL is per connection.
         // The index is not the source of truth, so it need not fsync on commit.
@@ -393,11 +394,12 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// `PRAGMA quick_check`: `None` when the file is sound, else what is wrong.
+    /// `PRAGMA integrity_check`: `None` when the file is sound, else what
+    /// is wrong.
     pub fn integrity(&self) -> Result<Option<String>> {
         let rows: Vec<String> = self
             .conn
-            .prepare("PRAGMA quick_check")
+            .prepare("PRAGMA integrity_check")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .map_err(|e| self.err(e))?;
         Ok(match rows.as_slice() {
@@ -622,16 +624,21 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Retention: deletes finished rows (acked or dead-lettered) and events
-    /// older than `before`, and idempotency keys older than `keys_before`.
-    /// Returns the three counts.
-    pub fn prune(&self, before: u64, keys_before: u64) -> Result<(usize, usize, usize)> {
+    /// Retention: deletes finished rows (acked or dead-lettered) older than
+    /// `rows_before`, events older than `before`, and idempotency keys
+    /// older than `keys_before`. Returns the three counts.
+    pub fn prune(
+        &self,
+        rows_before: u64,
+        before: u64,
+        keys_before: u64,
+    ) -> Result<(usize, usize, usize)> {
         let rows = self
             .tx
             .execute(
                 "DELETE FROM messages WHERE status IN ('acked', 'failed')
                  AND COALESCE(done_at, sent_at) < ?1",
-                params![before],
+                params![rows_before],
             )
             .map_err(|e| self.err(e))?;
         let events = self
@@ -1152,27 +1159,61 @@ fn sql_ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Whether SQLite reported the database busy or locked (another
+/// connection holds the lock).
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(e, _) if matches!(
+        e.code,
+        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+    ))
+}
+
 /// Retries `f` while SQLite reports the database busy or locked, for up to
-/// about ten seconds (the same patience as the busy timeout).
+/// the lock timeout (the same patience as the busy handler).
 fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-    let mut waited = Duration::ZERO;
+    let deadline = std::time::Instant::now() + crate::lockwait::timeout();
     loop {
         match f() {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(
-                    e.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) && waited < Duration::from_secs(10) =>
-            {
-                let pause = Duration::from_millis(5);
-                std::thread::sleep(pause);
-                waited += pause;
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
             }
             other => return other,
         }
     }
 }
 
+/// The one mapping of SQLite errors: busy past the lock timeout is a lock
+/// timeout (75, naming the holder of the write lock if known), a file that
+/// is not a database or is corrupt is damage (the only thing `doctor
+/// --repair` sets aside), anything else (a full disk, an I/O error) is an
+/// index failure (74) that leaves the file as it is.
 fn store_err(path: &Path, source: rusqlite::Error) -> Error {
-    Error::Store(format!("index {}: {source}", path.display()))
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    if is_busy(&source) {
+        return crate::lockwait::timed_out("the index", path, index_writer(path));
+    }
+    let msg = format!("index {}: {source}", path.display());
+    match &source {
+        rusqlite::Error::SqliteFailure(e, _)
+            if matches!(e.code, NotADatabase | DatabaseCorrupt) =>
+        {
+            Error::Damaged(msg)
+        }
+        _ => Error::Store(msg),
+    }
+}
+
+/// The pid holding the index's write lock, if the kernel tells: in WAL
+/// mode a POSIX lock on byte 120 of `relay.db-shm`; otherwise a write lock
+/// on `relay.db` itself.
+fn index_writer(path: &Path) -> Option<u32> {
+    use crate::lockwait::{Kind, holder};
+    let shm = PathBuf::from(format!("{}-shm", path.display()));
+    let on = |p: &Path, byte| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| holder(&m, Kind::PosixByte(byte)))
+    };
+    // The reserved lock of rollback mode sits just past the pending byte.
+    on(&shm, 120).or_else(|| on(path, (1 << 30) + 1))
 }

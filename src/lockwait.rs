@@ -1,0 +1,146 @@
+//! Bounded lock waits. Every lock relay waits for (a mailbox, the state
+//! slots, the config lock, a batch log, the index) is tried without
+//! blocking first, so an uncontended lock costs what it always did; a
+//! contended one is retried with a short backoff until the lock timeout
+//! (`locks.timeoutMs`, overridden by `RELAY_LOCK_TIMEOUT_MS`), then the
+//! command gives up with exit 75, naming the lock and, when the kernel
+//! tells (`/proc/locks`), the pid holding it.
+
+use std::fs::{File, TryLockError};
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+
+/// Environment variable that overrides `locks.timeoutMs` (milliseconds).
+pub const ENV: &str = "RELAY_LOCK_TIMEOUT_MS";
+/// The default lock timeout, in milliseconds.
+pub const DEFAULT_MS: u64 = 10_000;
+
+/// Longest pause between two attempts.
+const MAX_PAUSE: Duration = Duration::from_millis(50);
+
+static TIMEOUT: OnceLock<Duration> = OnceLock::new();
+
+/// Sets this process's lock timeout from the config (`locks.timeoutMs`),
+/// unless `RELAY_LOCK_TIMEOUT_MS` overrides it. Called once, at start.
+pub fn configure(config_ms: u64) -> Result<()> {
+    let ms = match std::env::var(ENV) {
+        Ok(v) => v.trim().parse::<u64>().map_err(|_| {
+            Error::Usage(format!(
+                "{ENV}='{v}' is not a number of milliseconds; set it like {ENV}=10000, or unset it to use locks.timeoutMs"
+            ))
+        })?,
+        Err(_) => config_ms,
+    };
+    let _ = TIMEOUT.set(Duration::from_millis(ms));
+    Ok(())
+}
+
+/// How long a lock is waited for.
+#[must_use]
+pub fn timeout() -> Duration {
+    *TIMEOUT.get_or_init(|| {
+        let ms = std::env::var(ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MS);
+        Duration::from_millis(ms)
+    })
+}
+
+/// Takes an exclusive `flock` on `file` (opened from `path`), waiting at
+/// most the lock timeout; `what` names the lock in the error.
+pub fn flock(file: &File, path: &Path, what: &str) -> Result<()> {
+    let attempt = || match file.try_lock() {
+        Ok(()) => Ok(true),
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(e)) => Err(Error::io("cannot lock", path, e)),
+    };
+    if attempt()? {
+        return Ok(());
+    }
+    let deadline = Instant::now() + timeout();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            let pid = file.metadata().ok().and_then(|m| holder(&m, Kind::Flock));
+            return Err(timed_out(what, path, pid));
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(MAX_PAUSE);
+        if attempt()? {
+            return Ok(());
+        }
+    }
+}
+
+/// The error for a lock not obtained within the timeout.
+#[must_use]
+pub fn timed_out(what: &str, path: &Path, holder: Option<u32>) -> Error {
+    let held = holder.map_or_else(
+        || "held by another process".to_string(),
+        |pid| format!("held by pid {pid}"),
+    );
+    Error::Locked(format!(
+        "timed out after {} waiting for {what} {} ({held}); retry later, or raise locks.timeoutMs (or {ENV})",
+        crate::clock::human_ms(u64::try_from(timeout().as_millis()).unwrap_or(u64::MAX)),
+        path.display()
+    ))
+}
+
+/// Which kind of lock to look for in `/proc/locks`.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// A whole-file `flock`.
+    Flock,
+    /// A POSIX (`fcntl`) write lock covering this byte, as SQLite takes.
+    PosixByte(u64),
+}
+
+/// The pid holding a `kind` lock on the file `md` describes, other than
+/// this process, if the kernel tells (`/proc/locks`). Takes metadata, not
+/// a file: closing a second descriptor of a file would drop this process's
+/// own POSIX locks on it (SQLite's).
+#[must_use]
+pub fn holder(md: &std::fs::Metadata, kind: Kind) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let want = format!(
+        "{:02x}:{:02x}:{}",
+        rustix::fs::major(md.dev()),
+        rustix::fs::minor(md.dev()),
+        md.ino()
+    );
+    let me = std::process::id();
+    let table = std::fs::read_to_string("/proc/locks").ok()?;
+    table.lines().find_map(|line| {
+        // `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`; waiters are
+        // marked `->` and skipped.
+        let mut f = line.split_whitespace().skip(1);
+        let class = f.next()?;
+        let (_, mode, pid, dev_ino, start, end) = (
+            f.next()?,
+            f.next()?,
+            f.next()?,
+            f.next()?,
+            f.next()?,
+            f.next()?,
+        );
+        let pid: u32 = pid.parse().ok()?;
+        if pid == me || pid == 0 || dev_ino != want {
+            return None;
+        }
+        let matches = match kind {
+            Kind::Flock => class == "FLOCK",
+            Kind::PosixByte(b) => {
+                class == "POSIX"
+                    && mode == "WRITE"
+                    && start.parse::<u64>().is_ok_and(|s| s <= b)
+                    && (end == "EOF" || end.parse::<u64>().is_ok_and(|e| e >= b))
+            }
+        };
+        matches.then_some(pid)
+    })
+}
