@@ -795,3 +795,178 @@ fn consumers_killed_while_holding_leases_strand_nothing() {
     );
     assert!(kills > 0, "no consumer was killed (seed {seed})");
 }
+
+// ---------------------------------------------------------------------------
+// Maintenance beside the traffic (issue 11, class 8).
+
+/// Rounds the maintenance runs aim for in short mode
+/// (`RELAY_CRASH_ROUNDS` for more).
+const MAINTENANCE_ROUNDS: usize = 12;
+
+fn maintenance_rounds() -> usize {
+    std::env::var("RELAY_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MAINTENANCE_ROUNDS)
+}
+
+fn crash_seed() -> u64 {
+    std::env::var("RELAY_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        })
+}
+
+/// The kill -9 rounds with `doctor --repair` running beside them all the
+/// time: every repair exits 0 with everything it found repaired, and the
+/// history checks (nothing lost, nothing twice) and the final doctor hold.
+#[test]
+fn doctor_repair_beside_kill_9_traffic_keeps_every_message_and_a_consistent_index() {
+    let seed = crash_seed();
+    println!("crash/doctor: seed {seed} (replay with RELAY_CRASH_SEED={seed})");
+    let mut rng = Rng(seed);
+    let r = Relay::new();
+    r.add(&ENDPOINTS);
+    r.write_file("config.json", CONFIG);
+    let mut ledger = Ledger::default();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let repairs: Vec<(i32, String, String)> = thread::scope(|s| {
+        let doctor = s.spawn(|| {
+            let mut runs = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let o = r.cmd(["doctor", "--repair", "--json"]).run();
+                runs.push((o.code, o.stdout.clone(), o.stderr.clone()));
+            }
+            runs
+        });
+        for _ in 0..maintenance_rounds() {
+            round(&r, &mut rng, &mut ledger, seed);
+            if !ledger.failures.is_empty() {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        doctor.join().expect("doctor thread")
+    });
+    for (code, stdout, stderr) in &repairs {
+        let report: Value = serde_json::from_str(stdout).unwrap_or(Value::Null);
+        let unrepaired: Vec<&Value> = report["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["repaired"] != true)
+            .collect();
+        if *code != 0 || !unrepaired.is_empty() {
+            ledger.failures.push(format!(
+                "[seed {seed}] doctor --repair beside the traffic exited {code}: {unrepaired:?} {stderr}"
+            ));
+        }
+    }
+    let disk = check(&r, &mut ledger, seed);
+    doctor(&r, &mut ledger, &disk, seed);
+    println!(
+        "crash/doctor: {} repairs beside {} children ({} kills); {} sent, {} acked",
+        repairs.len(),
+        ledger.children,
+        ledger.kills,
+        ledger.sent.len(),
+        ledger.acked.len()
+    );
+    assert!(
+        ledger.failures.is_empty(),
+        "crash/doctor (seed {seed}) found {} problem(s):\n{}",
+        ledger.failures.len(),
+        ledger.failures.join("\n")
+    );
+}
+
+/// `endpoints remove` started at random moments among concurrent sends to
+/// the same endpoint, with backpressure on (senders take the mailbox lock)
+/// and off (they take none): a send that exited 0 always left its message
+/// in the mailbox (the remove refused), and a remove that exited 0 left no
+/// directory behind.
+#[test]
+fn endpoints_remove_racing_sends_loses_no_acknowledged_message() {
+    const EP: &str = "crash.rm";
+    let seed = crash_seed();
+    println!("crash/remove: seed {seed} (replay with RELAY_CRASH_SEED={seed})");
+    let mut rng = Rng(seed);
+    let r = Relay::new();
+    let (mut removed, mut refused, mut sends_ok) = (0, 0, 0);
+    let mut failures = Vec::new();
+    for round in 0..maintenance_rounds() * 4 {
+        let bp = round % 2 == 0;
+        r.write_file(
+            "config.json",
+            format!(r#"{{"reliability": {{"backpressure": {{"enabled": {bp}}}}}}}"#),
+        );
+        r.add(&[EP]);
+        let senders = 2 + rng.below(4) as usize;
+        let remove_after = rng.below(senders as u64 + 1) as usize;
+        let mut children: Vec<(bool, Child)> = Vec::new();
+        for i in 0..=senders {
+            if i == remove_after {
+                let args = ["endpoints", "remove", EP].map(String::from);
+                children.push((true, spawn(&r, &args, "")));
+            }
+            if i < senders {
+                let args = ["send", EP, &format!("r{round}-{i}")].map(String::from);
+                children.push((false, spawn(&r, &args, "")));
+            }
+            if rng.chance(50) {
+                thread::sleep(Duration::from_micros(rng.below(3000)));
+            }
+        }
+        let mut ok_ids = Vec::new();
+        let mut remove_ok = false;
+        for (is_remove, mut child) in children {
+            let status = child.wait().expect("wait");
+            let out = drain(child.stdout.take());
+            if is_remove {
+                remove_ok = status.success();
+            } else if status.success() {
+                ok_ids.push(out.trim().to_string());
+            }
+        }
+        sends_ok += ok_ids.len();
+        if remove_ok {
+            removed += 1;
+        } else {
+            refused += 1;
+        }
+        let new = r.files(EP, "new");
+        for id in &ok_ids {
+            if !new.contains(&format!("{id}.json")) {
+                failures.push(format!(
+                    "[seed {seed}] round {round} (backpressure {bp}): send {id} exited 0 but its message is gone (remove exited 0: {remove_ok})"
+                ));
+            }
+        }
+        let graves: Vec<String> = std::fs::read_dir(r.path("mailboxes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".removed-"))
+            .collect();
+        if !graves.is_empty() {
+            failures.push(format!(
+                "[seed {seed}] round {round}: left behind {graves:?}"
+            ));
+        }
+        // Sends that found no endpoint dead-lettered into a directory of
+        // that name: start the next round from nothing.
+        if r.mailbox(EP).exists() {
+            std::fs::remove_dir_all(r.mailbox(EP)).expect("reset the mailbox");
+        }
+    }
+    println!(
+        "crash/remove: {removed} removes went through, {refused} refused, {sends_ok} sends exited 0"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

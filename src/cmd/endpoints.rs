@@ -1,6 +1,7 @@
 //! `relay endpoints`: list, add and remove mailboxes.
 
 use std::fs;
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -163,24 +164,7 @@ fn remove(ctx: &Ctx, name: &str, force: bool) -> Result<()> {
     let buried = Mailbox::at(&ctx.home, &grave_name);
     let held = count_held(&buried)?;
     if held > 0 && !force {
-        // Back where it was (never over a mailbox made since).
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &grave,
-            rustix::fs::CWD,
-            mb.dir(),
-            rustix::fs::RenameFlags::NOREPLACE,
-        )
-        .map_err(|e| {
-            Error::io(
-                format!(
-                    "cannot put the mailbox back from {} (its messages are safe there) to",
-                    grave.display()
-                ),
-                mb.dir(),
-                e.into(),
-            )
-        })?;
+        put_back(&grave, &mb)?;
         return Err(not_empty(held));
     }
     fs::remove_dir_all(&grave).ctx("cannot delete", &grave)?;
@@ -197,4 +181,61 @@ fn count_held(mb: &Mailbox) -> Result<usize> {
         .iter()
         .map(|s| mb.count(s))
         .sum::<Result<usize>>()
+}
+
+/// Puts a mailbox renamed away to `grave` back as `mb`: by one rename, or,
+/// when something was made under that name meanwhile (a send that found no
+/// endpoint dead-letters into a directory of that name), by moving every
+/// file back into it, never over one that is there.
+fn put_back(grave: &Path, mb: &Mailbox) -> Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use rustix::io::Errno;
+    let noreplace =
+        |from: &Path, to: &Path| renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE);
+    match noreplace(grave, mb.dir()) {
+        Ok(()) => return Ok(()),
+        Err(Errno::EXIST | Errno::NOTEMPTY) => {}
+        Err(e) => return Err(stranded(grave, mb, e.into())),
+    }
+    mb.create(&SUBDIRS)?;
+    let mut left = false;
+    for sub in ["new", "cur", "failed"] {
+        let from = grave.join(sub);
+        for entry in fs::read_dir(&from).ctx("cannot list", &from)?.flatten() {
+            let to = mb.sub(sub).join(entry.file_name());
+            left |= noreplace(&entry.path(), &to).is_err();
+        }
+    }
+    if left {
+        return Err(stranded(
+            grave,
+            mb,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file of the same name is there",
+            ),
+        ));
+    }
+    // Files beside the subdirectories (a DorkOS `.owner` marker), unless
+    // one was made meanwhile.
+    for entry in fs::read_dir(grave).ctx("cannot list", grave)?.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = noreplace(&entry.path(), &mb.dir().join(entry.file_name()));
+        }
+    }
+    for sub in SUBDIRS {
+        crate::home::sync_dir(&mb.sub(sub))?;
+    }
+    fs::remove_dir_all(grave).ctx("cannot delete", grave)
+}
+
+fn stranded(grave: &Path, mb: &Mailbox, e: std::io::Error) -> Error {
+    Error::io(
+        format!(
+            "cannot put the messages back from {} (they are safe there; move them by hand) into",
+            grave.display()
+        ),
+        mb.dir(),
+        e,
+    )
 }

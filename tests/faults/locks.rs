@@ -100,7 +100,8 @@ fn a_busy_index_times_out_with_75_naming_relay_db_and_the_writer() {
     r.cmd(["send", "lk.a", "two"]).at(T).success(); // journal: the next open ingests
     let db = r.path("relay.db");
     let conn = rusqlite::Connection::open(&db).expect("open relay.db");
-    conn.execute_batch("BEGIN IMMEDIATE").expect("hold the write lock");
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .expect("hold the write lock");
     let out = r
         .cmd(["recv", "lk.a"])
         .env("RELAY_LOCK_TIMEOUT_MS", SHORT)

@@ -116,7 +116,9 @@ fn endpoints_remove_racing_a_locking_send_loses_nothing() {
 fn endpoints_remove_racing_a_send_that_takes_no_lock_loses_nothing() {
     // Backpressure off: the send takes no mailbox lock; the remove counts
     // again once the directory is out of reach.
-    send_races_remove(Some(r#"{"reliability": {"backpressure": {"enabled": false}}}"#));
+    send_races_remove(Some(
+        r#"{"reliability": {"backpressure": {"enabled": false}}}"#,
+    ));
 }
 
 #[test]
@@ -127,7 +129,10 @@ fn dlq_requeue_all_is_best_effort() {
     r.cmd(["recv", "dq.a"]).at(T).success();
     r.cmd(["nack", "dq.a", &good]).at(T).success();
     // A letter that is not an envelope, sorted before the good one.
-    r.write_file("mailboxes/dq.a/failed/00000000000000000000000000.json", "{not json");
+    r.write_file(
+        "mailboxes/dq.a/failed/00000000000000000000000000.json",
+        "{not json",
+    );
     let out = r.cmd(["dlq", "requeue", "--all"]).at(T).run();
     assert_ne!(out.code, 0, "a letter could not be requeued: non-zero exit");
     out.stderr_has(&["00000000000000000000000000", "requeued 1 message(s)"]);
@@ -154,7 +159,11 @@ fn a_requeued_ttl_expired_letter_gets_a_fresh_ttl() {
         .success()
         .id();
     r.cmd(["gc"]).at(T + 10_000).success();
-    assert_eq!(r.files("dq.t", "failed").len(), 2, "expired: letter and sidecar");
+    assert_eq!(
+        r.files("dq.t", "failed").len(),
+        2,
+        "expired: letter and sidecar"
+    );
     r.cmd(["dlq", "requeue", &id])
         .at(T + 20_000)
         .success()
@@ -245,7 +254,13 @@ impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Option<Self> {
         fs::create_dir_all(dir).ok()?;
         let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir)
             .status()
             .is_ok_and(|s| s.success());
@@ -346,7 +361,11 @@ fn doctor_repair_of_a_damaged_index_does_not_replay_acked_messages_from_another_
     let ids = batch(&r, "bl.a", 3, "boot-one");
     assert_eq!(ids.len(), 3);
     let acked = ack_one(&r, "bl.a", "boot-one");
-    assert!(r.path("batches").read_dir().is_ok_and(|mut d| d.next().is_some()));
+    assert!(
+        r.path("batches")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some())
+    );
     // The machine restarts; the index is found damaged.
     for suffix in ["", "-wal", "-shm"] {
         let _ = fs::remove_file(r.path(&format!("relay.db{suffix}")));
@@ -370,7 +389,9 @@ fn doctor_repair_of_a_damaged_index_does_not_replay_acked_messages_from_another_
     r.cmd(["recv", "bl.a", "-n", "10"])
         .env("RELAY_FAKE_BOOT_ID", "boot-two")
         .success();
-    r.cmd(["status"]).env("RELAY_FAKE_BOOT_ID", "boot-two").success();
+    r.cmd(["status"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-two")
+        .success();
     assert!(!on_disk(&r, "bl.a").contains(&acked), "{}", r.listing());
 }
 
@@ -398,9 +419,13 @@ fn gc_does_not_prune_acked_rows_a_pending_batch_log_could_resurrect() {
         .env("RELAY_FAKE_BOOT_ID", "boot-one")
         .at(past)
         .success();
-    r.cmd(["gc"]).env("RELAY_FAKE_BOOT_ID", "boot-one").success();
+    r.cmd(["gc"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-one")
+        .success();
     // Power loss and restart: whatever log is left is replayed.
-    r.cmd(["status"]).env("RELAY_FAKE_BOOT_ID", "boot-two").success();
+    r.cmd(["status"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-two")
+        .success();
     assert!(
         !on_disk(&r, "bl.g").contains(&acked),
         "gc pruned the acked row and the batch log brought the message back\n{}",
