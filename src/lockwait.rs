@@ -1,15 +1,15 @@
 //! Bounded lock waits. Every lock relay waits for (a mailbox, the state
 //! slots, the config lock, a batch log, the index) is tried without
 //! blocking first, so an uncontended lock costs what it always did; a
-//! contended one is retried with a short backoff until the lock timeout
+//! contended one is waited for until the lock timeout
 //! (`locks.timeoutMs`, overridden by `RELAY_LOCK_TIMEOUT_MS`), then the
 //! command gives up with exit 75, naming the lock and, when the kernel
 //! tells (`/proc/locks`), the pid holding it.
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::sync::{OnceLock, mpsc};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -17,9 +17,6 @@ use crate::error::{Error, Result};
 pub const ENV: &str = "RELAY_LOCK_TIMEOUT_MS";
 /// The default lock timeout, in milliseconds.
 pub const DEFAULT_MS: u64 = 10_000;
-
-/// Longest pause between two attempts.
-const MAX_PAUSE: Duration = Duration::from_millis(50);
 
 static TIMEOUT: OnceLock<Duration> = OnceLock::new();
 
@@ -52,27 +49,35 @@ pub fn timeout() -> Duration {
 
 /// Takes an exclusive `flock` on `file` (opened from `path`), waiting at
 /// most the lock timeout; `what` names the lock in the error.
+///
+/// The lock is tried without blocking first (no extra cost when it is
+/// free). A contended lock is waited for by a thread blocked in `flock` on
+/// a clone of the same open file (so the kernel wakes it the moment the
+/// lock is free, and lists it as a waiter in `/proc/locks`); on timeout the
+/// caller gives up and drops its handle, and the thread, should it get the
+/// lock later, lets it go at once by closing the last handle.
 pub fn flock(file: &File, path: &Path, what: &str) -> Result<()> {
-    let attempt = || match file.try_lock() {
-        Ok(()) => Ok(true),
-        Err(TryLockError::WouldBlock) => Ok(false),
-        Err(TryLockError::Error(e)) => Err(Error::io("cannot lock", path, e)),
-    };
-    if attempt()? {
-        return Ok(());
+    match file.try_lock() {
+        Ok(()) => return Ok(()),
+        Err(TryLockError::WouldBlock) => {}
+        Err(TryLockError::Error(e)) => return Err(Error::io("cannot lock", path, e)),
     }
-    let deadline = Instant::now() + timeout();
-    let mut pause = Duration::from_millis(1);
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
+    let waiter = file
+        .try_clone()
+        .map_err(|e| Error::io("cannot lock", path, e))?;
+    let (done, result) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("lock-wait".into())
+        .spawn(move || {
+            let _ = done.send(waiter.lock());
+        })
+        .map_err(|e| Error::io("cannot wait for the lock on", path, e))?;
+    match result.recv_timeout(timeout()) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::io("cannot lock", path, e)),
+        Err(_) => {
             let pid = file.metadata().ok().and_then(|m| holder(&m, Kind::Flock));
-            return Err(timed_out(what, path, pid));
-        }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(MAX_PAUSE);
-        if attempt()? {
-            return Ok(());
+            Err(timed_out(what, path, pid))
         }
     }
 }
