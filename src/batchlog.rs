@@ -543,7 +543,8 @@ fn replay(home: &Home, store: &mut Store, entries: &[Entry<'_>], now: u64) -> Re
             continue;
         }
         let mb = Mailbox::at(home, e.endpoint);
-        if !mb.is_endpoint() {
+        // Not through a mailbox (or subdirectory) that is a symlink.
+        if !mb.is_endpoint() || mb.check().is_err() {
             continue;
         }
         let found = ["new", "cur", "failed"]

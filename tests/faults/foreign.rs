@@ -250,6 +250,27 @@ fn batch_log_replay_does_not_follow_dot_dot_in_an_endpoint_or_id() {
         );
     }
     assert!(!r.scratch().join("x").exists());
+
+    // Nor through a mailbox that is a symlink out of the home.
+    symlink(&evil, r.mailbox("linked")).unwrap_or_else(|e| panic!("symlink: {e}"));
+    let body = dorkos_envelope(B, "linked", &json!("replayed")).to_string();
+    let log = format!(
+        "relay-batch-log 1 boot-before\nlinked {B} {}\n{body}\n",
+        body.len()
+    );
+    r.write_file("batches/01JZ0000000000000000000010.log", log);
+    r.cmd(["status"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-after")
+        .success();
+    for sub in ["tmp", "cur", "failed", "new"] {
+        let left: Vec<_> = fs::read_dir(evil.join(sub))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "replay wrote into {sub}/ through a link: {left:?}"
+        );
+    }
 }
 
 #[test]
