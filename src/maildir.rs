@@ -116,6 +116,19 @@ impl Mailbox {
         Ok(())
     }
 
+    /// `check` for what exists of the mailbox (a dead-letter-only one has
+    /// no `new/`): nothing of it is a symlink or world-writable.
+    pub fn check_present(&self) -> Result<()> {
+        home::check_dir(&self.dir, "mailbox")?;
+        for sub in SUBDIRS {
+            let path = self.sub(sub);
+            if fs::symlink_metadata(&path).is_ok() {
+                home::check_dir(&path, "mailbox directory")?;
+            }
+        }
+        Ok(())
+    }
+
     /// The mailbox directory.
     #[must_use]
     pub fn dir(&self) -> &Path {
@@ -139,11 +152,14 @@ impl Mailbox {
     }
 
     /// Creates the mailbox directories (0700) that are missing; `new/` last.
+    /// Refuses any of them that is a symlink (or world-writable).
     pub fn create(&self, subdirs: &[&str]) -> Result<()> {
         home::create_dir_secure(&self.dir, false)?;
         home::check_dir(&self.dir, "mailbox")?;
         for s in subdirs {
-            home::create_dir_secure(&self.sub(s), false)?;
+            let sub = self.sub(s);
+            home::create_dir_secure(&sub, false)?;
+            home::check_dir(&sub, "mailbox directory")?;
         }
         Ok(())
     }

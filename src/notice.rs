@@ -113,7 +113,19 @@ pub fn send(
         extra: serde_json::Map::new(),
     };
     let mb = Mailbox::at(home, reply_to);
-    if mb.is_endpoint() && crate::home::check_dir(mb.dir(), "mailbox").is_ok() {
+    let endpoint = mb.is_endpoint();
+    // A mailbox or subdirectory that is a symlink is never written through.
+    if std::fs::symlink_metadata(mb.dir()).is_ok()
+        && let Err(e) = mb.check_present()
+    {
+        return Ok(Some(Sent::Refused {
+            about: original.id.clone(),
+            reply_to: reply_to.to_string(),
+            problem: e.to_string(),
+            code: code.to_string(),
+        }));
+    }
+    if endpoint {
         notice.budget.hop_count = 1;
         notice.budget.ancestor_chain.push(reply_to.to_string());
         notice.budget.call_budget_remaining -= 1;
