@@ -218,6 +218,25 @@ fn a_foreign_reply_to_never_leads_a_failure_notice_out_of_the_home() {
     // A valid replyTo still gets its notice (dead-lettered: no endpoint).
     assert_eq!(r.events_of(T, "failure_notice").len(), 1);
     assert!(r.mailbox("ok.notices").join("failed").is_dir());
+
+    // A valid replyTo whose mailbox has a `failed/` linked out of the home.
+    let outside = r.scratch().join("outside-failed");
+    fs::create_dir(&outside).unwrap_or_else(|e| panic!("mkdir: {e}"));
+    fs::create_dir_all(r.mailbox("linked.box").join("tmp")).unwrap_or_else(|e| panic!("{e}"));
+    symlink(&outside, r.mailbox("linked.box").join("failed"))
+        .unwrap_or_else(|e| panic!("symlink: {e}"));
+    const E: &str = "01JZ0000000000000000000005";
+    foreign_with_reply_to(&r, E, "linked.box", false);
+    r.cmd(["recv", "q"]).at(T).success().stdout_is("x\n");
+    r.cmd(["nack", "q", E]).at(T).success();
+    let left: Vec<_> = fs::read_dir(&outside)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "a notice was written through the link: {left:?}"
+    );
+    assert_eq!(r.events_of(T, "failure_notice_refused").len(), 4);
 }
 
 #[test]
