@@ -160,100 +160,158 @@ pub fn due(ctx: &mut Ctx, mb: &Mailbox, now: u64) -> Result<usize> {
     Ok(due_now(ctx, mb, now)?.len())
 }
 
+/// A claim a sweep moved out of `cur/`, for the index to record.
+struct Moved {
+    /// The envelope, its count raised.
+    env: Envelope,
+    /// When its lease ran out.
+    ran_out: u64,
+    /// The index row as seen when it was moved.
+    row: Option<ClaimRow>,
+    /// Dead-lettered (the reason) rather than given back.
+    dead: Option<String>,
+}
+
 /// Gives back (or dead-letters) every claim in `mb` whose lease ran out
-/// before `now`. Costs one directory count when nothing is claimed; takes
-/// the mailbox lock, then the index, only when some lease ran out.
+/// before `now`. Costs one directory count when nothing is claimed. The
+/// files move under the mailbox lock; the index records it afterwards,
+/// holding no mailbox lock (a busy index holds up no sender), and if it
+/// cannot, says so and leaves the index behind the Maildir.
 pub fn sweep(ctx: &mut Ctx, mb: &Mailbox, now: u64) -> Result<Swept> {
     let candidates = due_now(ctx, mb, now)?;
     if candidates.is_empty() {
         return Ok(Swept::default());
     }
-    let default_ms = default_ms(&ctx.config);
     let max = ctx.config.delivery.max_deliveries;
-    let breakers = ctx.config.reliability.circuit_breaker.clone();
-    let home = ctx.home.clone();
-    // The one lock order: the mailbox, then the index. Looked at again
-    // under both: an ack or another sweep may have come first.
-    let _lock = mb.lock()?;
-    let tx = ctx.store()?.begin()?;
-    let ids: Vec<String> = candidates.into_iter().map(|(id, _)| id).collect();
-    let rows = tx.claims(&mb.name, &ids)?;
-    // Leases the index knows count against their breakers (once each).
-    reliability::observe_leases(&tx, &breakers, Some(&mb.name), now)?;
-    let mut swept = Swept::default();
+    let mut moved = Vec::new();
     let mut notices = Vec::new();
-    for (id, at) in ran_out(mb, ids, &rows, default_ms, now) {
-        let row = rows.get(&id);
-        let Some(mut env) = mb.read_envelope("cur", &id) else {
-            // Not an envelope: the next claim moves it aside as malformed.
-            mb.unclaim(&id)?;
-            continue;
-        };
-        if row.is_none_or(|r| r.lease_until.is_none()) {
-            count_unindexed(&tx, &breakers, &mb.name, &env, row, now)?;
-        }
-        env.delivery_count = env.delivery_count.saturating_add(1);
-        let n = env.delivery_count;
-        if n >= max {
-            let reason = format!(
-                "its lease ran out {n} time(s), the most delivery.maxDeliveries allows ({max}); last at {}",
-                iso8601(at)
-            );
-            let value = serde_json::to_value(&env).unwrap_or(serde_json::Value::Null);
-            if !mb.fail(&id, value, &reason, MAX_DELIVERIES, now)? {
+    {
+        // Looked at again under the lock: an ack (which takes it too) or
+        // another sweep may have come first.
+        let _lock = mb.lock()?;
+        let ids: Vec<String> = candidates.into_iter().map(|(id, _)| id).collect();
+        let rows = ctx.store()?.claims(&mb.name, &ids)?;
+        for (id, ran_out) in ran_out(mb, ids, &rows, default_ms(&ctx.config), now) {
+            let Some(mut env) = mb.read_envelope("cur", &id) else {
+                // Not an envelope: the next claim moves it aside as malformed.
+                mb.unclaim(&id)?;
                 continue;
-            }
-            output::warn(&format!(
-                "message '{id}' of '{}' dead-lettered ({MAX_DELIVERIES}): {reason}",
-                mb.name
-            ));
-            notices.extend(notice::send(
-                &home,
-                &env,
-                &mb.name,
-                MAX_DELIVERIES,
-                &reason,
-                now,
-            )?);
-            if row.is_none() {
-                tx.record_claimed(&mb.name, &[&env], None, now)?;
-            }
-            let sender = row.map_or(env.from.as_str(), |r| r.sender.as_str());
-            tx.dead_lettered(Some(sender), &mb.name, &id, MAX_DELIVERIES, &reason, now)?;
-            swept.dead_lettered += 1;
-        } else {
-            if !mb.redeliver(&env)? {
-                continue;
-            }
-            output::warn(&format!(
-                "message '{id}' of '{}': its lease ran out at {}; back in new/ for delivery {} of at most {max}",
-                mb.name,
-                iso8601(at),
-                n + 1
-            ));
-            tx.record_redelivered(&mb.name, &env, at)?;
-            tx.event(
-                &Event {
-                    kind: "redelivered",
-                    sender: Some(&env.from),
-                    endpoint: Some(&mb.name),
-                    message_id: Some(&id),
-                    detail: json!({
-                        "deliveryCount": n,
-                        "maxDeliveries": max,
-                        "leaseRanOutAt": iso8601(at),
-                    }),
-                },
-                now,
-            )?;
-            swept.redelivered += 1;
+            };
+            env.delivery_count = env.delivery_count.saturating_add(1);
+            let n = env.delivery_count;
+            let dead = if n >= max {
+                let reason = format!(
+                    "its lease ran out {n} time(s), the most delivery.maxDeliveries allows ({max}); last at {}",
+                    iso8601(ran_out)
+                );
+                let value = serde_json::to_value(&env).unwrap_or(serde_json::Value::Null);
+                if !mb.fail(&id, value, &reason, MAX_DELIVERIES, now)? {
+                    continue;
+                }
+                output::warn(&format!(
+                    "message '{}' of '{}' dead-lettered ({MAX_DELIVERIES}): {reason}",
+                    output::printable(&id),
+                    mb.name
+                ));
+                notices.extend(notice::send(
+                    &ctx.home,
+                    &env,
+                    &mb.name,
+                    MAX_DELIVERIES,
+                    &reason,
+                    now,
+                )?);
+                Some(reason)
+            } else {
+                if !mb.redeliver(&env)? {
+                    continue;
+                }
+                output::warn(&format!(
+                    "message '{}' of '{}': its lease ran out at {}; back in new/ for delivery {} of at most {max}",
+                    output::printable(&id),
+                    mb.name,
+                    iso8601(ran_out),
+                    n + 1
+                ));
+                None
+            };
+            moved.push(Moved {
+                row: rows.get(&id).cloned(),
+                env,
+                ran_out,
+                dead,
+            });
         }
     }
-    for n in &notices {
+    let swept = Swept {
+        redelivered: moved.iter().filter(|m| m.dead.is_none()).count(),
+        dead_lettered: moved.iter().filter(|m| m.dead.is_some()).count(),
+    };
+    if !moved.is_empty()
+        && let Err(e) = record(ctx, &mb.name, &moved, &notices, now)
+    {
+        output::warn(&format!(
+            "cannot record in the index that {} claim(s) of '{}' ran out of their lease: {e}; the messages are where this says (the index catches up when they are next seen)",
+            moved.len(),
+            mb.name
+        ));
+    }
+    Ok(swept)
+}
+
+/// Records what a sweep moved: leases counted against their breakers
+/// (once each), rows pending again (unless claimed anew meanwhile) or
+/// dead-lettered, `redelivered` events, failure notices.
+fn record(
+    ctx: &mut Ctx,
+    endpoint: &str,
+    moved: &[Moved],
+    notices: &[notice::Sent],
+    now: u64,
+) -> Result<()> {
+    let breakers = ctx.config.reliability.circuit_breaker.clone();
+    let max = ctx.config.delivery.max_deliveries;
+    let tx = ctx.store()?.begin()?;
+    // Leases the index knows (it marks them counted) ...
+    reliability::observe_leases(&tx, &breakers, Some(endpoint), now)?;
+    for m in moved {
+        let (env, row) = (&m.env, m.row.as_ref());
+        // ... and those it had no deadline for.
+        if row.is_none_or(|r| r.lease_until.is_none()) {
+            count_unindexed(&tx, &breakers, endpoint, env, row, now)?;
+        }
+        match &m.dead {
+            Some(reason) => {
+                if row.is_none() {
+                    tx.record_claimed(endpoint, &[env], None, now)?;
+                }
+                let sender = row.map_or(env.from.as_str(), |r| r.sender.as_str());
+                tx.dead_lettered(Some(sender), endpoint, &env.id, MAX_DELIVERIES, reason, now)?;
+            }
+            None => {
+                let seen = row.and_then(|r| r.lease_until);
+                tx.record_redelivered(endpoint, env, m.ran_out, seen)?;
+                tx.event(
+                    &Event {
+                        kind: "redelivered",
+                        sender: Some(&env.from),
+                        endpoint: Some(endpoint),
+                        message_id: Some(&env.id),
+                        detail: json!({
+                            "deliveryCount": env.delivery_count,
+                            "maxDeliveries": max,
+                            "leaseRanOutAt": iso8601(m.ran_out),
+                        }),
+                    },
+                    now,
+                )?;
+            }
+        }
+    }
+    for n in notices {
         notice::record(&tx, n, now)?;
     }
-    tx.commit()?;
-    Ok(swept)
+    tx.commit()
 }
 
 /// Counts a lease the index had no deadline for (its claim was made by

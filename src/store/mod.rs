@@ -611,15 +611,41 @@ impl Tx<'_> {
 
     /// Marks a message whose lease ran out pending again (indexing it if
     /// the index lacks it), remembering when that lease ran out; the lease
-    /// counts as counted, so nothing counts it twice.
-    pub fn record_redelivered(&self, endpoint: &str, env: &Envelope, ran_out: u64) -> Result<()> {
-        self.record_requeued(endpoint, env)?;
+    /// counts as counted, so nothing counts it twice. A row no longer the
+    /// claim that was seen (its lease `seen`: claimed anew, or finished,
+    /// meanwhile) is left alone.
+    pub fn record_redelivered(
+        &self,
+        endpoint: &str,
+        env: &Envelope,
+        ran_out: u64,
+        seen: Option<u64>,
+    ) -> Result<()> {
         self.tx
-            .execute(
-                "UPDATE messages SET lease_until = ?3, lease_counted = 1
-                 WHERE endpoint = ?1 AND id = ?2",
-                params![endpoint, env.id, sql_ms(ran_out)],
+            .prepare_cached(
+                "INSERT INTO messages
+                 (endpoint, id, subject, sender, trace_id, status, sent_at, expires_at, priority,
+                  lease_until, lease_counted)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, ?9, 1)
+                 ON CONFLICT (endpoint, id) DO UPDATE SET
+                   status = 'pending', claimed_at = NULL, done_at = NULL, code = NULL,
+                   reason = NULL, lease_until = excluded.lease_until, lease_counted = 1, probe = 0
+                 WHERE messages.status = 'claimed' AND messages.lease_until IS ?10",
             )
+            .and_then(|mut st| {
+                st.execute(params![
+                    endpoint,
+                    env.id,
+                    env.subject,
+                    env.from,
+                    env.trace(),
+                    crate::clock::parse_iso8601(&env.created_at).unwrap_or(0),
+                    sql_ms(env.budget.ttl),
+                    env.priority().rank(),
+                    sql_ms(ran_out),
+                    seen.map(sql_ms),
+                ])
+            })
             .map_err(|e| self.err(e))?;
         Ok(())
     }
