@@ -418,6 +418,20 @@ impl Store {
         claim_rows(&self.conn, endpoint, ids).map_err(|e| self.err(e))
     }
 
+    /// The claims at `endpoint` whose lease is still to be counted: how
+    /// many, and the earliest deadline (from the small partial index of
+    /// such leases, whatever the endpoint's history).
+    pub fn lease_summary(&self, endpoint: &str) -> Result<(usize, Option<u64>)> {
+        self.conn
+            .prepare_cached(
+                "SELECT COUNT(*), MIN(lease_until) FROM messages INDEXED BY messages_by_lease
+                 WHERE lease_until IS NOT NULL AND lease_counted = 0
+                   AND endpoint = ?1 AND status = 'claimed'",
+            )
+            .and_then(|mut st| st.query_row(params![endpoint], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(|e| self.err(e))
+    }
+
     /// Runs a read-only query on the index (used by reports).
     pub fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
         f(&self.conn).map_err(|e| self.err(e))

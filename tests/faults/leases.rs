@@ -389,3 +389,34 @@ fn the_second_signal_gives_claims_back_under_the_mailbox_lock() {
     assert_eq!(r.files("agent.b", "new"), vec![file(&id)]);
     assert!(r.files("agent.b", "cur").is_empty());
 }
+
+#[test]
+fn a_claim_the_index_does_not_know_runs_out_the_default_lease_from_its_rename() {
+    // A DorkOS consumer claimed this one (new/ -> cur/) and crashed; relay's
+    // index has no row for it.
+    let r = world(&["agent.b"], None);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let id = "01KDVDNA00AZN6WGYRKYDJ5P4S";
+    let mut env = crate::harness::dorkos_envelope(id, "agent.b", &Value::from("theirs"));
+    env["budget"]["ttl"] = Value::from(now + 24 * 60 * MIN);
+    r.write_file(
+        &format!("mailboxes/agent.b/cur/{}", file(id)),
+        env.to_string(),
+    );
+    // Within 30 minutes of the rename it is left alone, also by gc ...
+    assert_eq!(
+        r.cmd(["gc", "--json"]).at(now + 29 * MIN).success().json()["redelivered"],
+        0
+    );
+    r.cmd(["recv", "agent.b"]).at(now + 29 * MIN).code(66);
+    // ... after them the next recv gets it back.
+    let v = recv_one(&r, "agent.b", now + 31 * MIN, &[]);
+    assert_eq!(
+        (v["id"].as_str(), v["deliveryCount"].as_u64()),
+        (Some(id), Some(1)),
+        "{v}"
+    );
+    assert_eq!(r.events_of(now + 31 * MIN, "lease_expired").len(), 1);
+}
