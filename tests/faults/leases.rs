@@ -306,10 +306,11 @@ fn a_consumer_whose_index_is_busy_waits_and_never_strands_its_claim() {
     // An operator's long write transaction on relay.db.
     let db = rusqlite::Connection::open(r.path("relay.db")).expect("open relay.db");
     db.execute_batch("BEGIN IMMEDIATE").expect("begin");
+    // A short lock timeout keeps the test quick (10 s by default).
     let mut c = Proc::start(
         &r,
         &["recv", "agent.b", "--follow", "--exec", "true", "--json"],
-        &[],
+        &[("RELAY_LOCK_TIMEOUT_MS", "500")],
     );
     // It cannot record the claim: it gives it back and tries again.
     c.stderr_line(secs(30), "gave them back to new/");
@@ -343,6 +344,7 @@ fn a_plain_recv_whose_index_is_busy_gives_its_claim_back() {
     let db = rusqlite::Connection::open(r.path("relay.db")).expect("open relay.db");
     db.execute_batch("BEGIN IMMEDIATE").expect("begin");
     r.cmd(["recv", "agent.b"])
+        .env("RELAY_LOCK_TIMEOUT_MS", "500")
         .code(75)
         .stderr_has(&["gave them back to new/", "retry later"]);
     assert_eq!(r.files("agent.b", "new"), vec![file(&id)]);
