@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::DoctorArgs;
+use crate::cmd::endpoints::GRAVE_PREFIX;
 use crate::context::Ctx;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -115,13 +116,16 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
     let max_tmp_age = ctx.config.tmp_max_age_secs.saturating_mul(1000);
     let mut disk: HashMap<(String, String), OnDisk> = HashMap::new();
     // Symlinks too: a linked mailbox is exactly what must be reported.
-    let mut names: Vec<String> = fs::read_dir(ctx.home.mailboxes())
+    let (graves, mut names): (Vec<String>, Vec<String>) = fs::read_dir(ctx.home.mailboxes())
         .map_err(|e| Error::io("cannot list", &ctx.home.mailboxes(), e))?
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir() || t.is_symlink()))
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
+        .filter(|n| !n.starts_with('.') || n.starts_with(GRAVE_PREFIX))
+        .partition(|n| n.starts_with(GRAVE_PREFIX));
+    for grave in graves {
+        check_grave(&Mailbox::at(&ctx.home, &grave), repair, &mut note)?;
+    }
     names.sort();
     let mut progress = output::Progress::new("doctor: mailboxes");
     let total = names.len();
@@ -307,6 +311,45 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
     }
     tx.commit()?;
     finish(ctx, &findings, disk.len(), repair)
+}
+
+/// A directory an `endpoints remove` renamed away and did not delete (it
+/// was killed): removed on repair when it holds no message, reported when
+/// it does (its endpoint's name is not known any more). One whose remove is
+/// still running (it holds the lock) is left alone.
+fn check_grave(
+    grave: &Mailbox,
+    repair: bool,
+    note: &mut impl FnMut(&'static str, String, bool),
+) -> Result<()> {
+    let Some(_lock) = grave.try_lock()? else {
+        return Ok(()); // its remove is still running
+    };
+    let held: usize = ["new", "cur", "failed"]
+        .iter()
+        .map(|s| grave.count(s))
+        .sum::<Result<usize>>()?;
+    if held == 0 {
+        let repaired = repair && fs::remove_dir_all(grave.dir()).is_ok();
+        note(
+            "interrupted remove",
+            format!(
+                "{} is what an interrupted `endpoints remove` left (no message in it)",
+                grave.dir().display()
+            ),
+            repaired,
+        );
+    } else {
+        note(
+            "interrupted remove",
+            format!(
+                "{} (left by an interrupted `endpoints remove`) holds {held} message(s): move its new/, cur/ and failed/ files into their endpoint's by hand",
+                grave.dir().display()
+            ),
+            false,
+        );
+    }
+    Ok(())
 }
 
 /// Where message `id` is in `mb` right now. `new/` is looked at again last:

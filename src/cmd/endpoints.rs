@@ -13,6 +13,10 @@ use crate::maildir::{self, Mailbox, SUBDIRS};
 use crate::output;
 use crate::subject;
 
+/// Name prefix of a mailbox `endpoints remove` renamed away to delete
+/// (`doctor` reports one an interrupted remove left).
+pub const GRAVE_PREFIX: &str = ".removed-";
+
 /// `relay endpoints --json`.
 #[derive(Debug, Serialize)]
 struct EndpointList {
@@ -158,7 +162,7 @@ fn remove(ctx: &Ctx, name: &str, force: bool) -> Result<()> {
     // mailbox; then count again where nothing can reach any more: a writer
     // that does not take the lock (a consumer giving a claim back, a
     // DorkOS process) may have put a message in after the count.
-    let grave_name = format!(".removed-{}", crate::envelope::random_ulid());
+    let grave_name = format!("{GRAVE_PREFIX}{}", crate::envelope::random_ulid());
     let grave = ctx.home.mailboxes().join(&grave_name);
     fs::rename(mb.dir(), &grave).ctx("cannot remove", mb.dir())?;
     let buried = Mailbox::at(&ctx.home, &grave_name);

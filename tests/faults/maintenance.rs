@@ -508,3 +508,30 @@ fn doctor_repair_beside_16_busy_processes_leaves_a_consistent_index() {
         check.stdout, check.stderr
     );
 }
+
+#[test]
+fn doctor_reports_what_an_interrupted_endpoints_remove_left() {
+    let r = Relay::new();
+    r.add(&["gr.a", "gr.b"]);
+    r.send("gr.a", "kept");
+    // `endpoints remove` killed between its rename and its delete.
+    let full = r.path("mailboxes/.removed-01KAAAAAAAAAAAAAAAAAAAAAAA");
+    let empty = r.path("mailboxes/.removed-01KBBBBBBBBBBBBBBBBBBBBBBB");
+    fs::rename(r.mailbox("gr.a"), &full).expect("rename");
+    fs::rename(r.mailbox("gr.b"), &empty).expect("rename");
+    let out = r.cmd(["doctor"]).code(65);
+    assert!(
+        out.stdout.contains(".removed-01KAAAAAAAAAAAAAAAAAAAAAAA")
+            && out.stdout.contains("holds 1 message"),
+        "{}",
+        out.stdout
+    );
+    r.cmd(["doctor", "--repair"]).code(65);
+    assert!(
+        full.join("new")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some()),
+        "kept"
+    );
+    assert!(!empty.exists(), "the empty leftover is removed on repair");
+}
