@@ -15,6 +15,10 @@
 //!   of killed writers count as stray) exits 0 without removing a message,
 //!   then `relay doctor` exits 0. What the repairs did is summed up at the end.
 //!
+//! A second test, `consumers_killed_while_holding_leases_strand_nothing`,
+//! kills `recv --follow --exec` consumers holding leases and checks that,
+//! once the clock passes the leases, nothing is left in new/ or cur/.
+//!
 //! Short mode (default, a few seconds): rounds until about 40 kills.
 //! Long mode, e.g. 1000 kills:
 //!
@@ -604,8 +608,12 @@ fn kill_9_at_random_moments_loses_or_duplicates_nothing() {
 /// `max_deliveries`; none is left in `new/` or `cur/`, and `doctor` is clean.
 #[test]
 fn consumers_killed_while_holding_leases_strand_nothing() {
-    const MESSAGES: usize = 40;
-    const ROUNDS: usize = 8;
+    // Long mode (RELAY_CRASH_KILLS) runs more rounds, about 3 kills each.
+    let rounds = std::env::var("RELAY_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(8, |k| (k / 3).max(8));
+    let messages = 5 * rounds;
     const CONSUMERS: usize = 3;
     let seed: u64 = std::env::var("RELAY_CRASH_SEED")
         .ok()
@@ -635,7 +643,7 @@ fn consumers_killed_while_holding_leases_strand_nothing() {
         .map_or(0, |d| d.as_millis() as u64);
     let mut now = start;
     let mut sent = HashSet::new();
-    for i in 0..MESSAGES {
+    for i in 0..messages {
         let id = r
             .cmd(["send", ep, &format!("{{\"n\":{i}}}")])
             .at(now)
@@ -659,7 +667,7 @@ fn consumers_killed_while_holding_leases_strand_nothing() {
             }
         }
     };
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         let at = now.to_string();
         let mut consumers: Vec<(Child, Instant)> = (0..CONSUMERS)
             .map(|_| {
@@ -779,7 +787,7 @@ fn consumers_killed_while_holding_leases_strand_nothing() {
         ));
     }
     println!(
-        "crash (leases): {kills} consumers killed, {} redeliveries, {} acked (gone), {} dead-lettered, {} left in new/ or cur/, of {MESSAGES}",
+        "crash (leases): {kills} consumers killed, {} redeliveries, {} acked (gone), {} dead-lettered, {} left in new/ or cur/, of {messages}",
         r.cmd(["status", "--json"]).at(now).run().json()["redeliveries"],
         sent.iter()
             .filter(|id| !failed.contains(*id) && !stranded.contains(*id))
