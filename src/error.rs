@@ -51,6 +51,10 @@ pub enum Error {
     /// The SQLite index failed (74).
     #[error("{0}")]
     Store(String),
+    /// The disk is full, of space or of inodes (74): the step that hit it
+    /// wrote nothing.
+    #[error("{0}")]
+    Full(String),
     /// A temporary refusal: retry later (75).
     #[error("{message}")]
     Refused {
@@ -88,7 +92,7 @@ impl Error {
             Error::Data(_) => code::DATAERR,
             Error::NoInput(_) => code::NOINPUT,
             Error::NoEndpoint(_) => code::UNAVAILABLE,
-            Error::Io { .. } | Error::Store(_) | Error::Damaged(_) => code::IOERR,
+            Error::Io { .. } | Error::Store(_) | Error::Damaged(_) | Error::Full(_) => code::IOERR,
             Error::Refused { .. } | Error::Locked(_) => code::TEMPFAIL,
             Error::Denied(_) => code::NOPERM,
             Error::Config(_) => code::CONFIG,
@@ -107,6 +111,7 @@ impl Error {
             Error::NoEndpoint(_) => "no_endpoint",
             Error::Io { .. } => "io",
             Error::Store(_) => "index",
+            Error::Full(_) => "disk_full",
             Error::Refused { .. } => "refused",
             Error::Locked(_) => "lock_timeout",
             Error::Damaged(_) => "index_damaged",
@@ -126,12 +131,30 @@ impl Error {
         }
     }
 
-    /// Wraps an I/O error with the operation and the path it concerned.
+    /// Wraps an I/O error with the operation and the path it concerned
+    /// (`Full` for a full disk).
     pub fn io(what: impl std::fmt::Display, path: &Path, source: io::Error) -> Self {
+        if is_full(&source) {
+            return Error::full(format!("{what} {}: {source}", path.display()));
+        }
         Error::Io {
             what: format!("{what} {}", path.display()),
             source,
         }
+    }
+
+    /// A full disk, `what` saying where it was hit.
+    #[must_use]
+    pub fn full(what: String) -> Self {
+        Error::Full(format!(
+            "{what}; the disk is full: free space (relay recv + ack, relay gc, relay dlq purge, or outside relay) and retry"
+        ))
+    }
+
+    /// Whether this is a full disk.
+    #[must_use]
+    pub fn is_full(&self) -> bool {
+        matches!(self, Error::Full(_))
     }
 
     /// Whether this is a broken pipe on output (the reader went away): not an
@@ -140,6 +163,14 @@ impl Error {
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
     }
+}
+
+/// Whether an I/O error means no space or no inodes left (or over quota).
+#[must_use]
+pub fn is_full(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    e.raw_os_error()
+        .is_some_and(|n| n == Errno::NOSPC.raw_os_error() || n == Errno::DQUOT.raw_os_error())
 }
 
 /// Attaches a path and an operation name to an `io::Result`.

@@ -233,10 +233,12 @@ impl Fast {
     }
 
     /// Writes the state back (releasing its lock), then appends the rows
-    /// and events to the journal; returns the journal's size after it.
+    /// and events to the journal, even if the state could not be written;
+    /// returns the journal's size after it, or the first error.
     pub fn commit(self) -> Result<u64> {
-        self.state.release()?;
-        self.flush()
+        let saved = self.state.release();
+        let appended = self.flush();
+        saved.and(appended)
     }
 }
 

@@ -25,6 +25,7 @@ pub mod output;
 pub mod pipeline;
 pub mod pressure;
 pub mod reliability;
+pub mod reserve;
 pub mod serve;
 pub mod state;
 pub mod store;

@@ -682,7 +682,7 @@ impl Mailbox {
         } else {
             envelope
         };
-        self.write_reason(id, envelope, reason, code, now)?;
+        self.write_reason_or_warn(id, envelope, reason, code, now);
         home::sync_dir(&self.sub("cur"))?;
         Ok(true)
     }
@@ -695,7 +695,22 @@ impl Mailbox {
         // The sidecar's fsync of failed/ makes both renames durable.
         self.place(&file_name(&env.id), &bytes, "failed", true, false)?;
         let value = serde_json::to_value(env).unwrap_or(Value::Null);
-        self.write_reason(&env.id, value, reason, code, now)
+        self.write_reason_or_warn(&env.id, value, reason, code, now);
+        Ok(())
+    }
+
+    /// `write_reason` for a message already in `failed/`: it is dead-lettered
+    /// whether or not its sidecar can be written (a full disk), and the
+    /// reason is also in the index; so a missing sidecar is a warning.
+    fn write_reason_or_warn(&self, id: &str, envelope: Value, reason: &str, code: &str, now: u64) {
+        if let Err(e) = self.write_reason(id, envelope, reason, code, now) {
+            // What the sidecar's fsync would have made durable.
+            let _ = home::sync_dir(&self.sub("failed"));
+            crate::output::warn(&format!(
+                "message '{id}' of '{}' is dead-lettered ({code}), without its reason sidecar: {e}",
+                self.name
+            ));
+        }
     }
 
     fn write_reason(

@@ -43,7 +43,8 @@ pub enum Sent {
         delivered: bool,
     },
     /// Not written: the original's `replyTo` (written by another program)
-    /// is no subject, so it cannot name a mailbox inside the home.
+    /// is no subject, so it cannot name a mailbox inside the home; or the
+    /// notice could not be written (a full disk).
     Refused {
         /// The message the notice was about.
         about: String,
@@ -113,7 +114,7 @@ pub fn send(
         extra: serde_json::Map::new(),
     };
     let mb = Mailbox::at(home, reply_to);
-    let endpoint = mb.is_endpoint();
+    let delivered = mb.is_endpoint();
     // A mailbox or subdirectory that is a symlink is never written through.
     if std::fs::symlink_metadata(mb.dir()).is_ok()
         && let Err(e) = mb.check_present()
@@ -125,29 +126,41 @@ pub fn send(
             code: code.to_string(),
         }));
     }
-    if endpoint {
+    let written = if delivered {
         notice.budget.hop_count = 1;
         notice.budget.ancestor_chain.push(reply_to.to_string());
         notice.budget.call_budget_remaining -= 1;
-        if let Some(e) = mb.deliver(&notice, true)? {
-            crate::output::warn(&format!("failure notice {} delivered, but: {e}", notice.id));
-        }
-        return Ok(Some(Sent::Written {
-            endpoint: reply_to.to_string(),
-            envelope: Box::new(notice),
-            delivered: true,
+        mb.deliver(&notice, true).map(|unsynced| {
+            if let Some(e) = unsynced {
+                crate::output::warn(&format!("failure notice {} delivered, but: {e}", notice.id));
+            }
+        })
+    } else {
+        mb.dead_letter(
+            &notice,
+            "no endpoint for the failure notice's replyTo",
+            "no_match",
+            now,
+        )
+    };
+    // The dead letter it is about stands: a notice that cannot be written
+    // (a full disk) is recorded as refused, and does not fail the command.
+    if let Err(e) = written {
+        crate::output::warn(&format!(
+            "no failure notice for message {} at '{reply_to}': {e}",
+            original.id
+        ));
+        return Ok(Some(Sent::Refused {
+            about: original.id.clone(),
+            reply_to: reply_to.to_string(),
+            problem: format!("not written: {e}"),
+            code: code.to_string(),
         }));
     }
-    mb.dead_letter(
-        &notice,
-        "no endpoint for the failure notice's replyTo",
-        "no_match",
-        now,
-    )?;
     Ok(Some(Sent::Written {
         endpoint: reply_to.to_string(),
         envelope: Box::new(notice),
-        delivered: false,
+        delivered,
     }))
 }
 

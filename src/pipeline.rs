@@ -254,7 +254,8 @@ pub fn deliver(
             Err(e) => {
                 ledger.unsent(&ep, &copy.id);
                 io_failures.push((j, ep, job.probes[i]));
-                Fate::Refused("io_error".into(), e.to_string(), None)
+                let code = if e.is_full() { "disk_full" } else { "io_error" };
+                Fate::Refused(code.into(), e.to_string(), None)
             }
         });
     }
@@ -350,7 +351,7 @@ pub fn deliver(
         }
         Ok(_) => {}
         Err(e) => problems.push(format!(
-            "the index lacks some of this send's records ({e}); relay doctor --repair re-indexes from the mailboxes"
+            "not every index record of this send could be written ({e}); relay doctor --repair brings the index back in line with the mailboxes"
         )),
     }
     if !release.is_empty()

@@ -51,7 +51,12 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
     // or a failed integrity check) sets it aside: a lock, a full disk or
     // another I/O error leaves it as it is, with its keys and history.
     let db = ctx.home.db_file();
-    let problem = match ctx.store().and_then(|s| s.integrity()) {
+    // The index is checked caught up with the journal: one that lags it
+    // (ingestion put off on a full disk) would show sends as missing.
+    let problem = match ctx.store().and_then(|s| {
+        s.ingest()?;
+        s.integrity()
+    }) {
         Ok(p) => p,
         Err(Error::Damaged(msg)) => Some(msg),
         // A directory (or anything else) where the file should be is not a

@@ -265,7 +265,7 @@ fn summarize(env: &Envelope, key: Option<&str>, delivery: Delivery) -> Result<Li
                 dead_lettered: true,
             }),
             Fate::Refused(code, reason, retry) => {
-                if code != "io_error" {
+                if code != "io_error" && code != "disk_full" {
                     retryable.push(retry);
                 }
                 rejected.push(Rejection {
@@ -300,7 +300,15 @@ fn summarize(env: &Envelope, key: Option<&str>, delivery: Delivery) -> Result<Li
                 message: detail,
                 retry_after_ms: retryable.into_iter().flatten().min(),
             }
-        } else if rejected.iter().all(|r| r.code == "io_error") {
+        } else if rejected.iter().all(|r| r.code == "disk_full") {
+            Error::Full(format!(
+                "message {} was not sent (nothing is left of it): {detail}",
+                env.id
+            ))
+        } else if rejected
+            .iter()
+            .all(|r| r.code == "io_error" || r.code == "disk_full")
+        {
             Error::Io {
                 what: format!("message {} could not be delivered", env.id),
                 source: std::io::Error::other(detail),

@@ -151,11 +151,16 @@ pub struct Store {
     dir: PathBuf,
     /// Commits are fsynced (`durable_commits`).
     durable: bool,
+    /// Ingestion was put off for a full disk (said once).
+    deferred: bool,
 }
 
 impl Store {
     /// Opens (creating with mode 0600) and migrates the index.
     pub fn open(path: &Path) -> Result<Self> {
+        if let Some(home) = path.parent() {
+            crate::reserve::balance(home);
+        }
         use rustix::fs::OFlags;
         // relay's own file: never through a symlink, never a FIFO or device.
         let fresh = home::create_own(path, OFlags::RDWR, "index")?.1.len() == 0;
@@ -176,6 +181,7 @@ impl Store {
             path: path.to_path_buf(),
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             durable: false,
+            deferred: false,
         };
         let hint = |e| match e {
             Error::Damaged(msg) => Error::Damaged(format!(
@@ -185,7 +191,7 @@ impl Store {
             other => other,
         };
         store.init().map_err(hint)?;
-        store.ingest().map_err(hint)?;
+        store.catch_up().map_err(hint)?;
         Ok(store)
     }
 
@@ -254,7 +260,7 @@ impl Store {
     /// read-decide-write is atomic across processes. The journal is moved
     /// into the index first, so the transaction sees every finished send.
     pub fn begin(&mut self) -> Result<Tx<'_>> {
-        self.ingest()?;
+        self.catch_up()?;
         // While a batch log could be replayed after a power loss, a commit
         // lost with the power could bring back a message acked here.
         if !self.durable && crate::batchlog::pending(&self.dir) {
@@ -269,6 +275,25 @@ impl Store {
             path: &self.path,
             state: LazyState::new(&self.dir),
         })
+    }
+
+    /// `ingest`, put off on a full disk: the journal keeps its records (their
+    /// ingestion is idempotent) for the next command with room, and this
+    /// one goes on with an index that may lag the latest sends, as after a
+    /// crash (a message is indexed when it is claimed).
+    fn catch_up(&mut self) -> Result<()> {
+        match self.ingest() {
+            Err(e) if e.is_full() => {
+                if !self.deferred {
+                    self.deferred = true;
+                    crate::output::warn(&format!(
+                        "the latest sends are not in the index yet (left in the journal until there is room): {e}"
+                    ));
+                }
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Moves what sends appended to the journal into the index (see
@@ -1233,6 +1258,9 @@ fn store_err(path: &Path, source: rusqlite::Error) -> Error {
         return crate::lockwait::timed_out("the index", path, index_writer(path));
     }
     let msg = format!("index {}: {source}", path.display());
+    if source.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return Error::full(msg);
+    }
     match &source {
         rusqlite::Error::SqliteFailure(e, _)
             if matches!(e.code, NotADatabase | DatabaseCorrupt) =>
