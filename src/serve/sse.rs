@@ -12,9 +12,12 @@
 //! `EVENT:SENT_AT:MESSAGE:ENDPOINT` (the last event id and message copy
 //! passed); reconnecting with it as `Last-Event-ID` (or `?after=`) replays
 //! what was missed from the index, then goes on live. A stream that falls
-//! behind the channel catches up from the index the same way.
+//! behind the channel catches up from the index the same way. A copy
+//! indexed after the poller passed its place (its send read the clock
+//! before another's but reached the journal after) is found by counting the
+//! last `LATE_WINDOW_MS` of sent time and passed on to the live streams.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -44,6 +47,9 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 const MESSAGE_PAGE: usize = 1000;
 /// Events read from the index at once.
 const EVENT_PAGE: usize = 500;
+/// How far back in sent time (ms) the poller looks for copies indexed
+/// after the stream passed their place.
+const LATE_WINDOW_MS: u64 = 10_000;
 /// Items the channel keeps for a slow stream before it must catch up from
 /// the index.
 const CHANNEL: usize = 4096;
@@ -146,6 +152,9 @@ enum Pos {
 #[derive(Debug)]
 struct Item {
     pos: Pos,
+    /// A copy indexed after the stream had passed its place (its send
+    /// read the clock before another's but reached the journal after).
+    late: bool,
     name: &'static str,
     /// The subject a pattern is matched against.
     concerns: String,
@@ -161,6 +170,7 @@ impl Item {
                 id: m.id.clone(),
                 endpoint: m.endpoint.clone(),
             }),
+            late: false,
             name: "relay_message",
             concerns: m.endpoint.clone(),
             data: json!(m).to_string(),
@@ -181,6 +191,7 @@ impl Item {
         };
         Item {
             pos: Pos::Event(e.id),
+            late: false,
             name,
             concerns,
             data: json!(e).to_string(),
@@ -241,7 +252,8 @@ pub(super) fn start_poller(app: &Arc<App>) -> Result<()> {
     let hub = Arc::clone(&app.hub);
     lock(&hub.live).tx = Some(broadcast::channel(CHANNEL).0);
     let mut db = Db::open(&app.home)?;
-    if let Err(e) = poll(&hub, db.ctx()) {
+    let mut recent = Recent::default();
+    if let Err(e) = poll(&hub, db.ctx(), &mut recent) {
         crate::output::warn(&format!(
             "cannot read the index for the stream yet: {e}; retrying"
         ));
@@ -252,7 +264,7 @@ pub(super) fn start_poller(app: &Arc<App>) -> Result<()> {
             let mut warned = false;
             while !lock(&hub.live).closed {
                 std::thread::sleep(POLL);
-                match poll(&hub, db.ctx()) {
+                match poll(&hub, db.ctx(), &mut recent) {
                     Ok(()) => warned = false,
                     Err(e) => {
                         if !warned {
@@ -273,9 +285,14 @@ pub(super) fn start_poller(app: &Arc<App>) -> Result<()> {
         })
 }
 
+/// The copies the poller published within `LATE_WINDOW_MS` of its
+/// position, to tell a copy indexed late from one already passed.
+#[derive(Default)]
+struct Recent(BTreeSet<MessageKey>);
+
 /// One look: ingest the journal, then publish everything after the live
-/// position (the first look only sets it).
-fn poll(hub: &Hub, ctx: &mut Ctx) -> Result<()> {
+/// position (the first look only sets it), then any copy indexed late.
+fn poll(hub: &Hub, ctx: &mut Ctx, recent: &mut Recent) -> Result<()> {
     let store = ctx.store()?;
     // Sends append to the journal; move what they wrote into the index.
     let _ = store.ingest();
@@ -286,6 +303,12 @@ fn poll(hub: &Hub, ctx: &mut Ctx) -> Result<()> {
                 message: last_message(c)?,
             })
         })?;
+        let lo = now.message.sent_at.saturating_sub(LATE_WINDOW_MS);
+        recent.0 = store
+            .read(|c| messages_between(c, lo, &now.message))?
+            .iter()
+            .map(key_of)
+            .collect();
         lock(&hub.live).at = Some(now);
         return Ok(());
     };
@@ -294,11 +317,33 @@ fn poll(hub: &Hub, ctx: &mut Ctx) -> Result<()> {
         for m in &rows {
             let item = Item::message(m);
             at.advance(&item.pos);
+            recent.0.insert(key_of(m));
             hub.publish(item);
         }
         if rows.len() < MESSAGE_PAGE {
             break;
         }
+    }
+    // Copies indexed behind the position: the window's count tells.
+    let lo = at.message.sent_at.saturating_sub(LATE_WINDOW_MS);
+    recent.0 = recent.0.split_off(&MessageKey {
+        sent_at: lo,
+        ..MessageKey::default()
+    });
+    let indexed = store.read(|c| count_between(c, lo, &at.message))?;
+    if indexed != recent.0.len() {
+        let rows = store.read(|c| messages_between(c, lo, &at.message))?;
+        let mut now = BTreeSet::new();
+        for m in &rows {
+            let key = key_of(m);
+            if !recent.0.contains(&key) {
+                let mut item = Item::message(m);
+                item.late = true;
+                hub.publish(item);
+            }
+            now.insert(key);
+        }
+        recent.0 = now;
     }
     loop {
         let rows = store.read(|c| reports::events_after(c, at.event, 0, &[], EVENT_PAGE as u32))?;
@@ -331,6 +376,54 @@ fn last_message(c: &Connection) -> rusqlite::Result<MessageKey> {
     })
 }
 
+fn key_of(m: &reports::MessageRow) -> MessageKey {
+    MessageKey {
+        sent_at: m.sent_at,
+        id: m.id.clone(),
+        endpoint: m.endpoint.clone(),
+    }
+}
+
+/// Rows sent at or after `lo` up to `upto` (in the stream's order).
+const BETWEEN: &str = "FROM messages WHERE sent_at >= ?1
+     AND (sent_at < ?2 OR (sent_at = ?2 AND (id < ?3 OR (id = ?3 AND endpoint <= ?4))))";
+
+fn count_between(c: &Connection, lo: u64, upto: &MessageKey) -> rusqlite::Result<usize> {
+    c.prepare_cached(&format!("SELECT COUNT(*) {BETWEEN}"))?
+        .query_row(params![lo, upto.sent_at, upto.id, upto.endpoint], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|n| usize::try_from(n).unwrap_or(0))
+}
+
+fn messages_between(
+    c: &Connection,
+    lo: u64,
+    upto: &MessageKey,
+) -> rusqlite::Result<Vec<reports::MessageRow>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT id, endpoint, subject, sender, trace_id, status, sent_at {BETWEEN}
+         ORDER BY sent_at, id, endpoint"
+    ))?;
+    stmt.query_map(
+        params![lo, upto.sent_at, upto.id, upto.endpoint],
+        row_to_message,
+    )?
+    .collect()
+}
+
+fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<reports::MessageRow> {
+    Ok(reports::MessageRow {
+        id: r.get(0)?,
+        endpoint: r.get(1)?,
+        subject: r.get(2)?,
+        from: r.get(3)?,
+        trace_id: r.get(4)?,
+        state: r.get(5)?,
+        sent_at: r.get(6)?,
+    })
+}
+
 /// Up to `limit` message copies after `after`, in the stream's order.
 fn messages_after(
     c: &Connection,
@@ -344,17 +437,7 @@ fn messages_after(
     )?;
     stmt.query_map(
         params![after.sent_at, after.id, after.endpoint, limit as i64],
-        |r| {
-            Ok(reports::MessageRow {
-                id: r.get(0)?,
-                endpoint: r.get(1)?,
-                subject: r.get(2)?,
-                from: r.get(3)?,
-                trace_id: r.get(4)?,
-                state: r.get(5)?,
-                sent_at: r.get(6)?,
-            })
-        },
+        row_to_message,
     )?
     .collect()
 }
@@ -493,10 +576,17 @@ impl Subscriber {
 
     /// Passes `item`, queueing its event if the pattern wants it.
     fn take(&mut self, item: &Item) {
-        if self.at.covers(&item.pos) {
+        if item.late {
+            // Passed already, so only this brings it; one not yet passed
+            // comes from the index in order (a catch-up reads it).
+            if !self.at.covers(&item.pos) {
+                return;
+            }
+        } else if self.at.covers(&item.pos) {
             return;
+        } else {
+            self.at.advance(&item.pos);
         }
-        self.at.advance(&item.pos);
         if self.pattern != ">" && !subject::matches(&self.pattern, &item.concerns) {
             return;
         }

@@ -547,3 +547,33 @@ fn sigterm_and_sigint_stop_the_server_gracefully() {
         );
     }
 }
+
+#[test]
+fn a_copy_indexed_after_the_stream_passed_its_place_is_still_streamed() {
+    let r = Relay::new();
+    r.add(&["agent.b"]);
+    let s = Server::start(&r, "127.0.0.1:0", &[], &[]);
+    let mut sse = stream(s.addr, "/api/relay/stream?subject=agent.b");
+    let later = send_from(&r, "agent.a", "agent.b", "later clock", Some(T + 5_000));
+    sse.until(secs(10), "the later message", |e| {
+        e.event == "relay_message" && e.data["id"] == later.as_str()
+    });
+    // A send that read the clock before the other's but reached the
+    // journal after it: the stream has passed its place in the order.
+    let earlier = send_from(&r, "agent.a", "agent.b", "earlier clock", Some(T));
+    let ev = sse.until(secs(10), "the message indexed late", |e| {
+        e.event == "relay_message" && e.data["id"] == earlier.as_str()
+    });
+    assert!(ev.id.is_some(), "{ev:?}");
+    // Once.
+    let again = send_from(&r, "agent.a", "agent.b", "after", Some(T + 6_000));
+    sse.until(secs(10), "the next message", |e| {
+        e.event == "relay_message" && e.data["id"] == again.as_str()
+    });
+    let n = sse
+        .seen
+        .iter()
+        .filter(|e| e.data["id"] == earlier.as_str())
+        .count();
+    assert_eq!(n, 1, "{:#?}", sse.seen);
+}
