@@ -170,7 +170,9 @@ fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> 
     // Batch logs are settled before any file moves (a replay after a
     // restart must not run beside the moves).
     ctx.store()?;
-    let mut failed: Vec<(Option<DeadLetter>, Error)> = Vec::new();
+    // Each failure: the letters it concerns (none for an unknown id) and
+    // the error, with its own kind and exit code.
+    let mut failed: Vec<(Vec<DeadLetter>, Error)> = Vec::new();
     let targets: Vec<DeadLetter> = if all {
         collect(ctx, endpoint, false)?
     } else {
@@ -178,7 +180,7 @@ fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> 
         for id in ids {
             match find(ctx, endpoint, id, false) {
                 Ok(found) => v.extend(found),
-                Err(e) => failed.push((None, e)),
+                Err(e) => failed.push((Vec::new(), e)),
             }
         }
         v
@@ -193,38 +195,21 @@ fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> 
     let mut done: Vec<(String, Envelope, Option<u64>)> = Vec::new();
     let mut progress = output::Progress::new("requeue");
     for (name, letters) in by_mailbox {
-        let mb = match requeue_target(ctx, &name) {
-            Ok(mb) => mb,
+        let target = requeue_target(ctx, &name).and_then(|mb| Ok((mb.lock()?, mb)));
+        let (_lock, mb) = match target {
+            Ok(t) => t,
             Err(e) => {
-                let msg = e.to_string();
-                failed.extend(letters.into_iter().map(|d| {
-                    let e = Error::NoEndpoint(format!("cannot requeue {}: {msg}", d.id));
-                    (Some(d), e)
-                }));
+                failed.push((letters, e));
                 continue;
             }
         };
-        let _lock = match mb.lock() {
-            Ok(l) => l,
-            Err(e) => {
-                let msg = e.to_string();
-                failed.extend(letters.into_iter().map(|d| {
-                    let e = Error::Refused {
-                        message: format!("cannot requeue {} of '{name}': {msg}", d.id),
-                        retry_after_ms: None,
-                    };
-                    (Some(d), e)
-                }));
-                continue;
-            }
-        };
-        for d in letters {
+        for (n, d) in letters.into_iter().enumerate() {
             match requeue_one(&mb, &d.id, now) {
                 Ok(Some((env, fresh))) => done.push((name.clone(), env, fresh)),
                 Ok(None) => {} // requeued or purged by someone else meanwhile
-                Err(e) => failed.push((Some(d), e)),
+                Err(e) => failed.push((vec![d], e)),
             }
-            progress.tick(done.len() + failed.len(), Some(total));
+            progress.tick(n + 1, Some(total));
         }
     }
     progress.finish();
@@ -262,19 +247,38 @@ fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> 
             .collect();
         let errors: Vec<Value> = failed
             .iter()
-            .map(|(d, e)| {
-                json!({
-                    "id": d.as_ref().map(|d| d.id.clone()),
-                    "endpoint": d.as_ref().map(|d| d.endpoint.clone()),
-                    "kind": e.kind(),
-                    "message": e.to_string(),
-                })
+            .flat_map(|(letters, e)| {
+                let one = |d: Option<&DeadLetter>| {
+                    json!({
+                        "id": d.map(|d| d.id.clone()),
+                        "endpoint": d.map(|d| d.endpoint.clone()),
+                        "kind": e.kind(),
+                        "message": e.to_string(),
+                    })
+                };
+                if letters.is_empty() {
+                    vec![one(None)]
+                } else {
+                    letters.iter().map(|d| one(Some(d))).collect()
+                }
             })
             .collect();
         output::json_line(&json!({ "requeued": names, "failed": errors }))?;
     } else {
-        for (_, e) in &failed {
-            eprintln!("relay: {}", output::printable(&e.to_string()));
+        for (letters, e) in &failed {
+            let what = match letters.as_slice() {
+                [] => e.to_string(),
+                [d, ..] => format!(
+                    "cannot requeue {} of '{}': {e}",
+                    letters
+                        .iter()
+                        .map(|d| d.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    d.endpoint
+                ),
+            };
+            eprintln!("relay: {}", output::printable(&what));
         }
         for (ep, env, fresh) in &done {
             if let Some(ttl) = fresh {
@@ -287,13 +291,13 @@ fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> 
         }
         eprintln!("relay: requeued {} message(s)", done.len());
     }
+    let not_requeued: usize = failed.iter().map(|(l, _)| l.len().max(1)).sum();
     match failed.first() {
         None => Ok(()),
         Some((_, first)) => Err(Error::Batch {
             code: first.exit_code(),
             message: format!(
-                "{} dead letter(s) could not be requeued (see above); {} requeued",
-                failed.len(),
+                "{not_requeued} dead letter(s) could not be requeued (see above); {} requeued",
                 done.len()
             ),
         }),
@@ -309,8 +313,7 @@ fn requeue_target(ctx: &Ctx, name: &str) -> Result<Mailbox> {
         || crate::subject::validate_subject(name, "endpoint").is_err()
     {
         return Err(Error::NoEndpoint(format!(
-            "'{}' is not an endpoint but the dead-letter directory of a publish that matched nothing, and nothing reads messages there; it stays in failed/: see it with relay dlq show ID, then send it again to an endpoint (relay send SUBJECT PAYLOAD)",
-            output::printable(name)
+            "'{name}' is not an endpoint but the dead-letter directory of a publish that matched nothing, and nothing reads messages there; it stays in failed/: see it with relay dlq show ID, then send it again to an endpoint (relay send SUBJECT PAYLOAD)"
         )));
     }
     let mb = Mailbox::at(&ctx.home, name);
@@ -332,15 +335,13 @@ fn requeue_one(mb: &Mailbox, id: &str, now: u64) -> Result<Option<(Envelope, Opt
             return Ok(None);
         }
         return Err(Error::Data(format!(
-            "cannot requeue {id} of '{}': the file is not a valid envelope (see: relay dlq show {id})",
-            mb.name
+            "the file is not a valid envelope (see: relay dlq show {id})"
         )));
     };
     if mb.has("new", id) || mb.has("cur", id) {
-        return Err(Error::Data(format!(
-            "cannot requeue {id} of '{}': a message with that id is already in new/ or cur/",
-            mb.name
-        )));
+        return Err(Error::Data(
+            "a message with that id is already in new/ or cur/".into(),
+        ));
     }
     // A letter past its TTL would expire again at once: it gets the
     // lifetime it was sent with, from now.
