@@ -552,7 +552,12 @@ fn sigterm_and_sigint_stop_the_server_gracefully() {
 fn a_copy_indexed_after_the_stream_passed_its_place_is_still_streamed() {
     let r = Relay::new();
     r.add(&["agent.b"]);
-    let s = Server::start(&r, "127.0.0.1:0", &[], &[]);
+    let s = Server::start(
+        &r,
+        "127.0.0.1:0",
+        &[],
+        &[("RELAY_FAKE_NOW_MS", &T.to_string())],
+    );
     let mut sse = stream(s.addr, "/api/relay/stream?subject=agent.b");
     let later = send_from(&r, "agent.a", "agent.b", "later clock", Some(T + 5_000));
     sse.until(secs(10), "the later message", |e| {
