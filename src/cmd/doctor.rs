@@ -417,6 +417,7 @@ fn left_untouched(e: Error, db: &std::path::Path) -> Error {
     match e {
         Error::Locked(m) => Error::Locked(format!("{m}{why}")),
         Error::Store(m) => Error::Store(format!("cannot check the index: {m}{why}")),
+        Error::Full(m) => Error::Full(format!("cannot check the index: {m}{why}")),
         other => other,
     }
 }

@@ -309,7 +309,15 @@ fn doctor_repair_leaves_the_index_alone_on_a_full_disk() {
     fill(&r.home());
     let before = index_files(&r);
     let out = r.cmd(["doctor", "--repair"]).at(T).run();
-    assert_ne!(out.code, 0, "the index could not be brought up to date");
+    // It may get by (relay keeps a reserve for a full disk) or fail with
+    // 74 saying so; it never takes the full disk for damage.
+    assert!(
+        out.code == 0 || (out.code == 74 && out.stderr.contains("left as it is")),
+        "doctor --repair on a full disk: {} {} {}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
     assert_eq!(index_files(&r), before, "nothing set aside: {}", out.stderr);
     fs::remove_file(r.home().join("filler")).expect("free the disk");
     let again = r
