@@ -80,6 +80,10 @@ pub enum Command {
     Send(SendArgs),
     /// Claim the oldest message(s) of an endpoint (new/ -> cur/) and print them
     Recv(RecvArgs),
+    /// List an endpoint's messages without claiming them (pending, claimed, failed)
+    Peek(PeekArgs),
+    /// Send a message and wait for its reply (on a private reply endpoint); prints the reply
+    Request(RequestArgs),
     /// Acknowledge claimed messages: done, removed from cur/
     Ack(AckArgs),
     /// Reject claimed messages: dead-lettered to failed/ with a reason
@@ -447,6 +451,61 @@ pub struct RecvArgs {
     /// Ack each message as soon as it is printed (at-most-once consumption)
     #[arg(long, conflicts_with = "exec")]
     pub ack: bool,
+}
+
+/// Arguments of `relay peek`.
+#[derive(Debug, Args)]
+pub struct PeekArgs {
+    /// Endpoint to look at
+    #[arg(value_name = "ENDPOINT")]
+    pub endpoint: String,
+
+    /// List at most N messages, oldest first
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: u32,
+
+    /// Which messages: pending (new/), claimed (cur/), failed (failed/, with
+    /// their reasons) or all
+    #[arg(long, value_name = "STATUS", value_enum, default_value_t = crate::inbox::Filter::Pending)]
+    pub status: crate::inbox::Filter,
+}
+
+/// Arguments of `relay request`.
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Subject or pattern to send the request to
+    #[arg(value_name = "SUBJECT")]
+    pub subject: String,
+
+    /// Payload (JSON is stored as JSON, anything else as a string); read from
+    /// stdin when not given
+    #[arg(value_name = "PAYLOAD")]
+    pub payload: Option<String>,
+
+    /// How long to wait for the reply; past it relay exits 75
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    pub timeout: Duration,
+
+    /// Sender subject (used by rate limits, breakers and access rules)
+    #[arg(long, value_name = "SENDER", env = "RELAY_FROM", default_value = "cli")]
+    pub from: String,
+
+    /// Time to live of the request [default: the timeout]
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub ttl: Option<Duration>,
+
+    /// Store the payload as a JSON string even if it parses as JSON
+    #[arg(long)]
+    pub text: bool,
+
+    /// Trace id to join [default: $RELAY_TRACE_ID, else the request's id]
+    #[arg(long, value_name = "ID", env = "RELAY_TRACE_ID")]
+    pub trace_id: Option<String>,
+
+    /// Priority lane of the request
+    #[arg(long, value_name = "LANE", value_enum, default_value_t = Priority::Normal)]
+    pub priority: Priority,
 }
 
 /// Arguments of `relay ack`.

@@ -15,6 +15,7 @@ pub mod envelope;
 pub mod error;
 pub mod generate;
 pub mod home;
+pub mod inbox;
 pub mod journal;
 pub mod lease;
 pub mod ledger;
@@ -25,6 +26,7 @@ pub mod output;
 pub mod pipeline;
 pub mod pressure;
 pub mod reliability;
+pub mod request;
 pub mod reserve;
 pub mod serve;
 pub mod state;
@@ -78,12 +80,17 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Man { out } => return man(out.as_deref()),
         _ => {}
     }
+    // A look must not create the home it looks at.
+    if let Command::Peek(a) = &cli.command {
+        return cmd::peek::run(cli.globals.home, cli.globals.json, a);
+    }
     // `config` must work while config.json is broken: that is how it is fixed.
     let load_config = !matches!(cli.command, Command::Config(_));
     let mut ctx = Ctx::new(cli.globals.home, cli.globals.json, load_config)?;
     match &cli.command {
         Command::Send(a) => cmd::send::run(&mut ctx, a),
         Command::Recv(a) => cmd::recv::run(&mut ctx, a),
+        Command::Request(a) => cmd::request::run(&mut ctx, a),
         Command::Ack(a) => cmd::ack::ack(&mut ctx, a),
         Command::Nack(a) => cmd::ack::nack(&mut ctx, a),
         Command::Endpoints(a) => cmd::endpoints::run(&mut ctx, a),
@@ -98,7 +105,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Gc(a) => cmd::gc::run(&mut ctx, a),
         Command::Serve(a) => cmd::serve::run(&ctx, a),
         Command::Doctor(a) => cmd::doctor::run(&mut ctx, a),
-        Command::Completions { .. } | Command::Man { .. } => Ok(()),
+        Command::Completions { .. } | Command::Man { .. } | Command::Peek(_) => Ok(()),
     }
 }
 

@@ -171,8 +171,9 @@ pub fn run(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<()> {
 }
 
 /// Watches `new/` and the home (for `config.json`); `None` (with a warning)
-/// if notifications are unavailable, leaving the fallback poll.
-fn watch(ctx: &Ctx, mb: &Mailbox, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+/// if notifications are unavailable, leaving the fallback poll. Also what
+/// `relay request` waits on for its reply.
+pub fn watch(ctx: &Ctx, mb: &Mailbox, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // The home also sees every index write of every process: wake only
         // for message files and config.json (and on errors, to be safe).

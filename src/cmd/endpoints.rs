@@ -145,7 +145,17 @@ fn add(ctx: &Ctx, subjects: &[String]) -> Result<()> {
 }
 
 fn remove(ctx: &Ctx, name: &str, force: bool) -> Result<()> {
-    let mb = Mailbox::open_endpoint(&ctx.home, name)?;
+    let held = remove_endpoint(&ctx.home, name, force)?;
+    if ctx.json {
+        return output::json_line(&serde_json::json!({ "removed": name, "deletedMessages": held }));
+    }
+    Ok(())
+}
+
+/// Removes endpoint `name` and its mailbox; one holding messages only with
+/// `force` (they are deleted: how many).
+pub fn remove_endpoint(home: &crate::home::Home, name: &str, force: bool) -> Result<usize> {
+    let mb = Mailbox::open_endpoint(home, name)?;
     let not_empty = |held: usize| {
         Error::Data(format!(
             "endpoint '{name}' still holds {held} message(s) in new/, cur/ or failed/; drain it first or pass --force to delete them"
@@ -163,20 +173,17 @@ fn remove(ctx: &Ctx, name: &str, force: bool) -> Result<()> {
     // that does not take the lock (a consumer giving a claim back, a
     // DorkOS process) may have put a message in after the count.
     let grave_name = format!("{GRAVE_PREFIX}{}", crate::envelope::random_ulid());
-    let grave = ctx.home.mailboxes().join(&grave_name);
+    let grave = home.mailboxes().join(&grave_name);
     fs::rename(mb.dir(), &grave).ctx("cannot remove", mb.dir())?;
-    let buried = Mailbox::at(&ctx.home, &grave_name);
+    let buried = Mailbox::at(home, &grave_name);
     let held = count_held(&buried)?;
     if held > 0 && !force {
         put_back(&grave, &mb)?;
         return Err(not_empty(held));
     }
     fs::remove_dir_all(&grave).ctx("cannot delete", &grave)?;
-    crate::home::sync_dir(&ctx.home.mailboxes())?;
-    if ctx.json {
-        return output::json_line(&serde_json::json!({ "removed": name, "deletedMessages": held }));
-    }
-    Ok(())
+    crate::home::sync_dir(&home.mailboxes())?;
+    Ok(held)
 }
 
 /// Messages in `new/`, `cur/` and `failed/` of `mb`.

@@ -101,6 +101,87 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
         idempotency_key: args.idempotency_key.clone(),
         budget: parent.budget,
     };
+    let line = send_single(ctx, args, req)?;
+    print_result(ctx, &line)
+}
+
+/// One message to send from library code (`relay request`, the MCP
+/// server): the same checks, limits and delivery as `relay send`.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Subject or pattern.
+    pub subject: String,
+    /// The payload, as JSON.
+    pub payload: Value,
+    /// The sender.
+    pub from: String,
+    /// Where replies and failure notices go.
+    pub reply_to: Option<String>,
+    /// Time to live [default: 1 h, or the budget's].
+    pub ttl: Option<std::time::Duration>,
+    /// Hop ceiling [default: 5, or the budget's].
+    pub max_hops: Option<u32>,
+    /// Trace to join [default: the message id].
+    pub trace_id: Option<String>,
+    /// Priority lane.
+    pub priority: Priority,
+    /// A spent budget to continue from.
+    pub budget: Option<Budget>,
+}
+
+/// A send that reached at least one endpoint.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The message id (the original's, for an idempotent repeat).
+    pub id: String,
+    /// The `--json` report of `relay send` (`id`, `traceId`, `deliveredTo`,
+    /// `rejected`, `warnings`, ...).
+    pub report: Value,
+    /// Warnings for the sender (soft limits, partial refusals).
+    pub warnings: Vec<String>,
+}
+
+/// Sends one message as `relay send` does (access rules, rate limits,
+/// breakers, backpressure, durable delivery, failure notices); a send no
+/// endpoint took is the error `relay send` exits with.
+pub fn send_message(ctx: &mut Ctx, msg: Outgoing) -> Result<Sent> {
+    subject::validate_pattern(&msg.subject, "subject")?;
+    let args = SendArgs {
+        subject: None,
+        payload: None,
+        file: None,
+        text: false,
+        from: msg.from,
+        reply_to: None,
+        ttl: msg.ttl,
+        max_hops: msg.max_hops,
+        parent: None,
+        idempotency_key: None,
+        batch: false,
+        no_fsync: false,
+        trace_id: None,
+        priority: msg.priority,
+    };
+    let req = Request {
+        subject: msg.subject,
+        payload: msg.payload,
+        reply_to: msg.reply_to,
+        trace_id: msg.trace_id,
+        budget: msg.budget,
+        ..Request::default()
+    };
+    let line = send_single(ctx, &args, req)?;
+    let report = serde_json::from_str(&line.json)
+        .map_err(|e| Error::Data(format!("cannot read the send report back: {e}")))?;
+    Ok(Sent {
+        id: line.id,
+        report,
+        warnings: line.warnings,
+    })
+}
+
+/// Prepares and delivers one request (fsynced unless `--no-fsync`).
+fn send_single(ctx: &mut Ctx, args: &SendArgs, req: Request) -> Result<Line> {
     let now = ctx.clock.now_ms();
     let job = prepare(ctx, args, req, &mut Lookups::default(), now)?;
     let mut jobs = [job];
@@ -112,8 +193,7 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
     pipeline::deliver(ctx, &mut jobs, durability, now)?;
     let [mut job] = jobs;
     let delivery = job.take_result()?;
-    let line = summarize(job.envelope(), job.key(), delivery)?;
-    print_result(ctx, &line)
+    summarize(job.envelope(), job.key(), delivery)
 }
 
 /// What `prepare` looks up on disk, kept across the lines of a batch (one
@@ -648,8 +728,24 @@ fn validate_trace_id(t: &str) -> Result<()> {
 /// (unless `--text`); other text becomes a JSON string, minus one trailing
 /// newline when it came from a file or stdin.
 fn read_payload(args: &SendArgs, cap: u64) -> Result<Value> {
-    let (bytes, from_stream) = match (&args.payload, &args.file) {
-        (Some(p), _) => (p.clone().into_bytes(), false),
+    payload_from(
+        args.payload.as_deref(),
+        args.file.as_deref(),
+        args.text,
+        cap,
+    )
+}
+
+/// `read_payload` from its parts: the argument, else the file (`-` =
+/// stdin), else stdin; `text` keeps JSON as a string.
+pub fn payload_from(
+    arg: Option<&str>,
+    file: Option<&std::path::Path>,
+    text_only: bool,
+    cap: u64,
+) -> Result<Value> {
+    let (bytes, from_stream) = match (arg, file) {
+        (Some(p), _) => (p.as_bytes().to_vec(), false),
         (None, Some(path)) if path.as_os_str() != "-" => {
             let f = std::fs::File::open(path).map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => {
@@ -684,9 +780,7 @@ fn read_payload(args: &SendArgs, cap: u64) -> Result<Value> {
             e.utf8_error().valid_up_to()
         ))
     })?;
-    if !args.text
-        && let Ok(v) = serde_json::from_str::<Value>(&text)
-    {
+    if !text_only && let Ok(v) = serde_json::from_str::<Value>(&text) {
         return Ok(v);
     }
     let text = if from_stream {

@@ -1,0 +1,516 @@
+//! Request/reply (`relay request`, the MCP server's `relay_send_and_wait`):
+//! send a message whose `replyTo` is a private endpoint made for it, wait
+//! (filesystem notifications, no polling) for the first reply there, and
+//! remove the endpoint afterwards, whatever happened.
+//!
+//! Blocking and runtime-free: an async caller runs it on a blocking thread
+//! and ends it early with `Cancel::cancel`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::clock::{human_ms, ms};
+use crate::cmd::send::{self, Outgoing, Sent};
+use crate::context::Ctx;
+use crate::envelope::{Budget, Envelope};
+use crate::error::{Error, Result};
+use crate::maildir::{Mailbox, SUBDIRS};
+use crate::pressure::Priority;
+use crate::{notice, output};
+
+/// Prefix of private reply endpoints: DorkOS's query inboxes, so DorkOS
+/// lists them as type `query`.
+pub const REPLY_PREFIX: &str = "relay.inbox.query.";
+
+/// Payload `type` of relay's failure notices.
+pub const FAILURE_NOTICE: &str = "relay.failure_notice";
+
+/// Longest look-again pause when filesystem notifications are unavailable.
+const FALLBACK_POLL: Duration = Duration::from_millis(1000);
+
+/// Claims taken per look at the reply endpoint.
+const TAKE: usize = 16;
+
+/// A request to send.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Subject (or pattern) to send to.
+    pub subject: String,
+    /// The payload.
+    pub payload: Value,
+    /// The sender (rate limits, breakers and access rules apply to it).
+    pub from: String,
+    /// How long to wait for a reply.
+    pub timeout: Duration,
+    /// Time to live of the request [default: the timeout: a request nobody
+    /// took in time is dead-lettered rather than answered to no one].
+    pub ttl: Option<Duration>,
+    /// Hop ceiling [default: 5, or the budget's].
+    pub max_hops: Option<u32>,
+    /// Trace to join [default: the request's id].
+    pub trace_id: Option<String>,
+    /// Priority lane.
+    pub priority: Priority,
+    /// A spent budget to continue from.
+    pub budget: Option<Budget>,
+}
+
+impl Request {
+    /// A request with every option at its default.
+    #[must_use]
+    pub fn new(subject: &str, payload: Value, from: &str, timeout: Duration) -> Self {
+        Request {
+            subject: subject.to_string(),
+            payload,
+            from: from.to_string(),
+            timeout,
+            ttl: None,
+            max_hops: None,
+            trace_id: None,
+            priority: Priority::Normal,
+            budget: None,
+        }
+    }
+}
+
+/// Why a failure notice says the request failed (`code` of a
+/// `relay.failure_notice`; see `notice::is_notifiable`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoticeCode {
+    /// A consumer nacked it (its handler failed).
+    Nack,
+    /// Out of hops.
+    HopLimit,
+    /// It came back to an endpoint already in its chain.
+    CycleDetected,
+    /// Nobody received it before its TTL.
+    TtlExpired,
+    /// Out of call budget.
+    BudgetExhausted,
+    /// The access rules refused it.
+    AccessDenied,
+    /// Its claims ran out of their lease `delivery.maxDeliveries` times.
+    MaxDeliveries,
+    /// A code relay does not know (another writer's).
+    Other(String),
+}
+
+impl NoticeCode {
+    /// The code as written in the notice.
+    #[must_use]
+    pub fn parse(code: &str) -> Self {
+        match code {
+            "nack" => NoticeCode::Nack,
+            "hop_limit" => NoticeCode::HopLimit,
+            "cycle_detected" => NoticeCode::CycleDetected,
+            "ttl_expired" => NoticeCode::TtlExpired,
+            "budget_exhausted" => NoticeCode::BudgetExhausted,
+            "access_denied" => NoticeCode::AccessDenied,
+            "max_deliveries" => NoticeCode::MaxDeliveries,
+            other => NoticeCode::Other(other.to_string()),
+        }
+    }
+
+    /// The wire code.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        match self {
+            NoticeCode::Nack => "nack",
+            NoticeCode::HopLimit => "hop_limit",
+            NoticeCode::CycleDetected => "cycle_detected",
+            NoticeCode::TtlExpired => "ttl_expired",
+            NoticeCode::BudgetExhausted => "budget_exhausted",
+            NoticeCode::AccessDenied => "access_denied",
+            NoticeCode::MaxDeliveries => "max_deliveries",
+            NoticeCode::Other(s) => s,
+        }
+    }
+}
+
+/// A failure notice about the request: it was dead-lettered for good.
+#[derive(Debug, Clone)]
+pub struct FailureNotice {
+    /// Why.
+    pub code: NoticeCode,
+    /// The reason as the dead letter gives it.
+    pub reason: String,
+    /// Where it was dead-lettered.
+    pub endpoint: String,
+    /// The notice itself.
+    pub envelope: Envelope,
+}
+
+impl FailureNotice {
+    /// Reads a failure notice about message `about`; `None` for anything
+    /// else (a reply, a notice about another message).
+    #[must_use]
+    pub fn of(env: &Envelope, about: &str) -> Option<Self> {
+        let p = &env.payload;
+        let text = |k: &str| p.get(k).and_then(Value::as_str);
+        if env.from != notice::NOTICE_SENDER
+            || text("type") != Some(FAILURE_NOTICE)
+            || text("messageId") != Some(about)
+        {
+            return None;
+        }
+        Some(FailureNotice {
+            code: NoticeCode::parse(text("code").unwrap_or("unknown")),
+            reason: text("reason").unwrap_or_default().to_string(),
+            endpoint: text("endpoint").unwrap_or_default().to_string(),
+            envelope: env.clone(),
+        })
+    }
+}
+
+/// How the wait ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The first reply (claimed and acked).
+    Replied(Box<Envelope>),
+    /// A failure notice about the request ended the wait.
+    Failed(Box<FailureNotice>),
+    /// No reply within the timeout.
+    TimedOut,
+    /// `Cancel::cancel` (a signal) ended the wait.
+    Cancelled,
+}
+
+/// A request that was sent, and how its wait ended.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// The request as `relay send` reports it (its id, trace, endpoints).
+    pub sent: Sent,
+    /// The request's trace id (the reply joins it when its responder
+    /// continues the trace).
+    pub trace_id: String,
+    /// The private reply endpoint (removed by now).
+    pub reply_to: String,
+    /// DorkOS progress payloads (`{"type":"progress","done":false,...}`)
+    /// that arrived before the reply, in order.
+    pub progress: Vec<Value>,
+    /// How long the wait took.
+    pub waited: Duration,
+    /// The timeout it had.
+    pub timeout: Duration,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Problems worth telling the sender (the send's warnings, a reply
+    /// endpoint that could not be removed).
+    pub warnings: Vec<String>,
+}
+
+impl Exchange {
+    /// The reply, or the error `relay request` exits with: a timeout or a
+    /// temporary failure (expiry, handlers that never finished) 75, a
+    /// budget refusal or a nack 65, an access denial 77, a cancel 130.
+    pub fn into_reply(self) -> Result<Envelope> {
+        let id = &self.sent.id;
+        match self.outcome {
+            Outcome::Replied(env) => Ok(*env),
+            Outcome::TimedOut => Err(Error::Refused {
+                message: format!(
+                    "no reply to request {id} (sent to '{}') within {}; its reply endpoint {} was removed; retry later or with a longer --timeout",
+                    self.sent
+                        .report
+                        .get("subject")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?"),
+                    human_ms(ms(self.timeout)),
+                    self.reply_to
+                ),
+                retry_after_ms: None,
+            }),
+            Outcome::Cancelled => Err(Error::Interrupted(format!(
+                "interrupted while waiting for a reply to request {id}; its reply endpoint {} was removed",
+                self.reply_to
+            ))),
+            Outcome::Failed(n) => {
+                let message = format!(
+                    "request {id} failed at '{}' ({}): {}",
+                    n.endpoint,
+                    n.code.as_str(),
+                    n.reason
+                );
+                Err(match n.code {
+                    NoticeCode::AccessDenied => Error::Denied(message),
+                    NoticeCode::TtlExpired | NoticeCode::MaxDeliveries => Error::Refused {
+                        message,
+                        retry_after_ms: None,
+                    },
+                    NoticeCode::Nack
+                    | NoticeCode::HopLimit
+                    | NoticeCode::CycleDetected
+                    | NoticeCode::BudgetExhausted
+                    | NoticeCode::Other(_) => Error::Data(message),
+                })
+            }
+        }
+    }
+}
+
+/// Ends waiting requests early, from another thread (or a signal's).
+/// Clones share the same state; once cancelled, it stays cancelled.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<CancelInner>);
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    cancelled: AtomicBool,
+    next: AtomicU64,
+    wakers: Mutex<HashMap<u64, mpsc::Sender<()>>>,
+}
+
+impl Cancel {
+    /// A cancel not yet given.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ends every wait using this (or a clone) now and any started later.
+    pub fn cancel(&self) {
+        self.0.cancelled.store(true, Ordering::SeqCst);
+        if let Ok(wakers) = self.0.wakers.lock() {
+            for w in wakers.values() {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    /// Whether `cancel` was called.
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        self.0.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Wakes `waker` on cancel until the returned guard drops.
+    fn register(&self, waker: mpsc::Sender<()>) -> Registered<'_> {
+        let id = self.0.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut wakers) = self.0.wakers.lock() {
+            wakers.insert(id, waker);
+        }
+        Registered { cancel: self, id }
+    }
+}
+
+struct Registered<'a> {
+    cancel: &'a Cancel,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut wakers) = self.cancel.0.wakers.lock() {
+            wakers.remove(&self.id);
+        }
+    }
+}
+
+/// The private reply endpoint; removed (with anything left in it) when
+/// dropped, if `remove` was not called.
+struct ReplyInbox {
+    mb: Mailbox,
+    home: crate::home::Home,
+    removed: bool,
+}
+
+impl ReplyInbox {
+    fn create(ctx: &Ctx) -> Result<Self> {
+        let name = format!("{REPLY_PREFIX}{}", crate::envelope::random_ulid());
+        let mb = Mailbox::at(&ctx.home, &name);
+        mb.create(&SUBDIRS)?;
+        Ok(ReplyInbox {
+            mb,
+            home: ctx.home.clone(),
+            removed: false,
+        })
+    }
+
+    /// Removes the endpoint; a problem doing so is returned as a warning.
+    fn remove(&mut self) -> Option<String> {
+        self.removed = true;
+        crate::cmd::endpoints::remove_endpoint(&self.home, &self.mb.name, true)
+            .err()
+            .map(|e| {
+                format!(
+                    "cannot remove the reply endpoint '{}' ({e}); remove it with: relay endpoints remove {} --force",
+                    self.mb.name, self.mb.name
+                )
+            })
+    }
+}
+
+impl Drop for ReplyInbox {
+    fn drop(&mut self) {
+        if !self.removed
+            && let Some(w) = self.remove()
+        {
+            output::warn(&w);
+        }
+    }
+}
+
+/// Sends `req` with a private reply endpoint as its `replyTo` and waits
+/// for the first reply there, or a failure notice about it, until the
+/// timeout or `cancel`. What arrives there is claimed and acked; DorkOS
+/// progress messages are collected, not taken for the reply. The endpoint
+/// is made before the send and removed before this returns, in every case.
+/// A send refused outright is the error `relay send` gives.
+pub fn request(ctx: &mut Ctx, req: Request, cancel: &Cancel) -> Result<Exchange> {
+    if cancel.is_cancelled() {
+        return Err(Error::Interrupted(
+            "interrupted before the request was sent; nothing was sent".into(),
+        ));
+    }
+    let mut inbox = ReplyInbox::create(ctx)?;
+    let (tx, rx) = mpsc::channel();
+    // Watching before the send: a reply can never slip in unseen.
+    let watcher = crate::cmd::consume::watch(ctx, &inbox.mb, tx.clone());
+    let _registered = cancel.register(tx);
+    let sent = send::send_message(
+        ctx,
+        Outgoing {
+            subject: req.subject,
+            payload: req.payload,
+            from: req.from,
+            reply_to: Some(inbox.mb.name.clone()),
+            ttl: Some(req.ttl.unwrap_or(req.timeout)),
+            max_hops: req.max_hops,
+            trace_id: req.trace_id,
+            priority: req.priority,
+            budget: req.budget,
+        },
+    )?;
+    let started = Instant::now();
+    let deadline = started + req.timeout;
+    let mut progress = Vec::new();
+    let outcome = loop {
+        if cancel.is_cancelled() {
+            break Outcome::Cancelled;
+        }
+        if let Some(end) = look(ctx, &inbox.mb, &sent.id, &mut progress)? {
+            break end;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Outcome::TimedOut;
+        }
+        let pause = if watcher.is_some() {
+            left
+        } else {
+            left.min(FALLBACK_POLL)
+        };
+        if rx.recv_timeout(pause).is_ok() {
+            while rx.try_recv().is_ok() {}
+        }
+    };
+    drop(watcher);
+    let mut warnings = sent.warnings.clone();
+    warnings.extend(inbox.remove());
+    let trace_id = sent
+        .report
+        .get("traceId")
+        .and_then(Value::as_str)
+        .unwrap_or(&sent.id)
+        .to_string();
+    Ok(Exchange {
+        trace_id,
+        reply_to: inbox.mb.name.clone(),
+        progress,
+        waited: started.elapsed(),
+        timeout: req.timeout,
+        outcome,
+        warnings,
+        sent,
+    })
+}
+
+/// Claims and acks what has arrived at the reply endpoint; the outcome if
+/// it ends the wait (the first reply, or a failure notice about `id`).
+fn look(
+    ctx: &mut Ctx,
+    mb: &Mailbox,
+    id: &str,
+    progress: &mut Vec<Value>,
+) -> Result<Option<Outcome>> {
+    loop {
+        let claimed = crate::cmd::recv::take(ctx, mb, TAKE, None)?;
+        if claimed.is_empty() {
+            return Ok(None);
+        }
+        let mut end = None;
+        for c in claimed {
+            let env = c.envelope;
+            crate::cmd::ack::settle(ctx, mb, &env.id, None, Some(env.delivery_count))?;
+            if end.is_some() {
+                continue;
+            }
+            if let Some(n) = FailureNotice::of(&env, id) {
+                end = Some(Outcome::Failed(Box::new(n)));
+            } else if env.from == notice::NOTICE_SENDER {
+                // A notice about some other message: not for this wait.
+            } else if is_progress(&env.payload) {
+                progress.push(env.payload);
+            } else {
+                end = Some(Outcome::Replied(Box::new(env)));
+            }
+        }
+        if end.is_some() {
+            return Ok(end);
+        }
+    }
+}
+
+/// A DorkOS progress step (`{"type":"progress","done":false,...}`), which
+/// comes before the reply and is not it.
+fn is_progress(payload: &Value) -> bool {
+    payload.get("type").and_then(Value::as_str) == Some("progress")
+        && payload.get("done").and_then(Value::as_bool) == Some(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notice_codes_round_trip() {
+        for code in [
+            "nack",
+            "hop_limit",
+            "cycle_detected",
+            "ttl_expired",
+            "budget_exhausted",
+            "access_denied",
+            "max_deliveries",
+            "something_else",
+        ] {
+            assert_eq!(NoticeCode::parse(code).as_str(), code);
+        }
+    }
+
+    #[test]
+    fn progress_is_not_a_reply() {
+        let step = serde_json::json!({"type": "progress", "step": 1, "done": false});
+        assert!(is_progress(&step));
+        assert!(!is_progress(
+            &serde_json::json!({"type": "agent_result", "done": true})
+        ));
+        assert!(!is_progress(&Value::String("progress".into())));
+    }
+
+    #[test]
+    fn cancel_wakes_registered_waiters_and_stays_cancelled() {
+        let cancel = Cancel::new();
+        let (tx, rx) = mpsc::channel();
+        let reg = cancel.register(tx);
+        cancel.clone().cancel();
+        assert!(rx.try_recv().is_ok());
+        assert!(cancel.is_cancelled());
+        drop(reg);
+        assert!(cancel.0.wakers.lock().is_ok_and(|w| w.is_empty()));
+    }
+}
