@@ -58,8 +58,14 @@ _relay() {
             relay,nack)
                 cmd="relay__subcmd__nack"
                 ;;
+            relay,peek)
+                cmd="relay__subcmd__peek"
+                ;;
             relay,recv)
                 cmd="relay__subcmd__recv"
+                ;;
+            relay,request)
+                cmd="relay__subcmd__request"
                 ;;
             relay,send)
                 cmd="relay__subcmd__send"
@@ -229,8 +235,14 @@ _relay() {
             relay__subcmd__help,nack)
                 cmd="relay__subcmd__help__subcmd__nack"
                 ;;
+            relay__subcmd__help,peek)
+                cmd="relay__subcmd__help__subcmd__peek"
+                ;;
             relay__subcmd__help,recv)
                 cmd="relay__subcmd__help__subcmd__recv"
+                ;;
+            relay__subcmd__help,request)
+                cmd="relay__subcmd__help__subcmd__request"
                 ;;
             relay__subcmd__help,send)
                 cmd="relay__subcmd__help__subcmd__send"
@@ -320,7 +332,7 @@ _relay() {
 
     case "${cmd}" in
         relay)
-            opts="-h -V --home --json --help --version send recv ack nack endpoints status breakers limits config trace metrics dlq events gc serve doctor completions man help"
+            opts="-h -V --home --json --help --version send recv peek request ack nack endpoints status breakers limits config trace metrics dlq events gc serve doctor completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1132,7 +1144,7 @@ _relay() {
             return 0
             ;;
         relay__subcmd__help)
-            opts="send recv ack nack endpoints status breakers limits config trace metrics dlq events gc serve doctor completions man help"
+            opts="send recv peek request ack nack endpoints status breakers limits config trace metrics dlq events gc serve doctor completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1579,7 +1591,35 @@ _relay() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        relay__subcmd__help__subcmd__peek)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         relay__subcmd__help__subcmd__recv)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        relay__subcmd__help__subcmd__request)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1829,6 +1869,36 @@ _relay() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        relay__subcmd__peek)
+            opts="-n -h --count --status --home --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --count)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -n)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --status)
+                    COMPREPLY=($(compgen -W "pending claimed failed all" -- "${cur}"))
+                    return 0
+                    ;;
+                --home)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         relay__subcmd__recv)
             opts="-n -w -f -h --count --wait --lease --follow --exec --concurrency --timeout --ack --home --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -1866,6 +1936,44 @@ _relay() {
                     ;;
                 --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --home)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        relay__subcmd__request)
+            opts="-h --timeout --from --ttl --text --trace-id --priority --home --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --trace-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --priority)
+                    COMPREPLY=($(compgen -W "critical high normal low background" -- "${cur}"))
                     return 0
                     ;;
                 --home)

@@ -9,6 +9,8 @@
 
 mod consumers; // recv --follow / --exec: ack, nack, breaker, timeout, concurrency, signals, env, hot reload
 mod panel; // the panel in headless chromium: a tripped breaker and a rate-limit hit on the page
+mod peek; // relay peek: never claims, every status, foreign entries listed safely, no home created
+mod request; // relay request: reply, progress, timeout, failure notices, refusals, signals, cleanup, trace
 mod serve; // relay serve: every route, 404/405/400, the token, SSE, /metrics
 
 use std::fs;

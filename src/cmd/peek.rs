@@ -38,7 +38,7 @@ pub fn run(home: Option<PathBuf>, json: bool, args: &PeekArgs) -> Result<()> {
             output::line(&lines.join("\n"))?;
         }
     } else {
-        table(&listing, Clock::from_env().now_ms())?;
+        table(&listing, args.status_word(), Clock::from_env().now_ms())?;
     }
     let shown = listing.messages.len();
     if shown < listing.total {
@@ -66,9 +66,9 @@ impl PeekArgs {
 }
 
 /// The table for people (an empty mailbox says so on stderr).
-fn table(listing: &Listing, now: u64) -> Result<()> {
+fn table(listing: &Listing, status: &str, now: u64) -> Result<()> {
     if listing.messages.is_empty() {
-        eprintln!("relay: no such messages in '{}'", listing.endpoint);
+        eprintln!("relay: no {status}messages in '{}'", listing.endpoint);
         return Ok(());
     }
     let mut t = output::table(&[

@@ -1,0 +1,221 @@
+//! `relay request`: a private reply endpoint as `replyTo`, the first reply
+//! printed (claimed and acked), a timeout exits 75, a failure notice ends
+//! the wait at once with its code, a refused send exits as `relay send`,
+//! SIGTERM ends the wait (130), and in every case the reply endpoint is
+//! gone afterwards. The reply joins the request's trace.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{Proc, secs, wait_until};
+use crate::harness::{BIN, Relay};
+
+/// A responder on `ep` running `handler` (sh) per message, `relay` being
+/// the binary under test.
+fn responder(r: &Relay, ep: &str, handler: &str, env: &[(&str, &str)]) -> Proc {
+    let handler = handler.replace("relay ", &format!("'{BIN}' "));
+    Proc::start(r, &["recv", ep, "--follow", "--exec", &handler], env)
+}
+
+/// Mailbox names other than the test's own endpoints: leftover reply
+/// endpoints (or dead-letter directories made for them).
+fn reply_dirs(r: &Relay) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(r.home().join("mailboxes"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("relay.inbox.query."))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+const ECHO: &str = r#"relay send "$RELAY_REPLY_TO" "{\"echo\":$(cat)}" >/dev/null"#;
+
+#[test]
+fn a_reply_is_printed_acked_and_joins_the_trace() {
+    let r = Relay::new();
+    r.add(&["svc"]);
+    let mut resp = responder(&r, "svc", ECHO, &[]);
+    let out = r
+        .cmd([
+            "request",
+            "svc",
+            r#"{"q":1}"#,
+            "--timeout",
+            "50s",
+            "--from",
+            "agent.a",
+        ])
+        .success();
+    // The payload, as recv prints it: the echo of the request's envelope.
+    let reply: Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| out.fail(&format!("not JSON: {e}")));
+    let request = &reply["echo"];
+    assert_eq!(request["payload"]["q"], 1);
+    assert_eq!(request["from"], "agent.a");
+    let reply_to = request["replyTo"].as_str().unwrap_or_default().to_string();
+    assert!(reply_to.starts_with("relay.inbox.query."), "{request}");
+    let request_id = request["id"].as_str().unwrap_or_default().to_string();
+
+    // --json: the reply's envelope, from the responder, in the same trace.
+    let env = r
+        .cmd(["request", "svc", "again", "--json", "--timeout", "50s"])
+        .success()
+        .json();
+    assert_eq!(env["from"], "svc");
+    assert_eq!(env["payload"]["echo"]["payload"], "again");
+    assert_eq!(env["traceId"], env["payload"]["echo"]["id"], "{env}");
+
+    // The trace of the first request has its span at svc and the reply's
+    // at the reply endpoint.
+    let trace = r.cmd(["trace", &request_id, "--json"]).success().json();
+    assert_eq!(trace["traceId"], request_id.as_str());
+    let spans = trace["spans"].as_array().cloned().unwrap_or_default();
+    let endpoints: Vec<&str> = spans
+        .iter()
+        .filter_map(|s| s["endpoint"].as_str())
+        .collect();
+    assert!(endpoints.contains(&"svc"), "{trace}");
+    assert!(endpoints.contains(&reply_to.as_str()), "{trace}");
+    // Every message settled; no reply endpoint left.
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+    wait_until(secs(20), "the responder's acks", || {
+        r.files("svc", "cur").is_empty()
+    });
+    assert!(r.files("svc", "new").is_empty(), "{}", r.listing());
+    assert!(resp.running(), "{}", resp.dump());
+}
+
+#[test]
+fn progress_steps_are_not_the_reply() {
+    let r = Relay::new();
+    r.add(&["svc"]);
+    let step =
+        r#"{"type":"progress","step":1,"step_type":"message","text":"working","done":false}"#;
+    let handler = format!(
+        r#"relay send "$RELAY_REPLY_TO" '{step}' >/dev/null && relay send "$RELAY_REPLY_TO" done >/dev/null"#
+    );
+    let _resp = responder(&r, "svc", &handler, &[]);
+    r.cmd(["request", "svc", "go", "--timeout", "50s"])
+        .success()
+        .stdout_is("done\n");
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+}
+
+#[test]
+fn a_timeout_exits_75_naming_the_request_and_removes_the_endpoint() {
+    let r = Relay::new();
+    r.add(&["svc"]);
+    let out = r
+        .cmd(["request", "svc", "anyone?", "--timeout", "200ms", "--json"])
+        .code(75);
+    let err = out.stderr_json();
+    let message = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("no reply to request"), "{message}");
+    assert!(message.contains("within 200ms"), "{message}");
+    // The request is still there for a responder; its reply endpoint is not.
+    let pending = r.cmd(["peek", "svc", "--json"]).success().json_lines();
+    assert_eq!(pending.len(), 1);
+    let id = pending[0]["id"].as_str().unwrap_or_default();
+    assert!(message.contains(id), "{message} does not name {id}");
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+}
+
+#[test]
+fn a_nack_ends_the_wait_at_once_with_65() {
+    let r = Relay::new();
+    r.add(&["svc"]);
+    let _resp = responder(&r, "svc", "exit 3", &[]);
+    // Were the notice not taken for the end, this would wait 50 s and exit 75.
+    let out = r
+        .cmd(["request", "svc", "do it", "--timeout", "50s"])
+        .code(65);
+    assert!(
+        out.stderr
+            .contains("failed at 'svc' (nack): handler exited with status 3"),
+        "{}",
+        out.stderr
+    );
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+    // The request itself is a dead letter at svc.
+    assert_eq!(r.files("svc", "failed").len(), 2, "{}", r.listing());
+}
+
+#[test]
+fn an_expired_request_ends_the_wait_at_once_with_75() {
+    let r = Relay::new();
+    r.add(&["svc"]);
+    // The responder's clock is a day ahead: every request it takes has
+    // expired, and is dead-lettered with a failure notice.
+    let tomorrow = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        + Duration::from_secs(86_400))
+    .as_millis()
+    .to_string();
+    let _resp = responder(&r, "svc", "exit 0", &[("RELAY_FAKE_NOW_MS", &tomorrow)]);
+    let out = r
+        .cmd(["request", "svc", "late", "--timeout", "50s"])
+        .code(75);
+    assert!(out.stderr.contains("(ttl_expired)"), "{}", out.stderr);
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+}
+
+#[test]
+fn a_refused_send_exits_as_send_and_leaves_no_endpoint() {
+    let r = Relay::new();
+    r.add(&["svc"]);
+    // No endpoint: 69, as relay send.
+    r.cmd(["request", "nobody.home", "hi", "--timeout", "50s"])
+        .code(69)
+        .stderr_has(&["no endpoint matches 'nobody.home'"]);
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+    // Denied by the access rules: 77, as relay send (its failure notice
+    // went to the reply endpoint, which is gone too).
+    r.write_file(
+        "access-rules.json",
+        r#"[{"from": "evil.*", "to": ">", "action": "deny", "priority": 10}]"#,
+    );
+    r.cmd([
+        "request",
+        "svc",
+        "hi",
+        "--from",
+        "evil.one",
+        "--timeout",
+        "50s",
+    ])
+    .code(77)
+    .stderr_has(&["evil.one"]);
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+    assert!(r.files("svc", "new").is_empty());
+}
+
+#[test]
+fn sigterm_and_sigint_end_the_wait_and_remove_the_endpoint() {
+    for sig in ["TERM", "INT"] {
+        let r = Relay::new();
+        r.add(&["svc"]);
+        let mut req = Proc::start(&r, &["request", "svc", "hi", "--timeout", "50s"], &[]);
+        wait_until(secs(20), "the request to be sent", || {
+            !r.files("svc", "new").is_empty()
+        });
+        assert_eq!(reply_dirs(&r).len(), 1, "{}", r.listing());
+        req.signal(sig);
+        let code = req.finish(secs(20));
+        assert_eq!(code, 130, "SIG{sig}\n{}", req.dump());
+        assert!(
+            req.err
+                .seen
+                .iter()
+                .any(|l| l.contains("interrupted while waiting")),
+            "{}",
+            req.dump()
+        );
+        assert!(reply_dirs(&r).is_empty(), "SIG{sig}\n{}", r.listing());
+    }
+}
