@@ -319,12 +319,9 @@ impl Mailbox {
     /// costs ~0.5 ms of kernel time), on filesystems where a directory's size
     /// bounds its entries: ext2/3/4 (an entry takes at least 12 bytes) and
     /// tmpfs (20 bytes each). `None` elsewhere. `dir` is the open mailbox.
-    pub fn depth_bound(&self, dir: &fs::File) -> Result<Option<u64>> {
+    pub fn depth_bound(&self, fs: &rustix::fs::StatFs) -> Result<Option<u64>> {
         const EXT4_SUPER_MAGIC: u64 = 0xEF53;
         const TMPFS_MAGIC: u64 = 0x0102_1994;
-        let Ok(fs) = rustix::fs::fstatfs(dir) else {
-            return Ok(None);
-        };
         let per_entry = match u64::try_from(fs.f_type) {
             Ok(EXT4_SUPER_MAGIC) => 12,
             Ok(TMPFS_MAGIC) => 20,

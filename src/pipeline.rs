@@ -20,7 +20,7 @@ use crate::output;
 use crate::pressure::{self, Priority};
 use crate::reliability::{self, RateOutcome};
 use crate::store::{Event as StoreEvent, SentRow, Store};
-use crate::{batchlog, notice};
+use crate::{batchlog, notice, reserve};
 
 /// How delivered files are made durable.
 pub enum Durability<'a> {
@@ -401,18 +401,28 @@ fn admit(
         indexed = true;
     }
     loop {
-        let (locks, mut depth) = lock_mailboxes(ctx, jobs, eps, &rel.backpressure)?;
+        let mut held = lock_mailboxes(ctx, jobs, eps, &rel.backpressure)?;
         let ledger = Fast::new(ctx.home.root());
         if !indexed && ledger.state().lock()?.get().lease_past_due(eps.iter(), now) {
             ledger.state().release()?;
-            drop(locks);
+            drop(held);
             index_checks(ctx, jobs, eps, rel, key_window_ms, now)?;
             indexed = true;
             continue;
         }
-        decide(&ledger, jobs, &mut depth, rel, now)?;
+        // A disk too full for sends: refused before anything is decided.
+        for job in jobs.iter_mut().filter(|j| j.result.is_none()) {
+            for (ep, fate) in &mut job.fates {
+                if fate.is_none()
+                    && let Some(why) = held.full.get(ep.as_str())
+                {
+                    *fate = Some(Fate::Refused("disk_full".into(), why.clone(), None));
+                }
+            }
+        }
+        decide(&ledger, jobs, &mut held.depth, rel, now)?;
         ledger.state().release()?;
-        return Ok((locks, ledger));
+        return Ok((held.locks, ledger));
     }
 }
 
@@ -489,19 +499,41 @@ fn release_keys(ctx: &mut Ctx, keys: &[(String, String, String)]) -> Result<()> 
     tx.commit()
 }
 
+/// What a send holds and has found out while it decides.
+struct Held {
+    /// Every open endpoint's mailbox lock (with backpressure on).
+    locks: Vec<std::fs::File>,
+    /// Their depths.
+    depth: BTreeMap<String, u64>,
+    /// Endpoints on a disk too full for a send, with the refusal.
+    full: BTreeMap<String, String>,
+}
+
 /// With backpressure on: every open endpoint's lock (see `lock_all`) and
 /// its depth. Far below every threshold an upper bound on the depth decides
 /// as well as an exact count, and costs no directory listing: send cost
 /// stays flat as a mailbox fills, until decisions need the exact number.
+/// The same `fstatfs` tells whether the disk has room (`reserve::send_room`);
+/// without backpressure one `statfs` of the home does.
 fn lock_mailboxes(
     ctx: &Ctx,
     jobs: &[Job],
     eps: &BTreeSet<String>,
     cfg: &Backpressure,
-) -> Result<(Vec<std::fs::File>, BTreeMap<String, u64>)> {
-    let mut depth = BTreeMap::new();
+) -> Result<Held> {
+    let mut held = Held {
+        locks: Vec::new(),
+        depth: BTreeMap::new(),
+        full: BTreeMap::new(),
+    };
     if !cfg.enabled {
-        return Ok((Vec::new(), depth));
+        let root = ctx.home.root();
+        if let Ok(fs) = rustix::fs::statfs(root)
+            && let Some(why) = reserve::send_room(&fs, root)
+        {
+            held.full = eps.iter().map(|ep| (ep.clone(), why.clone())).collect();
+        }
+        return Ok(held);
     }
     let quiet = policy(cfg).quiet_below();
     // At most this many copies per endpoint join it now.
@@ -512,16 +544,24 @@ fn lock_mailboxes(
         }
     }
     let mailboxes: Vec<Mailbox> = eps.iter().map(|ep| Mailbox::at(&ctx.home, ep)).collect();
-    let locks = lock_all(&mailboxes)?;
-    for (mb, lock) in mailboxes.iter().zip(&locks) {
+    held.locks = lock_all(&mailboxes)?;
+    for (mb, lock) in mailboxes.iter().zip(&held.locks) {
         let adding = adding.get(mb.name.as_str()).copied().unwrap_or(0);
-        let d = match mb.depth_bound(lock)? {
+        let fs = rustix::fs::fstatfs(lock).ok();
+        if let Some(why) = fs.as_ref().and_then(|fs| reserve::send_room(fs, mb.dir())) {
+            held.full.insert(mb.name.clone(), why);
+        }
+        let bound = match &fs {
+            Some(fs) => mb.depth_bound(fs)?,
+            None => None,
+        };
+        let d = match bound {
             Some(bound) if bound.saturating_add(adding) < quiet => bound,
             _ => mb.depth()?,
         };
-        depth.insert(mb.name.clone(), d);
+        held.depth.insert(mb.name.clone(), d);
     }
-    Ok((locks, depth))
+    Ok(held)
 }
 
 /// Every mailbox's lock, without ever holding one while waiting for

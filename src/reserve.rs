@@ -5,7 +5,10 @@
 //! while the filesystem has room, and deletes it once the filesystem is
 //! nearly full (space or inodes): the index then has that much room for
 //! the commands that free more. It is made again once there is plenty of
-//! room. A plain send never opens the index, so costs nothing here.
+//! room. Sends, for their part, leave that much free: a send is refused
+//! while its filesystem has less (`send_room`, from the `fstatfs` the
+//! depth check makes anyway), so the room a released reserve gives back is
+//! left to the commands that free space.
 
 use std::path::Path;
 
@@ -16,7 +19,7 @@ use crate::home::FILE_MODE;
 /// The reserve's name in the home.
 pub const FILE: &str = "reserve";
 /// Its size.
-pub const BYTES: u64 = 1 << 20;
+pub const BYTES: u64 = 512 << 10;
 /// Free inodes below which the reserve goes (a nack's sidecar, a notice
 /// need a few).
 const MIN_INODES: u64 = 16;
@@ -43,6 +46,27 @@ pub fn balance(root: &Path) {
     } else if free >= 2 * BYTES && (fs.f_files == 0 || fs.f_favail >= 4 * MIN_INODES) {
         make(&path);
     }
+}
+
+/// `None` if a send may write on the filesystem `fs` describes (`at`
+/// names it), else why not: it leaves `BYTES` and a few inodes free.
+#[must_use]
+// The counts' types vary by platform (u64 on Linux, narrower elsewhere).
+#[allow(clippy::useless_conversion)]
+pub fn send_room(fs: &rustix::fs::StatFs, at: &Path) -> Option<String> {
+    let free = u64::try_from(fs.f_bavail)
+        .unwrap_or(0)
+        .saturating_mul(u64::try_from(fs.f_bsize).unwrap_or(0));
+    let files = u64::try_from(fs.f_files).unwrap_or(0);
+    let inodes = u64::try_from(fs.f_ffree).unwrap_or(0);
+    if free >= BYTES && (files == 0 || inodes >= MIN_INODES) {
+        return None;
+    }
+    Some(format!(
+        "the disk holding {} is nearly full ({free} bytes, {inodes} inodes free; sends leave {} KiB for the commands that free space): nothing was sent; free space (relay recv + ack, relay gc, relay dlq purge) and retry",
+        at.display(),
+        BYTES / 1024
+    ))
 }
 
 /// Creates the reserve (exclusively, never through a symlink) and
