@@ -98,7 +98,7 @@ fn send_until_refused(
                 if !out.stdout.trim().is_empty() {
                     out.fail("a refused send printed an id");
                 }
-                if !out.stderr.contains("full") {
+                if !(out.stderr.contains("full") || out.stderr.contains("No space left")) {
                     out.fail("a send refused for a full disk does not say so");
                 }
                 refused += 1;
