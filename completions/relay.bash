@@ -1950,12 +1950,20 @@ _relay() {
             return 0
             ;;
         relay__subcmd__request)
-            opts="-h --timeout --from --ttl --text --trace-id --priority --home --json --help"
+            opts="-f -h --file --timeout --from --ttl --text --trace-id --priority --home --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -f)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

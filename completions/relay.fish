@@ -87,6 +87,7 @@ all\t'All three'"
 complete -c relay -n "__fish_relay_using_subcommand peek" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
 complete -c relay -n "__fish_relay_using_subcommand peek" -l json -d 'Print machine-readable JSON (NDJSON for streams) instead of text'
 complete -c relay -n "__fish_relay_using_subcommand peek" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c relay -n "__fish_relay_using_subcommand request" -s f -l file -d 'Read the payload from a file' -r -F
 complete -c relay -n "__fish_relay_using_subcommand request" -l timeout -d 'How long to wait for the reply; past it relay exits 75' -r
 complete -c relay -n "__fish_relay_using_subcommand request" -l from -d 'Sender subject (used by rate limits, breakers and access rules)' -r
 complete -c relay -n "__fish_relay_using_subcommand request" -l ttl -d 'Time to live of the request [default: the timeout]' -r

@@ -479,9 +479,13 @@ pub struct RequestArgs {
     pub subject: String,
 
     /// Payload (JSON is stored as JSON, anything else as a string); read from
-    /// stdin when not given
-    #[arg(value_name = "PAYLOAD")]
+    /// stdin when neither this nor --file is given
+    #[arg(value_name = "PAYLOAD", conflicts_with = "file")]
     pub payload: Option<String>,
+
+    /// Read the payload from a file
+    #[arg(short, long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
 
     /// How long to wait for the reply; past it relay exits 75
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]

@@ -171,7 +171,8 @@ impl FailureNotice {
 pub enum Outcome {
     /// The first reply (claimed and acked).
     Replied(Box<Envelope>),
-    /// A failure notice about the request ended the wait.
+    /// A failure notice about the request ended the wait (for a fan-out:
+    /// once every copy failed; the first notice is given).
     Failed(Box<FailureNotice>),
     /// No reply within the timeout.
     TimedOut,
@@ -387,12 +388,17 @@ pub fn request(ctx: &mut Ctx, req: Request, cancel: &Cancel) -> Result<Exchange>
     )?;
     let started = Instant::now();
     let deadline = started + req.timeout;
-    let mut progress = Vec::new();
+    let mut wait = Wait {
+        id: sent.id.clone(),
+        copies: copies(&sent, &inbox.mb.name),
+        failed: Vec::new(),
+        progress: Vec::new(),
+    };
     let outcome = loop {
         if cancel.is_cancelled() {
             break Outcome::Cancelled;
         }
-        if let Some(end) = look(ctx, &inbox.mb, &sent.id, &mut progress)? {
+        if let Some(end) = look(ctx, &inbox.mb, &mut wait)? {
             break end;
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -420,7 +426,7 @@ pub fn request(ctx: &mut Ctx, req: Request, cancel: &Cancel) -> Result<Exchange>
     Ok(Exchange {
         trace_id,
         reply_to: inbox.mb.name.clone(),
-        progress,
+        progress: wait.progress,
         waited: started.elapsed(),
         timeout: req.timeout,
         outcome,
@@ -429,14 +435,43 @@ pub fn request(ctx: &mut Ctx, req: Request, cancel: &Cancel) -> Result<Exchange>
     })
 }
 
+/// What a wait has seen so far.
+struct Wait {
+    /// The request's id.
+    id: String,
+    /// Endpoints holding a copy of the request (delivered there, or
+    /// dead-lettered there with a notice to come): the wait fails only
+    /// once each of them has sent a failure notice.
+    copies: usize,
+    /// Endpoints whose copy failed (from their notices).
+    failed: Vec<FailureNotice>,
+    /// DorkOS progress payloads, in order.
+    progress: Vec<Value>,
+}
+
+/// The endpoints of `sent` that hold a copy, the reply endpoint itself
+/// (which a pattern can match) left out.
+fn copies(sent: &Sent, reply_to: &str) -> usize {
+    let list = |key: &str| sent.report[key].as_array().cloned().unwrap_or_default();
+    let delivered = list("deliveredTo");
+    let dead = list("rejected");
+    let dead = dead
+        .iter()
+        .filter(|r| r["deadLettered"] == true)
+        .filter_map(|r| r["endpoint"].as_str());
+    delivered
+        .iter()
+        .filter_map(Value::as_str)
+        .chain(dead)
+        .filter(|ep| *ep != reply_to)
+        .count()
+        .max(1)
+}
+
 /// Claims and acks what has arrived at the reply endpoint; the outcome if
-/// it ends the wait (the first reply, or a failure notice about `id`).
-fn look(
-    ctx: &mut Ctx,
-    mb: &Mailbox,
-    id: &str,
-    progress: &mut Vec<Value>,
-) -> Result<Option<Outcome>> {
+/// it ends the wait: the first reply, or the failure notices about the
+/// request from every endpoint that holds a copy.
+fn look(ctx: &mut Ctx, mb: &Mailbox, wait: &mut Wait) -> Result<Option<Outcome>> {
     loop {
         let claimed = crate::cmd::recv::take(ctx, mb, TAKE, None)?;
         if claimed.is_empty() {
@@ -446,15 +481,26 @@ fn look(
         for c in claimed {
             let env = c.envelope;
             crate::cmd::ack::settle(ctx, mb, &env.id, None, Some(env.delivery_count))?;
-            if end.is_some() {
+            if end.is_some() || env.id == wait.id {
+                // The request itself, sent to a pattern that matches its
+                // own reply endpoint: not a reply.
                 continue;
             }
-            if let Some(n) = FailureNotice::of(&env, id) {
-                end = Some(Outcome::Failed(Box::new(n)));
+            if let Some(n) = FailureNotice::of(&env, &wait.id) {
+                if !wait.failed.iter().any(|f| f.endpoint == n.endpoint) {
+                    wait.failed.push(n);
+                }
+                if wait.failed.len() >= wait.copies {
+                    end = wait
+                        .failed
+                        .first()
+                        .cloned()
+                        .map(|n| Outcome::Failed(Box::new(n)));
+                }
             } else if env.from == notice::NOTICE_SENDER {
                 // A notice about some other message: not for this wait.
             } else if is_progress(&env.payload) {
-                progress.push(env.payload);
+                wait.progress.push(env.payload);
             } else {
                 end = Some(Outcome::Replied(Box::new(env)));
             }

@@ -19,7 +19,7 @@ use crate::request::{self, Cancel, Request};
 pub fn run(ctx: &mut Ctx, args: &RequestArgs) -> Result<()> {
     let payload = send::payload_from(
         args.payload.as_deref(),
-        None,
+        args.file.as_deref(),
         args.text,
         ctx.config.max_payload_bytes,
     )?;

@@ -219,3 +219,41 @@ fn sigterm_and_sigint_end_the_wait_and_remove_the_endpoint() {
         assert!(reply_dirs(&r).is_empty(), "SIG{sig}\n{}", r.listing());
     }
 }
+
+#[test]
+fn a_fan_out_fails_only_once_every_copy_failed() {
+    let r = Relay::new();
+    r.add(&["svc.a", "svc.b"]);
+    let _nacker = responder(&r, "svc.a", "exit 3", &[]);
+    // svc.b answers only once svc.a's failure notice is out: a wait that
+    // ended at the first notice would have missed the reply.
+    let late = format!(
+        r#"for i in $(seq 2000); do relay events --json --kind failure_notice | grep -q . && break; sleep 0.01; done; {ECHO}"#
+    );
+    let _replier = responder(&r, "svc.b", &late, &[]);
+    let out = r
+        .cmd(["request", "svc.*", "anyone", "--timeout", "50s"])
+        .success();
+    assert!(out.stdout.contains(r#""echo""#), "{}", out.stdout);
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+    // Every copy failing ends it with the code of the first.
+    r.cmd(["endpoints", "remove", "svc.b", "--force"]).success();
+    r.add(&["svc.c"]);
+    let _nacker_c = responder(&r, "svc.c", "exit 4", &[]);
+    r.cmd(["request", "svc.*", "doomed", "--timeout", "50s"])
+        .code(65)
+        .stderr_has(&["(nack): handler exited with status"]);
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+}
+
+#[test]
+fn a_request_to_a_pattern_matching_its_own_endpoint_is_not_its_own_reply() {
+    let r = Relay::new();
+    r.add(&["svc"]);
+    let _resp = responder(&r, "svc", ECHO, &[]);
+    let out = r.cmd(["request", ">", "hi", "--timeout", "50s"]).success();
+    let reply: Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| out.fail(&format!("not JSON: {e}")));
+    assert_eq!(reply["echo"]["payload"], "hi");
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+}
