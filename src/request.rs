@@ -398,18 +398,29 @@ pub fn request(ctx: &mut Ctx, req: Request, cancel: &Cancel) -> Result<Exchange>
         if cancel.is_cancelled() {
             break Outcome::Cancelled;
         }
-        if let Some(end) = look(ctx, &inbox.mb, &mut wait)? {
-            break end;
-        }
+        // A busy index gives the claims back to new/ (waking the watch at
+        // once): then the next look waits out the fallback pause.
+        let busy = match look(ctx, &inbox.mb, &mut wait) {
+            Ok(Some(end)) => break end,
+            Ok(None) => false,
+            Err(e @ Error::Refused { .. }) => {
+                output::warn(&format!("{e}; looking again"));
+                true
+            }
+            Err(e) => return Err(e),
+        };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break Outcome::TimedOut;
         }
-        let pause = if watcher.is_some() {
+        let pause = if watcher.is_some() && !busy {
             left
         } else {
             left.min(FALLBACK_POLL)
         };
+        if busy {
+            while rx.try_recv().is_ok() {}
+        }
         if rx.recv_timeout(pause).is_ok() {
             while rx.try_recv().is_ok() {}
         }
@@ -480,7 +491,12 @@ fn look(ctx: &mut Ctx, mb: &Mailbox, wait: &mut Wait) -> Result<Option<Outcome>>
         let mut end = None;
         for c in claimed {
             let env = c.envelope;
-            crate::cmd::ack::settle(ctx, mb, &env.id, None, Some(env.delivery_count))?;
+            // What is not acked goes with the endpoint when it is removed.
+            if let Err(e) =
+                crate::cmd::ack::settle(ctx, mb, &env.id, None, Some(env.delivery_count))
+            {
+                output::warn(&format!("cannot ack {}: {e}", env.id));
+            }
             if end.is_some() || env.id == wait.id {
                 // The request itself, sent to a pattern that matches its
                 // own reply endpoint: not a reply.
@@ -536,6 +552,71 @@ mod tests {
         ] {
             assert_eq!(NoticeCode::parse(code).as_str(), code);
         }
+    }
+
+    fn exchange(outcome: Outcome) -> Exchange {
+        Exchange {
+            sent: Sent {
+                id: "01REQ".into(),
+                report: serde_json::json!({"id": "01REQ", "subject": "svc"}),
+                warnings: Vec::new(),
+            },
+            trace_id: "01REQ".into(),
+            reply_to: format!("{REPLY_PREFIX}X"),
+            progress: Vec::new(),
+            waited: Duration::ZERO,
+            timeout: Duration::from_secs(30),
+            outcome,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn notice(code: &str) -> Envelope {
+        let mut env: Envelope = serde_json::from_value(serde_json::json!({
+            "id": "01NOTICE", "subject": "x", "from": notice::NOTICE_SENDER,
+            "budget": {"hopCount": 0, "maxHops": 1, "ancestorChain": [], "ttl": 1,
+                       "callBudgetRemaining": 1},
+            "createdAt": "2026-01-01T00:00:00.000Z",
+            "payload": null,
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        env.payload = serde_json::json!({
+            "type": FAILURE_NOTICE, "messageId": "01REQ", "code": code,
+            "reason": "why", "endpoint": "svc",
+        });
+        env
+    }
+
+    #[test]
+    fn each_ending_has_its_exit_code() {
+        use crate::error::code;
+        let exit = |o: Outcome| exchange(o).into_reply().map_err(|e| e.exit_code()).err();
+        assert_eq!(exit(Outcome::TimedOut), Some(code::TEMPFAIL));
+        assert_eq!(exit(Outcome::Cancelled), Some(code::INTERRUPTED));
+        for (c, want) in [
+            ("nack", code::DATAERR),
+            ("hop_limit", code::DATAERR),
+            ("cycle_detected", code::DATAERR),
+            ("budget_exhausted", code::DATAERR),
+            ("access_denied", code::NOPERM),
+            ("ttl_expired", code::TEMPFAIL),
+            ("max_deliveries", code::TEMPFAIL),
+            ("made_up", code::DATAERR),
+        ] {
+            let n = FailureNotice::of(&notice(c), "01REQ");
+            assert!(n.is_some(), "{c}");
+            assert!(FailureNotice::of(&notice(c), "01OTHER").is_none());
+            let got = n.map(|n| exit(Outcome::Failed(Box::new(n))));
+            assert_eq!(got, Some(Some(want)), "{c}");
+        }
+        let timeout = exchange(Outcome::TimedOut)
+            .into_reply()
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            timeout
+                .is_some_and(|m| m.contains("01REQ") && m.contains("'svc'") && m.contains("30.0s")),
+        );
     }
 
     #[test]

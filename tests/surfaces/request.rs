@@ -257,3 +257,33 @@ fn a_request_to_a_pattern_matching_its_own_endpoint_is_not_its_own_reply() {
     assert_eq!(reply["echo"]["payload"], "hi");
     assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
 }
+
+#[test]
+fn a_busy_index_while_the_reply_arrives_delays_it_and_loses_nothing() {
+    let r = Relay::new();
+    r.add(&["svc"]);
+    r.cmd(["status"]).success(); // the index exists
+    let mut req = Proc::start(
+        &r,
+        &["request", "svc", "hi", "--timeout", "50s"],
+        &[("RELAY_LOCK_TIMEOUT_MS", "300")],
+    );
+    wait_until(secs(20), "the request to be sent", || {
+        !r.files("svc", "new").is_empty()
+    });
+    let reply_to = reply_dirs(&r).pop().unwrap_or_default();
+    // An operator's long write transaction on relay.db; sends go to the
+    // journal, so the reply still arrives.
+    let db = rusqlite::Connection::open(r.path("relay.db")).expect("open relay.db");
+    db.execute_batch("BEGIN IMMEDIATE").expect("begin");
+    r.cmd(["send", &reply_to, "answer", "--from", "svc"])
+        .success();
+    // The claim cannot be recorded: given back, and looked at again.
+    req.stderr_line(secs(30), "looking again");
+    assert!(req.running(), "{}", req.dump());
+    db.execute_batch("ROLLBACK").expect("rollback");
+    drop(db);
+    assert_eq!(req.finish(secs(30)), 0, "{}", req.dump());
+    assert_eq!(req.out.seen, vec!["answer".to_string()], "{}", req.dump());
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+}
