@@ -113,9 +113,33 @@ fn finish_file(mb: &Mailbox, id: &str, reason: Option<&str>, now: u64) -> Result
     })
 }
 
+/// `record_in_index`, for messages already finished in the mailbox (the
+/// truth): a disk too full for the index to record it does not undo or
+/// fail the ack (a retry would find nothing to ack); it is a warning, and
+/// `doctor --repair` brings the index in line once there is room.
+fn record(
+    ctx: &mut Ctx,
+    endpoint: &str,
+    ids: &[String],
+    reason: Option<&str>,
+    now: u64,
+) -> Result<()> {
+    match record_in_index(ctx, endpoint, ids, reason, now) {
+        Err(e) if e.is_full() => {
+            output::warn(&format!(
+                "{} message(s) {} in '{endpoint}', but the index could not record it: {e}; once there is room, relay doctor --repair brings the index in line",
+                ids.len(),
+                if reason.is_some() { "nacked" } else { "acked" }
+            ));
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// Records finished messages in the index and feeds their outcome to the
 /// (sender, endpoint) breaker: an ack is a success, a nack a failure.
-fn record(
+fn record_in_index(
     ctx: &mut Ctx,
     endpoint: &str,
     ids: &[String],

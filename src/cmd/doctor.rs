@@ -267,6 +267,12 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
         let now_at = locate(&mb, &key.1);
         match (rows.get(key), now_at) {
             (Some(status), None) => {
+                // A send records a copy's row before renaming it into
+                // new/, under the mailbox lock: while that lock is held,
+                // the file may be on its way.
+                if status == "pending" && !settled_absent(&mb, &key.1) {
+                    continue;
+                }
                 if repair {
                     tx.forget(&key.0, &key.1)?;
                 }
@@ -419,6 +425,18 @@ fn left_untouched(e: Error, db: &std::path::Path) -> Error {
         Error::Store(m) => Error::Store(format!("cannot check the index: {m}{why}")),
         Error::Full(m) => Error::Full(format!("cannot check the index: {m}{why}")),
         other => other,
+    }
+}
+
+/// Whether message `id` is surely not in `mb`: its lock is free (no send
+/// is between recording a row and renaming its file) and the file is not
+/// there once it is taken.
+fn settled_absent(mb: &Mailbox, id: &str) -> bool {
+    match mb.try_lock() {
+        Ok(Some(_held)) => locate(mb, id).is_none(),
+        Ok(None) => false,
+        // No mailbox to lock (removed): no send is delivering there.
+        Err(_) => true,
     }
 }
 

@@ -250,3 +250,37 @@ fn a_send_never_fails_once_its_message_is_visible() {
     let got = ids(&r, "q", "new");
     assert_eq!(got, sent.into_iter().collect::<BTreeSet<_>>());
 }
+
+#[test]
+fn with_no_room_left_even_for_the_index_acks_and_nacks_stand_and_claims_are_given_back() {
+    let r = Relay::new();
+    let _disk = Tmpfs::mount(&r.home(), "4m", 4096);
+    home_with(&r, "q");
+    let sent: Vec<String> = (0..3).map(|i| r.send("q", &format!("m{i}"))).collect();
+    let out = r.cmd(["recv", "q", "-n", "2", "--json"]).success();
+    let claimed: Vec<String> = out
+        .json_lines()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(claimed, sent[..2]);
+    // Something outside relay takes relay's reserve and the rest.
+    let _ = fs::remove_file(r.home().join("reserve"));
+    fill(&r.home().join("filler"));
+    // A claim the index cannot record is not made: nothing claimed twice.
+    r.cmd(["recv", "q"]).code(75);
+    assert_eq!(ids(&r, "q", "new"), BTreeSet::from([sent[2].clone()]));
+    // Finishing what was claimed frees space and stands, recorded or not.
+    r.cmd(["ack", "q", &claimed[0]])
+        .success()
+        .stderr_has(&["acked", "doctor --repair"]);
+    r.cmd(["nack", "q", &claimed[1], "--reason", "no room"])
+        .success();
+    assert!(ids(&r, "q", "cur").is_empty(), "both finished");
+    assert_eq!(ids(&r, "q", "failed"), BTreeSet::from([claimed[1].clone()]));
+    fs::remove_file(r.home().join("filler")).unwrap_or_else(|e| panic!("rm filler: {e}"));
+    r.cmd(["doctor", "--repair"]).success();
+    r.cmd(["doctor"]).success();
+    let last = r.cmd(["recv", "q", "--ack", "--json"]).success().json();
+    assert_eq!(last["id"], sent[2].as_str());
+}
