@@ -174,6 +174,18 @@ fn a_refused_send_exits_as_send_and_leaves_no_endpoint() {
         .code(69)
         .stderr_has(&["no endpoint matches 'nobody.home'"]);
     assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+    // An invalid sender, found once the reply endpoint exists: 65.
+    r.cmd([
+        "request",
+        "svc",
+        "hi",
+        "--from",
+        "not a subject",
+        "--timeout",
+        "50s",
+    ])
+    .code(65);
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
     // Denied by the access rules: 77, as relay send (its failure notice
     // went to the reply endpoint, which is gone too).
     r.write_file(
