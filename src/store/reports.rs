@@ -273,26 +273,6 @@ pub struct MessageRow {
     pub sent_at: u64,
 }
 
-/// Message copies sent at or after `since` (ms), oldest first.
-pub fn messages_since(conn: &Connection, since: u64) -> rusqlite::Result<Vec<MessageRow>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, endpoint, subject, sender, trace_id, status, sent_at FROM messages
-         WHERE sent_at >= ?1 ORDER BY sent_at, id LIMIT 1000",
-    )?;
-    stmt.query_map(params![since], |r| {
-        Ok(MessageRow {
-            id: r.get(0)?,
-            endpoint: r.get(1)?,
-            subject: r.get(2)?,
-            from: r.get(3)?,
-            trace_id: r.get(4)?,
-            state: r.get(5)?,
-            sent_at: r.get(6)?,
-        })
-    })?
-    .collect()
-}
-
 /// Cumulative counts of delivery latencies at or under each bound (ms),
 /// plus the total count and sum, for a Prometheus histogram.
 pub fn delivery_histogram(
