@@ -59,18 +59,12 @@ pub struct Settings {
 /// Serves until SIGINT or SIGTERM, then stops gracefully.
 pub fn run(ctx: &Ctx, settings: Settings) -> Result<()> {
     let max_connections = connection_limit();
-    let app = Arc::new(App {
-        home: ctx.home.root().to_path_buf(),
-        token: settings.token,
-        config: Mutex::new(ctx.config.clone()),
-        pool: Mutex::new(Vec::new()),
-        hub: Arc::new(sse::Hub::default()),
+    let app = App::new(
+        ctx.home.root().to_path_buf(),
+        settings.token,
+        ctx.config.clone(),
         max_connections,
-        max_streams: max_connections / 2,
-        connections: AtomicUsize::new(0),
-        streams: AtomicUsize::new(0),
-        per_client: Mutex::new(HashMap::new()),
-    });
+    );
     sse::start_poller(&app)?;
     settings
         .listener
@@ -166,6 +160,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl App {
+    /// A server for `home` with nothing open yet; streams may take at most
+    /// half of `max_connections`.
+    fn new(
+        home: PathBuf,
+        token: Option<String>,
+        config: Config,
+        max_connections: usize,
+    ) -> Arc<Self> {
+        Arc::new(App {
+            home,
+            token,
+            config: Mutex::new(config),
+            pool: Mutex::new(Vec::new()),
+            hub: Arc::new(sse::Hub::default()),
+            max_connections,
+            max_streams: max_connections / 2,
+            connections: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+        })
+    }
+
     /// Runs `f` on a pooled context (with the current config) on a worker
     /// thread: index work never blocks the connections.
     pub(crate) async fn blocking<T, F>(self: &Arc<Self>, f: F) -> Result<T>
@@ -423,18 +439,12 @@ mod tests {
     use super::*;
 
     fn app(max_connections: usize) -> Arc<App> {
-        Arc::new(App {
-            home: PathBuf::from("/nonexistent"),
-            token: None,
-            config: Mutex::new(Config::default()),
-            pool: Mutex::new(Vec::new()),
-            hub: Arc::new(sse::Hub::default()),
+        App::new(
+            PathBuf::from("/nonexistent"),
+            None,
+            Config::default(),
             max_connections,
-            max_streams: max_connections / 2,
-            connections: AtomicUsize::new(0),
-            streams: AtomicUsize::new(0),
-            per_client: Mutex::new(HashMap::new()),
-        })
+        )
     }
 
     #[test]
