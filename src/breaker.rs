@@ -512,13 +512,7 @@ mod tests {
     /// through.
     #[test]
     fn retry_after_never_exceeds_the_cooldown_across_clock_steps() {
-        let mut seed = 0x0123_4567_89AB_CDEF_u64;
-        let mut rand = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rand = crate::testing::xorshift(0x0123_4567_89AB_CDEF_u64);
         for case in 0..300 {
             let (mut s, mut now) = (State::default(), T);
             for _ in 0..300 {
@@ -529,7 +523,7 @@ mod tests {
                 let event = match rand() % 3 {
                     0 => Event::Send,
                     1 => Event::Success {
-                        probe: rand() % 2 == 0,
+                        probe: rand().is_multiple_of(2),
                     },
                     _ => fail(),
                 };
@@ -552,13 +546,7 @@ mod tests {
     /// probes in flight than configured, and sends are refused exactly while open.
     #[test]
     fn probes_never_exceed_policy() {
-        let mut seed = 0xDEAD_BEEF_u64;
-        let mut rand = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rand = crate::testing::xorshift(0xDEAD_BEEF_u64);
         for _ in 0..300 {
             let p = Policy {
                 half_open_probes: 1 + u32::try_from(rand() % 3).unwrap_or(0),
@@ -572,10 +560,10 @@ mod tests {
                 let event = match rand() % 4 {
                     0 | 1 => Event::Send,
                     2 => Event::Success {
-                        probe: rand() % 2 == 0,
+                        probe: rand().is_multiple_of(2),
                     },
                     _ => Event::Failure {
-                        probe: rand() % 2 == 0,
+                        probe: rand().is_multiple_of(2),
                     },
                 };
                 let before = effective_phase(&s, now);

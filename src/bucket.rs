@@ -207,13 +207,7 @@ mod tests {
     /// admitted.
     #[test]
     fn retry_after_is_the_truth_across_clock_steps() {
-        let mut seed = 0x2545_F491_4F6C_DD1D_u64;
-        let mut rand = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rand = crate::testing::xorshift(0x2545_F491_4F6C_DD1D_u64);
         for case in 0..200 {
             let p = policy(1 + rand() % 50, 1 + rand() % 3600);
             let refill_ms = (1.0 / p.refill_per_ms).ceil();
@@ -259,13 +253,7 @@ mod tests {
     /// admitted in [0, t] never exceeds capacity + refill * t.
     #[test]
     fn never_admits_more_than_capacity_plus_refill() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut rand = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rand = crate::testing::xorshift(0x9E37_79B9_7F4A_7C15_u64);
         for case in 0..200 {
             let max = 1 + rand() % 50;
             let secs = 1 + rand() % 120;

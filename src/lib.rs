@@ -160,3 +160,18 @@ fn report(e: &Error, json: bool) {
         eprintln!("relay: {}", output::printable(&e.to_string()));
     }
 }
+
+/// Helpers shared by the unit tests.
+#[cfg(test)]
+mod testing {
+    /// A xorshift64 generator from `seed` (non-zero): the same sequence on
+    /// every run, for property tests over random event sequences.
+    pub fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+}
