@@ -1900,7 +1900,7 @@ _relay() {
             return 0
             ;;
         relay__subcmd__recv)
-            opts="-n -w -f -h --count --wait --lease --follow --exec --concurrency --timeout --ack --home --json --help"
+            opts="-n -w -f -h --count --wait --lease --follow --exec --concurrency --timeout --ack --format --home --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1938,6 +1938,10 @@ _relay() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --format)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --home)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1950,7 +1954,7 @@ _relay() {
             return 0
             ;;
         relay__subcmd__request)
-            opts="-f -h --file --timeout --from --ttl --text --trace-id --priority --home --json --help"
+            opts="-f -h --file --timeout --from --ttl --text --json-payload --trace-id --priority --home --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1996,7 +2000,7 @@ _relay() {
             return 0
             ;;
         relay__subcmd__send)
-            opts="-f -h --file --text --from --reply-to --ttl --max-hops --parent --idempotency-key --batch --no-fsync --trace-id --priority --home --json --help"
+            opts="-f -h --file --text --json-payload --from --reply-to --ttl --max-hops --parent --idempotency-key --batch --retry --retry-max-wait --no-fsync --trace-id --priority --home --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2031,6 +2035,14 @@ _relay() {
                     return 0
                     ;;
                 --idempotency-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retry)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retry-max-wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

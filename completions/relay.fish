@@ -52,10 +52,12 @@ complete -c relay -n "__fish_relay_needs_command" -f -a "help" -d 'Print this me
 complete -c relay -n "__fish_relay_using_subcommand send" -s f -l file -d 'Read the payload from a file' -r -F
 complete -c relay -n "__fish_relay_using_subcommand send" -l from -d 'Sender subject (used by rate limits, breakers and access rules)' -r
 complete -c relay -n "__fish_relay_using_subcommand send" -l reply-to -d 'Subject replies (and failure notices) should go to' -r
-complete -c relay -n "__fish_relay_using_subcommand send" -l ttl -d 'Time to live, e.g. 30s, 5m, 1h (the message expires after it) [default: 1h, or the parent\'s]' -r
+complete -c relay -n "__fish_relay_using_subcommand send" -l ttl -d 'Time to live, e.g. 30s, 5m, 1h30m (a bare number is seconds); the message expires after it [default: 1h, or the parent\'s]' -r
 complete -c relay -n "__fish_relay_using_subcommand send" -l max-hops -d 'Maximum number of hops before the message is dead-lettered [default: 5, or the parent\'s]' -r
 complete -c relay -n "__fish_relay_using_subcommand send" -l parent -d 'Continue from a received message (an envelope file as printed by `recv --json`): keep its trace and its spent budget (hops, chain, TTL, call budget). $RELAY_BUDGET (budget JSON) does the same for the budget' -r -F
 complete -c relay -n "__fish_relay_using_subcommand send" -l idempotency-key -d 'Deliver at most once per key and sender within idempotency.windowSecs; a repeat prints the original id and delivers nothing' -r
+complete -c relay -n "__fish_relay_using_subcommand send" -l retry -d 'On a temporary refusal (exit 75: rate limit, backpressure, open breaker, lock timeout), try again up to N more times, each after the refusal\'s retry-after plus 0-10% jitter (1s when it gives none), at most --retry-max-wait; each retry is reported on stderr' -r
+complete -c relay -n "__fish_relay_using_subcommand send" -l retry-max-wait -d 'The cap on each --retry wait' -r
 complete -c relay -n "__fish_relay_using_subcommand send" -l trace-id -d 'Trace id to join [default: $RELAY_TRACE_ID, else the message id]' -r
 complete -c relay -n "__fish_relay_using_subcommand send" -l priority -d 'Priority lane: recv hands out higher first; under backpressure low lanes are shed first and high ones may use reserved headroom' -r -f -a "critical\t'Must get through: may fill the whole headroom above capacity'
 high\t'Urgent: may fill half the headroom above capacity'
@@ -64,7 +66,8 @@ low\t'Shed when the mailbox reaches `shedLowAt` of capacity'
 background\t'Shed first, at `shedBackgroundAt` of capacity'"
 complete -c relay -n "__fish_relay_using_subcommand send" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
 complete -c relay -n "__fish_relay_using_subcommand send" -l text -d 'Store the payload as a JSON string even if it parses as JSON'
-complete -c relay -n "__fish_relay_using_subcommand send" -l batch -d 'Send many: one JSON request per stdin line ({"subject", "payload", "from"?, "replyTo"?, "ttl"?, "maxHops"?, "traceId"?, "priority"?, "idempotencyKey"?}; options here are the defaults), same checks per message, one group commit per chunk; prints one result per line'
+complete -c relay -n "__fish_relay_using_subcommand send" -l json-payload -d 'The payload must be JSON: anything else is refused (exit 65) instead of being stored as a string'
+complete -c relay -n "__fish_relay_using_subcommand send" -l batch -d 'Send many: one JSON request per stdin line ({"subject", "payload", "from"?, "replyTo"?, "ttl"?, "maxHops"?, "traceId"?, "priority"?, "idempotencyKey"?}; options here are the defaults), same checks per message, one group commit per chunk; prints one stdout line per input line, in order: the id, or `error CODE: MESSAGE` (with --json the report, or {"line", "error"})'
 complete -c relay -n "__fish_relay_using_subcommand send" -l no-fsync -d 'Skip fsync (UNSAFE: a power loss or kernel crash can lose messages whose send reported success; a killed process cannot)'
 complete -c relay -n "__fish_relay_using_subcommand send" -l json -d 'Print machine-readable JSON (NDJSON for streams) instead of text'
 complete -c relay -n "__fish_relay_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -74,8 +77,9 @@ complete -c relay -n "__fish_relay_using_subcommand recv" -l lease -d 'Promise t
 complete -c relay -n "__fish_relay_using_subcommand recv" -l exec -d 'Run CMD (with sh -c) per message: the envelope JSON on stdin and RELAY_MESSAGE_ID, RELAY_TRACE_ID, RELAY_BUDGET, ... in its environment; exit 0 acks, anything else nacks (and feeds the sender\'s breaker)' -r
 complete -c relay -n "__fish_relay_using_subcommand recv" -l concurrency -d 'Handlers run at once with --exec' -r
 complete -c relay -n "__fish_relay_using_subcommand recv" -l timeout -d 'Nack (and kill) a handler still running after DURATION' -r
+complete -c relay -n "__fish_relay_using_subcommand recv" -l format -d 'Print each message as TEMPLATE instead of its payload, e.g. \'{id} {payload}\': placeholders {id}, {payload} (strings raw, other JSON on one line), {subject}, {endpoint}, {from}, {replyTo}, {traceId}, {createdAt}, {deliveryCount}, {priority}; {{ and }} are literal braces' -r
 complete -c relay -n "__fish_relay_using_subcommand recv" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
-complete -c relay -n "__fish_relay_using_subcommand recv" -s f -l follow -d 'Keep receiving: wait for new messages (filesystem notifications) until interrupted; SIGINT/SIGTERM finish the current message and stop'
+complete -c relay -n "__fish_relay_using_subcommand recv" -s f -l follow -d 'Keep receiving: wait for new messages (filesystem notifications) until interrupted; SIGINT/SIGTERM finish the current message and stop. Without --exec each message is printed and acked, as with --ack (at-most-once); give --lease to keep the claims leased instead and ack or nack each yourself'
 complete -c relay -n "__fish_relay_using_subcommand recv" -l ack -d 'Ack each message as soon as it is printed (at-most-once consumption)'
 complete -c relay -n "__fish_relay_using_subcommand recv" -l json -d 'Print machine-readable JSON (NDJSON for streams) instead of text'
 complete -c relay -n "__fish_relay_using_subcommand recv" -s h -l help -d 'Print help'
@@ -99,6 +103,7 @@ low\t'Shed when the mailbox reaches `shedLowAt` of capacity'
 background\t'Shed first, at `shedBackgroundAt` of capacity'"
 complete -c relay -n "__fish_relay_using_subcommand request" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
 complete -c relay -n "__fish_relay_using_subcommand request" -l text -d 'Store the payload as a JSON string even if it parses as JSON'
+complete -c relay -n "__fish_relay_using_subcommand request" -l json-payload -d 'The payload must be JSON: anything else is refused (exit 65) instead of being stored as a string'
 complete -c relay -n "__fish_relay_using_subcommand request" -l json -d 'Print machine-readable JSON (NDJSON for streams) instead of text'
 complete -c relay -n "__fish_relay_using_subcommand request" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c relay -n "__fish_relay_using_subcommand ack" -l delivery-count -d 'The deliveryCount the claim had (as recv --json printed it): refused if the message was redelivered since' -r

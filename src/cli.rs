@@ -161,7 +161,8 @@ pub struct TraceArgs {
 #[derive(Debug, Args)]
 pub struct MetricsArgs {
     /// Only messages sent within this window, e.g. 1h, 7d [default: all history]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true,
+          value_parser = parse_duration)]
     pub since: Option<Duration>,
 }
 
@@ -199,7 +200,8 @@ pub enum DlqAction {
     /// Delete dead letters older than a given age
     Purge {
         /// Age, e.g. 7d, 12h
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", allow_hyphen_values = true,
+          value_parser = parse_duration)]
         older_than: Duration,
         /// Do not ask for confirmation
         #[arg(long, short)]
@@ -215,7 +217,8 @@ pub struct EventsArgs {
     pub follow: bool,
 
     /// Only events within this window, e.g. 10m [default: the last 50]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true,
+          value_parser = parse_duration)]
     pub since: Option<Duration>,
 
     /// Only events of this kind (repeatable), e.g. breaker_opened
@@ -272,7 +275,8 @@ pub enum BreakersAction {
         #[arg(value_name = "ENDPOINT")]
         endpoint: String,
         /// How long before it half-opens [default: the configured cooldown]
-        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        #[arg(long = "for", value_name = "DURATION", allow_hyphen_values = true,
+          value_parser = parse_duration)]
         duration: Option<Duration>,
     },
 }
@@ -357,6 +361,11 @@ pub struct SendArgs {
     #[arg(long)]
     pub text: bool,
 
+    /// The payload must be JSON: anything else is refused (exit 65) instead
+    /// of being stored as a string
+    #[arg(long, conflicts_with = "text")]
+    pub json_payload: bool,
+
     /// Sender subject (used by rate limits, breakers and access rules)
     #[arg(long, value_name = "SENDER", env = "RELAY_FROM", default_value = "cli")]
     pub from: String,
@@ -365,8 +374,10 @@ pub struct SendArgs {
     #[arg(long, value_name = "SUBJECT")]
     pub reply_to: Option<String>,
 
-    /// Time to live, e.g. 30s, 5m, 1h (the message expires after it) [default: 1h, or the parent's]
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    /// Time to live, e.g. 30s, 5m, 1h30m (a bare number is seconds); the
+    /// message expires after it [default: 1h, or the parent's]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true,
+          value_parser = parse_positive_duration)]
     pub ttl: Option<Duration>,
 
     /// Maximum number of hops before the message is dead-lettered [default: 5, or the parent's]
@@ -387,9 +398,23 @@ pub struct SendArgs {
     /// Send many: one JSON request per stdin line ({"subject", "payload",
     /// "from"?, "replyTo"?, "ttl"?, "maxHops"?, "traceId"?, "priority"?,
     /// "idempotencyKey"?}; options here are the defaults), same checks per
-    /// message, one group commit per chunk; prints one result per line
-    #[arg(long, conflicts_with_all = ["subject", "payload", "file", "text", "parent", "idempotency_key", "reply_to", "trace_id"])]
+    /// message, one group commit per chunk; prints one stdout line per input
+    /// line, in order: the id, or `error CODE: MESSAGE` (with --json the
+    /// report, or {"line", "error"})
+    #[arg(long, conflicts_with_all = ["subject", "payload", "file", "text", "json_payload", "parent", "idempotency_key", "reply_to", "trace_id", "retry"])]
     pub batch: bool,
+
+    /// On a temporary refusal (exit 75: rate limit, backpressure, open
+    /// breaker, lock timeout), try again up to N more times, each after the
+    /// refusal's retry-after plus 0-10% jitter (1s when it gives none), at
+    /// most --retry-max-wait; each retry is reported on stderr
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retry: u32,
+
+    /// The cap on each --retry wait
+    #[arg(long, value_name = "DURATION", default_value = "1m", requires = "retry",
+          allow_hyphen_values = true, value_parser = parse_duration)]
+    pub retry_max_wait: Duration,
 
     /// Skip fsync (UNSAFE: a power loss or kernel crash can lose messages
     /// whose send reported success; a killed process cannot)
@@ -419,17 +444,22 @@ pub struct RecvArgs {
     pub count: u32,
 
     /// Block up to DURATION for a message when the mailbox is empty
-    #[arg(short, long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(short, long, value_name = "DURATION", allow_hyphen_values = true,
+          value_parser = parse_duration)]
     pub wait: Option<Duration>,
 
     /// Promise to ack or nack within DURATION [default: delivery.leaseSecs,
     /// 30m]; a claim held longer goes back to new/ for redelivery (its
     /// deliveryCount raised) and counts against the sender's breaker
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true,
+          value_parser = parse_duration)]
     pub lease: Option<Duration>,
 
     /// Keep receiving: wait for new messages (filesystem notifications)
-    /// until interrupted; SIGINT/SIGTERM finish the current message and stop
+    /// until interrupted; SIGINT/SIGTERM finish the current message and stop.
+    /// Without --exec each message is printed and acked, as with --ack
+    /// (at-most-once); give --lease to keep the claims leased instead and
+    /// ack or nack each yourself
     #[arg(short, long)]
     pub follow: bool,
 
@@ -445,12 +475,20 @@ pub struct RecvArgs {
     pub concurrency: u32,
 
     /// Nack (and kill) a handler still running after DURATION
-    #[arg(long, value_name = "DURATION", requires = "exec", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", requires = "exec", allow_hyphen_values = true,
+          value_parser = parse_positive_duration)]
     pub timeout: Option<Duration>,
 
     /// Ack each message as soon as it is printed (at-most-once consumption)
     #[arg(long, conflicts_with = "exec")]
     pub ack: bool,
+
+    /// Print each message as TEMPLATE instead of its payload, e.g.
+    /// '{id} {payload}': placeholders {id}, {payload} (strings raw, other JSON
+    /// on one line), {subject}, {endpoint}, {from}, {replyTo}, {traceId},
+    /// {createdAt}, {deliveryCount}, {priority}; {{ and }} are literal braces
+    #[arg(long, value_name = "TEMPLATE", conflicts_with = "exec")]
+    pub format: Option<String>,
 }
 
 /// Arguments of `relay peek`.
@@ -488,7 +526,8 @@ pub struct RequestArgs {
     pub file: Option<PathBuf>,
 
     /// How long to wait for the reply; past it relay exits 75
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", allow_hyphen_values = true,
+          value_parser = parse_positive_duration)]
     pub timeout: Duration,
 
     /// Sender subject (used by rate limits, breakers and access rules)
@@ -496,12 +535,18 @@ pub struct RequestArgs {
     pub from: String,
 
     /// Time to live of the request [default: the timeout]
-    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true,
+          value_parser = parse_positive_duration)]
     pub ttl: Option<Duration>,
 
     /// Store the payload as a JSON string even if it parses as JSON
     #[arg(long)]
     pub text: bool,
+
+    /// The payload must be JSON: anything else is refused (exit 65) instead
+    /// of being stored as a string
+    #[arg(long, conflicts_with = "text")]
+    pub json_payload: bool,
 
     /// Trace id to join [default: $RELAY_TRACE_ID, else the request's id]
     #[arg(long, value_name = "ID", env = "RELAY_TRACE_ID")]

@@ -38,6 +38,17 @@ impl Clock {
     }
 }
 
+impl Clock {
+    /// Waits `d`: a pinned clock moves forward by `d` at once (so tests of
+    /// waits, e.g. `send --retry`, take no time), the system clock sleeps.
+    pub fn sleep(&mut self, d: Duration) {
+        match &mut self.fixed {
+            Some(ms) => *ms = ms.saturating_add(self::ms(d)),
+            None => std::thread::sleep(d),
+        }
+    }
+}
+
 fn system_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, ms)
 }
@@ -120,38 +131,62 @@ fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Parses a duration such as `250ms`, `30s`, `5m`, `1h`, `7d` (a bare number
-/// is seconds). Used as a clap value parser, so the message names the value.
+/// The duration forms, for help texts and errors.
+pub const DURATION_FORMS: &str =
+    "a number with a unit (ms, s, m, h, d), parts combined as in 1h30m; a bare number is seconds";
+
+/// Parses a duration such as `250ms`, `30s`, `5m`, `1h`, `7d`, or a
+/// compound of them (`1h30m`, `2m30s`); a bare number is seconds. Used as
+/// a clap value parser, so the message names the value.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| {
-        format!(
-            "invalid duration '{s}': expected a number with a unit, e.g. 500ms, 30s, 5m, 1h, 7d"
-        )
-    })?;
-    let factor_ms = match unit {
-        "ms" => 1.0,
-        "" | "s" => 1000.0,
-        "m" => 60_000.0,
-        "h" => 3_600_000.0,
-        "d" => 86_400_000.0,
-        _ => {
-            return Err(format!(
-                "invalid duration '{s}': unknown unit '{unit}' (use ms, s, m, h or d)"
-            ));
-        }
-    };
-    let ms = value * factor_ms;
-    if !ms.is_finite() || ms > 1e15 {
+    if t.starts_with('-') {
+        return Err(format!(
+            "invalid duration '{s}': durations cannot be negative; use {DURATION_FORMS}, e.g. 30s"
+        ));
+    }
+    let bad = || format!("invalid duration '{s}': use {DURATION_FORMS}, e.g. 500ms, 30s, 1h30m");
+    if t.is_empty() {
+        return Err(bad());
+    }
+    let mut rest = t;
+    let mut total_ms = 0.0_f64;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(split);
+        let value: f64 = num.parse().map_err(|_| bad())?;
+        let unit_len = tail
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let factor_ms = match unit {
+            "ms" => 1.0,
+            "s" => 1000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            "d" => 86_400_000.0,
+            // A bare number alone is seconds; inside a compound, a unit is due.
+            "" if parts == 0 && tail.is_empty() => 1000.0,
+            "" => return Err(bad()),
+            _ => {
+                return Err(format!(
+                    "invalid duration '{s}': unknown unit '{unit}'; use {DURATION_FORMS}"
+                ));
+            }
+        };
+        total_ms += value * factor_ms;
+        parts += 1;
+        rest = tail;
+    }
+    if !total_ms.is_finite() || total_ms > 1e15 {
         return Err(format!("invalid duration '{s}': too large"));
     }
     // Truncation to whole milliseconds is intended.
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    Ok(Duration::from_millis(ms as u64))
+    Ok(Duration::from_millis(total_ms as u64))
 }
 
 /// Like `parse_duration`, but zero is refused.
@@ -168,17 +203,54 @@ pub fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A short human form of a duration in milliseconds: `850ms`, `1.4s`, `3m`, `2h`, `5d`.
+/// A short human form of a duration in milliseconds: `850ms`, `1.4s`,
+/// `9m 12s`, `2h 5m`, `3d 4h` (two units at most, a zero second unit left out).
 #[must_use]
 pub fn human_ms(ms: u64) -> String {
+    let two = |big: u64, bu: &str, small: u64, su: &str| {
+        if small == 0 {
+            format!("{big}{bu}")
+        } else {
+            format!("{big}{bu} {small}{su}")
+        }
+    };
     #[allow(clippy::cast_precision_loss)]
     match ms {
         0..=999 => format!("{ms}ms"),
         1000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
-        60_000..=3_599_999 => format!("{}m", ms / 60_000),
-        3_600_000..=86_399_999 => format!("{}h", ms / 3_600_000),
-        _ => format!("{}d", ms / 86_400_000),
+        60_000..=3_599_999 => two(ms / 60_000, "m", ms % 60_000 / 1000, "s"),
+        3_600_000..=86_399_999 => two(ms / 3_600_000, "h", ms % 3_600_000 / 60_000, "m"),
+        _ => two(ms / 86_400_000, "d", ms % 86_400_000 / 3_600_000, "h"),
     }
+}
+
+/// Epoch milliseconds as a local wall-clock time (the zone of `TZ`, else
+/// the system's): `14:03:11` on the day of `now`, else `2026-01-01 14:03:11`.
+#[must_use]
+pub fn local_time(now: u64, ms: u64) -> String {
+    use chrono::{Local, TimeZone};
+    let at = |t: u64| {
+        i64::try_from(t)
+            .ok()
+            .and_then(|t| Local.timestamp_millis_opt(t).single())
+    };
+    match (at(ms), at(now)) {
+        (Some(t), Some(n)) if t.date_naive() == n.date_naive() => t.format("%H:%M:%S").to_string(),
+        (Some(t), _) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        (None, _) => iso8601(ms),
+    }
+}
+
+/// A moment for people: its local time and how far it is from `now`,
+/// e.g. `14:03:11 (in 9m 12s)` or `13:50:02 (3m ago)`.
+#[must_use]
+pub fn moment(now: u64, ms: u64) -> String {
+    let distance = if ms >= now {
+        format!("in {}", human_ms(ms - now))
+    } else {
+        format!("{} ago", human_ms(now - ms))
+    };
+    format!("{} ({distance})", local_time(now, ms))
 }
 
 /// `human_ms(now - then)` followed by " ago", or "-" when `then` is 0.
@@ -223,7 +295,14 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
-        assert!(parse_duration("-1s").is_err());
+        assert!(
+            parse_duration("-1s").is_err_and(|e| e.contains("'-1s'") && e.contains("negative"))
+        );
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2m30s"), Ok(Duration::from_secs(150)));
+        assert_eq!(parse_duration("1s500ms"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("1h30").is_err());
+        assert!(parse_duration("1x").is_err_and(|e| e.contains("unknown unit 'x'")));
     }
 
     #[test]
@@ -231,5 +310,9 @@ mod tests {
         assert_eq!(human_ms(1400), "1.4s");
         assert_eq!(human_ms(5), "5ms");
         assert_eq!(ago(10_000, 0), "-");
+        assert_eq!(human_ms(552_000), "9m 12s");
+        assert_eq!(human_ms(180_000), "3m");
+        assert_eq!(human_ms(3_900_000), "1h 5m");
+        assert_eq!(human_ms(90_000_000), "1d 1h");
     }
 }

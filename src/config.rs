@@ -857,6 +857,34 @@ fn suggest(parent: &str, name: &str) -> Option<&'static str> {
     }
 }
 
+/// The knob or section a mistyped dotted key (`relay config get/set`) was
+/// probably meant to be: the nearest known path a few edits away (case
+/// ignored), else the one key anywhere ending in the same name.
+#[must_use]
+pub fn nearest_key(key: &str) -> Option<&'static str> {
+    let lower = key.to_ascii_lowercase();
+    let (distance, best) = known_paths()
+        .into_iter()
+        .map(|path| (edit_distance(&lower, &path.to_ascii_lowercase()), path))
+        .min()?;
+    if distance <= (key.chars().count() / 6).max(2) {
+        return Some(best);
+    }
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let (parent, _) = key.rsplit_once('.').unwrap_or(("", key));
+    suggest(parent, last).or_else(|| {
+        let mut ends = KNOBS.iter().map(|k| k.key).filter(|k| {
+            k.rsplit('.')
+                .next()
+                .is_some_and(|n| n.eq_ignore_ascii_case(last))
+        });
+        match (ends.next(), ends.next()) {
+            (Some(k), None) => Some(k),
+            _ => None,
+        }
+    })
+}
+
 /// Levenshtein distance in characters.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();

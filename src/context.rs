@@ -6,10 +6,32 @@ use std::path::PathBuf;
 use crate::batchlog;
 use crate::clock::Clock;
 use crate::config::{self, Config};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::output;
 use crate::store::Store;
+
+/// What a command needs of the home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HomeUse {
+    /// Created if missing (commands that write: send, endpoints add, ...).
+    Create,
+    /// Must exist: a read-only look at a missing home is an error (69) and
+    /// creates nothing.
+    Existing,
+    /// Used if it exists, never created (`config` without `set`: the
+    /// defaults apply).
+    Optional,
+}
+
+/// The message for a home that does not exist yet.
+#[must_use]
+pub fn no_home(root: &std::path::Path) -> String {
+    format!(
+        "no relay home at {} yet; start one with: relay endpoints add NAME (or point --home / RELAY_HOME at an existing home)",
+        root.display()
+    )
+}
 
 /// Per-invocation context shared by all subcommands.
 pub struct Ctx {
@@ -29,8 +51,25 @@ impl Ctx {
     /// `load_config` is false: defaults then); config warnings (unknown
     /// keys) are printed to stderr.
     pub fn new(home: Option<PathBuf>, json: bool, load_config: bool) -> Result<Self> {
+        Self::with(home, json, load_config, HomeUse::Create)
+    }
+
+    /// `new`, with `use_` saying what to do about a home that does not
+    /// exist yet.
+    pub fn with(
+        home: Option<PathBuf>,
+        json: bool,
+        load_config: bool,
+        use_: HomeUse,
+    ) -> Result<Self> {
         let mut home = Home::resolve(home)?;
-        home.ensure()?;
+        let missing = std::fs::symlink_metadata(home.root())
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        match (use_, missing) {
+            (HomeUse::Existing, true) => return Err(Error::NoHome(no_home(home.root()))),
+            (HomeUse::Optional, true) => {}
+            _ => home.ensure()?,
+        }
         let config = if load_config {
             config::load(&home.config_file())?
         } else {

@@ -41,6 +41,10 @@ pub enum Error {
     /// No endpoint matches (69).
     #[error("{0}")]
     NoEndpoint(String),
+    /// The relay home does not exist yet (69): a read-only command looked
+    /// at it (and created nothing).
+    #[error("{0}")]
+    NoHome(String),
     /// A filesystem operation failed (74).
     #[error("{what}: {source}")]
     Io {
@@ -91,7 +95,7 @@ impl Error {
             Error::Usage(_) => code::USAGE,
             Error::Data(_) => code::DATAERR,
             Error::NoInput(_) => code::NOINPUT,
-            Error::NoEndpoint(_) => code::UNAVAILABLE,
+            Error::NoEndpoint(_) | Error::NoHome(_) => code::UNAVAILABLE,
             Error::Io { .. } | Error::Store(_) | Error::Damaged(_) | Error::Full(_) => code::IOERR,
             Error::Refused { .. } | Error::Locked(_) => code::TEMPFAIL,
             Error::Denied(_) => code::NOPERM,
@@ -109,6 +113,7 @@ impl Error {
             Error::Data(_) => "data",
             Error::NoInput(_) => "no_input",
             Error::NoEndpoint(_) => "no_endpoint",
+            Error::NoHome(_) => "no_home",
             Error::Io { .. } => "io",
             Error::Store(_) => "index",
             Error::Full(_) => "disk_full",

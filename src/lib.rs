@@ -32,13 +32,14 @@ pub mod serve;
 pub mod state;
 pub mod store;
 pub mod subject;
+pub mod template;
 
 use std::ffi::OsString;
 
 use clap::Parser;
 
 use crate::cli::{Cli, Command};
-use crate::context::Ctx;
+use crate::context::{Ctx, HomeUse};
 use crate::error::{Error, code};
 
 /// Runs relay with `args` (including the program name) and returns the
@@ -52,12 +53,17 @@ where
     let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                code::USAGE
+            if !e.use_stderr() {
+                // Help and version: text on stdout, whatever the flags.
+                let _ = e.print();
+                return code::OK;
+            }
+            if wants_json(&args) {
+                report(&Error::Usage(usage_message(&e)), true);
             } else {
-                code::OK
-            };
+                let _ = e.print();
+            }
+            return code::USAGE;
         }
     };
     let json = cli.globals.json;
@@ -69,6 +75,30 @@ where
             e.exit_code()
         }
     }
+}
+
+/// Whether `--json` is anywhere on a command line clap refused (before a
+/// `--`): its usage error must then be JSON too.
+fn wants_json(args: &[OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--json")
+}
+
+/// A clap error as one line: its message and tips, then the usage line,
+/// without the `error:` prefix and the "for more information" footer.
+fn usage_message(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    text.split("\n\n")
+        .map(|part| part.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|part| !part.is_empty() && !part.starts_with("For more information"))
+        .map(|part| {
+            part.strip_prefix("error: ")
+                .map_or(part.clone(), str::to_string)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn dispatch(cli: Cli) -> Result<(), Error> {
@@ -86,7 +116,12 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
     }
     // `config` must work while config.json is broken: that is how it is fixed.
     let load_config = !matches!(cli.command, Command::Config(_));
-    let mut ctx = Ctx::new(cli.globals.home, cli.globals.json, load_config)?;
+    let mut ctx = Ctx::with(
+        cli.globals.home,
+        cli.globals.json,
+        load_config,
+        home_use(&cli.command),
+    )?;
     match &cli.command {
         Command::Send(a) => cmd::send::run(&mut ctx, a),
         Command::Recv(a) => cmd::recv::run(&mut ctx, a),
@@ -106,6 +141,48 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Serve(a) => cmd::serve::run(&ctx, a),
         Command::Doctor(a) => cmd::doctor::run(&mut ctx, a),
         Command::Completions { .. } | Command::Man { .. } | Command::Peek(_) => Ok(()),
+    }
+}
+
+/// What `command` needs of the home: commands that only look (and those
+/// that need an endpoint, which a missing home cannot have) do not create it.
+fn home_use(command: &Command) -> HomeUse {
+    use crate::cli::{BreakersAction, ConfigAction, DlqAction, EndpointsAction, LimitsAction};
+    match command {
+        Command::Status(_)
+        | Command::Trace(_)
+        | Command::Metrics(_)
+        | Command::Events(_)
+        | Command::Peek(_)
+        | Command::Recv(_)
+        | Command::Ack(_)
+        | Command::Nack(_)
+        | Command::Endpoints(cli::EndpointsArgs {
+            action: None | Some(EndpointsAction::List | EndpointsAction::Remove { .. }),
+        })
+        | Command::Limits(cli::LimitsArgs {
+            action: None | Some(LimitsAction::List | LimitsAction::Reset { .. }),
+        })
+        | Command::Breakers(cli::BreakersArgs {
+            action: None | Some(BreakersAction::List | BreakersAction::Reset { .. }),
+        })
+        | Command::Dlq(cli::DlqArgs {
+            action: None | Some(DlqAction::List | DlqAction::Show { .. }),
+            ..
+        }) => HomeUse::Existing,
+        Command::Doctor(a) if !a.repair => HomeUse::Existing,
+        Command::Gc(a) if a.dry_run => HomeUse::Existing,
+        Command::Config(cli::ConfigArgs {
+            action:
+                None
+                | Some(
+                    ConfigAction::Show
+                    | ConfigAction::Get { .. }
+                    | ConfigAction::Path
+                    | ConfigAction::Validate { .. },
+                ),
+        }) => HomeUse::Optional,
+        _ => HomeUse::Create,
     }
 }
 

@@ -146,14 +146,25 @@ pub fn print_table(t: &Table) -> Result<()> {
     line(&table_text(t))
 }
 
-/// `key=value` pairs of an event's detail, nulls left out.
-pub fn detail_text(v: &serde_json::Value) -> String {
+/// `key=value` pairs of an event's detail, nulls left out; numbers named
+/// `...At` shown as local times, `...Ms` as durations (JSON keeps the ms).
+pub fn detail_text(v: &serde_json::Value, now: u64) -> String {
+    use serde_json::Value;
     match v.as_object() {
         Some(m) => m
             .iter()
             .filter(|(_, v)| !v.is_null())
             .map(|(k, v)| match v {
-                serde_json::Value::String(s) => format!("{k}={s}"),
+                // Times and durations for people; JSON keeps the numbers.
+                Value::Number(n) if k.ends_with("At") && n.as_u64().is_some() => {
+                    format!("{k}={}", crate::clock::moment(now, n.as_u64().unwrap_or(0)))
+                }
+                Value::Number(n) if k.ends_with("Ms") && n.as_u64().is_some() => format!(
+                    "{}={}",
+                    k.trim_end_matches("Ms"),
+                    crate::clock::human_ms(n.as_u64().unwrap_or(0))
+                ),
+                Value::String(s) => format!("{k}={s}"),
                 other => format!("{k}={other}"),
             })
             .collect::<Vec<_>>()

@@ -88,6 +88,11 @@ impl Job {
         }
     }
 
+    /// Adds a warning for the sender (reported with the delivery's own).
+    pub fn warn(&mut self, warning: String) {
+        self.warnings.push(warning);
+    }
+
     /// The idempotency key, if any.
     #[must_use]
     pub fn key(&self) -> Option<&str> {

@@ -55,17 +55,18 @@ pub fn rate_limit(
         .unwrap_or_else(|| bucket::State::full(&policy, now));
     let (next, decision) = bucket::take(&state, &policy, now);
     let window = cfg.window_secs;
+    let refill = cfg.limit_for(sender);
     let (outcome, hit, kind, detail) = match decision {
         bucket::Decision::Admit => (RateOutcome::Admit, None, None, json!({})),
         bucket::Decision::Soft { used, capacity } => {
-            let pct = used * 100 / capacity.max(1);
+            let left = capacity.saturating_sub(used);
             (
                 RateOutcome::Soft(format!(
-                    "sender '{sender}' at {pct}% of its rate limit ({used}/{capacity} in {window}s)"
+                    "sender '{sender}' has {left} of {capacity} rate-limit tokens left (the bucket refills {refill} per {window}s)"
                 )),
                 Some(true),
                 Some("rate_limit_soft"),
-                json!({ "used": used, "capacity": capacity, "windowSecs": window }),
+                json!({ "tokensLeft": left, "capacity": capacity, "windowSecs": window }),
             )
         }
         bucket::Decision::Hard {
@@ -73,15 +74,12 @@ pub fn rate_limit(
             retry_after_ms,
         } => (
             RateOutcome::Hard {
-                message: format!(
-                    "rate limit exceeded for sender '{sender}' ({capacity}/{capacity} in {window}s); retry in {}",
-                    human_ms(retry_after_ms)
-                ),
+                message: rate_refusal(sender, capacity, refill, window, retry_after_ms),
                 retry_after_ms,
             },
             Some(false),
             Some("rate_limit_hard"),
-            json!({ "capacity": capacity, "windowSecs": window, "retryAfterMs": retry_after_ms }),
+            json!({ "tokensLeft": 0, "capacity": capacity, "windowSecs": window, "retryAfterMs": retry_after_ms }),
         ),
     };
     tx.put_bucket(sender, &next, hit, now)?;
@@ -98,6 +96,22 @@ pub fn rate_limit(
         )?;
     }
     Ok(outcome)
+}
+
+/// The user-facing refusal of an empty bucket: when to retry, and what to
+/// change instead (the knob, a manual refill, batching).
+#[must_use]
+pub fn rate_refusal(
+    sender: &str,
+    capacity: u64,
+    refill: u64,
+    window_secs: u64,
+    retry_after_ms: u64,
+) -> String {
+    format!(
+        "rate limit exceeded for sender '{sender}': 0 of {capacity} tokens left (the bucket refills {refill} per {window_secs}s); retry in {}; to allow more, raise reliability.rateLimit.maxPerWindow (or a perSenderOverrides entry), refill it now with 'relay limits reset {sender}', or send bulk work in one 'relay send --batch'",
+        human_ms(retry_after_ms)
+    )
 }
 
 /// The breaker policy under `cfg`.
@@ -178,11 +192,11 @@ pub fn breaker_refusal(
 ) -> String {
     match phase {
         breaker::Phase::HalfOpen => format!(
-            "circuit half-open for {sender} -> {endpoint}: probes in flight; retry in {}",
+            "circuit half-open for {sender} -> {endpoint}: probes in flight; retry in {}; to close it now: relay breakers reset {sender} {endpoint}",
             human_ms(retry_after_ms)
         ),
         _ => format!(
-            "circuit open for {sender} -> {endpoint}; next probe in {}",
+            "circuit open for {sender} -> {endpoint}; next probe in {}; to close it now: relay breakers reset {sender} {endpoint}",
             human_ms(retry_after_ms)
         ),
     }

@@ -98,7 +98,7 @@ fn five_consecutive_nacks_open_the_pair_and_only_that_pair() {
         .at(T)
         .code(75)
         .stdout_is("");
-    let expected = "relay: circuit open for agent.a -> agent.b; next probe in 30.0s\n";
+    let expected = "relay: circuit open for agent.a -> agent.b; next probe in 30.0s; to close it now: relay breakers reset agent.a agent.b\n";
     if out.stderr != expected {
         out.fail(&format!("stderr is not exactly {expected:?}"));
     }

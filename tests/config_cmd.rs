@@ -145,7 +145,7 @@ fn get_prints_the_effective_value_as_json() {
     let got: Value = serde_json::from_str(out.stdout.trim()).unwrap_or_default();
     assert_eq!(got, json!({"ci.": 500}));
     r.cmd(["config", "get", "reliability.rateLimit.nope"])
-        .code(78)
+        .code(64)
         .stderr_has(&["reliability.rateLimit.nope"]);
 }
 
@@ -199,7 +199,7 @@ fn set_writes_the_key_and_preserves_the_rest_of_the_file() {
     r.cmd(["send", "q", "2", "--from", "a"]).success();
     r.cmd(["send", "q", "3", "--from", "a"])
         .code(75)
-        .stderr_has(&["(2/2 in 60s)"]);
+        .stderr_has(&["0 of 2 tokens left (the bucket refills 2 per 60s)"]);
 
     // `set` on a home without a config file creates it.
     let r = Relay::new();
@@ -247,9 +247,6 @@ fn every_invalid_knob_is_refused_with_78_and_the_file_left_byte_identical() {
         ("maxPayloadBytes", "-1"),
         ("index.journalMaxBytes", "1000"),
         ("index.journalMaxBytes", "2000000000"),
-        ("reliability.rateLimit.bogus", "1"),
-        ("reliability.bogus.enabled", "true"),
-        ("bogus", "1"),
         ("reliability.rateLimit.maxPerWindow", "abc"),
     ];
     for (key, value) in cases {

@@ -46,6 +46,7 @@ fn adding_an_existing_endpoint_is_not_an_error() {
 #[test]
 fn list_json_reports_depth_per_subdirectory() {
     let r = Relay::new();
+    r.cmd(["config", "set", "retention.days", "7"]).success();
     r.cmd(["endpoints", "--json"])
         .success()
         .stdout_is("{\"endpoints\":[]}\n");
@@ -74,6 +75,7 @@ fn list_json_reports_depth_per_subdirectory() {
 #[test]
 fn list_for_people_is_a_table() {
     let r = Relay::new();
+    r.cmd(["config", "set", "retention.days", "7"]).success();
     r.cmd(["endpoints"])
         .success()
         .stdout_is("")

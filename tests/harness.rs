@@ -487,6 +487,15 @@ impl Output<'_> {
         self
     }
 
+    /// Asserts stdout contains `needle`.
+    #[track_caller]
+    pub fn stdout_contains(self, needle: &str) -> Self {
+        if !self.stdout.contains(needle) {
+            self.fail(&format!("stdout lacks {needle:?}"));
+        }
+        self
+    }
+
     /// Asserts stderr contains every one of `needles`.
     #[track_caller]
     pub fn stderr_has(self, needles: &[&str]) -> Self {

@@ -902,7 +902,7 @@ fn cases(root: bool) -> Vec<Case> {
         Case {
             name: "config get: newline in key",
             args: &["config", "get", "a\nb"],
-            code: 78,
+            code: 64,
             stderr_has: &["'a\\nb'"],
             ..Case::default()
         },
@@ -1091,7 +1091,7 @@ fn cases(root: bool) -> Vec<Case> {
         Case {
             name: "config set: unknown key",
             args: &["config", "set", "nonexistent.key", "1"],
-            code: 78,
+            code: 64,
             stderr_has: &["'nonexistent.key'"],
             ..Case::default()
         },

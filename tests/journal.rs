@@ -24,7 +24,7 @@ fn a_send_leaves_the_index_alone_and_the_next_reader_ingests_its_journal() {
         .cmd(["send", "agent.b", "1", "--from", "agent.a"])
         .at(T)
         .success()
-        .stderr_has(&["at 10% of its rate limit"])
+        .stderr_has(&["has 9 of 10 rate-limit tokens left"])
         .id();
     assert_eq!(fs::read(&db).ok(), before, "send wrote the index");
     let journal = fs::read_to_string(r.path("journal")).expect("journal");

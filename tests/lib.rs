@@ -25,6 +25,7 @@ mod observability; // traces, metrics, dead letters, events, gc, access rules, f
 mod races; // 8 racing senders: bucket, mailbox capacity and half-open probes stay exact
 mod ratelimit; // per-sender token buckets: soft/hard hits, refill, burst, overrides, reset
 mod recv; // claim order, --count, --wait, empty (66) and unknown (69) endpoints
+mod scripting; // issue 16: JSON usage errors, batch lines, refusal hints, human times, durations, typos, missing homes, --format, --retry
 mod send; // delivery, fan-out, dead letters, payload sources, size cap, options
 mod status; // status, breakers and limits: JSON shapes and their events
 mod subjects; // every subject rejection exits 65, names the value, writes nothing // man/ and completions/ match the CLI (RELAY_BLESS=1 regenerates)

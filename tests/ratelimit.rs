@@ -62,9 +62,10 @@ fn a_burst_is_quiet_to_80_percent_then_warns_then_is_refused() {
             .cmd(["send", "agent.b", &format!("m{i}"), "--from", "agent.a"])
             .at(T)
             .success();
+        // Tokens left, as `relay limits` shows them.
         let expected = format!(
-            "relay: warning: sender 'agent.a' at {}% of its rate limit ({i}/20 in 60s)\n",
-            i * 5
+            "relay: warning: sender 'agent.a' has {} of 20 rate-limit tokens left (the bucket refills 20 per 60s)\n",
+            20 - i
         );
         if out.stderr != expected {
             out.fail(&format!("stderr is not exactly {expected:?}"));
@@ -81,8 +82,9 @@ fn a_burst_is_quiet_to_80_percent_then_warns_then_is_refused() {
         .at(T)
         .code(75)
         .stdout_is("");
-    let expected =
-        "relay: rate limit exceeded for sender 'agent.a' (20/20 in 60s); retry in 3.0s\n";
+    let expected = "relay: rate limit exceeded for sender 'agent.a': 0 of 20 tokens left (the bucket refills 20 per 60s); retry in 3.0s; \
+         to allow more, raise reliability.rateLimit.maxPerWindow (or a perSenderOverrides entry), \
+         refill it now with 'relay limits reset agent.a', or send bulk work in one 'relay send --batch'\n";
     if out.stderr != expected {
         out.fail(&format!("stderr is not exactly {expected:?}"));
     }
@@ -151,13 +153,15 @@ fn the_soft_warning_is_in_send_json() {
     let v = out.json();
     assert_eq!(
         v["warnings"],
-        serde_json::json!(["sender 'agent.a' at 80% of its rate limit (4/5 in 60s)"]),
+        serde_json::json!([
+            "sender 'agent.a' has 1 of 5 rate-limit tokens left (the bucket refills 5 per 60s)"
+        ]),
         "{v}"
     );
     assert_eq!(v["deliveredTo"], serde_json::json!(["agent.b"]));
     let soft = r.events_of(T, "rate_limit_soft");
     assert_eq!(soft.len(), 1);
-    assert_eq!(soft[0]["detail"]["used"], 4, "{}", soft[0]);
+    assert_eq!(soft[0]["detail"]["tokensLeft"], 1, "{}", soft[0]);
     assert_eq!(soft[0]["detail"]["capacity"], 5, "{}", soft[0]);
 }
 
@@ -196,7 +200,10 @@ fn burst_sets_the_capacity_and_max_per_window_the_refill_rate() {
     r.cmd(["send", "agent.b", "x", "--from", "agent.a"])
         .at(T)
         .code(75)
-        .stderr_has(&["sender 'agent.a' (5/5 in 60s)", "retry in 1.0s"]);
+        .stderr_has(&[
+            "sender 'agent.a': 0 of 5 tokens left (the bucket refills 60 per 60s)",
+            "retry in 1.0s",
+        ]);
     // 60 per 60 s: one token a second.
     assert_eq!(admitted(&r, "agent.a", T + 2_000, 20), 2);
     assert_eq!(limit_row(&r, "agent.a", T + 2_000)["capacity"], 5);
@@ -242,7 +249,10 @@ fn per_sender_overrides_match_the_longest_prefix() {
     r.cmd(["send", "agent.b", "x", "--from", "agent.x"])
         .at(T)
         .code(75)
-        .stderr_has(&["sender 'agent.x' (3/3 in 60s)", "retry in 20.0s"]);
+        .stderr_has(&[
+            "sender 'agent.x': 0 of 3 tokens left (the bucket refills 3 per 60s)",
+            "retry in 20.0s",
+        ]);
     assert_eq!(limit_row(&r, "agent.ci.build", T)["capacity"], 5);
     assert_eq!(limit_row(&r, "agent.x", T)["capacity"], 3);
     assert_eq!(limit_row(&r, "hook.ci", T)["capacity"], 10);

@@ -237,8 +237,11 @@ fn check_key(key: &str) -> Result<()> {
     if config::knobs().any(|k| k == key) {
         return Ok(());
     }
-    Err(Error::Config(format!(
-        "unknown config key '{key}'; known keys: {}",
-        config::knobs().collect::<Vec<_>>().join(", ")
-    )))
+    // A mistyped key is a usage error (64), not a broken configuration.
+    Err(Error::Usage(match config::nearest_key(key) {
+        Some(near) => format!(
+            "unknown config key '{key}'; did you mean '{near}'? (every key: relay config show)"
+        ),
+        None => format!("unknown config key '{key}'; every key: relay config show"),
+    }))
 }

@@ -26,6 +26,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::maildir::{Claimed, Mailbox};
 use crate::store::Event;
+use crate::template::Template;
 use crate::{lease, output};
 
 /// Longest sleep without a notification before looking anyway.
@@ -47,7 +48,12 @@ struct Job {
 
 /// Runs the consumer loop until interrupted (`--follow`) or until the
 /// mailbox is drained of up to `--count` messages.
-pub fn run(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<()> {
+pub fn run(
+    ctx: &mut Ctx,
+    mb: &Mailbox,
+    args: &RecvArgs,
+    template: Option<&Template>,
+) -> Result<()> {
     // Each SIGINT/SIGTERM sets `signalled`; the loop counts them. The first
     // stops taking messages and lets the running handlers finish; the
     // second kills them and gives their messages back. A third, while
@@ -124,7 +130,7 @@ pub fn run(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<()> {
                 last_sweep = Some(Instant::now());
                 lease::sweep(ctx, mb, ctx.clock.now_ms())?;
             }
-            let lease = lease::of_claim(&ctx.config, args.ack, args.lease);
+            let lease = lease::of_claim(&ctx.config, acks_on_print(args), args.lease);
             let batch = match recv::take(ctx, mb, want, lease) {
                 Ok(batch) => batch,
                 // The claims went back to new/: a follower waits and tries
@@ -143,7 +149,7 @@ pub fn run(ctx: &mut Ctx, mb: &Mailbox, args: &RecvArgs) -> Result<()> {
             taken += got;
             let lease_until = lease.map(|l| ctx.clock.now_ms().saturating_add(l));
             for c in batch {
-                start(ctx, mb, args, c, lease_until, &mut running)?;
+                start(ctx, mb, args, template, c, lease_until, &mut running)?;
             }
         }
         let idle = running.is_empty();
@@ -233,12 +239,20 @@ fn reload_if_changed(ctx: &mut Ctx, last: &mut Option<(SystemTime, u64)>) {
     }
 }
 
+/// Whether a printed message is acked at once: with `--ack`, and with
+/// `--follow` alone (a stream nobody acks message by message), unless
+/// `--lease` asks to keep the claims leased.
+fn acks_on_print(args: &RecvArgs) -> bool {
+    args.exec.is_none() && (args.ack || (args.follow && args.lease.is_none()))
+}
+
 /// Hands one claimed message to the handler, or prints it (and acks it
 /// with `--ack`).
 fn start(
     ctx: &mut Ctx,
     mb: &Mailbox,
     args: &RecvArgs,
+    template: Option<&Template>,
     c: Claimed,
     lease_until: Option<u64>,
     running: &mut Vec<Job>,
@@ -246,8 +260,11 @@ fn start(
     let env = c.envelope;
     let held = Some(env.delivery_count);
     let Some(cmd) = &args.exec else {
-        recv::print(ctx.json, &env)?;
-        if args.ack {
+        match template {
+            Some(t) => output::line(&t.render(&env, &mb.name))?,
+            None => recv::print(ctx.json, &env)?,
+        }
+        if acks_on_print(args) {
             ack::settle(ctx, mb, &env.id, None, held)?;
         }
         return Ok(());

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::cli::EventsArgs;
-use crate::clock::iso8601;
+use crate::clock::{Clock, local_time};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output;
@@ -64,7 +64,7 @@ pub fn run(ctx: &mut Ctx, args: &EventsArgs) -> Result<()> {
                 output::json_line(e)?;
             } else {
                 // Names and details come from other programs too.
-                output::line(&output::printable(&human(e)))?;
+                output::line(&output::printable(&human(e, Clock::from_env().now_ms())))?;
             }
             last = e.id;
         }
@@ -77,20 +77,21 @@ pub fn run(ctx: &mut Ctx, args: &EventsArgs) -> Result<()> {
     }
 }
 
-/// `2026-11-23T05:21:54.123Z  breaker_opened  agent.a -> agent.b  failures=5 ...`
-fn human(e: &EventRow) -> String {
+/// `14:03:11  breaker_opened  agent.a -> agent.b  failures=5 ...` (local
+/// time; the date too when it is not today).
+fn human(e: &EventRow, now: u64) -> String {
     let who = match (&e.sender, &e.endpoint) {
         (Some(s), Some(p)) => format!("{s} -> {p}"),
         (Some(s), None) => s.clone(),
         (None, Some(p)) => format!("-> {p}"),
         (None, None) => "-".into(),
     };
-    let mut line = format!("{}  {:<21}  {who}", iso8601(e.at), e.kind);
+    let mut line = format!("{}  {:<21}  {who}", local_time(now, e.at), e.kind);
     if let Some(id) = &e.message_id {
         line.push_str("  message=");
         line.push_str(id);
     }
-    let detail = output::detail_text(&e.detail);
+    let detail = output::detail_text(&e.detail, now);
     if !detail.is_empty() {
         line.push_str("  ");
         line.push_str(&detail);

@@ -58,7 +58,13 @@ impl LimitInfo {
 }
 
 /// Column names matching `LimitInfo::cells`.
-pub const COLUMNS: [&str; 5] = ["sender", "tokens", "soft hits", "hard hits", "last hit"];
+pub const COLUMNS: [&str; 5] = [
+    "sender",
+    "tokens left",
+    "soft hits",
+    "hard hits",
+    "last hit",
+];
 
 /// Runs `relay limits`.
 pub fn run(ctx: &mut Ctx, args: &LimitsArgs) -> Result<()> {

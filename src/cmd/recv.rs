@@ -12,6 +12,7 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::maildir::{Claimed, Mailbox};
 use crate::output;
+use crate::template::Template;
 use crate::{notice, reliability};
 
 /// Longest pause between two looks at an empty mailbox while waiting.
@@ -19,9 +20,10 @@ const MAX_POLL: Duration = Duration::from_millis(50);
 
 /// Runs `relay recv`.
 pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
+    let template = template_of(ctx, args)?;
     let mb = Mailbox::open_endpoint(&ctx.home, &args.endpoint)?;
     if args.follow || args.exec.is_some() {
-        return crate::cmd::consume::run(ctx, &mb, args);
+        return crate::cmd::consume::run(ctx, &mb, args, template.as_ref());
     }
     let lease = crate::lease::of_claim(&ctx.config, args.ack, args.lease);
     let claimed = wait_and_take(ctx, &mb, args, lease)?;
@@ -38,7 +40,10 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
     let tty = std::io::stderr().is_terminal();
     for c in &claimed {
         let env = &c.envelope;
-        print(ctx.json, env)?;
+        match &template {
+            Some(t) => output::line(&t.render(env, &mb.name))?,
+            None => print(ctx.json, env)?,
+        }
         if args.ack {
             crate::cmd::ack::settle(ctx, &mb, &env.id, None, Some(env.delivery_count))?;
         } else if tty && !ctx.json {
@@ -53,6 +58,19 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `--format` template, checked before anything is claimed.
+pub fn template_of(ctx: &Ctx, args: &RecvArgs) -> Result<Option<Template>> {
+    let Some(text) = &args.format else {
+        return Ok(None);
+    };
+    if ctx.json {
+        return Err(Error::Usage(
+            "--format and --json both say how to print messages: give one".into(),
+        ));
+    }
+    Template::parse(text).map(Some)
 }
 
 /// Prints one message: the envelope as a JSON line (with its

@@ -17,12 +17,15 @@ use crate::request::{self, Cancel, Request};
 /// Runs `relay request`: prints the reply as `recv` prints a message (the
 /// payload, or with `--json` the envelope).
 pub fn run(ctx: &mut Ctx, args: &RequestArgs) -> Result<()> {
-    let payload = send::payload_from(
+    let (payload, warning) = send::payload_from(
         args.payload.as_deref(),
         args.file.as_deref(),
-        args.text,
+        send::PayloadMode::from_flags(args.text, args.json_payload),
         ctx.config.max_payload_bytes,
     )?;
+    if let Some(w) = &warning {
+        output::warn(w);
+    }
     let cancel = Cancel::new();
     on_signals(&cancel)?;
     let mut req = Request::new(&args.subject, payload, &args.from, args.timeout);

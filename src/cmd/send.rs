@@ -25,6 +25,9 @@ use crate::subject;
 
 /// Longest accepted trace id.
 const MAX_TRACE_ID: usize = 128;
+/// The job index of a blank `--batch` line (text mode answers it with a
+/// blank line).
+const BLANK: usize = usize::MAX;
 /// Lines processed per transaction and group commit in `--batch`.
 const BATCH_CHUNK: usize = 5000;
 
@@ -54,7 +57,7 @@ struct SendReport<'a> {
 }
 
 /// One message to send, from the command line or a `--batch` line.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Request {
     subject: String,
@@ -77,6 +80,10 @@ struct Request {
     /// A parent's spent budget to continue from.
     #[serde(default)]
     budget: Option<Budget>,
+    /// Warnings found while reading it (a payload that looks like JSON but
+    /// is not); never read from a batch line.
+    #[serde(skip)]
+    warnings: Vec<String>,
 }
 
 /// Runs `relay send`.
@@ -88,8 +95,9 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
     // Everything the user gave is checked before anything is written.
     subject::validate_pattern(&subject, "subject")?;
     let parent = read_parent(args)?;
-    let payload = read_payload(args, ctx.config.max_payload_bytes)?;
+    let (payload, warning) = read_payload(args, ctx.config.max_payload_bytes)?;
     let req = Request {
+        warnings: warning.into_iter().collect(),
         subject,
         payload,
         from: None,
@@ -101,8 +109,54 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
         idempotency_key: args.idempotency_key.clone(),
         budget: parent.budget,
     };
-    let line = send_single(ctx, args, req)?;
+    let line = send_retrying(ctx, args, req)?;
     print_result(ctx, &line)
+}
+
+/// `send_single`, tried again after each temporary refusal (75) as
+/// `--retry N` asks: after the refusal's retry-after (1 s if it names
+/// none) plus 0-10% jitter, at most `--retry-max-wait`.
+fn send_retrying(ctx: &mut Ctx, args: &SendArgs, mut req: Request) -> Result<Line> {
+    let mut attempt = 0;
+    loop {
+        match send_single(ctx, args, req.clone()) {
+            Err(e) if e.exit_code() == crate::error::code::TEMPFAIL && attempt < args.retry => {
+                attempt += 1;
+                let base = e.retry_after_ms().unwrap_or(1000);
+                let wait = std::time::Duration::from_millis(base.saturating_add(jitter(base / 10)))
+                    .min(args.retry_max_wait);
+                let note = format!(
+                    "{e}; retry {attempt} of {} in {}",
+                    args.retry,
+                    crate::clock::human_ms(crate::clock::ms(wait))
+                );
+                // People see each retry as it happens; programs find them
+                // in the report's warnings.
+                if ctx.json {
+                    req.warnings.push(note);
+                } else {
+                    output::warn(&note);
+                }
+                ctx.clock.sleep(wait);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A random number of milliseconds in `0..=max` (spreads retrying senders).
+fn jitter(max: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    if max == 0 {
+        return 0;
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() % (max + 1)
 }
 
 /// One message to send from library code (`relay request`, the MCP
@@ -151,6 +205,9 @@ pub fn send_message(ctx: &mut Ctx, msg: Outgoing) -> Result<Sent> {
         payload: None,
         file: None,
         text: false,
+        json_payload: false,
+        retry: 0,
+        retry_max_wait: std::time::Duration::ZERO,
         from: msg.from,
         reply_to: None,
         ttl: msg.ttl,
@@ -301,7 +358,11 @@ fn prepare(
             maildir::known_endpoints_hint(&ctx.home)
         )));
     }
-    Ok(Job::new(envelope, targets, req.idempotency_key))
+    let mut job = Job::new(envelope, targets, req.idempotency_key);
+    for w in req.warnings {
+        job.warn(w);
+    }
+    Ok(job)
 }
 
 /// What one send reports.
@@ -438,7 +499,8 @@ fn render(ctx: &Ctx, line: &Line) -> String {
 /// `priority`, `idempotencyKey`, `budget`; command-line options are the
 /// defaults). Every line goes through the same checks; each chunk of lines
 /// shares one transaction and one group commit. Prints one result per line
-/// (the id, or with `--json` the report or `{"line", "error"}`); exits with
+/// (the id or `error CODE: MESSAGE`, a blank line for a blank one; with
+/// `--json` the report or `{"line", "error"}`); exits with
 /// the code of the first failed line, 0 if none failed.
 fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
     let stdin = std::io::stdin();
@@ -474,6 +536,11 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
                 source: e,
             })?;
             if line.trim().is_empty() {
+                // In text mode a blank line answers a blank line, so the
+                // output still zips with the input.
+                if !ctx.json {
+                    outcomes.push((number, Ok(BLANK)));
+                }
                 continue;
             }
             let cap = ctx.config.max_payload_bytes;
@@ -520,6 +587,10 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
         // One write per chunk: results are many and small.
         let mut out = Vec::with_capacity(outcomes.len());
         for (n, outcome) in outcomes {
+            if matches!(outcome, Ok(BLANK)) {
+                out.push(String::new());
+                continue;
+            }
             let result = outcome.and_then(|j| {
                 let job = &mut jobs[j];
                 let delivery = job.take_result()?;
@@ -540,7 +611,12 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
                             .to_string(),
                         );
                     } else {
-                        eprintln!("relay: line {n}: {e}");
+                        // One stdout line per input line: the id, or this.
+                        out.push(format!(
+                            "error {}: {}",
+                            e.exit_code(),
+                            output::printable(&e.to_string())
+                        ));
                     }
                     first_error.get_or_insert(e);
                 }
@@ -723,27 +799,52 @@ fn validate_trace_id(t: &str) -> Result<()> {
     Ok(())
 }
 
+/// How a payload's text becomes its JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadMode {
+    /// JSON stays JSON, anything else is a string (text that looks like
+    /// JSON but does not parse is a string, with a warning).
+    Auto,
+    /// Always a string (`--text`).
+    Text,
+    /// Must be JSON (`--json-payload`): anything else is refused (65).
+    Json,
+}
+
+impl PayloadMode {
+    /// The mode the `--text` / `--json-payload` flags ask for.
+    #[must_use]
+    pub fn from_flags(text: bool, json: bool) -> Self {
+        match (text, json) {
+            (true, _) => PayloadMode::Text,
+            (false, true) => PayloadMode::Json,
+            (false, false) => PayloadMode::Auto,
+        }
+    }
+}
+
 /// Reads the payload from the argument, `--file` (`-` = stdin) or stdin,
-/// enforcing the size cap before anything is written. JSON stays JSON
-/// (unless `--text`); other text becomes a JSON string, minus one trailing
-/// newline when it came from a file or stdin.
-fn read_payload(args: &SendArgs, cap: u64) -> Result<Value> {
+/// enforcing the size cap before anything is written. See `payload_from`.
+fn read_payload(args: &SendArgs, cap: u64) -> Result<(Value, Option<String>)> {
     payload_from(
         args.payload.as_deref(),
         args.file.as_deref(),
-        args.text,
+        PayloadMode::from_flags(args.text, args.json_payload),
         cap,
     )
 }
 
 /// `read_payload` from its parts: the argument, else the file (`-` =
-/// stdin), else stdin; `text` keeps JSON as a string.
+/// stdin), else stdin. JSON stays JSON (unless `Text`); other text becomes
+/// a JSON string, minus one trailing newline when it came from a file or
+/// stdin. Returns a warning for text that starts like JSON (`{`, `[`) but
+/// does not parse, stored as a string (`Json` refuses it instead).
 pub fn payload_from(
     arg: Option<&str>,
     file: Option<&std::path::Path>,
-    text_only: bool,
+    mode: PayloadMode,
     cap: u64,
-) -> Result<Value> {
+) -> Result<(Value, Option<String>)> {
     let (bytes, from_stream) = match (arg, file) {
         (Some(p), _) => (p.as_bytes().to_vec(), false),
         (None, Some(path)) if path.as_os_str() != "-" => {
@@ -780,8 +881,28 @@ pub fn payload_from(
             e.utf8_error().valid_up_to()
         ))
     })?;
-    if !text_only && let Ok(v) = serde_json::from_str::<Value>(&text) {
-        return Ok(v);
+    let mut warning = None;
+    if mode != PayloadMode::Text {
+        match serde_json::from_str::<Value>(&text) {
+            Ok(v) => return Ok((v, None)),
+            Err(e) if mode == PayloadMode::Json => {
+                return Err(Error::Data(format!(
+                    "payload is not valid JSON ({e}) and --json-payload asks for JSON; nothing was sent"
+                )));
+            }
+            Err(e) => {
+                if let Some(c) = text
+                    .trim_start()
+                    .chars()
+                    .next()
+                    .filter(|c| matches!(c, '{' | '['))
+                {
+                    warning = Some(format!(
+                        "payload starts with '{c}' but is not valid JSON ({e}); sent as a string (--json-payload refuses such payloads, --text sends text without this warning)"
+                    ));
+                }
+            }
+        }
     }
     let text = if from_stream {
         text.strip_suffix("\r\n")
@@ -790,22 +911,37 @@ pub fn payload_from(
     } else {
         text
     };
-    Ok(Value::String(text))
+    Ok((Value::String(text), warning))
 }
 
-fn read_capped(r: impl Read, cap: u64, what: &str) -> Result<Vec<u8>> {
+fn read_capped(mut r: impl Read, cap: u64, what: &str) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
-    r.take(cap.saturating_add(1))
+    let read_err = |e| Error::Io {
+        what: format!("cannot read payload from {what}"),
+        source: e,
+    };
+    r.by_ref()
+        .take(cap.saturating_add(1))
         .read_to_end(&mut buf)
-        .map_err(|e| Error::Io {
-            what: format!("cannot read payload from {what}"),
-            source: e,
-        })?;
+        .map_err(read_err)?;
     if buf.len() as u64 > cap {
-        return Err(too_big(&format!("over {cap}"), cap, what));
+        // Measure the rest (to a bound: stdin may never end) so the error
+        // can say how big the payload is.
+        let rest =
+            std::io::copy(&mut r.take(MEASURE_MAX), &mut std::io::sink()).map_err(read_err)?;
+        let size = buf.len() as u64 + rest;
+        let size = if rest == MEASURE_MAX {
+            format!("over {size}")
+        } else {
+            size.to_string()
+        };
+        return Err(too_big(&size, cap, what));
     }
     Ok(buf)
 }
+
+/// How far past the cap an oversize payload is measured for its error.
+const MEASURE_MAX: u64 = 64 * 1024 * 1024;
 
 /// A batch line's payload measured as a single send measures its own: a
 /// string by its text, other JSON by its compact encoding (as stored).
@@ -833,7 +969,9 @@ fn payload_size(payload: &Value) -> u64 {
 }
 
 fn too_big(size: &str, cap: u64, what: &str) -> Error {
+    let want = size.parse::<u64>().ok().filter(|n| *n <= MEASURE_MAX);
     Error::Data(format!(
-        "payload from {what} is {size} bytes, more than the limit of {cap} bytes; nothing was sent (raise maxPayloadBytes in config.json if this is intended)"
+        "payload from {what} is {size} bytes, more than the limit of {cap} bytes (maxPayloadBytes); nothing was sent; to raise the cap (up to 64 MiB): relay config set maxPayloadBytes {}",
+        want.map_or_else(|| "BYTES".to_string(), |n| n.to_string())
     ))
 }

@@ -143,7 +143,7 @@ pub fn run(ctx: &mut Ctx, args: &StatusArgs) -> Result<()> {
                 e.kind.clone(),
                 e.sender.clone().unwrap_or_default(),
                 e.endpoint.clone().unwrap_or_default(),
-                output::detail_text(&e.detail),
+                output::detail_text(&e.detail, now),
             ]);
         }
         out.push(output::table_text(&t));

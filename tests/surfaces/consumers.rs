@@ -28,7 +28,11 @@ fn file(id: &str) -> String {
 #[test]
 fn follow_prints_a_message_sent_after_it_started_and_stops_on_sigterm() {
     let r = world(&["agent.b"]);
-    let mut f = Proc::start(&r, &["recv", "agent.b", "--follow", "--json"], &[]);
+    let mut f = Proc::start(
+        &r,
+        &["recv", "agent.b", "--follow", "--json", "--lease", "30m"],
+        &[],
+    );
     // The first message proves the follower is up and in its loop.
     let first = r.send("agent.b", "first");
     let v = f.json_line(secs(10), "id", &first);
@@ -40,7 +44,7 @@ fn follow_prints_a_message_sent_after_it_started_and_stops_on_sigterm() {
     assert_eq!(v["payload"], "second", "{v}");
     assert_eq!(v["subject"], "agent.b", "{v}");
 
-    // Without --ack both stay claimed in cur/.
+    // With --lease (and without --ack) both stay claimed in cur/.
     let mut claimed = vec![file(&first), file(&second)];
     claimed.sort();
     assert_eq!(r.files("agent.b", "cur"), claimed, "{}", f.dump());
@@ -58,6 +62,30 @@ fn follow_prints_a_message_sent_after_it_started_and_stops_on_sigterm() {
         claimed,
         "stopping must not drop claims"
     );
+}
+
+#[test]
+fn follow_without_exec_or_lease_prints_and_acks_each_message() {
+    let r = world(&["agent.b"]);
+    let mut f = Proc::start(
+        &r,
+        &["recv", "agent.b", "--follow", "--format", "{id} {payload}"],
+        &[],
+    );
+    let id = r.send("agent.b", "one");
+    let want = format!("{id} one");
+    f.stdout_line(secs(10), &want, |l| l == want);
+    wait_until(secs(5), "cur/ and new/ to empty", || {
+        r.files("agent.b", "cur").is_empty() && r.files("agent.b", "new").is_empty()
+    });
+    assert!(r.files("agent.b", "failed").is_empty());
+    f.signal("TERM");
+    let code = f.finish(secs(10));
+    if code != 0 {
+        f.fail(&format!(
+            "SIGTERM should stop the follower with 0, got {code}"
+        ));
+    }
 }
 
 #[test]
