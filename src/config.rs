@@ -163,7 +163,8 @@ enum Kind {
         min: u64,
         max: u64,
     },
-    /// An object of non-empty sender prefix -> integer in `1..=COUNT_MAX`.
+    /// An object of sender prefix ("" matches every sender) -> integer in
+    /// `1..=COUNT_MAX`.
     Overrides,
 }
 
@@ -399,7 +400,12 @@ static KNOBS: &[Knob] = &[
     },
     Knob {
         key: "reliability.backpressure.pressureWarningAt",
-        kind: RATIO,
+        // DorkOS: a number in 0..=1 (0 warns on every send).
+        kind: Kind::Num {
+            min: 0.0,
+            min_inclusive: true,
+            max: 1.0,
+        },
         default: Value::Num(0.8),
         get: |c| Value::Num(c.reliability.backpressure.pressure_warning_at),
         set: |c, v| c.reliability.backpressure.pressure_warning_at = v.num(),
@@ -642,6 +648,13 @@ fn apply(
             .find(|k| k.key == path)
             .filter(|_| !name.contains('.'));
         if let Some(knob) = knob {
+            let fitted;
+            let value = if DORKOS_KEYS.contains(&path.as_str()) {
+                fitted = dorkos_fit(knob.kind, &path, value, origin, &mut config.warnings)?;
+                &fitted
+            } else {
+                value
+            };
             let parsed = knob.kind.read(&path, value);
             (knob.set)(config, parsed.map_err(|m| invalid(origin, m))?);
         } else if is_section(&path) && !name.contains('.') {
@@ -659,6 +672,78 @@ fn apply(
         }
     }
     Ok(())
+}
+
+/// The keys DorkOS validates (`ReliabilityConfigSchema`, dorkos-contract.md
+/// section 6): relay accepts exactly what DorkOS accepts for them.
+const DORKOS_KEYS: &[&str] = &[
+    "reliability.rateLimit.enabled",
+    "reliability.rateLimit.windowSecs",
+    "reliability.rateLimit.maxPerWindow",
+    "reliability.rateLimit.perSenderOverrides",
+    "reliability.circuitBreaker.enabled",
+    "reliability.circuitBreaker.failureThreshold",
+    "reliability.circuitBreaker.cooldownMs",
+    "reliability.circuitBreaker.halfOpenProbeCount",
+    "reliability.circuitBreaker.successToClose",
+    "reliability.backpressure.enabled",
+    "reliability.backpressure.maxMailboxSize",
+    "reliability.backpressure.pressureWarningAt",
+];
+
+/// JavaScript's `Number.MAX_SAFE_INTEGER`: Zod's `int()` takes nothing larger.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// A DorkOS key's value as relay reads it: an integer DorkOS accepts
+/// (any safe integer) above relay's own ceiling is taken as that ceiling,
+/// with a warning; one above the safe integers is refused, as DorkOS does.
+fn dorkos_fit(
+    kind: Kind,
+    key: &str,
+    v: &Json,
+    origin: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Json> {
+    let mut fit = |key: &str, v: &Json, max: u64| -> Result<Json> {
+        let Some(n) = v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f > 0.0)
+                .map(|f| f as u64)
+        }) else {
+            return Ok(v.clone());
+        };
+        if n <= max {
+            return Ok(v.clone());
+        }
+        if v.as_f64().is_some_and(|f| f > MAX_SAFE_INTEGER as f64) || n > MAX_SAFE_INTEGER {
+            return Err(invalid(
+                origin,
+                format!(
+                    "{key} must be an integer <= {MAX_SAFE_INTEGER} (the largest DorkOS accepts), got {}",
+                    show(v)
+                ),
+            ));
+        }
+        warnings.push(format!(
+            "config {origin}: {key} is {n}, above relay's ceiling of {max}; relay uses {max}"
+        ));
+        Ok(Json::from(max))
+    };
+    match kind {
+        Kind::Int { max, .. } => fit(key, v, max),
+        Kind::Overrides => match v {
+            Json::Object(map) => {
+                let mut out = serde_json::Map::new();
+                for (prefix, limit) in map {
+                    let k = format!("{key}[{}]", Json::from(prefix.as_str()));
+                    out.insert(prefix.clone(), fit(&k, limit, COUNT_MAX)?);
+                }
+                Ok(Json::Object(out))
+            }
+            other => Ok(other.clone()),
+        },
+        _ => Ok(v.clone()),
+    }
 }
 
 impl Kind {
@@ -695,12 +780,8 @@ impl Kind {
                     )));
                 };
                 let mut map = BTreeMap::new();
+                // Any key, "" included (it matches every sender), as DorkOS.
                 for (prefix, limit) in object {
-                    if prefix.is_empty() {
-                        return Err(format!(
-                            "{key} keys must be non-empty sender prefixes, got \"\""
-                        ));
-                    }
                     let limit = read_int(limit, 1, COUNT_MAX).map_err(|expected| {
                         format!(
                             "{key}[{}] must be {expected}, got {}",
@@ -1094,8 +1175,8 @@ mod tests {
             "config /h/config.json: maxPayloadBytes must be an integer <= 67108864, got 67108865"
         );
         assert_eq!(
-            err(&nest("reliability.backpressure.pressureWarningAt", "0")),
-            "config /h/config.json: reliability.backpressure.pressureWarningAt must be a number > 0 and <= 1, got 0"
+            err(&nest("reliability.backpressure.pressureWarningAt", "-0.1")),
+            "config /h/config.json: reliability.backpressure.pressureWarningAt must be a number >= 0 and <= 1, got -0.1"
         );
         assert_eq!(
             err(&nest("reliability.circuitBreaker.enabled", r#""yes""#)),
@@ -1111,59 +1192,54 @@ mod tests {
             ("reliability.rateLimit.windowSecs", "0", ">= 1"),
             (
                 "reliability.rateLimit.windowSecs",
-                "31536001",
-                "<= 31536000",
+                "9007199254740992",
+                "<= 9007199254740991",
             ),
             ("reliability.rateLimit.maxPerWindow", "0", ">= 1"),
             (
                 "reliability.rateLimit.maxPerWindow",
-                "4294967296",
-                "<= 4294967295",
+                "9007199254740992",
+                "<= 9007199254740991",
             ),
             ("reliability.circuitBreaker.failureThreshold", "0", ">= 1"),
             (
                 "reliability.circuitBreaker.failureThreshold",
-                "4294967296",
-                "<= 4294967295",
+                "9007199254740992",
+                "<= 9007199254740991",
             ),
             ("reliability.circuitBreaker.cooldownMs", "999", ">= 1000"),
             (
                 "reliability.circuitBreaker.cooldownMs",
-                "31536000001",
-                "<= 31536000000",
+                "9007199254740992",
+                "<= 9007199254740991",
             ),
             ("reliability.circuitBreaker.halfOpenProbeCount", "0", ">= 1"),
             (
                 "reliability.circuitBreaker.halfOpenProbeCount",
-                "4294967296",
-                "<= 4294967295",
+                "9007199254740992",
+                "<= 9007199254740991",
             ),
             ("reliability.circuitBreaker.successToClose", "0", ">= 1"),
             (
                 "reliability.circuitBreaker.successToClose",
-                "99999999999999999999",
-                "<= 4294967295",
+                "9007199254740992",
+                "<= 9007199254740991",
             ),
             ("reliability.backpressure.maxMailboxSize", "0", ">= 1"),
             (
                 "reliability.backpressure.maxMailboxSize",
-                "4294967296",
-                "<= 4294967295",
-            ),
-            (
-                "reliability.backpressure.pressureWarningAt",
-                "0",
-                "a number > 0 and <= 1",
+                "9007199254740992",
+                "<= 9007199254740991",
             ),
             (
                 "reliability.backpressure.pressureWarningAt",
                 "-0.5",
-                "a number > 0 and <= 1",
+                "a number >= 0 and <= 1",
             ),
             (
                 "reliability.backpressure.pressureWarningAt",
                 "1.0001",
-                "a number > 0 and <= 1",
+                "a number >= 0 and <= 1",
             ),
         ];
         for (key, value, expected) in cases {
@@ -1227,7 +1303,9 @@ mod tests {
         assert_eq!(c.reliability.rate_limit.window_secs, 100);
         let message = err(&nest("reliability.rateLimit.maxPerWindow", "1e300"));
         assert!(
-            message.contains("must be an integer <= 4294967295, got 1e+300"),
+            message.contains(
+                "must be an integer <= 9007199254740991 (the largest DorkOS accepts), got 1e+300"
+            ),
             "{message}"
         );
     }
@@ -1286,16 +1364,10 @@ mod tests {
     fn overrides_are_validated_per_entry() {
         let key = "reliability.rateLimit.perSenderOverrides";
         assert_eq!(
-            err(&nest(key, r#"{"": 5}"#)),
-            format!(
-                "config /h/config.json: {key} keys must be non-empty sender prefixes, got \"\""
-            )
-        );
-        assert_eq!(
             err(&nest(key, r#"{"agent.a": 0}"#)),
             format!("config /h/config.json: {key}[\"agent.a\"] must be an integer >= 1, got 0")
         );
-        for value in ["1.5", "\"10\"", "-3", "null", "4294967296"] {
+        for value in ["1.5", "\"10\"", "-3", "null", "9007199254740992"] {
             let message = err(&nest(key, &format!(r#"{{"ci.": {value}}}"#)));
             assert!(
                 message.contains(&format!("{key}[\"ci.\"] must be an integer")),
@@ -1304,6 +1376,42 @@ mod tests {
         }
         let c = ok(&nest(key, "{}"));
         assert!(c.reliability.rate_limit.per_sender_overrides.is_empty());
+    }
+
+    #[test]
+    fn dorkos_valid_values_are_accepted() {
+        // DorkOS's schema: pressureWarningAt 0..=1, any override key.
+        let c = ok(&nest("reliability.backpressure.pressureWarningAt", "0"));
+        assert!(c.reliability.backpressure.pressure_warning_at.abs() < f64::EPSILON);
+        let key = "reliability.rateLimit.perSenderOverrides";
+        let c = ok(&nest(key, r#"{"": 7}"#));
+        assert_eq!(c.reliability.rate_limit.per_sender_overrides[""], 7);
+        assert_eq!(c.reliability.rate_limit.limit_for("anyone"), 7);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn dorkos_safe_integers_above_relay_ceilings_are_taken_as_the_ceiling() {
+        let c = ok(&nest(
+            "reliability.backpressure.maxMailboxSize",
+            "9007199254740991",
+        ));
+        assert_eq!(c.reliability.backpressure.max_mailbox_size, COUNT_MAX);
+        assert_eq!(
+            c.warnings,
+            [
+                "config /h/config.json: reliability.backpressure.maxMailboxSize is 9007199254740991, above relay's ceiling of 4294967295; relay uses 4294967295"
+            ]
+        );
+        let key = "reliability.rateLimit.perSenderOverrides";
+        let c = ok(&nest(key, r#"{"ci.": 4294967296}"#));
+        assert_eq!(
+            c.reliability.rate_limit.per_sender_overrides["ci."],
+            COUNT_MAX
+        );
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        // relay's own keys keep their ceilings.
+        assert!(err(&nest("reliability.rateLimit.burst", "4294967296")).contains("<= 4294967295"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod cmd;
 pub mod config;
 pub mod context;
+pub mod dorkos;
 pub mod envelope;
 pub mod error;
 pub mod generate;

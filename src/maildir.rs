@@ -481,11 +481,27 @@ impl Mailbox {
         home::sync_dir(&self.sub("new"))
     }
 
+    /// The relay home this mailbox is in.
+    fn root(&self) -> &Path {
+        self.dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."))
+    }
+
     /// Removes a claimed message from `cur/`.
     pub fn ack(&self, id: &str) -> Result<AckOutcome> {
         let path = self.file("cur", id);
+        // DorkOS's index gets the row whole if it has none yet.
+        let file = crate::dorkos::present(self.root())
+            .then(|| self.read_json("cur", id))
+            .flatten();
         match fs::remove_file(&path) {
-            Ok(()) => Ok(AckOutcome::Removed),
+            Ok(()) => {
+                let done = crate::dorkos::Status::Delivered;
+                crate::dorkos::finished(self.root(), &self.name, id, done, file.as_ref());
+                Ok(AckOutcome::Removed)
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(AckOutcome::Missing),
             Err(e) => Err(Error::io("cannot remove", &path, e)),
         }
@@ -555,6 +571,7 @@ impl Mailbox {
             }
             let _ = fs::remove_file(self.sub("failed").join(format!("{id}{REASON_EXT}")));
             home::sync_dir(&self.sub("failed"))?;
+            crate::dorkos::requeued(self.root(), &self.name, new);
             return Ok(Some(new.clone()));
         }
         let to = self.file("new", id);
@@ -566,6 +583,7 @@ impl Mailbox {
         let _ = fs::remove_file(self.sub("failed").join(format!("{id}{REASON_EXT}")));
         home::sync_dir(&self.sub("new"))?;
         home::sync_dir(&self.sub("failed"))?;
+        crate::dorkos::requeued(self.root(), &self.name, &env);
         Ok(Some(env))
     }
 
@@ -631,7 +649,10 @@ impl Mailbox {
         }
         match fs::remove_file(self.sub("failed").join(format!("{id}{REASON_EXT}"))) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            _ => {
+                crate::dorkos::removed(self.root(), &self.name, id);
+                Ok(())
+            }
         }
     }
 
@@ -679,6 +700,8 @@ impl Mailbox {
         } else {
             envelope
         };
+        let failed = crate::dorkos::Status::Failed;
+        crate::dorkos::finished(self.root(), &self.name, id, failed, Some(&envelope));
         self.write_reason_or_warn(id, envelope, reason, code, now);
         home::sync_dir(&self.sub("cur"))?;
         Ok(true)
@@ -693,6 +716,7 @@ impl Mailbox {
         self.place(&file_name(&env.id), &bytes, "failed", true, false)?;
         let value = serde_json::to_value(env).unwrap_or(Value::Null);
         self.write_reason_or_warn(&env.id, value, reason, code, now);
+        crate::dorkos::dead_lettered(self.root(), &self.name, env);
         Ok(())
     }
 

@@ -107,7 +107,7 @@ pub fn send(
             "reason": reason,
             "failedAt": iso8601(now),
         }),
-        dispatch_id: None,
+        dispatch_id: original.dispatch_id.clone(),
         trace_id: Some(original.trace().to_string()),
         priority: None,
         delivery_count: 0,
@@ -130,11 +130,24 @@ pub fn send(
         notice.budget.hop_count = 1;
         notice.budget.ancestor_chain.push(reply_to.to_string());
         notice.budget.call_budget_remaining -= 1;
-        mb.deliver(&notice, true).map(|unsynced| {
+        let root = home.root();
+        crate::dorkos::delivering(root, &[(&notice, vec![(reply_to, &notice)])]);
+        let done = mb.deliver(&notice, true).map(|unsynced| {
             if let Some(e) = unsynced {
                 crate::output::warn(&format!("failure notice {} delivered, but: {e}", notice.id));
             }
-        })
+        });
+        let out = crate::dorkos::Outcome {
+            delivered: done
+                .as_ref()
+                .map_or(Vec::new(), |()| vec![(reply_to, &notice)]),
+            ..crate::dorkos::Outcome::default()
+        };
+        if done.is_err() {
+            crate::dorkos::unsent(root, reply_to, &notice.id);
+        }
+        crate::dorkos::published(root, &notice, &out, now);
+        done
     } else {
         mb.dead_letter(
             &notice,

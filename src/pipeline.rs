@@ -141,6 +141,7 @@ pub fn deliver(
     durability: Durability<'_>,
     now: u64,
 ) -> Result<()> {
+    let started = std::time::Instant::now();
     let rel = ctx.config.reliability.clone();
     let key_window_ms = ctx.config.idempotency_window_secs.saturating_mul(1000);
 
@@ -221,6 +222,7 @@ pub fn deliver(
             return Err(e);
         }
     };
+    dorkos_rows(home.root(), jobs, &work);
     let written: Vec<Written> = match durability {
         Durability::Logged(log) => match logged_commit(home, log, &work) {
             Ok((results, problem)) => {
@@ -258,6 +260,7 @@ pub fn deliver(
             }
             Err(e) => {
                 ledger.unsent(&ep, &copy.id);
+                crate::dorkos::unsent(home.root(), &ep, &copy.id);
                 io_failures.push((j, ep, job.probes[i]));
                 let code = if e.is_full() { "disk_full" } else { "io_error" };
                 Fate::Refused(code.into(), e.to_string(), None)
@@ -364,6 +367,10 @@ pub fn deliver(
     {
         problems.push(key_problem(&release, &e));
     }
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    for job in jobs.iter() {
+        dorkos_published(ctx.home.root(), job, duration_ms, now);
+    }
     if let Some(e) = stop {
         return Err(e);
     }
@@ -429,6 +436,55 @@ fn admit(
         ledger.state().release()?;
         return Ok((held.locks, ledger));
     }
+}
+
+/// DorkOS's index, when there is one beside the home, gets the rows of the
+/// copies about to be written (before any is visible, so a DorkOS consumer
+/// that takes one at once finds its row).
+fn dorkos_rows(root: &std::path::Path, jobs: &[Job], work: &[Work]) {
+    if !crate::dorkos::present(root) {
+        return;
+    }
+    let mut sends: Vec<(&Envelope, Vec<(&str, &Envelope)>)> = Vec::new();
+    for (j, _, ep, copy) in work {
+        let env = &jobs[*j].env;
+        match sends.last_mut() {
+            Some((e, copies)) if e.id == env.id => copies.push((ep, copy)),
+            _ => sends.push((env, vec![(ep.as_str(), copy)])),
+        }
+    }
+    crate::dorkos::delivering(root, &sends);
+}
+
+/// What one job's publish did, for DorkOS's index (its `*` row and span).
+fn dorkos_published(root: &std::path::Path, job: &Job, duration_ms: u64, now: u64) {
+    if !crate::dorkos::present(root) {
+        return;
+    }
+    let mut out = crate::dorkos::Outcome {
+        duration_ms,
+        ..crate::dorkos::Outcome::default()
+    };
+    match &job.result {
+        None => {}
+        Some(Err(Error::Refused { message, .. })) => {
+            // Refused whole before anything was written.
+            out.rate_limited = Some(message);
+            crate::dorkos::published(root, &job.env, &out, now);
+            return;
+        }
+        Some(_) => return,
+    }
+    for (ep, fate) in &job.fates {
+        match fate {
+            Some(Fate::Delivered(copy, _)) => out.delivered.push((ep, copy)),
+            Some(Fate::DeadLettered(code, reason) | Fate::Refused(code, reason, _)) => {
+                out.refused.push((code, reason));
+            }
+            None => {}
+        }
+    }
+    crate::dorkos::published(root, &job.env, &out, now);
 }
 
 /// (sender, key, id) of every key claimed for a send that delivered nothing.

@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::access;
 use crate::cli::{ConfigAction, ConfigArgs};
 use crate::config::{self, Config};
 use crate::context::Ctx;
@@ -136,6 +137,21 @@ fn set(ctx: &Ctx, path: &Path, key: &str, value: &str) -> Result<()> {
 }
 
 fn validate(ctx: &Ctx, path: &Path, explicit: bool) -> Result<()> {
+    // An access rules file named on the command line is checked as one.
+    if explicit && path.file_name().is_some_and(|n| n == access::FILE_NAME) {
+        if !path.exists() {
+            return Err(Error::NoInput(format!(
+                "access rules file {} does not exist",
+                path.display()
+            )));
+        }
+        let rules = check_rules(path);
+        if ctx.json {
+            output::json_line(&rules.json)?;
+        }
+        return rules.verdict(ctx.json);
+    }
+    let rules = (!explicit).then(|| check_rules(&ctx.home.root().join(access::FILE_NAME)));
     if !path.exists() {
         if explicit {
             return Err(Error::NoInput(format!(
@@ -144,37 +160,111 @@ fn validate(ctx: &Ctx, path: &Path, explicit: bool) -> Result<()> {
             )));
         }
         if ctx.json {
-            return output::json_line(&serde_json::json!({
+            let mut out = serde_json::json!({
                 "path": path.display().to_string(), "exists": false, "valid": true, "warnings": [],
-            }));
+            });
+            if let Some(r) = &rules {
+                out["accessRules"] = r.json.clone();
+            }
+            output::json_line(&out)?;
+        } else {
+            eprintln!("relay: no {} (the defaults apply)", path.display());
         }
-        eprintln!("relay: no {} (the defaults apply)", path.display());
-        return Ok(());
+        return rules.map_or(Ok(()), |r| r.verdict(ctx.json));
     }
-    let cfg = config::load(path)?;
+    // Unknown keys are warnings, as DorkOS ignores them; only invalid
+    // values make the file invalid (exit 78, from config::load).
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            if let Some(r) = &rules {
+                let _ = r.verdict(ctx.json);
+            }
+            return Err(e);
+        }
+    };
     if ctx.json {
-        output::json_line(&serde_json::json!({
+        let mut out = serde_json::json!({
             "path": path.display().to_string(),
             "exists": true,
-            "valid": cfg.warnings.is_empty(),
+            "valid": true,
             "warnings": cfg.warnings,
-        }))?;
+        });
+        if let Some(r) = &rules {
+            out["accessRules"] = r.json.clone();
+        }
+        output::json_line(&out)?;
     } else {
         for w in &cfg.warnings {
             output::warn(w);
         }
+        let note = if cfg.warnings.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} unknown key(s) ignored)", cfg.warnings.len())
+        };
+        eprintln!("relay: {} is valid{note}", path.display());
     }
-    if cfg.warnings.is_empty() {
-        if !ctx.json {
-            eprintln!("relay: {} is valid", path.display());
+    rules.map_or(Ok(()), |r| r.verdict(ctx.json))
+}
+
+/// What `config validate` found in an access rules file.
+struct RulesReport {
+    path: String,
+    exists: bool,
+    /// Why every send is refused, if it is.
+    problem: Option<String>,
+    warnings: Vec<String>,
+    json: Value,
+}
+
+impl RulesReport {
+    /// Prints the text report (unless `json`) and fails (78) when the file
+    /// refuses every send.
+    fn verdict(&self, json: bool) -> Result<()> {
+        if !json {
+            for w in &self.warnings {
+                output::warn(w);
+            }
         }
-        Ok(())
-    } else {
-        Err(Error::Config(format!(
-            "config {}: {} unknown key(s); remove or rename them",
-            path.display(),
-            cfg.warnings.len()
-        )))
+        match &self.problem {
+            Some(why) => Err(Error::Config(format!(
+                "{why}; every send is refused (exit 77) until you {}",
+                access::FIX
+            ))),
+            None => {
+                if !json && self.exists {
+                    eprintln!("relay: {} is valid", self.path);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Checks the access rules file at `path` as sends read it.
+fn check_rules(path: &Path) -> RulesReport {
+    let checked = access::Rules::check_file(path);
+    let exists = std::fs::symlink_metadata(path).is_ok();
+    let (problem, count) = match &checked.rules {
+        access::Rules::None => (None, 0),
+        access::Rules::Some(r) => (None, r.len()),
+        access::Rules::Quarantined(why) => (Some(why.clone()), 0),
+    };
+    let json = serde_json::json!({
+        "path": path.display().to_string(),
+        "exists": exists,
+        "valid": problem.is_none(),
+        "rules": count,
+        "problem": problem,
+        "warnings": checked.warnings,
+    });
+    RulesReport {
+        path: path.display().to_string(),
+        exists,
+        problem,
+        warnings: checked.warnings,
+        json,
     }
 }
 

@@ -117,6 +117,63 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
         }
     }
 
+    // The access rules: a file that cannot be read as rules refuses every
+    // send. It is the operator's file: reported, never rewritten.
+    let rules_path = ctx.home.root().join(crate::access::FILE_NAME);
+    let rules = crate::access::Rules::check_file(&rules_path);
+    if let crate::access::Rules::Quarantined(why) = &rules.rules {
+        note(
+            "access rules",
+            format!(
+                "{why}; every send is refused (exit 77) until you {}",
+                crate::access::FIX
+            ),
+            false,
+        );
+    }
+    for w in &rules.warnings {
+        output::warn(w);
+    }
+
+    // DorkOS's index beside the home: updates relay could not write yet
+    // (DorkOS was busy) are written now on repair.
+    let dorkos = crate::dorkos::health(ctx.home.root(), repair);
+    for d in &dorkos {
+        if d.caught_up > 0 {
+            note(
+                "DorkOS index",
+                format!(
+                    "{} was behind relay by {} update(s) kept in {} (DorkOS was busy)",
+                    d.path, d.caught_up, d.pending_file
+                ),
+                true,
+            );
+        }
+        if d.pending > 0 {
+            note(
+                "DorkOS index",
+                format!(
+                    "{} is behind relay by {} update(s) kept in {}{}; relay doctor --repair writes them once DorkOS's index takes them",
+                    d.path,
+                    d.pending,
+                    d.pending_file,
+                    d.problem
+                        .as_ref()
+                        .map(|p| format!(" ({p})"))
+                        .unwrap_or_default()
+                ),
+                false,
+            );
+        }
+    }
+    // Messages DorkOS's index knows are DorkOS's mail (or relay's, in both
+    // indexes): a file relay's index lacks is not a problem then.
+    let dorkos_known = if dorkos.iter().any(|d| d.in_step) {
+        crate::dorkos::known(ctx.home.root())
+    } else {
+        std::collections::HashSet::new()
+    };
+
     // 2. Every mailbox directory: permissions, tmp/ leftovers, unreadable files.
     let max_tmp_age = ctx.config.tmp_max_age_secs.saturating_mul(1000);
     let mut disk: HashMap<(String, String), OnDisk> = HashMap::new();
@@ -232,7 +289,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
 
     // 3. The index against the Maildir (only once there is a usable one).
     if !index_usable {
-        return finish(ctx, &findings, disk.len(), repair);
+        return finish(ctx, &findings, disk.len(), repair, &dorkos);
     }
     let home = ctx.home.clone();
     let store = ctx.store()?;
@@ -301,6 +358,9 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
                 );
             }
             (Some(_), Some(_)) | (None, None) => {}
+            (None, Some(_)) if dorkos_known.contains(key) => {
+                // DorkOS's own mail: relay indexes it when it claims it.
+            }
             (None, Some(at)) => {
                 let Some(found) = on_disk(&mb, &key.1, at, disk.get(key)) else {
                     continue; // moved on, or not an envelope (reported above)
@@ -321,7 +381,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
         }
     }
     tx.commit()?;
-    finish(ctx, &findings, disk.len(), repair)
+    finish(ctx, &findings, disk.len(), repair, &dorkos)
 }
 
 /// A directory an `endpoints remove` renamed away and did not delete (it
@@ -441,13 +501,20 @@ fn settled_absent(mb: &Mailbox, id: &str) -> bool {
 }
 
 /// Prints the findings; fails (65) if any problem is left.
-fn finish(ctx: &Ctx, findings: &[Finding], on_disk: usize, repair: bool) -> Result<()> {
+fn finish(
+    ctx: &Ctx,
+    findings: &[Finding],
+    on_disk: usize,
+    repair: bool,
+    dorkos: &[crate::dorkos::Health],
+) -> Result<()> {
     let problems = findings.iter().filter(|f| !f.repaired).count();
     if ctx.json {
         output::json_line(&serde_json::json!({
             "consistent": problems == 0,
             "messagesOnDisk": on_disk,
             "findings": findings,
+            "dorkos": dorkos,
         }))?;
     } else if findings.is_empty() {
         output::line(&format!(
@@ -468,11 +535,26 @@ fn finish(ctx: &Ctx, findings: &[Finding], on_disk: usize, repair: bool) -> Resu
         }
         output::print_table(&t)?;
     }
+    if !ctx.json {
+        for d in dorkos {
+            let state = match (&d.problem, d.in_step) {
+                (Some(p), false) => format!("not DorkOS's index, left alone ({p})"),
+                _ if d.pending > 0 => format!("{} update(s) pending", d.pending),
+                _ => "kept in step".to_string(),
+            };
+            output::line(&format!("DorkOS index {}: {state}", d.path))?;
+        }
+    }
     if problems > 0 {
         return Err(Error::Data(format!(
             "{problems} problem(s) left; {}",
             if repair {
-                "see the table above (symlinked mailboxes and unreplayed batch logs need a person)"
+                "see the table above (symlinked mailboxes, unreplayed batch logs and access rules need a person)"
+            } else if findings
+                .iter()
+                .all(|f| f.repaired || f.check == "access rules")
+            {
+                "fix access-rules.json as the table says"
             } else {
                 "run: relay doctor --repair"
             }

@@ -183,6 +183,7 @@ pub fn remove_endpoint(home: &crate::home::Home, name: &str, force: bool) -> Res
     }
     fs::remove_dir_all(&grave).ctx("cannot delete", &grave)?;
     crate::home::sync_dir(&home.mailboxes())?;
+    crate::dorkos::endpoint_removed(home.root(), name);
     Ok(held)
 }
 

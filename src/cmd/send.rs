@@ -319,7 +319,9 @@ fn prepare(
         budget: budget_for(req.budget, ttl_ms, max_hops, now),
         created_at: crate::clock::iso8601(now),
         payload: req.payload,
-        dispatch_id: None,
+        // A trace the caller chose is DorkOS's dispatchId (its trace id);
+        // without one, DorkOS's trace id is the message id, as relay's.
+        dispatch_id: req.trace_id.clone(),
         trace_id: Some(req.trace_id.unwrap_or_else(|| id.clone())),
         priority: (priority != Priority::Normal).then(|| priority.as_str().to_string()),
         delivery_count: 0,
@@ -754,6 +756,14 @@ fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &st
     }
     let mb = Mailbox::at(&ctx.home, &env.subject);
     mb.dead_letter(env, reason, code, now)?;
+    if code == "no_match" {
+        // DorkOS's publish: accounted (`*` row), nobody took it.
+        let out = crate::dorkos::Outcome {
+            no_match: true,
+            ..crate::dorkos::Outcome::default()
+        };
+        crate::dorkos::published(ctx.home.root(), env, &out, now);
+    }
     let notice = notice::send(&ctx.home, env, &env.subject, code, reason, now)?;
     // Accounted like the pipeline's dead letters: in the journal, no index.
     ledger.dead_letter_row(

@@ -119,13 +119,11 @@ fn an_unusable_rules_file_denies_every_send() {
             "bad action",
             r#"[{"from": ">", "to": ">", "action": "maybe", "priority": 1}]"#,
         ),
+        // DorkOS requires a priority; a pattern that is not one, or an
+        // extra key, is valid for DorkOS (tests/dorkos_index/validation.rs).
         (
-            "bad pattern",
-            r#"[{"from": "a..b", "to": ">", "action": "allow", "priority": 1}]"#,
-        ),
-        (
-            "unknown field",
-            r#"[{"from": ">", "to": ">", "action": "allow", "priority": 1, "when": "always"}]"#,
+            "no priority",
+            r#"[{"from": ">", "to": ">", "action": "allow"}]"#,
         ),
     ];
     for (what, content) in bad {
