@@ -3,7 +3,9 @@
 //! Conventions: value names in caps; short flags only for the few options
 //! typed by hand often (`-f` file, `-n` count, `-w` wait); every option has a
 //! `///` doc that is its help text. `--json` is global so it may follow any
-//! subcommand.
+//! subcommand. Every DURATION option takes `allow_hyphen_values`, so that
+//! `--ttl -5s` reaches relay's own parser (which names the value) instead of
+//! clap's "unexpected argument".
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +19,10 @@ use crate::pressure::Priority;
 ///
 /// Messages live in Maildir mailboxes under the relay home (DorkOS-compatible);
 /// an SQLite index beside them keeps status and timestamps.
+///
+/// A DURATION is a number with a unit (ms, s, m, h, d), parts combined as in
+/// 1h30m; a bare number is seconds. With --json anywhere on the command
+/// line, every error (usage errors too) is one JSON object on stderr.
 #[derive(Debug, Parser)]
 #[command(name = "relay", version, about, max_term_width = 100)]
 pub struct Cli {

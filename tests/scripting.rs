@@ -626,3 +626,22 @@ fn send_without_retry_does_not_retry() {
         .code(75);
     assert!(!out.stderr.contains("retry 1"), "{}", out.stderr);
 }
+
+#[test]
+fn trace_shows_the_sent_time_as_a_local_time() {
+    let r = world(&["a.x"], "");
+    let id = r.cmd(["send", "a.x", "m"]).at(T + 61_000).success().id();
+    let out = r
+        .cmd(["trace", &id])
+        .at(T + 120_000)
+        .env("TZ", "UTC")
+        .success();
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| out.fail("no span row"))
+        .to_string();
+    assert!(row.contains(" 00:01:01 "), "{row}");
+    assert!(!row.contains("2026-01-01T"), "{row}");
+}

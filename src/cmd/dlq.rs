@@ -285,7 +285,7 @@ fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> 
                 eprintln!(
                     "relay: {} of '{ep}' had expired; requeued with a fresh TTL (until {})",
                     env.id,
-                    iso8601(*ttl)
+                    crate::clock::moment(now, *ttl)
                 );
             }
         }

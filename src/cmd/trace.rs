@@ -1,7 +1,7 @@
 //! `relay trace ID`: every span of the message's trace.
 
 use crate::cli::TraceArgs;
-use crate::clock::{human_ms, parse_iso8601};
+use crate::clock::{human_ms, local_time, parse_iso8601};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output;
@@ -36,6 +36,7 @@ pub fn run(ctx: &mut Ctx, args: &TraceArgs) -> Result<()> {
             _ => "-".into(),
         }
     };
+    let now = ctx.clock.now_ms();
     let mut t = output::table(&[
         "message",
         "endpoint",
@@ -50,7 +51,7 @@ pub fn run(ctx: &mut Ctx, args: &TraceArgs) -> Result<()> {
             s.message_id.clone(),
             s.endpoint.clone(),
             s.state.clone(),
-            s.sent_at.clone(),
+            parse_iso8601(&s.sent_at).map_or_else(|| s.sent_at.clone(), |at| local_time(now, at)),
             gap(&s.sent_at, s.delivered_at.as_ref()),
             s.delivered_at
                 .as_deref()
