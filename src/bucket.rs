@@ -12,7 +12,7 @@ pub struct Policy {
     pub refill_per_ms: f64,
     /// Fraction of the capacity in use at which senders are warned.
     pub soft_ratio: f64,
-    /// The configured window, for messages ("20/20 in 60s").
+    /// The configured window, for messages ("refills 20 per 60s").
     pub window_secs: u64,
 }
 

@@ -645,3 +645,19 @@ fn trace_shows_the_sent_time_as_a_local_time() {
     assert!(row.contains(" 00:01:01 "), "{row}");
     assert!(!row.contains("2026-01-01T"), "{row}");
 }
+
+#[test]
+fn request_refuses_a_non_json_payload_under_json_payload() {
+    let r = world(&["a.x"], "");
+    r.cmd([
+        "request",
+        "a.x",
+        "{oops",
+        "--json-payload",
+        "--timeout",
+        "1s",
+    ])
+    .code(65)
+    .stderr_has(&["payload is not valid JSON"]);
+    assert!(r.files("a.x", "new").is_empty());
+}
