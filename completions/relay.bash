@@ -22,6 +22,9 @@ _relay() {
             relay,breakers)
                 cmd="relay__subcmd__breakers"
                 ;;
+            relay,bridge)
+                cmd="relay__subcmd__bridge"
+                ;;
             relay,completions)
                 cmd="relay__subcmd__completions"
                 ;;
@@ -199,6 +202,9 @@ _relay() {
             relay__subcmd__help,breakers)
                 cmd="relay__subcmd__help__subcmd__breakers"
                 ;;
+            relay__subcmd__help,bridge)
+                cmd="relay__subcmd__help__subcmd__bridge"
+                ;;
             relay__subcmd__help,completions)
                 cmd="relay__subcmd__help__subcmd__completions"
                 ;;
@@ -332,7 +338,7 @@ _relay() {
 
     case "${cmd}" in
         relay)
-            opts="-h -V --home --json --help --version send recv peek request ack nack endpoints status breakers limits config trace metrics dlq events gc serve doctor completions man help"
+            opts="-h -V --home --json --help --version send recv peek request ack nack endpoints status breakers limits config trace metrics dlq events gc serve doctor bridge completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -506,6 +512,36 @@ _relay() {
                 return 0
             fi
             case "${prev}" in
+                --home)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        relay__subcmd__bridge)
+            opts="-h --nats --host --replicas --home --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --nats)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --replicas)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --home)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1144,7 +1180,7 @@ _relay() {
             return 0
             ;;
         relay__subcmd__help)
-            opts="send recv peek request ack nack endpoints status breakers limits config trace metrics dlq events gc serve doctor completions man help"
+            opts="send recv peek request ack nack endpoints status breakers limits config trace metrics dlq events gc serve doctor bridge completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1216,6 +1252,20 @@ _relay() {
         relay__subcmd__help__subcmd__breakers__subcmd__reset)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        relay__subcmd__help__subcmd__bridge)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -118,6 +118,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check the store against the Maildir; --repair makes the index agree with it
     Doctor(DoctorArgs),
+    /// Join this home to others through NATS JetStream (runs until SIGTERM)
+    Bridge(BridgeArgs),
     /// Print the shell completion script for SHELL
     Completions {
         /// bash, zsh, fish, elvish or powershell
@@ -153,6 +155,25 @@ pub struct ServeArgs {
     /// request must then present (Authorization: Bearer TOKEN, or ?token=)
     #[arg(long)]
     pub allow_remote: bool,
+}
+
+/// Arguments of `relay bridge`.
+#[derive(Debug, Args)]
+pub struct BridgeArgs {
+    /// NATS server URL (comma-separated for a cluster) [default: config
+    /// bridge.url, then nats://127.0.0.1:4222]
+    #[arg(long, value_name = "URL", env = "RELAY_NATS_URL")]
+    pub nats: Option<String>,
+
+    /// This host's name in the directory (letters, digits, '-', '_')
+    /// [default: config bridge.host]
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+
+    /// Replicas of the stream and the directory bucket (3 on a three-node
+    /// cluster) [default: config bridge.replicas, then 1]
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<usize>,
 }
 
 /// Arguments of `relay trace`.

@@ -49,8 +49,28 @@ pub struct Config {
     /// up with exit 75, `1..=` an hour (relay's own key; the environment
     /// variable `RELAY_LOCK_TIMEOUT_MS` overrides it).
     pub lock_timeout_ms: u64,
+    /// The `bridge` section: `relay bridge` (relay's own keys).
+    pub bridge: Bridge,
     /// problems that are not fatal (unknown keys), one human line each
     pub warnings: Vec<String>,
+}
+
+/// `bridge`: how `relay bridge` joins this home to others over NATS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bridge {
+    /// NATS URL when `--nats` and `RELAY_NATS_URL` are not given (not a
+    /// knob yet: flags and the environment set it).
+    pub url: Option<String>,
+    /// This host's name when `--host` is not given (not a knob yet).
+    pub host: Option<String>,
+    /// `bridge.replicas`: stream and bucket replicas, `1..=5`, or null (1).
+    pub replicas: Option<usize>,
+    /// `bridge.dedupWindowMs`: JetStream's duplicate window for the stream,
+    /// `1000..=` a day; 120000 (2 min) as JetStream's default.
+    pub dedup_window_ms: u64,
+    /// `bridge.maxDeliveries`: temporary refusals of one forwarded message
+    /// before it is dead-lettered (`max_deliveries`), `1..=1000`.
+    pub max_deliveries: u32,
 }
 
 /// `delivery`: how long a claim is held and how often it is handed out.
@@ -249,6 +269,30 @@ static KNOBS: &[Knob] = &[
         default: Value::Int(5),
         get: |c| Value::Int(u64::from(c.delivery.max_deliveries)),
         set: |c, v| c.delivery.max_deliveries = v.int32(),
+    },
+    Knob {
+        key: "bridge.replicas",
+        kind: Kind::OptInt { min: 1, max: 5 },
+        default: Value::OptInt(None),
+        get: |c| Value::OptInt(c.bridge.replicas.map(|n| n as u64)),
+        set: |c, v| c.bridge.replicas = v.opt_int().map(|n| usize::try_from(n).unwrap_or(1)),
+    },
+    Knob {
+        key: "bridge.dedupWindowMs",
+        kind: Kind::Int {
+            min: 1000,
+            max: 86_400_000,
+        },
+        default: Value::Int(120_000),
+        get: |c| Value::Int(c.bridge.dedup_window_ms),
+        set: |c, v| c.bridge.dedup_window_ms = v.int(),
+    },
+    Knob {
+        key: "bridge.maxDeliveries",
+        kind: Kind::Int { min: 1, max: 1000 },
+        default: Value::Int(100),
+        get: |c| Value::Int(u64::from(c.bridge.max_deliveries)),
+        set: |c, v| c.bridge.max_deliveries = v.int32(),
     },
     Knob {
         key: "locks.timeoutMs",
@@ -459,6 +503,13 @@ impl Default for Config {
                 max_deliveries: 0,
             },
             lock_timeout_ms: 0,
+            bridge: Bridge {
+                url: None,
+                host: None,
+                replicas: Some(0),
+                dedup_window_ms: 0,
+                max_deliveries: 0,
+            },
             reliability: Reliability {
                 rate_limit: RateLimit {
                     enabled: false,

@@ -5,6 +5,7 @@
 pub mod access;
 pub mod batchlog;
 pub mod breaker;
+pub mod bridge;
 pub mod bucket;
 pub mod cli;
 pub mod clock;
@@ -141,6 +142,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Gc(a) => cmd::gc::run(&mut ctx, a),
         Command::Serve(a) => cmd::serve::run(&ctx, a),
         Command::Doctor(a) => cmd::doctor::run(&mut ctx, a),
+        Command::Bridge(a) => cmd::bridge::run(&ctx, a),
         Command::Completions { .. } | Command::Man { .. } | Command::Peek(_) => Ok(()),
     }
 }

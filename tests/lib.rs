@@ -7,6 +7,7 @@ mod ack; // ack and nack: removal from cur/, dead letters with reason sidecars
 mod backpressure; // mailbox depth: warning, refusal, priority lanes, recv order, fan-out refusals
 mod batch; // send --batch: order, fan-out, group commit on two threads, per-line errors, limits
 mod breakers; // circuit breakers: trips, open refusals, half-open probes, leases, reset/open
+mod bridge; // relay bridge over a real nats-server: directory, flow, partitions (issue 15)
 mod cli; // usage errors (64), help and version, the clean-environment fallbacks
 mod concurrency; // racing receivers: every message claimed exactly once
 mod config; // config.json: invalid files exit 78 naming file and key; unknown keys warn

@@ -46,6 +46,10 @@ pub struct EndpointInfo {
     /// The same, in ms (0 if never), for tables.
     #[serde(skip)]
     pub last_activity_ms: u64,
+    /// The host it lives on, for a remote endpoint (`relay bridge`): the
+    /// counts are then of its outbox here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// Every endpoint with its depth, pressure and last activity.
@@ -53,11 +57,13 @@ pub fn infos(ctx: &Ctx) -> Result<Vec<EndpointInfo>> {
     let bp = &ctx.config.reliability.backpressure;
     let capacity = bp.enabled.then_some(bp.max_mailbox_size);
     let mut rows = Vec::new();
+    let remotes = crate::bridge::directory::remotes(&ctx.home);
     for name in maildir::list_endpoints(&ctx.home)? {
         let mb = Mailbox::at(&ctx.home, &name);
         let (new, cur, failed) = (mb.count("new")?, mb.count("cur")?, mb.count("failed")?);
         let last = mb.last_activity();
         #[allow(clippy::cast_precision_loss)]
+        let host = remotes.get(&name).cloned();
         rows.push(EndpointInfo {
             subject: name,
             depth: new + cur,
@@ -68,6 +74,7 @@ pub fn infos(ctx: &Ctx) -> Result<Vec<EndpointInfo>> {
             pressure: capacity.map(|c| (new + cur) as f64 / c.max(1) as f64),
             last_activity: (last > 0).then(|| iso8601(last)),
             last_activity_ms: last,
+            host,
         });
     }
     Ok(rows)
@@ -92,15 +99,24 @@ fn list(ctx: &Ctx) -> Result<()> {
         eprintln!("relay: no endpoints yet; create one with: relay endpoints add SUBJECT");
         return Ok(());
     }
-    let mut t = output::table(&["endpoint", "new", "cur", "failed", "last activity"]);
+    let remote = rows.iter().any(|r| r.host.is_some());
+    let mut head = vec!["endpoint", "new", "cur", "failed", "last activity"];
+    if remote {
+        head.push("host");
+    }
+    let mut t = output::table(&head);
     for r in &rows {
-        t.add_row(vec![
+        let mut row = vec![
             r.subject.clone(),
             r.new.to_string(),
             r.cur.to_string(),
             r.failed.to_string(),
             ago(now, r.last_activity_ms),
-        ]);
+        ];
+        if remote {
+            row.push(r.host.clone().unwrap_or_else(|| "(local)".into()));
+        }
+        t.add_row(row);
     }
     for i in 1..=3 {
         if let Some(c) = t.column_mut(i) {

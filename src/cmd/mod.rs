@@ -3,6 +3,7 @@
 
 pub mod ack;
 pub mod breakers;
+pub mod bridge;
 pub mod config;
 pub mod consume;
 pub mod dlq;

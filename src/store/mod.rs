@@ -809,6 +809,19 @@ impl Tx<'_> {
             .map_err(|e| self.err(e))
     }
 
+    /// Marks a pending message claimed at `at` without a lease: the claim
+    /// happened on another host (`relay bridge`), which holds its lease.
+    pub fn record_remote_claim(&self, endpoint: &str, id: &str, at: u64) -> Result<()> {
+        self.tx
+            .execute(
+                "UPDATE messages SET status = 'claimed', claimed_at = ?3
+                 WHERE endpoint = ?1 AND id = ?2 AND status = 'pending'",
+                params![endpoint, id, at],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Marks one message acked or failed (no-op if the index lacks it).
     pub fn record_done(
         &self,

@@ -1,0 +1,129 @@
+//! The outbound publisher: takes what waits in the outbox (priority, then
+//! age), publishes each copy to the stream with `Nats-Msg-Id` =
+//! `<ULID>.<endpoint>`, the envelope unchanged as the body and the headers
+//! of `wire`, and removes a copy only after JetStream acknowledged it. A
+//! failed publish gives the copies back and tells the link's breaker.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+
+use super::outbox::{self, Item};
+use super::session::Session;
+use super::{blocking, link, wire};
+use crate::error::Result;
+
+/// Copies taken per round.
+const BATCH: usize = 256;
+/// Pause when the outbox is empty.
+const IDLE: Duration = Duration::from_millis(10);
+
+/// The headers of a forwarded copy.
+#[must_use]
+pub fn headers(it: &Item, origin: &str) -> HeaderMap {
+    let env = &it.envelope;
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", wire::msg_id(&env.id, &it.endpoint).as_str());
+    h.insert(wire::H_TRACE, env.trace());
+    h.insert(wire::H_FROM, env.from.as_str());
+    if let Some(r) = &env.reply_to {
+        h.insert(wire::H_REPLY_TO, r.as_str());
+    }
+    h.insert(wire::H_PRIORITY, env.priority().as_str());
+    if let Ok(b) = serde_json::to_string(&env.budget) {
+        h.insert(wire::H_BUDGET, b.as_str());
+    }
+    h.insert(wire::H_ORIGIN, origin);
+    h
+}
+
+/// Forwards the outbox until a stop.
+pub async fn run_loop(session: Arc<Session>) -> Result<()> {
+    let host = session.settings.host.clone();
+    while !session.stopping() {
+        let h = host.clone();
+        let gate = blocking(&session.local, move |l| {
+            let now = l.ctx().clock.now_ms();
+            link::may_try(l.ctx(), &h, now)
+        })
+        .await?;
+        if let Err(wait) = gate {
+            session
+                .pause(Duration::from_millis(wait.clamp(50, 5_000)))
+                .await;
+            continue;
+        }
+        let taken = blocking(&session.local, |l| {
+            let now = l.ctx().clock.now_ms();
+            outbox::take(l.ctx(), BATCH, now)
+        })
+        .await?;
+        session.expired.fetch_add(taken.expired, Ordering::SeqCst);
+        if taken.items.is_empty() {
+            session.pause(IDLE).await;
+            continue;
+        }
+        let (sent, unsent, err) = publish(&session, &host, taken.items).await;
+        let n = sent.len() as u64;
+        let h = host.clone();
+        let ok = err.is_none();
+        blocking(&session.local, move |l| {
+            let now = l.ctx().clock.now_ms();
+            outbox::done(l.ctx(), &sent, now)?;
+            outbox::give_back(l.ctx(), &unsent)?;
+            link::outcome(l.ctx(), &h, ok, now)
+        })
+        .await?;
+        session.forwarded.fetch_add(n, Ordering::SeqCst);
+        if let Some(e) = err {
+            crate::output::warn(&format!(
+                "bridge: cannot publish to NATS ({e}); the copies stay queued"
+            ));
+            session.pause(Duration::from_millis(500)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Publishes `items` in order with every ack outstanding at once; returns
+/// the acknowledged ones, the rest, and the first error.
+async fn publish(
+    session: &Session,
+    origin: &str,
+    items: Vec<Item>,
+) -> (Vec<Item>, Vec<Item>, Option<String>) {
+    let mut pending = Vec::with_capacity(items.len());
+    let mut rest = Vec::new();
+    let mut err = None;
+    let mut iter = items.into_iter();
+    for it in iter.by_ref() {
+        let subject = wire::msg_subject(&it.host, &it.endpoint);
+        let body = it.bytes.clone().into();
+        match session
+            .js
+            .publish_with_headers(subject, headers(&it, origin), body)
+            .await
+        {
+            Ok(ack) => pending.push((it, ack)),
+            Err(e) => {
+                err = Some(e.to_string());
+                rest.push(it);
+                break;
+            }
+        }
+    }
+    rest.extend(iter);
+    let mut sent = Vec::with_capacity(pending.len());
+    for (it, ack) in pending {
+        match ack.await {
+            Ok(_) => sent.push(it),
+            Err(e) => {
+                err.get_or_insert_with(|| e.to_string());
+                rest.push(it);
+            }
+        }
+    }
+    (sent, rest, err)
+}

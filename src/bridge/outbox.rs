@@ -1,0 +1,189 @@
+//! The outbox: proxy mailboxes of remote endpoints. A send to a remote
+//! endpoint is an ordinary durable delivery into its proxy (bounded by
+//! backpressure like any mailbox). The bridge claims what waits there
+//! (`new/` -> `cur/`) in order of priority, then age, and removes a copy
+//! only once JetStream acknowledged its publish; a copy past its TTL is
+//! dead-lettered here with a failure notice instead of being forwarded.
+
+use std::collections::HashMap;
+
+use crate::context::Ctx;
+use crate::envelope::Envelope;
+use crate::error::Result;
+use crate::ledger::{Fast, Ledger};
+use crate::maildir::Mailbox;
+use crate::notice;
+use crate::store::Event;
+
+/// One claimed copy to forward.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The remote endpoint.
+    pub endpoint: String,
+    /// Its host.
+    pub host: String,
+    /// The copy as it lies in the proxy.
+    pub envelope: Envelope,
+    /// Its file bytes (the DorkOS envelope, published unchanged).
+    pub bytes: Vec<u8>,
+}
+
+/// What one look at the outbox found.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// Claimed copies, by priority then age.
+    pub items: Vec<Item>,
+    /// Copies dead-lettered for their TTL.
+    pub expired: u64,
+}
+
+/// Gives every copy a crashed bridge left claimed back to `new/`: it is
+/// published again under the same `Nats-Msg-Id` (JetStream drops the
+/// duplicate within its window; the receiving bridge after it).
+pub fn recover(ctx: &Ctx) -> Result<usize> {
+    let mut n = 0;
+    for ep in super::directory::remotes(&ctx.home).keys() {
+        let mb = Mailbox::at(&ctx.home, ep);
+        if !mb.is_endpoint() {
+            continue;
+        }
+        for id in mb.list("cur")? {
+            if mb.unclaim(&id)? {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// How many copies wait in the outbox (`new/` and `cur/` of every proxy).
+pub fn queued(ctx: &Ctx) -> Result<u64> {
+    let mut n = 0u64;
+    for ep in super::directory::remotes(&ctx.home).keys() {
+        let mb = Mailbox::at(&ctx.home, ep);
+        if mb.is_endpoint() {
+            n += (mb.count("new")? + mb.count("cur")?) as u64;
+        }
+    }
+    Ok(n)
+}
+
+/// Claims up to `max` copies across the proxies, by priority then age;
+/// those past their TTL are dead-lettered with a notice instead.
+pub fn take(ctx: &mut Ctx, max: usize, now: u64) -> Result<Taken> {
+    let remotes = super::directory::remotes(&ctx.home);
+    let mut taken = Taken::default();
+    let mut expired: Vec<(String, Envelope)> = Vec::new();
+    for (ep, host) in &remotes {
+        let mb = Mailbox::at(&ctx.home, ep);
+        if !mb.is_endpoint() || mb.count("new")? == 0 {
+            continue;
+        }
+        let ranks: HashMap<String, u8> = ctx
+            .store()
+            .and_then(|s| s.pending_priorities(ep))
+            .unwrap_or_default();
+        let mut quarantined = Vec::new();
+        let claimed = mb.claim(
+            max.saturating_sub(taken.items.len()),
+            now,
+            &ranks,
+            &mut quarantined,
+        )?;
+        for c in claimed {
+            let env = c.envelope;
+            if now > env.budget.ttl {
+                expired.push((ep.clone(), env));
+                continue;
+            }
+            let bytes = mb
+                .read("cur", &env.id)
+                .map_err(|e| crate::error::Error::Io {
+                    what: format!("cannot read claimed copy {} of '{ep}'", env.id),
+                    source: e.into_io(),
+                })?;
+            taken.items.push(Item {
+                endpoint: ep.clone(),
+                host: host.clone(),
+                envelope: env,
+                bytes,
+            });
+        }
+        if taken.items.len() >= max {
+            break;
+        }
+    }
+    taken.items.sort_by(|a, b| {
+        (a.envelope.priority().rank(), &a.envelope.id, &a.endpoint).cmp(&(
+            b.envelope.priority().rank(),
+            &b.envelope.id,
+            &b.endpoint,
+        ))
+    });
+    taken.expired = expired.len() as u64;
+    if !expired.is_empty() {
+        expire(ctx, &expired, now)?;
+    }
+    Ok(taken)
+}
+
+/// Dead-letters claimed copies past their TTL, with failure notices.
+fn expire(ctx: &mut Ctx, copies: &[(String, Envelope)], now: u64) -> Result<()> {
+    let ledger = Fast::new(ctx.home.root());
+    let mut rows = Vec::new();
+    for (ep, env) in copies {
+        let mb = Mailbox::at(&ctx.home, ep);
+        let reason = format!(
+            "ttl expired {} ago, before the bridge could forward it to its host",
+            crate::clock::human_ms(now.saturating_sub(env.budget.ttl))
+        );
+        if !mb.fail(
+            &env.id,
+            serde_json::Value::Null,
+            &reason,
+            "ttl_expired",
+            now,
+        )? {
+            continue;
+        }
+        if let Some(sent) = notice::send(&ctx.home, env, ep, "ttl_expired", &reason, now)? {
+            notice::record(&ledger, &sent, now)?;
+        }
+        rows.push((ep.clone(), env.id.clone(), env.from.clone(), reason));
+    }
+    ledger.commit()?;
+    let tx = ctx.store()?.begin()?;
+    for (ep, id, from, reason) in &rows {
+        tx.dead_lettered(Some(from), ep, id, "ttl_expired", reason, now)?;
+    }
+    tx.commit()
+}
+
+/// Removes forwarded copies (JetStream acknowledged them) from the proxies.
+pub fn done(ctx: &mut Ctx, items: &[Item], now: u64) -> Result<()> {
+    for it in items {
+        Mailbox::at(&ctx.home, &it.endpoint).ack(&it.envelope.id)?;
+    }
+    let ledger = Fast::new(ctx.home.root());
+    for it in items {
+        ledger.event(
+            &Event {
+                kind: "bridge_forwarded",
+                sender: Some(&it.envelope.from),
+                endpoint: Some(&it.endpoint),
+                message_id: Some(&it.envelope.id),
+                detail: serde_json::json!({ "host": it.host }),
+            },
+            now,
+        )?;
+    }
+    ledger.commit().map(|_| ())
+}
+
+/// Gives unpublished copies back to `new/` for the next try.
+pub fn give_back(ctx: &Ctx, items: &[Item]) -> Result<()> {
+    for it in items {
+        Mailbox::at(&ctx.home, &it.endpoint).unclaim(&it.envelope.id)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,388 @@
+//! One run of the bridge: connect (checking the server's version), make
+//! sure the stream, the bucket and this host's consumer exist, then run the
+//! directory, outbound, inbound and span tasks until a signal stops them.
+//! A lost connection is the client's to win back; the tasks give their
+//! work back and try again, and the outbox holds what is sent meanwhile.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use tokio::sync::watch;
+
+use super::{Settings, Shared, blocking, link, wire};
+use crate::error::{Error, Result};
+
+/// What the tasks share.
+pub struct Session {
+    /// The settings.
+    pub settings: Settings,
+    /// The JetStream context.
+    pub js: jetstream::Context,
+    /// The blocking side.
+    pub local: Shared,
+    /// Flipped to true on SIGTERM / SIGINT.
+    pub stop: watch::Receiver<bool>,
+    /// Whether the client is connected.
+    pub connected: AtomicBool,
+    /// Counters for `link.json`.
+    pub forwarded: AtomicU64,
+    /// Messages applied from the stream.
+    pub received: AtomicU64,
+    /// Copies expired in the outbox.
+    pub expired: AtomicU64,
+}
+
+impl Session {
+    /// Whether a stop was asked for.
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sleeps `d`, or less if a stop comes first.
+    pub async fn pause(&self, d: Duration) {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            () = tokio::time::sleep(d) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+}
+
+/// Connects (retrying until the server answers), then runs every task
+/// until a signal.
+pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let host = settings.host.clone();
+    let url = settings.url.clone();
+    eprintln!("relay: bridge for host '{host}' connecting to {url} (stop with SIGTERM or Ctrl-C)");
+    let client = loop {
+        let tx = events_tx.clone();
+        let opts = async_nats::ConnectOptions::new()
+            .name(format!("relay-bridge-{host}"))
+            .connection_timeout(Duration::from_secs(2))
+            .max_reconnects(None)
+            .reconnect_delay_callback(|n| Duration::from_millis((100 * n as u64).min(2000)))
+            .event_callback(move |ev| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(ev);
+                }
+            });
+        match opts.connect(url.as_str()).await {
+            Ok(c) => break c,
+            Err(e) => {
+                if *stop.borrow() {
+                    return Ok(());
+                }
+                eprintln!("relay: bridge: cannot reach NATS at {url} ({e}); trying again");
+                let mut s = stop.clone();
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = s.wait_for(|s| *s) => return Ok(()),
+                }
+            }
+        }
+    };
+    let version = client.server_info().version;
+    check_version(&version, &url)?;
+    let js = jetstream::new(client.clone());
+    let session = Arc::new(Session {
+        settings,
+        js,
+        local,
+        stop,
+        connected: AtomicBool::new(true),
+        forwarded: AtomicU64::new(0),
+        received: AtomicU64::new(0),
+        expired: AtomicU64::new(0),
+    });
+    let (stream, kv) = loop {
+        match setup(&session).await {
+            Ok(v) => break v,
+            Err(e) => {
+                if session.stopping() {
+                    return Ok(());
+                }
+                eprintln!("relay: bridge: JetStream not ready ({e}); trying again");
+                session.pause(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let recovered = blocking(&session.local, |l| super::outbox::recover(l.ctx())).await?;
+    let queued = blocking(&session.local, |l| super::outbox::queued(l.ctx())).await?;
+    {
+        let detail = serde_json::json!({
+            "url": session.settings.url,
+            "serverVersion": version,
+            "queued": queued,
+            "recovered": recovered,
+        });
+        let h = host.clone();
+        blocking(&session.local, move |l| {
+            let now = l.ctx().clock.now_ms();
+            link::event(l.ctx(), &h, "bridge_connected", detail, now)
+        })
+        .await?;
+    }
+    eprintln!(
+        "relay: bridge for host '{host}' connected to NATS {version} at {url}; {queued} queued"
+    );
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(super::directory::publish_loop(
+        Arc::clone(&session),
+        kv.clone(),
+    ));
+    tasks.spawn(super::directory::watch_loop(Arc::clone(&session), kv));
+    tasks.spawn(super::outbound::run_loop(Arc::clone(&session)));
+    tasks.spawn(super::inbound::run_loop(Arc::clone(&session), stream));
+    tasks.spawn(super::spans::report_loop(Arc::clone(&session)));
+    tasks.spawn(status_loop(Arc::clone(&session), version.clone()));
+
+    // Connection events: the reconnection handshake.
+    let mut down_since: Option<(u64, u64)> = None;
+    let mut stop = session.stop.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            Some(res) = tasks.join_next() => {
+                match res {
+                    Ok(Err(e)) => {
+                        session_down(&session).await;
+                        return Err(e);
+                    }
+                    Ok(Ok(())) => {}
+                    Err(e) => return Err(Error::Data(format!("bridge: a task failed: {e}"))),
+                }
+            }
+            Some(ev) = events.recv() => {
+                on_event(&session, &host, ev, &mut down_since).await;
+            }
+        }
+    }
+    // Every task looks at the stop between two pieces of work.
+    while let Some(res) = tasks.join_next().await {
+        if let Ok(Err(e)) = res {
+            crate::output::warn(&format!("bridge: {e}"));
+        }
+    }
+    session_down(&session).await;
+    let _ = client.drain().await;
+    eprintln!("relay: bridge for host '{host}' stopped");
+    Ok(())
+}
+
+async fn session_down(session: &Arc<Session>) {
+    let h = session.settings.host.clone();
+    let _ = blocking(&session.local, move |l| {
+        let now = l.ctx().clock.now_ms();
+        link::clear(&l.ctx().home);
+        link::event(l.ctx(), &h, "bridge_stopped", serde_json::json!({}), now)
+    })
+    .await;
+}
+
+/// Refuses a server older than 2.9 (its JetStream API lacks what the
+/// bridge relies on), naming the version and the fix.
+fn check_version(version: &str, url: &str) -> Result<()> {
+    match super::server_version(version) {
+        Some(v) if v >= super::MIN_SERVER => Ok(()),
+        _ => Err(Error::Config(format!(
+            "the NATS server at {url} is version '{version}'; relay bridge needs 2.9 or newer with JetStream (nats-server -js)"
+        ))),
+    }
+}
+
+/// The stream, the directory bucket and this host's consumer, made if missing.
+async fn setup(
+    s: &Session,
+) -> std::result::Result<(consumer::PullConsumer, kv::Store), async_nats::Error> {
+    let st =
+        s.js.get_or_create_stream(stream::Config {
+            name: wire::STREAM.to_string(),
+            subjects: vec![wire::STREAM_SUBJECTS.to_string()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: s.settings.replicas,
+            duplicate_window: s.settings.dedup_window,
+            ..Default::default()
+        })
+        .await?;
+    // The bucket's stream is made here, as the client would make it:
+    // `create_key_value` first reads the account info, whose 2.9 shape the
+    // client cannot parse (it lacks the reserved_* fields).
+    let kv = match s.js.get_key_value(wire::BUCKET).await {
+        Ok(kv) => kv,
+        Err(_) => {
+            s.js.get_or_create_stream(stream::Config {
+                name: format!("KV_{}", wire::BUCKET),
+                subjects: vec![format!("$KV.{}.>", wire::BUCKET)],
+                max_messages_per_subject: 1,
+                storage: stream::StorageType::File,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                num_replicas: s.settings.replicas,
+                ..Default::default()
+            })
+            .await?;
+            s.js.get_key_value(wire::BUCKET).await?
+        }
+    };
+    let host = &s.settings.host;
+    let consumer = st
+        .get_or_create_consumer(
+            &wire::durable(host),
+            consumer::pull::Config {
+                durable_name: Some(wire::durable(host)),
+                filter_subject: wire::filter_subject(host),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                // Unlimited: relay dead-letters past its own maximum, with a
+                // notice, instead of the server dropping it silently.
+                max_deliver: -1,
+                max_ack_pending: 4096,
+                num_replicas: s.settings.replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok((consumer, kv))
+}
+
+async fn on_event(
+    session: &Arc<Session>,
+    host: &str,
+    ev: async_nats::Event,
+    down_since: &mut Option<(u64, u64)>,
+) {
+    match ev {
+        async_nats::Event::Disconnected => {
+            session.connected.store(false, Ordering::SeqCst);
+            let h = host.to_string();
+            let expired = session.expired.load(Ordering::SeqCst);
+            let at = blocking(&session.local, move |l| {
+                let now = l.ctx().clock.now_ms();
+                link::event(
+                    l.ctx(),
+                    &h,
+                    "bridge_disconnected",
+                    serde_json::json!({}),
+                    now,
+                )?;
+                Ok(now)
+            })
+            .await
+            .unwrap_or(0);
+            eprintln!("relay: bridge: lost the connection to NATS; sends are queued locally");
+            *down_since = Some((at, expired));
+        }
+        async_nats::Event::Connected => {
+            session.connected.store(true, Ordering::SeqCst);
+            let Some((since, expired_before)) = down_since.take() else {
+                return;
+            };
+            let h = host.to_string();
+            let expired = session
+                .expired
+                .load(Ordering::SeqCst)
+                .saturating_sub(expired_before);
+            let res = blocking(&session.local, move |l| {
+                let now = l.ctx().clock.now_ms();
+                let queued = super::outbox::queued(l.ctx())?;
+                let peers: serde_json::Map<String, serde_json::Value> = l
+                    .state
+                    .peers()?
+                    .into_iter()
+                    .map(|(h, id, _)| (h, serde_json::Value::String(id)))
+                    .collect();
+                let detail = serde_json::json!({
+                    "queued": queued,
+                    "expiredDuringOutage": expired,
+                    "outageMs": now.saturating_sub(since),
+                    "lastReceived": peers,
+                });
+                link::event(l.ctx(), &h, "bridge_reconnected", detail, now)?;
+                Ok(queued)
+            })
+            .await;
+            match res {
+                Ok(q) => eprintln!("relay: bridge: reconnected to NATS; {q} queued to drain"),
+                Err(e) => crate::output::warn(&format!("bridge: {e}")),
+            }
+        }
+        async_nats::Event::ServerError(e) => {
+            crate::output::warn(&format!("bridge: NATS server error: {e}"));
+        }
+        _ => {}
+    }
+}
+
+/// Keeps `link.json` current (every second).
+async fn status_loop(session: Arc<Session>, version: String) -> Result<()> {
+    let mut reconnect_base = None;
+    let since = crate::clock::Clock::from_env().now_ms();
+    while !session.stopping() {
+        let s = Arc::clone(&session);
+        let v = version.clone();
+        let connected = s.connected.load(Ordering::SeqCst);
+        let counters = (
+            s.forwarded.load(Ordering::SeqCst),
+            s.received.load(Ordering::SeqCst),
+            s.expired.load(Ordering::SeqCst),
+        );
+        let _ = reconnect_base.get_or_insert(0u64);
+        let res = blocking(&session.local, move |l| {
+            let queued = super::outbox::queued(l.ctx())?;
+            let last_received = l
+                .state
+                .peers()?
+                .into_iter()
+                .map(|(h, id, _)| (h, id))
+                .collect();
+            let status = link::Status {
+                host: l.host.clone(),
+                url: s.settings.url.clone(),
+                pid: std::process::id(),
+                connected,
+                server_version: Some(v),
+                since,
+                reconnects: 0,
+                queued,
+                expired: counters.2,
+                forwarded: counters.0,
+                received: counters.1,
+                last_received,
+            };
+            link::write(&l.ctx().home, &status)
+        })
+        .await;
+        if let Err(e) = res {
+            crate::output::warn(&format!("bridge: {e}"));
+        }
+        session.pause(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,57 @@
+//! The directory: each host's endpoints reach the others within seconds,
+//! marked with their host, and go when removed there.
+
+use super::harness::{Pair, endpoints, wait_for, wait_remote};
+
+#[test]
+fn remote_endpoints_appear_marked_with_their_host_and_disappear_when_removed() {
+    let Some(p) = Pair::start(&["agent.a"], &["agent.b"]) else {
+        return;
+    };
+    // Listed on A with B's name; A's own stays local.
+    let listed = endpoints(&p.a);
+    assert!(listed.contains(&("agent.a".into(), None)), "{listed:?}");
+    assert!(
+        listed.contains(&("agent.b".into(), Some("hostb".into()))),
+        "{listed:?}"
+    );
+    let table = p.a.cmd(["endpoints"]).success().stdout;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("agent.b") && l.contains("hostb")),
+        "{table}"
+    );
+    // A proxy is not published back as A's own.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        !endpoints(&p.b)
+            .iter()
+            .any(|(s, h)| s == "agent.b" && h.is_some()),
+        "B took its own endpoint for a remote one"
+    );
+
+    p.b.add(&["agent.new"]);
+    wait_remote(&p.a, "agent.new", "hostb");
+
+    p.b.cmd(["endpoints", "remove", "agent.new"]).success();
+    wait_for("agent.new to disappear on A", || {
+        (!endpoints(&p.a).iter().any(|(s, _)| s == "agent.new")).then_some(())
+    });
+    // A send to it now finds nothing: no silent loss.
+    p.a.cmd(["send", "agent.new", "{}"]).code(69);
+}
+
+#[test]
+fn sigterm_stops_the_bridge_cleanly_and_says_so() {
+    let Some(mut p) = Pair::start(&["agent.a"], &["agent.b"]) else {
+        return;
+    };
+    assert!(p.a.path("bridge/link.json").exists(), "{}", p.a.listing());
+    assert_eq!(p.ba.stop(), Some(0), "{}", p.ba.log());
+    assert!(p.ba.log().contains("stopped"), "{}", p.ba.log());
+    assert!(!p.a.path("bridge/link.json").exists());
+    // The proxies stay: sends to B queue until a bridge runs again.
+    p.a.cmd(["send", "agent.b", "{}"]).success();
+    assert_eq!(super::harness::ids(&p.a, "agent.b", "new").len(), 1);
+}

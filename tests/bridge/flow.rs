@@ -1,0 +1,120 @@
+//! Messages across hosts: the round trip with one id and one trace, fan-out
+//! to local and remote endpoints alike, the remote span on the sender's host.
+
+use serde_json::Value;
+
+use super::harness::{Pair, ids, wait_for};
+use crate::harness::Relay;
+
+/// Waits until `relay` can claim one message of `ep` and returns it.
+fn recv_one(relay: &Relay, ep: &str) -> Value {
+    wait_for(&format!("a message at '{ep}'"), || {
+        let out = relay.cmd(["recv", ep, "--json"]).run();
+        (out.code == 0).then(|| out.json())
+    })
+}
+
+/// The span of `id` at `ep` in `relay trace ID --json` of `relay`.
+fn span(relay: &Relay, id: &str, ep: &str) -> Option<Value> {
+    let out = relay.cmd(["trace", id, "--json"]).run();
+    if out.code != 0 {
+        return None;
+    }
+    let v = out.json();
+    v["spans"]
+        .as_array()?
+        .iter()
+        .find(|s| s["endpoint"] == ep && s["messageId"] == id)
+        .cloned()
+}
+
+#[test]
+fn round_trip_a_to_b_and_the_reply_back_keep_one_id_and_one_trace() {
+    let Some(p) = Pair::start(&["agent.a", "agent.a.replies"], &["agent.b"]) else {
+        return;
+    };
+    let id =
+        p.a.cmd([
+            "send",
+            "agent.b",
+            r#"{"task":"review"}"#,
+            "--from",
+            "agent.a",
+            "--reply-to",
+            "agent.a.replies",
+        ])
+        .success()
+        .id();
+    // Gone from A's outbox once JetStream has it; on B with the same id.
+    let got = recv_one(&p.b, "agent.b");
+    assert_eq!(got["id"], id.as_str());
+    assert_eq!(got["traceId"], id.as_str());
+    assert_eq!(got["from"], "agent.a");
+    assert_eq!(got["replyTo"], "agent.a.replies");
+    assert_eq!(got["payload"]["task"], "review");
+    assert_eq!(got["budget"]["hopCount"], 1, "one hop per crossing: {got}");
+    wait_for("A's outbox to empty", || {
+        (ids(&p.a, "agent.b", "new").is_empty() && ids(&p.a, "agent.b", "cur").is_empty())
+            .then_some(())
+    });
+    // A sees B's claim, then B's ack, as the remote span.
+    wait_for("the claim on B in A's trace", || {
+        span(&p.a, &id, "agent.b").filter(|s| s["state"] == "claimed")
+    });
+    p.b.cmd(["ack", "agent.b", &id]).success();
+    let s = wait_for("the ack on B in A's trace", || {
+        span(&p.a, &id, "agent.b").filter(|s| s["state"] == "acked")
+    });
+    assert_eq!(s["status"], "delivered", "{s}");
+
+    // The reply from B, in the same trace.
+    let reply =
+        p.b.cmd([
+            "send",
+            "agent.a.replies",
+            r#"{"verdict":"ok"}"#,
+            "--from",
+            "agent.b",
+            "--trace-id",
+            &id,
+        ])
+        .success()
+        .id();
+    let back = recv_one(&p.a, "agent.a.replies");
+    assert_eq!(back["id"], reply.as_str());
+    assert_eq!(back["traceId"], id.as_str());
+    // A's trace holds both hops.
+    let trace = p.a.cmd(["trace", &id, "--json"]).success().json();
+    let eps: Vec<&str> = trace["spans"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["endpoint"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        eps.contains(&"agent.b") && eps.contains(&"agent.a.replies"),
+        "{trace}"
+    );
+}
+
+#[test]
+fn a_pattern_fans_out_to_local_and_remote_endpoints_with_one_id() {
+    let Some(p) = Pair::start(&["team.local"], &["team.b1", "team.b2"]) else {
+        return;
+    };
+    let out =
+        p.a.cmd(["send", "team.*", r#"{"n":1}"#, "--from", "lead", "--json"])
+            .success()
+            .json();
+    let id = out["id"].as_str().unwrap_or_default().to_string();
+    let mut to: Vec<&str> = out["deliveredTo"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    to.sort_unstable();
+    assert_eq!(to, ["team.b1", "team.b2", "team.local"], "{out}");
+    assert_eq!(ids(&p.a, "team.local", "new"), std::slice::from_ref(&id));
+    for ep in ["team.b1", "team.b2"] {
+        wait_for(&format!("the copy at {ep} on B"), || {
+            (ids(&p.b, ep, "new") == [id.clone()]).then_some(())
+        });
+    }
+}

@@ -1,0 +1,315 @@
+//! A nats-server per test and bridges over relay homes.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::harness::{BIN, Relay};
+
+/// How long a test waits for something the bridges do.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The nats-server binary, or `None` (skip) when it is missing and not
+/// under CI; under CI a missing server fails the test.
+pub fn nats_server() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "0" && v != "false");
+        assert!(
+            !ci,
+            "nats-server is not installed; .ci/run installs it (apt-get install -y nats-server)"
+        );
+        eprintln!("SKIPPED: nats-server is not installed (apt-get install -y nats-server)");
+    }
+    found
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// One nats-server with JetStream on a loopback port and its own store.
+pub struct Nats {
+    bin: PathBuf,
+    pub port: u16,
+    store: TempDir,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Nats {
+    /// Starts a server, or `None` when there is none to start (skip).
+    pub fn start() -> Option<Self> {
+        let bin = nats_server()?;
+        let store = tempfile::Builder::new()
+            .prefix("relay-nats-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut n = Nats {
+            bin,
+            port: free_port(),
+            store,
+            extra: Vec::new(),
+            child: None,
+        };
+        n.up();
+        Some(n)
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again, on the same port and store).
+    pub fn up(&mut self) {
+        if self.child.is_some() {
+            return;
+        }
+        let log = std::fs::File::create(self.store.path().join("server.log"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new(&self.bin)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path().join("js"))
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops it hard (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `relay bridge` over a relay home.
+pub struct Bridge {
+    pub host: String,
+    url: String,
+    home: PathBuf,
+    user: PathBuf,
+    extra: Vec<(String, String)>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Bridge {
+    /// Starts `relay bridge --nats URL --host HOST` over `relay`'s home.
+    pub fn start(relay: &Relay, url: &str, host: &str) -> Self {
+        Self::start_with(relay, url, host, &[])
+    }
+
+    /// The same, with extra environment variables.
+    pub fn start_with(relay: &Relay, url: &str, host: &str, env: &[(&str, &str)]) -> Self {
+        let mut b = Bridge {
+            host: host.to_string(),
+            url: url.to_string(),
+            home: relay.home(),
+            user: relay.user_home(),
+            extra: env
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+            child: None,
+            log: relay.scratch().join(format!("bridge-{host}.log")),
+        };
+        b.up();
+        b
+    }
+
+    /// Starts it (again).
+    pub fn up(&mut self) {
+        if self.child.is_some() {
+            return;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.user)
+            .env("RELAY_HOME", &self.home)
+            .env("NO_COLOR", "1")
+            .args(["bridge", "--nats", &self.url, "--host", &self.host]);
+        for (k, v) in &self.extra {
+            c.env(k, v);
+        }
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start relay bridge: {e}"));
+        self.child = Some(child);
+    }
+
+    /// What it printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills it with SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops it with SIGTERM and returns its exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let pid = rustix::process::Pid::from_raw(i32::try_from(c.id()).ok()?)?;
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!(
+                    "relay bridge did not stop within 15 s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `f` until it returns `Some`, or fails with `what` after `PATIENCE`.
+#[track_caller]
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// `relay endpoints --json` of `relay`: (subject, host) pairs.
+pub fn endpoints(relay: &Relay) -> Vec<(String, Option<String>)> {
+    let v = relay.cmd(["endpoints", "--json"]).success().json();
+    v["endpoints"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    (
+                        e["subject"].as_str().unwrap_or_default().to_string(),
+                        e["host"].as_str().map(str::to_string),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `relay` lists `ep` as remote on `host`.
+#[track_caller]
+pub fn wait_remote(relay: &Relay, ep: &str, host: &str) {
+    wait_for(&format!("'{ep}' on host '{host}' to be listed"), || {
+        endpoints(relay)
+            .iter()
+            .any(|(s, h)| s == ep && h.as_deref() == Some(host))
+            .then_some(())
+    });
+}
+
+/// Two homes, a server and a bridge on each: hosta and hostb.
+pub struct Pair {
+    pub nats: Nats,
+    pub a: Relay,
+    pub b: Relay,
+    pub ba: Bridge,
+    pub bb: Bridge,
+}
+
+impl Pair {
+    /// Starts both with the given endpoints on each home, and waits until
+    /// each sees the other's; `None` when nats-server is missing (skip).
+    pub fn start(on_a: &[&str], on_b: &[&str]) -> Option<Self> {
+        let nats = Nats::start()?;
+        let (a, b) = (Relay::new(), Relay::new());
+        if !on_a.is_empty() {
+            a.add(on_a);
+        }
+        if !on_b.is_empty() {
+            b.add(on_b);
+        }
+        let ba = Bridge::start(&a, &nats.url(), "hosta");
+        let bb = Bridge::start(&b, &nats.url(), "hostb");
+        for ep in on_b {
+            wait_remote(&a, ep, "hostb");
+        }
+        for ep in on_a {
+            wait_remote(&b, ep, "hosta");
+        }
+        Some(Pair { nats, a, b, ba, bb })
+    }
+}
+
+/// Message files in `ep`'s `sub` of `relay` (ids).
+pub fn ids(relay: &Relay, ep: &str, sub: &str) -> Vec<String> {
+    relay
+        .files(ep, sub)
+        .into_iter()
+        .filter_map(|f| f.strip_suffix(".json").map(str::to_string))
+        .filter(|f| !f.ends_with(".reason"))
+        .collect()
+}
