@@ -58,10 +58,10 @@ pub struct Config {
 /// `bridge`: how `relay bridge` joins this home to others over NATS.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bridge {
-    /// NATS URL when `--nats` and `RELAY_NATS_URL` are not given (not a
-    /// knob yet: flags and the environment set it).
+    /// `bridge.url`: the NATS URL when neither `--nats` nor
+    /// `RELAY_NATS_URL` gives one, or null (`nats://127.0.0.1:4222`).
     pub url: Option<String>,
-    /// This host's name when `--host` is not given (not a knob yet).
+    /// `bridge.host`: this host's name when `--host` does not give it.
     pub host: Option<String>,
     /// `bridge.replicas`: stream and bucket replicas, `1..=5`, or null (1).
     pub replicas: Option<usize>,
@@ -186,6 +186,12 @@ enum Kind {
     /// An object of sender prefix ("" matches every sender) -> integer in
     /// `1..=COUNT_MAX`.
     Overrides,
+    /// A string passing `check` (which says what it expects), or `null`
+    /// for "not set".
+    OptStr {
+        check: fn(&str) -> bool,
+        expected: &'static str,
+    },
 }
 
 /// A validated knob value; the variant always matches the knob's `Kind`.
@@ -196,6 +202,7 @@ enum Value {
     Num(f64),
     Map(BTreeMap<String, u64>),
     OptInt(Option<u64>),
+    OptStr(Option<String>),
 }
 
 /// A fraction of something: `0 < x <= 1`.
@@ -269,6 +276,30 @@ static KNOBS: &[Knob] = &[
         default: Value::Int(5),
         get: |c| Value::Int(u64::from(c.delivery.max_deliveries)),
         set: |c, v| c.delivery.max_deliveries = v.int32(),
+    },
+    Knob {
+        key: "bridge.url",
+        kind: Kind::OptStr {
+            check: |s| {
+                !s.is_empty()
+                    && s.len() <= 4096
+                    && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+            },
+            expected: "a NATS URL such as \"nats://127.0.0.1:4222\" (comma-separated for a cluster)",
+        },
+        default: Value::OptStr(None),
+        get: |c| Value::OptStr(c.bridge.url.clone()),
+        set: |c, v| c.bridge.url = v.opt_str(),
+    },
+    Knob {
+        key: "bridge.host",
+        kind: Kind::OptStr {
+            check: |s| crate::bridge::wire::validate_host(s).is_ok(),
+            expected: "a host name of 1 to 64 letters, digits, '-' or '_'",
+        },
+        default: Value::OptStr(None),
+        get: |c| Value::OptStr(c.bridge.host.clone()),
+        set: |c, v| c.bridge.host = v.opt_str(),
     },
     Knob {
         key: "bridge.replicas",
@@ -481,6 +512,14 @@ static KNOBS: &[Knob] = &[
     },
 ];
 
+/// Whether `key` is a knob holding a string (`bridge.url`, `bridge.host`).
+#[must_use]
+pub fn is_string_knob(key: &str) -> bool {
+    KNOBS
+        .iter()
+        .any(|k| k.key == key && matches!(k.kind, Kind::OptStr { .. }))
+}
+
 /// The dotted keys of every knob, in table order (e.g.
 /// `reliability.rateLimit.maxPerWindow`); each is accepted by [`Config::get`].
 pub fn knobs() -> impl Iterator<Item = &'static str> {
@@ -504,8 +543,8 @@ impl Default for Config {
             },
             lock_timeout_ms: 0,
             bridge: Bridge {
-                url: None,
-                host: None,
+                url: Some(String::new()),
+                host: Some(String::new()),
                 replicas: Some(0),
                 dedup_window_ms: 0,
                 max_deliveries: 0,
@@ -824,6 +863,12 @@ impl Kind {
             Kind::OptInt { min, max } => read_int(v, min, max)
                 .map(|n| Value::OptInt(Some(n)))
                 .map_err(|e| bad(format!("{e} (or null)"))),
+            Kind::OptStr { .. } if v.is_null() => Ok(Value::OptStr(None)),
+            Kind::OptStr { check, expected } => v
+                .as_str()
+                .filter(|s| check(s))
+                .map(|s| Value::OptStr(Some(s.to_string())))
+                .ok_or_else(|| bad(format!("{expected} (or null)"))),
             Kind::Overrides => {
                 let Json::Object(object) = v else {
                     return Err(bad(format!(
@@ -899,6 +944,13 @@ impl Value {
         }
     }
 
+    fn opt_str(self) -> Option<String> {
+        match self {
+            Value::OptStr(s) => s,
+            _ => None,
+        }
+    }
+
     fn map(self) -> BTreeMap<String, u64> {
         match self {
             Value::Map(m) => m,
@@ -915,6 +967,7 @@ impl Value {
                 Json::Object(m.iter().map(|(k, v)| (k.clone(), Json::from(*v))).collect())
             }
             Value::OptInt(n) => n.map_or(Json::Null, Json::from),
+            Value::OptStr(v) => v.as_deref().map_or(Json::Null, Json::from),
         }
     }
 }
@@ -1335,6 +1388,7 @@ mod tests {
                 Kind::Num { .. } => &["\"0.5\"", "true", "null", "[0.5]"],
                 Kind::Overrides => &["[]", "5", "\"a\"", "null", "true"],
                 Kind::OptInt { .. } => &["1.5", "-1", "\"5\"", "true", "[5]", "{}"],
+                Kind::OptStr { .. } => &["5", "true", "[]", "{}", "\"\"", "\"a b\""],
             };
             for value in bad_values {
                 let message = err(&nest(knob.key, value));
@@ -1593,7 +1647,7 @@ mod tests {
     #[test]
     fn knobs_lists_every_key_once() {
         let keys: Vec<&str> = knobs().collect();
-        assert_eq!(keys.len(), 27);
+        assert_eq!(keys.len(), 32);
         assert!(keys.contains(&"reliability.rateLimit.maxPerWindow"));
         assert!(keys.contains(&"maxPayloadBytes"));
         let mut unique = keys.clone();
@@ -1634,6 +1688,7 @@ mod tests {
                 Kind::Num { .. } => Value::Num(0.5),
                 Kind::Overrides => Value::Map([("x.".to_owned(), 3)].into_iter().collect()),
                 Kind::OptInt { max, .. } => Value::OptInt(Some(max)),
+                Kind::OptStr { .. } => Value::OptStr(Some("x".into())),
             };
             assert_ne!(other, knob.default, "{}", knob.key);
             let mut config = Config::default();

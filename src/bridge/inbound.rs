@@ -91,6 +91,20 @@ pub fn apply(
     };
     if st.is_applied(ep, &env.id)? || already_here(ctx, ep, &env.id)? {
         st.mark_applied(ep, &env.id, msg.origin, SpanState::Retrying, now)?;
+        // Seen again (a publish repeated after JetStream's dedup window):
+        // acked, not delivered twice, and said.
+        let ledger = Fast::new(ctx.home.root());
+        ledger.event(
+            &crate::store::Event {
+                kind: "bridge_duplicate",
+                sender: Some(&env.from),
+                endpoint: Some(ep),
+                message_id: Some(&env.id),
+                detail: serde_json::json!({ "origin": msg.origin, "delivered": msg.delivered }),
+            },
+            now,
+        )?;
+        ledger.commit()?;
         return Ok(Applied {
             verdict: Verdict::Ack,
             span: None,

@@ -75,6 +75,19 @@ pub fn write(home: &crate::home::Home, s: &Status) -> Result<()> {
     std::fs::rename(&tmp, &path).map_err(|e| crate::error::Error::io("cannot replace", &path, e))
 }
 
+/// Whether process `pid` is alive (a bridge that was killed leaves its
+/// `link.json` behind).
+#[must_use]
+pub fn alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    rustix::process::test_kill_process(pid).is_ok()
+}
+
 /// Removes `link.json` (the bridge stopped).
 pub fn clear(home: &crate::home::Home) {
     let _ = std::fs::remove_file(super::state::dir(home.root()).join("link.json"));
@@ -103,6 +116,18 @@ pub fn may_try(ctx: &Ctx, host: &str, now: u64) -> Result<std::result::Result<()
         Decision::Reject { retry_after_ms } => Err(retry_after_ms),
         _ => Ok(()),
     })
+}
+
+/// Closes the link's breaker: the connection is back (a reset, recorded
+/// as the breaker's transition), so the queue drains now, not after a cooldown.
+pub fn back(ctx: &Ctx, host: &str, now: u64) -> Result<()> {
+    let ledger = Fast::new(ctx.home.root());
+    let ep = link_endpoint(host);
+    let cfg = &ctx.config.reliability.circuit_breaker;
+    if ledger.breaker(LINK_SENDER, &ep)?.phase != crate::breaker::Phase::Closed {
+        reliability::breaker_step(&ledger, cfg, LINK_SENDER, &ep, BreakerEvent::Reset, now)?;
+    }
+    ledger.commit().map(|_| ())
 }
 
 /// Tells the link's breaker how a try went.

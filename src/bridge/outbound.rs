@@ -43,6 +43,17 @@ pub fn headers(it: &Item, origin: &str) -> HeaderMap {
 pub async fn run_loop(session: Arc<Session>) -> Result<()> {
     let host = session.settings.host.clone();
     while !session.stopping() {
+        if !session.connected.load(Ordering::SeqCst) {
+            // Down: the outbox holds what is sent; the link's breaker counts it.
+            let h = host.clone();
+            blocking(&session.local, move |l| {
+                let now = l.ctx().clock.now_ms();
+                link::outcome(l.ctx(), &h, false, now)
+            })
+            .await?;
+            session.pause(Duration::from_millis(500)).await;
+            continue;
+        }
         let h = host.clone();
         let gate = blocking(&session.local, move |l| {
             let now = l.ctx().clock.now_ms();

@@ -297,6 +297,7 @@ async fn on_event(
                 .saturating_sub(expired_before);
             let res = blocking(&session.local, move |l| {
                 let now = l.ctx().clock.now_ms();
+                link::back(l.ctx(), &h, now)?;
                 let queued = super::outbox::queued(l.ctx())?;
                 let peers: serde_json::Map<String, serde_json::Value> = l
                     .state

@@ -100,7 +100,10 @@ fn get(ctx: &Ctx, path: &Path, key: &str) -> Result<()> {
 
 fn set(ctx: &Ctx, path: &Path, key: &str, value: &str) -> Result<()> {
     check_key(key)?;
-    let new: Value = serde_json::from_str(value).map_err(|_| {
+    // A string knob (bridge.url, bridge.host) takes its text as written.
+    let text_value =
+        || crate::config::is_string_knob(key).then(|| Value::String(value.to_string()));
+    let new: Value = serde_json::from_str(value).ok().or_else(text_value).ok_or_else(|| {
         Error::Config(format!(
             "value '{value}' for {key} is not JSON: write numbers and booleans bare (20, 0.5, true) and objects as JSON ({{\"ci.\": 500}})"
         ))

@@ -32,6 +32,24 @@ pub struct Status {
     pub max_deliveries_dead_lettered: u64,
     /// Most recent events, newest first.
     pub events: Vec<EventRow>,
+    /// The bridge of this home (`relay bridge`), if one ran here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<BridgeStatus>,
+}
+
+/// The bridge in `relay status`: its link as it last wrote it, and the
+/// last reconnection handshake.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BridgeStatus {
+    /// Whether its process is alive.
+    pub running: bool,
+    /// What it last wrote (`<home>/bridge/link.json`).
+    #[serde(flatten)]
+    pub link: crate::bridge::link::Status,
+    /// The last `bridge_reconnected` event: queued, expired during the
+    /// outage, the last id received from each peer.
+    pub last_reconnect: Option<EventRow>,
 }
 
 /// Width of the pressure bar in cells.
@@ -55,6 +73,19 @@ pub fn snapshot(ctx: &mut Ctx, events: u32) -> Result<Status> {
         tx.commit()?;
         events
     };
+    let bridge = match crate::bridge::link::read(&ctx.home) {
+        Some(link) => {
+            let last_reconnect = ctx.store()?.read(|c| {
+                reports::events_after(c, 0, 0, &["bridge_reconnected".to_string()], u32::MAX)
+            })?;
+            Some(BridgeStatus {
+                running: crate::bridge::link::alive(link.pid),
+                link,
+                last_reconnect: last_reconnect.into_iter().last(),
+            })
+        }
+        None => None,
+    };
     let kinds = ctx.store()?.read(|c| reports::event_kinds(c, 0))?;
     let codes = ctx.store()?.read(|c| reports::codes(c, 0))?;
     let count =
@@ -67,6 +98,7 @@ pub fn snapshot(ctx: &mut Ctx, events: u32) -> Result<Status> {
         redeliveries: count(&kinds, "redelivered"),
         max_deliveries_dead_lettered: count(&codes, crate::lease::MAX_DELIVERIES),
         events,
+        bridge,
     })
 }
 
@@ -84,6 +116,7 @@ pub fn run(ctx: &mut Ctx, args: &StatusArgs) -> Result<()> {
         events,
         redeliveries,
         max_deliveries_dead_lettered,
+        bridge,
         ..
     } = st;
     let mut out = Vec::new();
@@ -131,6 +164,10 @@ pub fn run(ctx: &mut Ctx, args: &StatusArgs) -> Result<()> {
     out.push(format!(
         "redeliveries: {redeliveries} (claims whose lease ran out, back in new/); {max_deliveries_dead_lettered} dead-lettered as max_deliveries"
     ));
+    if let Some(b) = &bridge {
+        out.push(String::new());
+        out.push(bridge_text(b, now));
+    }
     out.push(String::new());
     if events.is_empty() {
         out.push("no events yet".into());
@@ -149,6 +186,39 @@ pub fn run(ctx: &mut Ctx, args: &StatusArgs) -> Result<()> {
         out.push(output::table_text(&t));
     }
     output::line(&out.join("\n"))
+}
+
+/// The bridge's lines of `relay status`.
+fn bridge_text(b: &BridgeStatus, now: u64) -> String {
+    let l = &b.link;
+    let state = match (b.running, l.connected) {
+        (false, _) => "not running (last seen)".to_string(),
+        (true, true) => format!(
+            "connected to NATS {}",
+            l.server_version.as_deref().unwrap_or("?")
+        ),
+        (true, false) => "disconnected: sends are queued locally".to_string(),
+    };
+    let mut out = vec![format!(
+        "bridge: host '{}' via {}: {state}; {} queued, {} forwarded, {} received, {} expired in the outbox",
+        l.host, l.url, l.queued, l.forwarded, l.received, l.expired
+    )];
+    if !l.last_received.is_empty() {
+        let peers: Vec<String> = l
+            .last_received
+            .iter()
+            .map(|(h, id)| format!("{h} {id}"))
+            .collect();
+        out.push(format!("  last received: {}", peers.join(", ")));
+    }
+    if let Some(e) = &b.last_reconnect {
+        out.push(format!(
+            "  last reconnect {}: {}",
+            ago(now, e.at),
+            output::detail_text(&e.detail)
+        ));
+    }
+    out.join("\n")
 }
 
 /// `[#######---]  72%`
