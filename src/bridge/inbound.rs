@@ -243,7 +243,7 @@ fn dead_letter(
 }
 
 /// Messages fetched per round.
-const FETCH: usize = 256;
+const FETCH: usize = 128;
 
 /// Consumes this host's filter subject until a stop: messages go through
 /// `apply`, span updates through `spans::apply`; each is acked, nakked

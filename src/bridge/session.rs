@@ -245,7 +245,8 @@ async fn setup(
                 durable_name: Some(wire::durable(host)),
                 filter_subject: wire::filter_subject(host),
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                // A bridge killed mid-batch holds its messages this long.
+                ack_wait: Duration::from_secs(10),
                 // Unlimited: relay dead-letters past its own maximum, with a
                 // notice, instead of the server dropping it silently.
                 max_deliver: -1,

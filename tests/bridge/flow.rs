@@ -118,3 +118,65 @@ fn a_pattern_fans_out_to_local_and_remote_endpoints_with_one_id() {
         });
     }
 }
+
+#[test]
+fn nacks_on_b_feed_the_senders_breaker_on_a_and_their_notices_reach_a() {
+    let cfg = r#"{"reliability":{"circuitBreaker":{"failureThreshold":2,"cooldownMs":60000}}}"#;
+    let Some(p) = Pair::start_with(&["agent.a.replies"], &["agent.b"], cfg, "{}") else {
+        return;
+    };
+    let send = || {
+        p.a.cmd([
+            "send",
+            "agent.b",
+            "{}",
+            "--from",
+            "agent.a",
+            "--reply-to",
+            "agent.a.replies",
+        ])
+        .run()
+    };
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        let out = send();
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let id = out.stdout.trim().to_string();
+        let got = recv_one(&p.b, "agent.b");
+        assert_eq!(got["id"], id.as_str());
+        p.b.cmd(["nack", "agent.b", &id, "--reason", "cannot review"])
+            .success();
+        sent.push(id);
+    }
+    // Each nack comes back as a notice, delivered on A.
+    for id in &sent {
+        let n = recv_one(&p.a, "agent.a.replies");
+        assert_eq!(n["payload"]["code"], "nack", "{n}");
+        assert!(
+            sent.contains(
+                &n["payload"]["messageId"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            ),
+            "{n} {id}"
+        );
+    }
+    // Two remote failures open agent.a -> agent.b on A: refused here, at once.
+    let refused = wait_for("the breaker to open on A", || {
+        let out = send();
+        (out.code == 75).then_some(out)
+    });
+    assert!(refused.stderr.contains("agent.b"), "{}", refused.stderr);
+    let v = p.a.cmd(["breakers", "--json"]).success().json();
+    assert!(
+        v["breakers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|b| b["sender"] == "agent.a"
+                && b["endpoint"] == "agent.b"
+                && b["state"] == "open"),
+        "{v}"
+    );
+}

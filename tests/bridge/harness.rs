@@ -284,8 +284,15 @@ impl Pair {
     /// Starts both with the given endpoints on each home, and waits until
     /// each sees the other's; `None` when nats-server is missing (skip).
     pub fn start(on_a: &[&str], on_b: &[&str]) -> Option<Self> {
+        Self::start_with(on_a, on_b, "{}", "{}")
+    }
+
+    /// The same, with `config.json` of each home written first.
+    pub fn start_with(on_a: &[&str], on_b: &[&str], cfg_a: &str, cfg_b: &str) -> Option<Self> {
         let nats = Nats::start()?;
         let (a, b) = (Relay::new(), Relay::new());
+        a.write_file("config.json", cfg_a);
+        b.write_file("config.json", cfg_b);
         if !on_a.is_empty() {
             a.add(on_a);
         }
@@ -311,5 +318,26 @@ pub fn ids(relay: &Relay, ep: &str, sub: &str) -> Vec<String> {
         .into_iter()
         .filter_map(|f| f.strip_suffix(".json").map(str::to_string))
         .filter(|f| !f.ends_with(".reason"))
+        .collect()
+}
+
+/// Now, in ms since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Claims and acks everything waiting at `ep` of `relay`; the ids, in order.
+pub fn drain(relay: &Relay, ep: &str) -> Vec<String> {
+    let out = relay
+        .cmd(["recv", ep, "--ack", "--json", "-n", "100000"])
+        .run();
+    if out.code != 0 {
+        return Vec::new();
+    }
+    out.json_lines()
+        .iter()
+        .filter_map(|m| m["id"].as_str().map(str::to_string))
         .collect()
 }
