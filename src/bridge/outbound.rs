@@ -42,18 +42,29 @@ pub fn headers(it: &Item, origin: &str) -> HeaderMap {
 /// Forwards the outbox until a stop.
 pub async fn run_loop(session: Arc<Session>) -> Result<()> {
     let host = session.settings.host.clone();
+    let mut down_rounds = 0u32;
     while !session.stopping() {
         if !session.connected.load(Ordering::SeqCst) {
-            // Down: the outbox holds what is sent; the link's breaker counts it.
+            // Down: the outbox holds what is sent; the link's breaker counts
+            // it, and what expires meanwhile is dead-lettered now.
             let h = host.clone();
-            blocking(&session.local, move |l| {
+            let sweep = down_rounds.is_multiple_of(4);
+            down_rounds = down_rounds.wrapping_add(1);
+            let expired = blocking(&session.local, move |l| {
                 let now = l.ctx().clock.now_ms();
-                link::outcome(l.ctx(), &h, false, now)
+                link::outcome(l.ctx(), &h, false, now)?;
+                if sweep {
+                    outbox::expire_due(l.ctx(), now)
+                } else {
+                    Ok(0)
+                }
             })
             .await?;
+            session.expired.fetch_add(expired, Ordering::SeqCst);
             session.pause(Duration::from_millis(500)).await;
             continue;
         }
+        down_rounds = 0;
         let h = host.clone();
         let gate = blocking(&session.local, move |l| {
             let now = l.ctx().clock.now_ms();

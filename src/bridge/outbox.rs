@@ -127,6 +127,33 @@ pub fn take(ctx: &mut Ctx, max: usize, now: u64) -> Result<Taken> {
     Ok(taken)
 }
 
+/// While the link is down: dead-letters the copies whose TTL has passed
+/// (with failure notices), leaving the others queued; how many.
+pub fn expire_due(ctx: &mut Ctx, now: u64) -> Result<u64> {
+    let mut due = Vec::new();
+    for ep in super::directory::remotes(&ctx.home).keys() {
+        let mb = Mailbox::at(&ctx.home, ep);
+        if !mb.is_endpoint() {
+            continue;
+        }
+        for id in mb.list("new")? {
+            let Some(env) = mb.read_envelope("new", &id) else {
+                continue;
+            };
+            let name = format!("{id}.json");
+            if now > env.budget.ttl
+                && std::fs::rename(mb.sub("new").join(&name), mb.sub("cur").join(&name)).is_ok()
+            {
+                due.push((ep.clone(), env));
+            }
+        }
+    }
+    if !due.is_empty() {
+        expire(ctx, &due, now)?;
+    }
+    Ok(due.len() as u64)
+}
+
 /// Dead-letters claimed copies past their TTL, with failure notices.
 fn expire(ctx: &mut Ctx, copies: &[(String, Envelope)], now: u64) -> Result<()> {
     let ledger = Fast::new(ctx.home.root());

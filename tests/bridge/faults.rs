@@ -276,3 +276,44 @@ fn a_permanent_refusal_on_b_is_a_failure_notice_and_a_failed_span_on_a() {
     });
     assert_eq!(span["code"], "access_denied", "{span}");
 }
+
+#[test]
+fn a_copy_whose_ttl_passes_in_the_outbox_is_dead_lettered_at_home_with_a_notice() {
+    let Some(mut p) = Pair::start(&["agent.a.replies"], &["agent.b"]) else {
+        return;
+    };
+    p.nats.kill();
+    let id =
+        p.a.cmd([
+            "send",
+            "agent.b",
+            "{}",
+            "--from",
+            "agent.a",
+            "--reply-to",
+            "agent.a.replies",
+            "--ttl",
+            "1s",
+        ])
+        .success()
+        .id();
+    wait_for("the expiry in A's outbox", || {
+        (ids(&p.a, "agent.b", "failed") == [id.clone()]).then_some(())
+    });
+    let n =
+        p.a.cmd(["recv", "agent.a.replies", "--json"])
+            .success()
+            .json();
+    assert_eq!(n["payload"]["code"], "ttl_expired", "{n}");
+    assert_eq!(n["payload"]["messageId"], id.as_str());
+    p.nats.up();
+    let ev = wait_for("the reconnect event", || {
+        p.a.events_of(now_ms(), "bridge_reconnected").pop()
+    });
+    assert_eq!(ev["detail"]["expiredDuringOutage"], 1, "{ev}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        ids(&p.b, "agent.b", "new").is_empty(),
+        "an expired copy was forwarded"
+    );
+}
