@@ -215,7 +215,7 @@ fn bridge_text(b: &BridgeStatus, now: u64) -> String {
         out.push(format!(
             "  last reconnect {}: {}",
             ago(now, e.at),
-            output::detail_text(&e.detail)
+            output::detail_text(&e.detail, now)
         ));
     }
     out.join("\n")
