@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod cluster; // three nats-servers, replicas 3, one killed mid-stream
 mod directory; // remote endpoints appear and disappear, marked with their host
 mod faults; // partitions, restarts, kill -9, dedup-window expiry, backpressure, refusals
 mod flow; // round trip, fan-out, one id and one trace, spans back on the sender's host

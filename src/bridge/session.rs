@@ -75,7 +75,8 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
                     let _ = tx.send(ev);
                 }
             });
-        match opts.connect(url.as_str()).await {
+        let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+        match opts.connect(servers.as_slice()).await {
             Ok(c) => break c,
             Err(e) => {
                 if *stop.borrow() {

@@ -25,6 +25,14 @@ pub fn run(ctx: &Ctx, args: &BridgeArgs) -> Result<()> {
         ));
     };
     bridge::wire::validate_host(&host)?;
+    for server in url.split(',').map(str::trim) {
+        if server.parse::<async_nats::ServerAddr>().is_err() {
+            return Err(Error::Usage(format!(
+                "invalid NATS URL '{}': use nats://HOST:PORT (comma-separated for a cluster)",
+                crate::output::printable(server)
+            )));
+        }
+    }
     let replicas = args.replicas.or(cfg.replicas).unwrap_or(1);
     if !(1..=5).contains(&replicas) {
         return Err(Error::Usage(format!(

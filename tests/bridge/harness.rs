@@ -68,6 +68,40 @@ impl Nats {
         Some(n)
     }
 
+    /// Server `i` of a three-node cluster on loopback, whose cluster ports
+    /// are `cluster_ports`.
+    pub fn clustered(i: usize, cluster_ports: [u16; 3]) -> Option<Self> {
+        let bin = nats_server()?;
+        let store = tempfile::Builder::new()
+            .prefix("relay-nats-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let routes: Vec<String> = cluster_ports
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let mut n = Nats {
+            bin,
+            port: free_port(),
+            store,
+            extra: vec![
+                "--name".into(),
+                format!("n{i}"),
+                "--cluster_name".into(),
+                "relay-test".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                "--routes".into(),
+                routes.join(","),
+            ],
+            child: None,
+        };
+        n.up();
+        Some(n)
+    }
+
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)

@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""relay bridge benchmarks (issue 15), every figure beside its baseline from
+the same run.
+
+Run from the repository root:  python3 bench/bridge.py [--quick]
+Needs nats-server (Debian's package) and a Rust toolchain. Builds relay and
+the baseline (bench/bridge_publish.rs: a bare async-nats JetStream publish
+loop) in release mode, starts one nats-server with JetStream on a free
+loopback port and a temp store, and measures:
+
+- A -> B sustained throughput: messages sent on home A (`send --batch`)
+  until all are in B's new/, against the bare publish loop on the same
+  server (aim: >= 0.3x);
+- A-send -> B-new/ latency, p50 and p99 over single sends (aim: p50 <= 20 ms);
+- the bridge's RSS with 10,000 messages queued (server down), and while
+  they drain;
+- `relay send` per process and the binary size with and without the bridge
+  (async-nats), when RELAY_BEFORE names a relay binary built without it.
+
+The machine has 2 cores shared with other work: figures are noisy, the
+ratios (same run, interleaved) are what to read. Writes bench/bridge.json.
+"""
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = "--quick" in sys.argv
+SCRATCH = tempfile.mkdtemp(prefix="relay-bridge-bench-")
+TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+RELAY = os.path.join(TARGET, "release", "relay")
+BASELINE = os.path.join(TARGET, "release", "examples", "bridge_publish")
+NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+OPEN = {"reliability": {"rateLimit": {"enabled": False},
+                        "backpressure": {"maxMailboxSize": 1000000}}}
+PROCS = []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_nats(port, store):
+    p = subprocess.Popen([NATS, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", store],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    PROCS.append(p)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return p
+        except OSError:
+            time.sleep(0.02)
+    sys.exit("nats-server did not start")
+
+
+def home(name, endpoints=()):
+    h = os.path.join(SCRATCH, name)
+    os.makedirs(h)
+    with open(os.path.join(h, "config.json"), "w") as f:
+        json.dump(OPEN, f)
+    if endpoints:
+        relay(h, "endpoints", "add", *endpoints)
+    return h
+
+
+def relay(h, *args, stdin=None):
+    return subprocess.run([RELAY, *args], env=dict(ENV, RELAY_HOME=h), input=stdin,
+                          capture_output=True, check=True)
+
+
+def bridge(h, url, host):
+    p = subprocess.Popen([RELAY, "bridge", "--nats", url, "--host", host],
+                         env=dict(ENV, RELAY_HOME=h), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    PROCS.append(p)
+    return p
+
+
+def count(d):
+    try:
+        return len(os.listdir(d))
+    except FileNotFoundError:
+        return 0
+
+
+def wait(pred, what, limit=120):
+    deadline = time.time() + limit
+    while not pred():
+        if time.time() > deadline:
+            sys.exit(f"timed out: {what}")
+        time.sleep(0.002)
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def batch(n, start=0, ep="agent.b"):
+    return "".join(json.dumps({"subject": ep, "payload": {"i": i, "pad": "x" * 300}}) + "\n"
+                   for i in range(start, start + n)).encode()
+
+
+def main():
+    subprocess.run(["cargo", "build", "--release", "--bin", "relay", "--example", "bridge_publish"],
+                   cwd=ROOT, check=True)
+    n = 2000 if QUICK else 10000
+    rounds = 2 if QUICK else 3
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    nats = start_nats(port, os.path.join(SCRATCH, "js"))
+    results = {}
+
+    # Throughput, interleaved with the baseline round by round.
+    bridged, bare = [], []
+    for r in range(rounds):
+        # Endpoint names of their own: the directory keeps every host seen.
+        ep = f"agent.tp{r}"
+        a, b = home(f"a{r}"), home(f"b{r}", [ep])
+        ba, bb = bridge(a, url, f"tpa{r}"), bridge(b, url, f"tpb{r}")
+        wait(lambda: os.path.isdir(os.path.join(a, "mailboxes", ep, "new")), "directory")
+        new_b = os.path.join(b, "mailboxes", ep, "new")
+        t0 = time.time()
+        relay(a, "send", "--batch", "--from", "agent.a", stdin=batch(n, ep=ep))
+        wait(lambda: count(new_b) >= n, "all on B")
+        bridged.append(n / (time.time() - t0))
+        ba.terminate(); bb.terminate(); ba.wait(); bb.wait()
+        out = subprocess.run([BASELINE, url, str(n), "420"], capture_output=True, check=True)
+        res = json.loads(out.stdout)
+        bare.append(res["messages"] / res["seconds"])
+    results["throughput"] = {
+        "bridged_msgs_per_s": statistics.median(bridged),
+        "bare_publish_msgs_per_s": statistics.median(bare),
+        "ratio": statistics.median(bridged) / statistics.median(bare),
+        "messages": n, "rounds": rounds,
+    }
+
+    # Latency: single sends, one at a time.
+    a, b = home("la"), home("lb", ["agent.lat"])
+    ba, bb = bridge(a, url, "lata"), bridge(b, url, "latb")
+    wait(lambda: os.path.isdir(os.path.join(a, "mailboxes", "agent.lat", "new")), "directory")
+    new_b = os.path.join(b, "mailboxes", "agent.lat", "new")
+    lat = []
+    for i in range(50 if QUICK else 200):
+        t0 = time.time()
+        relay(a, "send", "agent.lat", "{}")
+        wait(lambda: count(new_b) > i, "latency copy")
+        lat.append((time.time() - t0) * 1000)
+        time.sleep(0.01)
+    lat.sort()
+    results["latency_ms"] = {
+        "p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+        "samples": len(lat),
+    }
+    ba.terminate(); bb.terminate(); ba.wait(); bb.wait()
+
+    # RSS with 10,000 queued (the server down), then while they drain.
+    a, b = home("ra"), home("rb", ["agent.rss"])
+    ba, bb = bridge(a, url, "rssa"), bridge(b, url, "rssb")
+    wait(lambda: os.path.isdir(os.path.join(a, "mailboxes", "agent.rss", "new")), "directory")
+    idle = rss_kb(ba.pid)
+    nats.kill(); nats.wait()
+    relay(a, "send", "--batch", "--from", "agent.a", stdin=batch(10000, ep="agent.rss"))
+    time.sleep(3)
+    queued = rss_kb(ba.pid)
+    nats = start_nats(port, os.path.join(SCRATCH, "js"))
+    peak = queued
+    new_b = os.path.join(b, "mailboxes", "agent.rss", "new")
+    deadline = time.time() + 300
+    while count(new_b) < 10000 and time.time() < deadline:
+        peak = max(peak, rss_kb(ba.pid))
+        time.sleep(0.05)
+    results["bridge_rss_kb"] = {"idle": idle, "10000_queued": queued, "peak_draining": peak,
+                                "drained": count(new_b)}
+    ba.terminate(); bb.terminate(); ba.wait(); bb.wait()
+
+    # relay send per process and binary size, before/after async-nats.
+    before = os.environ.get("RELAY_BEFORE")
+    results["binary_bytes"] = {"with_bridge": os.path.getsize(RELAY)}
+    if before:
+        results["binary_bytes"]["without_bridge"] = os.path.getsize(before)
+        times = {"with_bridge": [], "without_bridge": []}
+        homes = {k: home(f"send-{k}", ["q"]) for k in times}
+        bins = {"with_bridge": RELAY, "without_bridge": before}
+        for _ in range(5 if QUICK else 15):
+            for k in times:
+                env = dict(ENV, RELAY_HOME=homes[k])
+                t0 = time.time()
+                for _ in range(20):
+                    subprocess.run([bins[k], "send", "q", "{}"], env=env, check=True,
+                                   stdout=subprocess.DEVNULL)
+                times[k].append((time.time() - t0) / 20 * 1000)
+        w, wo = statistics.median(times["with_bridge"]), statistics.median(times["without_bridge"])
+        results["send_ms_per_process"] = {"with_bridge": w, "without_bridge": wo, "ratio": w / wo}
+
+    nats.kill()
+    print(json.dumps(results, indent=2))
+    with open(os.path.join(ROOT, "bench", "bridge.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+try:
+    main()
+finally:
+    for p in PROCS:
+        if p.poll() is None:
+            p.kill()
+    shutil.rmtree(SCRATCH, ignore_errors=True)
