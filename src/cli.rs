@@ -151,7 +151,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:4242")]
     pub listen: std::net::SocketAddr,
 
-    /// Allow a non-loopback address; requires RELAY_SERVE_TOKEN, which every
+    /// Serve other hosts: allow a non-loopback address and any Host name
+    /// (no DNS-rebinding check); requires RELAY_SERVE_TOKEN, which every
     /// request must then present (Authorization: Bearer TOKEN, or ?token=)
     #[arg(long)]
     pub allow_remote: bool,

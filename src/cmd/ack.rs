@@ -17,16 +17,6 @@ use crate::{notice, reliability};
 /// Longest accepted nack reason.
 const MAX_REASON: usize = 4096;
 
-/// `--json` result of ack/nack.
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct DoneReport {
-    endpoint: String,
-    acked: Vec<String>,
-    nacked: Vec<String>,
-    already_done: Vec<String>,
-}
-
 /// Runs `relay ack`.
 pub fn ack(ctx: &mut Ctx, args: &AckArgs) -> Result<()> {
     finish(ctx, &args.endpoint, &args.ids, None, args.delivery_count)
@@ -193,6 +183,58 @@ fn finish(
     reason: Option<&str>,
     held: Option<u32>,
 ) -> Result<()> {
+    let (report, problems) = finish_ids(ctx, endpoint, ids, reason, held)?;
+    let status = match reason {
+        None => Status::Acked,
+        Some(_) => Status::Failed,
+    };
+    for id in &report.already_done {
+        output::warn(&format!(
+            "message '{id}' in '{endpoint}' was already {}",
+            status.as_str()
+        ));
+    }
+    if ctx.json {
+        output::json_line(&report)?;
+    }
+    match problems.len() {
+        0 => Ok(()),
+        _ => Err(Error::Data(problems.join("; "))),
+    }
+}
+
+/// What [`finish_ids`] did: ids acked, nacked, found done already.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finished {
+    /// The endpoint.
+    pub endpoint: String,
+    /// Acked now.
+    pub acked: Vec<String>,
+    /// Nacked (dead-lettered) now.
+    pub nacked: Vec<String>,
+    /// Acked or nacked before.
+    pub already_done: Vec<String>,
+}
+
+/// Acks (`reason` None) or nacks claimed messages `ids` of `endpoint` as
+/// `relay ack` / `relay nack` do; what was done, and why the others could
+/// not be (also `relay serve`'s `POST .../ack` and `.../nack`).
+pub fn finish_ids(
+    ctx: &mut Ctx,
+    endpoint: &str,
+    ids: &[String],
+    reason: Option<&str>,
+    held: Option<u32>,
+) -> Result<(Finished, Vec<String>)> {
+    if let Some(r) = reason
+        && r.len() > MAX_REASON
+    {
+        return Err(Error::Data(format!(
+            "the reason is {} bytes; keep it under {MAX_REASON}",
+            r.len()
+        )));
+    }
     let mb = Mailbox::open_endpoint(&ctx.home, endpoint)?;
     for id in ids {
         maildir::validate_id(id)?;
@@ -201,9 +243,9 @@ fn finish(
     // with nothing done rather than finish messages that cannot be recorded.
     ctx.store()?;
     let now = ctx.clock.now_ms();
-    let mut report = DoneReport {
+    let mut report = Finished {
         endpoint: endpoint.to_string(),
-        ..DoneReport::default()
+        ..Finished::default()
     };
     let mut problems = Vec::new();
     let (verb, default_ms) = (
@@ -273,24 +315,12 @@ fn finish(
     if !report.acked.is_empty() {
         crate::home::sync_dir(&mb.sub("cur"))?;
     }
-    let (finished, status) = match reason {
-        None => (&report.acked, Status::Acked),
-        Some(_) => (&report.nacked, Status::Failed),
+    let finished = match reason {
+        None => &report.acked,
+        Some(_) => &report.nacked,
     };
     if !finished.is_empty() {
         record(ctx, endpoint, finished, reason, now)?;
     }
-    for id in &report.already_done {
-        output::warn(&format!(
-            "message '{id}' in '{endpoint}' was already {}",
-            status.as_str()
-        ));
-    }
-    if ctx.json {
-        output::json_line(&report)?;
-    }
-    match problems.len() {
-        0 => Ok(()),
-        _ => Err(Error::Data(problems.join("; "))),
-    }
+    Ok((report, problems))
 }

@@ -134,6 +134,23 @@ fn list(ctx: &mut Ctx) -> Result<()> {
 }
 
 fn reset(ctx: &mut Ctx, sender: Option<&str>, endpoint: Option<&str>, all: bool) -> Result<()> {
+    let names = reset_pairs(ctx, sender, endpoint, all)?;
+    if ctx.json {
+        return output::json_line(&serde_json::json!({ "reset": names }));
+    }
+    eprintln!("relay: reset {} breaker(s)", names.len());
+    Ok(())
+}
+
+/// Closes the breakers of `sender` (to `endpoint`), or every one with
+/// `all`; the pairs reset (`SENDER -> ENDPOINT`). Also `relay serve`'s
+/// `POST /api/relay/breakers/reset`.
+pub fn reset_pairs(
+    ctx: &mut Ctx,
+    sender: Option<&str>,
+    endpoint: Option<&str>,
+    all: bool,
+) -> Result<Vec<String>> {
     if let Some(s) = sender {
         subject::validate_subject(s, "sender")?;
     }
@@ -161,12 +178,7 @@ fn reset(ctx: &mut Ctx, sender: Option<&str>, endpoint: Option<&str>, all: bool)
         reliability::breaker_step(&tx, &cfg, s, e, BreakerEvent::Reset, now)?;
     }
     tx.commit()?;
-    let names: Vec<String> = pairs.iter().map(|(s, e)| format!("{s} -> {e}")).collect();
-    if ctx.json {
-        return output::json_line(&serde_json::json!({ "reset": names }));
-    }
-    eprintln!("relay: reset {} breaker(s)", names.len());
-    Ok(())
+    Ok(pairs.iter().map(|(s, e)| format!("{s} -> {e}")).collect())
 }
 
 fn open(
@@ -175,6 +187,28 @@ fn open(
     endpoint: &str,
     duration: Option<std::time::Duration>,
 ) -> Result<()> {
+    let (ms, until) = force_open(ctx, sender, endpoint, duration)?;
+    if ctx.json {
+        return output::json_line(&serde_json::json!({
+            "sender": sender, "endpoint": endpoint, "state": "open", "nextProbeAt": iso8601(until)
+        }));
+    }
+    eprintln!(
+        "relay: breaker {sender} -> {endpoint} open for {}",
+        human_ms(ms)
+    );
+    Ok(())
+}
+
+/// Opens the breaker of (`sender`, `endpoint`) for `duration` (default:
+/// the cooldown); how long (ms) and until when. Also `relay serve`'s
+/// `POST /api/relay/breakers/open`.
+pub fn force_open(
+    ctx: &mut Ctx,
+    sender: &str,
+    endpoint: &str,
+    duration: Option<std::time::Duration>,
+) -> Result<(u64, u64)> {
     subject::validate_subject(sender, "sender")?;
     subject::validate_subject(endpoint, "endpoint")?;
     let now = ctx.clock.now_ms();
@@ -191,14 +225,5 @@ fn open(
         now,
     )?;
     tx.commit()?;
-    if ctx.json {
-        return output::json_line(&serde_json::json!({
-            "sender": sender, "endpoint": endpoint, "state": "open", "nextProbeAt": iso8601(until)
-        }));
-    }
-    eprintln!(
-        "relay: breaker {sender} -> {endpoint} open for {}",
-        human_ms(ms)
-    );
-    Ok(())
+    Ok((ms, until))
 }

@@ -19,15 +19,22 @@ use crate::store::Event;
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
-    id: String,
-    endpoint: String,
-    code: Option<String>,
-    reason: Option<String>,
-    failed_at: Option<String>,
+    /// The message id.
+    pub id: String,
+    /// The directory whose `failed/` holds it.
+    pub endpoint: String,
+    /// Machine-readable cause, from the sidecar.
+    pub code: Option<String>,
+    /// Why, from the sidecar.
+    pub reason: Option<String>,
+    /// When (ISO-8601): the sidecar's time, else the file's.
+    pub failed_at: Option<String>,
+    /// The same in ms (0 if unknown).
     #[serde(skip)]
-    failed_ms: u64,
+    pub failed_ms: u64,
+    /// The envelope (`failed/<id>.json`), when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
-    envelope: Option<Value>,
+    pub envelope: Option<Value>,
 }
 
 /// Runs `relay dlq`.
@@ -389,6 +396,33 @@ fn purge(ctx: &mut Ctx, endpoint: Option<&str>, older_ms: u64, yes: bool) -> Res
             return Ok(());
         }
     }
+    let pairs: Vec<(String, String)> = old
+        .iter()
+        .map(|d| (d.endpoint.clone(), d.id.clone()))
+        .collect();
+    remove(
+        ctx,
+        &pairs,
+        endpoint,
+        json!({ "count": old.len(), "olderThanMs": older_ms }),
+    )?;
+    if ctx.json {
+        return output::json_line(&json!({ "purged": old.len() }));
+    }
+    eprintln!("relay: purged {} dead letter(s)", old.len());
+    Ok(())
+}
+
+/// Deletes the dead letters `(endpoint, id)` (both files and the index
+/// row) with one `dlq_purged` event carrying `detail`, as `relay dlq purge`
+/// does (also `relay serve`'s `DELETE /api/relay/dead-letters`).
+pub fn remove(
+    ctx: &mut Ctx,
+    old: &[(String, String)],
+    endpoint: Option<&str>,
+    detail: Value,
+) -> Result<()> {
+    let now = ctx.clock.now_ms();
     if !old.is_empty() {
         // A batch log replayed after a power loss could not tell a purged
         // dead letter from a lost message: retire this boot's logs first.
@@ -403,14 +437,14 @@ fn purge(ctx: &mut Ctx, endpoint: Option<&str>, older_ms: u64, yes: bool) -> Res
             });
         }
     }
-    for d in &old {
-        let mb = Mailbox::at(&ctx.home, &d.endpoint);
-        mb.remove_dead_letter(&d.id)
+    for (ep, id) in old {
+        let mb = Mailbox::at(&ctx.home, ep);
+        mb.remove_dead_letter(id)
             .ctx("cannot delete dead letter", &mb.sub("failed"))?;
     }
     let tx = ctx.store()?.begin()?;
-    for d in &old {
-        tx.forget(&d.endpoint, &d.id)?;
+    for (ep, id) in old {
+        tx.forget(ep, id)?;
     }
     if !old.is_empty() {
         tx.event(
@@ -419,15 +453,10 @@ fn purge(ctx: &mut Ctx, endpoint: Option<&str>, older_ms: u64, yes: bool) -> Res
                 sender: None,
                 endpoint,
                 message_id: None,
-                detail: json!({ "count": old.len(), "olderThanMs": older_ms }),
+                detail,
             },
             now,
         )?;
     }
-    tx.commit()?;
-    if ctx.json {
-        return output::json_line(&json!({ "purged": old.len() }));
-    }
-    eprintln!("relay: purged {} dead letter(s)", old.len());
-    Ok(())
+    tx.commit()
 }

@@ -120,6 +120,17 @@ fn list(ctx: &mut Ctx) -> Result<()> {
 }
 
 fn reset(ctx: &mut Ctx, sender: Option<&str>, all: bool) -> Result<()> {
+    let n = reset_senders(ctx, sender, all)?;
+    if ctx.json {
+        return output::json_line(&serde_json::json!({ "reset": n }));
+    }
+    eprintln!("relay: reset {n} sender(s)");
+    Ok(())
+}
+
+/// Refills the bucket of `sender`, or every one with `all`; how many were
+/// reset. Also `relay serve`'s `POST /api/relay/limits/reset`.
+pub fn reset_senders(ctx: &Ctx, sender: Option<&str>, all: bool) -> Result<usize> {
     if let Some(s) = sender {
         subject::validate_subject(s, "sender")?;
     }
@@ -132,9 +143,5 @@ fn reset(ctx: &mut Ctx, sender: Option<&str>, all: bool) -> Result<()> {
             sender.unwrap_or_default()
         )));
     }
-    if ctx.json {
-        return output::json_line(&serde_json::json!({ "reset": n }));
-    }
-    eprintln!("relay: reset {n} sender(s)");
-    Ok(())
+    Ok(n)
 }

@@ -237,6 +237,139 @@ pub fn send_message(ctx: &mut Ctx, msg: Outgoing) -> Result<Sent> {
     })
 }
 
+/// What became of one message sent with [`publish`].
+#[derive(Debug)]
+pub enum Published {
+    /// The send ran: the endpoints that got a copy and those that did not
+    /// (endpoint, code, reason, dead-lettered).
+    Done {
+        /// The message id.
+        id: String,
+        /// Endpoints holding a copy now.
+        delivered: Vec<String>,
+        /// Endpoints refused (nothing written) or dead-lettered.
+        rejected: Vec<Refusal>,
+    },
+    /// No endpoint matched: dead-lettered under the subject.
+    NoMatch {
+        /// The message id.
+        id: String,
+    },
+    /// The sender is over its hard rate limit: nothing was written.
+    RateLimited {
+        /// The message id it would have had.
+        id: String,
+        /// Why, with the limit.
+        reason: String,
+    },
+    /// The idempotency key was used by this earlier message: nothing sent.
+    Duplicate {
+        /// The original message id.
+        original: String,
+    },
+}
+
+/// One endpoint a [`publish`] did not reach.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The endpoint.
+    pub endpoint: String,
+    /// Machine-readable cause (`backpressure`, `circuit_open`, budget codes, ...).
+    pub code: String,
+    /// For people.
+    pub reason: String,
+    /// Written to the endpoint's `failed/` (else nothing was written).
+    pub dead_lettered: bool,
+}
+
+/// Sends one message as `relay send` does and reports every endpoint's
+/// fate, also when none took it (what `relay serve` answers DorkOS's
+/// publish with). Errors are only a bad request (subject, sender, budget),
+/// an access-rule refusal (the message is dead-lettered under its
+/// subject) and disk or index failures.
+pub fn publish(ctx: &mut Ctx, msg: Outgoing, idempotency_key: Option<String>) -> Result<Published> {
+    let args = SendArgs {
+        subject: None,
+        payload: None,
+        file: None,
+        text: false,
+        json_payload: false,
+        retry: 0,
+        retry_max_wait: std::time::Duration::ZERO,
+        from: msg.from,
+        reply_to: None,
+        ttl: msg.ttl,
+        max_hops: msg.max_hops,
+        parent: None,
+        idempotency_key: None,
+        batch: false,
+        no_fsync: false,
+        trace_id: None,
+        priority: msg.priority,
+    };
+    let req = Request {
+        subject: msg.subject,
+        payload: msg.payload,
+        reply_to: msg.reply_to,
+        trace_id: msg.trace_id,
+        budget: msg.budget,
+        idempotency_key,
+        ..Request::default()
+    };
+    let now = ctx.clock.now_ms();
+    let (envelope, key, warnings) = envelope_for(&args, req, now)?;
+    let id = envelope.id.clone();
+    let job = match route(ctx, &mut Lookups::default(), envelope, key, warnings) {
+        Ok(job) => job,
+        Err(Error::NoEndpoint(_)) => return Ok(Published::NoMatch { id }),
+        Err(Error::Refused { message, .. }) => {
+            return Ok(Published::RateLimited {
+                id,
+                reason: message,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let mut jobs = [job];
+    pipeline::deliver(ctx, &mut jobs, Durability::PerMessage, now)?;
+    let [mut job] = jobs;
+    let fates = match job.take_result() {
+        Ok(Delivery::Duplicate(original)) => return Ok(Published::Duplicate { original }),
+        Ok(Delivery::Done { fates, .. }) => fates,
+        Err(Error::Refused { message, .. }) => {
+            return Ok(Published::RateLimited {
+                id,
+                reason: message,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let mut delivered = Vec::new();
+    let mut rejected = Vec::new();
+    for (endpoint, fate) in fates {
+        match fate {
+            Fate::Delivered(..) => delivered.push(endpoint),
+            Fate::DeadLettered(code, reason) => rejected.push(Refusal {
+                endpoint,
+                code,
+                reason,
+                dead_lettered: true,
+            }),
+            Fate::Refused(code, reason, _) => rejected.push(Refusal {
+                endpoint,
+                code,
+                reason,
+                dead_lettered: false,
+            }),
+        }
+    }
+    Ok(Published::Done {
+        id,
+        delivered,
+        rejected,
+    })
+}
+
 /// Prepares and delivers one request (fsynced unless `--no-fsync`).
 fn send_single(ctx: &mut Ctx, args: &SendArgs, req: Request) -> Result<Line> {
     let now = ctx.clock.now_ms();
@@ -271,6 +404,18 @@ fn prepare(
     seen: &mut Lookups,
     now: u64,
 ) -> Result<Job> {
+    let (envelope, key, warnings) = envelope_for(args, req, now)?;
+    route(ctx, seen, envelope, key, warnings)
+}
+
+/// Validates a request (command-line defaults filling what it lacks) and
+/// builds its envelope; nothing is looked up or written.
+/// Also the request's idempotency key and warnings for the sender.
+fn envelope_for(
+    args: &SendArgs,
+    req: Request,
+    now: u64,
+) -> Result<(Envelope, Option<String>, Vec<String>)> {
     subject::validate_pattern(&req.subject, "subject")?;
     let from = req.from.unwrap_or_else(|| args.from.clone());
     subject::validate_subject(&from, "sender (--from)")?;
@@ -327,7 +472,18 @@ fn prepare(
         delivery_count: 0,
         extra: serde_json::Map::new(),
     };
+    Ok((envelope, req.idempotency_key, req.warnings))
+}
 
+/// Applies access rules to `envelope` and finds its endpoints; a send
+/// refused here is dead-lettered under its subject as DorkOS does.
+fn route(
+    ctx: &mut Ctx,
+    seen: &mut Lookups,
+    envelope: Envelope,
+    key: Option<String>,
+    warnings: Vec<String>,
+) -> Result<Job> {
     let rules = seen
         .rules
         .get_or_insert_with(|| access::Rules::load(&ctx.home.root().join(access::FILE_NAME)));
@@ -360,8 +516,8 @@ fn prepare(
             maildir::known_endpoints_hint(&ctx.home)
         )));
     }
-    let mut job = Job::new(envelope, targets, req.idempotency_key);
-    for w in req.warnings {
+    let mut job = Job::new(envelope, targets, key);
+    for w in warnings {
         job.warn(w);
     }
     Ok(job)

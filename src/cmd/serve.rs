@@ -1,5 +1,5 @@
-//! `relay serve`: a read-only HTTP API mirroring DorkOS's relay routes plus
-//! ours for the reliability layer, an SSE stream, Prometheus metrics, and
+//! `relay serve`: DorkOS's relay HTTP API (read and write) plus relay's
+//! routes for the reliability layer, an SSE stream, Prometheus metrics, and
 //! the live panel (one embedded page). Loopback only unless asked, and then
 //! only with a token. The server itself is `crate::serve`.
 
@@ -15,19 +15,17 @@ pub fn run(ctx: &Ctx, args: &ServeArgs) -> Result<()> {
     let token = std::env::var("RELAY_SERVE_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
-    if !args.listen.ip().is_loopback() {
-        if !args.allow_remote {
-            return Err(Error::Usage(format!(
-                "refusing to listen on {} (not loopback) without --allow-remote",
-                args.listen
-            )));
-        }
-        if token.is_none() {
-            return Err(Error::Usage(format!(
-                "listening on {} needs RELAY_SERVE_TOKEN set: every request must present it",
-                args.listen
-            )));
-        }
+    if !args.listen.ip().is_loopback() && !args.allow_remote {
+        return Err(Error::Usage(format!(
+            "refusing to listen on {} (not loopback) without --allow-remote",
+            args.listen
+        )));
+    }
+    if args.allow_remote && token.is_none() {
+        return Err(Error::Usage(format!(
+            "--allow-remote (listening on {}, any Host name) needs RELAY_SERVE_TOKEN set: every request must present it",
+            args.listen
+        )));
     }
     let listener = TcpListener::bind(args.listen).map_err(|e| Error::Io {
         what: format!("cannot listen on {}", args.listen),
@@ -42,11 +40,18 @@ pub fn run(ctx: &Ctx, args: &ServeArgs) -> Result<()> {
     eprintln!(
         "relay: serving {} on http://{addr}/ (panel at /, API under /api/relay/, Prometheus at /metrics){}",
         ctx.home.root().display(),
-        if token.is_some() {
-            "; token required"
-        } else {
-            "; loopback Host names only"
+        match (args.allow_remote, token.is_some()) {
+            (true, _) => "; any Host, token required on every request",
+            (false, true) => "; loopback Host names only, token required for writes",
+            (false, false) => "; loopback Host names only",
         }
     );
-    serve::run(ctx, Settings { listener, token })
+    serve::run(
+        ctx,
+        Settings {
+            listener,
+            token,
+            allow_remote: args.allow_remote,
+        },
+    )
 }

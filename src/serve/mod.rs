@@ -1,20 +1,29 @@
 //! The server behind `relay serve`: axum on a current-thread tokio runtime.
 //! Only `relay serve` starts it (`run`); no other command starts a runtime.
 //!
+//! Routes: DorkOS's core relay API under `/api/relay` (`dorkos`), relay's
+//! own routes beside it (`routes`), the SSE stream (`sse`), Prometheus text
+//! at `/metrics` and the panel at `/`.
+//!
 //! Hostile clients are held to limits: the whole request head must arrive
 //! within `HEAD_TIMEOUT` (hyper's header-read deadline, which also closes
-//! idle keep-alive connections); connections are capped by the open-file
-//! limit, at most `PER_REMOTE_CLIENT` per non-loopback address, and SSE
-//! streams may take only half of them, so idle subscribers never lock out
-//! API calls. A slot is freed as soon as its client leaves. A server without
-//! a token (loopback only) answers only requests whose `Host` is a loopback
-//! name (DNS rebinding); with a token, every request must present it.
+//! idle keep-alive connections), a body within 10 s and 1 MiB; connections
+//! are capped by the open-file limit, at most `PER_REMOTE_CLIENT` per
+//! non-loopback address, and SSE streams may take only half of them, so
+//! idle subscribers never lock out API calls. A slot is freed as soon as
+//! its client leaves. Unless `--allow-remote`, only requests whose `Host`
+//! is a loopback name are answered (DNS rebinding); write requests must
+//! come from the server's own origin (CSRF) and present the token when one
+//! is set; with `--allow-remote` every request presents it.
 //! SIGINT/SIGTERM stop it gracefully.
 
+mod dorkos;
 mod prometheus;
 pub mod query;
+mod reply;
 mod routes;
 mod sse;
+mod views;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -23,9 +32,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use axum::http::StatusCode;
 use tokio::net::TcpStream;
 
 use crate::config::{self, Config};
@@ -52,19 +59,25 @@ const GRACE: Duration = Duration::from_secs(5);
 pub struct Settings {
     /// Bound already (the command printed its address).
     pub listener: std::net::TcpListener,
-    /// `RELAY_SERVE_TOKEN`, when set: every request must present it.
+    /// `RELAY_SERVE_TOKEN`, when set: write requests must present it (and
+    /// every request with `allow_remote`).
     pub token: Option<String>,
+    /// `--allow-remote`: any `Host` name, the token on every request.
+    pub allow_remote: bool,
 }
 
 /// Serves until SIGINT or SIGTERM, then stops gracefully.
 pub fn run(ctx: &Ctx, settings: Settings) -> Result<()> {
     let max_connections = connection_limit();
-    let app = App::new(
+    let mut app = App::new(
         ctx.home.root().to_path_buf(),
         settings.token,
         ctx.config.clone(),
         max_connections,
     );
+    if let Some(a) = Arc::get_mut(&mut app) {
+        a.allow_remote = settings.allow_remote;
+    }
     sse::start_poller(&app)?;
     settings
         .listener
@@ -143,6 +156,9 @@ impl Db {
 pub(crate) struct App {
     home: PathBuf,
     token: Option<String>,
+    /// Any `Host` name; the token on every request.
+    allow_remote: bool,
+    clock: crate::clock::Clock,
     /// The last config that parsed: a bad edit keeps serving with it.
     config: Mutex<Config>,
     /// Contexts (each with its index open) not in use by a request.
@@ -171,6 +187,8 @@ impl App {
         Arc::new(App {
             home,
             token,
+            allow_remote: false,
+            clock: crate::clock::Clock::from_env(),
             config: Mutex::new(config),
             pool: Mutex::new(Vec::new()),
             hub: Arc::new(sse::Hub::default()),
@@ -180,6 +198,11 @@ impl App {
             streams: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The time now (relay's clock: `RELAY_FAKE_NOW_MS` in tests).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// Runs `f` on a pooled context (with the current config) on a worker
@@ -325,7 +348,8 @@ async fn serve(app: Arc<App>, listener: std::net::TcpListener) -> Result<()> {
                 };
                 match app.admit(peer.ip()) {
                     Ok(slot) => {
-                        let service = TowerToHyperService::new(router.clone());
+                        let routes = router.clone().layer(axum::Extension(routes::Peer(peer.ip())));
+                        let service = TowerToHyperService::new(routes);
                         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
                         tokio::spawn(async move {
                             let _ = conn.await;
@@ -361,7 +385,7 @@ async fn refuse(stream: TcpStream, why: String) {
     let status = StatusCode::SERVICE_UNAVAILABLE;
     let body = error_body(status, &why);
     let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nRetry-After: 1\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or_default(),
         body.len()
@@ -397,41 +421,13 @@ async fn refuse(stream: TcpStream, why: String) {
     .await;
 }
 
-/// `{"error":{"code":N,"message":...}}`.
+/// `{"error": message, "code": ...}` for a refusal written by hand.
 fn error_body(status: StatusCode, message: &str) -> String {
-    json!({ "error": { "code": status.as_u16(), "message": message } }).to_string()
-}
-
-/// A JSON error response.
-pub(crate) fn api_error(status: StatusCode, message: &str) -> Response {
-    let mut resp = (status, error_body(status, message)).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
-
-/// The response for an error from relay's own functions.
-pub(crate) fn failure(e: &Error) -> Response {
-    let status = match e {
-        Error::NoInput(_) | Error::NoEndpoint(_) => StatusCode::NOT_FOUND,
-        Error::Data(_) | Error::Usage(_) => StatusCode::BAD_REQUEST,
-        Error::Refused { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    let code = match status {
+        StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
+        _ => "ERROR",
     };
-    let mut resp = api_error(status, &e.to_string());
-    if let Error::Refused {
-        retry_after_ms: Some(ms),
-        ..
-    } = e
-    {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000)));
-    }
-    resp
+    reply::error_body(message, Some(code))
 }
 
 #[cfg(test)]

@@ -21,6 +21,16 @@ impl Query {
         Query(pairs)
     }
 
+    /// Every value named `name`, in order.
+    #[must_use]
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     /// The first value named `name`.
     #[must_use]
     pub fn get(&self, name: &str) -> Option<&str> {

@@ -1,17 +1,22 @@
-//! `GET /api/relay/stream?subject=PATTERN`: server-sent events with the
-//! seed's names: `relay_connected`, then `relay_message` for new message
-//! copies at matching endpoints, `relay_backpressure` for backpressure
-//! decisions and `relay_signal` for every other event.
+//! `GET /api/relay/stream?subject=PATTERN`: server-sent events as DorkOS
+//! sends them: `relay_connected` (`{pattern, connectedAt}`), then
+//! `relay_message` for each new message copy at a matching endpoint (the
+//! envelope as stored, with `id:` the envelope id), `relay_backpressure`
+//! (a DorkOS Signal) for backpressure decisions; and relay's other events
+//! (dead letters, breakers, rate limits, ...) as `relay_event`, a name
+//! DorkOS clients do not listen for. The pattern defaults to DorkOS's
+//! `relay.human.console.>`; any pattern is accepted, since relay's stream
+//! observes without consuming.
 //!
 //! One poller thread moves what sends appended to the journal into the
 //! index and publishes every new message copy and event, in index order, on
 //! a broadcast channel; each stream filters it for its pattern. Message
 //! copies are ordered by (sent time, id, endpoint) and events by their id,
 //! so a thousand copies sent in one millisecond are passed one by one, never
-//! re-read. Every event carries an `id:`, the stream's position
-//! `EVENT:SENT_AT:MESSAGE:ENDPOINT` (the last event id and message copy
-//! passed); reconnecting with it as `Last-Event-ID` (or `?after=`) replays
-//! what was missed from the index, then goes on live. A stream that falls
+//! re-read. A `relay_event`'s `id:` is the stream's position
+//! `EVENT:SENT_AT:MESSAGE:ENDPOINT`. Reconnecting with the last id seen as
+//! `Last-Event-ID` (or `?after=`), a message id or a position, replays what
+//! was missed from the index, then goes on live. A stream that falls
 //! behind the channel catches up from the index the same way. A copy
 //! indexed after the poller passed its place (its send read the clock
 //! before another's but reached the journal after) is found by counting the
@@ -25,6 +30,7 @@ use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::Value;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use rusqlite::{Connection, params};
@@ -32,12 +38,16 @@ use serde_json::json;
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::query::Query;
-use super::{App, Db, StreamSlot, api_error, failure, lock};
+use super::reply;
+use super::{App, Db, StreamSlot, lock};
 use crate::context::Ctx;
+use crate::home::Home;
 use crate::error::{Error, Result};
 use crate::store::{EventRow, reports};
 use crate::subject;
 
+/// The pattern of a stream that names none (DorkOS's).
+const DEFAULT_PATTERN: &str = "relay.human.console.>";
 /// How often the poller looks for news.
 const POLL: Duration = Duration::from_millis(250);
 /// A comment line after this long without an event keeps idle streams open
@@ -110,6 +120,64 @@ struct Resume {
     message: Option<MessageKey>,
 }
 
+/// What a reconnecting client sent: a position of this stream, or the id
+/// of the last message it saw.
+#[derive(Debug, PartialEq, Eq)]
+enum Since {
+    Position(Resume),
+    Message(String),
+}
+
+impl Since {
+    fn parse(s: &str) -> std::result::Result<Self, String> {
+        let t = s.trim();
+        if !t.contains(':') && t.parse::<i64>().is_err() {
+            crate::maildir::validate_id(t).map_err(|_| {
+                format!(
+                    "bad stream position '{}': expected the id: of an event of this stream (a message id, or EVENT:SENT_AT:MESSAGE:ENDPOINT)",
+                    t.escape_debug()
+                )
+            })?;
+            return Ok(Since::Message(t.to_string()));
+        }
+        Resume::parse(t).map(Since::Position)
+    }
+}
+
+/// The position just after message `id`'s last copy matching `pattern`,
+/// events from just before it was sent; `None` if the index has no such
+/// copy.
+fn after_message(ctx: &mut Ctx, id: &str, pattern: &str) -> Result<Option<Resume>> {
+    let store = ctx.store()?;
+    let rows = store.read(|c| {
+        c.prepare_cached("SELECT sent_at, endpoint FROM messages WHERE id = ?1 ORDER BY endpoint")?
+            .query_map([id], |r| Ok((r.get::<_, u64>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+    })?;
+    let Some((sent_at, endpoint)) = rows
+        .into_iter()
+        .filter(|(_, ep)| subject::matches(pattern, ep))
+        .last()
+    else {
+        return Ok(None);
+    };
+    let event = store.read(|c| {
+        c.query_row(
+            "SELECT COALESCE(MAX(id), 0) FROM events WHERE at < ?1",
+            [sent_at],
+            |r| r.get::<_, i64>(0),
+        )
+    })?;
+    Ok(Some(Resume {
+        event,
+        message: Some(MessageKey {
+            sent_at,
+            id: id.to_string(),
+            endpoint,
+        }),
+    }))
+}
+
 impl Resume {
     fn parse(s: &str) -> std::result::Result<Self, String> {
         let bad = || {
@@ -158,12 +226,33 @@ struct Item {
     name: &'static str,
     /// The subject a pattern is matched against.
     concerns: String,
+    /// The `id:` to send: the envelope id of a message; `None` for the
+    /// stream's position (relay's events) or no id (DorkOS's signals).
+    id: Option<String>,
+    /// Whether to send an `id:` line at all.
+    with_id: bool,
     /// The `data:` JSON.
     data: String,
 }
 
 impl Item {
-    fn message(m: &reports::MessageRow) -> Self {
+    /// A copy's event: the envelope as stored (a copy consumed before the
+    /// stream read it: what the index knows of it).
+    fn message(home: &Home, m: &reports::MessageRow) -> Self {
+        let mb = crate::maildir::Mailbox::at(home, &m.endpoint);
+        let envelope = ["new", "cur", "failed"]
+            .iter()
+            .find_map(|sub| mb.read_json(sub, &m.id))
+            .filter(Value::is_object)
+            .unwrap_or_else(|| {
+                json!({
+                    "id": m.id,
+                    "subject": m.subject,
+                    "from": m.from,
+                    "createdAt": crate::clock::iso8601(m.sent_at),
+                    "traceId": m.trace_id,
+                })
+            });
         Item {
             pos: Pos::Message(MessageKey {
                 sent_at: m.sent_at,
@@ -173,7 +262,9 @@ impl Item {
             late: false,
             name: "relay_message",
             concerns: m.endpoint.clone(),
-            data: json!(m).to_string(),
+            id: Some(m.id.clone()),
+            with_id: true,
+            data: envelope.to_string(),
         }
     }
 
@@ -184,17 +275,36 @@ impl Item {
             .or(e.sender.as_deref())
             .unwrap_or("relay")
             .to_string();
-        let name = if e.kind.starts_with("backpressure") {
-            "relay_backpressure"
-        } else {
-            "relay_signal"
+        let (name, with_id, data) = match e.kind.as_str() {
+            "backpressure_warning" | "backpressure_rejected" => {
+                let depth = e.detail["depth"].as_u64().unwrap_or(0);
+                let limit = e.detail["limit"].as_u64().unwrap_or(0).max(1);
+                #[allow(clippy::cast_precision_loss)]
+                let pressure = (depth as f64 / limit as f64).min(1.0);
+                let state = if e.kind == "backpressure_warning" {
+                    "warning"
+                } else {
+                    "critical"
+                };
+                let signal = json!({
+                    "type": "backpressure",
+                    "state": state,
+                    "endpointSubject": concerns,
+                    "timestamp": crate::clock::iso8601(e.at),
+                    "data": { "pressure": pressure, "currentSize": depth },
+                });
+                ("relay_backpressure", false, signal.to_string())
+            }
+            _ => ("relay_event", true, json!(e).to_string()),
         };
         Item {
             pos: Pos::Event(e.id),
             late: false,
             name,
             concerns,
-            data: json!(e).to_string(),
+            id: None,
+            with_id,
+            data,
         }
     }
 }
@@ -293,6 +403,7 @@ struct Recent(BTreeSet<MessageKey>);
 /// One look: ingest the journal, then publish everything after the live
 /// position (the first look only sets it), then any copy indexed late.
 fn poll(hub: &Hub, ctx: &mut Ctx, recent: &mut Recent) -> Result<()> {
+    let home = ctx.home.clone();
     let store = ctx.store()?;
     // Sends append to the journal; move what they wrote into the index.
     let _ = store.ingest();
@@ -315,7 +426,7 @@ fn poll(hub: &Hub, ctx: &mut Ctx, recent: &mut Recent) -> Result<()> {
     loop {
         let rows = store.read(|c| messages_after(c, &at.message, MESSAGE_PAGE))?;
         for m in &rows {
-            let item = Item::message(m);
+            let item = Item::message(&home, m);
             at.advance(&item.pos);
             recent.0.insert(key_of(m));
             hub.publish(item);
@@ -337,7 +448,7 @@ fn poll(hub: &Hub, ctx: &mut Ctx, recent: &mut Recent) -> Result<()> {
         for m in &rows {
             let key = key_of(m);
             if !recent.0.contains(&key) {
-                let mut item = Item::message(m);
+                let mut item = Item::message(&home, m);
                 item.late = true;
                 hub.publish(item);
             }
@@ -445,13 +556,14 @@ fn messages_after(
 /// One page of what lies after `from` up to `to` in the index, and whether
 /// there is more.
 fn read_between(ctx: &mut Ctx, from: &Cursor, to: &Cursor) -> Result<(Vec<Item>, bool)> {
+    let home = ctx.home.clone();
     let store = ctx.store()?;
     let mut items = Vec::new();
     let mut more = false;
     if from.message < to.message {
         let rows = store.read(|c| messages_after(c, &from.message, MESSAGE_PAGE))?;
         more |= rows.len() == MESSAGE_PAGE;
-        items.extend(rows.iter().map(Item::message));
+        items.extend(rows.iter().map(|m| Item::message(&home, m)));
     }
     if from.event < to.event {
         let rows =
@@ -471,9 +583,21 @@ pub(super) async fn stream(
     headers: HeaderMap,
 ) -> Response {
     let q = Query::parse(q.as_deref());
-    let pattern = q.get("subject").unwrap_or(">").to_string();
+    let pattern = q
+        .get("subject")
+        .filter(|s| !s.is_empty())
+        .unwrap_or(DEFAULT_PATTERN)
+        .to_string();
     if let Err(e) = subject::validate_pattern(&pattern, "subject filter") {
-        return failure(&e);
+        return reply::json(
+            StatusCode::BAD_REQUEST,
+            &json!({
+                "error": "Invalid subscription pattern",
+                "code": "INVALID_PATTERN",
+                "detail": e.to_string(),
+                "allowedPrefixes": ["relay.human.console.", "relay.system.", "relay.signal."],
+            }),
+        );
     }
     // A reconnecting EventSource sends the last id it saw.
     let resume = headers
@@ -481,33 +605,46 @@ pub(super) async fn stream(
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
         .or_else(|| q.get("after").map(str::to_string))
         .filter(|s| !s.trim().is_empty());
-    let resume = match resume.as_deref().map(Resume::parse).transpose() {
+    let resume = match resume.as_deref().map(Since::parse).transpose() {
         Ok(r) => r,
-        Err(m) => return api_error(StatusCode::BAD_REQUEST, &m),
+        Err(m) => return reply::error(StatusCode::BAD_REQUEST, &m, Some("BAD_POSITION")),
+    };
+    let resume = match resume {
+        None => None,
+        Some(Since::Position(r)) => Some(r),
+        Some(Since::Message(id)) => {
+            let p = pattern.clone();
+            match app.blocking(move |ctx| after_message(ctx, &id, &p)).await {
+                Ok(r) => r,
+                Err(e) => return reply::failure(&e),
+            }
+        }
     };
     let Some(slot) = app.stream_slot() else {
-        return api_error(
+        return reply::error(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!(
                 "too many open streams ({} at most, half the connections); retry shortly",
                 app.max_streams
             ),
+            Some("UNAVAILABLE"),
         );
     };
     let Some((rx, live)) = app.hub.subscribe() else {
-        return api_error(
+        return reply::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the stream is not ready: the index could not be read yet (see the server's stderr); retry shortly",
+            Some("UNAVAILABLE"),
         );
     };
     let at = match resume {
         Some(r) => r.at(&live),
         None => live.clone(),
     };
-    let hello = Event::default()
-        .id(at.to_string())
-        .event("relay_connected")
-        .data(json!({ "pattern": pattern }).to_string());
+    let now = app.now_ms();
+    let hello = Event::default().event("relay_connected").data(
+        json!({ "pattern": pattern, "connectedAt": crate::clock::iso8601(now) }).to_string(),
+    );
     let sub = Subscriber {
         app: Arc::clone(&app),
         rx,
@@ -518,8 +655,12 @@ pub(super) async fn stream(
         _slot: slot,
     };
     let mut resp = Sse::new(futures_util::stream::unfold(sub, Subscriber::next)).into_response();
-    resp.headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let h = resp.headers_mut();
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
     resp
 }
 
@@ -591,11 +732,13 @@ impl Subscriber {
             return;
         }
         let mut ev = Event::default();
-        let id = self.at.to_string();
-        // An id a client could not send back is left out: it resumes from
-        // the one before (this event again, at least once).
-        if !id.contains(['\r', '\n', '\0']) {
-            ev = ev.id(id);
+        if item.with_id {
+            let id = item.id.clone().unwrap_or_else(|| self.at.to_string());
+            // An id a client could not send back is left out: it resumes
+            // from the one before (this event again, at least once).
+            if !id.contains(['\r', '\n', '\0']) {
+                ev = ev.id(id);
+            }
         }
         self.queue.push_back(ev.event(item.name).data(&item.data));
     }
