@@ -11,7 +11,7 @@ mod consumers; // recv --follow / --exec: ack, nack, breaker, timeout, concurren
 mod panel; // the panel in headless chromium: a tripped breaker and a rate-limit hit on the page
 mod peek; // relay peek: never claims, every status, foreign entries listed safely, no home created
 mod request; // relay request: reply, progress, timeout, failure notices, refusals, signals, cleanup, trace
-mod serve; // relay serve: every route, 404/405/400, the token, SSE, /metrics
+mod serve; // relay serve: relay's own routes, 404/405/400, the token, SSE, /metrics
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -281,14 +281,16 @@ impl Server {
     #[track_caller]
     pub fn get_json(&self, path: &str) -> Value {
         let resp = self.get(path);
-        if resp.status != 200 || resp.header("content-type") != Some("application/json") {
-            self.proc.fail(&format!(
-                "GET {path}: expected 200 application/json, got {resp:?}"
-            ));
+        if resp.status != 200 || resp.header("content-type") != Some(JSON) {
+            self.proc
+                .fail(&format!("GET {path}: expected 200 {JSON}, got {resp:?}"));
         }
         resp.json()
     }
 }
+
+/// `Content-Type` of every JSON answer (DorkOS's).
+pub const JSON: &str = "application/json; charset=utf-8";
 
 /// One HTTP response.
 #[derive(Debug)]
@@ -313,23 +315,30 @@ impl Resp {
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {self:?}"))
     }
 
-    /// Asserts a JSON error `{"error":{"code":status,"message":...}}`.
+    /// Asserts a JSON error `{"error": "...", "code"?: "..."}` (DorkOS's
+    /// error body) with `status`; the body.
     #[track_caller]
-    pub fn assert_error(&self, status: u16) {
+    pub fn assert_error(&self, status: u16) -> Value {
         assert_eq!(self.status, status, "{self:?}");
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/json"),
-            "{self:?}"
-        );
+        assert_eq!(self.header("content-type"), Some(JSON), "{self:?}");
         let v = self.json();
-        assert_eq!(v["error"]["code"], status, "{self:?}");
         assert!(
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
+            v["error"].as_str().is_some_and(|m| !m.is_empty()),
             "error without a message: {self:?}"
         );
+        assert!(
+            v.get("code").is_none_or(Value::is_string),
+            "code is not a string: {self:?}"
+        );
+        v
+    }
+
+    /// Asserts an error with `status` and `code`; the body.
+    #[track_caller]
+    pub fn assert_code(&self, status: u16, code: &str) -> Value {
+        let v = self.assert_error(status);
+        assert_eq!(v["code"], code, "{self:?}");
+        v
     }
 }
 
@@ -384,6 +393,46 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
     parse_response(&raw)
 }
 
+/// One request with a body (`Connection: close`), read to the end.
+#[track_caller]
+pub fn http_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
+    let mut s = connect(addr);
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes)
+        .unwrap_or_else(|e| panic!("cannot send {method} {path}: {e}"));
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("cannot read the response to {method} {path}: {e}"));
+    parse_response(&raw)
+}
+
+/// `METHOD path` with `body` as JSON.
+#[track_caller]
+pub fn send_json(addr: SocketAddr, method: &str, path: &str, body: &Value) -> Resp {
+    http_body(
+        addr,
+        method,
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+}
+
 /// One server-sent event.
 #[derive(Debug, Clone)]
 pub struct SseEvent {
@@ -403,12 +452,21 @@ impl Sse {
     /// Opens `GET path` and checks the 200 `text/event-stream` head.
     #[track_caller]
     pub fn open(addr: SocketAddr, path: &str) -> Sse {
+        Sse::open_with(addr, path, &[])
+    }
+
+    /// `open` with extra request headers (`Last-Event-ID`).
+    #[track_caller]
+    pub fn open_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
         let mut s = connect(addr);
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
-        )
-        .unwrap_or_else(|e| panic!("cannot send GET {path}: {e}"));
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())
+            .unwrap_or_else(|e| panic!("cannot send GET {path}: {e}"));
         s.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap_or_else(|e| panic!("cannot set a read timeout: {e}"));
         let mut sse = Sse {

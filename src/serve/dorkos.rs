@@ -4,6 +4,10 @@
 //! `relay send`'s pipeline). Fields relay adds are extra keys, which
 //! DorkOS's schemas strip.
 
+// An early answer (`Err(Response)`) is returned once per request, at once:
+// boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,7 +61,10 @@ const RESERVED_ENDPOINTS: [&str; 6] = [
 /// The JSON body of a request: `None` when it is empty or not sent as
 /// JSON (DorkOS then sees no body); an answer when it is too big, too slow
 /// or not JSON.
-pub async fn read_json(headers: &HeaderMap, body: Body) -> std::result::Result<Option<Value>, Response> {
+pub async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+) -> std::result::Result<Option<Value>, Response> {
     let too_big = || {
         reply::error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -72,7 +79,8 @@ pub async fn read_json(headers: &HeaderMap, body: Body) -> std::result::Result<O
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_big());
     }
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await
+    {
         Err(_) => {
             return Err(reply::error(
                 StatusCode::REQUEST_TIMEOUT,
@@ -132,7 +140,10 @@ fn required(o: &Map<String, Value>, key: &str, bad: &mut Invalid) -> String {
         other => {
             bad.field(
                 key,
-                format!("Invalid input: expected string, received {}", type_name(other)),
+                format!(
+                    "Invalid input: expected string, received {}",
+                    type_name(other)
+                ),
             );
             String::new()
         }
@@ -147,7 +158,10 @@ fn optional(o: &Map<String, Value>, key: &str, bad: &mut Invalid) -> Option<Stri
         other => {
             bad.field(
                 key,
-                format!("Invalid input: expected string, received {}", type_name(other)),
+                format!(
+                    "Invalid input: expected string, received {}",
+                    type_name(other)
+                ),
             );
             None
         }
@@ -155,12 +169,20 @@ fn optional(o: &Map<String, Value>, key: &str, bad: &mut Invalid) -> Option<Stri
 }
 
 /// An optional integer of at least `min`.
-fn optional_int(o: &Map<String, Value>, key: &str, min: Option<i64>, bad: &mut Invalid) -> Option<i64> {
+fn optional_int(
+    o: &Map<String, Value>,
+    key: &str,
+    min: Option<i64>,
+    bad: &mut Invalid,
+) -> Option<i64> {
     let v = o.get(key)?;
     let Some(n) = v.as_f64() else {
         bad.field(
             key,
-            format!("Invalid input: expected number, received {}", type_name(Some(v))),
+            format!(
+                "Invalid input: expected number, received {}",
+                type_name(Some(v))
+            ),
         );
         return None;
     };
@@ -196,7 +218,11 @@ fn limit(q: &Query, bad: &mut Invalid) -> usize {
         return DEFAULT_LIMIT;
     };
     let t = raw.trim();
-    let n: f64 = if t.is_empty() { 0.0 } else { t.parse().unwrap_or(f64::NAN) };
+    let n: f64 = if t.is_empty() {
+        0.0
+    } else {
+        t.parse().unwrap_or(f64::NAN)
+    };
     if n.is_nan() {
         bad.field("limit", "Invalid input: expected number, received NaN");
     } else if n.fract() != 0.0 {
@@ -213,7 +239,12 @@ fn limit(q: &Query, bad: &mut Invalid) -> usize {
 }
 
 /// A value of `allowed`, or a validation problem.
-fn one_of(q: &Query, key: &str, allowed: &[&'static str], bad: &mut Invalid) -> Option<&'static str> {
+fn one_of(
+    q: &Query,
+    key: &str,
+    allowed: &[&'static str],
+    bad: &mut Invalid,
+) -> Option<&'static str> {
     let v = single(q, key, bad)?;
     let found = allowed.iter().find(|a| **a == v).copied();
     if found.is_none() {
@@ -269,7 +300,10 @@ pub async fn publish(State(app): State<Arc<App>>, headers: HeaderMap, body: Body
         }
         other => bad.field(
             "budget",
-            format!("Invalid input: expected object, received {}", type_name(other)),
+            format!(
+                "Invalid input: expected object, received {}",
+                type_name(other)
+            ),
         ),
     }
     // relay's additions: an idempotency key (also as a header), a trace
@@ -432,7 +466,8 @@ fn publish_result(p: Published, pressure: Map<String, Value>) -> Value {
         Published::RateLimited { id, reason } => {
             m.insert("messageId".into(), json!(id));
             m.insert("deliveredTo".into(), json!(0));
-            rejected.push(json!({ "endpointHash": "*", "reason": "rate_limited", "detail": reason }));
+            rejected
+                .push(json!({ "endpointHash": "*", "reason": "rate_limited", "detail": reason }));
         }
         Published::Duplicate { original } => {
             m.insert("messageId".into(), json!(original));
@@ -476,7 +511,12 @@ pub async fn list_messages(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -
     };
     with_index(&app, move |ctx| {
         let (rows, more) = ctx.store()?.read(|c| views::list(c, &filter))?;
-        Ok(reply::ok(&page("messages", rows.iter().map(views::Indexed::to_json).collect(), more.then(|| rows.last().map(views::Indexed::cursor)).flatten())))
+        Ok(reply::ok(&page(
+            "messages",
+            rows.iter().map(views::Indexed::to_json).collect(),
+            more.then(|| rows.last().map(views::Indexed::cursor))
+                .flatten(),
+        )))
     })
     .await
 }
@@ -545,9 +585,21 @@ pub async fn trace_metrics(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -
             }
             out.insert(
                 "since".into(),
-                (since > 0).then(|| iso8601(since)).map_or(Value::Null, Value::String),
+                (since > 0)
+                    .then(|| iso8601(since))
+                    .map_or(Value::Null, Value::String),
             );
-            out.insert("relayTotalCopies".into(), json!(out.get("endpoints").and_then(Value::as_array).map_or(0, |e| e.iter().filter_map(|x| x["total"].as_u64()).sum::<u64>())));
+            out.insert(
+                "relayTotalCopies".into(),
+                json!(
+                    out.get("endpoints")
+                        .and_then(Value::as_array)
+                        .map_or(0, |e| e
+                            .iter()
+                            .filter_map(|x| x["total"].as_u64())
+                            .sum::<u64>())
+                ),
+            );
         }
         Ok(reply::ok(&v))
     })
@@ -633,7 +685,7 @@ pub async fn register(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
             return refuse(e.to_string());
         }
         let names = maildir::mailbox_dir_names(&ctx.home)?;
-        if names.iter().any(|n| *n == subj) {
+        if names.contains(&subj) {
             return refuse(format!("Endpoint already registered: {subj}"));
         }
         if let Some(other) = maildir::case_twin(&subj, names.iter()) {
@@ -692,7 +744,9 @@ async fn unregister(app: Arc<App>, subj: String) -> Response {
             return Ok(not_found("Endpoint not found"));
         }
         let deleted = endpoints::remove_endpoint(&ctx.home, &subj, true)?;
-        Ok(reply::ok(&json!({ "success": true, "deletedMessages": deleted })))
+        Ok(reply::ok(
+            &json!({ "success": true, "deletedMessages": deleted }),
+        ))
     })
     .await
 }
@@ -700,7 +754,12 @@ async fn unregister(app: Arc<App>, subj: String) -> Response {
 async fn inbox(app: Arc<App>, subj: String, q: Option<String>) -> Response {
     let q = Query::parse(q.as_deref());
     let mut bad = Invalid::default();
-    let status = one_of(&q, "status", &["pending", "delivered", "failed", "all"], &mut bad);
+    let status = one_of(
+        &q,
+        "status",
+        &["pending", "delivered", "failed", "all"],
+        &mut bad,
+    );
     let cursor = single(&q, "cursor", &mut bad).map(views::parse_cursor);
     let limit = limit(&q, &mut bad);
     if !bad.is_empty() {

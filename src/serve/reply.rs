@@ -2,6 +2,10 @@
 //! `{error, code?}`, the Zod-style validation body, and the mapping of
 //! relay's errors to statuses.
 
+// An early answer (`Err(Response)`) is returned once per request, at once:
+// boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};

@@ -3,6 +3,10 @@
 //! 404/405/501 answers; and the guard in front of them all (Host, Origin,
 //! token).
 
+// An early answer (`Err(Response)`) is returned once per request, at once:
+// boxing it would buy nothing.
+#![allow(clippy::result_large_err)]
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -44,7 +48,10 @@ pub(super) fn router(app: Arc<App>) -> Router {
         // DorkOS's core routes.
         .route(
             "/messages",
-            only(get(dorkos::list_messages).post(dorkos::publish), "GET, POST"),
+            only(
+                get(dorkos::list_messages).post(dorkos::publish),
+                "GET, POST",
+            ),
         )
         .route("/messages/{id}", only(get(dorkos::message_detail), "GET"))
         .route(
@@ -54,7 +61,10 @@ pub(super) fn router(app: Arc<App>) -> Router {
         .route("/conversations", only(get(dorkos::conversations), "GET"))
         .route(
             "/endpoints",
-            only(get(dorkos::list_endpoints).post(dorkos::register), "GET, POST"),
+            only(
+                get(dorkos::list_endpoints).post(dorkos::register),
+                "GET, POST",
+            ),
         )
         .route("/endpoints/{*rest}", any(dorkos::endpoint_path))
         .route(
@@ -80,6 +90,7 @@ pub(super) fn router(app: Arc<App>) -> Router {
         .route("/limits/reset", only(post(limits_reset), "POST"))
         .route("/backpressure", only(get(backpressure), "GET"))
         .route("/events", only(get(events), "GET"))
+        .route("/redeliveries", only(get(redeliveries), "GET"))
         // DorkOS's adapter surface: not relay's.
         .route("/adapters", any(dorkos::not_implemented))
         .route("/adapters/{*rest}", any(dorkos::not_implemented))
@@ -144,7 +155,9 @@ async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Respons
     let write = !matches!(*req.method(), Method::GET | Method::HEAD);
     if write {
         let h = req.headers();
-        let origin = h.get(header::ORIGIN).map(|o| String::from_utf8_lossy(o.as_bytes()).into_owned());
+        let origin = h
+            .get(header::ORIGIN)
+            .map(|o| String::from_utf8_lossy(o.as_bytes()).into_owned());
         let cross_site = h
             .get("sec-fetch-site")
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"));
@@ -256,7 +269,11 @@ fn to_json(v: impl serde::Serialize) -> Value {
 }
 
 async fn panel() -> Response {
-    reply::body(StatusCode::OK, "text/html; charset=utf-8", PANEL.to_string())
+    reply::body(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        PANEL.to_string(),
+    )
 }
 
 async fn prometheus_text(State(app): State<Arc<App>>) -> Response {
@@ -343,9 +360,12 @@ async fn breakers_open(State(app): State<Arc<App>>, headers: HeaderMap, body: Bo
         Ok(o) => o,
         Err(r) => return r,
     };
-    let (Ok(Some(sender)), Ok(Some(endpoint))) = (text_field(&o, "sender"), text_field(&o, "endpoint")) else {
+    let (Ok(Some(sender)), Ok(Some(endpoint))) =
+        (text_field(&o, "sender"), text_field(&o, "endpoint"))
+    else {
         return failure(&Error::Data(
-            "say which breaker to open: {\"sender\": S, \"endpoint\": E, \"duration\": \"30s\"}".into(),
+            "say which breaker to open: {\"sender\": S, \"endpoint\": E, \"duration\": \"30s\"}"
+                .into(),
         ));
     };
     let duration = match o.get("duration") {
@@ -419,11 +439,10 @@ pub(super) async fn settle(
         Ok(o) => o,
         Err(r) => return r,
     };
-    let ids: Option<Vec<String>> = o.get("ids").and_then(Value::as_array).and_then(|a| {
-        a.iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect()
-    });
+    let ids: Option<Vec<String>> = o
+        .get("ids")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().map(|v| v.as_str().map(str::to_string)).collect());
     let Some(ids) = ids.filter(|i| !i.is_empty()) else {
         return failure(&Error::Data(
             "the body needs \"ids\": a non-empty array of message ids".into(),
@@ -472,6 +491,48 @@ async fn backpressure(State(app): State<Arc<App>>) -> Response {
             })
             .collect();
         Ok(json!({ "enabled": bp.enabled, "warningAt": warn_at, "endpoints": rows }))
+    })
+    .await
+}
+
+/// Kinds of the events `GET /api/relay/redeliveries` lists.
+const REDELIVERY_KINDS: [&str; 3] = ["redelivered", "lease_expired", "max_deliveries"];
+
+/// `GET /api/relay/redeliveries`: the latest 100 redeliveries and lease
+/// expiries, newest first, each with the envelope where it is now (`new/`,
+/// `cur/` or `failed/`; `null` once consumed).
+async fn redeliveries(State(app): State<Arc<App>>) -> Response {
+    json_of(&app, |ctx| {
+        let _ = ctx.store()?.ingest();
+        let rows = ctx.store()?.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, at, kind, sender, endpoint, message_id, detail FROM events
+                 WHERE kind IN ('redelivered', 'lease_expired', 'max_deliveries')
+                 ORDER BY id DESC LIMIT 100",
+            )?;
+            stmt.query_map([], crate::store::event_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let items: Vec<Value> = rows
+            .into_iter()
+            .filter(|e| REDELIVERY_KINDS.contains(&e.kind.as_str()))
+            .map(|e| {
+                let found = match (&e.endpoint, &e.message_id) {
+                    (Some(ep), Some(id)) => {
+                        let mb = crate::maildir::Mailbox::at(&ctx.home, ep);
+                        ["new", "cur", "failed"]
+                            .iter()
+                            .find_map(|sub| mb.read_json(sub, id).map(|v| (*sub, v)))
+                    }
+                    _ => None,
+                };
+                let mut v = to_json(&e);
+                v["where"] = json!(found.as_ref().map(|(sub, _)| *sub));
+                v["envelope"] = found.map_or(Value::Null, |(_, env)| env);
+                v
+            })
+            .collect();
+        Ok(json!({ "redeliveries": items }))
     })
     .await
 }

@@ -30,10 +30,10 @@ use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use serde_json::Value;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use rusqlite::{Connection, params};
+use serde_json::Value;
 use serde_json::json;
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -41,8 +41,8 @@ use super::query::Query;
 use super::reply;
 use super::{App, Db, StreamSlot, lock};
 use crate::context::Ctx;
-use crate::home::Home;
 use crate::error::{Error, Result};
+use crate::home::Home;
 use crate::store::{EventRow, reports};
 use crate::subject;
 
@@ -156,8 +156,8 @@ fn after_message(ctx: &mut Ctx, id: &str, pattern: &str) -> Result<Option<Resume
     })?;
     let Some((sent_at, endpoint)) = rows
         .into_iter()
-        .filter(|(_, ep)| subject::matches(pattern, ep))
-        .last()
+        .rev()
+        .find(|(_, ep)| subject::matches(pattern, ep))
     else {
         return Ok(None);
     };
@@ -642,9 +642,9 @@ pub(super) async fn stream(
         None => live.clone(),
     };
     let now = app.now_ms();
-    let hello = Event::default().event("relay_connected").data(
-        json!({ "pattern": pattern, "connectedAt": crate::clock::iso8601(now) }).to_string(),
-    );
+    let hello = Event::default()
+        .event("relay_connected")
+        .data(json!({ "pattern": pattern, "connectedAt": crate::clock::iso8601(now) }).to_string());
     let sub = Subscriber {
         app: Arc::clone(&app),
         rx,

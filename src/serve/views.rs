@@ -34,7 +34,12 @@ const SEND_TIME: [&str; 9] = [
 ];
 
 /// Budget codes DorkOS counts in `budgetRejections`.
-const BUDGET: [&str; 4] = ["hop_limit", "ttl_expired", "cycle_detected", "budget_exhausted"];
+const BUDGET: [&str; 4] = [
+    "hop_limit",
+    "ttl_expired",
+    "cycle_detected",
+    "budget_exhausted",
+];
 
 /// DorkOS's index status of one of relay's.
 #[must_use]
@@ -233,13 +238,16 @@ pub fn list(c: &Connection, f: &ListFilter) -> rusqlite::Result<(Vec<Indexed>, b
 }
 
 fn keep_star(f: &ListFilter, r: &Raw) -> bool {
-    f.subject.as_ref().is_none_or(|s| *s == r.subject) && f.from.as_ref().is_none_or(|s| *s == r.sender)
+    f.subject.as_ref().is_none_or(|s| *s == r.subject)
+        && f.from.as_ref().is_none_or(|s| *s == r.sender)
 }
 
 fn first_row(c: &Connection, id: &str) -> rusqlite::Result<Option<Raw>> {
-    c.prepare_cached(&format!("SELECT {COLUMNS} FROM messages WHERE id = ?1 LIMIT 1"))?
-        .query_row([id], raw)
-        .optional()
+    c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM messages WHERE id = ?1 LIMIT 1"
+    ))?
+    .query_row([id], raw)
+    .optional()
 }
 
 /// Every row of message `id`, by endpoint.
@@ -313,7 +321,9 @@ pub fn relay_metrics(c: &Connection) -> rusqlite::Result<Value> {
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let n = u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0);
-        *by_status.entry(dork_status(r.get_ref(0)?.as_str()?)).or_default() += n;
+        *by_status
+            .entry(dork_status(r.get_ref(0)?.as_str()?))
+            .or_default() += n;
         total += n;
     }
     let messages: i64 = c.query_row("SELECT COUNT(DISTINCT id) FROM messages", [], |r| r.get(0))?;
@@ -365,8 +375,7 @@ pub struct Span {
 fn refused_at_send(r: &Raw) -> bool {
     let at_send = r.claimed_at.is_none() && r.done_at == Some(r.sent_at);
     r.status == "failed"
-        && r
-            .code
+        && r.code
             .as_deref()
             .is_some_and(|c| SEND_TIME.contains(&c) || (c == "ttl_expired" && at_send))
 }
@@ -376,7 +385,10 @@ impl Span {
     fn of(rows: Vec<Raw>) -> Option<Span> {
         let first = rows.first()?.clone();
         let delivered_to = rows.iter().filter(|r| !refused_at_send(r)).count();
-        let no_match = rows.iter().filter(|r| r.code.as_deref() == Some("no_match")).count();
+        let no_match = rows
+            .iter()
+            .filter(|r| r.code.as_deref() == Some("no_match"))
+            .count();
         let rejected = rows.len() - delivered_to - no_match;
         let status = if delivered_to > 0 {
             "delivered"
@@ -385,16 +397,28 @@ impl Span {
         } else {
             "no_subscriber"
         };
-        let refusal = rows.iter().find(|r| refused_at_send(r) && r.code.as_deref() != Some("no_match"));
-        let finished = rows.iter().all(|r| r.status == "acked" || r.status == "failed");
+        let refusal = rows
+            .iter()
+            .find(|r| refused_at_send(r) && r.code.as_deref() != Some("no_match"));
+        let finished = rows
+            .iter()
+            .all(|r| r.status == "acked" || r.status == "failed");
         Some(Span {
             message_id: first.id.clone(),
             trace_id: first.trace_id.clone(),
             subject: first.subject.clone(),
             status,
-            sent_at: rows.iter().map(|r| r.sent_at).min().unwrap_or(first.sent_at),
+            sent_at: rows
+                .iter()
+                .map(|r| r.sent_at)
+                .min()
+                .unwrap_or(first.sent_at),
             claimed_at: rows.iter().filter_map(|r| r.claimed_at).min(),
-            done_at: if finished { rows.iter().filter_map(|r| r.done_at).max() } else { None },
+            done_at: if finished {
+                rows.iter().filter_map(|r| r.done_at).max()
+            } else {
+                None
+            },
             delivered_to,
             rejected,
             error: (status != "delivered")
@@ -530,7 +554,8 @@ pub fn delivery_metrics(c: &Connection, since: u64) -> rusqlite::Result<Value> {
     };
     #[allow(clippy::cast_precision_loss)]
     let avg = (!lat.is_empty()).then(|| lat.iter().sum::<u64>() as f64 / lat.len() as f64);
-    let subjects: std::collections::HashSet<&str> = spans.iter().map(|s| s.subject.as_str()).collect();
+    let subjects: std::collections::HashSet<&str> =
+        spans.iter().map(|s| s.subject.as_str()).collect();
     Ok(json!({
         "totalMessages": spans.len(),
         "deliveredCount": count("delivered"),

@@ -1,11 +1,13 @@
 //! The panel in a real headless browser (Debian's chromium): after a breaker
-//! trips and a sender hits its hard rate limit, the rendered page shows the
-//! open pair, the sender's hard hits and the `rate_limit_hard` event.
+//! trips, a sender hits its hard rate limit and a claim's lease runs out,
+//! the rendered page shows the open pair, the sender's hard hits, the
+//! `rate_limit_hard` event, the dead letters and the redelivery with their
+//! envelopes.
 //!
 //! A screenshot of the same page (for people):
 //! `chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run
 //!  --disable-background-networking --disable-component-update --disable-sync
-//!  --user-data-dir=$(mktemp -d) --virtual-time-budget=3000 --window-size=1400,1000
+//!  --user-data-dir=$(mktemp -d) --virtual-time-budget=3000 --window-size=1400,1400
 //!  --timeout=4000 --screenshot=panel.png 'http://127.0.0.1:4242/?nostream=1'`
 
 use std::io::Read;
@@ -123,20 +125,33 @@ fn rows(html: &str) -> Vec<Vec<String>> {
 }
 
 #[test]
-fn the_panel_shows_a_tripped_breaker_and_a_rate_limit_hit_in_chromium() {
+fn the_panel_shows_breakers_limits_dead_letters_and_redeliveries_in_chromium() {
     let Some(chromium) = find_chromium() else {
         assert!(
             std::env::var_os("CI").is_none(),
             "chromium is not installed, and CI is set: the panel check cannot be skipped"
         );
         eprintln!(
-            "SKIPPED the_panel_shows_a_tripped_breaker_and_a_rate_limit_hit_in_chromium: chromium not installed"
+            "SKIPPED the_panel_shows_breakers_limits_dead_letters_and_redeliveries_in_chromium: chromium not installed"
         );
         return;
     };
     let r = Relay::new();
     // The real clock, so the page reads naturally; breakers stay open 10 min.
-    known_state(&r, None);
+    let first_dead = known_state(&r, None);
+    // A claim made 40 minutes ago: its 30-minute lease ran out, and the
+    // next sweep (gc) gives it back for a second delivery.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    r.add(&["agent.r"]);
+    let again = r
+        .cmd(["send", "agent.r", "{\"job\":7}", "--from", "agent.a"])
+        .at(now - 40 * 60_000)
+        .success()
+        .id();
+    r.cmd(["recv", "agent.r"]).at(now - 40 * 60_000).success();
+    r.cmd(["gc"]).success();
     let s = Server::start(&r, "127.0.0.1:0", &[], &[]);
     let dom = dump_dom(&chromium, &r, &format!("{}?nostream=1", s.url));
 
@@ -177,6 +192,40 @@ fn the_panel_shows_a_tripped_breaker_and_a_rate_limit_hit_in_chromium() {
             .iter()
             .any(|cells| cells.get(1).is_some_and(|c| c == "breaker_opened")),
         "no breaker_opened event in:\n{dom}"
+    );
+
+    let dead = rows(section(&dom, "Dead letters"));
+    let d = dead
+        .iter()
+        .find(|cells| cells.first().is_some_and(|c| *c == first_dead))
+        .unwrap_or_else(|| panic!("no dead letter {first_dead} in:\n{dom}"));
+    // id, endpoint, from, code, reason, when, envelope
+    assert_eq!(
+        (d[1].as_str(), d[2].as_str()),
+        ("agent.b", "agent.a"),
+        "{d:?}"
+    );
+    assert_eq!(d[4], "handler exited with status 1", "{d:?}");
+    assert!(
+        d[6].contains("<details>") && d[6].contains(&format!("\"id\": \"{first_dead}\"")),
+        "the envelope is on the page: {d:?}"
+    );
+
+    let redelivered = rows(section(&dom, "Redeliveries"));
+    let rd = redelivered
+        .iter()
+        .find(|cells| cells.get(1).is_some_and(|c| c == "redelivered"))
+        .unwrap_or_else(|| panic!("no redelivery in:\n{dom}"));
+    // when, event, endpoint, message, delivery, now in, envelope
+    assert_eq!(
+        (rd[2].as_str(), rd[3].as_str()),
+        ("agent.r", again.as_str()),
+        "{rd:?}"
+    );
+    assert_eq!((rd[4].as_str(), rd[5].as_str()), ("1", "new"), "{rd:?}");
+    assert!(
+        rd[6].contains("\"deliveryCount\": 1") && rd[6].contains("\"job\": 7"),
+        "the redelivered envelope is on the page: {rd:?}"
     );
 
     let endpoints = rows(section(&dom, "Endpoints and backpressure"));

@@ -1,10 +1,10 @@
-//! `relay serve`: every route's status and JSON shape against a home in a
-//! known state, JSON 404/405/400 errors, the token off loopback, the SSE
-//! stream and the Prometheus text.
+//! `relay serve`: relay's own routes' statuses and JSON shapes against a
+//! home in a known state (DorkOS's routes: tests/dorkos_http/), JSON
+//! 404/405/400 errors, the token, the SSE stream and the Prometheus text.
 
 use serde_json::Value;
 
-use super::{Server, Sse, T, http, known_state, secs, send_from};
+use super::{Server, Sse, T, http, known_state, secs, send_from, send_json};
 use crate::harness::Relay;
 
 fn serve_at_t(r: &Relay) -> Server {
@@ -62,7 +62,7 @@ fn every_json_route_answers_with_its_shape() {
     );
 
     let eps = s.get_json("/api/relay/endpoints");
-    let list = &eps["endpoints"];
+    let list = &eps;
     assert_eq!(list.as_array().map(Vec::len), Some(3), "{eps}");
     let b = row(list, "subject", "agent.b");
     assert_eq!(
@@ -81,37 +81,37 @@ fn every_json_route_answers_with_its_shape() {
     let trace = s.get_json(&format!("/api/relay/messages/{first}/trace"));
     assert_eq!(trace["traceId"], first.as_str(), "{trace}");
     let span = row(&trace["spans"], "messageId", &first);
-    assert_eq!(span["endpoint"], "agent.b", "{trace}");
-    assert_eq!(span["from"], "agent.a", "{trace}");
+    assert_eq!(span["copies"][0]["endpoint"], "agent.b", "{trace}");
+    assert_eq!(span["copies"][0]["from"], "agent.a", "{trace}");
+    assert_eq!(span["copies"][0]["state"], "failed", "{trace}");
     s.get("/api/relay/messages/01JZ0000000000000000000000/trace")
         .assert_error(404);
 
+    // DorkOS's window (24 h) by default; ?since= for another.
     let m = s.get_json("/api/relay/trace/metrics");
     assert_eq!(m["totalMessages"], 11, "{m}");
     assert_eq!(m["deadLetteredCount"], 5, "{m}");
     assert_eq!(m["rateLimit"]["hardHits"], 1, "{m}");
     assert_eq!(m["breakers"]["opened"], 1, "{m}");
-    assert_eq!(m["since"], Value::Null, "{m}");
+    assert_eq!(m["since"], "2025-12-31T00:00:00.000Z", "{m}");
     let m = s.get_json("/api/relay/trace/metrics?since=1h");
     assert_eq!(m["since"], "2025-12-31T23:00:00.000Z", "{m}");
     assert_eq!(m["totalMessages"], 11, "{m}");
+    let m = s.get_json("/api/relay/trace/metrics?since=all");
+    assert_eq!(m["since"], Value::Null, "{m}");
 
     let dl = s.get_json("/api/relay/dead-letters");
-    let all = dl["deadLetters"].as_array().expect("deadLetters array");
+    let all = dl.as_array().expect("an array of dead letters");
     assert_eq!(all.len(), 5, "{dl}");
-    assert!(all.iter().all(|d| d["endpoint"] == "agent.b"), "{dl}");
-    assert_eq!(
-        row(&dl["deadLetters"], "id", &first)["reason"],
-        "handler exited with status 1"
-    );
-    let only_c = s.get_json("/api/relay/dead-letters?endpoint=agent.c");
-    assert_eq!(only_c["deadLetters"], serde_json::json!([]), "{only_c}");
-    let only_b = s.get_json("/api/relay/dead-letters?endpoint=agent.b");
-    assert_eq!(
-        only_b["deadLetters"].as_array().map(Vec::len),
-        Some(5),
-        "{only_b}"
-    );
+    assert!(all.iter().all(|d| d["endpointHash"] == "agent.b"), "{dl}");
+    let d = row(&dl, "messageId", &first);
+    assert_eq!(d["reason"], "handler exited with status 1");
+    assert_eq!(d["envelope"]["id"], first.as_str(), "{d}");
+    assert_eq!(d["envelope"]["from"], "agent.a", "{d}");
+    let only_c = s.get_json("/api/relay/dead-letters?endpointHash=agent.c");
+    assert_eq!(only_c, serde_json::json!([]), "{only_c}");
+    let only_b = s.get_json("/api/relay/dead-letters?endpointHash=agent.b");
+    assert_eq!(only_b.as_array().map(Vec::len), Some(5), "{only_b}");
 
     let br = s.get_json("/api/relay/breakers");
     let rows = br["breakers"].as_array().expect("breakers array");
@@ -197,23 +197,26 @@ fn bad_routes_methods_and_filters_get_json_errors() {
     ] {
         s.get(path).assert_error(404);
     }
-    for (method, path) in [
-        ("POST", "/api/relay/breakers"),
-        ("DELETE", "/api/relay/endpoints"),
-        ("PUT", "/"),
-        ("POST", "/metrics"),
+    for (method, path, allow) in [
+        ("POST", "/api/relay/breakers", "GET"),
+        ("DELETE", "/api/relay/endpoints", "GET, POST"),
+        ("PUT", "/", "GET"),
+        ("POST", "/metrics", "GET"),
         (
             "POST",
             "/api/relay/messages/01JZ0000000000000000000000/trace",
+            "GET",
         ),
+        ("GET", "/api/relay/breakers/reset", "POST"),
     ] {
         let resp = http(s.addr, method, path, &[]);
-        resp.assert_error(405);
+        resp.assert_code(405, "METHOD_NOT_ALLOWED");
         assert_eq!(
             resp.header("allow"),
-            Some("GET"),
+            Some(allow),
             "{method} {path}: {resp:?}"
         );
+        assert!(resp.body.contains(path), "{resp:?}");
     }
     http(s.addr, "POST", "/nope", &[]).assert_error(404);
     for filter in ["a..b", "a.%3E.b", "%2E%2E"] {
@@ -265,7 +268,7 @@ fn off_loopback_needs_allow_remote_and_a_token_which_every_request_presents() {
         &[("Authorization", "Bearer s3cret")],
     );
     assert_eq!(ok.status, 200, "{ok:?}");
-    assert_eq!(ok.json()["endpoints"][0]["subject"], "agent.b", "{ok:?}");
+    assert_eq!(ok.json()[0]["subject"], "agent.b", "{ok:?}");
     let ok = s.get("/api/relay/breakers?token=s3cret");
     assert_eq!(ok.status, 200, "{ok:?}");
     assert!(ok.json()["breakers"].is_array(), "{ok:?}");
@@ -273,10 +276,19 @@ fn off_loopback_needs_allow_remote_and_a_token_which_every_request_presents() {
     assert_eq!(ok.status, 200, "{ok:?}");
     drop(s);
 
-    // A token on loopback is enforced too.
+    // On loopback, a token guards the writes; reads stay open to
+    // loopback Host names.
     let s = Server::start(&r, "127.0.0.1:0", &[], &[("RELAY_SERVE_TOKEN", "t")]);
-    s.get("/api/relay/status").assert_error(401);
-    assert_eq!(s.get("/api/relay/status?token=t").status, 200);
+    assert_eq!(s.get("/api/relay/status").status, 200);
+    http(s.addr, "POST", "/api/relay/limits/reset", &[]).assert_code(401, "AUTH_REQUIRED");
+    let ok = send_json(
+        s.addr,
+        "POST",
+        "/api/relay/limits/reset?token=t",
+        &serde_json::json!({ "all": true }),
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.json()["reset"], 0, "{ok:?}");
 }
 
 #[test]
@@ -301,8 +313,12 @@ fn the_stream_sends_connected_then_messages_and_signals_for_its_filter() {
     let msg = sse.until(secs(10), "relay_message for the new send", |e| {
         e.event == "relay_message" && e.data["id"] == id.as_str()
     });
-    assert_eq!(msg.data["endpoint"], "agent.b", "{msg:?}");
+    // The envelope as stored, with its id on the id: line.
+    assert_eq!(msg.id.as_deref(), Some(id.as_str()), "{msg:?}");
+    assert_eq!(msg.data["subject"], "agent.b", "{msg:?}");
     assert_eq!(msg.data["from"], "agent.a", "{msg:?}");
+    assert_eq!(msg.data["payload"], "for us", "{msg:?}");
+    assert_eq!(msg.data["budget"]["hopCount"], 1, "{msg:?}");
     for e in &sse.seen {
         assert_ne!(
             e.data["id"],
@@ -316,19 +332,23 @@ fn the_stream_sends_connected_then_messages_and_signals_for_its_filter() {
         );
     }
 
-    // agent.b now holds 2/4: the next send is a backpressure warning.
+    // agent.b now holds 2/4: the next send is a backpressure warning, a
+    // DorkOS Signal.
     send_from(&r, "agent.a", "agent.b", "pressing", None);
     let bp = sse.until(secs(10), "relay_backpressure", |e| {
         e.event == "relay_backpressure"
     });
-    assert_eq!(bp.data["kind"], "backpressure_warning", "{bp:?}");
-    assert_eq!(bp.data["endpoint"], "agent.b", "{bp:?}");
-    assert!(bp.id.is_some(), "events carry an SSE id: {bp:?}");
+    assert_eq!(bp.data["type"], "backpressure", "{bp:?}");
+    assert_eq!(bp.data["state"], "warning", "{bp:?}");
+    assert_eq!(bp.data["endpointSubject"], "agent.b", "{bp:?}");
+    assert_eq!(bp.data["data"]["currentSize"], 2, "{bp:?}");
+    assert_eq!(bp.data["data"]["pressure"], 0.5, "{bp:?}");
+    assert!(bp.id.is_none(), "DorkOS's signals carry no id: {bp:?}");
 
-    // Any other event is a relay_signal: a dead letter from a nack.
+    // relay's other events are relay_event: a dead letter from a nack.
     r.cmd(["recv", "agent.b", "--exec", "exit 2"]).success();
-    let sig = sse.until(secs(10), "relay_signal for the dead letter", |e| {
-        e.event == "relay_signal" && e.data["kind"] == "dead_letter"
+    let sig = sse.until(secs(10), "relay_event for the dead letter", |e| {
+        e.event == "relay_event" && e.data["kind"] == "dead_letter"
     });
     assert_eq!(sig.data["endpoint"], "agent.b", "{sig:?}");
     assert_eq!(sig.data["messageId"], before.as_str(), "{sig:?}");
@@ -336,6 +356,7 @@ fn the_stream_sends_connected_then_messages_and_signals_for_its_filter() {
         sig.data["detail"]["reason"], "handler exited with status 2",
         "{sig:?}"
     );
+    assert!(sig.id.is_some(), "relay's events carry a position: {sig:?}");
 }
 
 /// The value of the sample `name{labels}` in Prometheus text `text`.
