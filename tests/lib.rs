@@ -14,6 +14,7 @@ mod config; // config.json: invalid files exit 78 naming file and key; unknown k
 mod config_cmd; // `relay config` show/get/set/validate/path; every invalid knob exits 78
 mod crash; // kill -9 harness: acknowledged sends survive exactly once, nothing partial, doctor consistent
 mod disabled; // every reliability feature off: relay behaves as the core
+mod dorkos_http; // relay serve as a DorkOS peer: every core route's contract, SSE, security, relay's routes
 mod dorkos_index; // issue 13: DorkOS's index kept in step, DorkOS-parity validation, doctor on a DorkOS home
 mod endpoints; // endpoints add/list/remove and their JSON
 mod faults; // issue 11: one module per fault class (disk, foreign, own files, locks, leases, clock, scale, maintenance, serve)

@@ -168,19 +168,21 @@ fn optional(o: &Map<String, Value>, key: &str, bad: &mut Invalid) -> Option<Stri
     }
 }
 
-/// An optional integer of at least `min`.
+/// An optional integer of at least `min` (problems filed under `field`:
+/// Zod's flattened errors name only the top-level key).
 fn optional_int(
     o: &Map<String, Value>,
     key: &str,
+    field: &str,
     min: Option<i64>,
     bad: &mut Invalid,
 ) -> Option<i64> {
     let v = o.get(key)?;
     let Some(n) = v.as_f64() else {
         bad.field(
-            key,
+            field,
             format!(
-                "Invalid input: expected number, received {}",
+                "{key}: Invalid input: expected number, received {}",
                 type_name(Some(v))
             ),
         );
@@ -188,7 +190,10 @@ fn optional_int(
     };
     #[allow(clippy::cast_possible_truncation, clippy::float_cmp)]
     if n.fract() != 0.0 || n.abs() > 9_007_199_254_740_991.0 {
-        bad.field(key, "Invalid input: expected int, received number");
+        bad.field(
+            field,
+            format!("{key}: Invalid input: expected int, received number"),
+        );
         return None;
     }
     #[allow(clippy::cast_possible_truncation)]
@@ -196,7 +201,10 @@ fn optional_int(
     if let Some(m) = min
         && n < m
     {
-        bad.field(key, format!("Too small: expected number to be >={m}"));
+        bad.field(
+            field,
+            format!("{key}: Too small: expected number to be >={m}"),
+        );
         return None;
     }
     Some(n)
@@ -294,9 +302,9 @@ pub async fn publish(State(app): State<Arc<App>>, headers: HeaderMap, body: Body
     match o.get("budget") {
         None => {}
         Some(Value::Object(b)) => {
-            max_hops = optional_int(b, "maxHops", Some(1), &mut bad);
-            ttl = optional_int(b, "ttl", None, &mut bad);
-            calls = optional_int(b, "callBudgetRemaining", Some(0), &mut bad);
+            max_hops = optional_int(b, "maxHops", "budget", Some(1), &mut bad);
+            ttl = optional_int(b, "ttl", "budget", None, &mut bad);
+            calls = optional_int(b, "callBudgetRemaining", "budget", Some(0), &mut bad);
         }
         other => bad.field(
             "budget",

@@ -132,7 +132,15 @@ impl Since {
     fn parse(s: &str) -> std::result::Result<Self, String> {
         let t = s.trim();
         if !t.contains(':') && t.parse::<i64>().is_err() {
-            crate::maildir::validate_id(t).map_err(|_| {
+            crate::maildir::validate_id(t)
+                .and_then(|()| {
+                    if t.contains(char::is_whitespace) {
+                        Err(crate::error::Error::Data(String::new()))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .map_err(|_| {
                 format!(
                     "bad stream position '{}': expected the id: of an event of this stream (a message id, or EVENT:SENT_AT:MESSAGE:ENDPOINT)",
                     t.escape_debug()
