@@ -261,7 +261,7 @@ complete -c relay -n "__fish_relay_using_subcommand gc" -l json -d 'Print machin
 complete -c relay -n "__fish_relay_using_subcommand gc" -s h -l help -d 'Print help'
 complete -c relay -n "__fish_relay_using_subcommand serve" -l listen -d 'Address and port to listen on' -r
 complete -c relay -n "__fish_relay_using_subcommand serve" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
-complete -c relay -n "__fish_relay_using_subcommand serve" -l allow-remote -d 'Allow a non-loopback address; requires RELAY_SERVE_TOKEN, which every request must then present (Authorization: Bearer TOKEN, or ?token=)'
+complete -c relay -n "__fish_relay_using_subcommand serve" -l allow-remote -d 'Serve other hosts: allow a non-loopback address and any Host name (no DNS-rebinding check); requires RELAY_SERVE_TOKEN, which every request must then present (Authorization: Bearer TOKEN, or ?token=)'
 complete -c relay -n "__fish_relay_using_subcommand serve" -l json -d 'Print machine-readable JSON (NDJSON for streams) instead of text'
 complete -c relay -n "__fish_relay_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c relay -n "__fish_relay_using_subcommand doctor" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
