@@ -636,3 +636,35 @@ fn walk(root: &Path, dir: &Path, rows: &mut Vec<String>) {
         }
     }
 }
+
+/// Whether this run is CI (`CI` set to anything but empty, `0` or `false`,
+/// as `.ci/run` sets it): there a missing tool fails its test, never skips it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// `tool` as found on `PATH`, if it is there.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// The one way a test skips: visibly on stderr (`SKIPPED <test>: <why>`),
+/// and under CI ([`in_ci`]) not at all: the test fails with `why`. Call it
+/// and `return`.
+#[track_caller]
+pub fn skip(test: &str, why: &str) {
+    skip_or_fail(in_ci(), test, why);
+}
+
+/// [`skip`] with CI given: panics if `ci`, else prints the skip.
+#[track_caller]
+pub fn skip_or_fail(ci: bool, test: &str, why: &str) {
+    assert!(
+        !ci,
+        "{test} cannot run: {why}; under CI=1 no test is skipped (.ci/run installs what the tests need)"
+    );
+    eprintln!("SKIPPED {test}: {why} (under CI=1 this fails)");
+}

@@ -27,6 +27,7 @@ mod journal; // sends bypass the index: journal ingestion, idempotent replays, t
 mod observability; // traces, metrics, dead letters, events, gc, access rules, failure notices, idempotency, budgets
 mod races; // 8 racing senders: bucket, mailbox capacity and half-open probes stay exact
 mod ratelimit; // per-sender token buckets: soft/hard hits, refill, burst, overrides, reset
+mod readme; // README.md's sh blocks run as written, each in a fresh home (conventions at its top)
 mod recv; // claim order, --count, --wait, empty (66) and unknown (69) endpoints
 mod scripting; // issue 16: JSON usage errors, batch lines, refusal hints, human times, durations, typos, missing homes, --format, --retry
 mod send; // delivery, fan-out, dead letters, payload sources, size cap, options
