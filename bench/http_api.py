@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """relay serve benchmarks: figures beside baselines measured in the same run.
 
-Run from the repository root:  python3 bench/http.py [--quick] [--relay PATH]
+Run from the repository root:  python3 bench/http_api.py [--quick] [--relay PATH]
 
 Builds relay (release, statically linked as bench/bench.py builds the
 shipped binary) unless --relay names one, then measures:
@@ -15,7 +15,7 @@ shipped binary) unless --relay names one, then measures:
      200 endpoints (rows inserted directly, as after a day of traffic).
   3. RSS of `relay serve` idle, and with 500 SSE clients connected.
 
-Writes bench/http.json. The machine is shared: quote ratios, not absolutes.
+Writes bench/http_api.json. The machine is shared: quote ratios, not absolutes.
 """
 
 import http.client
@@ -258,7 +258,7 @@ def main():
         sse_memory(relay, 500)
     finally:
         shutil.rmtree(SCRATCH, ignore_errors=True)
-    out = os.path.join(ROOT, "bench", "http.json")
+    out = os.path.join(ROOT, "bench", "http_api.json")
     with open(out, "w") as f:
         json.dump({"quick": QUICK, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "results": RESULTS}, f, indent=2)
