@@ -219,6 +219,9 @@ enum Op {
     DeleteEndpoint { endpoint: String },
     /// Inserts a span unless the message has one (first writer wins).
     Trace(Span),
+    /// Rewrites the outcome of the message's span (relay's own, written
+    /// before its copies were).
+    Retrace(Span),
 }
 
 /// One DorkOS index found beside the home.
@@ -366,6 +369,15 @@ impl Target {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(Duration::from_millis(busy_ms))?;
+        // A relay command is often the file's only connection: closing it
+        // would then checkpoint the WAL into the database (an fsync, the
+        // cost of a whole durable delivery on a slow disk). The WAL is left
+        // for DorkOS's connection (or relay's next) to checkpoint as it
+        // goes, as SQLite does at 1000 pages.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )?;
         // DorkOS's settings (db/src/index.ts), except the journal mode,
         // which is the file's (WAL) and is never changed.
         conn.execute_batch(
@@ -579,7 +591,20 @@ fn transact(conn: &mut Connection, ops: &[Op], traces: bool) -> rusqlite::Result
                     s.metadata
                 ])?;
             }
-            Op::Trace(_) => {}
+            Op::Retrace(s) if traces => {
+                tx.prepare_cached(
+                    "UPDATE relay_traces SET status = ?2, delivered_at = ?3, error_message = ?4, metadata = ?5 \
+                     WHERE message_id = ?1",
+                )?
+                .execute(params![
+                    s.message_id,
+                    s.status,
+                    s.delivered_at,
+                    s.error_message,
+                    s.metadata
+                ])?;
+            }
+            Op::Trace(_) | Op::Retrace(_) => {}
         }
     }
     tx.commit()
@@ -617,21 +642,33 @@ pub struct Outcome<'a> {
     pub duration_ms: u64,
 }
 
-/// The rows a send writes before its copies become visible: the publish's
-/// `*` row and one `pending` row per copy about to be written (inserted
-/// only if missing). Copies that then fail are taken out by [`unsent`].
-pub fn delivering(root: &Path, sends: &[(&Envelope, Vec<(&str, &Envelope)>)]) {
+/// The rows a send writes before its copies become visible, in one
+/// transaction: the publish's `*` row, one `pending` row per copy about to
+/// be written (`out.delivered`; inserted only if missing), and its span as
+/// it will be if every copy is written. Copies that then fail are taken
+/// out by [`unsent`] and the span corrected by [`retraced`].
+pub fn delivering(root: &Path, sends: &[(&Envelope, Outcome<'_>)], now: u64) {
     if !present(root) {
         return;
     }
     let mut ops = Vec::new();
-    for (env, copies) in sends {
+    for (env, out) in sends {
         ops.push(Op::Upsert(Row::of(env, "*", Status::Delivered)));
-        for (ep, copy) in copies {
+        for (ep, copy) in &out.delivered {
             ops.push(Op::Insert(Row::of(copy, ep, Status::Pending)));
         }
+        ops.push(Op::Trace(span(env, out, now)));
     }
     apply(root, &ops);
+}
+
+/// Corrects the span [`delivering`] wrote when the publish ended otherwise
+/// (a copy that could not be written).
+pub fn retraced(root: &Path, env: &Envelope, out: &Outcome<'_>, now: u64) {
+    if !present(root) {
+        return;
+    }
+    apply(root, &[Op::Retrace(span(env, out, now))]);
 }
 
 /// Takes out the row of a copy recorded by [`delivering`] whose delivery

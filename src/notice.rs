@@ -131,22 +131,24 @@ pub fn send(
         notice.budget.ancestor_chain.push(reply_to.to_string());
         notice.budget.call_budget_remaining -= 1;
         let root = home.root();
-        crate::dorkos::delivering(root, &[(&notice, vec![(reply_to, &notice)])]);
+        let expected = crate::dorkos::Outcome {
+            delivered: vec![(reply_to, &notice)],
+            ..crate::dorkos::Outcome::default()
+        };
+        crate::dorkos::delivering(root, &[(&notice, expected)], now);
         let done = mb.deliver(&notice, true).map(|unsynced| {
             if let Some(e) = unsynced {
                 crate::output::warn(&format!("failure notice {} delivered, but: {e}", notice.id));
             }
         });
-        let out = crate::dorkos::Outcome {
-            delivered: done
-                .as_ref()
-                .map_or(Vec::new(), |()| vec![(reply_to, &notice)]),
-            ..crate::dorkos::Outcome::default()
-        };
         if done.is_err() {
             crate::dorkos::unsent(root, reply_to, &notice.id);
+            let failed = crate::dorkos::Outcome {
+                refused: vec![("io_error", "the failure notice could not be written")],
+                ..crate::dorkos::Outcome::default()
+            };
+            crate::dorkos::retraced(root, &notice, &failed, now);
         }
-        crate::dorkos::published(root, &notice, &out, now);
         done
     } else {
         mb.dead_letter(

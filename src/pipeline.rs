@@ -222,7 +222,7 @@ pub fn deliver(
             return Err(e);
         }
     };
-    dorkos_rows(home.root(), jobs, &work);
+    let predicted = dorkos_rows(home.root(), jobs, &work, started, now);
     let written: Vec<Written> = match durability {
         Durability::Logged(log) => match logged_commit(home, log, &work) {
             Ok((results, problem)) => {
@@ -368,8 +368,9 @@ pub fn deliver(
         problems.push(key_problem(&release, &e));
     }
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    for job in jobs.iter() {
-        dorkos_published(ctx.home.root(), job, duration_ms, now);
+    for (j, job) in jobs.iter().enumerate() {
+        let early = predicted.get(j).copied().flatten();
+        dorkos_published(ctx.home.root(), job, early, duration_ms, now);
     }
     if let Some(e) = stop {
         return Err(e);
@@ -439,25 +440,63 @@ fn admit(
 }
 
 /// DorkOS's index, when there is one beside the home, gets the rows of the
-/// copies about to be written (before any is visible, so a DorkOS consumer
-/// that takes one at once finds its row).
-fn dorkos_rows(root: &std::path::Path, jobs: &[Job], work: &[Work]) {
+/// copies about to be written and the span of their publish (before any
+/// copy is visible, so a DorkOS consumer that takes one at once finds its
+/// row). Returns, per job, how many copies those rows and span counted on
+/// (`None`: nothing written for it yet).
+fn dorkos_rows(
+    root: &std::path::Path,
+    jobs: &[Job],
+    work: &[Work],
+    started: std::time::Instant,
+    now: u64,
+) -> Vec<Option<usize>> {
+    let mut predicted = vec![None; jobs.len()];
     if !crate::dorkos::present(root) {
-        return;
+        return predicted;
     }
-    let mut sends: Vec<(&Envelope, Vec<(&str, &Envelope)>)> = Vec::new();
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut sends: Vec<(usize, crate::dorkos::Outcome<'_>)> = Vec::new();
     for (j, _, ep, copy) in work {
-        let env = &jobs[*j].env;
-        match sends.last_mut() {
-            Some((e, copies)) if e.id == env.id => copies.push((ep, copy)),
-            _ => sends.push((env, vec![(ep.as_str(), copy)])),
+        if sends.last().is_none_or(|(k, _)| k != j) {
+            let mut out = crate::dorkos::Outcome {
+                duration_ms,
+                ..crate::dorkos::Outcome::default()
+            };
+            for (_, fate) in &jobs[*j].fates {
+                if let Some(Fate::DeadLettered(code, reason) | Fate::Refused(code, reason, _)) =
+                    fate
+                {
+                    out.refused.push((code, reason));
+                }
+            }
+            sends.push((*j, out));
+        }
+        if let Some((_, out)) = sends.last_mut() {
+            out.delivered.push((ep, copy));
         }
     }
-    crate::dorkos::delivering(root, &sends);
+    for (j, out) in &sends {
+        predicted[*j] = Some(out.delivered.len());
+    }
+    let sends: Vec<(&Envelope, crate::dorkos::Outcome<'_>)> = sends
+        .into_iter()
+        .map(|(j, out)| (&jobs[j].env, out))
+        .collect();
+    crate::dorkos::delivering(root, &sends, now);
+    predicted
 }
 
-/// What one job's publish did, for DorkOS's index (its `*` row and span).
-fn dorkos_published(root: &std::path::Path, job: &Job, duration_ms: u64, now: u64) {
+/// What one job's publish did, for DorkOS's index: its `*` row and span
+/// when `dorkos_rows` wrote none for it, or a corrected span when fewer
+/// copies than it counted on (`early`) were written.
+fn dorkos_published(
+    root: &std::path::Path,
+    job: &Job,
+    early: Option<usize>,
+    duration_ms: u64,
+    now: u64,
+) {
     if !crate::dorkos::present(root) {
         return;
     }
@@ -484,7 +523,11 @@ fn dorkos_published(root: &std::path::Path, job: &Job, duration_ms: u64, now: u6
             None => {}
         }
     }
-    crate::dorkos::published(root, &job.env, &out, now);
+    match early {
+        None => crate::dorkos::published(root, &job.env, &out, now),
+        Some(n) if n != out.delivered.len() => crate::dorkos::retraced(root, &job.env, &out, now),
+        Some(_) => {}
+    }
 }
 
 /// (sender, key, id) of every key claimed for a send that delivered nothing.

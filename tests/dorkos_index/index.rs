@@ -245,6 +245,65 @@ fn relay_dead_letters_are_failed_rows() {
 }
 
 #[test]
+fn refused_sends_are_accounted_and_traced_failed() {
+    let (r, conn) = server_world();
+    r.add(&["relay.agent.a", "relay.agent.b"]);
+    r.write_file(
+        "config.json",
+        r#"{"reliability":{"backpressure":{"maxMailboxSize":1},"rateLimit":{"maxPerWindow":1}}}"#,
+    );
+    r.cmd(["send", "relay.agent.a", "1", "--from", "s"])
+        .at(T)
+        .success();
+    // A full mailbox: DorkOS's `*` row (its rate limiter counts the
+    // publish), no copy, a failed span.
+    let out = r
+        .cmd(["send", "relay.agent.a", "2", "--from", "s", "--json"])
+        .at(T)
+        .code(75);
+    let _ = out;
+    let ids: Vec<String> = rows(&conn)
+        .into_iter()
+        .filter(|x| x.endpoint_hash == "*")
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(ids.len(), 2, "{:?}", rows(&conn));
+    let refused = &ids[1];
+    assert_eq!(statuses(&conn, refused), [("*".into(), "delivered".into())]);
+    let s = span(&conn, refused);
+    assert_eq!(s["status"], "failed", "{s}");
+    let meta: Value =
+        serde_json::from_str(s["metadata"].as_str().unwrap_or_default()).unwrap_or(Value::Null);
+    assert_eq!(meta["deliveredTo"], 0, "{meta}");
+    assert_eq!(meta["rejectedCount"], 1, "{meta}");
+    // Past the rate limit: no row at all, a failed span with its code.
+    r.cmd(["send", "relay.agent.b", "3", "--from", "s"])
+        .at(T)
+        .code(75);
+    let spans: Vec<Value> = {
+        let mut st = conn
+            .prepare("SELECT metadata FROM relay_traces ORDER BY sent_at, id")
+            .unwrap_or_else(|e| panic!("{e}"));
+        st.query_map([], |r| r.get::<_, String>(0))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .flatten()
+            .map(|m| serde_json::from_str(&m).unwrap_or(Value::Null))
+            .collect()
+    };
+    assert!(
+        spans.iter().any(|m| m["rejectionCode"] == "rate_limited"),
+        "{spans:?}"
+    );
+    assert_eq!(
+        rows(&conn)
+            .iter()
+            .filter(|x| x.endpoint_hash == "*")
+            .count(),
+        2
+    );
+}
+
+#[test]
 fn a_busy_dorkos_never_blocks_a_send_and_is_caught_up_in_order() {
     let (r, conn) = server_world();
     r.add(&["relay.agent.a"]);
