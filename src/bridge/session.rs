@@ -116,7 +116,13 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
             }
         }
     };
-    let recovered = blocking(&session.local, |l| super::outbox::recover(l.ctx())).await?;
+    let recovered = blocking(&session.local, |l| {
+        let now = l.ctx().clock.now_ms();
+        l.state
+            .prune(now.saturating_sub(super::state::APPLIED_KEEP_MS))?;
+        super::outbox::recover(l.ctx())
+    })
+    .await?;
     let queued = blocking(&session.local, |l| super::outbox::queued(l.ctx())).await?;
     {
         let detail = serde_json::json!({

@@ -20,10 +20,21 @@ const CONSUMER_FAILURES: [&str; 4] = ["nack", "lease_expired", "max_deliveries",
 
 /// Span updates owed for applied messages whose state moved on here
 /// (host `me`), with the pair each is about; at most `limit` pairs looked at.
-pub fn changes(ctx: &mut Ctx, st: &State, me: &str, limit: usize) -> Result<Vec<(Open, Span)>> {
-    let open = st.open_pairs(limit)?;
+///
+/// `offset` pages through the open pairs, so pairs that stay open long (mail
+/// nobody reads) do not keep the newer ones from being looked at; the
+/// number of pairs looked at is returned with the updates.
+pub fn changes(
+    ctx: &mut Ctx,
+    st: &State,
+    me: &str,
+    limit: usize,
+    offset: usize,
+) -> Result<(Vec<(Open, Span)>, usize)> {
+    let open = st.open_pairs(limit, offset)?;
+    let seen = open.len();
     if open.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     let now = ctx.clock.now_ms();
     let store = ctx.store()?;
@@ -70,12 +81,14 @@ pub fn changes(ctx: &mut Ctx, st: &State, me: &str, limit: usize) -> Result<Vec<
         };
         out.push((pair, span));
     }
-    Ok(out)
+    Ok((out, seen))
 }
 
 /// Applies a span update about a message this host sent.
 pub fn apply(ctx: &mut Ctx, span: &Span, now: u64) -> Result<()> {
     let breakers = ctx.config.reliability.circuit_breaker.clone();
+    // The row of the copy may still be in the journal.
+    ctx.store()?.ingest()?;
     let tx = ctx.store()?.begin()?;
     let row = tx.row(&span.endpoint, &span.message_id)?;
     let sender = row.as_ref().map(|r| r.sender.clone());
@@ -173,15 +186,21 @@ const REPORT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Reports what became of applied messages to their origins until a stop.
 pub async fn report_loop(session: std::sync::Arc<super::session::Session>) -> Result<()> {
+    const PAGE: usize = 1024;
+    let mut offset = 0;
     while !session.stopping() {
-        let found = super::blocking(&session.local, |l| {
+        let at = offset;
+        let found = super::blocking(&session.local, move |l| {
             let (ctx, st, me) = l.parts();
             let me = me.to_string();
-            changes(ctx, st, &me, 1024)
+            changes(ctx, st, &me, PAGE, at)
         })
         .await;
         let found = match found {
-            Ok(f) => f,
+            Ok((f, seen)) => {
+                offset = if seen < PAGE { 0 } else { offset + PAGE };
+                f
+            }
             Err(e) => {
                 crate::output::warn(&format!("bridge: spans: {e}"));
                 Vec::new()

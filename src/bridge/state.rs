@@ -121,25 +121,33 @@ impl State {
         Ok(())
     }
 
-    /// Applied pairs whose origin has not heard the final state, oldest first.
-    pub fn open_pairs(&self, limit: usize) -> Result<Vec<Open>> {
+    /// Applied pairs whose origin has not heard the final state, oldest
+    /// first, from the `offset`-th.
+    pub fn open_pairs(&self, limit: usize, offset: usize) -> Result<Vec<Open>> {
         let mut st = self
             .conn
             .prepare_cached(
                 "SELECT endpoint, id, origin, reported FROM applied
-                 WHERE reported NOT IN ('acked', 'failed') ORDER BY at LIMIT ?1",
+                 WHERE reported NOT IN ('acked', 'failed') ORDER BY at, endpoint, id
+                 LIMIT ?1 OFFSET ?2",
             )
             .map_err(|e| self.err(&e))?;
         let rows = st
-            .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                let reported: String = r.get(3)?;
-                Ok(Open {
-                    endpoint: r.get(0)?,
-                    id: r.get(1)?,
-                    origin: r.get(2)?,
-                    reported: SpanState::parse(&reported).unwrap_or(SpanState::Delivered),
-                })
-            })
+            .query_map(
+                params![
+                    i64::try_from(limit).unwrap_or(i64::MAX),
+                    i64::try_from(offset).unwrap_or(i64::MAX)
+                ],
+                |r| {
+                    let reported: String = r.get(3)?;
+                    Ok(Open {
+                        endpoint: r.get(0)?,
+                        id: r.get(1)?,
+                        origin: r.get(2)?,
+                        reported: SpanState::parse(&reported).unwrap_or(SpanState::Delivered),
+                    })
+                },
+            )
             .and_then(Iterator::collect)
             .map_err(|e| self.err(&e))?;
         Ok(rows)
@@ -196,10 +204,10 @@ mod tests {
         st.mark_applied("a.b", "01X", "hosta", SpanState::Delivered, 5)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(st.is_applied("a.b", "01X").unwrap_or(false));
-        assert_eq!(st.open_pairs(10).map(|v| v.len()).unwrap_or(0), 1);
+        assert_eq!(st.open_pairs(10, 0).map(|v| v.len()).unwrap_or(0), 1);
         st.set_reported("a.b", "01X", SpanState::Acked)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(st.open_pairs(10).map(|v| v.len()).unwrap_or(9), 0);
+        assert_eq!(st.open_pairs(10, 0).map(|v| v.len()).unwrap_or(9), 0);
         st.set_peer("hosta", "01B", 1)
             .unwrap_or_else(|e| panic!("{e}"));
         st.set_peer("hosta", "01A", 2)

@@ -22,6 +22,13 @@ const MAX_POLL: Duration = Duration::from_millis(50);
 pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
     let template = template_of(ctx, args)?;
     let mb = Mailbox::open_endpoint(&ctx.home, &args.endpoint)?;
+    // A proxy's messages are on their way to their host: not for here.
+    if let Some(host) = crate::bridge::directory::host_of(&ctx.home, &args.endpoint) {
+        return Err(Error::Denied(format!(
+            "endpoint '{}' lives on host '{host}'; what is sent to it here waits for relay bridge to forward it: receive it on '{host}'",
+            args.endpoint
+        )));
+    }
     if args.follow || args.exec.is_some() {
         return crate::cmd::consume::run(ctx, &mb, args, template.as_ref());
     }

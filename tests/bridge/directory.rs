@@ -55,3 +55,13 @@ fn sigterm_stops_the_bridge_cleanly_and_says_so() {
     p.a.cmd(["send", "agent.b", "{}"]).success();
     assert_eq!(super::harness::ids(&p.a, "agent.b", "new").len(), 1);
 }
+
+#[test]
+fn a_proxy_is_not_for_receiving_here() {
+    let Some(p) = Pair::start(&[], &["agent.b"]) else {
+        return;
+    };
+    p.a.cmd(["recv", "agent.b"])
+        .code(77)
+        .stderr_has(&["'agent.b'", "host 'hostb'"]);
+}
