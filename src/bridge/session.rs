@@ -395,3 +395,21 @@ async fn wait_for_signal() {
         _ = int.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn servers_older_than_2_9_are_refused_naming_the_version() {
+        assert!(super::check_version("2.9.10", "u").is_ok());
+        assert!(super::check_version("2.10.3", "u").is_ok());
+        let e = super::check_version("2.8.4", "nats://x:4222")
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|m| m.contains("'2.8.4'") && m.contains("nats://x:4222")),
+            "{e:?}"
+        );
+        assert!(super::check_version("", "u").is_err());
+    }
+}

@@ -65,3 +65,37 @@ fn a_proxy_is_not_for_receiving_here() {
         .code(77)
         .stderr_has(&["'agent.b'", "host 'hostb'"]);
 }
+
+#[test]
+fn the_url_and_host_can_come_from_the_environment_and_config_json() {
+    let Some(nats) = super::harness::Nats::start() else {
+        return;
+    };
+    let (a, b) = (crate::harness::Relay::new(), crate::harness::Relay::new());
+    a.write_file("config.json", r#"{"bridge":{"host":"hosta"}}"#);
+    b.write_file(
+        "config.json",
+        format!(r#"{{"bridge":{{"host":"hostb","url":"{}"}}}}"#, nats.url()),
+    );
+    b.add(&["agent.b"]);
+    let _ba = super::harness::Bridge::start_flagless(&a, &[("RELAY_NATS_URL", &nats.url())]);
+    let _bb = super::harness::Bridge::start_flagless(&b, &[]);
+    wait_remote(&a, "agent.b", "hostb");
+}
+
+#[test]
+fn bad_bridge_arguments_are_usage_errors_naming_the_value() {
+    let r = crate::harness::Relay::new();
+    r.cmd(["bridge", "--nats", "nats://127.0.0.1:1"])
+        .code(64)
+        .stderr_has(&["--host"]);
+    r.cmd(["bridge", "--host", "a.b"])
+        .code(64)
+        .stderr_has(&["'a.b'"]);
+    r.cmd(["bridge", "--host", "a", "--nats", "nats://x:1,::bad::"])
+        .code(64)
+        .stderr_has(&["'::bad::'"]);
+    r.cmd(["bridge", "--host", "a", "--replicas", "9"])
+        .code(64)
+        .stderr_has(&["9"]);
+}

@@ -317,3 +317,37 @@ fn a_copy_whose_ttl_passes_in_the_outbox_is_dead_lettered_at_home_with_a_notice(
         "an expired copy was forwarded"
     );
 }
+
+#[test]
+fn a_copy_refused_past_max_deliveries_is_dead_lettered_on_b_with_a_notice_on_a() {
+    let b_cfg =
+        r#"{"bridge":{"maxDeliveries":2},"reliability":{"backpressure":{"maxMailboxSize":1}}}"#;
+    let Some(p) = Pair::start_with(&["agent.a.replies"], &["agent.b"], "{}", b_cfg) else {
+        return;
+    };
+    let first = p.a.send("agent.b", "{}");
+    wait_for("the first copy on B", || {
+        (ids(&p.b, "agent.b", "new") == [first.clone()]).then_some(())
+    });
+    // B stays full: the second is refused, redelivered once, then dead-lettered.
+    let id =
+        p.a.cmd([
+            "send",
+            "agent.b",
+            "{}",
+            "--from",
+            "agent.a",
+            "--reply-to",
+            "agent.a.replies",
+        ])
+        .success()
+        .id();
+    let n = wait_for("the failure notice on A", || {
+        let out = p.a.cmd(["recv", "agent.a.replies", "--json"]).run();
+        (out.code == 0).then(|| out.json())
+    });
+    assert_eq!(n["payload"]["code"], "max_deliveries", "{n}");
+    assert_eq!(n["payload"]["messageId"], id.as_str());
+    assert_eq!(ids(&p.b, "agent.b", "failed"), std::slice::from_ref(&id));
+    assert_eq!(ids(&p.b, "agent.b", "new"), std::slice::from_ref(&first));
+}

@@ -192,6 +192,25 @@ impl Bridge {
         b
     }
 
+    /// Starts `relay bridge` with no flags: URL and host from the
+    /// environment `env` and `config.json`.
+    pub fn start_flagless(relay: &Relay, env: &[(&str, &str)]) -> Self {
+        let mut b = Bridge {
+            host: String::new(),
+            url: String::new(),
+            home: relay.home(),
+            user: relay.user_home(),
+            extra: env
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+            child: None,
+            log: relay.scratch().join("bridge.log"),
+        };
+        b.up();
+        b
+    }
+
     /// Starts it (again).
     pub fn up(&mut self) {
         if self.child.is_some() {
@@ -208,7 +227,13 @@ impl Bridge {
             .env("HOME", &self.user)
             .env("RELAY_HOME", &self.home)
             .env("NO_COLOR", "1")
-            .args(["bridge", "--nats", &self.url, "--host", &self.host]);
+            .arg("bridge");
+        if !self.url.is_empty() {
+            c.args(["--nats", &self.url]);
+        }
+        if !self.host.is_empty() {
+            c.args(["--host", &self.host]);
+        }
         for (k, v) in &self.extra {
             c.env(k, v);
         }
