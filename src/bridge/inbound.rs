@@ -53,27 +53,35 @@ pub struct Incoming<'a> {
     pub body: &'a [u8],
     /// How often JetStream delivered it (1 the first time).
     pub delivered: i64,
+    /// Temporary refusals it may have before it is dead-lettered here.
+    pub max_deliveries: u32,
 }
 
-/// Applies one message for a local endpoint of host `me`; `max_deliveries`
-/// bounds the temporary refusals before it is dead-lettered here.
-pub fn apply(
+/// The first half of applying a message: decided already, or the envelope
+/// to hand to the pipeline (its hop into the proxy undone).
+enum Step {
+    Done(Applied),
+    Deliver(Box<Envelope>),
+}
+
+/// Decides what needs no delivery: not an envelope, seen before (also
+/// earlier in the same batch), no such endpoint here, refused by the access
+/// rules; otherwise the envelope to deliver.
+fn prepare(
     ctx: &mut Ctx,
     st: &State,
     me: &str,
     msg: &Incoming<'_>,
-    max_deliveries: u32,
+    rules: &crate::access::Rules,
+    seen: &mut std::collections::HashSet<(String, String)>,
     now: u64,
-) -> Result<Applied> {
+) -> Result<Step> {
     let ep = msg.endpoint;
-    let span = |state: SpanState, id: &str, code: Option<&str>, reason: Option<&str>| Span {
-        message_id: id.to_string(),
-        endpoint: ep.to_string(),
-        host: me.to_string(),
-        state,
-        code: code.map(str::to_string),
-        reason: reason.map(str::to_string),
-        at: now,
+    let done = |verdict| {
+        Ok(Step::Done(Applied {
+            verdict,
+            span: None,
+        }))
     };
     let mut env = match Envelope::parse(msg.body) {
         Ok(e) if crate::maildir::validate_id(&e.id).is_ok() => e,
@@ -83,13 +91,11 @@ pub fn apply(
                 "bridge: a message from '{}' for '{ep}' is not a relay envelope; dropped",
                 msg.origin
             ));
-            return Ok(Applied {
-                verdict: Verdict::Term,
-                span: None,
-            });
+            return done(Verdict::Term);
         }
     };
-    if st.is_applied(ep, &env.id)? || already_here(ctx, ep, &env.id)? {
+    let first_in_batch = seen.insert((ep.to_string(), env.id.clone()));
+    if !first_in_batch || st.is_applied(ep, &env.id)? || already_here(ctx, ep, &env.id)? {
         st.mark_applied(ep, &env.id, msg.origin, SpanState::Retrying, now)?;
         // Seen again (a publish repeated after JetStream's dedup window):
         // acked, not delivered twice, and said.
@@ -105,10 +111,7 @@ pub fn apply(
             now,
         )?;
         ledger.commit()?;
-        return Ok(Applied {
-            verdict: Verdict::Ack,
-            span: None,
-        });
+        return done(Verdict::Ack);
     }
     // The sending host took this hop into its proxy; it is taken again
     // here, under this host's clock and rules: one hop per crossing.
@@ -125,7 +128,6 @@ pub fn apply(
             format!("no endpoint '{ep}' on host '{me}' (removed, or never there)"),
         ))
     } else {
-        let rules = crate::access::Rules::load(&ctx.home.root().join(crate::access::FILE_NAME));
         rules
             .check(&env.from, &env.subject)
             .err()
@@ -134,16 +136,24 @@ pub fn apply(
     if let Some((code, reason)) = refusal {
         dead_letter(ctx, &env, ep, code, &reason, now)?;
         st.mark_applied(ep, &env.id, msg.origin, SpanState::Retrying, now)?;
-        return Ok(Applied {
-            verdict: Verdict::Term,
-            span: None,
-        });
+        return done(Verdict::Term);
     }
-    let id = env.id.clone();
-    let original = env.clone();
-    let mut jobs = [Job::new(env, vec![ep.to_string()], None)];
-    let outcome = pipeline::deliver(ctx, &mut jobs, Durability::PerMessage, now)
-        .and_then(|()| jobs[0].take_result());
+    Ok(Step::Deliver(Box::new(env)))
+}
+
+/// The second half: what the pipeline made of `env` at the message's
+/// endpoint, as a verdict.
+fn finish(
+    ctx: &mut Ctx,
+    st: &State,
+    me: &str,
+    msg: &Incoming<'_>,
+    env: &Envelope,
+    outcome: Result<Delivery>,
+    now: u64,
+) -> Result<Applied> {
+    let ep = msg.endpoint;
+    let id = &env.id;
     // (code, reason, retry-after) of a refusal for now.
     let temporary = match outcome {
         Ok(Delivery::Duplicate(_)) => None,
@@ -151,7 +161,7 @@ pub fn apply(
             Some((_, Fate::Delivered(..))) | None => None,
             Some((_, Fate::DeadLettered(..))) => {
                 // The pipeline dead-lettered it and sent the notice.
-                st.mark_applied(ep, &id, msg.origin, SpanState::Retrying, now)?;
+                st.mark_applied(ep, id, msg.origin, SpanState::Retrying, now)?;
                 return Ok(Applied {
                     verdict: Verdict::Term,
                     span: None,
@@ -169,19 +179,19 @@ pub fn apply(
         Err(e) => return Err(e),
     };
     let Some((code, reason, retry)) = temporary else {
-        st.mark_applied(ep, &id, msg.origin, SpanState::Retrying, now)?;
+        st.mark_applied(ep, id, msg.origin, SpanState::Retrying, now)?;
         return Ok(Applied {
             verdict: Verdict::Ack,
             span: None,
         });
     };
-    if u32::try_from(msg.delivered).unwrap_or(u32::MAX) >= max_deliveries {
+    if u32::try_from(msg.delivered).unwrap_or(u32::MAX) >= msg.max_deliveries {
         let why = format!(
             "refused {} times, the last time for: {reason}",
             msg.delivered
         );
-        dead_letter(ctx, &original, ep, "max_deliveries", &why, now)?;
-        st.mark_applied(ep, &id, msg.origin, SpanState::Retrying, now)?;
+        dead_letter(ctx, env, ep, "max_deliveries", &why, now)?;
+        st.mark_applied(ep, id, msg.origin, SpanState::Retrying, now)?;
         return Ok(Applied {
             verdict: Verdict::Term,
             span: None,
@@ -193,8 +203,15 @@ pub fn apply(
     Ok(Applied {
         verdict: Verdict::Nak(delay),
         // Said once, not on every redelivery.
-        span: (msg.delivered <= 1)
-            .then(|| span(SpanState::Retrying, &id, Some(&code), Some(&reason))),
+        span: (msg.delivered <= 1).then(|| Span {
+            message_id: id.clone(),
+            endpoint: ep.to_string(),
+            host: me.to_string(),
+            state: SpanState::Retrying,
+            code: Some(code),
+            reason: Some(reason),
+            at: now,
+        }),
     })
 }
 
@@ -288,7 +305,7 @@ pub async fn run_loop(
             continue;
         }
         // Owned copies for the blocking side.
-        let work: Vec<(String, Option<String>, Vec<u8>, i64)> = msgs
+        let work: Vec<Fetched> = msgs
             .iter()
             .map(|m| {
                 let origin = m
@@ -302,19 +319,7 @@ pub async fn run_loop(
             .collect();
         let host = me.clone();
         let results = super::blocking(&session.local, move |l| {
-            let mut out = Vec::with_capacity(work.len());
-            for (subject, origin, body, delivered) in &work {
-                out.push(apply_one(
-                    l,
-                    &host,
-                    subject,
-                    origin.as_deref(),
-                    body,
-                    *delivered,
-                    max_deliveries,
-                ));
-            }
-            Ok(out)
+            apply_batch(l, &host, &work, max_deliveries)
         })
         .await?;
         let mut spans = Vec::new();
@@ -352,53 +357,120 @@ pub async fn run_loop(
     Ok(())
 }
 
-/// Applies one fetched message; the origin host with the result.
-fn apply_one(
+/// One fetched message: subject, origin header, body, delivery count.
+type Fetched = (String, Option<String>, Vec<u8>, i64);
+
+/// What became of one fetched message, with the origin host to report to.
+type Outcome = Result<(Applied, Option<String>)>;
+
+/// Applies a fetched batch: span updates one by one, messages through one
+/// run of the pipeline with one group commit (the batch log), so a batch
+/// costs one fsync, not one per message. One outcome per message, in order.
+fn apply_batch(
     l: &mut super::Local,
     me: &str,
-    subject: &str,
-    origin: Option<&str>,
-    body: &[u8],
-    delivered: i64,
+    work: &[Fetched],
     max_deliveries: u32,
-) -> Result<(Applied, Option<String>)> {
+) -> Result<Vec<Outcome>> {
+    use super::wire::{Inbound, parse_inbound};
     let (ctx, st, _) = l.parts();
     let now = ctx.clock.now_ms();
-    match super::wire::parse_inbound(me, subject) {
-        Some(super::wire::Inbound::Span) => {
-            let span: Span = serde_json::from_slice(body)
-                .map_err(|e| Error::Data(format!("bridge: a span update is not one: {e}")))?;
-            super::spans::apply(ctx, &span, now)?;
-            Ok((
-                Applied {
-                    verdict: Verdict::Ack,
-                    span: None,
-                },
-                None,
-            ))
-        }
-        Some(super::wire::Inbound::Message(ep)) => {
-            let origin = origin.unwrap_or("unknown").to_string();
-            let msg = Incoming {
-                endpoint: &ep,
-                origin: &origin,
-                body,
-                delivered,
+    let rules = crate::access::Rules::load(&ctx.home.root().join(crate::access::FILE_NAME));
+    let mut seen = std::collections::HashSet::new();
+    let mut out: Vec<Option<Outcome>> = Vec::with_capacity(work.len());
+    // (index in `work`, endpoint, origin, the envelope as prepared)
+    let mut pending: Vec<(usize, String, String, Envelope)> = Vec::new();
+    let mut jobs = Vec::new();
+    // One transaction of the bridge database for the batch; given up (its
+    // pairs not recorded) if anything fails: the Maildir and the index then
+    // still tell a redelivery from a new message (`already_here`).
+    st.begin()?;
+    let applied = (|| -> Result<Vec<Outcome>> {
+        for (i, (subject, origin, body, delivered)) in work.iter().enumerate() {
+            let origin = origin.clone().unwrap_or_else(|| "unknown".to_string());
+            let step = match parse_inbound(me, subject) {
+                Some(Inbound::Span) => Some(
+                    serde_json::from_slice::<Span>(body)
+                        .map_err(|e| Error::Data(format!("bridge: a span update is not one: {e}")))
+                        .and_then(|span| super::spans::apply(ctx, &span, now))
+                        .map(|()| {
+                            (
+                                Applied {
+                                    verdict: Verdict::Ack,
+                                    span: None,
+                                },
+                                None,
+                            )
+                        }),
+                ),
+                Some(Inbound::Message(ep)) => {
+                    let msg = Incoming {
+                        endpoint: &ep,
+                        origin: &origin,
+                        body,
+                        delivered: *delivered,
+                        max_deliveries,
+                    };
+                    match prepare(ctx, st, me, &msg, &rules, &mut seen, now) {
+                        Ok(Step::Done(a)) => Some(Ok((a, Some(origin.clone())))),
+                        Ok(Step::Deliver(env)) => {
+                            jobs.push(Job::new((*env).clone(), vec![ep.clone()], None));
+                            pending.push((i, ep, origin.clone(), *env));
+                            None
+                        }
+                        Err(e) => Some(Err(e)),
+                    }
+                }
+                None => Some(Ok((
+                    Applied {
+                        verdict: Verdict::Term,
+                        span: None,
+                    },
+                    None,
+                ))),
             };
-            let applied = apply(ctx, st, me, &msg, max_deliveries, now)?;
-            if let Ok(env) = Envelope::parse(body)
-                && applied.verdict == Verdict::Ack
-            {
-                st.set_peer(&origin, &env.id, now)?;
-            }
-            Ok((applied, Some(origin)))
+            out.push(step);
         }
-        None => Ok((
-            Applied {
-                verdict: Verdict::Term,
-                span: None,
-            },
-            None,
-        )),
+        if !jobs.is_empty() {
+            let mut log = crate::batchlog::Log::new();
+            let durability = match &mut log {
+                Some(log) => Durability::Logged(log),
+                None => Durability::PerMessage,
+            };
+            let ran = pipeline::deliver(ctx, &mut jobs, durability, now);
+            for ((i, ep, origin, env), job) in pending.into_iter().zip(jobs.iter_mut()) {
+                let outcome = match &ran {
+                    Ok(()) => job.take_result(),
+                    // Nothing of the batch was delivered: each is tried again.
+                    Err(e) => Err(Error::Store(e.to_string())),
+                };
+                let (_, _, body, delivered) = &work[i];
+                let msg = Incoming {
+                    endpoint: &ep,
+                    origin: &origin,
+                    body,
+                    delivered: *delivered,
+                    max_deliveries,
+                };
+                let res = finish(ctx, st, me, &msg, &env, outcome, now);
+                if res.as_ref().is_ok_and(|a| a.verdict == Verdict::Ack) {
+                    st.set_peer(&origin, &env.id, now)?;
+                }
+                out[i] = Some(res.map(|a| (a, Some(origin))));
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| Err(Error::Data("bridge: a message was not applied".into())))
+            })
+            .collect())
+    })();
+    match applied {
+        Ok(v) => st.commit().map(|()| v),
+        Err(e) => {
+            st.rollback();
+            Err(e)
+        }
     }
 }

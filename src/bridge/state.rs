@@ -78,6 +78,23 @@ impl State {
         db_err(&self.path, e)
     }
 
+    /// Begins a transaction: what follows commits at once, with one fsync.
+    pub fn begin(&self) -> Result<()> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(&e))
+    }
+
+    /// Commits what `begin` began.
+    pub fn commit(&self) -> Result<()> {
+        self.conn.execute_batch("COMMIT").map_err(|e| self.err(&e))
+    }
+
+    /// Gives up what `begin` began.
+    pub fn rollback(&self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+
     /// Whether (endpoint, id) was applied.
     pub fn is_applied(&self, endpoint: &str, id: &str) -> Result<bool> {
         self.conn
