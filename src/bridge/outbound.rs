@@ -17,6 +17,8 @@ use crate::error::Result;
 
 /// Copies taken per round.
 const BATCH: usize = 256;
+/// Longest wait for a publish or its ack.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause when the outbox is empty.
 const IDLE: Duration = Duration::from_millis(10);
 
@@ -123,14 +125,24 @@ async fn publish(
     for it in iter.by_ref() {
         let subject = wire::msg_subject(&it.host, &it.endpoint);
         let body = it.bytes.clone().into();
-        match session
-            .js
-            .publish_with_headers(subject, headers(&it, origin), body)
-            .await
-        {
-            Ok(ack) => pending.push((it, ack)),
-            Err(e) => {
+        // Bounded, whatever the client does across a reconnect: a copy
+        // not acknowledged in time is given back and published again.
+        let sent = tokio::time::timeout(
+            PUBLISH_TIMEOUT,
+            session
+                .js
+                .publish_with_headers(subject, headers(&it, origin), body),
+        )
+        .await;
+        match sent {
+            Ok(Ok(ack)) => pending.push((it, ack)),
+            Ok(Err(e)) => {
                 err = Some(e.to_string());
+                rest.push(it);
+                break;
+            }
+            Err(_) => {
+                err = Some("the publish timed out".to_string());
                 rest.push(it);
                 break;
             }
@@ -139,10 +151,14 @@ async fn publish(
     rest.extend(iter);
     let mut sent = Vec::with_capacity(pending.len());
     for (it, ack) in pending {
-        match ack.await {
-            Ok(_) => sent.push(it),
-            Err(e) => {
+        match tokio::time::timeout(PUBLISH_TIMEOUT, ack).await {
+            Ok(Ok(_)) => sent.push(it),
+            Ok(Err(e)) => {
                 err.get_or_insert_with(|| e.to_string());
+                rest.push(it);
+            }
+            Err(_) => {
+                err.get_or_insert_with(|| "no publish ack in time".to_string());
                 rest.push(it);
             }
         }

@@ -174,7 +174,8 @@ pub async fn publish_all(
     }
     let mut sent = Vec::new();
     for (span, ack) in pending {
-        if ack.await.is_ok() {
+        let acked = tokio::time::timeout(std::time::Duration::from_secs(10), ack).await;
+        if matches!(acked, Ok(Ok(_))) {
             sent.push(span);
         }
     }

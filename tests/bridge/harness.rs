@@ -10,7 +10,7 @@ use tempfile::TempDir;
 use crate::harness::{BIN, Relay};
 
 /// How long a test waits for something the bridges do.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// The nats-server binary, or `None` (skip) when it is missing and not
 /// under CI; under CI a missing server fails the test.
