@@ -46,11 +46,11 @@ use serde_json::json;
 
 /// Environment variable that sets the boot id (tests stand for a restart
 /// with it; empty: unknown); documented as test-only.
-pub const FAKE_BOOT_ENV: &str = "RELAY_FAKE_BOOT_ID";
+pub const FAKE_BOOT_ENV: &str = crate::envvars::FAKE_BOOT_ID.name;
 /// Size past which a running batch retires its log and begins another.
 pub const MAX_BYTES: u64 = 64 << 20;
 /// Environment variable that lowers `MAX_BYTES` (for tests).
-pub const MAX_ENV: &str = "RELAY_BATCH_LOG_MAX_BYTES";
+pub const MAX_ENV: &str = crate::envvars::BATCH_LOG_MAX_BYTES.name;
 /// Age after which a log of this boot is retired.
 pub const RETIRE_AFTER_MS: u64 = 60_000;
 const MAGIC: &str = "relay-batch-log 1";
@@ -60,7 +60,7 @@ const HEADER_MAX: usize = 256;
 /// This boot's id (Linux), or the test override.
 #[must_use]
 pub fn boot_id() -> Option<String> {
-    let id = match std::env::var_os(FAKE_BOOT_ENV) {
+    let id = match crate::envvars::FAKE_BOOT_ID.get_os() {
         Some(id) => id.into_string().ok()?,
         None => fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?,
     };
@@ -98,8 +98,8 @@ impl Log {
     /// A log for this boot; `None` when the boot id is unknown.
     #[must_use]
     pub fn new() -> Option<Self> {
-        let max_bytes = std::env::var(MAX_ENV)
-            .ok()
+        let max_bytes = crate::envvars::BATCH_LOG_MAX_BYTES
+            .get()
             .and_then(|v| v.parse().ok())
             .unwrap_or(MAX_BYTES);
         boot_id().map(|boot| Log {

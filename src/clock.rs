@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Environment variable that pins the clock (milliseconds since the epoch).
 /// Meant for tests; documented as such.
-pub const FAKE_NOW_ENV: &str = "RELAY_FAKE_NOW_MS";
+pub const FAKE_NOW_ENV: &str = crate::envvars::FAKE_NOW_MS.name;
 
 /// Source of the current time in milliseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy)]
@@ -19,8 +19,8 @@ impl Clock {
     /// The system clock, unless `RELAY_FAKE_NOW_MS` pins it.
     #[must_use]
     pub fn from_env() -> Self {
-        let fixed = std::env::var(FAKE_NOW_ENV)
-            .ok()
+        let fixed = crate::envvars::FAKE_NOW_MS
+            .get()
             .and_then(|v| v.trim().parse().ok());
         Clock { fixed }
     }

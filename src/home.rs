@@ -38,7 +38,7 @@ impl Home {
                 ));
             }
             Some(p) => p,
-            None => match std::env::var_os("RELAY_HOME") {
+            None => match crate::envvars::HOME.get_os() {
                 Some(p) if p.is_empty() => {
                     return Err(Error::Usage(
                         "RELAY_HOME is set but empty: set it to a directory or unset it to use ~/.dork/relay"

@@ -14,6 +14,7 @@ pub mod config;
 pub mod context;
 pub mod dorkos;
 pub mod envelope;
+pub mod envvars;
 pub mod error;
 pub mod generate;
 pub mod home;
@@ -38,8 +39,6 @@ pub mod template;
 
 use std::ffi::OsString;
 
-use clap::Parser;
-
 use crate::cli::{Cli, Command};
 use crate::context::{Ctx, HomeUse};
 use crate::error::{Error, code};
@@ -51,7 +50,7 @@ where
     I: IntoIterator<Item = OsString>,
 {
     let args: Vec<OsString> = args.into_iter().collect();
-    let parsed = Cli::parse_send(&args).map_or_else(|| Cli::try_parse_from(&args), Ok);
+    let parsed = Cli::parse_send(&args).map_or_else(|| generate::parse(&args), Ok);
     let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
@@ -208,7 +207,7 @@ fn man(out: Option<&std::path::Path>) -> Result<(), Error> {
         source: e,
     })?;
     let Some(dir) = out else {
-        return write_stdout(&pages[0].1);
+        return page_or_print(&pages[0].1);
     };
     std::fs::create_dir_all(dir).ctx("cannot create", dir)?;
     for (name, page) in &pages {
@@ -221,6 +220,37 @@ fn man(out: Option<&std::path::Path>) -> Result<(), Error> {
         dir.display()
     );
     Ok(())
+}
+
+/// `relay man` on a terminal: the page through `man -l -` (formatted and
+/// paged, as `man -l` would), else through `$PAGER` (or `less`) as roff;
+/// anywhere else (a pipe, a file) the roff source on stdout.
+fn page_or_print(page: &[u8]) -> Result<(), Error> {
+    use std::io::{IsTerminal, Write};
+    use std::process::{Command, Stdio};
+    if !std::io::stdout().is_terminal() {
+        return write_stdout(page);
+    }
+    let pager = std::env::var("PAGER")
+        .ok()
+        .filter(|p| !p.trim().is_empty())
+        .unwrap_or_else(|| "less".into());
+    let mut tries = [Command::new("man"), Command::new("sh")];
+    tries[0].args(["-l", "-"]);
+    tries[1].arg("-c").arg(&pager);
+    for c in &mut tries {
+        let Ok(mut child) = c.stdin(Stdio::piped()).spawn() else {
+            continue;
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            // A reader that quit early (q in the pager) is not an error.
+            let _ = stdin.write_all(page);
+        }
+        if child.wait().is_ok_and(|s| s.success()) {
+            return Ok(());
+        }
+    }
+    write_stdout(page)
 }
 
 /// Prints an error on stderr: `relay: <message>`, or with `--json` one JSON

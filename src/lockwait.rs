@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 /// Environment variable that overrides `locks.timeoutMs` (milliseconds).
-pub const ENV: &str = "RELAY_LOCK_TIMEOUT_MS";
+pub const ENV: &str = crate::envvars::LOCK_TIMEOUT_MS.name;
 /// The default lock timeout, in milliseconds.
 pub const DEFAULT_MS: u64 = 10_000;
 
@@ -23,13 +23,13 @@ static TIMEOUT: OnceLock<Duration> = OnceLock::new();
 /// Sets this process's lock timeout from the config (`locks.timeoutMs`),
 /// unless `RELAY_LOCK_TIMEOUT_MS` overrides it. Called once, at start.
 pub fn configure(config_ms: u64) -> Result<()> {
-    let ms = match std::env::var(ENV) {
-        Ok(v) => v.trim().parse::<u64>().map_err(|_| {
+    let ms = match crate::envvars::LOCK_TIMEOUT_MS.get() {
+        Some(v) => v.trim().parse::<u64>().map_err(|_| {
             Error::Usage(format!(
                 "{ENV}='{v}' is not a number of milliseconds; set it like {ENV}=10000, or unset it to use locks.timeoutMs"
             ))
         })?,
-        Err(_) => config_ms,
+        None => config_ms,
     };
     let _ = TIMEOUT.set(Duration::from_millis(ms));
     Ok(())
@@ -39,8 +39,8 @@ pub fn configure(config_ms: u64) -> Result<()> {
 #[must_use]
 pub fn timeout() -> Duration {
     *TIMEOUT.get_or_init(|| {
-        let ms = std::env::var(ENV)
-            .ok()
+        let ms = crate::envvars::LOCK_TIMEOUT_MS
+            .get()
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(DEFAULT_MS);
         Duration::from_millis(ms)

@@ -84,3 +84,126 @@ fn man_pages_and_completions_match_the_cli() {
 fn completions_reject_unknown_shells_with_usage_error() {
     Relay::new().cmd(["completions", "tcsh"]).code(64);
 }
+
+/// The README's generated tables: between `<!-- generated: NAME ... -->` and
+/// `<!-- end generated -->`, exactly what relay's registries print.
+#[test]
+fn the_readme_tables_match_their_registries() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let bless = std::env::var_os("RELAY_BLESS").is_some_and(|v| v == "1");
+    let mut md = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (name, fresh) in [
+        ("envvars", relay::envvars::markdown_table()),
+        ("exit-codes", relay::generate::exit_codes_markdown()),
+    ] {
+        let open = format!("<!-- generated: {name} ");
+        let close = "<!-- end generated -->";
+        let start = md
+            .find(&open)
+            .and_then(|i| md[i..].find("-->\n").map(|j| i + j + 4))
+            .unwrap_or_else(|| {
+                panic!("README.md lacks the `{open}...-->` marker of a generated table")
+            });
+        let end = start
+            + md[start..]
+                .find(close)
+                .unwrap_or_else(|| panic!("README.md: the {name} table has no `{close}`"));
+        if bless {
+            md.replace_range(start..end, &fresh);
+        } else {
+            assert!(
+                md[start..end] == fresh,
+                "README.md's {name} table is stale; {FIX}\n--- expected\n{fresh}"
+            );
+        }
+    }
+    if bless {
+        fs::write(&path, md).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+/// Every `RELAY_*` name in `src/` is in the registry (src/envvars.rs).
+#[test]
+fn every_relay_environment_variable_is_registered() {
+    fn names(dir: &Path, skip: &Path, found: &mut std::collections::BTreeSet<String>) {
+        for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.map(|e| e.path()).unwrap_or_default();
+            if path.is_dir() {
+                names(&path, skip, found);
+                continue;
+            }
+            if path == skip {
+                continue;
+            }
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            for (i, _) in text.match_indices("RELAY_") {
+                let name: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if name.len() > "RELAY_".len() && !name.ends_with('_') {
+                    found.insert(name);
+                }
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut used = std::collections::BTreeSet::new();
+    names(&root.join("src"), &root.join("src/envvars.rs"), &mut used);
+    let registered: std::collections::BTreeSet<String> = relay::envvars::ALL
+        .iter()
+        .map(|v| v.name.to_string())
+        .collect();
+    let missing: Vec<&String> = used.difference(&registered).collect();
+    assert!(
+        missing.is_empty(),
+        "src/ uses {missing:?}, which src/envvars.rs does not list: add an entry (name, scope, meaning, default), then {FIX}"
+    );
+}
+
+/// `relay --help` ends with the exit codes, after the command list; each
+/// command's long help lists its own; the man page has EXIT STATUS,
+/// ENVIRONMENT (every variable relay reads or sets), FILES and EXAMPLES.
+#[test]
+fn help_and_man_pages_carry_exit_codes_environment_files_and_examples() {
+    let r = Relay::new();
+    let help = r.cmd(["--help"]).success().stdout;
+    let commands = help.find("Commands:").unwrap_or(usize::MAX);
+    let exits = help.find("Exit status:").unwrap_or(0);
+    assert!(
+        commands < exits,
+        "no exit codes after the command list:\n{help}"
+    );
+    for (code, meaning) in relay::generate::EXIT_CODES {
+        assert!(
+            help.contains(&format!("{code:>3}  {meaning}")),
+            "{code} missing:\n{help}"
+        );
+    }
+    let send = r.cmd(["send", "--help"]).success().stdout;
+    assert!(
+        send.contains("Exit status:") && send.contains(" 66  no input"),
+        "{send}"
+    );
+    assert!(!send.contains(" 130  "), "send never exits 130:\n{send}");
+    let man = r.cmd(["man"]).success().stdout;
+    assert!(man.starts_with(".ie"), "piped, `relay man` prints roff");
+    for section in [
+        ".SH \"EXIT STATUS\"",
+        ".SH ENVIRONMENT",
+        ".SH FILES",
+        ".SH EXAMPLES",
+    ] {
+        assert!(man.contains(section), "relay.1 lacks {section}");
+    }
+    for v in relay::envvars::ALL
+        .iter()
+        .filter(|v| v.scope != relay::envvars::Scope::Suite)
+    {
+        assert!(
+            man.contains(v.name),
+            "relay.1's ENVIRONMENT lacks {}",
+            v.name
+        );
+    }
+}

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::maildir::{Claimed, Mailbox};
 use crate::store::Event;
 use crate::template::Template;
-use crate::{lease, output};
+use crate::{envvars, lease, output};
 
 /// Longest sleep without a notification before looking anyway.
 const FALLBACK_POLL: Duration = Duration::from_millis(1000);
@@ -284,23 +284,23 @@ fn start(
         // Its own process group: a terminal's Ctrl-C stops relay, which lets
         // the handler finish instead of killing it mid-message.
         .process_group(0)
-        .env("RELAY_HOME", ctx.home.root())
-        .env("RELAY_ENDPOINT", &mb.name)
-        .env("RELAY_MESSAGE_ID", &env.id)
-        .env("RELAY_TRACE_ID", env.trace())
-        .env("RELAY_SUBJECT", &env.subject)
-        .env("RELAY_SENDER", &env.from)
-        .env("RELAY_PRIORITY", env.priority().as_str())
-        .env("RELAY_DELIVERY_COUNT", env.delivery_count.to_string())
+        .env(envvars::HOME.name, ctx.home.root())
+        .env(envvars::ENDPOINT.name, &mb.name)
+        .env(envvars::MESSAGE_ID.name, &env.id)
+        .env(envvars::TRACE_ID.name, env.trace())
+        .env(envvars::SUBJECT.name, &env.subject)
+        .env(envvars::SENDER.name, &env.from)
+        .env(envvars::PRIORITY.name, env.priority().as_str())
+        .env(envvars::DELIVERY_COUNT.name, env.delivery_count.to_string())
         .env(
-            "RELAY_BUDGET",
+            envvars::BUDGET.name,
             serde_json::to_string(&env.budget).unwrap_or_default(),
         )
         // The handler speaks for the endpoint it serves.
-        .env("RELAY_FROM", &mb.name);
+        .env(envvars::FROM.name, &mb.name);
     match &env.reply_to {
-        Some(r) => command.env("RELAY_REPLY_TO", r),
-        None => command.env_remove("RELAY_REPLY_TO"),
+        Some(r) => command.env(envvars::REPLY_TO.name, r),
+        None => command.env_remove(envvars::REPLY_TO.name),
     };
     let mut child = match command.spawn() {
         Ok(c) => c,

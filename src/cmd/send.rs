@@ -822,8 +822,8 @@ fn read_parent(args: &SendArgs) -> Result<Parent> {
             budget: Some(env.budget),
         });
     }
-    match std::env::var("RELAY_BUDGET") {
-        Ok(text) if !text.trim().is_empty() => {
+    match crate::envvars::BUDGET.get() {
+        Some(text) if !text.trim().is_empty() => {
             let budget = serde_json::from_str(&text).map_err(|e| {
                 Error::Data(format!(
                     "RELAY_BUDGET is not a budget object {{hopCount, maxHops, ancestorChain, ttl, callBudgetRemaining}}: {e}"

@@ -12,9 +12,7 @@ use crate::serve::{self, Settings};
 
 /// Runs `relay serve` until SIGINT or SIGTERM.
 pub fn run(ctx: &Ctx, args: &ServeArgs) -> Result<()> {
-    let token = std::env::var("RELAY_SERVE_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
+    let token = crate::envvars::SERVE_TOKEN.get().filter(|t| !t.is_empty());
     if !args.listen.ip().is_loopback() && !args.allow_remote {
         return Err(Error::Usage(format!(
             "refusing to listen on {} (not loopback) without --allow-remote",
