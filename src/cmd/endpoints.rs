@@ -185,22 +185,94 @@ pub fn remove_endpoint(home: &crate::home::Home, name: &str, force: bool) -> Res
         return Err(not_empty(held));
     }
     // Rename out of the namespace first so no sender sees a half-removed
-    // mailbox; then count again where nothing can reach any more: a writer
-    // that does not take the lock (a consumer giving a claim back, a
-    // DorkOS process) may have put a message in after the count.
+    // mailbox. A writer that does not take the lock (a send with
+    // backpressure off, a consumer giving a claim back, a DorkOS process)
+    // may still put a message in after that, even one that found the
+    // mailbox before: the kernel resolves a rename's directories before it
+    // moves anything, so a writer preempted in between moves its message
+    // into the renamed directory after any count made here. So no count
+    // decides: each directory is taken out with rmdir, which the kernel
+    // orders with every rename or link into it. A message that got in
+    // first makes the rmdir fail (and the mailbox goes back, unless
+    // `force`); one coming later finds no directory and its writer fails.
     let grave_name = format!("{GRAVE_PREFIX}{}", crate::envelope::random_ulid());
     let grave = home.mailboxes().join(&grave_name);
     fs::rename(mb.dir(), &grave).ctx("cannot remove", mb.dir())?;
     let buried = Mailbox::at(home, &grave_name);
-    let held = count_held(&buried)?;
-    if held > 0 && !force {
-        put_back(&grave, &mb)?;
-        return Err(not_empty(held));
+    let mut deleted = 0;
+    // `tmp/` last: a file there is a delivery whose rename into `new/` now fails.
+    for sub in ["new", "cur", "failed", "tmp"] {
+        match take_out(&buried.sub(sub), force || sub == "tmp")? {
+            TakenOut::Removed(n) => deleted += n,
+            TakenOut::Holds => {
+                buried.create(&SUBDIRS)?;
+                let held = count_held(&buried)?;
+                put_back(&grave, &mb)?;
+                return Err(not_empty(held));
+            }
+        }
     }
+    // What is left: files beside the subdirectories (a DorkOS `.owner`).
     fs::remove_dir_all(&grave).ctx("cannot delete", &grave)?;
     crate::home::sync_dir(&home.mailboxes())?;
     crate::dorkos::endpoint_removed(home.root(), name);
-    Ok(held)
+    Ok(deleted)
+}
+
+/// How many times `take_out` empties a directory that files keep arriving in.
+const TAKE_OUT_TRIES: usize = 100;
+
+/// What `take_out` did.
+enum TakenOut {
+    /// The directory is gone, and this many messages in it were deleted.
+    Removed(usize),
+    /// It holds a message (and stays).
+    Holds,
+}
+
+/// Removes the directory `dir` of a mailbox renamed away: rmdir, and
+/// while something is in it, deletes what it holds (messages only with
+/// `force`) and tries again. Once the rmdir succeeded, nothing can arrive
+/// in it any more.
+fn take_out(dir: &Path, force: bool) -> Result<TakenOut> {
+    use rustix::fs::{AtFlags, CWD, unlinkat};
+    use rustix::io::Errno;
+    let mut deleted = 0;
+    for _ in 0..TAKE_OUT_TRIES {
+        match unlinkat(CWD, dir, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => return Ok(TakenOut::Removed(deleted)),
+            Err(Errno::NOTEMPTY | Errno::EXIST) => {}
+            Err(e) => return Err(Error::io("cannot delete", dir, e.into())),
+        }
+        for entry in fs::read_dir(dir).ctx("cannot list", dir)?.flatten() {
+            let message = entry
+                .file_name()
+                .to_str()
+                .and_then(maildir::message_id)
+                .is_some();
+            if message && !force {
+                return Ok(TakenOut::Holds);
+            }
+            let path = entry.path();
+            let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match gone {
+                Ok(()) => deleted += usize::from(message),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("cannot delete", &path, e)),
+            }
+        }
+    }
+    Err(Error::io(
+        "cannot delete",
+        dir,
+        std::io::Error::other(format!(
+            "files kept arriving while it was emptied {TAKE_OUT_TRIES} times"
+        )),
+    ))
 }
 
 /// Messages in `new/`, `cur/` and `failed/` of `mb`.

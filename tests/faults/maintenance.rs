@@ -30,9 +30,23 @@ fn child_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
+/// Directory removals of this architecture (`rmdir`, `unlinkat`).
+#[cfg(target_arch = "x86_64")]
+const REMOVALS: &[u64] = &[84, 263];
+#[cfg(target_arch = "aarch64")]
+const REMOVALS: &[u64] = &[35];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const REMOVALS: &[u64] = &[];
+
 /// Waits (bounded) until the relay child of the strace `tracer` is held at
 /// the entry of a rename (strace delays it there).
 fn wait_in_rename(tracer: u32) {
+    wait_in(tracer, RENAMES, "a rename");
+}
+
+/// Waits (bounded) until the relay child of the strace `tracer` is held at
+/// the entry of one of the syscalls `nrs` (strace delays it there).
+fn wait_in(tracer: u32, nrs: &[u64], what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Some(child) = child_of(tracer) {
@@ -41,19 +55,28 @@ fn wait_in_rename(tracer: u32) {
                 .split_whitespace()
                 .next()
                 .and_then(|n| n.parse::<u64>().ok())
-                .is_some_and(|n| RENAMES.contains(&n))
+                .is_some_and(|n| nrs.contains(&n))
             {
                 return;
             }
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    panic!("the traced `endpoints remove` never reached a rename");
+    panic!("the traced `endpoints remove` never reached {what}");
 }
 
 /// `endpoints remove ep` under strace, every rename delayed by a second:
 /// the window between its count and its move, held open.
 fn remove_slowly(r: &Relay, ep: &str) -> std::process::Child {
+    remove_under_strace(
+        r,
+        ep,
+        "inject=rename,renameat,renameat2:delay_enter=1000000",
+    )
+}
+
+/// `endpoints remove ep` under strace with the fault injection `inject`.
+fn remove_under_strace(r: &Relay, ep: &str, inject: &str) -> std::process::Child {
     let mut c = std::process::Command::new("strace");
     c.args([
         "-f",
@@ -61,7 +84,7 @@ fn remove_slowly(r: &Relay, ep: &str) -> std::process::Child {
         "-o",
         "/dev/null",
         "-e",
-        "inject=rename,renameat,renameat2:delay_enter=1000000",
+        inject,
         crate::harness::BIN,
         "endpoints",
         "remove",
@@ -121,6 +144,62 @@ fn endpoints_remove_racing_a_send_that_takes_no_lock_loses_nothing() {
     send_races_remove(Some(
         r#"{"reliability": {"backpressure": {"enabled": false}}}"#,
     ));
+}
+
+/// A writer that found the mailbox before `endpoints remove` renamed it
+/// away puts its message in after the remove looked: what a send taking no
+/// mailbox lock (backpressure off) does when it is preempted inside its
+/// rename, between the kernel resolving `<mailbox>/tmp` and `<mailbox>/new`
+/// and the move itself (seen under load in the crash harness), and what a
+/// DorkOS process working in the mailbox directory does. Here the writer
+/// holds the mailbox directory open and moves its message in through it
+/// while the remove is held at its first directory removal, after every
+/// count it makes. Either the move lands and the remove gives the mailbox
+/// back with the message in it, or the move fails: never a message moved in
+/// and deleted, nor one left in a `.removed-*` directory.
+#[test]
+fn endpoints_remove_racing_a_writer_that_resolved_the_mailbox_first_loses_nothing() {
+    let r = Relay::new();
+    r.add(&["rm.w"]);
+    let id = "01KC0000000000000000000000";
+    let env = dorkos_envelope(id, "rm.w", &json!("precious"));
+    r.write_file(&format!("mailboxes/rm.w/tmp/{id}.json"), env.to_string());
+    // The writer's hold on the mailbox: a path through this open directory
+    // resolves wherever the directory is now, as the kernel's lookup of a
+    // rename in flight does.
+    let dir = fs::File::open(r.mailbox("rm.w")).expect("open the mailbox");
+    let via = |sub: &str| {
+        use std::os::fd::AsRawFd;
+        format!("/proc/self/fd/{}/{sub}/{id}.json", dir.as_raw_fd())
+    };
+    let mut remove = remove_under_strace(
+        &r,
+        "rm.w",
+        "inject=rmdir,unlinkat:delay_enter=500000:when=1",
+    );
+    wait_in(remove.id(), REMOVALS, "a directory removal");
+    let moved = fs::rename(via("tmp"), via("new"));
+    let removed = remove.wait().expect("wait for remove");
+    drop(dir);
+    let graves: Vec<String> = fs::read_dir(r.path("mailboxes"))
+        .expect("list mailboxes")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".removed-"))
+        .collect();
+    assert!(graves.is_empty(), "left behind {graves:?}\n{}", r.listing());
+    if moved.is_ok() {
+        assert_eq!(
+            r.files("rm.w", "new"),
+            [format!("{id}.json")],
+            "the message moved in is gone (remove {removed})\n{}",
+            r.listing()
+        );
+        assert!(!removed.success(), "remove deleted a non-empty mailbox");
+    } else {
+        assert!(removed.success(), "remove {removed}\n{}", r.listing());
+        assert!(!r.mailbox("rm.w").exists(), "{}", r.listing());
+    }
 }
 
 #[test]
