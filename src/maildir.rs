@@ -369,6 +369,8 @@ impl Mailbox {
     pub fn try_lock(&self) -> Result<Option<fs::File>> {
         let file = fs::File::open(&self.dir).ctx("cannot open", &self.dir)?;
         match file.try_lock() {
+            // Opened before an `endpoints remove` that let go meanwhile.
+            Ok(()) if rustix::fs::fstat(&file).is_ok_and(|st| st.st_nlink == 0) => Err(self.gone()),
             Ok(()) => Ok(Some(file)),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(Error::io("cannot lock", &self.dir, e)),

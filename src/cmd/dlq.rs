@@ -333,9 +333,9 @@ fn requeue_target(ctx: &Ctx, name: &str) -> Result<Mailbox> {
     Ok(mb)
 }
 
-/// Requeues one letter of `mb` (whose lock the caller holds); with the
-/// fresh TTL it was given if its own had passed. `None` when it is no
-/// longer in `failed/`.
+/// Requeues one letter of `mb` (whose lock the caller holds), its
+/// `deliveryCount` reset; with the fresh TTL it was given if its own had
+/// passed. `None` when it is no longer in `failed/`.
 fn requeue_one(mb: &Mailbox, id: &str, now: u64) -> Result<Option<(Envelope, Option<u64>)>> {
     let Some(mut env) = mb.read_envelope("failed", id) else {
         if !mb.has("failed", id) {
@@ -362,7 +362,13 @@ fn requeue_one(mb: &Mailbox, id: &str, now: u64) -> Result<Option<(Envelope, Opt
     if let Some(ttl) = fresh {
         env.budget.ttl = ttl;
     }
-    Ok(mb.requeue(id, fresh.map(|_| &env))?.map(|env| (env, fresh)))
+    // A letter dead-lettered for max_deliveries would be dead-lettered
+    // again at its next lease to run out: it starts counting from 0 (the
+    // field dropped).
+    let recounted = env.delivery_count > 0;
+    env.delivery_count = 0;
+    let rewritten = (fresh.is_some() || recounted).then_some(&env);
+    Ok(mb.requeue(id, rewritten)?.map(|env| (env, fresh)))
 }
 
 fn purge(ctx: &mut Ctx, endpoint: Option<&str>, older_ms: u64, yes: bool) -> Result<()> {

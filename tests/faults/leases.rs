@@ -198,6 +198,45 @@ fn past_max_deliveries_a_message_is_dead_lettered_with_a_failure_notice() {
 }
 
 #[test]
+fn a_requeued_max_deliveries_letter_starts_counting_its_deliveries_again() {
+    let r = world(&["rq.b"], Some(r#"{"delivery": {"maxDeliveries": 2}}"#));
+    let id = r.cmd(["send", "rq.b", "work"]).at(T).success().id();
+    recv_one(&r, "rq.b", T, &["--lease", "1s"]);
+    r.cmd(["gc"]).at(T + 2000).success();
+    recv_one(&r, "rq.b", T + 2000, &["--lease", "1s"]);
+    r.cmd(["gc"]).at(T + 4000).success();
+    let reason = r.read_json(&format!("mailboxes/rq.b/failed/{id}.reason.json"));
+    assert_eq!(reason["code"], "max_deliveries", "{reason}");
+    // The letter is the file as it was claimed last: it counts one lease
+    // run out, enough to be dead-lettered again at the next one.
+    let letter = r.read_json(&format!("mailboxes/rq.b/failed/{id}.json"));
+    assert_eq!(letter["deliveryCount"], 1, "{letter}");
+
+    r.cmd(["dlq", "requeue", &id]).at(T + 5000).success();
+    assert!(r.files("rq.b", "failed").is_empty(), "{}", r.listing());
+    assert!(r.files("rq.b", "tmp").is_empty(), "{}", r.listing());
+    let requeued = r.read_json(&format!("mailboxes/rq.b/new/{id}.json"));
+    assert!(
+        requeued.get("deliveryCount").is_none(),
+        "the requeued file still counts its deliveries: {requeued}"
+    );
+    assert_eq!(
+        (&requeued["id"], &requeued["payload"], &requeued["budget"]),
+        (&letter["id"], &letter["payload"], &letter["budget"]),
+        "only the count changes"
+    );
+
+    // Its next lease to run out is its first again, not a third.
+    let v = recv_one(&r, "rq.b", T + 5000, &["--lease", "1s"]);
+    assert_eq!(v["deliveryCount"], 0, "{v}");
+    let gc = r.cmd(["gc", "--json"]).at(T + 7000).success();
+    assert_eq!(gc.json()["redelivered"], 1, "{}", gc.stdout);
+    assert_eq!(r.files("rq.b", "new"), vec![file(&id)], "{}", r.listing());
+    let v = recv_one(&r, "rq.b", T + 7000, &[]);
+    assert_eq!(v["deliveryCount"], 1, "{v}");
+}
+
+#[test]
 fn a_late_ack_or_nack_from_the_old_holder_is_refused() {
     let r = world(&["agent.b"], None);
     let id = r.send("agent.b", "work");
