@@ -178,6 +178,10 @@ fn endpoints_remove_racing_a_writer_that_resolved_the_mailbox_first_loses_nothin
         "inject=rmdir,unlinkat:delay_enter=500000:when=1",
     );
     wait_in(remove.id(), REMOVALS, "a directory removal");
+    assert!(
+        !r.mailbox("rm.w").exists(),
+        "the remove was held before it renamed the mailbox away: this test no longer holds the race open"
+    );
     let moved = fs::rename(via("tmp"), via("new"));
     let removed = remove.wait().expect("wait for remove");
     drop(dir);
