@@ -116,6 +116,8 @@ pub enum Command {
     Gc(GcArgs),
     /// Serve the read-only HTTP API, the live panel and Prometheus metrics
     Serve(ServeArgs),
+    /// MCP server on stdin/stdout: relay's tools for an agent, sending as SENDER
+    Mcp(McpArgs),
     /// Check the store against the Maildir; --repair makes the index agree with it
     Doctor(DoctorArgs),
     /// Join this home to others through NATS JetStream (runs until SIGTERM)
@@ -517,6 +519,15 @@ pub struct RecvArgs {
     /// {createdAt}, {deliveryCount}, {priority}; {{ and }} are literal braces
     #[arg(long, value_name = "TEMPLATE", conflicts_with = "exec")]
     pub format: Option<String>,
+}
+
+/// Arguments of `relay mcp`.
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    /// The agent's identity: the sender of every message it sends and the
+    /// owner of the endpoints it registers (never a tool argument)
+    #[arg(long = "as", value_name = "SENDER")]
+    pub sender: String,
 }
 
 /// Arguments of `relay peek`.

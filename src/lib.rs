@@ -24,6 +24,7 @@ pub mod lease;
 pub mod ledger;
 pub mod lockwait;
 pub mod maildir;
+pub mod mcp;
 pub mod notice;
 pub mod output;
 pub mod pipeline;
@@ -140,6 +141,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
         Command::Events(a) => cmd::events::run(&mut ctx, a),
         Command::Gc(a) => cmd::gc::run(&mut ctx, a),
         Command::Serve(a) => cmd::serve::run(&ctx, a),
+        Command::Mcp(a) => cmd::mcp::run(&ctx, a),
         Command::Doctor(a) => cmd::doctor::run(&mut ctx, a),
         Command::Bridge(a) => cmd::bridge::run(&ctx, a),
         Command::Completions { .. } | Command::Man { .. } | Command::Peek(_) => Ok(()),

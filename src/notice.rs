@@ -115,6 +115,16 @@ pub fn send(
     };
     let mb = Mailbox::at(home, reply_to);
     let delivered = mb.is_endpoint();
+    if !delivered && crate::subject::is_private_inbox(reply_to) {
+        // The request stopped waiting and removed its reply endpoint: no
+        // directory is made again for a notice no one will read.
+        return Ok(Some(Sent::Refused {
+            about: original.id.clone(),
+            reply_to: reply_to.to_string(),
+            problem: "its reply endpoint is gone: the request is no longer waiting".into(),
+            code: code.to_string(),
+        }));
+    }
     // A mailbox or subdirectory that is a symlink is never written through.
     if std::fs::symlink_metadata(mb.dir()).is_ok()
         && let Err(e) = mb.check_present()

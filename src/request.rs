@@ -24,7 +24,7 @@ use crate::{notice, output};
 
 /// Prefix of private reply endpoints: DorkOS's query inboxes, so DorkOS
 /// lists them as type `query`.
-pub const REPLY_PREFIX: &str = "relay.inbox.query.";
+pub const REPLY_PREFIX: &str = crate::subject::QUERY_INBOX_PREFIX;
 
 /// Payload `type` of relay's failure notices.
 pub const FAILURE_NOTICE: &str = "relay.failure_notice";

@@ -11,6 +11,21 @@ pub const MAX_TOKENS: usize = 16;
 /// at 255 bytes on the filesystems relay runs on.
 pub const MAX_LEN: usize = 200;
 
+/// Prefix of the private reply endpoints a request waits on (`relay
+/// request`, `relay_send_and_wait`): DorkOS's query inboxes.
+pub const QUERY_INBOX_PREFIX: &str = "relay.inbox.query.";
+/// Prefix of the inboxes `relay_send_async` makes: DorkOS's dispatch inboxes.
+pub const DISPATCH_INBOX_PREFIX: &str = "relay.inbox.dispatch.";
+
+/// Whether `s` names a private reply endpoint (query or dispatch inbox):
+/// made for one request and removed after it, so a message for one that is
+/// gone (a late reply, a late failure notice) is refused rather than
+/// dead-lettered into a directory of that name made afresh.
+#[must_use]
+pub fn is_private_inbox(s: &str) -> bool {
+    s.starts_with(QUERY_INBOX_PREFIX) || s.starts_with(DISPATCH_INBOX_PREFIX)
+}
+
 /// Validates a literal subject (no wildcards), e.g. an endpoint or a sender.
 /// `what` names the role in the error message ("endpoint", "sender", ...).
 pub fn validate_subject(s: &str, what: &str) -> Result<()> {

@@ -173,7 +173,60 @@ const REQUEUE_TTL_MS: u64 = 3_600_000;
 /// Best effort: every letter is requeued or reported with why not; one
 /// that cannot be does not stop the others (the exit code is then the
 /// first failure's). Each mailbox's letters move under its lock.
+impl DeadLetter {
+    /// The message id.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The mailbox whose `failed/` holds it.
+    #[must_use]
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The envelope, if collected with it (and readable).
+    #[must_use]
+    pub fn envelope(&self) -> Option<&Value> {
+        self.envelope.as_ref()
+    }
+}
+
+/// What a requeue did.
+pub struct Requeued {
+    /// Requeued: endpoint, envelope, and the fresh TTL it got if its own
+    /// had passed.
+    pub done: Vec<(String, Envelope, Option<u64>)>,
+    /// Not requeued: the letters concerned (none for an unknown id) and why.
+    pub failed: Vec<(Vec<DeadLetter>, Error)>,
+}
+
 fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> Result<()> {
+    let Requeued { done, failed } = requeue_letters(ctx, endpoint, ids, all)?;
+    print_requeued(ctx, &done, &failed)?;
+    let not_requeued: usize = failed.iter().map(|(l, _)| l.len().max(1)).sum();
+    match failed.first() {
+        None => Ok(()),
+        Some((_, first)) => Err(Error::Batch {
+            code: first.exit_code(),
+            message: format!(
+                "{not_requeued} dead letter(s) could not be requeued (see above); {} requeued",
+                done.len()
+            ),
+        }),
+    }
+}
+
+/// Moves dead letters (`ids` of `endpoint`, or with `all` every one of it)
+/// back to `new/` of their endpoint, with a fresh TTL if theirs had passed,
+/// and records it (also used by the MCP server's `relay_dead_letters`).
+pub fn requeue_letters(
+    ctx: &mut Ctx,
+    endpoint: Option<&str>,
+    ids: &[String],
+    all: bool,
+) -> Result<Requeued> {
     // Batch logs are settled before any file moves (a replay after a
     // restart must not run beside the moves).
     ctx.store()?;
@@ -241,6 +294,16 @@ fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> 
         }
         tx.commit()?;
     }
+    Ok(Requeued { done, failed })
+}
+
+/// The report of a requeue: JSON, or lines for people.
+#[allow(clippy::type_complexity)]
+fn print_requeued(
+    ctx: &Ctx,
+    done: &[(String, Envelope, Option<u64>)],
+    failed: &[(Vec<DeadLetter>, Error)],
+) -> Result<()> {
     if ctx.json {
         let names: Vec<Value> = done
             .iter()
@@ -272,7 +335,7 @@ fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> 
             .collect();
         output::json_line(&json!({ "requeued": names, "failed": errors }))?;
     } else {
-        for (letters, e) in &failed {
+        for (letters, e) in failed {
             let what = match letters.as_slice() {
                 [] => e.to_string(),
                 [d, ..] => format!(
@@ -287,7 +350,7 @@ fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> 
             };
             eprintln!("relay: {}", output::printable(&what));
         }
-        for (ep, env, fresh) in &done {
+        for (ep, env, fresh) in done {
             if let Some(ttl) = fresh {
                 eprintln!(
                     "relay: {} of '{ep}' had expired; requeued with a fresh TTL (until {})",
@@ -298,17 +361,7 @@ fn requeue(ctx: &mut Ctx, endpoint: Option<&str>, ids: &[String], all: bool) -> 
         }
         eprintln!("relay: requeued {} message(s)", done.len());
     }
-    let not_requeued: usize = failed.iter().map(|(l, _)| l.len().max(1)).sum();
-    match failed.first() {
-        None => Ok(()),
-        Some((_, first)) => Err(Error::Batch {
-            code: first.exit_code(),
-            message: format!(
-                "{not_requeued} dead letter(s) could not be requeued (see above); {} requeued",
-                done.len()
-            ),
-        }),
-    }
+    Ok(())
 }
 
 /// The mailbox a dead letter of directory `name` is requeued into: only a

@@ -12,6 +12,7 @@ pub mod endpoints;
 pub mod events;
 pub mod gc;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub mod peek;
 pub mod recv;

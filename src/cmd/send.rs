@@ -199,6 +199,110 @@ pub struct Sent {
 /// breakers, backpressure, durable delivery, failure notices); a send no
 /// endpoint took is the error `relay send` exits with.
 pub fn send_message(ctx: &mut Ctx, msg: Outgoing) -> Result<Sent> {
+    let (args, req) = outgoing(msg)?;
+    let line = send_single(ctx, &args, req)?;
+    let report = serde_json::from_str(&line.json)
+        .map_err(|e| Error::Data(format!("cannot read the send report back: {e}")))?;
+    Ok(Sent {
+        id: line.id,
+        report,
+        warnings: line.warnings,
+    })
+}
+
+/// How a send went, as DorkOS's publish reports it (the MCP server's
+/// `relay_send`): a send no endpoint took is an outcome here, not an error.
+#[derive(Debug)]
+pub enum Published {
+    /// Delivered to at least one endpoint.
+    Sent(Sent),
+    /// No endpoint matches: dead-lettered under its subject, as `relay send`
+    /// does (`error` is what it exits with).
+    Unmatched {
+        /// The message id.
+        id: String,
+        /// The error `relay send` gives.
+        error: Error,
+    },
+    /// Refused everywhere (rate limit, backpressure, breakers): nothing
+    /// delivered, nothing to undo.
+    Refused {
+        /// The message id.
+        id: String,
+        /// The refusals as `relay send --json` reports them (`endpoint`,
+        /// `code`, `reason`, `retryAfterMs`, `deadLettered`); a rate limit
+        /// names endpoint `*`.
+        rejected: Value,
+        /// The error `relay send` gives (its retry-after, if any).
+        error: Error,
+    },
+}
+
+/// `send_message`, with a send that no endpoint took reported as an
+/// outcome (its id and the refusals) instead of an error. Bad input,
+/// access denials and I/O failures are still errors.
+pub fn publish(ctx: &mut Ctx, msg: Outgoing) -> Result<Published> {
+    let (args, req) = outgoing(msg)?;
+    let now = ctx.clock.now_ms();
+    let mut seen = Lookups::default();
+    let rate_limited = |e: &Error| {
+        json!([{ "endpoint": "*", "code": "rate_limited", "reason": e.to_string(),
+                 "retryAfterMs": e.retry_after_ms(), "deadLettered": false }])
+    };
+    let job = match prepare(ctx, &args, req, &mut seen, now) {
+        Ok(job) => job,
+        Err(error @ Error::NoEndpoint(_)) if seen.unmatched.is_some() => {
+            let id = seen.unmatched.take().unwrap_or_default();
+            return Ok(Published::Unmatched { id, error });
+        }
+        Err(error @ Error::Refused { .. }) => {
+            // The sender's rate limit, before a dead letter at the subject.
+            return Ok(Published::Refused {
+                id: String::new(),
+                rejected: rate_limited(&error),
+                error,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let mut jobs = [job];
+    pipeline::deliver(ctx, &mut jobs, Durability::PerMessage, now)?;
+    let [mut job] = jobs;
+    let id = job.envelope().id.clone();
+    let delivery = match job.take_result() {
+        Ok(d) => d,
+        Err(error @ Error::Refused { .. }) => {
+            return Ok(Published::Refused {
+                id,
+                rejected: rate_limited(&error),
+                error,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    match summarize_all(job.envelope(), job.key(), delivery) {
+        Ok(line) => {
+            let report = serde_json::from_str(&line.json)
+                .map_err(|e| Error::Data(format!("cannot read the send report back: {e}")))?;
+            Ok(Published::Sent(Sent {
+                id: line.id,
+                report,
+                warnings: line.warnings,
+            }))
+        }
+        Err((error, rejected)) if !matches!(error, Error::Io { .. } | Error::Full(_)) => {
+            Ok(Published::Refused {
+                id,
+                rejected,
+                error,
+            })
+        }
+        Err((error, _)) => Err(error),
+    }
+}
+
+/// The `relay send` arguments and request an `Outgoing` stands for.
+fn outgoing(msg: Outgoing) -> Result<(SendArgs, Request)> {
     subject::validate_pattern(&msg.subject, "subject")?;
     let args = SendArgs {
         subject: None,
@@ -227,14 +331,7 @@ pub fn send_message(ctx: &mut Ctx, msg: Outgoing) -> Result<Sent> {
         budget: msg.budget,
         ..Request::default()
     };
-    let line = send_single(ctx, &args, req)?;
-    let report = serde_json::from_str(&line.json)
-        .map_err(|e| Error::Data(format!("cannot read the send report back: {e}")))?;
-    Ok(Sent {
-        id: line.id,
-        report,
-        warnings: line.warnings,
-    })
+    Ok((args, req))
 }
 
 /// What became of one message sent with [`publish`].
@@ -392,6 +489,9 @@ fn send_single(ctx: &mut Ctx, args: &SendArgs, req: Request) -> Result<Line> {
 struct Lookups {
     rules: Option<access::Rules>,
     targets: std::collections::HashMap<String, Vec<String>>,
+    /// The id of a message that matched no endpoint and was dead-lettered
+    /// under its subject (for `publish`).
+    unmatched: Option<String>,
 }
 
 /// Validates a request (command-line defaults filling what it lacks),
@@ -504,8 +604,18 @@ fn route(
             t
         }
     };
+    if targets.is_empty() && subject::is_private_inbox(&envelope.subject) {
+        // A late reply (or a reply to a request that was never made here):
+        // its endpoint is not made again only to hold a dead letter no one
+        // will read.
+        return Err(Error::NoEndpoint(format!(
+            "reply endpoint '{}' is gone: the request it answers is no longer waiting (answered, timed out or cancelled); nothing was sent",
+            envelope.subject
+        )));
+    }
     if targets.is_empty() {
         dead_letter_at_subject(ctx, &envelope, "no_match", "no matching endpoints")?;
+        seen.unmatched = Some(envelope.id.clone());
         return Err(Error::NoEndpoint(format!(
             "no endpoint matches '{}'; message {} dead-lettered to {}; {}",
             envelope.subject,
@@ -535,6 +645,16 @@ struct Line {
 
 /// Turns a delivery into its report, or an all-refused send into its error.
 fn summarize(env: &Envelope, key: Option<&str>, delivery: Delivery) -> Result<Line> {
+    summarize_all(env, key, delivery).map_err(|(e, _)| e)
+}
+
+/// `summarize`, an all-refused send giving its refusals (as the report's
+/// `rejected` would list them) with its error.
+fn summarize_all(
+    env: &Envelope,
+    key: Option<&str>,
+    delivery: Delivery,
+) -> std::result::Result<Line, (Error, Value)> {
     let (fates, mut warnings) = match delivery {
         Delivery::Duplicate(original) => {
             let key_note = format!(
@@ -593,31 +713,35 @@ fn summarize(env: &Envelope, key: Option<&str>, delivery: Delivery) -> Result<Li
             .map(|r| r.reason.as_str())
             .collect::<Vec<_>>()
             .join("; ");
-        return Err(if !retryable.is_empty() {
-            // Worth retrying: report the soonest moment it may work.
-            Error::Refused {
-                message: detail,
-                retry_after_ms: retryable.into_iter().flatten().min(),
-            }
-        } else if rejected.iter().all(|r| r.code == "disk_full") {
-            Error::Full(format!(
-                "message {} was not sent (nothing is left of it): {detail}",
-                env.id
-            ))
-        } else if rejected
-            .iter()
-            .all(|r| r.code == "io_error" || r.code == "disk_full")
-        {
-            Error::Io {
-                what: format!("message {} could not be delivered", env.id),
-                source: std::io::Error::other(detail),
-            }
-        } else {
-            Error::Data(format!(
-                "message {} was dead-lettered at every endpoint: {detail}",
-                env.id
-            ))
-        });
+        let listed = serde_json::to_value(&rejected).unwrap_or(Value::Null);
+        return Err((
+            if !retryable.is_empty() {
+                // Worth retrying: report the soonest moment it may work.
+                Error::Refused {
+                    message: detail,
+                    retry_after_ms: retryable.into_iter().flatten().min(),
+                }
+            } else if rejected.iter().all(|r| r.code == "disk_full") {
+                Error::Full(format!(
+                    "message {} was not sent (nothing is left of it): {detail}",
+                    env.id
+                ))
+            } else if rejected
+                .iter()
+                .all(|r| r.code == "io_error" || r.code == "disk_full")
+            {
+                Error::Io {
+                    what: format!("message {} could not be delivered", env.id),
+                    source: std::io::Error::other(detail),
+                }
+            } else {
+                Error::Data(format!(
+                    "message {} was dead-lettered at every endpoint: {detail}",
+                    env.id
+                ))
+            },
+            listed,
+        ));
     }
     let report = SendReport {
         id: &env.id,
@@ -629,8 +753,12 @@ fn summarize(env: &Envelope, key: Option<&str>, delivery: Delivery) -> Result<Li
         warnings: warnings.clone(),
     };
     Ok(Line {
-        json: serde_json::to_string(&report)
-            .map_err(|e| Error::Data(format!("cannot encode the send report: {e}")))?,
+        json: serde_json::to_string(&report).map_err(|e| {
+            (
+                Error::Data(format!("cannot encode the send report: {e}")),
+                Value::Null,
+            )
+        })?,
         id: env.id.clone(),
         warnings,
     })

@@ -103,6 +103,8 @@ pub(super) fn router(app: Arc<App>) -> Router {
         .route("/", only(get(panel), "GET"))
         .route("/metrics", only(get(prometheus_text), "GET"))
         .nest("/api/relay", api)
+        // The MCP server over streamable HTTP, as `relay.external.mcp`.
+        .nest_service("/mcp", crate::mcp::http_service(app.home.clone()))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(Arc::clone(&app), guard))
         .with_state(app)

@@ -299,3 +299,31 @@ fn a_busy_index_while_the_reply_arrives_delays_it_and_loses_nothing() {
     assert_eq!(req.out.seen, vec!["answer".to_string()], "{}", req.dump());
     assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
 }
+
+#[test]
+fn a_late_reply_or_failure_notice_does_not_make_the_reply_endpoint_again() {
+    let r = Relay::new();
+    r.add(&["svc"]);
+    // Nobody answers in time; the request itself lives on (an hour).
+    r.cmd(["request", "svc", "q", "--timeout", "200ms", "--ttl", "1h"])
+        .code(75);
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+    let msg = r.cmd(["recv", "svc", "--json"]).success().json();
+    let reply_to = msg["replyTo"].as_str().unwrap_or_default().to_string();
+    let id = msg["id"].as_str().unwrap_or_default().to_string();
+    assert!(reply_to.starts_with("relay.inbox.query."), "{msg}");
+    // The late reply is refused (69), naming why; nothing is written.
+    r.cmd(["send", &reply_to, "too late", "--from", "svc"])
+        .code(69)
+        .stderr_has(&[&format!("reply endpoint '{reply_to}' is gone")]);
+    // A late failure (the handler gives up now): the dead letter stands,
+    // its notice is refused and recorded, not dead-lettered anew.
+    r.cmd(["nack", "svc", &id, "--reason", "gave up"]).success();
+    assert_eq!(r.files("svc", "failed").len(), 2, "{}", r.listing());
+    assert!(reply_dirs(&r).is_empty(), "{}", r.listing());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let refused = r.events_of(now, "failure_notice_refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+}
