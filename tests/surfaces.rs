@@ -8,6 +8,7 @@
 //! a deadline; nothing sleeps to let time pass.
 
 mod consumers; // recv --follow / --exec: ack, nack, breaker, timeout, concurrency, signals, env, hot reload
+mod mcp; // relay mcp through a real MCP client (Python SDK): tools, schemas, identity, refusals, send-and-wait, EOF, SIGTERM, /mcp
 mod panel; // the panel in headless chromium: a tripped breaker and a rate-limit hit on the page
 mod peek; // relay peek: never claims, every status, foreign entries listed safely, no home created
 mod request; // relay request: reply, progress, timeout, failure notices, refusals, signals, cleanup, trace
