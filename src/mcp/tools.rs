@@ -579,7 +579,13 @@ fn send_tool(ctx: &mut Ctx, sender: &str, a: SendArgs) -> ToolResult {
             rejected,
             error,
         }) => ToolResult::err(rejection(&id, &rejected, &error)),
-        Err(e) => ToolResult::err(failure(code_of(&e, "PUBLISH_FAILED"), &e)),
+        Err(e) => {
+            let mut v = failure(code_of(&e, "PUBLISH_FAILED"), &e);
+            if matches!(e, Error::Denied(_)) {
+                v["hint"] = "the access rules (access-rules.json in the relay home) refuse this sender to this subject; only the operator can change them".into();
+            }
+            ToolResult::err(v)
+        }
     }
 }
 
