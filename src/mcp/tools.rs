@@ -772,11 +772,17 @@ fn inbox_tool(ctx: &mut Ctx, sender: &str, a: InboxArgs) -> ToolResult {
         let left = limit.saturating_sub(messages.len());
         match inbox::peek(&ctx.home, &mb.name, f, left) {
             Ok(listing) => {
-                total += listing.total;
                 let taken: Vec<String> = messages
                     .iter()
                     .filter_map(|m| m["id"].as_str().map(str::to_string))
                     .collect();
+                // Claimed just now (claim: true) and listed again: once.
+                let again = listing
+                    .messages
+                    .iter()
+                    .filter(|p| taken.contains(&p.id))
+                    .count();
+                total += listing.total - again;
                 messages.extend(
                     listing
                         .messages
