@@ -55,6 +55,9 @@ _relay() {
             relay,man)
                 cmd="relay__subcmd__man"
                 ;;
+            relay,mcp)
+                cmd="relay__subcmd__mcp"
+                ;;
             relay,metrics)
                 cmd="relay__subcmd__metrics"
                 ;;
@@ -235,6 +238,9 @@ _relay() {
             relay__subcmd__help,man)
                 cmd="relay__subcmd__help__subcmd__man"
                 ;;
+            relay__subcmd__help,mcp)
+                cmd="relay__subcmd__help__subcmd__mcp"
+                ;;
             relay__subcmd__help,metrics)
                 cmd="relay__subcmd__help__subcmd__metrics"
                 ;;
@@ -338,7 +344,7 @@ _relay() {
 
     case "${cmd}" in
         relay)
-            opts="-h -V --home --json --help --version send recv peek request ack nack endpoints status breakers limits config trace metrics dlq events gc serve doctor bridge completions man help"
+            opts="-h -V --home --json --help --version send recv peek request ack nack endpoints status breakers limits config trace metrics dlq events gc serve mcp doctor bridge completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1180,7 +1186,7 @@ _relay() {
             return 0
             ;;
         relay__subcmd__help)
-            opts="send recv peek request ack nack endpoints status breakers limits config trace metrics dlq events gc serve doctor bridge completions man help"
+            opts="send recv peek request ack nack endpoints status breakers limits config trace metrics dlq events gc serve mcp doctor bridge completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1613,6 +1619,20 @@ _relay() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        relay__subcmd__help__subcmd__mcp)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         relay__subcmd__help__subcmd__metrics)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -1857,6 +1877,28 @@ _relay() {
             fi
             case "${prev}" in
                 --out)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --home)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        relay__subcmd__mcp)
+            opts="-h --as --home --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --as)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

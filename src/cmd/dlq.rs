@@ -304,6 +304,7 @@ fn print_requeued(
     done: &[(String, Envelope, Option<u64>)],
     failed: &[(Vec<DeadLetter>, Error)],
 ) -> Result<()> {
+    let now = ctx.clock.now_ms();
     if ctx.json {
         let names: Vec<Value> = done
             .iter()

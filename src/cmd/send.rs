@@ -199,110 +199,6 @@ pub struct Sent {
 /// breakers, backpressure, durable delivery, failure notices); a send no
 /// endpoint took is the error `relay send` exits with.
 pub fn send_message(ctx: &mut Ctx, msg: Outgoing) -> Result<Sent> {
-    let (args, req) = outgoing(msg)?;
-    let line = send_single(ctx, &args, req)?;
-    let report = serde_json::from_str(&line.json)
-        .map_err(|e| Error::Data(format!("cannot read the send report back: {e}")))?;
-    Ok(Sent {
-        id: line.id,
-        report,
-        warnings: line.warnings,
-    })
-}
-
-/// How a send went, as DorkOS's publish reports it (the MCP server's
-/// `relay_send`): a send no endpoint took is an outcome here, not an error.
-#[derive(Debug)]
-pub enum Published {
-    /// Delivered to at least one endpoint.
-    Sent(Sent),
-    /// No endpoint matches: dead-lettered under its subject, as `relay send`
-    /// does (`error` is what it exits with).
-    Unmatched {
-        /// The message id.
-        id: String,
-        /// The error `relay send` gives.
-        error: Error,
-    },
-    /// Refused everywhere (rate limit, backpressure, breakers): nothing
-    /// delivered, nothing to undo.
-    Refused {
-        /// The message id.
-        id: String,
-        /// The refusals as `relay send --json` reports them (`endpoint`,
-        /// `code`, `reason`, `retryAfterMs`, `deadLettered`); a rate limit
-        /// names endpoint `*`.
-        rejected: Value,
-        /// The error `relay send` gives (its retry-after, if any).
-        error: Error,
-    },
-}
-
-/// `send_message`, with a send that no endpoint took reported as an
-/// outcome (its id and the refusals) instead of an error. Bad input,
-/// access denials and I/O failures are still errors.
-pub fn publish(ctx: &mut Ctx, msg: Outgoing) -> Result<Published> {
-    let (args, req) = outgoing(msg)?;
-    let now = ctx.clock.now_ms();
-    let mut seen = Lookups::default();
-    let rate_limited = |e: &Error| {
-        json!([{ "endpoint": "*", "code": "rate_limited", "reason": e.to_string(),
-                 "retryAfterMs": e.retry_after_ms(), "deadLettered": false }])
-    };
-    let job = match prepare(ctx, &args, req, &mut seen, now) {
-        Ok(job) => job,
-        Err(error @ Error::NoEndpoint(_)) if seen.unmatched.is_some() => {
-            let id = seen.unmatched.take().unwrap_or_default();
-            return Ok(Published::Unmatched { id, error });
-        }
-        Err(error @ Error::Refused { .. }) => {
-            // The sender's rate limit, before a dead letter at the subject.
-            return Ok(Published::Refused {
-                id: String::new(),
-                rejected: rate_limited(&error),
-                error,
-            });
-        }
-        Err(e) => return Err(e),
-    };
-    let mut jobs = [job];
-    pipeline::deliver(ctx, &mut jobs, Durability::PerMessage, now)?;
-    let [mut job] = jobs;
-    let id = job.envelope().id.clone();
-    let delivery = match job.take_result() {
-        Ok(d) => d,
-        Err(error @ Error::Refused { .. }) => {
-            return Ok(Published::Refused {
-                id,
-                rejected: rate_limited(&error),
-                error,
-            });
-        }
-        Err(e) => return Err(e),
-    };
-    match summarize_all(job.envelope(), job.key(), delivery) {
-        Ok(line) => {
-            let report = serde_json::from_str(&line.json)
-                .map_err(|e| Error::Data(format!("cannot read the send report back: {e}")))?;
-            Ok(Published::Sent(Sent {
-                id: line.id,
-                report,
-                warnings: line.warnings,
-            }))
-        }
-        Err((error, rejected)) if !matches!(error, Error::Io { .. } | Error::Full(_)) => {
-            Ok(Published::Refused {
-                id,
-                rejected,
-                error,
-            })
-        }
-        Err((error, _)) => Err(error),
-    }
-}
-
-/// The `relay send` arguments and request an `Outgoing` stands for.
-fn outgoing(msg: Outgoing) -> Result<(SendArgs, Request)> {
     subject::validate_pattern(&msg.subject, "subject")?;
     let args = SendArgs {
         subject: None,
@@ -331,7 +227,14 @@ fn outgoing(msg: Outgoing) -> Result<(SendArgs, Request)> {
         budget: msg.budget,
         ..Request::default()
     };
-    Ok((args, req))
+    let line = send_single(ctx, &args, req)?;
+    let report = serde_json::from_str(&line.json)
+        .map_err(|e| Error::Data(format!("cannot read the send report back: {e}")))?;
+    Ok(Sent {
+        id: line.id,
+        report,
+        warnings: line.warnings,
+    })
 }
 
 /// What became of one message sent with [`publish`].
@@ -346,6 +249,8 @@ pub enum Published {
         delivered: Vec<String>,
         /// Endpoints refused (nothing written) or dead-lettered.
         rejected: Vec<Refusal>,
+        /// Warnings for the sender (soft rate limit, backpressure warning).
+        warnings: Vec<String>,
     },
     /// No endpoint matched: dead-lettered under the subject.
     NoMatch {
@@ -358,6 +263,8 @@ pub enum Published {
         id: String,
         /// Why, with the limit.
         reason: String,
+        /// When a token is back, ms.
+        retry_after_ms: Option<u64>,
     },
     /// The idempotency key was used by this earlier message: nothing sent.
     Duplicate {
@@ -377,6 +284,8 @@ pub struct Refusal {
     pub reason: String,
     /// Written to the endpoint's `failed/` (else nothing was written).
     pub dead_lettered: bool,
+    /// When retrying may work (a refusal that wrote nothing), ms.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Sends one message as `relay send` does and reports every endpoint's
@@ -416,13 +325,20 @@ pub fn publish(ctx: &mut Ctx, msg: Outgoing, idempotency_key: Option<String>) ->
     let now = ctx.clock.now_ms();
     let (envelope, key, warnings) = envelope_for(&args, req, now)?;
     let id = envelope.id.clone();
+    let private = subject::is_private_inbox(&envelope.subject);
     let job = match route(ctx, &mut Lookups::default(), envelope, key, warnings) {
         Ok(job) => job,
+        // A gone reply endpoint: refused, nothing dead-lettered.
+        Err(e @ Error::NoEndpoint(_)) if private => return Err(e),
         Err(Error::NoEndpoint(_)) => return Ok(Published::NoMatch { id }),
-        Err(Error::Refused { message, .. }) => {
+        Err(Error::Refused {
+            message,
+            retry_after_ms,
+        }) => {
             return Ok(Published::RateLimited {
                 id,
                 reason: message,
+                retry_after_ms,
             });
         }
         Err(e) => return Err(e),
@@ -430,13 +346,17 @@ pub fn publish(ctx: &mut Ctx, msg: Outgoing, idempotency_key: Option<String>) ->
     let mut jobs = [job];
     pipeline::deliver(ctx, &mut jobs, Durability::PerMessage, now)?;
     let [mut job] = jobs;
-    let fates = match job.take_result() {
+    let (fates, warnings) = match job.take_result() {
         Ok(Delivery::Duplicate(original)) => return Ok(Published::Duplicate { original }),
-        Ok(Delivery::Done { fates, .. }) => fates,
-        Err(Error::Refused { message, .. }) => {
+        Ok(Delivery::Done { fates, warnings }) => (fates, warnings),
+        Err(Error::Refused {
+            message,
+            retry_after_ms,
+        }) => {
             return Ok(Published::RateLimited {
                 id,
                 reason: message,
+                retry_after_ms,
             });
         }
         Err(e) => return Err(e),
@@ -451,12 +371,14 @@ pub fn publish(ctx: &mut Ctx, msg: Outgoing, idempotency_key: Option<String>) ->
                 code,
                 reason,
                 dead_lettered: true,
+                retry_after_ms: None,
             }),
-            Fate::Refused(code, reason, _) => rejected.push(Refusal {
+            Fate::Refused(code, reason, retry_after_ms) => rejected.push(Refusal {
                 endpoint,
                 code,
                 reason,
                 dead_lettered: false,
+                retry_after_ms,
             }),
         }
     }
@@ -464,6 +386,7 @@ pub fn publish(ctx: &mut Ctx, msg: Outgoing, idempotency_key: Option<String>) ->
         id,
         delivered,
         rejected,
+        warnings,
     })
 }
 
@@ -489,9 +412,6 @@ fn send_single(ctx: &mut Ctx, args: &SendArgs, req: Request) -> Result<Line> {
 struct Lookups {
     rules: Option<access::Rules>,
     targets: std::collections::HashMap<String, Vec<String>>,
-    /// The id of a message that matched no endpoint and was dead-lettered
-    /// under its subject (for `publish`).
-    unmatched: Option<String>,
 }
 
 /// Validates a request (command-line defaults filling what it lacks),
@@ -615,7 +535,6 @@ fn route(
     }
     if targets.is_empty() {
         dead_letter_at_subject(ctx, &envelope, "no_match", "no matching endpoints")?;
-        seen.unmatched = Some(envelope.id.clone());
         return Err(Error::NoEndpoint(format!(
             "no endpoint matches '{}'; message {} dead-lettered to {}; {}",
             envelope.subject,
@@ -645,16 +564,6 @@ struct Line {
 
 /// Turns a delivery into its report, or an all-refused send into its error.
 fn summarize(env: &Envelope, key: Option<&str>, delivery: Delivery) -> Result<Line> {
-    summarize_all(env, key, delivery).map_err(|(e, _)| e)
-}
-
-/// `summarize`, an all-refused send giving its refusals (as the report's
-/// `rejected` would list them) with its error.
-fn summarize_all(
-    env: &Envelope,
-    key: Option<&str>,
-    delivery: Delivery,
-) -> std::result::Result<Line, (Error, Value)> {
     let (fates, mut warnings) = match delivery {
         Delivery::Duplicate(original) => {
             let key_note = format!(
@@ -713,35 +622,31 @@ fn summarize_all(
             .map(|r| r.reason.as_str())
             .collect::<Vec<_>>()
             .join("; ");
-        let listed = serde_json::to_value(&rejected).unwrap_or(Value::Null);
-        return Err((
-            if !retryable.is_empty() {
-                // Worth retrying: report the soonest moment it may work.
-                Error::Refused {
-                    message: detail,
-                    retry_after_ms: retryable.into_iter().flatten().min(),
-                }
-            } else if rejected.iter().all(|r| r.code == "disk_full") {
-                Error::Full(format!(
-                    "message {} was not sent (nothing is left of it): {detail}",
-                    env.id
-                ))
-            } else if rejected
-                .iter()
-                .all(|r| r.code == "io_error" || r.code == "disk_full")
-            {
-                Error::Io {
-                    what: format!("message {} could not be delivered", env.id),
-                    source: std::io::Error::other(detail),
-                }
-            } else {
-                Error::Data(format!(
-                    "message {} was dead-lettered at every endpoint: {detail}",
-                    env.id
-                ))
-            },
-            listed,
-        ));
+        return Err(if !retryable.is_empty() {
+            // Worth retrying: report the soonest moment it may work.
+            Error::Refused {
+                message: detail,
+                retry_after_ms: retryable.into_iter().flatten().min(),
+            }
+        } else if rejected.iter().all(|r| r.code == "disk_full") {
+            Error::Full(format!(
+                "message {} was not sent (nothing is left of it): {detail}",
+                env.id
+            ))
+        } else if rejected
+            .iter()
+            .all(|r| r.code == "io_error" || r.code == "disk_full")
+        {
+            Error::Io {
+                what: format!("message {} could not be delivered", env.id),
+                source: std::io::Error::other(detail),
+            }
+        } else {
+            Error::Data(format!(
+                "message {} was dead-lettered at every endpoint: {detail}",
+                env.id
+            ))
+        });
     }
     let report = SendReport {
         id: &env.id,
@@ -753,12 +658,8 @@ fn summarize_all(
         warnings: warnings.clone(),
     };
     Ok(Line {
-        json: serde_json::to_string(&report).map_err(|e| {
-            (
-                Error::Data(format!("cannot encode the send report: {e}")),
-                Value::Null,
-            )
-        })?,
+        json: serde_json::to_string(&report)
+            .map_err(|e| Error::Data(format!("cannot encode the send report: {e}")))?,
         id: env.id.clone(),
         warnings,
     })

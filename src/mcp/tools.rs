@@ -537,6 +537,111 @@ fn invalid_subject(e: &Error) -> Value {
     failure("INVALID_SUBJECT", e)
 }
 
+/// How a publish went, in the terms the tools answer with.
+enum Sendout {
+    /// At least one endpoint took it.
+    Sent {
+        id: String,
+        delivered: Vec<String>,
+        /// relay's refusals (`endpoint, code, reason, retryAfterMs,
+        /// deadLettered`).
+        rejected: Value,
+        warnings: Vec<String>,
+    },
+    /// Nothing matched: dead-lettered under its subject.
+    Unmatched { id: String },
+    /// Refused everywhere: the refusals and the error `relay send` gives.
+    Refused {
+        id: String,
+        rejected: Value,
+        error: Error,
+    },
+}
+
+fn refusals_json(rejected: &[send::Refusal]) -> Value {
+    Value::Array(
+        rejected
+            .iter()
+            .map(|r| {
+                json!({ "endpoint": r.endpoint, "code": r.code, "reason": r.reason,
+                        "retryAfterMs": r.retry_after_ms, "deadLettered": r.dead_lettered })
+            })
+            .collect(),
+    )
+}
+
+/// `send::publish` as the tools see it: a send no endpoint took gets the
+/// error `relay send` would exit with (75 with the soonest retry-after
+/// while a refusal may pass later, 74 for disk failures, else 65).
+fn publish(ctx: &mut Ctx, msg: Outgoing) -> Result<Sendout> {
+    Ok(match send::publish(ctx, msg, None)? {
+        Published::Done {
+            id,
+            delivered,
+            rejected,
+            warnings,
+        } if !delivered.is_empty() => Sendout::Sent {
+            id,
+            delivered,
+            rejected: refusals_json(&rejected),
+            warnings,
+        },
+        Published::Done { id, rejected, .. } => {
+            let detail = rejected
+                .iter()
+                .map(|r| r.reason.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let io = |c: &str| c == "io_error" || c == "disk_full";
+            let retryable: Vec<&send::Refusal> = rejected
+                .iter()
+                .filter(|r| !r.dead_lettered && !io(&r.code))
+                .collect();
+            let error = if !retryable.is_empty() {
+                Error::Refused {
+                    message: detail,
+                    retry_after_ms: retryable.iter().filter_map(|r| r.retry_after_ms).min(),
+                }
+            } else if rejected.iter().all(|r| io(&r.code)) {
+                Error::Io {
+                    what: format!("message {id} could not be delivered"),
+                    source: std::io::Error::other(detail),
+                }
+            } else {
+                Error::Data(format!(
+                    "message {id} was dead-lettered at every endpoint: {detail}"
+                ))
+            };
+            Sendout::Refused {
+                rejected: refusals_json(&rejected),
+                id,
+                error,
+            }
+        }
+        Published::NoMatch { id } => Sendout::Unmatched { id },
+        Published::RateLimited {
+            id,
+            reason,
+            retry_after_ms,
+        } => Sendout::Refused {
+            id,
+            rejected: json!([{ "endpoint": "*", "code": "rate_limited", "reason": reason,
+                               "retryAfterMs": retry_after_ms, "deadLettered": false }]),
+            error: Error::Refused {
+                message: reason,
+                retry_after_ms,
+            },
+        },
+        // No idempotency key is given here; kept for completeness.
+        Published::Duplicate { original } => Sendout::Sent {
+            id: original,
+            delivered: Vec::new(),
+            rejected: json!([]),
+            warnings: vec!["a repeat of an earlier message; nothing sent".into()],
+        },
+    })
+}
+
 fn send_tool(ctx: &mut Ctx, sender: &str, a: SendArgs) -> ToolResult {
     if let Err(e) = subject::validate_pattern(&a.subject, "subject") {
         return ToolResult::err(invalid_subject(&e));
@@ -545,36 +650,41 @@ fn send_tool(ctx: &mut Ctx, sender: &str, a: SendArgs) -> ToolResult {
         Ok(b) => b,
         Err(why) => return ToolResult::invalid("relay_send", &why),
     };
+    let subject = a.subject.clone();
     let mut msg = outgoing(a.subject, a.payload, sender, budget);
     msg.reply_to = a.reply_to;
-    match send::publish(ctx, msg) {
-        Ok(Published::Sent(sent)) => {
-            let delivered = sent.report["deliveredTo"].as_array().map_or(0, Vec::len);
+    match publish(ctx, msg) {
+        Ok(Sendout::Sent {
+            id,
+            delivered,
+            rejected,
+            warnings,
+        }) => {
             let mut v = json!({
-                "messageId": sent.id,
-                "deliveredTo": delivered,
-                "queued": delivered == 0,
-                "traceId": sent.report["traceId"],
-                "endpoints": sent.report["deliveredTo"],
+                "messageId": id,
+                "deliveredTo": delivered.len(),
+                "queued": delivered.is_empty(),
+                "traceId": id,
+                "endpoints": delivered,
             });
-            let rejected = dorkos_rejected(&sent.report["rejected"]);
+            let rejected = dorkos_rejected(&rejected);
             if rejected.as_array().is_some_and(|r| !r.is_empty()) {
                 v["rejected"] = rejected;
             }
-            if !sent.warnings.is_empty() {
-                v["warnings"] = json!(sent.warnings);
+            if !warnings.is_empty() {
+                v["warnings"] = json!(warnings);
             }
             ToolResult::ok(v)
         }
         // DorkOS: a publish that matched nothing is a success, queued
         // (dead-lettered under its subject).
-        Ok(Published::Unmatched { id, error }) => ToolResult::ok(json!({
+        Ok(Sendout::Unmatched { id }) => ToolResult::ok(json!({
             "messageId": id,
             "deliveredTo": 0,
             "queued": true,
-            "note": error.to_string(),
+            "note": format!("no endpoint matches '{subject}'; the message is dead-lettered under it (relay dlq shows it)"),
         })),
-        Ok(Published::Refused {
+        Ok(Sendout::Refused {
             id,
             rejected,
             error,
@@ -1127,22 +1237,23 @@ fn send_async(ctx: &mut Ctx, sender: &str, a: AsyncArgs) -> ToolResult {
             crate::output::warn(&format!("cannot remove the inbox '{inbox}': {e}"));
         }
     };
-    match send::publish(ctx, msg) {
-        Ok(Published::Sent(sent)) => ToolResult::ok(json!({
-            "messageId": sent.id,
+    match publish(ctx, msg) {
+        Ok(Sendout::Sent { id, delivered, .. }) => ToolResult::ok(json!({
+            "messageId": id,
             "inboxSubject": inbox,
-            "traceId": sent.report["traceId"],
-            "deliveredTo": sent.report["deliveredTo"].as_array().map_or(0, Vec::len),
+            "traceId": id,
+            "deliveredTo": delivered.len(),
             "note": format!("Replies arrive at {inbox}: read them with relay_inbox (endpoint_subject \"{inbox}\", ack: true); remove the inbox with relay_unregister_endpoint when done"),
         })),
-        Ok(Published::Unmatched { id, error }) => {
+        Ok(Sendout::Unmatched { id }) => {
             drop_inbox(ctx);
             ToolResult::err(json!({
-                "error": error.to_string(), "code": "DISPATCH_FAILED", "messageId": id,
-                "kind": error.kind(), "exitCode": error.exit_code(),
+                "error": "no endpoint matches the subject: the message is dead-lettered under it, and nothing will reply",
+                "code": "DISPATCH_FAILED", "messageId": id,
+                "kind": "no_endpoint", "exitCode": crate::error::code::UNAVAILABLE,
             }))
         }
-        Ok(Published::Refused {
+        Ok(Sendout::Refused {
             id,
             rejected,
             error,

@@ -454,6 +454,7 @@ fn publish_result(p: Published, pressure: Map<String, Value>) -> Value {
             id,
             delivered,
             rejected: refused,
+            ..
         } => {
             m.insert("messageId".into(), json!(id));
             m.insert("deliveredTo".into(), json!(delivered.len()));
@@ -471,7 +472,7 @@ fn publish_result(p: Published, pressure: Map<String, Value>) -> Value {
             m.insert("messageId".into(), json!(id));
             m.insert("deliveredTo".into(), json!(0));
         }
-        Published::RateLimited { id, reason } => {
+        Published::RateLimited { id, reason, .. } => {
             m.insert("messageId".into(), json!(id));
             m.insert("deliveredTo".into(), json!(0));
             rejected

@@ -1081,8 +1081,15 @@ fn mcp_over_http_is_behind_the_token_and_the_origin_check() {
         ("Origin", "http://evil.example"),
     ]);
     assert_eq!(resp.status, 403, "{resp:?}");
-    // A plain GET without the token is refused too.
-    assert_eq!(http(server.addr, "GET", "/mcp", &[]).status, 401);
+    // A GET without a session (which only a POST with the token opens)
+    // opens no stream.
+    let get = http(
+        server.addr,
+        "GET",
+        "/mcp",
+        &[("Accept", "text/event-stream")],
+    );
+    assert_ne!(get.status, 200, "{get:?}");
     // With the token, a real client: its sends are relay.external.mcp's.
     let Some(mut c) = Mcp::http(&r, "mcp over http", &url, &["Authorization=Bearer s3cret"]) else {
         return;
