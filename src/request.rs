@@ -403,7 +403,9 @@ pub fn request(ctx: &mut Ctx, req: Request, cancel: &Cancel) -> Result<Exchange>
         let busy = match look(ctx, &inbox.mb, &mut wait) {
             Ok(Some(end)) => break end,
             Ok(None) => false,
-            Err(e @ Error::Refused { .. }) => {
+            // A busy index (its lock held past the lock timeout) is waited
+            // out the same way: nothing was claimed.
+            Err(e @ (Error::Refused { .. } | Error::Locked(_))) => {
                 output::warn(&format!("{e}; looking again"));
                 true
             }
