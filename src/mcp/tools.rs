@@ -324,7 +324,7 @@ impl ToolResult {
             if matches!(e, Error::Config(_)) {
                 "CONFIG_INVALID"
             } else {
-                "RELAY_UNAVAILABLE"
+                "HOME_UNAVAILABLE"
             },
             e,
         ))
