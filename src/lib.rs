@@ -126,6 +126,7 @@ fn dispatch(cli: Cli) -> Result<(), Error> {
     )?;
     match &cli.command {
         Command::Send(a) => cmd::send::run(&mut ctx, a),
+        Command::Recv(a) if a.follow || a.exec.is_some() => cmd::consume::run(&mut ctx, a),
         Command::Recv(a) => cmd::recv::run(&mut ctx, a),
         Command::Request(a) => cmd::request::run(&mut ctx, a),
         Command::Ack(a) => cmd::ack::ack(&mut ctx, a),

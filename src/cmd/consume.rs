@@ -48,12 +48,11 @@ struct Job {
 
 /// Runs the consumer loop until interrupted (`--follow`) or until the
 /// mailbox is drained of up to `--count` messages.
-pub fn run(
-    ctx: &mut Ctx,
-    mb: &Mailbox,
-    args: &RecvArgs,
-    template: Option<&Template>,
-) -> Result<()> {
+pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
+    let template = crate::cmd::recv::template_of(ctx, args)?;
+    let template = template.as_ref();
+    let mb = &Mailbox::open_endpoint(&ctx.home, &args.endpoint)?;
+    crate::cmd::recv::refuse_proxy(ctx, &args.endpoint)?;
     // Each SIGINT/SIGTERM sets `signalled`; the loop counts them. The first
     // stops taking messages and lets the running handlers finish; the
     // second kills them and gives their messages back. A third, while

@@ -1,5 +1,6 @@
 //! `relay recv`: claim the oldest messages of an endpoint and print them
-//! (or hand them to the consumer loop for `--follow` and `--exec`).
+//! (`--follow` and `--exec` are the consumer loop, `consume`, which claims
+//! through `take` here).
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -18,20 +19,11 @@ use crate::{notice, reliability};
 /// Longest pause between two looks at an empty mailbox while waiting.
 const MAX_POLL: Duration = Duration::from_millis(50);
 
-/// Runs `relay recv`.
+/// Runs `relay recv` without `--follow` or `--exec`.
 pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
     let template = template_of(ctx, args)?;
     let mb = Mailbox::open_endpoint(&ctx.home, &args.endpoint)?;
-    // A proxy's messages are on their way to their host: not for here.
-    if let Some(host) = crate::bridge::directory::host_of(&ctx.home, &args.endpoint) {
-        return Err(Error::Denied(format!(
-            "endpoint '{}' lives on host '{host}'; what is sent to it here waits for relay bridge to forward it: receive it on '{host}'",
-            args.endpoint
-        )));
-    }
-    if args.follow || args.exec.is_some() {
-        return crate::cmd::consume::run(ctx, &mb, args, template.as_ref());
-    }
+    refuse_proxy(ctx, &args.endpoint)?;
     let lease = crate::lease::of_claim(&ctx.config, args.ack, args.lease);
     let claimed = wait_and_take(ctx, &mb, args, lease)?;
     if claimed.is_empty() {
@@ -65,6 +57,17 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Refuses an endpoint that is a bridge proxy: its messages are on their
+/// way to their host, not for here (`recv` and its consumer loop).
+pub fn refuse_proxy(ctx: &Ctx, endpoint: &str) -> Result<()> {
+    match crate::bridge::directory::host_of(&ctx.home, endpoint) {
+        Some(host) => Err(Error::Denied(format!(
+            "endpoint '{endpoint}' lives on host '{host}'; what is sent to it here waits for relay bridge to forward it: receive it on '{host}'"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The `--format` template, checked before anything is claimed.
