@@ -1,11 +1,17 @@
-/* The C floor for relay's benchmarks: the bare minimum durable Maildir
- * delivery (open O_EXCL in tmp/, write, fsync, rename into new/, fsync new/).
+/* The C floors for relay's benchmarks.
+ * Delivery: the bare minimum durable Maildir delivery (open O_EXCL in tmp/,
+ * write, fsync, rename into new/, fsync new/).
  * Usage: cfloor MAILDIR COUNT [nofsync|group]  (COUNT messages, one process).
  *   nofsync: no fsync at all.
  *   group:   the same group commit relay's batch does, single-threaded:
  *            write every file in tmp/, one syncfs, rename them all into
- *            new/, one fsync of new/. */
+ *            new/, one fsync of new/.
+ * Claim:   cfloor MAILDIR COUNT claim  (COUNT messages, one process): the
+ *          bare minimum durable at-most-once consume of the oldest message
+ *          in new/ (list new/, rename the smallest name into cur/, fsync
+ *          cur/, read the file, unlink it, fsync cur/ again), per message. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,8 +23,50 @@ static void name(char *out, size_t n, const char *dir, const char *sub, const st
     snprintf(out, n, "%s/%s/%ld.%ld.%d.%ld.json", dir, sub, (long)ts->tv_sec, (long)ts->tv_nsec, getpid(), i);
 }
 
+static int sync_path(const char *path) {
+    int d = open(path, O_RDONLY | O_DIRECTORY);
+    if (d < 0 || fsync(d) != 0) { perror(path); return -1; }
+    close(d);
+    return 0;
+}
+
+/* Claims, reads and removes the oldest message of MAILDIR/new, durably. */
+static int claim_one(const char *dir) {
+    char newdir[4096], curdir[4096], best[256] = "", from[4096], to[4096], buf[65536];
+    snprintf(newdir, sizeof newdir, "%s/new", dir);
+    snprintf(curdir, sizeof curdir, "%s/cur", dir);
+    DIR *d = opendir(newdir);
+    if (!d) { perror(newdir); return 74; }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        if (!best[0] || strcmp(e->d_name, best) < 0) snprintf(best, sizeof best, "%s", e->d_name);
+    }
+    closedir(d);
+    if (!best[0]) { fprintf(stderr, "cfloor: %s is empty\n", newdir); return 66; }
+    snprintf(from, sizeof from, "%s/%s", newdir, best);
+    snprintf(to, sizeof to, "%s/%s", curdir, best);
+    if (rename(from, to) != 0) { perror("rename"); return 74; }
+    if (sync_path(curdir) != 0) return 74;
+    int fd = open(to, O_RDONLY);
+    if (fd < 0) { perror(to); return 74; }
+    ssize_t n = read(fd, buf, sizeof buf);
+    close(fd);
+    if (n < 0) { perror("read"); return 74; }
+    if (write(1, buf, (size_t)n) != n) { perror("write"); return 74; }
+    if (unlink(to) != 0) { perror("unlink"); return 74; }
+    return sync_path(curdir) != 0 ? 74 : 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc < 3) { fprintf(stderr, "usage: cfloor MAILDIR COUNT [nofsync|group]\n"); return 64; }
+    if (argc > 3 && strcmp(argv[3], "claim") == 0) {
+        for (long i = 0; i < atol(argv[2]); i++) {
+            int rc = claim_one(argv[1]);
+            if (rc) return rc;
+        }
+        return 0;
+    }
+    if (argc < 3) { fprintf(stderr, "usage: cfloor MAILDIR COUNT [nofsync|group|claim]\n"); return 64; }
     const char *dir = argv[1];
     long count = atol(argv[2]);
     const char *mode = argc > 3 ? argv[3] : "";

@@ -44,6 +44,10 @@ pub struct Ctx {
     /// Whether `--json` output was asked for.
     pub json: bool,
     store: Option<Store>,
+    /// This command may record claims and acks through the journal
+    /// instead of the index (`consumer`): set by the one-shot `recv` and
+    /// `ack`, not by long-running consumers, which keep the index open.
+    pub fast_consumer: bool,
 }
 
 impl Ctx {
@@ -86,7 +90,15 @@ impl Ctx {
             clock: Clock::from_env(),
             json,
             store: None,
+            fast_consumer: false,
         })
+    }
+
+    /// Whether the index is open (a consumer that has opened it records
+    /// through it; see `consumer`).
+    #[must_use]
+    pub fn has_store(&self) -> bool {
+        self.store.is_some()
     }
 
     /// Closes the index if it is open; the next `store` opens it again.

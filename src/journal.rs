@@ -1,5 +1,6 @@
 //! The index journal: what a send would write into the index (its rows and
-//! events), appended to `journal` instead, so a send never opens SQLite.
+//! events), appended to `journal` instead, so a send never opens SQLite;
+//! and likewise what a consumer's claims and acks would write (`consumer`).
 //!
 //! Every process that opens the index first moves the journal into it
 //! (`Store::ingest`), so reports, claims and acks always see every send
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::Envelope;
 use crate::error::{IoContext, Result};
 use crate::home;
 use crate::store::{Event, SentRow};
@@ -59,6 +61,40 @@ pub enum Record {
     /// delivered: its row goes again (rows go to the journal before their
     /// copy is made visible, so the index never lacks a delivered message).
     Unsent {
+        /// Mailbox name.
+        endpoint: String,
+        /// Message id.
+        id: String,
+    },
+    /// A claim (`consumer`): the row is claimed at `at`, with its lease
+    /// deadline (`None` for an at-most-once claim). Carries what a row
+    /// needs, for a message the index does not have yet.
+    Claimed {
+        /// When (ms).
+        at: u64,
+        /// Mailbox name.
+        endpoint: String,
+        /// Message id.
+        id: String,
+        /// Subject as sent.
+        subject: String,
+        /// Sender.
+        sender: String,
+        /// Trace id.
+        trace_id: String,
+        /// When it was sent (ms; the envelope's `createdAt`).
+        sent_at: u64,
+        /// TTL deadline (ms).
+        expires_at: u64,
+        /// Priority rank.
+        priority: u8,
+        /// Lease deadline (ms).
+        lease_until: Option<u64>,
+    },
+    /// An ack (`consumer`): the row is acked at `at`.
+    Acked {
+        /// When (ms).
+        at: u64,
         /// Mailbox name.
         endpoint: String,
         /// Message id.
@@ -148,6 +184,32 @@ impl Journal {
         });
     }
 
+    /// Buffers the claim of `env` at `endpoint` (see `Record::Claimed`).
+    pub fn claimed(&mut self, endpoint: &str, env: &Envelope, lease_until: Option<u64>, now: u64) {
+        let sent_at = crate::clock::parse_iso8601(&env.created_at).unwrap_or(now);
+        self.push(&Record::Claimed {
+            at: now,
+            endpoint: endpoint.to_string(),
+            id: env.id.clone(),
+            subject: env.subject.clone(),
+            sender: env.from.clone(),
+            trace_id: env.trace().to_string(),
+            sent_at: sent_at.min(now),
+            expires_at: env.budget.ttl,
+            priority: env.priority().rank(),
+            lease_until,
+        });
+    }
+
+    /// Buffers the ack of message `id` at `endpoint`.
+    pub fn acked(&mut self, endpoint: &str, id: &str, now: u64) {
+        self.push(&Record::Acked {
+            at: now,
+            endpoint: endpoint.to_string(),
+            id: id.to_string(),
+        });
+    }
+
     /// Buffers an event.
     pub fn event(&mut self, e: &Event<'_>, now: u64) {
         self.next += 1;
@@ -187,11 +249,19 @@ impl Journal {
 impl Record {
     /// Whether its numbers fit the index (SQLite integers are signed).
     fn in_range(&self) -> bool {
-        let at = match self {
-            Record::Sent { at, .. } | Record::Event { at, .. } => *at,
-            Record::Unsent { .. } => return true,
-        };
-        i64::try_from(at).is_ok()
+        let fit = |v: u64| i64::try_from(v).is_ok();
+        match self {
+            Record::Sent { at, .. } | Record::Event { at, .. } | Record::Acked { at, .. } => {
+                fit(*at)
+            }
+            Record::Claimed {
+                at,
+                sent_at,
+                lease_until,
+                ..
+            } => fit(*at) && fit(*sent_at) && lease_until.is_none_or(fit),
+            Record::Unsent { .. } => true,
+        }
     }
 }
 

@@ -147,7 +147,7 @@ fn ran_out(
 /// outside any transaction) and the Maildir see them.
 fn due_now(ctx: &mut Ctx, mb: &Mailbox, now: u64) -> Result<Vec<(String, u64)>> {
     let claimed = mb.count("cur")?;
-    if claimed == 0 {
+    if claimed == 0 || crate::consumer::none_due(ctx, mb, now)? {
         return Ok(Vec::new());
     }
     // As many leases to run as claims, none run out: nothing to look at
@@ -187,6 +187,15 @@ struct Moved {
 pub fn sweep(ctx: &mut Ctx, mb: &Mailbox, now: u64) -> Result<Swept> {
     let candidates = due_now(ctx, mb, now)?;
     if candidates.is_empty() {
+        if ctx.fast_consumer && ctx.has_store() {
+            // The index said what `claims_due` could not: bring it up to
+            // date, so the next consumer need not ask again (best effort).
+            let _ = ctx.store().and_then(|s| {
+                let tx = s.begin()?;
+                tx.refresh_claims_due(Some(&mb.name))?;
+                tx.commit()
+            });
+        }
         return Ok(Swept::default());
     }
     let max = ctx.config.delivery.max_deliveries;
@@ -318,6 +327,7 @@ fn record(
     for n in notices {
         notice::record(&tx, n, now)?;
     }
+    tx.refresh_claims_due(Some(endpoint))?;
     tx.commit()
 }
 

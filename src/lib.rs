@@ -11,6 +11,7 @@ pub mod cli;
 pub mod clock;
 pub mod cmd;
 pub mod config;
+pub mod consumer;
 pub mod context;
 pub mod dorkos;
 pub mod envelope;

@@ -346,6 +346,23 @@ pub fn deliver(
             problems.push(format!("the breaker {from} -> {ep} was not updated: {e}"));
         }
     }
+    // Consumers order by priority only where a copy of other than normal
+    // priority may be (`State::prioritized`): marked once it is visible.
+    let ranked: BTreeSet<&str> = jobs
+        .iter()
+        .filter(|j| j.result.is_none() && j.env.priority() != Priority::Normal)
+        .flat_map(|j| &j.fates)
+        .filter(|(_, f)| matches!(f, Some(Fate::Delivered(..))))
+        .map(|(ep, _)| ep.as_str())
+        .collect();
+    if !ranked.is_empty() {
+        match ledger.state().lock() {
+            Ok(mut state) => ranked.iter().for_each(|ep| state.mark_prioritized(ep)),
+            Err(e) => problems.push(format!(
+                "receivers may not see the priority of this message: {e}"
+            )),
+        }
+    }
     match ledger.commit().map(|size| size.max(journal_size)) {
         Ok(size) if size > ctx.config.journal_max_bytes => {
             // Nothing else may be opening the index (a DorkOS consumer reads

@@ -210,6 +210,12 @@ pub fn observe_leases(
     endpoint: Option<&str>,
     now: u64,
 ) -> Result<usize> {
+    // Consumers journal their claims' leases and lower `lease_due` under the
+    // state lock (`consumer`): with the lock held, whatever the journal got
+    // before is ingested here, and whatever comes after lowers the deadline
+    // written below. So `lease_due` never misses a lease.
+    tx.state().lock()?;
+    tx.ingest_tail()?;
     let expired = tx.expired_leases(endpoint, now)?;
     for lease in &expired {
         tx.event(
@@ -246,5 +252,7 @@ pub fn observe_leases(
         None if *due != next => state.get_mut().lease_due = next,
         _ => {}
     }
+    drop(state);
+    tx.refresh_claims_due(endpoint)?;
     Ok(expired.len())
 }

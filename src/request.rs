@@ -368,6 +368,10 @@ pub fn request(ctx: &mut Ctx, req: Request, cancel: &Cancel) -> Result<Exchange>
         ));
     }
     let mut inbox = ReplyInbox::create(ctx)?;
+    // Every look at the reply endpoint reads the index: open it now, so
+    // the first look need not move this request's own rows in first (a
+    // busy index then only delays the claims, which are given back).
+    ctx.store()?;
     let (tx, rx) = mpsc::channel();
     // Watching before the send: a reply can never slip in unseen.
     let watcher = crate::cmd::consume::watch(ctx, &inbox.mb, tx.clone());

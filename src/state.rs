@@ -14,7 +14,7 @@
 //! fsynced: after a power loss limits and breakers may be a little behind,
 //! which costs no message (the Maildir is the truth).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -61,6 +61,19 @@ pub struct State {
     /// Per endpoint: the earliest lease deadline not yet counted. A send to
     /// an endpoint whose deadline has passed opens the index to count it.
     pub lease_due: BTreeMap<String, u64>,
+    /// Per endpoint: a time no later than the earliest lease deadline of
+    /// any claim recorded there, counted or not (`consumer`: before it, no
+    /// claim's recorded lease has run out). Lowered by every claim made
+    /// through the journal, set from the index by `Tx::refresh_claims_due`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims_due: BTreeMap<String, u64>,
+    /// Endpoints that may hold a pending or claimed message of other than
+    /// normal priority: only there does a consumer need the index's ranks
+    /// (`consumer::ranks`); `None` until the index was first asked (a
+    /// home from before this was kept). Set once such a copy is visible,
+    /// recomputed from the index by a consumer (`Tx::track_priorities`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prioritized: Option<BTreeSet<String>>,
 }
 
 impl State {
@@ -92,6 +105,21 @@ impl State {
         }
         self.breakers.retain(|_, pairs| !pairs.is_empty());
         was - count(self)
+    }
+
+    /// Whether a consumer of `endpoint` needs the index's priority ranks.
+    #[must_use]
+    pub fn may_prioritize(&self, endpoint: &str) -> bool {
+        self.prioritized
+            .as_ref()
+            .is_none_or(|s| s.contains(endpoint))
+    }
+
+    /// Whether a claim's recorded lease at `endpoint` may have run out
+    /// before `now` (see `claims_due`).
+    #[must_use]
+    pub fn claim_may_be_due(&self, endpoint: &str, now: u64) -> bool {
+        self.claims_due.get(endpoint).is_some_and(|&at| at < now)
     }
 
     /// Whether a lease at one of `endpoints` is past its deadline at `now`.
@@ -179,50 +207,69 @@ impl Locked {
         &mut self.state
     }
 
+    /// Marks `endpoint` as holding a message of other than normal priority
+    /// (`State::prioritized`; nothing to do while it is not tracked).
+    pub fn mark_prioritized(&mut self, endpoint: &str) {
+        if self
+            .state
+            .prioritized
+            .as_ref()
+            .is_some_and(|s| !s.contains(endpoint))
+            && let Some(s) = &mut self.get_mut().prioritized
+        {
+            s.insert(endpoint.to_string());
+        }
+    }
+
     /// Writes the state back if it changed (into the older slot, in place),
     /// then releases the lock.
-    pub fn save(self) -> Result<()> {
+    pub fn save(mut self) -> Result<()> {
+        self.write()
+    }
+
+    /// Writes the state back if it changed (into the older slot, in place),
+    /// keeping the lock: what is done next under it comes after the write.
+    pub fn write(&mut self) -> Result<()> {
         use std::os::unix::fs::FileExt;
         if !self.dirty {
             return Ok(());
         }
-        let [s0, s1] = &self.slots;
-        let (older, newer) = if s0.generation <= s1.generation {
-            (s0, s1)
-        } else {
-            (s1, s0)
-        };
+        let older = usize::from(self.slots[1].generation < self.slots[0].generation);
+        let (o, n) = (&self.slots[older], &self.slots[1 - older]);
         let json = serde_json::to_vec(&self.state)
             .map_err(|e| Error::Data(format!("cannot encode the reliability state: {e}")))?;
         // Read generations are below GENERATION_MAX (a slot claiming more
         // is invalid), so this cannot wrap; at the limit numbering starts
         // over and the other slot is emptied below.
-        let next = newer.generation.max(older.generation) + 1;
+        let next = n.generation.max(o.generation) + 1;
         let renumber = next >= GENERATION_MAX;
+        let generation = if renumber { 1 } else { next };
         let mut bytes = format!(
-            "{MAGIC} {} {} {:016x}\n",
-            if renumber { 1 } else { next },
+            "{MAGIC} {generation} {} {:016x}\n",
             json.len(),
             checksum(&json)
         )
         .into_bytes();
         bytes.extend_from_slice(&json);
         bytes.push(b'\n');
-        older
-            .file
+        o.file
             .write_all_at(&bytes, 0)
-            .ctx("cannot write", &older.path)?;
+            .ctx("cannot write", &o.path)?;
         // A shorter state than the slot held: cut the rest (the header's
         // length already ignores it, so a crash before this is harmless).
-        if bytes.len() < older.len {
-            older
-                .file
+        if bytes.len() < o.len {
+            o.file
                 .set_len(bytes.len() as u64)
-                .ctx("cannot shorten", &older.path)?;
+                .ctx("cannot shorten", &o.path)?;
         }
         if renumber {
-            newer.file.set_len(0).ctx("cannot empty", &newer.path)?;
+            n.file.set_len(0).ctx("cannot empty", &n.path)?;
+            self.slots[1 - older].generation = 0;
+            self.slots[1 - older].len = 0;
         }
+        self.slots[older].generation = generation;
+        self.slots[older].len = bytes.len();
+        self.dirty = false;
         Ok(())
     }
 }

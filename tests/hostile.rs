@@ -244,6 +244,7 @@ fn truncated_db(r: &Relay, v: &mut Vars) {
 /// `relay.db` and its WAL both truncated to 100 bytes.
 fn truncated_db_and_wal(r: &Relay, v: &mut Vars) {
     base(r, v);
+    r.cmd(["status"]).success(); // the index and its WAL exist
     truncate(&r.path("relay.db"), 100);
     truncate(&r.path("relay.db-wal"), 100);
 }

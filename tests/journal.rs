@@ -204,3 +204,73 @@ fn buckets_and_breakers_survive_between_processes_in_the_state_file() {
         .code(75)
         .stderr_has(&["circuit open for agent.a -> agent.b"]);
 }
+
+/// The consumer's side of the journal (issue 12): plain claims and acks
+/// open no SQLite; what they did reaches `trace`, `metrics` and `status`
+/// through the next reader.
+#[test]
+fn recv_and_ack_leave_the_index_alone_and_the_next_reader_sees_them() {
+    let r = world("{}");
+    let ids: Vec<String> = (0..4).map(|i| r.send("agent.b", &i.to_string())).collect();
+    r.cmd(["status"]).at(T).success();
+    // The first consumer learns from the index that no priority is there.
+    r.cmd(["recv", "agent.b", "--ack"])
+        .at(T)
+        .success()
+        .stdout_is("0\n");
+    let files = |r: &Relay| ["relay.db", "relay.db-wal"].map(|f| fs::read(r.path(f)).ok());
+    let before = files(&r);
+    r.cmd(["recv", "agent.b", "-n", "2", "--lease", "60s"])
+        .at(T + 10)
+        .success()
+        .stdout_is("1\n2\n");
+    r.cmd(["ack", "agent.b", &ids[1]]).at(T + 20).success();
+    r.cmd(["recv", "agent.b", "--ack", "--json"])
+        .at(T + 30)
+        .success();
+    assert!(files(&r) == before, "a consumer wrote the index");
+    let journal = fs::read_to_string(r.path("journal")).expect("journal");
+    for t in [r#""t":"claimed""#, r#""t":"acked""#] {
+        assert!(journal.contains(t), "no {t} in the journal: {journal}");
+    }
+
+    let span = |id: &str| {
+        let t = r.cmd(["trace", id, "--json"]).at(T + 40).success().json();
+        t["spans"][0].clone()
+    };
+    for (id, state) in [
+        (&ids[0], "acked"),
+        (&ids[1], "acked"),
+        (&ids[2], "claimed"),
+        (&ids[3], "acked"),
+    ] {
+        let s = span(id);
+        assert_eq!(s["state"], state, "{id}: {s}");
+        assert!(s["deliveredAt"].is_string(), "{id}: {s}");
+        assert_eq!(s["processedAt"].is_string(), state == "acked", "{id}: {s}");
+    }
+    assert_eq!(
+        fs::metadata(r.path("journal"))
+            .map(|m| m.len())
+            .unwrap_or(0),
+        0,
+        "ingested journal not emptied"
+    );
+    let m = r.cmd(["metrics", "--json"]).at(T + 40).success().json();
+    assert_eq!(
+        (
+            &m["deliveredCount"],
+            &m["inFlightCount"],
+            &m["pendingCount"]
+        ),
+        (&Value::from(3), &Value::from(1), &Value::from(0)),
+        "{m}"
+    );
+    let s = r.cmd(["status", "--json"]).at(T + 40).success().json();
+    assert!(s.to_string().contains("\"depth\":1"), "{s}");
+    // The claim's lease, journaled, counts when it runs out.
+    r.cmd(["recv", "agent.b", "--json"])
+        .at(T + 10 + 61_000)
+        .success();
+    assert_eq!(r.events_of(T + 80_000, "lease_expired").len(), 1);
+}

@@ -19,6 +19,8 @@ const MAX_REASON: usize = 4096;
 
 /// Runs `relay ack`.
 pub fn ack(ctx: &mut Ctx, args: &AckArgs) -> Result<()> {
+    // A one-shot ack may record through the journal (`consumer`).
+    ctx.fast_consumer = true;
     finish(ctx, &args.endpoint, &args.ids, None, args.delivery_count)
 }
 
@@ -169,6 +171,7 @@ fn record_in_index(
             reliability::breaker_step(&tx, &breakers, &row.sender, endpoint, event, now)?;
         }
     }
+    tx.refresh_claims_due(Some(endpoint))?;
     tx.commit()
 }
 
@@ -239,14 +242,31 @@ pub fn finish_ids(
     for id in ids {
         maildir::validate_id(id)?;
     }
-    // Open the index before touching the Maildir: if it is unusable, fail
-    // with nothing done rather than finish messages that cannot be recorded.
-    ctx.store()?;
-    let now = ctx.clock.now_ms();
     let mut report = Finished {
         endpoint: endpoint.to_string(),
         ..Finished::default()
     };
+    // Acks of claims that need nothing of the index (see `consumer`); the
+    // rest (another program removed one meanwhile) go the indexed way.
+    let distinct = ids.iter().collect::<std::collections::HashSet<_>>().len() == ids.len();
+    let mut ids = ids.to_vec();
+    if reason.is_none() && distinct && ids.iter().all(|id| mb.has("cur", id)) {
+        let held_ids: Vec<_> = ids.iter().map(|id| (id.clone(), held)).collect();
+        let now = ctx.clock.now_ms();
+        if let Some(acked) = crate::consumer::ack(ctx, &mb, &held_ids, now)? {
+            ids.retain(|id| !acked.contains(id));
+            report.acked = acked;
+            if ids.is_empty() {
+                return Ok((report, Vec::new()));
+            }
+        }
+    }
+    let ids = &ids;
+    // Open the index before touching the Maildir: if it is unusable, fail
+    // with nothing done rather than finish messages that cannot be recorded.
+    ctx.store()?;
+    let now = ctx.clock.now_ms();
+    let fast_acked = report.acked.len();
     let mut problems = Vec::new();
     let (verb, default_ms) = (
         if reason.is_some() { "nack" } else { "ack" },
@@ -312,12 +332,12 @@ pub fn finish_ids(
     if ran_out {
         lease::sweep(ctx, &mb, now)?;
     }
-    if !report.acked.is_empty() {
+    if report.acked.len() > fast_acked {
         crate::home::sync_dir(&mb.sub("cur"))?;
     }
     let finished = match reason {
-        None => &report.acked,
-        Some(_) => &report.nacked,
+        None => &report.acked[fast_acked..],
+        Some(_) => &report.nacked[..],
     };
     if !finished.is_empty() {
         record(ctx, endpoint, finished, reason, now)?;

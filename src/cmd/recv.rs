@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::cli::RecvArgs;
 use crate::clock::ms;
 use crate::context::Ctx;
+use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::maildir::{Claimed, Mailbox};
 use crate::output;
@@ -24,6 +25,7 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
     let template = template_of(ctx, args)?;
     let mb = Mailbox::open_endpoint(&ctx.home, &args.endpoint)?;
     refuse_proxy(ctx, &args.endpoint)?;
+    ctx.fast_consumer = true;
     let lease = crate::lease::of_claim(&ctx.config, args.ack, args.lease);
     let claimed = wait_and_take(ctx, &mb, args, lease)?;
     if claimed.is_empty() {
@@ -36,16 +38,14 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
             args.endpoint
         )));
     }
+    if args.ack {
+        return print_and_ack(ctx, &mb, &claimed, template.as_ref());
+    }
     let tty = std::io::stderr().is_terminal();
     for c in &claimed {
         let env = &c.envelope;
-        match &template {
-            Some(t) => output::line(&t.render(env, &mb.name))?,
-            None => print(ctx.json, env)?,
-        }
-        if args.ack {
-            crate::cmd::ack::settle(ctx, &mb, &env.id, None, Some(env.delivery_count))?;
-        } else if tty && !ctx.json {
+        show(ctx, template.as_ref(), env, &mb)?;
+        if tty && !ctx.json {
             let (ep, id) = (&mb.name, output::printable(&env.id));
             let held = match env.delivery_count {
                 0 => String::new(),
@@ -81,6 +81,49 @@ pub fn template_of(ctx: &Ctx, args: &RecvArgs) -> Result<Option<Template>> {
         ));
     }
     Template::parse(text).map(Some)
+}
+
+/// Prints one claimed message: by the `--format` template, or as `print`.
+fn show(ctx: &Ctx, template: Option<&Template>, env: &Envelope, mb: &Mailbox) -> Result<()> {
+    match template {
+        Some(t) => output::line(&t.render(env, &mb.name)),
+        None => print(ctx.json, env),
+    }
+}
+
+/// `recv --ack`: prints each claim and acks it. On the fast path every
+/// message is printed first and then all are acked together (one fsync);
+/// a print that fails leaves its message and the rest claimed, as before.
+fn print_and_ack(
+    ctx: &mut Ctx,
+    mb: &Mailbox,
+    claimed: &[Claimed],
+    template: Option<&Template>,
+) -> Result<()> {
+    let held: Vec<_> = claimed
+        .iter()
+        .map(|c| (c.envelope.id.clone(), Some(c.envelope.delivery_count)))
+        .collect();
+    if crate::consumer::may_skip_index(ctx) {
+        let mut printed = 0;
+        let result = claimed.iter().try_for_each(|c| {
+            show(ctx, template, &c.envelope, mb)?;
+            printed += 1;
+            Ok(())
+        });
+        let now = ctx.clock.now_ms();
+        if crate::consumer::ack(ctx, mb, &held[..printed], now)?.is_none() {
+            for (id, count) in &held[..printed] {
+                crate::cmd::ack::settle(ctx, mb, id, None, *count)?;
+            }
+        }
+        return result;
+    }
+    for (c, (id, count)) in claimed.iter().zip(&held) {
+        show(ctx, template, &c.envelope, mb)?;
+        crate::cmd::ack::settle(ctx, mb, id, None, *count)?;
+    }
+    Ok(())
 }
 
 /// Prints one message: the envelope as a JSON line (with its
@@ -135,7 +178,7 @@ pub fn take(ctx: &mut Ctx, mb: &Mailbox, max: usize, lease: Option<u64>) -> Resu
     let mut claimed = Vec::new();
     let now = ctx.clock.now_ms();
     loop {
-        let ranks = ctx.store()?.pending_priorities(&mb.name)?;
+        let ranks = crate::consumer::ranks(ctx, mb)?;
         let mut bad = Vec::new();
         let (live, expired): (Vec<Claimed>, Vec<Claimed>) = mb
             .claim(max - claimed.len(), now, &ranks, &mut bad)?
@@ -179,6 +222,9 @@ fn record(
     mb.sync_claims()?;
     let envs: Vec<_> = claimed.iter().map(|c| &c.envelope).collect();
     let lease_until = lease.map(|l| now.saturating_add(l));
+    if crate::consumer::record_claims(ctx, mb, &envs, lease_until, now)? {
+        return Ok(());
+    }
     let breakers = ctx.config.reliability.circuit_breaker.clone();
     let tx = ctx.store()?.begin()?;
     tx.record_claimed(&mb.name, &envs, lease_until, now)?;

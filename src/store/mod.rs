@@ -103,6 +103,11 @@ const MIGRATIONS: &[&str] = &[
      CREATE UNIQUE INDEX events_by_jkey ON events (jkey);",
     // 6: how far the index has read the journal.
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;",
+    // 7: claims whose lease was counted but which are not given back yet
+    // (few, and only until the next sweep): with `messages_by_lease`, the
+    // earliest lease deadline of every claim (`Tx::refresh_claims_due`).
+    "CREATE INDEX messages_counted_claims ON messages (endpoint, lease_until)
+     WHERE lease_counted = 1 AND status = 'claimed';",
 ];
 
 /// Lifecycle status of a (message, endpoint) row.
@@ -304,9 +309,8 @@ impl Store {
     /// first: a crash in between only replays records, which changes
     /// nothing).
     pub fn ingest(&mut self) -> Result<()> {
-        use std::io::{Seek, SeekFrom};
         use std::os::unix::fs::MetadataExt;
-        const CHUNK: u64 = 4 << 20;
+        const CHUNK: u64 = INGEST_CHUNK;
         let path = journal::file(&self.dir);
         let Some((mut f, meta)) = home::open_own(&path, rustix::fs::OFlags::RDWR, "journal")?
         else {
@@ -334,29 +338,11 @@ impl Store {
                 }
                 break;
             }
-            let mut chunk = Vec::new();
-            f.seek(SeekFrom::Start(offset)).ctx("cannot read", &path)?;
-            std::io::Read::take(&mut f, CHUNK)
-                .read_to_end(&mut chunk)
-                .ctx("cannot read", &path)?;
-            // Whole lines only: a send may be mid-append at the end. No
-            // send writes a line of CHUNK bytes: one that long (written by
-            // something else) is skipped a chunk at a time, so it can
-            // neither wedge ingestion nor make the journal grow forever.
-            let (records, bad, next) = match chunk.iter().rposition(|&b| b == b'\n') {
-                Some(end) => {
-                    let (records, bad) = journal::parse(&chunk[..=end]);
-                    (records, bad, offset + end as u64 + 1)
-                }
-                None if chunk.len() as u64 >= CHUNK => (Vec::new(), 1, offset + CHUNK),
-                None => break,
+            let at = (ino, offset);
+            let Some((bad, _)) = ingest_chunk(&tx, &mut f, &path, &self.path, at, CHUNK)? else {
+                break;
             };
-            apply(&tx, &records).map_err(|e| store_err(&self.path, e))?;
-            if bad > 0 {
-                skipped_event(&tx, bad, offset).map_err(|e| store_err(&self.path, e))?;
-            }
             torn += bad;
-            set_journal_offset(&tx, ino, next).map_err(|e| store_err(&self.path, e))?;
             tx.commit().map_err(|e| store_err(&self.path, e))?;
         }
         if torn > 0 {
@@ -567,6 +553,40 @@ impl Tx<'_> {
         store_err(self.path, e)
     }
 
+    /// Moves into the index, within this transaction, what was appended to
+    /// the journal since it began (`Store::begin` ingested the rest): what
+    /// consumers journaled meanwhile (`reliability::observe_leases` needs
+    /// every lease recorded before it took the state lock).
+    pub fn ingest_tail(&self) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let path = journal::file(dir);
+        let Some((mut f, meta)) = home::open_own(&path, rustix::fs::OFlags::RDONLY, "journal")?
+        else {
+            return Ok(());
+        };
+        let (ino, size) = (meta.ino(), meta.len());
+        let mut offset = journal_offset(&self.tx, ino, size).map_err(|e| self.err(e))?;
+        let mut torn = 0;
+        while offset < size {
+            let at = (ino, offset);
+            let Some((bad, next)) =
+                ingest_chunk(&self.tx, &mut f, &path, self.path, at, INGEST_CHUNK)?
+            else {
+                break;
+            };
+            torn += bad;
+            offset = next;
+        }
+        if torn > 0 {
+            crate::output::warn(&format!(
+                "skipped torn line(s) in {} (a process killed mid-append, or text not written by relay)",
+                path.display()
+            ));
+        }
+        Ok(())
+    }
+
     /// Commits, then writes back the state slots if they were changed.
     pub fn commit(self) -> Result<()> {
         let path = self.path;
@@ -614,9 +634,85 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Brings `State::prioritized` in line with the index: the endpoints
+    /// with a pending or claimed message of other than normal priority.
+    /// Under the state lock, after moving in what the journal got since the
+    /// transaction began: a send marks its endpoint under that lock once
+    /// its copy is visible, and its row went to the journal before, so a
+    /// mark is never lost.
+    pub fn track_priorities(&self) -> Result<()> {
+        self.state.lock()?;
+        self.ingest_tail()?;
+        let eps: std::collections::BTreeSet<String> = self
+            .tx
+            .prepare_cached(
+                "SELECT DISTINCT endpoint FROM messages INDEXED BY messages_by_priority
+                 WHERE priority != 2 AND status IN ('pending', 'claimed')",
+            )
+            .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| self.err(e))?;
+        let mut state = self.state.lock()?;
+        if state.get().prioritized.as_ref() != Some(&eps) {
+            state.get_mut().prioritized = Some(eps);
+        }
+        Ok(())
+    }
+
+    /// Sets `State::claims_due` from the index for `endpoint` (or every
+    /// endpoint): the earliest lease deadline of its claims, counted or
+    /// not. Under the state lock, after moving in what the journal got
+    /// meanwhile (as `observe_leases` does), so no journaled lease is
+    /// missed.
+    pub fn refresh_claims_due(&self, endpoint: Option<&str>) -> Result<()> {
+        self.state.lock()?;
+        self.ingest_tail()?;
+        let due: BTreeMap<String, u64> = self
+            .tx
+            .prepare_cached(
+                "SELECT endpoint, MIN(lease_until) FROM (
+                   SELECT endpoint, lease_until FROM messages INDEXED BY messages_by_lease
+                   WHERE lease_until IS NOT NULL AND lease_counted = 0 AND status = 'claimed'
+                     AND (?1 IS NULL OR endpoint = ?1)
+                   UNION ALL
+                   SELECT endpoint, lease_until FROM messages INDEXED BY messages_counted_claims
+                   WHERE lease_counted = 1 AND status = 'claimed' AND lease_until IS NOT NULL
+                     AND (?1 IS NULL OR endpoint = ?1))
+                 GROUP BY endpoint",
+            )
+            .and_then(|mut st| {
+                st.query_map(params![endpoint], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(|e| self.err(e))?;
+        let mut state = self.state.lock()?;
+        let now = &state.get().claims_due;
+        match endpoint {
+            Some(ep) if now.get(ep) != due.get(ep) => {
+                let map = &mut state.get_mut().claims_due;
+                match due.get(ep) {
+                    Some(&at) => map.insert(ep.to_string(), at),
+                    None => map.remove(ep),
+                };
+            }
+            None if *now != due => state.get_mut().claims_due = due,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Marks `endpoint` in `State::prioritized` if `env` is not of normal
+    /// priority: it is (again) where a consumer may see it.
+    fn mark_prioritized(&self, endpoint: &str, env: &Envelope) -> Result<()> {
+        if env.priority() != crate::pressure::Priority::Normal {
+            self.state.lock()?.mark_prioritized(endpoint);
+        }
+        Ok(())
+    }
+
     /// Marks a requeued message pending again (indexing it if the index
     /// lacks it), clearing its claim and failure.
     pub fn record_requeued(&self, endpoint: &str, env: &Envelope) -> Result<()> {
+        self.mark_prioritized(endpoint, env)?;
         self.tx
             .prepare_cached(
                 "INSERT INTO messages
@@ -752,6 +848,9 @@ impl Tx<'_> {
         failure: Option<(&str, &str)>,
         now: u64,
     ) -> Result<()> {
+        if matches!(status, Status::Pending | Status::Claimed) {
+            self.mark_prioritized(endpoint, env)?;
+        }
         let (code, reason) = failure.unzip();
         let sent_at = crate::clock::parse_iso8601(&env.created_at).unwrap_or(now);
         self.tx
@@ -1001,6 +1100,49 @@ impl Ledger for Tx<'_> {
     }
 }
 
+/// Most journal bytes read (and applied) at once.
+const INGEST_CHUNK: u64 = 4 << 20;
+
+/// Reads the whole lines of the journal `f` (at `path`) from `offset`, at
+/// most `max` bytes, and applies them in `tx`, recording lines that could
+/// not be (`journal_skipped`), and the offset reached (`at` is the
+/// journal's inode and the offset to start from). Returns how many lines
+/// were skipped and the offset reached, or `None` when no whole line is
+/// there yet. No send writes a
+/// line of `max` bytes: one that long (written by something else) is
+/// skipped a chunk at a time, so it can neither wedge ingestion nor make
+/// the journal grow forever.
+fn ingest_chunk(
+    tx: &rusqlite::Transaction<'_>,
+    f: &mut std::fs::File,
+    path: &Path,
+    db: &Path,
+    (ino, offset): (u64, u64),
+    max: u64,
+) -> Result<Option<(usize, u64)>> {
+    use std::io::{Seek, SeekFrom};
+    let mut chunk = Vec::new();
+    f.seek(SeekFrom::Start(offset)).ctx("cannot read", path)?;
+    std::io::Read::take(&mut *f, max)
+        .read_to_end(&mut chunk)
+        .ctx("cannot read", path)?;
+    // Whole lines only: a send may be mid-append at the end.
+    let (records, bad, next) = match chunk.iter().rposition(|&b| b == b'\n') {
+        Some(end) => {
+            let (records, bad) = journal::parse(&chunk[..=end]);
+            (records, bad, offset + end as u64 + 1)
+        }
+        None if chunk.len() as u64 >= max => (Vec::new(), 1, offset + max),
+        None => return Ok(None),
+    };
+    apply(tx, &records).map_err(|e| store_err(db, e))?;
+    if bad > 0 {
+        skipped_event(tx, bad, offset).map_err(|e| store_err(db, e))?;
+    }
+    set_journal_offset(tx, ino, next).map_err(|e| store_err(db, e))?;
+    Ok(Some((bad, next)))
+}
+
 /// Records a `journal_skipped` event: `lines` lines from `offset` on could
 /// not be ingested (torn, not records, or numbers out of range).
 fn skipped_event(
@@ -1060,8 +1202,54 @@ fn apply(tx: &rusqlite::Transaction<'_>, records: &[Record]) -> rusqlite::Result
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (jkey) DO NOTHING",
     )?;
+    // The same upsert as `Tx::record_claimed`, except over a row finished
+    // after this claim was made (a journal replayed after the row moved on).
+    let mut claimed = tx.prepare_cached(
+        "INSERT INTO messages
+         (endpoint, id, subject, sender, trace_id, status, sent_at, claimed_at, expires_at,
+          priority, lease_until)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'claimed', ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (endpoint, id) DO UPDATE
+         SET status = 'claimed', claimed_at = excluded.claimed_at, done_at = NULL,
+             lease_until = excluded.lease_until, lease_counted = 0
+         WHERE messages.done_at IS NULL OR messages.done_at <= excluded.claimed_at",
+    )?;
+    // `Tx::record_done` of an ack.
+    let mut acked = tx.prepare_cached(
+        "UPDATE messages SET status = 'acked', done_at = ?3, code = NULL, reason = NULL,
+           lease_until = NULL
+         WHERE endpoint = ?1 AND id = ?2",
+    )?;
     for r in records {
         match r {
+            Record::Claimed {
+                at,
+                endpoint,
+                id,
+                subject,
+                sender,
+                trace_id,
+                sent_at,
+                expires_at,
+                priority,
+                lease_until,
+            } => {
+                claimed.execute(params![
+                    endpoint,
+                    id,
+                    subject,
+                    sender,
+                    trace_id,
+                    sent_at,
+                    at,
+                    sql_ms(*expires_at),
+                    priority,
+                    lease_until,
+                ])?;
+            }
+            Record::Acked { at, endpoint, id } => {
+                acked.execute(params![endpoint, id, at])?;
+            }
             Record::Sent {
                 at,
                 endpoint,

@@ -376,20 +376,55 @@ fn a_consumer_whose_index_is_busy_waits_and_never_strands_its_claim() {
 }
 
 #[test]
-fn a_plain_recv_whose_index_is_busy_gives_its_claim_back() {
+fn a_plain_recv_and_ack_need_no_index_and_it_catches_up() {
     let r = world(&["agent.b"], None);
     let id = r.send("agent.b", "work");
-    r.cmd(["status"]).success();
+    recv_one(&r, "agent.b", T, &[]); // the index learns no priority is there
+    r.cmd(["ack", "agent.b", &id]).at(T).success();
+    let (a, b) = (r.send("agent.b", "a"), r.send("agent.b", "b"));
     let db = rusqlite::Connection::open(r.path("relay.db")).expect("open relay.db");
     db.execute_batch("BEGIN IMMEDIATE").expect("begin");
+    // Claims and acks go to the journal: a busy index holds up neither.
+    r.cmd(["recv", "agent.b", "--ack"])
+        .env("RELAY_LOCK_TIMEOUT_MS", "500")
+        .at(T)
+        .success()
+        .stdout_is("a\n");
+    assert_eq!(recv_one(&r, "agent.b", T, &[])["id"], b.as_str());
+    r.cmd(["ack", "agent.b", &b])
+        .env("RELAY_LOCK_TIMEOUT_MS", "500")
+        .at(T)
+        .success();
+    assert!(r.files("agent.b", "cur").is_empty());
+    assert!(r.files("agent.b", "new").is_empty());
+    drop(db);
+    for m in [&a, &b] {
+        let t = r.cmd(["trace", m, "--json"]).at(T).success().json();
+        assert_eq!(t["spans"][0]["state"], "acked", "{t}");
+        assert!(t["spans"][0]["deliveredAt"].is_string(), "{t}");
+    }
+}
+
+#[test]
+fn a_plain_recv_that_must_record_in_a_busy_index_gives_its_claim_back() {
+    let r = world(&["agent.b"], None);
+    let first = r.send("agent.b", "first");
+    let id = r.send("agent.b", "work");
+    recv_one(&r, "agent.b", T, &["--lease", "60s"]);
+    r.cmd(["ack", "agent.b", &first]).at(T).success();
+    let db = rusqlite::Connection::open(r.path("relay.db")).expect("open relay.db");
+    db.execute_batch("BEGIN IMMEDIATE").expect("begin");
+    // Past that lease's deadline the next claim needs the index, where
+    // leases are counted: it cannot record the claim and gives it back.
     r.cmd(["recv", "agent.b"])
         .env("RELAY_LOCK_TIMEOUT_MS", "500")
+        .at(T + 2 * MIN)
         .code(75)
         .stderr_has(&["gave them back to new/", "retry later"]);
     assert_eq!(r.files("agent.b", "new"), vec![file(&id)]);
     assert!(r.files("agent.b", "cur").is_empty());
     drop(db);
-    recv_one(&r, "agent.b", T, &[]);
+    recv_one(&r, "agent.b", T + 2 * MIN, &[]);
 }
 
 #[test]

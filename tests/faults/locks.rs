@@ -103,17 +103,11 @@ fn a_busy_index_times_out_with_75_naming_relay_db_and_the_writer() {
     conn.execute_batch("BEGIN IMMEDIATE")
         .expect("hold the write lock");
     let out = r
-        .cmd(["recv", "lk.a"])
+        .cmd(["status"])
         .env("RELAY_LOCK_TIMEOUT_MS", SHORT)
         .at(T)
         .code(75);
     out.stderr_has(&["the index", &db.display().to_string(), &pid_note()]);
-    assert_eq!(
-        r.files("lk.a", "new").len(),
-        2,
-        "nothing claimed while the index was busy\n{}",
-        r.listing()
-    );
     conn.execute_batch("ROLLBACK").expect("release");
     r.cmd(["recv", "lk.a", "-n", "2"]).at(T).success();
 }

@@ -1,0 +1,257 @@
+//! The consumer's fast path: claims and acks recorded through the journal
+//! (as sends' rows are), so a plain `recv`, `recv --ack` or `ack` opens no
+//! SQLite. Whatever opens the index next moves the records in
+//! (`Store::ingest`), so `trace`, `metrics` and `status` see them.
+//!
+//! It is taken only when nothing needs the index, and then decides exactly
+//! what the index would have:
+//! - the index file looks sound (a damaged one is reported by the slow
+//!   path, which opens it), and no batch log waits to be settled (opening
+//!   the index settles them; while one could replay, acks must be durable
+//!   in the index). DorkOS's index is kept in step by the Maildir
+//!   operations themselves (`dorkos`), on either path;
+//! - priority ranks come from the index only where a message of other
+//!   than normal priority may be (`State::prioritized`): elsewhere all are
+//!   normal, and FIFO needs no index;
+//! - a claim is recorded through the journal only while no lease at the
+//!   endpoint is past its deadline (`lease_due`: counting it needs the
+//!   index); an ack, or a sweep that finds nothing to give back, only
+//!   while no recorded lease there may have run out (`claims_due`, which
+//!   also covers leases counted but not yet given back) and none has by
+//!   the Maildir's clock either (claimed at + the default lease, what
+//!   counts for a claim the index has no lease for). Claims with a lease
+//!   lower both deadlines under the state lock while they are journaled,
+//!   and the index sets them under the same lock after reading the
+//!   journal, so neither is ever later than a recorded lease;
+//! - an ack feeds a success to its (sender, endpoint) breaker, which changes
+//!   nothing while the breaker is closed with no failures (or disabled);
+//!   any other breaker, and every nack, goes through the index.
+//!
+//! The Maildir work is the same as the slow path's: the claims fsynced
+//! (`cur/`, `new/`), the removals fsynced (`cur/`), once per batch.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::context::Ctx;
+use crate::envelope::Envelope;
+use crate::error::Result;
+use crate::journal::Journal;
+use crate::lease;
+use crate::maildir::{AckOutcome, Mailbox};
+use crate::output;
+use crate::state::Locked;
+
+/// Whether a consumer may leave the index closed (see the module doc).
+/// Never while this process has it open: its reads there do not see what
+/// it journaled (a long-running consumer's sweeps would miss leases).
+#[must_use]
+pub fn may_skip_index(ctx: &Ctx) -> bool {
+    let root = ctx.home.root();
+    ctx.fast_consumer
+        && !ctx.has_store()
+        && index_looks_sound(&ctx.home.db_file())
+        && !crate::batchlog::pending(root)
+}
+
+/// Whether `relay.db` is absent (a fresh home: the next reader creates it)
+/// or a regular file with SQLite's header whose size is a whole number of
+/// its pages. Anything else is left to the slow path, which opens it and
+/// reports what is wrong (and points at `doctor --repair`).
+fn index_looks_sound(path: &Path) -> bool {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return e.kind() == std::io::ErrorKind::NotFound,
+    };
+    let Ok(md) = file.metadata() else {
+        return false;
+    };
+    let mut header = [0u8; 100];
+    if !md.is_file() || file.take(100).read_exact(&mut header).is_err() {
+        return false;
+    }
+    let page = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536,
+        n => u64::from(n),
+    };
+    header.starts_with(b"SQLite format 3\0")
+        && page >= 512
+        && md.len() >= page
+        && md.len().is_multiple_of(page)
+}
+
+/// Priority ranks of the pending messages at `mb` that are not normal:
+/// none to look up on the fast path while no such message may be there
+/// (`State::prioritized`), else from the index, which then also brings
+/// the marks up to date (and the fast path closes it again: only a
+/// process without the index open may journal, see `may_skip_index`).
+pub fn ranks(ctx: &mut Ctx, mb: &Mailbox) -> Result<HashMap<String, u8>> {
+    let fast = may_skip_index(ctx);
+    if fast
+        && !Locked::acquire(ctx.home.root())?
+            .get()
+            .may_prioritize(&mb.name)
+    {
+        return Ok(HashMap::new());
+    }
+    let store = ctx.store()?;
+    let ranks = store.pending_priorities(&mb.name)?;
+    // If the marks cannot be brought up to date (a busy index, say), they
+    // stay as they are and this claim is recorded through the index.
+    if fast
+        && store
+            .begin()
+            .and_then(|tx| {
+                tx.track_priorities()?;
+                tx.commit()
+            })
+            .is_ok()
+    {
+        ctx.close_store();
+    }
+    Ok(ranks)
+}
+
+/// Whether, on the fast path, no claim in `mb` has run out before `now`,
+/// decided without the index: no recorded lease there is past its
+/// deadline (`claims_due`), and by the Maildir's clock (claimed at + the
+/// default lease) none has run out either. `false` if the index must say.
+pub fn none_due(ctx: &Ctx, mb: &Mailbox, now: u64) -> Result<bool> {
+    if !may_skip_index(ctx) {
+        return Ok(false);
+    }
+    let default_ms = lease::default_ms(&ctx.config);
+    if Locked::acquire(ctx.home.root())?
+        .get()
+        .claim_may_be_due(&mb.name, now)
+    {
+        return Ok(false);
+    }
+    Ok(mb.list("cur")?.iter().all(|id| {
+        mb.claimed_at(id)
+            .is_none_or(|at| at.saturating_add(default_ms) >= now)
+    }))
+}
+
+/// Records claims (already fsynced) without the index, if the fast path
+/// applies: the lease's deadline lowers `lease_due` and `claims_due`, and
+/// the claims go to the journal, all under the state lock. `false` if it does not apply
+/// (nothing done).
+pub fn record_claims(
+    ctx: &mut Ctx,
+    mb: &Mailbox,
+    envs: &[&Envelope],
+    lease_until: Option<u64>,
+    now: u64,
+) -> Result<bool> {
+    if !may_skip_index(ctx) {
+        return Ok(false);
+    }
+    crate::reserve::balance(ctx.home.root());
+    let mut state = Locked::acquire(ctx.home.root())?;
+    if state.get().lease_past_due(std::iter::once(&mb.name), now) {
+        return Ok(false);
+    }
+    if let Some(at) = lease_until {
+        let lower = |m: &std::collections::BTreeMap<String, u64>| {
+            m.get(&mb.name).is_none_or(|&due| at < due)
+        };
+        if lower(&state.get().lease_due) {
+            state.get_mut().lease_due.insert(mb.name.clone(), at);
+        }
+        if lower(&state.get().claims_due) {
+            state.get_mut().claims_due.insert(mb.name.clone(), at);
+        }
+        state.write()?;
+    }
+    let mut journal = Journal::default();
+    for env in envs {
+        journal.claimed(&mb.name, env, lease_until, now);
+    }
+    let size = journal.flush(ctx.home.root())?;
+    drop(state);
+    bound_journal(ctx, size);
+    Ok(true)
+}
+
+/// Acks the claims `held` (message id, the `deliveryCount` it was received
+/// at) in `mb` without the index, if the fast path applies to every one of
+/// them: each still in `cur/`, held at that count, its lease not run out,
+/// its breaker closed with no failures. They are removed under the mailbox
+/// lock, `cur/` is fsynced once, and the acks go to the journal. `None` if
+/// it does not apply (nothing done); else the ids acked (all of them,
+/// unless another program removed one meanwhile).
+pub fn ack(
+    ctx: &mut Ctx,
+    mb: &Mailbox,
+    held: &[(String, Option<u32>)],
+    now: u64,
+) -> Result<Option<Vec<String>>> {
+    if held.is_empty() || !may_skip_index(ctx) {
+        return Ok(None);
+    }
+    crate::reserve::balance(ctx.home.root());
+    let default_ms = lease::default_ms(&ctx.config);
+    let breakers = &ctx.config.reliability.circuit_breaker;
+    let mut acked = Vec::new();
+    {
+        // As a sweep would: no claim given back while it is checked here.
+        let _lock = mb.lock()?;
+        let state = Locked::acquire(ctx.home.root())?;
+        if state.get().claim_may_be_due(&mb.name, now) {
+            return Ok(None);
+        }
+        for (id, count) in held {
+            let Some(env) = mb.read_envelope("cur", id) else {
+                return Ok(None);
+            };
+            let quiet = !breakers.enabled || {
+                let b = state.get().breaker(&env.from, &mb.name);
+                b.phase == crate::breaker::Phase::Closed && b.failures == 0
+            };
+            if !quiet || lease::check_holder(mb, id, None, *count, "ack", default_ms, now).is_some()
+            {
+                return Ok(None);
+            }
+        }
+        drop(state);
+        for (id, _) in held {
+            if mb.ack(id)? == AckOutcome::Removed {
+                acked.push(id.clone());
+            }
+        }
+    }
+    if acked.is_empty() {
+        return Ok(Some(acked));
+    }
+    crate::home::sync_dir(&mb.sub("cur"))?;
+    let mut journal = Journal::default();
+    for id in &acked {
+        journal.acked(&mb.name, id, now);
+    }
+    // A full disk does not undo the acks (the Maildir is the truth), as
+    // when the index cannot record an ack.
+    match journal.flush(ctx.home.root()) {
+        Ok(size) => bound_journal(ctx, size),
+        Err(e) if !e.is_full() => return Err(e),
+        Err(e) => output::warn(&format!(
+            "{} message(s) acked in '{}', but the index could not record it: {e}; once there is room, relay doctor --repair brings the index in line",
+            acked.len(),
+            mb.name
+        )),
+    }
+    Ok(Some(acked))
+}
+
+/// Moves the journal into the index once it has grown past
+/// `journalMaxBytes` (as a send does), so it stays bounded.
+fn bound_journal(ctx: &mut Ctx, size: u64) {
+    if size > ctx.config.journal_max_bytes
+        && let Err(e) = ctx.store().and_then(crate::store::Store::ingest)
+    {
+        output::warn(&format!(
+            "the index journal could not be moved into the index: {e}"
+        ));
+    }
+}
