@@ -158,6 +158,7 @@ impl Relay {
             env: Vec::new(),
             stdin: None,
             umask: None,
+            no_dac_override: false,
         }
     }
 
@@ -225,6 +226,7 @@ pub struct Cmd<'a> {
     env: Vec<(OsString, Option<OsString>)>,
     stdin: Option<Vec<u8>>,
     umask: Option<u32>,
+    no_dac_override: bool,
 }
 
 impl<'a> Cmd<'a> {
@@ -270,6 +272,14 @@ impl<'a> Cmd<'a> {
         self
     }
 
+    /// Runs relay without the capabilities that let root ignore permission
+    /// bits (through util-linux's `setpriv`), so a chmod stops it as it
+    /// stops any other user. Not combined with `umask`.
+    pub fn without_dac_override(mut self) -> Self {
+        self.no_dac_override = true;
+        self
+    }
+
     fn describe(&self) -> String {
         let mut s = String::new();
         if let Some(m) = self.umask {
@@ -294,6 +304,15 @@ impl<'a> Cmd<'a> {
 
     fn command(&self) -> Command {
         let mut c = match self.umask {
+            None if self.no_dac_override => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    "--bounding-set=-dac_override,-dac_read_search,-fowner",
+                    "--",
+                    BIN,
+                ]);
+                c
+            }
             None => Command::new(BIN),
             Some(m) => {
                 let mut c = Command::new("sh");

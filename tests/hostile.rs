@@ -8,8 +8,8 @@
 //! `relay.db*`, `journal`, the `state.*` slots and `locks/`; files outside the home are compared too).
 //!
 //! Each row is its own `#[test]`, named after the row (see `hostile!`).
-//! Rows marked `known_bug` are product bugs: they run, their failure is
-//! printed (not asserted), and a row that starts passing says so.
+//! Rows about permission bits (`as_any_user`) run relay without root's
+//! override, so they are judged as root too.
 //!
 //! Run: `cargo test --test integration hostile -- --nocapture`, or one
 //! row: `cargo test --test integration hostile::send_subject_dotdot_x`.
@@ -61,8 +61,8 @@ struct Case {
     /// Runs after the command and the write check (e.g. repair, then check
     /// that nothing was lost).
     after: Option<After>,
-    /// A product bug: the row's assertions are reported, not enforced.
-    known_bug: Option<&'static str>,
+    /// Run relay without root's permission-bit override (`as_any_user`).
+    drop_dac_override: bool,
 }
 
 impl Default for Case {
@@ -77,7 +77,7 @@ impl Default for Case {
             stderr_has: &[],
             writes: Writes::Nothing,
             after: None,
-            known_bug: None,
+            drop_dac_override: false,
         }
     }
 }
@@ -470,13 +470,13 @@ const LONG: &str = "tttttttttttttttttttttttttttttttttttttttttttttttttttttttttttt
 
 /// One `#[test]` per row, named by its identifier, so a row can be run
 /// and filtered alone: `cargo test --test integration hostile::recv_`.
-/// A row is a `Case`, or `unless_root(Case { .. })`.
+/// A row is a `Case`, or `as_any_user(Case { .. })`.
 macro_rules! hostile {
     ($($name:ident: $case:expr,)*) => {
         $(
             #[test]
             fn $name() {
-                check(Option::from($case));
+                check($case);
             }
         )*
     };
@@ -1737,7 +1737,7 @@ hostile! {
         ..Case::default()
     },
     // Permission bits only stop writes for a non-root user.
-    send_new_read_only_chmod_500: unless_root(Case {
+    send_new_read_only_chmod_500: as_any_user(Case {
         name: "send: new/ read-only (chmod 500)",
         setup: then(|r, _| chmod(&r.mailbox("a").join("new"), 0o500)),
         args: &["send", "a", "hi"],
@@ -1745,7 +1745,7 @@ hostile! {
         stderr_has: &["{home}/mailboxes/a/new"],
         ..Case::default()
     }),
-    recv_cur_read_only_chmod_500: unless_root(Case {
+    recv_cur_read_only_chmod_500: as_any_user(Case {
         name: "recv: cur/ read-only (chmod 500)",
         setup: then(|r, _| chmod(&r.mailbox("a").join("cur"), 0o500)),
         args: &["recv", "a"],
@@ -1753,7 +1753,7 @@ hostile! {
         stderr_has: &["{home}/mailboxes/a/"],
         ..Case::default()
     }),
-    send_tmp_read_only_chmod_500: unless_root(Case {
+    send_tmp_read_only_chmod_500: as_any_user(Case {
         name: "send: tmp/ read-only (chmod 500)",
         setup: then(|r, _| chmod(&r.mailbox("a").join("tmp"), 0o500)),
         args: &["send", "a", "hi"],
@@ -1763,10 +1763,14 @@ hostile! {
     }),
 }
 
-/// A row that only means something for a non-root user (permission bits
-/// do not stop root): `None` when the tests run as root.
-fn unless_root(case: Case) -> Option<Case> {
-    (!is_root()).then_some(case)
+/// A row about permission bits, which do not stop root: relay runs without
+/// root's DAC override (`Cmd::without_dac_override`), so the row runs and is
+/// judged as root too (CI runs as root).
+fn as_any_user(case: Case) -> Case {
+    Case {
+        drop_dac_override: true,
+        ..case
+    }
 }
 
 fn chmod(path: &Path, mode: u32) {
@@ -1776,14 +1780,6 @@ fn chmod(path: &Path, mode: u32) {
 
 // ---------------------------------------------------------------------------
 // The runner.
-
-/// Whether the tests run as root (permission bits do not stop root).
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
 
 fn subst(s: &str, v: &Vars) -> String {
     let mut out = s.to_string();
@@ -1864,6 +1860,9 @@ fn run(case: &Case) -> Result<(), String> {
     (case.setup)(&r, &mut v);
     let before = snapshot(&r);
     let mut cmd = r.cmd(case.args.iter().map(|a| arg(a, &v)));
+    if case.drop_dac_override {
+        cmd = cmd.without_dac_override();
+    }
     for (k, val) in case.env {
         cmd = cmd.env(k, arg(val, &v));
     }
@@ -1935,21 +1934,10 @@ fn run(case: &Case) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one row as its own test: its assertions enforced, or for a
-/// `known_bug` row reported (and a row that starts passing said so).
-fn check(case: Option<Case>) {
-    let Some(case) = case else {
-        println!("not run: permission bits do not stop root");
-        return;
-    };
-    match (run(&case), case.known_bug) {
-        (Ok(()), None) => {}
-        (Ok(()), Some(bug)) => println!(
-            "FIXED? [{}: {bug}] passes now: drop its known_bug",
-            case.name
-        ),
-        (Err(e), Some(bug)) => println!("KNOWN BUG [{}]: {bug}\n    {e}", case.name),
-        (Err(e), None) => panic!("[{}] {e}", case.name),
+/// Runs one row as its own test, its assertions enforced.
+fn check(case: Case) {
+    if let Err(e) = run(&case) {
+        panic!("[{}] {e}", case.name);
     }
 }
 
