@@ -200,6 +200,20 @@ pub struct Sent {
 /// endpoint took is the error `relay send` exits with.
 pub fn send_message(ctx: &mut Ctx, msg: Outgoing) -> Result<Sent> {
     subject::validate_pattern(&msg.subject, "subject")?;
+    let (args, req) = outgoing(msg, None);
+    let line = send_single(ctx, &args, req)?;
+    let report = serde_json::from_str(&line.json)
+        .map_err(|e| Error::Data(format!("cannot read the send report back: {e}")))?;
+    Ok(Sent {
+        id: line.id,
+        report,
+        warnings: line.warnings,
+    })
+}
+
+/// The `relay send` arguments and request line that send `msg` (what
+/// [`send_message`] and [`publish`] both run).
+fn outgoing(msg: Outgoing, idempotency_key: Option<String>) -> (SendArgs, Request) {
     let args = SendArgs {
         subject: None,
         payload: None,
@@ -225,16 +239,10 @@ pub fn send_message(ctx: &mut Ctx, msg: Outgoing) -> Result<Sent> {
         reply_to: msg.reply_to,
         trace_id: msg.trace_id,
         budget: msg.budget,
+        idempotency_key,
         ..Request::default()
     };
-    let line = send_single(ctx, &args, req)?;
-    let report = serde_json::from_str(&line.json)
-        .map_err(|e| Error::Data(format!("cannot read the send report back: {e}")))?;
-    Ok(Sent {
-        id: line.id,
-        report,
-        warnings: line.warnings,
-    })
+    (args, req)
 }
 
 /// What became of one message sent with [`publish`].
@@ -294,34 +302,7 @@ pub struct Refusal {
 /// an access-rule refusal (the message is dead-lettered under its
 /// subject) and disk or index failures.
 pub fn publish(ctx: &mut Ctx, msg: Outgoing, idempotency_key: Option<String>) -> Result<Published> {
-    let args = SendArgs {
-        subject: None,
-        payload: None,
-        file: None,
-        text: false,
-        json_payload: false,
-        retry: 0,
-        retry_max_wait: std::time::Duration::ZERO,
-        from: msg.from,
-        reply_to: None,
-        ttl: msg.ttl,
-        max_hops: msg.max_hops,
-        parent: None,
-        idempotency_key: None,
-        batch: false,
-        no_fsync: false,
-        trace_id: None,
-        priority: msg.priority,
-    };
-    let req = Request {
-        subject: msg.subject,
-        payload: msg.payload,
-        reply_to: msg.reply_to,
-        trace_id: msg.trace_id,
-        budget: msg.budget,
-        idempotency_key,
-        ..Request::default()
-    };
+    let (args, req) = outgoing(msg, idempotency_key);
     let now = ctx.clock.now_ms();
     let (envelope, key, warnings) = envelope_for(&args, req, now)?;
     let id = envelope.id.clone();
