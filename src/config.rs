@@ -1,7 +1,11 @@
 //! config.json: the knob table, parsing, validation and defaults.
 //!
-//! Every key is one row of `KNOBS`; parsing, validation, defaults and any
-//! listing of keys come from that table, so they cannot disagree.
+//! Every key is declared once, as one row of [`KNOBS`]: its dotted path,
+//! what it accepts, its default, whether DorkOS defines it, what it means
+//! and the field it sets. Parsing, validation, defaults, `relay config
+//! get/set`, the README's table of keys ([`markdown_table`]) and the man
+//! pages' CONFIGURATION section ([`man_section`]) all come from that table,
+//! so they cannot disagree.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,33 +27,27 @@ const PAYLOAD_MAX: u64 = 64 * 1024 * 1024;
 /// Longest rendering of an offending value in a message.
 const SHOW_MAX: usize = 40;
 
-/// The validated configuration: every field lies within its knob's range.
+/// The validated configuration: each field is one knob of [`KNOBS`] (named
+/// in its doc), and lies within that knob's range.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Largest accepted payload in bytes, `1..=64 MiB` (relay's own key).
+    /// `maxPayloadBytes`
     pub max_payload_bytes: u64,
-    /// The DorkOS-compatible `reliability` section.
+    /// `reliability`, the section DorkOS defines.
     pub reliability: Reliability,
-    /// `idempotency.windowSecs`: how long a `send --idempotency-key` is
-    /// remembered, `1..=` a year (relay's own key).
+    /// `idempotency.windowSecs`
     pub idempotency_window_secs: u64,
-    /// `retention.days`: age after which `gc` prunes finished index rows
-    /// and events, `1..=3650` (relay's own key).
+    /// `retention.days`
     pub retention_days: u64,
-    /// `retention.tmpMaxAgeSecs`: age after which `gc` deletes files left
-    /// in `tmp/` by crashed writers, `60..=` a year (relay's own key).
+    /// `retention.tmpMaxAgeSecs`
     pub tmp_max_age_secs: u64,
-    /// `index.journalMaxBytes`: size past which a send moves the journal
-    /// into the index itself, `64 KiB..=1 GiB` (relay's own key).
+    /// `index.journalMaxBytes`
     pub journal_max_bytes: u64,
-    /// The `delivery` section: leases and redelivery (relay's own keys).
+    /// `delivery`
     pub delivery: Delivery,
-    /// `locks.timeoutMs`: how long a command waits for a lock another
-    /// process holds (a mailbox, the state, the index, ...) before it gives
-    /// up with exit 75, `1..=` an hour (relay's own key; the environment
-    /// variable `RELAY_LOCK_TIMEOUT_MS` overrides it).
+    /// `locks.timeoutMs` (`RELAY_LOCK_TIMEOUT_MS` overrides it)
     pub lock_timeout_ms: u64,
-    /// The `bridge` section: `relay bridge` (relay's own keys).
+    /// `bridge`
     pub bridge: Bridge,
     /// problems that are not fatal (unknown keys), one human line each
     pub warnings: Vec<String>,
@@ -58,30 +56,24 @@ pub struct Config {
 /// `bridge`: how `relay bridge` joins this home to others over NATS.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bridge {
-    /// `bridge.url`: the NATS URL when neither `--nats` nor
-    /// `RELAY_NATS_URL` gives one, or null (`nats://127.0.0.1:4222`).
+    /// `bridge.url`
     pub url: Option<String>,
-    /// `bridge.host`: this host's name when `--host` does not give it.
+    /// `bridge.host`
     pub host: Option<String>,
-    /// `bridge.replicas`: stream and bucket replicas, `1..=5`, or null (1).
+    /// `bridge.replicas`
     pub replicas: Option<usize>,
-    /// `bridge.dedupWindowMs`: JetStream's duplicate window for the stream,
-    /// `1000..=` a day; 120000 (2 min) as JetStream's default.
+    /// `bridge.dedupWindowMs`
     pub dedup_window_ms: u64,
-    /// `bridge.maxDeliveries`: temporary refusals of one forwarded message
-    /// before it is dead-lettered (`max_deliveries`), `1..=1000`.
+    /// `bridge.maxDeliveries`
     pub max_deliveries: u32,
 }
 
 /// `delivery`: how long a claim is held and how often it is handed out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
-    /// `delivery.leaseSecs`: the lease of a claim made without `--lease`
-    /// (and of a claim the index does not know, counted from its rename
-    /// into `cur/`), `1..=` a year; 1800 (30 min) as DorkOS.
+    /// `delivery.leaseSecs`
     pub lease_secs: u64,
-    /// `delivery.maxDeliveries`: claims whose lease may run out before the
-    /// message is dead-lettered as `max_deliveries`, `1..=1000`.
+    /// `delivery.maxDeliveries`
     pub max_deliveries: u32,
 }
 
@@ -100,55 +92,53 @@ pub struct Reliability {
 /// any `window_secs`, unless an override prefix matches the sender.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimit {
-    /// Whether the limit is enforced at all.
+    /// `enabled`
     pub enabled: bool,
-    /// Window length in seconds, `1..=31536000` (a year).
+    /// `windowSecs`
     pub window_secs: u64,
-    /// Default capacity per window, `1..=u32::MAX`.
+    /// `maxPerWindow`
     pub max_per_window: u64,
-    /// Sender prefix (non-empty) -> capacity (`1..=u32::MAX`); see
-    /// [`RateLimit::limit_for`]. Empty by default, unlike DorkOS.
+    /// `perSenderOverrides`; see [`RateLimit::limit_for`].
     pub per_sender_overrides: BTreeMap<String, u64>,
-    /// Bucket capacity overriding `max_per_window` (relay's own key); `None`
-    /// = the sender's window limit.
+    /// `burst`; `None` = the sender's window limit.
     pub burst: Option<u64>,
-    /// Fraction of the bucket in use at which senders are warned, `0 < x <= 1`.
+    /// `softLimitRatio`
     pub soft_limit_ratio: f64,
 }
 
 /// `reliability.circuitBreaker`: per-endpoint breaker thresholds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CircuitBreaker {
-    /// Whether breakers are consulted at all.
+    /// `enabled`
     pub enabled: bool,
-    /// Consecutive failures that open a closed breaker, `>= 1`.
+    /// `failureThreshold`
     pub failure_threshold: u32,
-    /// Time an open breaker refuses before half-opening, `1000..=` a year, in ms.
+    /// `cooldownMs`
     pub cooldown_ms: u64,
-    /// Probes a half-open breaker lets through, `>= 1`.
+    /// `halfOpenProbeCount`
     pub half_open_probe_count: u32,
-    /// Successes that close a half-open breaker, `>= 1`.
+    /// `successToClose`
     pub success_to_close: u32,
-    /// Cooldown growth factor per repeated trip, `1..=10` (1 = constant).
+    /// `cooldownBackoff`
     pub cooldown_backoff: f64,
-    /// Ceiling of the grown cooldown, in ms.
+    /// `maxCooldownMs` (never below `cooldown_ms`)
     pub max_cooldown_ms: u64,
 }
 
 /// `reliability.backpressure`: per-endpoint mailbox capacity.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backpressure {
-    /// Whether mailbox depth is checked at all.
+    /// `enabled`
     pub enabled: bool,
-    /// Pending messages at which sends are refused, `1..=u32::MAX`.
+    /// `maxMailboxSize`
     pub max_mailbox_size: u64,
-    /// Fraction of capacity at which senders are warned, `0 < x <= 1`.
+    /// `pressureWarningAt`
     pub pressure_warning_at: f64,
-    /// Fraction of capacity at which `low` priority sends are refused.
+    /// `shedLowAt`
     pub shed_low_at: f64,
-    /// Fraction of capacity at which `background` sends are refused (at most `shed_low_at`).
+    /// `shedBackgroundAt` (never above `shed_low_at`)
     pub shed_background_at: f64,
-    /// Room above capacity for `critical` (all of it) and `high` (half), as a fraction, `0..=1`.
+    /// `priorityHeadroom`
     pub priority_headroom: f64,
 }
 
@@ -158,9 +148,24 @@ struct Knob {
     key: &'static str,
     kind: Kind,
     default: Value,
+    /// Who defines the key.
+    origin: Origin,
+    /// What it means, for the README and the man pages; what it accepts
+    /// and its default are rendered from `kind` and `default`.
+    about: &'static str,
     get: fn(&Config) -> Value,
     /// Only ever given a value that `kind` produced.
     set: fn(&mut Config, Value),
+}
+
+/// Who defines a knob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// DorkOS's `ReliabilityConfigSchema` (dorkos-contract.md section 6):
+    /// relay accepts exactly what DorkOS accepts.
+    DorkOs,
+    /// relay's own key.
+    Relay,
 }
 
 /// What a knob accepts.
@@ -194,6 +199,30 @@ enum Kind {
     },
 }
 
+/// An integer in `min..=max`.
+const fn int(min: u64, max: u64) -> Kind {
+    Kind::Int { min, max }
+}
+
+/// A number in `min..=max`.
+const fn num(min: f64, max: f64) -> Kind {
+    Kind::Num {
+        min,
+        min_inclusive: true,
+        max,
+    }
+}
+
+/// A fraction of something: `0 < x <= 1`.
+const RATIO: Kind = Kind::Num {
+    min: 0.0,
+    min_inclusive: false,
+    max: 1.0,
+};
+
+/// A count: `1..=COUNT_MAX`.
+const COUNT: Kind = int(1, COUNT_MAX);
+
 /// A validated knob value; the variant always matches the knob's `Kind`.
 #[derive(Debug, Clone, PartialEq)]
 enum Value {
@@ -205,312 +234,245 @@ enum Value {
     OptStr(Option<String>),
 }
 
-/// A fraction of something: `0 < x <= 1`.
-const RATIO: Kind = Kind::Num {
-    min: 0.0,
-    min_inclusive: false,
-    max: 1.0,
+/// A `Config` field's type, as a knob [`Value`].
+trait Field: Sized {
+    fn to_value(&self) -> Value;
+    /// Only ever given the variant `to_value` makes.
+    fn from_value(v: Value) -> Self;
+}
+
+impl Field for bool {
+    fn to_value(&self) -> Value {
+        Value::Bool(*self)
+    }
+    fn from_value(v: Value) -> Self {
+        matches!(v, Value::Bool(true))
+    }
+}
+
+impl Field for u64 {
+    fn to_value(&self) -> Value {
+        Value::Int(*self)
+    }
+    fn from_value(v: Value) -> Self {
+        match v {
+            Value::Int(n) => n,
+            _ => 0,
+        }
+    }
+}
+
+impl Field for u32 {
+    fn to_value(&self) -> Value {
+        Value::Int(u64::from(*self))
+    }
+    /// Knobs of `u32` fields have `max <= COUNT_MAX`, so nothing saturates.
+    fn from_value(v: Value) -> Self {
+        u32::try_from(u64::from_value(v)).unwrap_or(u32::MAX)
+    }
+}
+
+impl Field for f64 {
+    fn to_value(&self) -> Value {
+        Value::Num(*self)
+    }
+    fn from_value(v: Value) -> Self {
+        match v {
+            Value::Num(x) => x,
+            _ => 0.0,
+        }
+    }
+}
+
+impl Field for BTreeMap<String, u64> {
+    fn to_value(&self) -> Value {
+        Value::Map(self.clone())
+    }
+    fn from_value(v: Value) -> Self {
+        match v {
+            Value::Map(m) => m,
+            _ => BTreeMap::new(),
+        }
+    }
+}
+
+impl Field for Option<u64> {
+    fn to_value(&self) -> Value {
+        Value::OptInt(*self)
+    }
+    fn from_value(v: Value) -> Self {
+        match v {
+            Value::OptInt(n) => n,
+            _ => None,
+        }
+    }
+}
+
+impl Field for Option<usize> {
+    fn to_value(&self) -> Value {
+        Value::OptInt(self.map(|n| n as u64))
+    }
+    /// Knobs of `usize` fields have small maxima, so nothing saturates.
+    fn from_value(v: Value) -> Self {
+        Option::<u64>::from_value(v).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
+impl Field for Option<String> {
+    fn to_value(&self) -> Value {
+        Value::OptStr(self.clone())
+    }
+    fn from_value(v: Value) -> Self {
+        match v {
+            Value::OptStr(s) => s,
+            _ => None,
+        }
+    }
+}
+
+/// One row of [`KNOBS`].
+macro_rules! knob {
+    ($key:literal, $kind:expr, $default:expr, $origin:ident, $($field:ident).+, $about:literal $(,)?) => {
+        Knob {
+            key: $key,
+            kind: $kind,
+            default: $default,
+            origin: Origin::$origin,
+            about: $about,
+            get: |c| Field::to_value(&c.$($field).+),
+            set: |c, v| c.$($field).+ = Field::from_value(v),
+        }
+    };
+}
+
+/// Every knob, in the order `relay config show` and the docs list them:
+/// `knob! { key, kind, default, origin, field, about }`, where `field` is
+/// the path of the `Config` field it sets.
+#[rustfmt::skip]
+static KNOBS: &[Knob] = &[
+    knob! { "maxPayloadBytes", int(1, PAYLOAD_MAX), Value::Int(1_048_576), Relay, max_payload_bytes,
+        "Largest payload a message may carry, in bytes (64 MiB at most); a larger one is refused \
+         with exit 65." },
+    knob! { "idempotency.windowSecs", int(1, YEAR_SECS), Value::Int(86_400), Relay, idempotency_window_secs,
+        "How long, in seconds, a `send --idempotency-key` is remembered: the same key again within \
+         it is the first message again." },
+    knob! { "retention.days", int(1, 3650), Value::Int(7), Relay, retention_days,
+        "Age in days after which `relay gc` prunes finished index rows and events." },
+    knob! { "retention.tmpMaxAgeSecs", int(60, YEAR_SECS), Value::Int(3600), Relay, tmp_max_age_secs,
+        "Age in seconds after which `relay gc` deletes files a crashed writer left in a mailbox's \
+         `tmp/`." },
+    knob! { "index.journalMaxBytes", int(64 << 10, 1 << 30), Value::Int(16 << 20), Relay, journal_max_bytes,
+        "Size in bytes past which a send moves the journal into `relay.db` itself, so the journal \
+         stays bounded when only sends run." },
+    knob! { "delivery.leaseSecs", int(1, YEAR_SECS), Value::Int(1800), Relay, delivery.lease_secs,
+        "Lease in seconds of a claim made without `recv --lease` (and of a claim the index does not \
+         know, counted from its rename into `cur/`): when it runs out, the message is handed out \
+         again. 30 minutes, as DorkOS." },
+    knob! { "delivery.maxDeliveries", int(1, 1000), Value::Int(5), Relay, delivery.max_deliveries,
+        "Claims whose lease may run out before the message is dead-lettered as `max_deliveries`." },
+    knob! { "bridge.url", NATS_URL, Value::OptStr(None), Relay, bridge.url,
+        "The NATS server of `relay bridge` when neither `--nats` nor `RELAY_NATS_URL` gives one; \
+         null means `nats://127.0.0.1:4222`." },
+    knob! { "bridge.host", HOST, Value::OptStr(None), Relay, bridge.host,
+        "This host's name in `relay bridge` when `--host` does not give it (one or the other is \
+         needed)." },
+    knob! { "bridge.replicas", Kind::OptInt { min: 1, max: 5 }, Value::OptInt(None), Relay, bridge.replicas,
+        "Replicas of the bridge's stream and bucket when `--replicas` does not give them (3 on a \
+         three-node cluster); null means 1." },
+    knob! { "bridge.dedupWindowMs", int(1000, 86_400_000), Value::Int(120_000), Relay, bridge.dedup_window_ms,
+        "JetStream's duplicate window for the bridge's stream, in milliseconds (2 minutes, \
+         JetStream's default)." },
+    knob! { "bridge.maxDeliveries", int(1, 1000), Value::Int(100), Relay, bridge.max_deliveries,
+        "Temporary refusals of one forwarded message before the bridge dead-letters it as \
+         `max_deliveries`." },
+    knob! { "locks.timeoutMs", int(1, 3_600_000), Value::Int(crate::lockwait::DEFAULT_MS), Relay, lock_timeout_ms,
+        "How long, in milliseconds, a command waits for a lock another process holds (a mailbox, \
+         the state, the index, ...) before it gives up with exit 75; `RELAY_LOCK_TIMEOUT_MS` \
+         overrides it." },
+    knob! { "reliability.rateLimit.enabled", Kind::Bool, Value::Bool(true), DorkOs,
+        reliability.rate_limit.enabled,
+        "Whether per-sender rate limits are enforced." },
+    knob! { "reliability.rateLimit.windowSecs", int(1, YEAR_SECS), Value::Int(60), DorkOs,
+        reliability.rate_limit.window_secs,
+        "The rate-limit window, in seconds: a sender's bucket refills `maxPerWindow` tokens per \
+         window." },
+    knob! { "reliability.rateLimit.maxPerWindow", COUNT, Value::Int(100), DorkOs,
+        reliability.rate_limit.max_per_window,
+        "Messages a sender may send per window: its bucket's capacity, unless `burst` is set." },
+    knob! { "reliability.rateLimit.burst", Kind::OptInt { min: 1, max: COUNT_MAX }, Value::OptInt(None), Relay,
+        reliability.rate_limit.burst,
+        "A bucket capacity overriding the sender's `maxPerWindow` (the refill rate stays the same); \
+         null means none." },
+    knob! { "reliability.rateLimit.softLimitRatio", RATIO, Value::Num(0.8), Relay,
+        reliability.rate_limit.soft_limit_ratio,
+        "Fraction of the bucket in use at which a send is accepted with a warning." },
+    // DorkOS defaults to `{"agent:": 2000}`, which can never match a
+    // subject-shaped sender (dorkos-contract.md section 6).
+    knob! { "reliability.rateLimit.perSenderOverrides", Kind::Overrides, Value::Map(BTreeMap::new()), DorkOs,
+        reliability.rate_limit.per_sender_overrides,
+        "Sender prefix -> messages per window, by longest matching prefix; prefixes match \
+         characters (`agent` matches `agents.x` too, `\"\"` every sender). Empty, unlike DorkOS, \
+         whose `{\"agent:\": 2000}` matches no subject." },
+    knob! { "reliability.circuitBreaker.enabled", Kind::Bool, Value::Bool(true), DorkOs,
+        reliability.circuit_breaker.enabled,
+        "Whether per-(sender, endpoint) circuit breakers are consulted." },
+    knob! { "reliability.circuitBreaker.failureThreshold", COUNT, Value::Int(5), DorkOs,
+        reliability.circuit_breaker.failure_threshold,
+        "Consecutive failures (a nack, a lease run out, a delivery I/O error) that open a closed \
+         breaker." },
+    knob! { "reliability.circuitBreaker.cooldownMs", int(1000, YEAR_SECS * 1000), Value::Int(30_000), DorkOs,
+        reliability.circuit_breaker.cooldown_ms,
+        "How long an open breaker refuses sends, in milliseconds, before it half-opens." },
+    knob! { "reliability.circuitBreaker.halfOpenProbeCount", COUNT, Value::Int(1), DorkOs,
+        reliability.circuit_breaker.half_open_probe_count,
+        "Probe messages a half-open breaker lets through." },
+    knob! { "reliability.circuitBreaker.successToClose", COUNT, Value::Int(2), DorkOs,
+        reliability.circuit_breaker.success_to_close,
+        "Acked probes that close a half-open breaker; a failed probe reopens it." },
+    knob! { "reliability.circuitBreaker.cooldownBackoff", num(1.0, 10.0), Value::Num(1.0), Relay,
+        reliability.circuit_breaker.cooldown_backoff,
+        "Factor by which the cooldown grows per repeated trip (1 keeps it constant)." },
+    knob! { "reliability.circuitBreaker.maxCooldownMs", int(1000, YEAR_SECS * 1000), Value::Int(300_000), Relay,
+        reliability.circuit_breaker.max_cooldown_ms,
+        "Ceiling of the grown cooldown, in milliseconds; must be at least `cooldownMs` (when only \
+         `cooldownMs` is set above it, it follows)." },
+    knob! { "reliability.backpressure.enabled", Kind::Bool, Value::Bool(true), DorkOs,
+        reliability.backpressure.enabled,
+        "Whether mailbox depth is checked." },
+    knob! { "reliability.backpressure.maxMailboxSize", COUNT, Value::Int(1000), DorkOs,
+        reliability.backpressure.max_mailbox_size,
+        "Messages in an endpoint's `new/` and `cur/` at which sends to it are refused with exit 75." },
+    // DorkOS: a number in 0..=1 (0 warns on every send).
+    knob! { "reliability.backpressure.pressureWarningAt", num(0.0, 1.0), Value::Num(0.8), DorkOs,
+        reliability.backpressure.pressure_warning_at,
+        "Fraction of `maxMailboxSize` at which a send is accepted with a warning (0 warns on every \
+         send)." },
+    knob! { "reliability.backpressure.shedLowAt", RATIO, Value::Num(0.9), Relay,
+        reliability.backpressure.shed_low_at,
+        "Fraction of capacity at which `low` priority sends are refused." },
+    knob! { "reliability.backpressure.shedBackgroundAt", RATIO, Value::Num(0.75), Relay,
+        reliability.backpressure.shed_background_at,
+        "Fraction of capacity at which `background` priority sends are refused; at most \
+         `shedLowAt`." },
+    knob! { "reliability.backpressure.priorityHeadroom", num(0.0, 1.0), Value::Num(0.1), Relay,
+        reliability.backpressure.priority_headroom,
+        "Room above capacity, as a fraction of it, for `critical` sends (all of it) and `high` ones \
+         (half of it)." },
+];
+
+/// `bridge.url`: one URL, or several comma-separated.
+const NATS_URL: Kind = Kind::OptStr {
+    check: |s| {
+        !s.is_empty() && s.len() <= 4096 && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+    },
+    expected: "a NATS URL such as \"nats://127.0.0.1:4222\" (comma-separated for a cluster)",
 };
 
-static KNOBS: &[Knob] = &[
-    Knob {
-        key: "maxPayloadBytes",
-        kind: Kind::Int {
-            min: 1,
-            max: PAYLOAD_MAX,
-        },
-        default: Value::Int(1_048_576),
-        get: |c| Value::Int(c.max_payload_bytes),
-        set: |c, v| c.max_payload_bytes = v.int(),
-    },
-    Knob {
-        key: "idempotency.windowSecs",
-        kind: Kind::Int {
-            min: 1,
-            max: YEAR_SECS,
-        },
-        default: Value::Int(86_400),
-        get: |c| Value::Int(c.idempotency_window_secs),
-        set: |c, v| c.idempotency_window_secs = v.int(),
-    },
-    Knob {
-        key: "retention.days",
-        kind: Kind::Int { min: 1, max: 3650 },
-        default: Value::Int(7),
-        get: |c| Value::Int(c.retention_days),
-        set: |c, v| c.retention_days = v.int(),
-    },
-    Knob {
-        key: "retention.tmpMaxAgeSecs",
-        kind: Kind::Int {
-            min: 60,
-            max: YEAR_SECS,
-        },
-        default: Value::Int(3600),
-        get: |c| Value::Int(c.tmp_max_age_secs),
-        set: |c, v| c.tmp_max_age_secs = v.int(),
-    },
-    Knob {
-        key: "index.journalMaxBytes",
-        kind: Kind::Int {
-            min: 64 * 1024,
-            max: 1 << 30,
-        },
-        default: Value::Int(16 << 20),
-        get: |c| Value::Int(c.journal_max_bytes),
-        set: |c, v| c.journal_max_bytes = v.int(),
-    },
-    Knob {
-        key: "delivery.leaseSecs",
-        kind: Kind::Int {
-            min: 1,
-            max: YEAR_SECS,
-        },
-        default: Value::Int(1800),
-        get: |c| Value::Int(c.delivery.lease_secs),
-        set: |c, v| c.delivery.lease_secs = v.int(),
-    },
-    Knob {
-        key: "delivery.maxDeliveries",
-        kind: Kind::Int { min: 1, max: 1000 },
-        default: Value::Int(5),
-        get: |c| Value::Int(u64::from(c.delivery.max_deliveries)),
-        set: |c, v| c.delivery.max_deliveries = v.int32(),
-    },
-    Knob {
-        key: "bridge.url",
-        kind: Kind::OptStr {
-            check: |s| {
-                !s.is_empty()
-                    && s.len() <= 4096
-                    && !s.chars().any(|c| c.is_whitespace() || c.is_control())
-            },
-            expected: "a NATS URL such as \"nats://127.0.0.1:4222\" (comma-separated for a cluster)",
-        },
-        default: Value::OptStr(None),
-        get: |c| Value::OptStr(c.bridge.url.clone()),
-        set: |c, v| c.bridge.url = v.opt_str(),
-    },
-    Knob {
-        key: "bridge.host",
-        kind: Kind::OptStr {
-            check: |s| crate::bridge::wire::validate_host(s).is_ok(),
-            expected: "a host name of 1 to 64 letters, digits, '-' or '_'",
-        },
-        default: Value::OptStr(None),
-        get: |c| Value::OptStr(c.bridge.host.clone()),
-        set: |c, v| c.bridge.host = v.opt_str(),
-    },
-    Knob {
-        key: "bridge.replicas",
-        kind: Kind::OptInt { min: 1, max: 5 },
-        default: Value::OptInt(None),
-        get: |c| Value::OptInt(c.bridge.replicas.map(|n| n as u64)),
-        set: |c, v| c.bridge.replicas = v.opt_int().map(|n| usize::try_from(n).unwrap_or(1)),
-    },
-    Knob {
-        key: "bridge.dedupWindowMs",
-        kind: Kind::Int {
-            min: 1000,
-            max: 86_400_000,
-        },
-        default: Value::Int(120_000),
-        get: |c| Value::Int(c.bridge.dedup_window_ms),
-        set: |c, v| c.bridge.dedup_window_ms = v.int(),
-    },
-    Knob {
-        key: "bridge.maxDeliveries",
-        kind: Kind::Int { min: 1, max: 1000 },
-        default: Value::Int(100),
-        get: |c| Value::Int(u64::from(c.bridge.max_deliveries)),
-        set: |c, v| c.bridge.max_deliveries = v.int32(),
-    },
-    Knob {
-        key: "locks.timeoutMs",
-        kind: Kind::Int {
-            min: 1,
-            max: 3_600_000,
-        },
-        default: Value::Int(crate::lockwait::DEFAULT_MS),
-        get: |c| Value::Int(c.lock_timeout_ms),
-        set: |c, v| c.lock_timeout_ms = v.int(),
-    },
-    Knob {
-        key: "reliability.rateLimit.enabled",
-        kind: Kind::Bool,
-        default: Value::Bool(true),
-        get: |c| Value::Bool(c.reliability.rate_limit.enabled),
-        set: |c, v| c.reliability.rate_limit.enabled = v.bool(),
-    },
-    Knob {
-        key: "reliability.rateLimit.windowSecs",
-        kind: Kind::Int {
-            min: 1,
-            max: YEAR_SECS,
-        },
-        default: Value::Int(60),
-        get: |c| Value::Int(c.reliability.rate_limit.window_secs),
-        set: |c, v| c.reliability.rate_limit.window_secs = v.int(),
-    },
-    Knob {
-        key: "reliability.rateLimit.maxPerWindow",
-        kind: Kind::Int {
-            min: 1,
-            max: COUNT_MAX,
-        },
-        default: Value::Int(100),
-        get: |c| Value::Int(c.reliability.rate_limit.max_per_window),
-        set: |c, v| c.reliability.rate_limit.max_per_window = v.int(),
-    },
-    Knob {
-        key: "reliability.rateLimit.burst",
-        kind: Kind::OptInt {
-            min: 1,
-            max: COUNT_MAX,
-        },
-        default: Value::OptInt(None),
-        get: |c| Value::OptInt(c.reliability.rate_limit.burst),
-        set: |c, v| c.reliability.rate_limit.burst = v.opt_int(),
-    },
-    Knob {
-        key: "reliability.rateLimit.softLimitRatio",
-        kind: RATIO,
-        default: Value::Num(0.8),
-        get: |c| Value::Num(c.reliability.rate_limit.soft_limit_ratio),
-        set: |c, v| c.reliability.rate_limit.soft_limit_ratio = v.num(),
-    },
-    Knob {
-        key: "reliability.rateLimit.perSenderOverrides",
-        kind: Kind::Overrides,
-        // DorkOS defaults to `{"agent:": 2000}`, which can never match a
-        // subject-shaped sender (dorkos-contract.md section 6).
-        default: Value::Map(BTreeMap::new()),
-        get: |c| Value::Map(c.reliability.rate_limit.per_sender_overrides.clone()),
-        set: |c, v| c.reliability.rate_limit.per_sender_overrides = v.map(),
-    },
-    Knob {
-        key: "reliability.circuitBreaker.enabled",
-        kind: Kind::Bool,
-        default: Value::Bool(true),
-        get: |c| Value::Bool(c.reliability.circuit_breaker.enabled),
-        set: |c, v| c.reliability.circuit_breaker.enabled = v.bool(),
-    },
-    Knob {
-        key: "reliability.circuitBreaker.failureThreshold",
-        kind: Kind::Int {
-            min: 1,
-            max: COUNT_MAX,
-        },
-        default: Value::Int(5),
-        get: |c| Value::Int(c.reliability.circuit_breaker.failure_threshold.into()),
-        set: |c, v| c.reliability.circuit_breaker.failure_threshold = v.int32(),
-    },
-    Knob {
-        key: "reliability.circuitBreaker.cooldownMs",
-        kind: Kind::Int {
-            min: 1000,
-            max: YEAR_SECS * 1000,
-        },
-        default: Value::Int(30_000),
-        get: |c| Value::Int(c.reliability.circuit_breaker.cooldown_ms),
-        set: |c, v| c.reliability.circuit_breaker.cooldown_ms = v.int(),
-    },
-    Knob {
-        key: "reliability.circuitBreaker.halfOpenProbeCount",
-        kind: Kind::Int {
-            min: 1,
-            max: COUNT_MAX,
-        },
-        default: Value::Int(1),
-        get: |c| Value::Int(c.reliability.circuit_breaker.half_open_probe_count.into()),
-        set: |c, v| c.reliability.circuit_breaker.half_open_probe_count = v.int32(),
-    },
-    Knob {
-        key: "reliability.circuitBreaker.successToClose",
-        kind: Kind::Int {
-            min: 1,
-            max: COUNT_MAX,
-        },
-        default: Value::Int(2),
-        get: |c| Value::Int(c.reliability.circuit_breaker.success_to_close.into()),
-        set: |c, v| c.reliability.circuit_breaker.success_to_close = v.int32(),
-    },
-    Knob {
-        key: "reliability.circuitBreaker.cooldownBackoff",
-        kind: Kind::Num {
-            min: 1.0,
-            min_inclusive: true,
-            max: 10.0,
-        },
-        default: Value::Num(1.0),
-        get: |c| Value::Num(c.reliability.circuit_breaker.cooldown_backoff),
-        set: |c, v| c.reliability.circuit_breaker.cooldown_backoff = v.num(),
-    },
-    Knob {
-        key: "reliability.circuitBreaker.maxCooldownMs",
-        kind: Kind::Int {
-            min: 1000,
-            max: YEAR_SECS * 1000,
-        },
-        default: Value::Int(300_000),
-        get: |c| Value::Int(c.reliability.circuit_breaker.max_cooldown_ms),
-        set: |c, v| c.reliability.circuit_breaker.max_cooldown_ms = v.int(),
-    },
-    Knob {
-        key: "reliability.backpressure.enabled",
-        kind: Kind::Bool,
-        default: Value::Bool(true),
-        get: |c| Value::Bool(c.reliability.backpressure.enabled),
-        set: |c, v| c.reliability.backpressure.enabled = v.bool(),
-    },
-    Knob {
-        key: "reliability.backpressure.maxMailboxSize",
-        kind: Kind::Int {
-            min: 1,
-            max: COUNT_MAX,
-        },
-        default: Value::Int(1000),
-        get: |c| Value::Int(c.reliability.backpressure.max_mailbox_size),
-        set: |c, v| c.reliability.backpressure.max_mailbox_size = v.int(),
-    },
-    Knob {
-        key: "reliability.backpressure.pressureWarningAt",
-        // DorkOS: a number in 0..=1 (0 warns on every send).
-        kind: Kind::Num {
-            min: 0.0,
-            min_inclusive: true,
-            max: 1.0,
-        },
-        default: Value::Num(0.8),
-        get: |c| Value::Num(c.reliability.backpressure.pressure_warning_at),
-        set: |c, v| c.reliability.backpressure.pressure_warning_at = v.num(),
-    },
-    Knob {
-        key: "reliability.backpressure.shedLowAt",
-        kind: RATIO,
-        default: Value::Num(0.9),
-        get: |c| Value::Num(c.reliability.backpressure.shed_low_at),
-        set: |c, v| c.reliability.backpressure.shed_low_at = v.num(),
-    },
-    Knob {
-        key: "reliability.backpressure.shedBackgroundAt",
-        kind: RATIO,
-        default: Value::Num(0.75),
-        get: |c| Value::Num(c.reliability.backpressure.shed_background_at),
-        set: |c, v| c.reliability.backpressure.shed_background_at = v.num(),
-    },
-    Knob {
-        key: "reliability.backpressure.priorityHeadroom",
-        kind: Kind::Num {
-            min: 0.0,
-            min_inclusive: true,
-            max: 1.0,
-        },
-        default: Value::Num(0.1),
-        get: |c| Value::Num(c.reliability.backpressure.priority_headroom),
-        set: |c, v| c.reliability.backpressure.priority_headroom = v.num(),
-    },
-];
+/// `bridge.host`.
+const HOST: Kind = Kind::OptStr {
+    check: |s| crate::bridge::wire::validate_host(s).is_ok(),
+    expected: "a host name of 1 to 64 letters, digits, '-' or '_'",
+};
 
 /// Whether `key` is a knob holding a string (`bridge.url`, `bridge.host`).
 #[must_use]
@@ -524,6 +486,51 @@ pub fn is_string_knob(key: &str) -> bool {
 /// `reliability.rateLimit.maxPerWindow`); each is accepted by [`Config::get`].
 pub fn knobs() -> impl Iterator<Item = &'static str> {
     KNOBS.iter().map(|k| k.key)
+}
+
+/// A knob as the docs describe it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc {
+    /// The dotted key.
+    pub key: &'static str,
+    /// What it accepts, in the words of the message that refuses anything else.
+    pub accepts: String,
+    /// The default, as JSON text.
+    pub default: String,
+    /// Whether DorkOS defines it (else it is relay's own).
+    pub dorkos: bool,
+    /// What it means.
+    pub about: &'static str,
+}
+
+/// Every knob's docs, in table order: the README's table and the man pages'
+/// CONFIGURATION section are rendered from these.
+pub fn docs() -> impl Iterator<Item = Doc> {
+    KNOBS.iter().map(|k| Doc {
+        key: k.key,
+        accepts: k.kind.accepts(),
+        default: k.default.to_json().to_string(),
+        dorkos: k.origin == Origin::DorkOs,
+        about: k.about,
+    })
+}
+
+/// The README's table of configuration keys (Markdown), as generated.
+#[must_use]
+pub fn markdown_table() -> String {
+    let mut out =
+        String::from("| key | default | accepts | defined by | meaning |\n|---|---|---|---|---|\n");
+    for d in docs() {
+        out.push_str(&format!(
+            "| `{}` | `{}` | {} | {} | {} |\n",
+            d.key,
+            d.default,
+            d.accepts.replace('|', "\\|"),
+            if d.dorkos { "DorkOS" } else { "relay" },
+            d.about.replace('|', "\\|"),
+        ));
+    }
+    out
 }
 
 impl Default for Config {
@@ -739,7 +746,7 @@ fn apply(
             .filter(|_| !name.contains('.'));
         if let Some(knob) = knob {
             let fitted;
-            let value = if DORKOS_KEYS.contains(&path.as_str()) {
+            let value = if knob.origin == Origin::DorkOs {
                 fitted = dorkos_fit(knob.kind, &path, value, origin, &mut config.warnings)?;
                 &fitted
             } else {
@@ -763,23 +770,6 @@ fn apply(
     }
     Ok(())
 }
-
-/// The keys DorkOS validates (`ReliabilityConfigSchema`, dorkos-contract.md
-/// section 6): relay accepts exactly what DorkOS accepts for them.
-const DORKOS_KEYS: &[&str] = &[
-    "reliability.rateLimit.enabled",
-    "reliability.rateLimit.windowSecs",
-    "reliability.rateLimit.maxPerWindow",
-    "reliability.rateLimit.perSenderOverrides",
-    "reliability.circuitBreaker.enabled",
-    "reliability.circuitBreaker.failureThreshold",
-    "reliability.circuitBreaker.cooldownMs",
-    "reliability.circuitBreaker.halfOpenProbeCount",
-    "reliability.circuitBreaker.successToClose",
-    "reliability.backpressure.enabled",
-    "reliability.backpressure.maxMailboxSize",
-    "reliability.backpressure.pressureWarningAt",
-];
 
 /// JavaScript's `Number.MAX_SAFE_INTEGER`: Zod's `int()` takes nothing larger.
 const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
@@ -837,6 +827,28 @@ fn dorkos_fit(
 }
 
 impl Kind {
+    /// What the knob accepts, in the words of the message that refuses a
+    /// value of the wrong type (an integer's says only the bound it misses).
+    fn accepts(self) -> String {
+        match self {
+            Kind::Bool => "true or false".into(),
+            Kind::Int { min, max } => format!("an integer >= {min} and <= {max}"),
+            Kind::Num {
+                min,
+                min_inclusive,
+                max,
+            } => {
+                let op = if min_inclusive { ">=" } else { ">" };
+                format!("a number {op} {min} and <= {max}")
+            }
+            Kind::OptInt { min, max } => format!("an integer >= {min} and <= {max} (or null)"),
+            Kind::OptStr { expected, .. } => format!("{expected} (or null)"),
+            Kind::Overrides => {
+                format!("an object of sender prefix -> integer >= 1 and <= {COUNT_MAX}")
+            }
+        }
+    }
+
     /// Validates `v` for the knob at `key`; the error is the message after
     /// `config FILE: `.
     fn read(self, key: &str, v: &Json) -> std::result::Result<Value, String> {
@@ -845,7 +857,7 @@ impl Kind {
             Kind::Bool => v
                 .as_bool()
                 .map(Value::Bool)
-                .ok_or_else(|| bad("true or false".into())),
+                .ok_or_else(|| bad(self.accepts())),
             Kind::Int { min, max } => read_int(v, min, max).map(Value::Int).map_err(bad),
             Kind::Num {
                 min,
@@ -855,25 +867,20 @@ impl Kind {
                 .as_f64()
                 .filter(|x| (*x > min || (min_inclusive && *x == min)) && *x <= max)
                 .map(Value::Num)
-                .ok_or_else(|| {
-                    let op = if min_inclusive { ">=" } else { ">" };
-                    bad(format!("a number {op} {min} and <= {max}"))
-                }),
+                .ok_or_else(|| bad(self.accepts())),
             Kind::OptInt { .. } if v.is_null() => Ok(Value::OptInt(None)),
             Kind::OptInt { min, max } => read_int(v, min, max)
                 .map(|n| Value::OptInt(Some(n)))
                 .map_err(|e| bad(format!("{e} (or null)"))),
             Kind::OptStr { .. } if v.is_null() => Ok(Value::OptStr(None)),
-            Kind::OptStr { check, expected } => v
+            Kind::OptStr { check, .. } => v
                 .as_str()
                 .filter(|s| check(s))
                 .map(|s| Value::OptStr(Some(s.to_string())))
-                .ok_or_else(|| bad(format!("{expected} (or null)"))),
+                .ok_or_else(|| bad(self.accepts())),
             Kind::Overrides => {
                 let Json::Object(object) = v else {
-                    return Err(bad(format!(
-                        "an object of sender prefix -> integer >= 1 and <= {COUNT_MAX}"
-                    )));
+                    return Err(bad(self.accepts()));
                 };
                 let mut map = BTreeMap::new();
                 // Any key, "" included (it matches every sender), as DorkOS.
@@ -914,50 +921,6 @@ fn read_int(v: &Json, min: u64, max: u64) -> std::result::Result<u64, String> {
 }
 
 impl Value {
-    fn bool(self) -> bool {
-        matches!(self, Value::Bool(true))
-    }
-
-    fn int(self) -> u64 {
-        match self {
-            Value::Int(n) => n,
-            _ => 0,
-        }
-    }
-
-    /// Knobs set through this have `max <= COUNT_MAX`, so nothing saturates.
-    fn int32(self) -> u32 {
-        u32::try_from(self.int()).unwrap_or(u32::MAX)
-    }
-
-    fn num(self) -> f64 {
-        match self {
-            Value::Num(x) => x,
-            _ => 0.0,
-        }
-    }
-
-    fn opt_int(self) -> Option<u64> {
-        match self {
-            Value::OptInt(n) => n,
-            _ => None,
-        }
-    }
-
-    fn opt_str(self) -> Option<String> {
-        match self {
-            Value::OptStr(s) => s,
-            _ => None,
-        }
-    }
-
-    fn map(self) -> BTreeMap<String, u64> {
-        match self {
-            Value::Map(m) => m,
-            _ => BTreeMap::new(),
-        }
-    }
-
     fn to_json(&self) -> Json {
         match self {
             Value::Bool(b) => Json::from(*b),
@@ -1657,6 +1620,109 @@ mod tests {
     }
 
     #[test]
+    fn dorkos_keys_are_those_of_its_schema() {
+        // ReliabilityConfigSchema, dorkos-contract.md section 6.
+        let dorkos: Vec<&str> = docs().filter(|d| d.dorkos).map(|d| d.key).collect();
+        assert_eq!(
+            dorkos,
+            [
+                "reliability.rateLimit.enabled",
+                "reliability.rateLimit.windowSecs",
+                "reliability.rateLimit.maxPerWindow",
+                "reliability.rateLimit.perSenderOverrides",
+                "reliability.circuitBreaker.enabled",
+                "reliability.circuitBreaker.failureThreshold",
+                "reliability.circuitBreaker.cooldownMs",
+                "reliability.circuitBreaker.halfOpenProbeCount",
+                "reliability.circuitBreaker.successToClose",
+                "reliability.backpressure.enabled",
+                "reliability.backpressure.maxMailboxSize",
+                "reliability.backpressure.pressureWarningAt",
+            ]
+        );
+        // Only they take DorkOS's integers above relay's ceilings.
+        for knob in KNOBS {
+            if let Kind::Int { max, .. } = knob.kind
+                && max < MAX_SAFE_INTEGER
+            {
+                let over = (max + 1).to_string();
+                let parsed = parse(&nest(knob.key, &over), ORIGIN);
+                assert_eq!(
+                    parsed.is_ok(),
+                    knob.origin == Origin::DorkOs,
+                    "{}",
+                    knob.key
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn docs_say_what_validation_accepts() {
+        for knob in KNOBS {
+            let doc = docs().find(|d| d.key == knob.key).unwrap();
+            assert!(
+                doc.about.ends_with('.') && doc.about.len() > 20,
+                "{}",
+                knob.key
+            );
+            assert_eq!(doc.default, knob.default.to_json().to_string());
+            // A value of the wrong type is refused in the docs' words, and
+            // each bound of an integer is the one its refusal names.
+            match knob.kind {
+                Kind::Int { min, max } | Kind::OptInt { min, max } => {
+                    if min > 0 {
+                        let message = err(&nest(knob.key, &(min - 1).to_string()));
+                        assert!(
+                            message.contains(&format!("an integer >= {min}")),
+                            "{message}"
+                        );
+                    }
+                    assert!(doc.accepts.contains(&format!(">= {min} and <= {max}")));
+                    if knob.origin == Origin::Relay {
+                        let message = err(&nest(knob.key, &(max + 1).to_string()));
+                        assert!(
+                            message.contains(&format!("an integer <= {max}")),
+                            "{message}"
+                        );
+                    }
+                }
+                _ => {
+                    let message = err(&nest(knob.key, "[true]"));
+                    assert!(
+                        message.ends_with(&format!(
+                            "{} must be {}, got [true]",
+                            knob.key, doc.accepts
+                        )),
+                        "{message}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_lock_timeout_variable_names_its_knob_default() {
+        assert_eq!(
+            crate::envvars::LOCK_TIMEOUT_MS.default,
+            format!("locks.timeoutMs ({})", Config::default().lock_timeout_ms)
+        );
+    }
+
+    #[test]
+    fn markdown_table_has_one_row_per_knob() {
+        let table = markdown_table();
+        assert_eq!(table.lines().count(), KNOBS.len() + 2);
+        for knob in KNOBS {
+            assert!(
+                table.contains(&format!("| `{}` |", knob.key)),
+                "{}",
+                knob.key
+            );
+        }
+    }
+
+    #[test]
     fn table_defaults_are_valid_and_round_trip() {
         let defaults = Config::default();
         for knob in KNOBS {
@@ -1683,7 +1749,7 @@ mod tests {
         // field and `Config::default` leaves no placeholder behind.
         for knob in KNOBS {
             let other = match knob.kind {
-                Kind::Bool => Value::Bool(!knob.default.clone().bool()),
+                Kind::Bool => Value::Bool(!bool::from_value(knob.default.clone())),
                 Kind::Int { max, .. } => Value::Int(max),
                 Kind::Num { .. } => Value::Num(0.5),
                 Kind::Overrides => Value::Map([("x.".to_owned(), 3)].into_iter().collect()),

@@ -6,6 +6,7 @@ use std::io;
 use clap::CommandFactory;
 
 use crate::cli::Cli;
+use crate::config;
 use crate::envvars::{self, Scope};
 use crate::error::code;
 
@@ -95,7 +96,11 @@ fn exit_help(codes: &[u8]) -> String {
     for (c, meaning) in EXIT_CODES.iter().filter(|(c, _)| codes.contains(c)) {
         out.push_str(&format!("  {c:>3}  {meaning}\n"));
     }
-    out.push_str("\nEnvironment: RELAY_HOME, RELAY_FROM, RELAY_TRACE_ID, ... (see `relay man`)");
+    let names: Vec<&str> = envvars::ALL.iter().take(3).map(|v| v.name).collect();
+    out.push_str(&format!(
+        "\nEnvironment: {}, ... (see `relay man`)",
+        names.join(", ")
+    ));
     out
 }
 
@@ -225,7 +230,8 @@ fn examples(page: &str) -> &'static [(&'static str, &'static str)] {
 }
 
 /// The sections relay adds to a man page (`page`: `""` for relay.1, else
-/// the subcommand): EXIT STATUS, ENVIRONMENT, FILES, EXAMPLES.
+/// the subcommand): EXIT STATUS, CONFIGURATION (relay.1, relay-config.1),
+/// ENVIRONMENT, FILES, EXAMPLES.
 fn extra_sections(page: &str) -> String {
     let mut out = String::from(".SH \"EXIT STATUS\"\n");
     let codes = if page.is_empty() {
@@ -235,6 +241,9 @@ fn extra_sections(page: &str) -> String {
     };
     for (c, meaning) in EXIT_CODES.iter().filter(|(c, _)| codes.contains(c)) {
         tagged(&mut out, &c.to_string(), meaning);
+    }
+    if page.is_empty() || page == "config" {
+        configuration(&mut out);
     }
     out.push_str(".SH ENVIRONMENT\n");
     for v in envvars::ALL.iter().filter(|v| v.scope != Scope::Suite) {
@@ -285,6 +294,30 @@ fn extra_sections(page: &str) -> String {
         }
     }
     out
+}
+
+/// The CONFIGURATION section (relay.1 and relay-config.1): every knob of
+/// config.json, from its one declaration in `crate::config`.
+fn configuration(out: &mut String) {
+    out.push_str(".SH CONFIGURATION\n.PP\n");
+    out.push_str(&roff(
+        "$RELAY_HOME/config.json is read by every command; every key is optional. \
+         A dotted key names nested objects: reliability.rateLimit.maxPerWindow is \
+         {\"reliability\": {\"rateLimit\": {\"maxPerWindow\": N}}}, and relay config get and set \
+         take it as written. An invalid value exits 78 naming the file and the key; \
+         an unknown key is a warning. A DorkOS key accepts what DorkOS's schema accepts: \
+         an integer up to 9007199254740991 above relay's ceiling is taken as the ceiling, \
+         with a warning.",
+    ));
+    out.push('\n');
+    for d in config::docs() {
+        let origin = if d.dorkos { " DorkOS's key." } else { "" };
+        let text = format!(
+            "{} Accepts {}; default {}.{origin}",
+            d.about, d.accepts, d.default
+        );
+        tagged(out, d.key, &text.replace('`', ""));
+    }
 }
 
 /// The relay home's files (relay.1's FILES).

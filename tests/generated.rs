@@ -95,6 +95,7 @@ fn the_readme_tables_match_their_registries() {
     for (name, fresh) in [
         ("envvars", relay::envvars::markdown_table()),
         ("exit-codes", relay::generate::exit_codes_markdown()),
+        ("config", relay::config::markdown_table()),
     ] {
         let open = format!("<!-- generated: {name} ");
         let close = "<!-- end generated -->";
@@ -190,6 +191,7 @@ fn help_and_man_pages_carry_exit_codes_environment_files_and_examples() {
     assert!(man.starts_with(".ie"), "piped, `relay man` prints roff");
     for section in [
         ".SH \"EXIT STATUS\"",
+        ".SH CONFIGURATION",
         ".SH ENVIRONMENT",
         ".SH FILES",
         ".SH EXAMPLES",
@@ -205,5 +207,33 @@ fn help_and_man_pages_carry_exit_codes_environment_files_and_examples() {
             "relay.1's ENVIRONMENT lacks {}",
             v.name
         );
+    }
+    // CONFIGURATION: every knob, with what it accepts and its default, in
+    // relay.1 and relay-config.1 (whose committed copy the test above
+    // keeps fresh).
+    let config_page =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("man/relay-config.1"))
+            .unwrap_or_default();
+    let section = |page: &str| -> String {
+        let start = page.find(".SH CONFIGURATION").unwrap_or(page.len());
+        let end = page[start..]
+            .find(".SH ENVIRONMENT")
+            .map_or(page.len(), |i| start + i);
+        page[start..end].to_string()
+    };
+    for (name, page) in [("relay.1", &man), ("relay-config.1", &config_page)] {
+        let section = section(page);
+        for d in relay::config::docs() {
+            let entry = format!(".TP\n\\fB{}\\fR\n", d.key);
+            let at = section
+                .find(&entry)
+                .unwrap_or_else(|| panic!("{name}'s CONFIGURATION lacks {}", d.key));
+            let text = section[at + entry.len()..].lines().next().unwrap_or("");
+            assert!(
+                text.contains(&format!("default {}.", d.default.replace('-', "\\-"))),
+                "{name}: {}: {text}",
+                d.key
+            );
+        }
     }
 }
