@@ -15,7 +15,7 @@ use serde_json::Value as Json;
 use crate::error::{Error, Result};
 
 /// The name of the configuration file inside `$RELAY_HOME`.
-pub const FILE_NAME: &str = "config.json";
+pub const FILE_NAME: &str = crate::home::CONFIG_FILE;
 
 /// Upper bound of count-like knobs and of the `u32` fields: past it a value
 /// is nonsense, and callers may rely on it fitting in a `u32`.

@@ -31,63 +31,23 @@
 //! (`cur/`, `new/`), the removals fsynced (`cur/`), once per batch.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use crate::context::Ctx;
 use crate::envelope::Envelope;
 use crate::error::Result;
-use crate::journal::Journal;
 use crate::lease;
 use crate::maildir::{AckOutcome, Mailbox};
 use crate::output;
-use crate::state::Locked;
-
-/// Whether a consumer may leave the index closed (see the module doc).
-/// Never while this process has it open: its reads there do not see what
-/// it journaled (a long-running consumer's sweeps would miss leases).
-#[must_use]
-pub fn may_skip_index(ctx: &Ctx) -> bool {
-    let root = ctx.home.root();
-    ctx.fast_consumer
-        && !ctx.has_store()
-        && index_looks_sound(&ctx.home.db_file())
-        && !crate::batchlog::pending(root)
-}
-
-/// Whether `relay.db` is absent (a fresh home: the next reader creates it)
-/// or a regular file with SQLite's header whose size is a whole number of
-/// its pages. Anything else is left to the slow path, which opens it and
-/// reports what is wrong (and points at `doctor --repair`).
-fn index_looks_sound(path: &Path) -> bool {
-    use std::io::Read;
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) => return e.kind() == std::io::ErrorKind::NotFound,
-    };
-    let Ok(md) = file.metadata() else {
-        return false;
-    };
-    let mut header = [0u8; 100];
-    if !md.is_file() || file.take(100).read_exact(&mut header).is_err() {
-        return false;
-    }
-    let page = match u16::from_be_bytes([header[16], header[17]]) {
-        1 => 65_536,
-        n => u64::from(n),
-    };
-    header.starts_with(b"SQLite format 3\0")
-        && page >= 512
-        && md.len() >= page
-        && md.len().is_multiple_of(page)
-}
+use crate::store::journal::Journal;
+use crate::store::state::Locked;
 
 /// Priority ranks of the pending messages at `mb` that are not normal:
 /// none to look up on the fast path while no such message may be there
 /// (`State::prioritized`), else from the index, which then also brings
 /// the marks up to date (and the fast path closes it again: only a
-/// process without the index open may journal, see `may_skip_index`).
+/// process without the index open may journal, see `Ctx::may_skip_index`).
 pub fn ranks(ctx: &mut Ctx, mb: &Mailbox) -> Result<HashMap<String, u8>> {
-    let fast = may_skip_index(ctx);
+    let fast = ctx.may_skip_index();
     if fast
         && !Locked::acquire(ctx.home.root())?
             .get()
@@ -113,27 +73,6 @@ pub fn ranks(ctx: &mut Ctx, mb: &Mailbox) -> Result<HashMap<String, u8>> {
     Ok(ranks)
 }
 
-/// Whether, on the fast path, no claim in `mb` has run out before `now`,
-/// decided without the index: no recorded lease there is past its
-/// deadline (`claims_due`), and by the Maildir's clock (claimed at + the
-/// default lease) none has run out either. `false` if the index must say.
-pub fn none_due(ctx: &Ctx, mb: &Mailbox, now: u64) -> Result<bool> {
-    if !may_skip_index(ctx) {
-        return Ok(false);
-    }
-    let default_ms = lease::default_ms(&ctx.config);
-    if Locked::acquire(ctx.home.root())?
-        .get()
-        .claim_may_be_due(&mb.name, now)
-    {
-        return Ok(false);
-    }
-    Ok(mb.list("cur")?.iter().all(|id| {
-        mb.claimed_at(id)
-            .is_none_or(|at| at.saturating_add(default_ms) >= now)
-    }))
-}
-
 /// Records claims (already fsynced) without the index, if the fast path
 /// applies: the lease's deadline lowers `lease_due` and `claims_due`, and
 /// the claims go to the journal, all under the state lock. `false` if it does not apply
@@ -145,7 +84,7 @@ pub fn record_claims(
     lease_until: Option<u64>,
     now: u64,
 ) -> Result<bool> {
-    if !may_skip_index(ctx) {
+    if !ctx.may_skip_index() {
         return Ok(false);
     }
     crate::reserve::balance(ctx.home.root());
@@ -188,7 +127,7 @@ pub fn ack(
     held: &[(String, Option<u32>)],
     now: u64,
 ) -> Result<Option<Vec<String>>> {
-    if held.is_empty() || !may_skip_index(ctx) {
+    if held.is_empty() || !ctx.may_skip_index() {
         return Ok(None);
     }
     crate::reserve::balance(ctx.home.root());

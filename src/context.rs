@@ -1,15 +1,15 @@
 //! What every command starts from: the resolved home, the config read for
 //! this invocation, the clock, and the index (opened only when needed).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::batchlog;
 use crate::clock::Clock;
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::output;
 use crate::store::Store;
+use crate::store::batchlog;
 
 /// What a command needs of the home.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +101,19 @@ impl Ctx {
         self.store.is_some()
     }
 
+    /// Whether a consumer may leave the index closed (see
+    /// `consumer`'s module doc).
+    /// Never while this process has it open: its reads there do not see what
+    /// it journaled (a long-running consumer's sweeps would miss leases).
+    #[must_use]
+    pub fn may_skip_index(&self) -> bool {
+        let root = self.home.root();
+        self.fast_consumer
+            && !self.has_store()
+            && index_looks_sound(&self.home.db_file())
+            && !crate::store::batchlog::pending(root)
+    }
+
     /// Closes the index if it is open; the next `store` opens it again.
     pub fn close_store(&mut self) {
         self.store = None;
@@ -129,4 +142,31 @@ impl Ctx {
         };
         Ok(self.store.insert(store))
     }
+}
+
+/// Whether `relay.db` is absent (a fresh home: the next reader creates it)
+/// or a regular file with SQLite's header whose size is a whole number of
+/// its pages. Anything else is left to the slow path, which opens it and
+/// reports what is wrong (and points at `doctor --repair`).
+fn index_looks_sound(path: &Path) -> bool {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return e.kind() == std::io::ErrorKind::NotFound,
+    };
+    let Ok(md) = file.metadata() else {
+        return false;
+    };
+    let mut header = [0u8; 100];
+    if !md.is_file() || file.take(100).read_exact(&mut header).is_err() {
+        return false;
+    }
+    let page = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536,
+        n => u64::from(n),
+    };
+    header.starts_with(b"SQLite format 3\0")
+        && page >= 512
+        && md.len() >= page
+        && md.len().is_multiple_of(page)
 }

@@ -13,6 +13,9 @@ pub const DIR_MODE: u32 = 0o700;
 /// Mode of every file relay creates.
 pub const FILE_MODE: u32 = 0o600;
 
+/// The configuration file's name inside the home.
+pub const CONFIG_FILE: &str = "config.json";
+
 /// Envelope overhead allowed on top of the payload when reading a message
 /// file: ids, subjects, the budget and its ancestor chain, DorkOS extras.
 const ENVELOPE_OVERHEAD: u64 = 64 * 1024;
@@ -51,7 +54,9 @@ impl Home {
         };
         Ok(Home {
             root,
-            message_cap: message_cap(crate::config::Config::default().max_payload_bytes),
+            // Set from the configuration once it is loaded (every caller
+            // does, before reading a message): until then, no payload.
+            message_cap: message_cap(0),
         })
     }
 
@@ -104,7 +109,7 @@ impl Home {
     /// `<home>/config.json`.
     #[must_use]
     pub fn config_file(&self) -> PathBuf {
-        self.root.join(crate::config::FILE_NAME)
+        self.root.join(CONFIG_FILE)
     }
 
     /// `<home>/relay.db`.

@@ -3,7 +3,6 @@
 //! `run` is the whole program: parse, dispatch, and report the one error.
 
 pub mod access;
-pub mod batchlog;
 pub mod breaker;
 pub mod bridge;
 pub mod bucket;
@@ -13,16 +12,13 @@ pub mod cmd;
 pub mod config;
 pub mod consumer;
 pub mod context;
-pub mod dorkos;
 pub mod envelope;
 pub mod envvars;
 pub mod error;
 pub mod generate;
 pub mod home;
 pub mod inbox;
-pub mod journal;
 pub mod lease;
-pub mod ledger;
 pub mod lockwait;
 pub mod maildir;
 pub mod mcp;
@@ -34,7 +30,6 @@ pub mod reliability;
 pub mod request;
 pub mod reserve;
 pub mod serve;
-pub mod state;
 pub mod store;
 pub mod subject;
 pub mod template;

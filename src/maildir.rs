@@ -495,13 +495,13 @@ impl Mailbox {
     pub fn ack(&self, id: &str) -> Result<AckOutcome> {
         let path = self.file("cur", id);
         // DorkOS's index gets the row whole if it has none yet.
-        let file = crate::dorkos::present(self.root())
+        let file = crate::store::dorkos::present(self.root())
             .then(|| self.read_json("cur", id))
             .flatten();
         match fs::remove_file(&path) {
             Ok(()) => {
-                let done = crate::dorkos::Status::Delivered;
-                crate::dorkos::finished(self.root(), &self.name, id, done, file.as_ref());
+                let done = crate::store::dorkos::Status::Delivered;
+                crate::store::dorkos::finished(self.root(), &self.name, id, done, file.as_ref());
                 Ok(AckOutcome::Removed)
             }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(AckOutcome::Missing),
@@ -573,7 +573,7 @@ impl Mailbox {
             }
             let _ = fs::remove_file(self.sub("failed").join(format!("{id}{REASON_EXT}")));
             home::sync_dir(&self.sub("failed"))?;
-            crate::dorkos::requeued(self.root(), &self.name, new);
+            crate::store::dorkos::requeued(self.root(), &self.name, new);
             return Ok(Some(new.clone()));
         }
         let to = self.file("new", id);
@@ -585,7 +585,7 @@ impl Mailbox {
         let _ = fs::remove_file(self.sub("failed").join(format!("{id}{REASON_EXT}")));
         home::sync_dir(&self.sub("new"))?;
         home::sync_dir(&self.sub("failed"))?;
-        crate::dorkos::requeued(self.root(), &self.name, &env);
+        crate::store::dorkos::requeued(self.root(), &self.name, &env);
         Ok(Some(env))
     }
 
@@ -652,7 +652,7 @@ impl Mailbox {
         match fs::remove_file(self.sub("failed").join(format!("{id}{REASON_EXT}"))) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
             _ => {
-                crate::dorkos::removed(self.root(), &self.name, id);
+                crate::store::dorkos::removed(self.root(), &self.name, id);
                 Ok(())
             }
         }
@@ -702,8 +702,8 @@ impl Mailbox {
         } else {
             envelope
         };
-        let failed = crate::dorkos::Status::Failed;
-        crate::dorkos::finished(self.root(), &self.name, id, failed, Some(&envelope));
+        let failed = crate::store::dorkos::Status::Failed;
+        crate::store::dorkos::finished(self.root(), &self.name, id, failed, Some(&envelope));
         self.write_reason_or_warn(id, envelope, reason, code, now);
         home::sync_dir(&self.sub("cur"))?;
         Ok(true)
@@ -718,7 +718,7 @@ impl Mailbox {
         self.place(&file_name(&env.id), &bytes, "failed", true, false)?;
         let value = serde_json::to_value(env).unwrap_or(Value::Null);
         self.write_reason_or_warn(&env.id, value, reason, code, now);
-        crate::dorkos::dead_lettered(self.root(), &self.name, env);
+        crate::store::dorkos::dead_lettered(self.root(), &self.name, env);
         Ok(())
     }
 

@@ -141,23 +141,23 @@ pub fn send(
         notice.budget.ancestor_chain.push(reply_to.to_string());
         notice.budget.call_budget_remaining -= 1;
         let root = home.root();
-        let expected = crate::dorkos::Outcome {
+        let expected = crate::store::dorkos::Outcome {
             delivered: vec![(reply_to, &notice)],
-            ..crate::dorkos::Outcome::default()
+            ..crate::store::dorkos::Outcome::default()
         };
-        crate::dorkos::delivering(root, &[(&notice, expected)], now);
+        crate::store::dorkos::delivering(root, &[(&notice, expected)], now);
         let done = mb.deliver(&notice, true).map(|unsynced| {
             if let Some(e) = unsynced {
                 crate::output::warn(&format!("failure notice {} delivered, but: {e}", notice.id));
             }
         });
         if done.is_err() {
-            crate::dorkos::unsent(root, reply_to, &notice.id);
-            let failed = crate::dorkos::Outcome {
+            crate::store::dorkos::unsent(root, reply_to, &notice.id);
+            let failed = crate::store::dorkos::Outcome {
                 refused: vec![("io_error", "the failure notice could not be written")],
-                ..crate::dorkos::Outcome::default()
+                ..crate::store::dorkos::Outcome::default()
             };
-            crate::dorkos::retraced(root, &notice, &failed, now);
+            crate::store::dorkos::retraced(root, &notice, &failed, now);
         }
         done
     } else {
@@ -191,7 +191,7 @@ pub fn send(
 
 /// Indexes a sent notice and records a `failure_notice` event, or a
 /// `failure_notice_refused` event for a notice not written.
-pub fn record(tx: &impl crate::ledger::Ledger, sent: &Sent, now: u64) -> Result<()> {
+pub fn record(tx: &impl crate::store::ledger::Ledger, sent: &Sent, now: u64) -> Result<()> {
     let (endpoint, envelope, delivered) = match sent {
         Sent::Written {
             endpoint,

@@ -14,13 +14,14 @@ use crate::config::{Backpressure, Reliability};
 use crate::context::Ctx;
 use crate::envelope::{Budget, Envelope};
 use crate::error::{Error, Result};
-use crate::ledger::{Fast, Ledger};
 use crate::maildir::Mailbox;
 use crate::output;
 use crate::pressure::{self, Priority};
 use crate::reliability::{self, RateOutcome};
+use crate::store::batchlog;
+use crate::store::ledger::{Fast, Ledger};
 use crate::store::{Event as StoreEvent, SentRow, Store};
-use crate::{batchlog, notice, reserve};
+use crate::{notice, reserve};
 
 /// How delivered files are made durable.
 pub enum Durability<'a> {
@@ -260,7 +261,7 @@ pub fn deliver(
             }
             Err(e) => {
                 ledger.unsent(&ep, &copy.id);
-                crate::dorkos::unsent(home.root(), &ep, &copy.id);
+                crate::store::dorkos::unsent(home.root(), &ep, &copy.id);
                 io_failures.push((j, ep, job.probes[i]));
                 let code = if e.is_full() { "disk_full" } else { "io_error" };
                 Fate::Refused(code.into(), e.to_string(), None)
@@ -469,16 +470,16 @@ fn dorkos_rows(
     now: u64,
 ) -> Vec<Option<usize>> {
     let mut predicted = vec![None; jobs.len()];
-    if !crate::dorkos::present(root) {
+    if !crate::store::dorkos::present(root) {
         return predicted;
     }
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let mut sends: Vec<(usize, crate::dorkos::Outcome<'_>)> = Vec::new();
+    let mut sends: Vec<(usize, crate::store::dorkos::Outcome<'_>)> = Vec::new();
     for (j, _, ep, copy) in work {
         if sends.last().is_none_or(|(k, _)| k != j) {
-            let mut out = crate::dorkos::Outcome {
+            let mut out = crate::store::dorkos::Outcome {
                 duration_ms,
-                ..crate::dorkos::Outcome::default()
+                ..crate::store::dorkos::Outcome::default()
             };
             for (_, fate) in &jobs[*j].fates {
                 if let Some(Fate::DeadLettered(code, reason) | Fate::Refused(code, reason, _)) =
@@ -496,11 +497,11 @@ fn dorkos_rows(
     for (j, out) in &sends {
         predicted[*j] = Some(out.delivered.len());
     }
-    let sends: Vec<(&Envelope, crate::dorkos::Outcome<'_>)> = sends
+    let sends: Vec<(&Envelope, crate::store::dorkos::Outcome<'_>)> = sends
         .into_iter()
         .map(|(j, out)| (&jobs[j].env, out))
         .collect();
-    crate::dorkos::delivering(root, &sends, now);
+    crate::store::dorkos::delivering(root, &sends, now);
     predicted
 }
 
@@ -514,19 +515,19 @@ fn dorkos_published(
     duration_ms: u64,
     now: u64,
 ) {
-    if !crate::dorkos::present(root) {
+    if !crate::store::dorkos::present(root) {
         return;
     }
-    let mut out = crate::dorkos::Outcome {
+    let mut out = crate::store::dorkos::Outcome {
         duration_ms,
-        ..crate::dorkos::Outcome::default()
+        ..crate::store::dorkos::Outcome::default()
     };
     match &job.result {
         None => {}
         Some(Err(Error::Refused { message, .. })) => {
             // Refused whole before anything was written.
             out.rate_limited = Some(message);
-            crate::dorkos::published(root, &job.env, &out, now);
+            crate::store::dorkos::published(root, &job.env, &out, now);
             return;
         }
         Some(_) => return,
@@ -541,8 +542,10 @@ fn dorkos_published(
         }
     }
     match early {
-        None => crate::dorkos::published(root, &job.env, &out, now),
-        Some(n) if n != out.delivered.len() => crate::dorkos::retraced(root, &job.env, &out, now),
+        None => crate::store::dorkos::published(root, &job.env, &out, now),
+        Some(n) if n != out.delivered.len() => {
+            crate::store::dorkos::retraced(root, &job.env, &out, now)
+        }
         Some(_) => {}
     }
 }

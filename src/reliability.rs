@@ -9,7 +9,7 @@ use crate::bucket;
 use crate::clock::human_ms;
 use crate::config::{CircuitBreaker, RateLimit};
 use crate::error::Result;
-use crate::ledger::Ledger;
+use crate::store::ledger::Ledger;
 use crate::store::{Event, Tx};
 
 /// What the rate limiter said about one send.

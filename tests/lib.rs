@@ -24,6 +24,7 @@ mod generated;
 mod home; // home safety: symlinks and world-writable dirs refused (77), 0700/0600 modes
 mod hostile;
 mod journal; // sends bypass the index: journal ingestion, idempotent replays, the state slots
+mod layout; // the module graph of src/ has no import circle
 mod observability; // traces, metrics, dead letters, events, gc, access rules, failure notices, idempotency, budgets
 mod races; // 8 racing senders: bucket, mailbox capacity and half-open probes stay exact
 mod ratelimit; // per-sender token buckets: soft/hard hits, refill, burst, overrides, reset

@@ -30,7 +30,7 @@ pub struct Entry {
 /// `<home>/bridge/remotes.json`.
 #[must_use]
 pub fn remotes_file(home: &Home) -> PathBuf {
-    super::state::dir(home.root()).join("remotes.json")
+    crate::store::bridge::dir(home.root()).join("remotes.json")
 }
 
 /// The remote endpoints this home knows (none without a bridge).
@@ -50,7 +50,7 @@ pub fn host_of(home: &Home, endpoint: &str) -> Option<String> {
 
 fn save(home: &Home, remotes: &Remotes) -> Result<()> {
     let path = remotes_file(home);
-    crate::home::create_dir_secure(&super::state::dir(home.root()), false)?;
+    crate::home::create_dir_secure(&crate::store::bridge::dir(home.root()), false)?;
     let bytes = serde_json::to_vec_pretty(remotes)
         .map_err(|e| Error::Data(format!("cannot encode the remote endpoints: {e}")))?;
     let tmp = path.with_extension(format!("json.{}", std::process::id()));
@@ -170,7 +170,7 @@ pub fn parse_entry(bytes: &[u8]) -> Option<Entry> {
 /// at every `DIRECTORY_POLL`), and again now and then so a bucket lost
 /// with its server is filled again.
 pub async fn publish_loop(
-    session: std::sync::Arc<super::session::Session>,
+    session: std::sync::Arc<super::Session>,
     kv: async_nats::jetstream::kv::Store,
 ) -> Result<()> {
     const REFRESH: u32 = 30;
@@ -207,7 +207,7 @@ pub const DIRECTORY_POLL: std::time::Duration = std::time::Duration::from_millis
 
 /// Watches the other hosts' keys and keeps their proxies in step.
 pub async fn watch_loop(
-    session: std::sync::Arc<super::session::Session>,
+    session: std::sync::Arc<super::Session>,
     kv: async_nats::jetstream::kv::Store,
 ) -> Result<()> {
     use async_nats::jetstream::kv::Operation;

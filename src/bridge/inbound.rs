@@ -6,15 +6,15 @@
 
 use std::time::Duration;
 
-use crate::bridge::state::State;
 use crate::bridge::wire::{Span, SpanState};
 use crate::context::Ctx;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
-use crate::ledger::{Fast, Ledger};
 use crate::maildir::Mailbox;
 use crate::notice;
 use crate::pipeline::{self, Delivery, Durability, Fate, Job};
+use crate::store::bridge::State;
+use crate::store::ledger::{Fast, Ledger};
 use crate::store::{SentRow, Status};
 
 /// Delay of a nak when the refusal named none.
@@ -266,7 +266,7 @@ const FETCH: usize = 128;
 /// `apply`, span updates through `spans::apply`; each is acked, nakked
 /// with a delay, or termed as its result says.
 pub async fn run_loop(
-    session: std::sync::Arc<super::session::Session>,
+    session: std::sync::Arc<super::Session>,
     consumer: async_nats::jetstream::consumer::PullConsumer,
 ) -> Result<()> {
     use async_nats::jetstream::AckKind;
@@ -432,7 +432,7 @@ fn apply_batch(
             out.push(step);
         }
         if !jobs.is_empty() {
-            let mut log = crate::batchlog::Log::new();
+            let mut log = crate::store::batchlog::Log::new();
             let durability = match &mut log {
                 Some(log) => Durability::Logged(log),
                 None => Durability::PerMessage,

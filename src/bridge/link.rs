@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::breaker::{Decision, Event as BreakerEvent};
 use crate::context::Ctx;
 use crate::error::Result;
-use crate::ledger::{Fast, Ledger};
 use crate::reliability;
 use crate::store::Event;
+use crate::store::ledger::{Fast, Ledger};
 
 /// Sender of the link's breaker pair.
 pub const LINK_SENDER: &str = "relay.bridge";
@@ -56,7 +56,7 @@ pub struct Status {
 /// Reads `link.json` of a home, if a bridge wrote one.
 #[must_use]
 pub fn read(home: &crate::home::Home) -> Option<Status> {
-    let path = super::state::dir(home.root()).join("link.json");
+    let path = crate::store::bridge::dir(home.root()).join("link.json");
     std::fs::read(path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -64,7 +64,7 @@ pub fn read(home: &crate::home::Home) -> Option<Status> {
 
 /// Writes `link.json` (atomically).
 pub fn write(home: &crate::home::Home, s: &Status) -> Result<()> {
-    let dir = super::state::dir(home.root());
+    let dir = crate::store::bridge::dir(home.root());
     crate::home::create_dir_secure(&dir, false)?;
     let path = dir.join("link.json");
     let tmp = dir.join(format!("link.json.{}", std::process::id()));
@@ -90,7 +90,7 @@ pub fn alive(pid: u32) -> bool {
 
 /// Removes `link.json` (the bridge stopped).
 pub fn clear(home: &crate::home::Home) {
-    let _ = std::fs::remove_file(super::state::dir(home.root()).join("link.json"));
+    let _ = std::fs::remove_file(crate::store::bridge::dir(home.root()).join("link.json"));
 }
 
 /// Records a link event: `kind` with `detail`.

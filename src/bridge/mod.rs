@@ -17,12 +17,15 @@ pub mod outbound;
 pub mod outbox;
 pub mod session;
 pub mod spans;
-pub mod state;
 pub mod wire;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream;
+use tokio::sync::watch;
 
 use crate::context::Ctx;
 use crate::error::{Error, Result};
@@ -54,7 +57,7 @@ pub struct Local {
     ctx: Ctx,
     config_stamp: Option<SystemTime>,
     /// The bridge's own database.
-    pub state: state::State,
+    pub state: crate::store::bridge::State,
     /// This host.
     pub host: String,
 }
@@ -64,7 +67,7 @@ impl Local {
     pub fn open(home: Option<PathBuf>, host: &str) -> Result<Self> {
         let ctx = Ctx::new(home.clone(), false, true)?;
         let config_stamp = stamp(&ctx);
-        let state = state::State::open(ctx.home.root())?;
+        let state = crate::store::bridge::State::open(ctx.home.root())?;
         Ok(Local {
             home,
             ctx,
@@ -94,7 +97,7 @@ impl Local {
     }
 
     /// Both halves at once.
-    pub fn parts(&mut self) -> (&mut Ctx, &state::State, &str) {
+    pub fn parts(&mut self) -> (&mut Ctx, &crate::store::bridge::State, &str) {
         self.ctx();
         (&mut self.ctx, &self.state, &self.host)
     }
@@ -108,6 +111,42 @@ fn stamp(ctx: &Ctx) -> Option<SystemTime> {
 
 /// The blocking side shared by the tasks.
 pub type Shared = Arc<Mutex<Local>>;
+
+/// What the tasks share.
+pub struct Session {
+    /// The settings.
+    pub settings: Settings,
+    /// The JetStream context.
+    pub js: jetstream::Context,
+    /// The blocking side.
+    pub local: Shared,
+    /// Flipped to true on SIGTERM / SIGINT.
+    pub stop: watch::Receiver<bool>,
+    /// Whether the client is connected.
+    pub connected: AtomicBool,
+    /// Counters for `link.json`.
+    pub forwarded: AtomicU64,
+    /// Messages applied from the stream.
+    pub received: AtomicU64,
+    /// Copies expired in the outbox.
+    pub expired: AtomicU64,
+}
+
+impl Session {
+    /// Whether a stop was asked for.
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Sleeps `d`, or less if a stop comes first.
+    pub async fn pause(&self, d: Duration) {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            () = tokio::time::sleep(d) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+}
 
 /// Runs `f` on the blocking side, off the runtime's thread.
 pub async fn blocking<T, F>(local: &Shared, f: F) -> Result<T>

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 
+use super::Session;
 use super::outbox::{self, Item};
-use super::session::Session;
 use super::{blocking, link, wire};
 use crate::error::Result;
 

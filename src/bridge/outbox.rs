@@ -10,10 +10,10 @@ use std::collections::HashMap;
 use crate::context::Ctx;
 use crate::envelope::Envelope;
 use crate::error::Result;
-use crate::ledger::{Fast, Ledger};
 use crate::maildir::Mailbox;
 use crate::notice;
 use crate::store::Event;
+use crate::store::ledger::{Fast, Ledger};
 
 /// One claimed copy to forward.
 #[derive(Debug, Clone)]

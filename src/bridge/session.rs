@@ -11,44 +11,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use tokio::sync::watch;
 
-use super::{Settings, Shared, blocking, link, wire};
+use super::{Session, Settings, Shared, blocking, link, wire};
 use crate::error::{Error, Result};
-
-/// What the tasks share.
-pub struct Session {
-    /// The settings.
-    pub settings: Settings,
-    /// The JetStream context.
-    pub js: jetstream::Context,
-    /// The blocking side.
-    pub local: Shared,
-    /// Flipped to true on SIGTERM / SIGINT.
-    pub stop: watch::Receiver<bool>,
-    /// Whether the client is connected.
-    pub connected: AtomicBool,
-    /// Counters for `link.json`.
-    pub forwarded: AtomicU64,
-    /// Messages applied from the stream.
-    pub received: AtomicU64,
-    /// Copies expired in the outbox.
-    pub expired: AtomicU64,
-}
-
-impl Session {
-    /// Whether a stop was asked for.
-    pub fn stopping(&self) -> bool {
-        *self.stop.borrow()
-    }
-
-    /// Sleeps `d`, or less if a stop comes first.
-    pub async fn pause(&self, d: Duration) {
-        let mut stop = self.stop.clone();
-        tokio::select! {
-            () = tokio::time::sleep(d) => {}
-            _ = stop.wait_for(|s| *s) => {}
-        }
-    }
-}
 
 /// Connects (retrying until the server answers), then runs every task
 /// until a signal.
@@ -119,7 +83,7 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
     let recovered = blocking(&session.local, |l| {
         let now = l.ctx().clock.now_ms();
         l.state
-            .prune(now.saturating_sub(super::state::APPLIED_KEEP_MS))?;
+            .prune(now.saturating_sub(crate::store::bridge::APPLIED_KEEP_MS))?;
         super::outbox::recover(l.ctx())
     })
     .await?;

@@ -6,12 +6,12 @@
 //! would, and are recorded as `remote_span` events.
 
 use crate::breaker::Event as BreakerEvent;
-use crate::bridge::state::{Open, State};
 use crate::bridge::wire::{Span, SpanState};
 use crate::context::Ctx;
 use crate::error::Result;
 use crate::maildir::Mailbox;
 use crate::reliability;
+use crate::store::bridge::{Open, State};
 use crate::store::{Event, Status};
 
 /// Dead-letter codes that are a consumer's failure (as locally: they feed
@@ -148,10 +148,7 @@ pub fn apply(ctx: &mut Ctx, span: &Span, now: u64) -> Result<()> {
 
 /// Publishes span updates, each to its origin's span subject; returns the
 /// ones JetStream acknowledged.
-pub async fn publish_all(
-    session: &super::session::Session,
-    spans: Vec<(String, Span)>,
-) -> Vec<Span> {
+pub async fn publish_all(session: &super::Session, spans: Vec<(String, Span)>) -> Vec<Span> {
     let mut pending = Vec::new();
     for (origin, span) in spans {
         let Ok(body) = serde_json::to_vec(&span) else {
@@ -186,7 +183,7 @@ pub async fn publish_all(
 const REPORT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Reports what became of applied messages to their origins until a stop.
-pub async fn report_loop(session: std::sync::Arc<super::session::Session>) -> Result<()> {
+pub async fn report_loop(session: std::sync::Arc<super::Session>) -> Result<()> {
     const PAGE: usize = 1024;
     let mut offset = 0;
     while !session.stopping() {

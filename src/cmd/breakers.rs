@@ -7,10 +7,10 @@ use crate::cli::{BreakersAction, BreakersArgs};
 use crate::clock::{human_ms, iso8601};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
-use crate::ledger::Ledger;
 use crate::output;
 use crate::reliability;
 use crate::store::BreakerRow;
+use crate::store::ledger::Ledger;
 use crate::subject;
 
 /// One breaker as shown by `relay breakers --json` (and `status`).

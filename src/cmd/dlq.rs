@@ -487,7 +487,7 @@ pub fn remove(
         // A batch log replayed after a power loss could not tell a purged
         // dead letter from a lost message: retire this boot's logs first.
         let home = ctx.home.clone();
-        if crate::batchlog::settle(&home, ctx.store()?, now, true)? {
+        if crate::store::batchlog::settle(&home, ctx.store()?, now, true)? {
             return Err(Error::Refused {
                 message: format!(
                     "a durable batch is still running (its log is in {}); purge once it has finished",

@@ -85,7 +85,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
     if rebuilt {
         // The new index does not know what was acked: a batch log of
         // another boot must not be replayed into it.
-        for u in crate::batchlog::disarm_foreign(&ctx.home, now)? {
+        for u in crate::store::batchlog::disarm_foreign(&ctx.home, now)? {
             if u.restored > 0 {
                 note(
                     "batch log",
@@ -137,7 +137,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
 
     // DorkOS's index beside the home: updates relay could not write yet
     // (DorkOS was busy) are written now on repair.
-    let dorkos = crate::dorkos::health(ctx.home.root(), repair);
+    let dorkos = crate::store::dorkos::health(ctx.home.root(), repair);
     for d in &dorkos {
         if d.caught_up > 0 {
             note(
@@ -169,7 +169,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
     // Messages DorkOS's index knows are DorkOS's mail (or relay's, in both
     // indexes): a file relay's index lacks is not a problem then.
     let dorkos_known = if dorkos.iter().any(|d| d.in_step) {
-        crate::dorkos::known(ctx.home.root())
+        crate::store::dorkos::known(ctx.home.root())
     } else {
         std::collections::HashSet::new()
     };
@@ -296,7 +296,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
     if rebuilt {
         // This boot's logs were written against the old index too: retire
         // them now (one syncfs), so none can replay into the new one.
-        crate::batchlog::settle(&home, store, now, true)?;
+        crate::store::batchlog::settle(&home, store, now, true)?;
     }
     let tx = store.begin()?;
     let mut rows: HashMap<(String, String), String> = HashMap::new();
@@ -506,7 +506,7 @@ fn finish(
     findings: &[Finding],
     on_disk: usize,
     repair: bool,
-    dorkos: &[crate::dorkos::Health],
+    dorkos: &[crate::store::dorkos::Health],
 ) -> Result<()> {
     let problems = findings.iter().filter(|f| !f.repaired).count();
     if ctx.json {

@@ -215,7 +215,7 @@ pub fn remove_endpoint(home: &crate::home::Home, name: &str, force: bool) -> Res
     // What is left: files beside the subdirectories (a DorkOS `.owner`).
     fs::remove_dir_all(&grave).ctx("cannot delete", &grave)?;
     crate::home::sync_dir(&home.mailboxes())?;
-    crate::dorkos::endpoint_removed(home.root(), name);
+    crate::store::dorkos::endpoint_removed(home.root(), name);
     Ok(deleted)
 }
 

@@ -11,9 +11,9 @@ use serde::Serialize;
 use crate::cli::GcArgs;
 use crate::context::Ctx;
 use crate::error::{Error, Result};
-use crate::ledger::Ledger;
 use crate::maildir::{self, Mailbox};
 use crate::output;
+use crate::store::ledger::Ledger;
 use crate::{lease, notice, reliability};
 
 /// What one gc run did (or would do, with `--dry-run`).
@@ -135,10 +135,10 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
     // while a log could still be replayed. This boot's idle logs are
     // retired first (one syncfs), as `dlq purge` does.
     let logs_remain = if args.dry_run {
-        crate::batchlog::pending(ctx.home.root())
+        crate::store::batchlog::pending(ctx.home.root())
     } else {
         let home = ctx.home.clone();
-        crate::batchlog::settle(&home, ctx.store()?, now, true)?
+        crate::store::batchlog::settle(&home, ctx.store()?, now, true)?
     };
     if logs_remain {
         output::warn(&format!(

@@ -6,10 +6,10 @@ use crate::cli::{LimitsAction, LimitsArgs};
 use crate::clock::{ago, iso8601};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
-use crate::ledger::{Fast, Ledger};
 use crate::output;
 use crate::reliability;
 use crate::store::BucketRow;
+use crate::store::ledger::{Fast, Ledger};
 use crate::subject;
 
 /// One sender as shown by `relay limits --json` (and `status`).

@@ -104,7 +104,7 @@ fn print_and_ack(
         .iter()
         .map(|c| (c.envelope.id.clone(), Some(c.envelope.delivery_count)))
         .collect();
-    if crate::consumer::may_skip_index(ctx) {
+    if ctx.may_skip_index() {
         let mut printed = 0;
         let result = claimed.iter().try_for_each(|c| {
             show(ctx, template, &c.envelope, mb)?;

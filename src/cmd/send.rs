@@ -8,12 +8,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::access;
-use crate::batchlog;
 use crate::cli::SendArgs;
 use crate::context::Ctx;
 use crate::envelope::{Budget, Envelope};
 use crate::error::{Error, Result};
-use crate::ledger::{Fast, Ledger};
 use crate::maildir::{self, Mailbox};
 use crate::notice;
 use crate::output;
@@ -21,6 +19,8 @@ use crate::pipeline::{self, Delivery, Durability, Fate, Job};
 use crate::pressure::Priority;
 use crate::reliability::{self, RateOutcome};
 use crate::store::SentRow;
+use crate::store::batchlog;
+use crate::store::ledger::{Fast, Ledger};
 use crate::subject;
 
 /// Longest accepted trace id.
@@ -924,11 +924,11 @@ fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &st
     mb.dead_letter(env, reason, code, now)?;
     if code == "no_match" {
         // DorkOS's publish: accounted (`*` row), nobody took it.
-        let out = crate::dorkos::Outcome {
+        let out = crate::store::dorkos::Outcome {
             no_match: true,
-            ..crate::dorkos::Outcome::default()
+            ..crate::store::dorkos::Outcome::default()
         };
-        crate::dorkos::published(ctx.home.root(), env, &out, now);
+        crate::store::dorkos::published(ctx.home.root(), env, &out, now);
     }
     let notice = notice::send(&ctx.home, env, &env.subject, code, reason, now)?;
     // Accounted like the pipeline's dead letters: in the journal, no index.

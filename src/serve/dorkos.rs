@@ -714,38 +714,7 @@ pub async fn register(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     .await
 }
 
-/// `/api/relay/endpoints/*`: `DELETE …/:subject`, `GET …/:subject/inbox`,
-/// and relay's `POST …/:subject/ack` and `…/nack`.
-pub async fn endpoint_path(
-    State(app): State<Arc<App>>,
-    method: Method,
-    Path(rest): Path<String>,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let (subject, action) = match rest.rsplit_once('/') {
-        Some((s, a @ ("inbox" | "ack" | "nack"))) => (s.to_string(), Some(a)),
-        _ => (rest.clone(), None),
-    };
-    match (&method, action) {
-        (&Method::GET, Some("inbox")) => inbox(app, subject, q).await,
-        (&Method::POST, Some(verb @ ("ack" | "nack"))) => {
-            super::routes::settle(app, subject, verb == "nack", headers, body).await
-        }
-        (&Method::DELETE, _) => unregister(app, rest).await,
-        _ => {
-            let allow = match action {
-                Some("inbox") => "GET",
-                Some(_) => "POST",
-                None => "DELETE",
-            };
-            super::routes::not_allowed_with(&method, &format!("/api/relay/endpoints/{rest}"), allow)
-        }
-    }
-}
-
-async fn unregister(app: Arc<App>, subj: String) -> Response {
+pub(super) async fn unregister(app: Arc<App>, subj: String) -> Response {
     with_index(&app, move |ctx| {
         if subject::validate_subject(&subj, "endpoint").is_err()
             || !Mailbox::at(&ctx.home, &subj).is_endpoint()
@@ -760,7 +729,7 @@ async fn unregister(app: Arc<App>, subj: String) -> Response {
     .await
 }
 
-async fn inbox(app: Arc<App>, subj: String, q: Option<String>) -> Response {
+pub(super) async fn inbox(app: Arc<App>, subj: String, q: Option<String>) -> Response {
     let q = Query::parse(q.as_deref());
     let mut bad = Invalid::default();
     let status = one_of(

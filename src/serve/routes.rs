@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{OriginalUri, RawQuery, Request, State};
+use axum::extract::{OriginalUri, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -66,7 +66,7 @@ pub(super) fn router(app: Arc<App>) -> Router {
                 "GET, POST",
             ),
         )
-        .route("/endpoints/{*rest}", any(dorkos::endpoint_path))
+        .route("/endpoints/{*rest}", any(endpoint_path))
         .route(
             "/dead-letters",
             only(
@@ -244,7 +244,7 @@ async fn not_found(method: Method, uri: Uri) -> Response {
 }
 
 /// A JSON 405 for `path`, which answers only `allow`.
-pub(super) fn not_allowed_with(method: &Method, path: &str, allow: &'static str) -> Response {
+fn not_allowed_with(method: &Method, path: &str, allow: &'static str) -> Response {
     let mut resp = reply::error(
         StatusCode::METHOD_NOT_ALLOWED,
         &format!("{method} is not allowed on {path}; use {allow}"),
@@ -428,9 +428,40 @@ async fn limits_reset(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     .await
 }
 
+/// `/api/relay/endpoints/*`: `DELETE …/:subject`, `GET …/:subject/inbox`,
+/// and relay's `POST …/:subject/ack` and `…/nack`.
+async fn endpoint_path(
+    State(app): State<Arc<App>>,
+    method: Method,
+    Path(rest): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (subject, action) = match rest.rsplit_once('/') {
+        Some((s, a @ ("inbox" | "ack" | "nack"))) => (s.to_string(), Some(a)),
+        _ => (rest.clone(), None),
+    };
+    match (&method, action) {
+        (&Method::GET, Some("inbox")) => dorkos::inbox(app, subject, q).await,
+        (&Method::POST, Some(verb @ ("ack" | "nack"))) => {
+            settle(app, subject, verb == "nack", headers, body).await
+        }
+        (&Method::DELETE, _) => dorkos::unregister(app, rest).await,
+        _ => {
+            let allow = match action {
+                Some("inbox") => "GET",
+                Some(_) => "POST",
+                None => "DELETE",
+            };
+            not_allowed_with(&method, &format!("/api/relay/endpoints/{rest}"), allow)
+        }
+    }
+}
+
 /// `POST /api/relay/endpoints/:subject/ack` `{ids}` and `…/nack`
 /// `{ids, reason}`: finish messages a consumer claimed (`relay recv`).
-pub(super) async fn settle(
+async fn settle(
     app: Arc<App>,
     endpoint: String,
     nack: bool,

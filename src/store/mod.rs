@@ -16,11 +16,17 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::envelope::Envelope;
 use crate::error::{Error, IoContext, Result};
 use crate::home;
-use crate::journal::{self, Record};
-use crate::ledger::{LazyState, Ledger};
+use crate::store::journal::Record;
+use crate::store::ledger::{LazyState, Ledger};
 use crate::{breaker, bucket};
 
+pub mod batchlog;
+pub mod bridge;
+pub mod dorkos;
+pub mod journal;
+pub mod ledger;
 pub mod reports;
+pub mod state;
 
 /// Schema migrations; `PRAGMA user_version` counts how many are applied.
 /// Append only: never edit a released step.
@@ -268,7 +274,7 @@ impl Store {
         self.catch_up()?;
         // While a batch log could be replayed after a power loss, a commit
         // lost with the power could bring back a message acked here.
-        if !self.durable && crate::batchlog::pending(&self.dir) {
+        if !self.durable && crate::store::batchlog::pending(&self.dir) {
             self.durable_commits()?;
         }
         let tx = self

@@ -12,8 +12,8 @@ use std::cell::{RefCell, RefMut};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::journal::Journal;
-use crate::state::{self, Locked};
+use crate::store::journal::Journal;
+use crate::store::state::{self, Locked};
 use crate::store::{BreakerRow, BucketRow, Event, SentRow};
 use crate::{breaker, bucket};
 
