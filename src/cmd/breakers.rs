@@ -9,7 +9,6 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output;
 use crate::reliability;
-use crate::store::BreakerRow;
 use crate::store::ledger::Ledger;
 use crate::subject;
 
@@ -38,13 +37,12 @@ pub struct BreakerInfo {
 impl BreakerInfo {
     /// The view of a stored breaker at `now`.
     #[must_use]
-    pub fn new(row: BreakerRow, now: u64) -> Self {
-        let s = row.state;
-        let phase = breaker::effective_phase(&s, now);
+    pub fn new(sender: String, endpoint: String, s: &breaker::State, now: u64) -> Self {
+        let phase = breaker::effective_phase(s, now);
         let waiting = phase == Phase::Open;
         BreakerInfo {
-            sender: row.sender,
-            endpoint: row.endpoint,
+            sender,
+            endpoint,
             state: phase.as_str(),
             consecutive_failures: s.failures,
             probes_in_flight: if phase == Phase::HalfOpen && s.phase == Phase::HalfOpen {
@@ -101,19 +99,18 @@ pub fn snapshot(ctx: &mut Ctx, now: u64) -> Result<Vec<BreakerInfo>> {
     let tx = ctx.store()?.begin()?;
     reliability::observe_leases(&tx, &cfg, None, now)?;
     // Record what the passing of time did (open -> half-open) before showing it.
-    for row in tx.breakers()? {
-        reliability::breaker_step(
-            &tx,
-            &cfg,
-            &row.sender,
-            &row.endpoint,
-            BreakerEvent::Observe,
-            now,
-        )?;
+    for (sender, endpoint) in tx.breaker_pairs(None, None)? {
+        reliability::breaker_step(&tx, &cfg, &sender, &endpoint, BreakerEvent::Observe, now)?;
     }
-    let rows = tx.breakers()?;
+    let pairs = tx.breakers()?;
     tx.commit()?;
-    Ok(rows.into_iter().map(|r| BreakerInfo::new(r, now)).collect())
+    Ok(pairs
+        .into_iter()
+        .flat_map(|(sender, m)| {
+            m.into_iter()
+                .map(move |(endpoint, b)| BreakerInfo::new(sender.clone(), endpoint, &b.state, now))
+        })
+        .collect())
 }
 
 fn list(ctx: &mut Ctx) -> Result<()> {

@@ -8,7 +8,6 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output;
 use crate::reliability;
-use crate::store::BucketRow;
 use crate::store::ledger::{Fast, Ledger};
 use crate::subject;
 
@@ -78,11 +77,11 @@ pub fn run(ctx: &mut Ctx, args: &LimitsArgs) -> Result<()> {
 pub fn snapshot(ctx: &mut Ctx, now: u64) -> Result<Vec<LimitInfo>> {
     let cfg = ctx.config.reliability.rate_limit.clone();
     // Buckets live in the state slots: no need to open the index.
-    let rows = Fast::new(ctx.home.root()).buckets()?;
-    Ok(rows
+    let buckets = Fast::new(ctx.home.root()).buckets()?;
+    Ok(buckets
         .into_iter()
-        .map(|r: BucketRow| {
-            let policy = reliability::bucket_policy(&cfg, &r.sender);
+        .map(|(sender, r)| {
+            let policy = reliability::bucket_policy(&cfg, &sender);
             let tokens = r.state.refilled(&policy, now).tokens;
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
             LimitInfo {
@@ -93,7 +92,7 @@ pub fn snapshot(ctx: &mut Ctx, now: u64) -> Result<Vec<LimitInfo>> {
                 hard_hits: r.hard_hits,
                 last_hit_at: r.last_hit_at.map(iso8601),
                 last_hit_ms: r.last_hit_at,
-                sender: r.sender,
+                sender,
             }
         })
         .collect())

@@ -9,12 +9,13 @@
 //! the send pipeline nests none but the state inside the mailboxes).
 
 use std::cell::{RefCell, RefMut};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::store::journal::Journal;
 use crate::store::state::{self, Locked};
-use crate::store::{BreakerRow, BucketRow, Event, SentRow};
+use crate::store::{Event, SentRow};
 use crate::{breaker, bucket};
 
 /// The state slots (`state.rs`), locked on first use and written back by `save`.
@@ -113,19 +114,8 @@ pub trait Ledger {
     }
 
     /// Every bucket, by sender.
-    fn buckets(&self) -> Result<Vec<BucketRow>> {
-        let l = self.state().lock()?;
-        Ok(l.get()
-            .buckets
-            .iter()
-            .map(|(sender, b)| BucketRow {
-                sender: sender.clone(),
-                state: b.state,
-                soft_hits: b.soft_hits,
-                hard_hits: b.hard_hits,
-                last_hit_at: b.last_hit_at,
-            })
-            .collect())
+    fn buckets(&self) -> Result<BTreeMap<String, state::Bucket>> {
+        Ok(self.state().lock()?.get().buckets.clone())
     }
 
     /// The breaker of a pair (closed if it has none).
@@ -157,19 +147,8 @@ pub trait Ledger {
     }
 
     /// Every breaker with state, by sender then endpoint.
-    fn breakers(&self) -> Result<Vec<BreakerRow>> {
-        let l = self.state().lock()?;
-        Ok(l.get()
-            .breakers
-            .iter()
-            .flat_map(|(sender, m)| {
-                m.iter().map(|(endpoint, b)| BreakerRow {
-                    sender: sender.clone(),
-                    endpoint: endpoint.clone(),
-                    state: b.state,
-                })
-            })
-            .collect())
+    fn breakers(&self) -> Result<BTreeMap<String, BTreeMap<String, state::Breaker>>> {
+        Ok(self.state().lock()?.get().breakers.clone())
     }
 
     /// Pairs with a breaker (optionally one sender's, or one pair).
@@ -181,9 +160,9 @@ pub trait Ledger {
         Ok(self
             .breakers()?
             .into_iter()
-            .filter(|r| sender.is_none_or(|s| s == r.sender))
-            .filter(|r| endpoint.is_none_or(|e| e == r.endpoint))
-            .map(|r| (r.sender, r.endpoint))
+            .filter(|(s, _)| sender.is_none_or(|want| want == s))
+            .flat_map(|(s, pairs)| pairs.into_keys().map(move |e| (s.clone(), e)))
+            .filter(|(_, e)| endpoint.is_none_or(|want| want == e))
             .collect())
     }
 

@@ -79,7 +79,6 @@ use crate::error::{Error, IoContext, Result};
 use crate::home;
 use crate::store::journal::Record;
 use crate::store::ledger::{LazyState, Ledger};
-use crate::{breaker, bucket};
 
 pub mod batchlog;
 pub mod bridge;
@@ -1377,32 +1376,6 @@ fn apply(tx: &rusqlite::Transaction<'_>, records: &[Record]) -> rusqlite::Result
         }
     }
     Ok(())
-}
-
-/// A stored breaker.
-#[derive(Debug, Clone)]
-pub struct BreakerRow {
-    /// Sender of the pair.
-    pub sender: String,
-    /// Endpoint of the pair.
-    pub endpoint: String,
-    /// Its state as last written.
-    pub state: breaker::State,
-}
-
-/// A stored bucket with its hit counters.
-#[derive(Debug, Clone)]
-pub struct BucketRow {
-    /// The sender.
-    pub sender: String,
-    /// Tokens as last written.
-    pub state: bucket::State,
-    /// Soft-threshold hits ever.
-    pub soft_hits: u64,
-    /// Hard refusals ever.
-    pub hard_hits: u64,
-    /// Time of the last hit of either kind.
-    pub last_hit_at: Option<u64>,
 }
 
 /// A stored event.
