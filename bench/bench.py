@@ -4,7 +4,9 @@
 Run from the repository root:  python3 bench/bench.py [--quick] [--only NAME,...]
 (NAME: send, batch, recv_ack, consume, growth, status, index, memory;
 CARGO_TARGET_DIR is honoured; RELAY_BENCH_BIN=path uses that relay instead
-of building one, e.g. the commit before a change). Consumers against the
+of building one; RELAY_BENCH_BASELINE=path also times that relay, e.g. the
+commit before a change, in the same rounds: per-process send, --version and
+the consumers, each beside the baseline's figure). Consumers against the
 C claim floor:  python3 bench/bench.py --only consume
 Builds relay (release) and bench/cfloor.c, then prints a table and writes
 bench/results.json. Every figure is a median over repeated runs; each ratio
@@ -37,6 +39,7 @@ SCRATCH = tempfile.mkdtemp(prefix="relay-bench-", dir=os.environ.get("RELAY_BENC
 RELAY = os.path.join(SCRATCH, "relay")
 RELAY_DYNAMIC = os.path.join(SCRATCH, "relay-dynamic")
 CFLOOR = os.path.join(SCRATCH, "cfloor")
+BASELINE = os.path.join(SCRATCH, "baseline", "relay") if os.environ.get("RELAY_BENCH_BASELINE") else None
 ENV_BASE = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
 COUNTER = [0]
 
@@ -107,6 +110,8 @@ def per_process_send(rounds):
     _, env_dynamic = relay_home({"reliability": {"rateLimit": {"maxPerWindow": 1000000}}})
     t_relay, t_floor, t_mdeliver, t_true, t_hello = [], [], [], [], []
     t_dynamic, t_dynamic_hello = [], []
+    t_base, t_base_hello = [], []
+    _, env_base = relay_home({"reliability": {"rateLimit": {"maxPerWindow": 1000000}}})
     for _ in range(rounds):
         t_true.append(timed(["/bin/true"]))
         t_hello.append(timed([RELAY, "--version"]))
@@ -117,6 +122,9 @@ def per_process_send(rounds):
         t_relay.append(timed([RELAY, "send", "q", payload, "--from", "bench"], env=env))
         t_dynamic_hello.append(timed([RELAY_DYNAMIC, "--version"]))
         t_dynamic.append(timed([RELAY_DYNAMIC, "send", "q", payload, "--from", "bench"], env=env_dynamic))
+        if BASELINE:
+            t_base_hello.append(timed([BASELINE, "--version"]))
+            t_base.append(timed([BASELINE, "send", "q", payload, "--from", "bench"], env=env_base))
     record("spawn /bin/true (per process)", median(t_true), "ms")
     record("relay --version (startup only)", median(t_hello), "ms", "/bin/true", median(t_true))
     record("C floor durable deliver (per process)", median(t_floor), "ms")
@@ -128,6 +136,11 @@ def per_process_send(rounds):
     record("relay --version, dynamic build", median(t_dynamic_hello), "ms", "/bin/true", median(t_true))
     record("relay send, dynamic build (per process)", median(t_dynamic), "ms", "C floor", median(t_floor),
            note="cargo build --release; the shipped build is static")
+    if BASELINE:
+        record("baseline relay --version", median(t_base_hello), "ms", "/bin/true", median(t_true))
+        record("relay --version vs the baseline's", median(t_hello), "ms", "baseline", median(t_base_hello))
+        record("baseline relay send (per process)", median(t_base), "ms", "C floor", median(t_floor))
+        record("relay send vs the baseline's", median(t_relay), "ms", "baseline", median(t_base))
     return home, env
 
 
@@ -203,47 +216,74 @@ def consume(rounds):
     """Whole-process consumers against the C claim floor (cfloor ... claim:
     list new/, rename the oldest into cur/, fsync cur/, read it, unlink it,
     fsync cur/ again), interleaved round by round: `recv --ack`, `recv`
-    then `ack` as two processes, and `recv -n 100 --ack` per message. Each
-    consumer drains a mailbox of its own, filled beforehand (a batch
-    without fsync, then sync), with rate limits off and a backlog as deep
-    as the rounds."""
+    then `ack` as two processes (beside the same work in two C processes:
+    cfloor ... take, then cfloor ... remove), and `recv -n 100 --ack` per
+    message. Each consumer drains a mailbox of its own, filled beforehand
+    (a batch without fsync, then sync), with rate limits off and a backlog
+    as deep as the rounds. With RELAY_BENCH_BASELINE, that relay runs the
+    same consumers in the same rounds."""
     config = {"reliability": {"rateLimit": {"enabled": False},
                               "backpressure": {"maxMailboxSize": 1000000}}}
     drain = 100
     batches = max(3, rounds // 10)
-    md = maildir("cclaim")
-    subprocess.run([CFLOOR, md, str(rounds), "nofsync"], check=True)
+    md, md_two = maildir("cclaim"), maildir("ctwo")
+    for m in (md, md_two):
+        subprocess.run([CFLOOR, m, str(rounds), "nofsync"], check=True)
+    bins = [("relay", RELAY)] + ([("baseline", BASELINE)] if BASELINE else [])
     homes = {}
-    for kind, n in (("ack", rounds), ("two", rounds), ("drain", drain * batches)):
-        _, env = relay_home(config)
-        lines = "".join(json.dumps({"subject": "q", "payload": {"n": i, "text": "x" * 200}}) + "\n"
-                        for i in range(n))
-        subprocess.run([RELAY, "send", "--batch", "--no-fsync"], env=env, input=lines.encode(),
-                       stdout=subprocess.DEVNULL, check=True)
-        subprocess.run([RELAY, "status"], env=env, stdout=subprocess.DEVNULL, check=True)
-        homes[kind] = env
+    for who, binary in bins:
+        for kind, n in (("ack", rounds), ("two", rounds), ("drain", drain * batches)):
+            _, env = relay_home(config)
+            lines = "".join(json.dumps({"subject": "q", "payload": {"n": i, "text": "x" * 200}}) + "\n"
+                            for i in range(n))
+            subprocess.run([binary, "send", "--batch", "--no-fsync"], env=env, input=lines.encode(),
+                           stdout=subprocess.DEVNULL, check=True)
+            subprocess.run([binary, "status"], env=env, stdout=subprocess.DEVNULL, check=True)
+            homes[who, kind] = env
     os.sync()
-    t_floor, t_ack, t_two, t_drain = [], [], [], []
-    for i in range(rounds):
-        t_floor.append(timed([CFLOOR, md, "1", "claim"]))
-        t_ack.append(timed([RELAY, "recv", "q", "--ack"], env=homes["ack"]))
+
+    def two(first, second):
+        """Wall ms of `first` (its output parsed outside the timing) then
+        `second(output)`, each one process."""
         os.sync()
         start = time.perf_counter()
-        out = subprocess.run([RELAY, "recv", "q", "--json"], env=homes["two"], capture_output=True,
-                             check=True).stdout
+        out = subprocess.run(first[0], env=first[1], capture_output=True, check=True).stdout
         mid = time.perf_counter()
-        msg_id = json.loads(out)["id"]
+        cmd, env = second(out)
         resume = time.perf_counter()
-        subprocess.run([RELAY, "ack", "q", msg_id], env=homes["two"], stdout=subprocess.DEVNULL, check=True)
-        t_two.append((mid - start + time.perf_counter() - resume) * 1000)
-        if i < batches:
-            t_drain.append(timed([RELAY, "recv", "q", "-n", str(drain), "--ack"], env=homes["drain"]) / drain)
-    floor = median(t_floor)
+        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, check=True)
+        return (mid - start + time.perf_counter() - resume) * 1000
+
+    t_floor, t_floor_two = [], []
+    t = {(who, kind): [] for who, _ in bins for kind in ("ack", "two", "drain")}
+    for i in range(rounds):
+        t_floor.append(timed([CFLOOR, md, "1", "claim"]))
+        t_floor_two.append(two(([CFLOOR, md_two, "1", "take"], None),
+                               lambda out: ([CFLOOR, md_two, out.split(b"\n", 1)[0].decode(), "remove"], None)))
+        for who, binary in bins:
+            t[who, "ack"].append(timed([binary, "recv", "q", "--ack"], env=homes[who, "ack"]))
+            env = homes[who, "two"]
+            t[who, "two"].append(two(([binary, "recv", "q", "--json"], env),
+                                     lambda out, b=binary, e=env: ([b, "ack", "q", json.loads(out)["id"]], e)))
+            if i < batches:
+                t[who, "drain"].append(timed([binary, "recv", "q", "-n", str(drain), "--ack"],
+                                             env=homes[who, "drain"]) / drain)
+    floor, floor_two = median(t_floor), median(t_floor_two)
     record("C floor durable claim+read+remove (per process)", floor, "ms")
-    record("relay recv --ack (per process)", median(t_ack), "ms", "C claim floor", floor, "<= 1.5x")
-    record("relay recv, then relay ack (two processes)", median(t_two), "ms", "C claim floor", floor, "<= 1.5x")
-    record(f"relay recv -n {drain} --ack (per message)", median(t_drain), "ms", "C claim floor", floor,
-           "<= 0.2x", note="the floor run once per message; the bar is 5x faster")
+    record("C floor: take, then remove (two processes)", floor_two, "ms", "C claim floor", floor)
+    for who, _ in bins:
+        name = "relay" if who == "relay" else "baseline relay"
+        record(f"{name} recv --ack (per process)", median(t[who, "ack"]), "ms", "C claim floor", floor, "<= 1.5x")
+        record(f"{name} recv, then ack (two processes)", median(t[who, "two"]), "ms", "C take+remove", floor_two,
+               "<= 1.5x", note="the same Maildir work as the claim floor, in two processes each")
+        record(f"{name} recv, then ack, against the one-process floor", median(t[who, "two"]), "ms",
+               "C claim floor", floor)
+        record(f"{name} recv -n {drain} --ack (per message)", median(t[who, "drain"]), "ms", "C claim floor",
+               floor, "<= 0.2x", note="the floor run once per message; the bar is 5x faster")
+    if BASELINE:
+        for kind, what in (("ack", "recv --ack"), ("two", "recv, then ack"), ("drain", f"recv -n {drain} --ack")):
+            record(f"relay {what} vs the baseline's", median(t["relay", kind]), "ms", "baseline",
+                   median(t["baseline", kind]))
 
 
 def growth(rounds):
@@ -327,6 +367,10 @@ def memory():
 
 def main():
     given = os.environ.get("RELAY_BENCH_BIN")
+    if BASELINE:
+        # Named relay, as the tree's build, so that what it prints is alike.
+        os.makedirs(os.path.dirname(BASELINE))
+        shutil.copy2(os.environ["RELAY_BENCH_BASELINE"], BASELINE)
     if given:
         # A relay built elsewhere (e.g. the commit before a change, to
         # compare): used as both builds.
@@ -338,7 +382,7 @@ def main():
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
         shutil.copy2(built, RELAY_DYNAMIC)
         subprocess.run(["cargo", "rustc", "--release", "--quiet", "--bin", "relay", "--",
-                        "-C", "target-feature=+crt-static"], cwd=ROOT, check=True)
+                        "-C", "target-feature=+crt-static", "-C", "relocation-model=static"], cwd=ROOT, check=True)
         shutil.copy2(built, RELAY)
     subprocess.run(["gcc", "-O2", "-o", CFLOOR, os.path.join(ROOT, "bench", "cfloor.c")], check=True)
     print(f"relay benchmarks ({'quick' if QUICK else 'full'}), scratch {SCRATCH}\n")
@@ -361,7 +405,7 @@ def main():
                 run()
     finally:
         shutil.rmtree(SCRATCH, ignore_errors=True)
-    if only is not None or given:
+    if only is not None or given or BASELINE:
         return  # a partial run, or not the tree's own build: results.json stays
     out = os.path.join(ROOT, "bench", "results.json")
     with open(out, "w") as f:

@@ -9,7 +9,11 @@
  * Claim:   cfloor MAILDIR COUNT claim  (COUNT messages, one process): the
  *          bare minimum durable at-most-once consume of the oldest message
  *          in new/ (list new/, rename the smallest name into cur/, fsync
- *          cur/, read the file, unlink it, fsync cur/ again), per message. */
+ *          cur/, read the file, unlink it, fsync cur/ again), per message.
+ *          The same work in two processes, as `relay recv` then `relay ack`:
+ *          cfloor MAILDIR 1 take  (list, rename, fsync cur/, read; prints
+ *          the file's name on a line of its own, then the file) and
+ *          cfloor MAILDIR NAME remove  (unlink cur/NAME, fsync cur/). */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
@@ -30,8 +34,18 @@ static int sync_path(const char *path) {
     return 0;
 }
 
-/* Claims, reads and removes the oldest message of MAILDIR/new, durably. */
-static int claim_one(const char *dir) {
+/* Removes cur/NAME of MAILDIR, durably. */
+static int remove_one(const char *dir, const char *name) {
+    char curdir[4096], to[4096];
+    snprintf(curdir, sizeof curdir, "%s/cur", dir);
+    snprintf(to, sizeof to, "%s/%s", curdir, name);
+    if (unlink(to) != 0) { perror("unlink"); return 74; }
+    return sync_path(curdir) != 0 ? 74 : 0;
+}
+
+/* Claims and reads the oldest message of MAILDIR/new, durably, and then
+ * (remove) removes it; else prints its name first. */
+static int claim_one(const char *dir, int remove) {
     char newdir[4096], curdir[4096], best[256] = "", from[4096], to[4096], buf[65536];
     snprintf(newdir, sizeof newdir, "%s/new", dir);
     snprintf(curdir, sizeof curdir, "%s/cur", dir);
@@ -53,20 +67,23 @@ static int claim_one(const char *dir) {
     ssize_t n = read(fd, buf, sizeof buf);
     close(fd);
     if (n < 0) { perror("read"); return 74; }
+    if (!remove && printf("%s\n", best) < 0) { perror("printf"); return 74; }
+    fflush(stdout);
     if (write(1, buf, (size_t)n) != n) { perror("write"); return 74; }
-    if (unlink(to) != 0) { perror("unlink"); return 74; }
-    return sync_path(curdir) != 0 ? 74 : 0;
+    return remove ? remove_one(dir, best) : 0;
 }
 
 int main(int argc, char **argv) {
-    if (argc > 3 && strcmp(argv[3], "claim") == 0) {
+    int claim = argc > 3 && strcmp(argv[3], "claim") == 0;
+    if (claim || (argc > 3 && strcmp(argv[3], "take") == 0)) {
         for (long i = 0; i < atol(argv[2]); i++) {
-            int rc = claim_one(argv[1]);
+            int rc = claim_one(argv[1], claim);
             if (rc) return rc;
         }
         return 0;
     }
-    if (argc < 3) { fprintf(stderr, "usage: cfloor MAILDIR COUNT [nofsync|group|claim]\n"); return 64; }
+    if (argc > 3 && strcmp(argv[3], "remove") == 0) return remove_one(argv[1], argv[2]);
+    if (argc < 3) { fprintf(stderr, "usage: cfloor MAILDIR COUNT [nofsync|group|claim|take], cfloor MAILDIR NAME remove\n"); return 64; }
     const char *dir = argv[1];
     long count = atol(argv[2]);
     const char *mode = argc > 3 ? argv[3] : "";

@@ -81,7 +81,7 @@ def main():
     relay = arg("--relay")
     if relay is None:
         subprocess.run(["cargo", "rustc", "--release", "--quiet", "--bin", "relay", "--",
-                        "-C", "target-feature=+crt-static"], cwd=ROOT, check=True)
+                        "-C", "target-feature=+crt-static", "-C", "relocation-model=static"], cwd=ROOT, check=True)
         target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
         relay = os.path.join(SCRATCH, "relay")
         shutil.copy2(os.path.join(target, "release", "relay"), relay)

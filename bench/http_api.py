@@ -61,7 +61,7 @@ def build():
         return given
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     subprocess.run(["cargo", "rustc", "--release", "--quiet", "--bin", "relay", "--",
-                    "-C", "target-feature=+crt-static"], cwd=ROOT, check=True)
+                    "-C", "target-feature=+crt-static", "-C", "relocation-model=static"], cwd=ROOT, check=True)
     path = os.path.join(SCRATCH, "relay")
     shutil.copy2(os.path.join(target, "release", "relay"), path)
     return path

@@ -9,7 +9,8 @@ Run from the repository root:
 Builds REV (default 69a4e36, the last main without axum) and HEAD, each in
 its own git worktree with its own target dir under bench scratch space,
 from clean, statically linked as bench/bench.py builds the shipped binary
-(`cargo rustc --release --bin relay -- -C target-feature=+crt-static`).
+(`cargo rustc --release --bin relay -- -C target-feature=+crt-static -C
+relocation-model=static`).
 Then it times `relay send` (durable, one process per message) of both
 binaries interleaved round by round, beside the C floor (bench/cfloor.c),
 and writes bench/http_build.json. Clean build times are wall-clock on
@@ -53,7 +54,7 @@ def build(rev, name):
         subprocess.run(["cargo", "fetch", "--locked", "--quiet"], cwd=tree, env=env, check=True)
         start = time.perf_counter()
         subprocess.run(["cargo", "rustc", "--release", "--locked", "--quiet", "--bin", "relay", "--",
-                        "-C", "target-feature=+crt-static"], cwd=tree, env=env, check=True)
+                        "-C", "target-feature=+crt-static", "-C", "relocation-model=static"], cwd=tree, env=env, check=True)
         took = time.perf_counter() - start
         binary = os.path.join(SCRATCH, f"relay-{name}")
         shutil.copy2(os.path.join(target, "release", "relay"), binary)

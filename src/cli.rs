@@ -46,13 +46,13 @@ pub struct Globals {
 }
 
 impl Cli {
-    /// Parses `relay send ...` with a command tree of `send` alone: building
-    /// all of clap's tree costs about a third of a short send's CPU time.
-    /// `None` for anything else, or any error (help included): the full
-    /// parser then does the talking, so output is identical either way.
-    #[must_use]
-    pub fn parse_send(args: &[std::ffi::OsString]) -> Option<Cli> {
-        use clap::FromArgMatches;
+    /// Parses the commands a script runs per message (`send`, `recv`,
+    /// `ack`, `nack`) with a command tree of that subcommand alone, and
+    /// `relay --version` with no subcommand at all: building all of clap's
+    /// tree costs most of a short command's CPU time. `None` for anything
+    /// else, or any other outcome (help, a usage error): the full parser
+    /// then does the talking, so output is identical either way.
+    pub fn parse_hot(args: &[std::ffi::OsString]) -> Option<Result<Cli, clap::Error>> {
         let mut rest = args.iter().skip(1);
         let first = loop {
             match rest.next()?.to_str()? {
@@ -64,19 +64,44 @@ impl Cli {
                 a => break a,
             }
         };
-        if first != "send" {
-            return None;
-        }
-        let tree = Globals::augment_args(clap::Command::new("relay"))
-            .subcommand(SendArgs::augment_args(clap::Command::new("send")));
-        let m = tree.try_get_matches_from(args).ok()?;
-        let globals = Globals::from_arg_matches(&m).ok()?;
-        let send = SendArgs::from_arg_matches(m.subcommand_matches("send")?).ok()?;
-        Some(Cli {
-            globals,
-            command: Command::Send(send),
-        })
+        let root = || Globals::augment_args(clap::Command::new("relay"));
+        let cli = match first {
+            "send" => one(args, root(), "send", Command::Send),
+            "recv" => one(args, root(), "recv", Command::Recv),
+            "ack" => one(args, root(), "ack", Command::Ack),
+            "nack" => one(args, root(), "nack", Command::Nack),
+            "--version" | "-V" if rest.next().is_none() => {
+                let e = root()
+                    .version(env!("CARGO_PKG_VERSION"))
+                    .try_get_matches_from(args)
+                    .err()?;
+                return (e.kind() == clap::error::ErrorKind::DisplayVersion).then_some(Err(e));
+            }
+            _ => None,
+        };
+        cli.map(Ok)
     }
+}
+
+/// `args` parsed against `root` with the one subcommand `name` (arguments
+/// `A`, wrapped by `wrap`); `None` on any error.
+fn one<A: Args + clap::FromArgMatches>(
+    args: &[std::ffi::OsString],
+    root: clap::Command,
+    name: &'static str,
+    wrap: fn(A) -> Command,
+) -> Option<Cli> {
+    use clap::FromArgMatches;
+    let m = root
+        .subcommand(A::augment_args(clap::Command::new(name)))
+        .try_get_matches_from(args)
+        .ok()?;
+    let globals = Globals::from_arg_matches(&m).ok()?;
+    let sub = A::from_arg_matches(m.subcommand_matches(name)?).ok()?;
+    Some(Cli {
+        globals,
+        command: wrap(sub),
+    })
 }
 
 /// The subcommands.

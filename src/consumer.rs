@@ -28,7 +28,9 @@
 //!   any other breaker, and every nack, goes through the index.
 //!
 //! The Maildir work is the same as the slow path's: the claims fsynced
-//! (`cur/`, `new/`), the removals fsynced (`cur/`), once per batch.
+//! (`cur/`, `new/`), the removals fsynced (`cur/`), once per batch; for
+//! `recv --ack` the claims' two fsyncs come after the removals and are
+//! theirs too (two in all, as the bare Maildir consume).
 
 use std::collections::HashMap;
 
@@ -118,7 +120,9 @@ pub fn record_claims(
 /// at) in `mb` without the index, if the fast path applies to every one of
 /// them: each still in `cur/`, held at that count, its lease not run out,
 /// its breaker closed with no failures. They are removed under the mailbox
-/// lock, `cur/` is fsynced once, and the acks go to the journal. `None` if
+/// lock, `cur/` is fsynced once, and the acks go to the journal. With
+/// `claims_unsynced` (claims of this process not fsynced yet: `recv --ack`)
+/// `new/` is fsynced after `cur/`, which makes those claims durable too. `None` if
 /// it does not apply (nothing done); else the ids acked (all of them,
 /// unless another program removed one meanwhile).
 pub fn ack(
@@ -126,6 +130,7 @@ pub fn ack(
     mb: &Mailbox,
     held: &[(String, Option<u32>)],
     now: u64,
+    claims_unsynced: bool,
 ) -> Result<Option<Vec<String>>> {
     if held.is_empty() || !ctx.may_skip_index() {
         return Ok(None);
@@ -161,10 +166,14 @@ pub fn ack(
             }
         }
     }
+    if claims_unsynced {
+        mb.sync_claims()?;
+    } else if !acked.is_empty() {
+        crate::home::sync_dir(&mb.sub("cur"))?;
+    }
     if acked.is_empty() {
         return Ok(Some(acked));
     }
-    crate::home::sync_dir(&mb.sub("cur"))?;
     let mut journal = Journal::default();
     for id in &acked {
         journal.acked(&mb.name, id, now);

@@ -138,12 +138,16 @@ pub fn command() -> clap::Command {
     cmd
 }
 
-/// Parses `args` with [`command`].
+/// Parses `args` with [`command`]. The exit-code tables only show in help
+/// and errors, and adding them costs more than the parse: a command line
+/// that parses is parsed without them, anything else again with them.
 pub fn parse(args: &[std::ffi::OsString]) -> Result<Cli, clap::Error> {
     use clap::FromArgMatches;
-    let mut cmd = command();
-    let mut m = cmd.try_get_matches_from_mut(args)?;
-    Cli::from_arg_matches_mut(&mut m).map_err(|e| e.format(&mut cmd))
+    let parse = |mut cmd: clap::Command| {
+        let mut m = cmd.try_get_matches_from_mut(args)?;
+        Cli::from_arg_matches_mut(&mut m).map_err(|e| e.format(&mut cmd))
+    };
+    parse(Cli::command()).or_else(|_| parse(command()))
 }
 
 /// Escapes `text` for roff: backslashes, and a leading `.` or `'`.

@@ -47,7 +47,7 @@ where
     I: IntoIterator<Item = OsString>,
 {
     let args: Vec<OsString> = args.into_iter().collect();
-    let parsed = Cli::parse_send(&args).map_or_else(|| generate::parse(&args), Ok);
+    let parsed = Cli::parse_hot(&args).unwrap_or_else(|| generate::parse(&args));
     let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {

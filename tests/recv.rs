@@ -166,3 +166,132 @@ fn fifo_holds_for_messages_sent_in_the_same_millisecond() {
     let want: String = (0..8).map(|i| format!("m{i}\n")).collect();
     out.stdout_is(&want);
 }
+
+/// The calls `relay ARGS` makes that move or flush a message (strace, with
+/// each descriptor named by its path): `(call, its path argument)` in order,
+/// for paths in a mailbox, and `write`s to stdout.
+fn durable_steps(r: &Relay, args: &[&str]) -> Vec<(String, String)> {
+    let log = r.scratch().join("strace.log");
+    let mut c = std::process::Command::new("strace");
+    c.args(["-f", "-qq", "-y", "-o"])
+        .arg(&log)
+        .args([
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat,write",
+        ])
+        .arg(crate::harness::BIN)
+        .args(args);
+    let out = r.clean_env(&mut c).output().unwrap_or_else(|e| {
+        panic!("cannot run strace ({e}): this test needs it, never skipped (apt-get install strace; .ci/run does)")
+    });
+    assert!(out.status.success(), "relay {args:?}: {out:?}");
+    let text = std::fs::read_to_string(&log).expect("strace log");
+    text.lines()
+        .filter_map(|line| {
+            // `PID call(args) = result`; the path is the first quoted
+            // argument, or the descriptor's (`3</path>`).
+            let call = line
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
+            let (name, rest) = call.split_once('(')?;
+            if name == "write" {
+                return rest
+                    .starts_with("1<")
+                    .then(|| (name.to_string(), String::new()));
+            }
+            let path = match rest.split('"').nth(1) {
+                Some(quoted) => quoted,
+                None => rest.split(['<', '>']).nth(1)?,
+            };
+            path.contains("/mailboxes/")
+                .then(|| (name.to_string(), path.to_string()))
+        })
+        .collect()
+}
+
+/// Which mailbox directory `path` is or is in (`new`, `cur`, ...).
+fn sub_of(path: &str) -> &str {
+    let mut parts = path.rsplit('/');
+    match parts.next() {
+        Some(last) if last.ends_with(".json") => parts.next().unwrap_or_default(),
+        Some(last) => last,
+        None => "",
+    }
+}
+
+/// `recv --ack` claims, prints and removes with the two fsyncs of the bare
+/// Maildir consume, after the removals: `cur/` (the removals, and any
+/// claim left unremoved), then `new/` (the claims' other half). Before
+/// them a crash leaves each message in new/ or cur/: redelivered.
+#[test]
+fn recv_ack_fsyncs_cur_then_new_once_after_removing() {
+    let r = Relay::new();
+    r.add(&["agent.b"]);
+    for i in 0..3 {
+        r.send("agent.b", &i.to_string());
+    }
+    r.cmd(["status"]).success();
+    for args in [
+        &["recv", "agent.b", "--ack"][..],
+        &["recv", "agent.b", "-n", "2", "--ack"],
+    ] {
+        let steps = durable_steps(&r, args);
+        let syncs: Vec<&str> = steps
+            .iter()
+            .filter(|(c, _)| c == "fsync")
+            .map(|(_, p)| sub_of(p))
+            .collect();
+        assert_eq!(syncs, ["cur", "new"], "{args:?}: {steps:?}");
+        let first_sync = steps.iter().position(|(c, _)| c == "fsync");
+        let last_unlink = steps.iter().rposition(|(c, _)| c.starts_with("unlink"));
+        assert!(last_unlink < first_sync, "{args:?}: {steps:?}");
+    }
+    assert!(r.files("agent.b", "new").is_empty());
+    assert!(r.files("agent.b", "cur").is_empty());
+}
+
+/// A claim not acked at once on the fast path is fsynced (`cur/`, then
+/// `new/`) on its own: a plain `recv` before it prints it, and a
+/// `recv --ack` whose ack must go through the index (here: the sender's
+/// breaker has a failure) before that ack, which then fsyncs its removal.
+#[test]
+fn claims_not_acked_at_once_are_fsynced_before_they_are_printed() {
+    let r = Relay::new();
+    r.add(&["agent.b"]);
+    for i in 0..3 {
+        r.cmd(["send", "agent.b", &i.to_string(), "--from", "hook.x"])
+            .success();
+    }
+    r.cmd(["status"]).success();
+    let plain = durable_steps(&r, &["recv", "agent.b", "--json"]);
+    let calls: Vec<(&str, &str)> = plain.iter().map(|(c, p)| (c.as_str(), sub_of(p))).collect();
+    assert_eq!(
+        calls,
+        [
+            ("rename", "new"),
+            ("fsync", "cur"),
+            ("fsync", "new"),
+            ("write", "")
+        ],
+        "{plain:?}"
+    );
+    let id = r.cmd(["recv", "agent.b", "--json"]).success().json()["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    r.cmd(["nack", "agent.b", &id, "--reason", "no"]).success();
+    let slow = durable_steps(&r, &["recv", "agent.b", "--ack"]);
+    let calls: Vec<(&str, &str)> = slow.iter().map(|(c, p)| (c.as_str(), sub_of(p))).collect();
+    assert_eq!(
+        calls,
+        [
+            ("rename", "new"),
+            ("write", ""),
+            ("fsync", "cur"),
+            ("fsync", "new"),
+            ("unlink", "cur"),
+            ("fsync", "cur")
+        ],
+        "{slow:?}"
+    );
+}

@@ -253,7 +253,7 @@ pub fn finish_ids(
     if reason.is_none() && distinct && ids.iter().all(|id| mb.has("cur", id)) {
         let held_ids: Vec<_> = ids.iter().map(|id| (id.clone(), held)).collect();
         let now = ctx.clock.now_ms();
-        if let Some(acked) = crate::consumer::ack(ctx, &mb, &held_ids, now)? {
+        if let Some(acked) = crate::consumer::ack(ctx, &mb, &held_ids, now, false)? {
             ids.retain(|id| !acked.contains(id));
             report.acked = acked;
             if ids.is_empty() {

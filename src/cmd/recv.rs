@@ -27,7 +27,7 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
     refuse_proxy(ctx, &args.endpoint)?;
     ctx.fast_consumer = true;
     let lease = crate::lease::of_claim(&ctx.config, args.ack, args.lease);
-    let claimed = wait_and_take(ctx, &mb, args, lease)?;
+    let (claimed, synced) = wait_and_take(ctx, &mb, args, lease)?;
     if claimed.is_empty() {
         let waited = args
             .wait
@@ -39,7 +39,7 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
         )));
     }
     if args.ack {
-        return print_and_ack(ctx, &mb, &claimed, template.as_ref());
+        return print_and_ack(ctx, &mb, &claimed, synced, template.as_ref());
     }
     let tty = std::io::stderr().is_terminal();
     for c in &claimed {
@@ -94,10 +94,14 @@ fn show(ctx: &Ctx, template: Option<&Template>, env: &Envelope, mb: &Mailbox) ->
 /// `recv --ack`: prints each claim and acks it. On the fast path every
 /// message is printed first and then all are acked together (one fsync);
 /// a print that fails leaves its message and the rest claimed, as before.
+/// Claims not yet `synced` (see `take_as`) are made durable by the fast
+/// ack's fsyncs (`cur/`, then `new/`, after the removals), or else by
+/// `sync_claims` before anything else is done with them.
 fn print_and_ack(
     ctx: &mut Ctx,
     mb: &Mailbox,
     claimed: &[Claimed],
+    synced: bool,
     template: Option<&Template>,
 ) -> Result<()> {
     let held: Vec<_> = claimed
@@ -112,12 +116,19 @@ fn print_and_ack(
             Ok(())
         });
         let now = ctx.clock.now_ms();
-        if crate::consumer::ack(ctx, mb, &held[..printed], now)?.is_none() {
+        let acked = crate::consumer::ack(ctx, mb, &held[..printed], now, !synced);
+        if !synced && !matches!(acked, Ok(Some(_))) {
+            mb.sync_claims()?;
+        }
+        if acked?.is_none() {
             for (id, count) in &held[..printed] {
                 crate::cmd::ack::settle(ctx, mb, id, None, *count)?;
             }
         }
         return result;
+    }
+    if !synced {
+        mb.sync_claims()?;
     }
     for (c, (id, count)) in claimed.iter().zip(&held) {
         show(ctx, template, &c.envelope, mb)?;
@@ -144,25 +155,26 @@ pub fn print(json: bool, env: &crate::envelope::Envelope) -> Result<()> {
     }
 }
 
-/// `take` (after giving back claims whose lease ran out), retried until
-/// something arrives or `--wait` runs out.
+/// `take_as` (after giving back claims whose lease ran out), retried until
+/// something arrives or `--wait` runs out; with `--ack` the claims' fsyncs
+/// are left to the ack (`print_and_ack`).
 fn wait_and_take(
     ctx: &mut Ctx,
     mb: &Mailbox,
     args: &RecvArgs,
     lease: Option<u64>,
-) -> Result<Vec<Claimed>> {
+) -> Result<(Vec<Claimed>, bool)> {
     let deadline = args.wait.map(|w| Instant::now() + w);
     let mut pause = Duration::from_millis(2);
     loop {
         crate::lease::sweep(ctx, mb, ctx.clock.now_ms())?;
-        let claimed = take(ctx, mb, args.count as usize, lease)?;
+        let (claimed, synced) = take_as(ctx, mb, args.count as usize, lease, args.ack)?;
         match deadline {
             Some(d) if claimed.is_empty() && Instant::now() < d => {
                 std::thread::sleep(pause.min(d.saturating_duration_since(Instant::now())));
                 pause = (pause * 2).min(MAX_POLL);
             }
-            _ => return Ok(claimed),
+            _ => return Ok((claimed, synced)),
         }
     }
 }
@@ -175,6 +187,23 @@ fn wait_and_take(
 /// this returns; if that fails (a busy index, say) they are given back to
 /// `new/` and the refusal says so: a claim is never left unrecorded.
 pub fn take(ctx: &mut Ctx, mb: &Mailbox, max: usize, lease: Option<u64>) -> Result<Vec<Claimed>> {
+    take_as(ctx, mb, max, lease, false).map(|(claimed, _)| claimed)
+}
+
+/// `take`, and whether the claims are fsynced yet: with `then_ack` (the
+/// caller acks them at once, `recv --ack`) claims journaled on the fast
+/// path are not, and the ack's fsyncs cover them (after the removals:
+/// `cur/` then `new/`, two fsyncs for the whole claim and ack, as the
+/// bare Maildir consume does). A crash before those fsyncs finds the
+/// messages in `new/` or `cur/`: redelivered, as a claim fsynced on its
+/// own but not yet acked would be.
+fn take_as(
+    ctx: &mut Ctx,
+    mb: &Mailbox,
+    max: usize,
+    lease: Option<u64>,
+    then_ack: bool,
+) -> Result<(Vec<Claimed>, bool)> {
     let mut claimed = Vec::new();
     let now = ctx.clock.now_ms();
     loop {
@@ -203,33 +232,40 @@ pub fn take(ctx: &mut Ctx, mb: &Mailbox, max: usize, lease: Option<u64>) -> Resu
         }
     }
     if claimed.is_empty() {
-        return Ok(claimed);
+        return Ok((claimed, true));
     }
-    match record(ctx, mb, &claimed, lease, now) {
-        Ok(()) => Ok(claimed),
+    match record(ctx, mb, &claimed, lease, now, then_ack) {
+        Ok(synced) => Ok((claimed, synced)),
         Err(e) => Err(give_back(mb, &claimed, &e)?),
     }
 }
 
-/// Makes claims durable and indexes them with their lease.
+/// Makes claims durable (unless `defer_sync` and they go to the journal:
+/// then the caller does) and indexes them with their lease; whether they
+/// were fsynced.
 fn record(
     ctx: &mut Ctx,
     mb: &Mailbox,
     claimed: &[Claimed],
     lease: Option<u64>,
     now: u64,
-) -> Result<()> {
-    mb.sync_claims()?;
+    defer_sync: bool,
+) -> Result<bool> {
     let envs: Vec<_> = claimed.iter().map(|c| &c.envelope).collect();
     let lease_until = lease.map(|l| now.saturating_add(l));
-    if crate::consumer::record_claims(ctx, mb, &envs, lease_until, now)? {
-        return Ok(());
+    if defer_sync && crate::consumer::record_claims(ctx, mb, &envs, lease_until, now)? {
+        return Ok(false);
+    }
+    mb.sync_claims()?;
+    if !defer_sync && crate::consumer::record_claims(ctx, mb, &envs, lease_until, now)? {
+        return Ok(true);
     }
     let breakers = ctx.config.reliability.circuit_breaker.clone();
     let tx = ctx.store()?.begin()?;
     tx.record_claimed(&mb.name, &envs, lease_until, now)?;
     reliability::observe_leases(&tx, &breakers, Some(&mb.name), now)?;
-    tx.commit()
+    tx.commit()?;
+    Ok(true)
 }
 
 /// Puts claims that could not be recorded back into `new/` (under the
