@@ -64,7 +64,7 @@ pub fn ranks(ctx: &mut Ctx, mb: &Mailbox) -> Result<HashMap<String, u8>> {
     if fast
         && store
             .begin()
-            .and_then(|tx| {
+            .and_then(|mut tx| {
                 tx.track_priorities()?;
                 tx.commit()
             })

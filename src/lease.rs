@@ -25,6 +25,7 @@ use crate::context::Ctx;
 use crate::envelope::Envelope;
 use crate::error::Result;
 use crate::maildir::Mailbox;
+use crate::store::journal::Outbox;
 use crate::store::state::Locked;
 use crate::store::{ClaimRow, Event, Status, Tx};
 use crate::{notice, output, reliability};
@@ -213,7 +214,7 @@ pub fn sweep(ctx: &mut Ctx, mb: &Mailbox, now: u64) -> Result<Swept> {
             // The index said what `claims_due` could not: bring it up to
             // date, so the next consumer need not ask again (best effort).
             let _ = ctx.store().and_then(|s| {
-                let tx = s.begin()?;
+                let mut tx = s.begin()?;
                 tx.refresh_claims_due(Some(&mb.name))?;
                 tx.commit()
             });
@@ -309,14 +310,14 @@ fn record(
 ) -> Result<()> {
     let breakers = ctx.config.reliability.circuit_breaker.clone();
     let max = ctx.config.delivery.max_deliveries;
-    let tx = ctx.store()?.begin()?;
+    let mut tx = ctx.store()?.begin()?;
     // Leases the index knows (it marks them counted) ...
-    reliability::observe_leases(&tx, &breakers, Some(endpoint), now)?;
+    reliability::observe_leases(&mut tx, &breakers, Some(endpoint), now)?;
     for m in moved {
         let (env, row) = (&m.env, m.row.as_ref());
         // ... and those it had no deadline for.
         if row.is_none_or(|r| r.lease_until.is_none()) {
-            count_unindexed(&tx, &breakers, endpoint, env, row, now)?;
+            count_unindexed(&mut tx, &breakers, endpoint, env, row, now)?;
         }
         match &m.dead {
             Some(reason) => {
@@ -346,9 +347,11 @@ fn record(
             }
         }
     }
+    let mut out = Outbox::default();
     for n in notices {
-        notice::record(&tx, n, now)?;
+        notice::record(&mut out, n, now);
     }
+    tx.record(&mut out)?;
     tx.refresh_claims_due(Some(endpoint))?;
     tx.commit()
 }
@@ -357,7 +360,7 @@ fn record(
 /// another program, with `--ack`, or before a rebuild): the event, and a
 /// failure of its pair if the index knows the sender.
 fn count_unindexed(
-    tx: &Tx<'_>,
+    tx: &mut Tx<'_>,
     cfg: &CircuitBreaker,
     endpoint: &str,
     env: &Envelope,
@@ -375,14 +378,17 @@ fn count_unindexed(
         now,
     )?;
     if let Some(r) = row {
+        let mut out = Outbox::default();
         reliability::breaker_step(
-            tx,
+            &mut tx.slots,
+            &mut out,
             cfg,
             &r.sender,
             endpoint,
             BreakerEvent::Failure { probe: r.probe },
             now,
         )?;
+        tx.record(&mut out)?;
     }
     Ok(())
 }

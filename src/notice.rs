@@ -191,7 +191,7 @@ pub fn send(
 
 /// Indexes a sent notice and records a `failure_notice` event, or a
 /// `failure_notice_refused` event for a notice not written.
-pub fn record(tx: &impl crate::store::ledger::Ledger, sent: &Sent, now: u64) -> Result<()> {
+pub fn record(out: &mut crate::store::journal::Outbox, sent: &Sent, now: u64) {
     let (endpoint, envelope, delivered) = match sent {
         Sent::Written {
             endpoint,
@@ -204,7 +204,7 @@ pub fn record(tx: &impl crate::store::ledger::Ledger, sent: &Sent, now: u64) -> 
             problem,
             code,
         } => {
-            return tx.event(
+            out.event(
                 &crate::store::Event {
                     kind: "failure_notice_refused",
                     sender: Some(NOTICE_SENDER),
@@ -214,11 +214,12 @@ pub fn record(tx: &impl crate::store::ledger::Ledger, sent: &Sent, now: u64) -> 
                 },
                 now,
             );
+            return;
         }
     };
     let failure =
         (!delivered).then_some(("no_match", "no endpoint for the failure notice's replyTo"));
-    tx.record_sent(
+    out.sent(
         &[crate::store::SentRow {
             endpoint,
             envelope,
@@ -226,8 +227,8 @@ pub fn record(tx: &impl crate::store::ledger::Ledger, sent: &Sent, now: u64) -> 
             probe: false,
         }],
         now,
-    )?;
-    tx.event(
+    );
+    out.event(
         &crate::store::Event {
             kind: "failure_notice",
             sender: Some(NOTICE_SENDER),
@@ -240,5 +241,5 @@ pub fn record(tx: &impl crate::store::ledger::Ledger, sent: &Sent, now: u64) -> 
             }),
         },
         now,
-    )
+    );
 }

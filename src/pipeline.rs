@@ -19,7 +19,8 @@ use crate::output;
 use crate::pressure::{self, Priority};
 use crate::reliability::{self, RateOutcome};
 use crate::store::batchlog;
-use crate::store::ledger::{Fast, Ledger};
+use crate::store::journal::Outbox;
+use crate::store::state::Slots;
 use crate::store::{Event as StoreEvent, SentRow, Store};
 use crate::{notice, reserve};
 
@@ -172,7 +173,7 @@ pub fn deliver(
         room_for_locks(eps.len())?;
     }
 
-    let (locks, ledger) = match admit(ctx, jobs, &eps, &rel, key_window_ms, now) {
+    let (locks, mut slots, mut out) = match admit(ctx, jobs, &eps, &rel, key_window_ms, now) {
         Ok(admitted) => admitted,
         Err(e) => {
             give_back_keys(ctx, jobs);
@@ -203,7 +204,7 @@ pub fn deliver(
                     failure: None,
                     probe: job.probes[i],
                 };
-                ledger.record_sent(&[row], now)?;
+                out.sent(&[row], now);
                 work.push((j, i, job.fates[i].0.clone(), copy));
             }
         }
@@ -216,7 +217,7 @@ pub fn deliver(
     let mut stop = None;
     // Nothing is visible yet: a journal that cannot take the rows (a full
     // disk, say) refuses the whole send with its own error.
-    let journal_size = match ledger.flush() {
+    let journal_size = match out.flush(home.root()) {
         Ok(size) => size,
         Err(e) => {
             give_back_keys(ctx, jobs);
@@ -260,7 +261,7 @@ pub fn deliver(
                 Fate::Delivered(Box::new(copy), job.probes[i])
             }
             Err(e) => {
-                ledger.unsent(&ep, &copy.id);
+                out.unsent(&ep, &copy.id);
                 crate::store::dorkos::unsent(home.root(), &ep, &copy.id);
                 io_failures.push((j, ep, job.probes[i]));
                 let code = if e.is_full() { "disk_full" } else { "io_error" };
@@ -330,20 +331,26 @@ pub fn deliver(
                     failure: Some((code.as_str(), reason.as_str())),
                     probe: false,
                 };
-                ledger.dead_letter_row(&row, now)?;
+                out.dead_letter(&row, now);
             }
         }
     }
     let release = unused_keys(jobs);
     for n in &notices {
-        notice::record(&ledger, n, now)?;
+        notice::record(&mut out, n, now);
     }
     for (j, ep, probe) in &io_failures {
         let from = &jobs[*j].env.from;
         let step = BreakerEvent::Failure { probe: *probe };
-        if let Err(e) =
-            reliability::breaker_step(&ledger, &rel.circuit_breaker, from, ep, step, now)
-        {
+        if let Err(e) = reliability::breaker_step(
+            &mut slots,
+            &mut out,
+            &rel.circuit_breaker,
+            from,
+            ep,
+            step,
+            now,
+        ) {
             problems.push(format!("the breaker {from} -> {ep} was not updated: {e}"));
         }
     }
@@ -357,14 +364,17 @@ pub fn deliver(
         .map(|(ep, _)| ep.as_str())
         .collect();
     if !ranked.is_empty() {
-        match ledger.state().lock() {
-            Ok(mut state) => ranked.iter().for_each(|ep| state.mark_prioritized(ep)),
+        match slots.lock() {
+            Ok(state) => ranked.iter().for_each(|ep| state.mark_prioritized(ep)),
             Err(e) => problems.push(format!(
                 "receivers may not see the priority of this message: {e}"
             )),
         }
     }
-    match ledger.commit().map(|size| size.max(journal_size)) {
+    match out
+        .commit(&mut slots, ctx.home.root())
+        .map(|size| size.max(journal_size))
+    {
         Ok(size) if size > ctx.config.journal_max_bytes => {
             // Nothing else may be opening the index (a DorkOS consumer reads
             // the Maildir directly): move the backlog in now, so the journal
@@ -425,7 +435,7 @@ fn admit(
     rel: &Reliability,
     key_window_ms: u64,
     now: u64,
-) -> Result<(Vec<std::fs::File>, Fast)> {
+) -> Result<(Vec<std::fs::File>, Slots, Outbox)> {
     let mut indexed = false;
     if jobs.iter().any(|j| j.key.is_some()) {
         index_checks(ctx, jobs, eps, rel, key_window_ms, now)?;
@@ -433,9 +443,9 @@ fn admit(
     }
     loop {
         let mut held = lock_mailboxes(ctx, jobs, eps, &rel.backpressure)?;
-        let ledger = Fast::new(ctx.home.root());
-        if !indexed && ledger.state().lock()?.get().lease_past_due(eps.iter(), now) {
-            ledger.state().release()?;
+        let mut slots = Slots::new(ctx.home.root());
+        if !indexed && slots.lock()?.get().lease_past_due(eps.iter(), now) {
+            slots.release()?;
             drop(held);
             index_checks(ctx, jobs, eps, rel, key_window_ms, now)?;
             indexed = true;
@@ -451,9 +461,10 @@ fn admit(
                 }
             }
         }
-        decide(&ledger, jobs, &mut held.depth, rel, now)?;
-        ledger.state().release()?;
-        return Ok((held.locks, ledger));
+        let mut out = Outbox::default();
+        decide(&mut slots, &mut out, jobs, &mut held.depth, rel, now)?;
+        slots.release()?;
+        return Ok((held.locks, slots, out));
     }
 }
 
@@ -598,9 +609,9 @@ fn index_checks(
     key_window_ms: u64,
     now: u64,
 ) -> Result<()> {
-    let tx = ctx.store()?.begin()?;
+    let mut tx = ctx.store()?.begin()?;
     for ep in eps {
-        reliability::observe_leases(&tx, &rel.circuit_breaker, Some(ep), now)?;
+        reliability::observe_leases(&mut tx, &rel.circuit_breaker, Some(ep), now)?;
     }
     for job in jobs.iter_mut().filter(|j| j.result.is_none()) {
         let env = &job.env;
@@ -722,10 +733,11 @@ fn lock_all(mailboxes: &[Mailbox]) -> Result<Vec<std::fs::File>> {
 }
 
 /// Backpressure, rate limit and breakers for every job still open, in
-/// `ledger`. Admitted copies are the fates left open; `depth` reserves
-/// their room.
-fn decide<L: Ledger>(
-    ledger: &L,
+/// the state `slots`, events into `out`. Admitted copies are the fates left
+/// open; `depth` reserves their room.
+fn decide(
+    slots: &mut Slots,
+    out: &mut Outbox,
     jobs: &mut [Job],
     depth: &mut BTreeMap<String, u64>,
     rel: &Reliability,
@@ -745,7 +757,7 @@ fn decide<L: Ledger>(
             .iter()
             .any(|(_, f)| matches!(f, None | Some(Fate::DeadLettered(..))));
         let rate = if writes {
-            reliability::rate_limit(ledger, &rel.rate_limit, &env.from, now)?
+            reliability::rate_limit(slots, out, &rel.rate_limit, &env.from, now)?
         } else {
             RateOutcome::Admit
         };
@@ -765,7 +777,7 @@ fn decide<L: Ledger>(
             }
         }
         for (kind, ep, d, limit) in &pressure_events {
-            ledger.event(
+            out.event(
                 &StoreEvent {
                     kind,
                     sender: Some(&env.from),
@@ -774,7 +786,7 @@ fn decide<L: Ledger>(
                     detail: json!({ "depth": d, "limit": limit, "priority": env.priority().as_str() }),
                 },
                 now,
-            )?;
+            );
         }
         for i in 0..job.fates.len() {
             if job.fates[i].1.is_some() {
@@ -783,9 +795,9 @@ fn decide<L: Ledger>(
             let ep = job.fates[i].0.clone();
             let from = &job.env.from;
             let cfg = &rel.circuit_breaker;
-            match reliability::breaker_step(ledger, cfg, from, &ep, BreakerEvent::Send, now)? {
+            match reliability::breaker_step(slots, out, cfg, from, &ep, BreakerEvent::Send, now)? {
                 BreakerDecision::Reject { retry_after_ms } => {
-                    let phase = ledger.breaker(from, &ep)?.phase;
+                    let phase = slots.breaker(from, &ep)?.phase;
                     let why = reliability::breaker_refusal(from, &ep, phase, retry_after_ms);
                     job.fates[i].1 = Some(Fate::Refused(
                         "circuit_open".into(),

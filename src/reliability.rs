@@ -1,6 +1,7 @@
 //! The reliability layer's I/O side: applies the pure state machines
-//! (`bucket`, `breaker`) to the state of a `Ledger` (the state slots, locked
-//! for the read-decide-write) and records every decision as an event.
+//! (`bucket`, `breaker`) to the state slots (`Slots`, locked for the
+//! read-decide-write) and adds every decision as an event to an `Outbox`,
+//! which the caller puts in the journal or an index transaction.
 
 use serde_json::json;
 
@@ -9,7 +10,8 @@ use crate::bucket;
 use crate::clock::human_ms;
 use crate::config::{CircuitBreaker, RateLimit};
 use crate::error::Result;
-use crate::store::ledger::Ledger;
+use crate::store::journal::Outbox;
+use crate::store::state::Slots;
 use crate::store::{Event, Tx};
 
 /// What the rate limiter said about one send.
@@ -41,7 +43,8 @@ pub fn bucket_policy(cfg: &RateLimit, sender: &str) -> bucket::Policy {
 
 /// Takes one token from `sender`'s persisted bucket and records the hit.
 pub fn rate_limit(
-    tx: &impl Ledger,
+    slots: &mut Slots,
+    out: &mut Outbox,
     cfg: &RateLimit,
     sender: &str,
     now: u64,
@@ -50,7 +53,7 @@ pub fn rate_limit(
         return Ok(RateOutcome::Admit);
     }
     let policy = bucket_policy(cfg, sender);
-    let state = tx
+    let state = slots
         .bucket(sender)?
         .unwrap_or_else(|| bucket::State::full(&policy, now));
     let (next, decision) = bucket::take(&state, &policy, now);
@@ -82,9 +85,9 @@ pub fn rate_limit(
             json!({ "tokensLeft": 0, "capacity": capacity, "windowSecs": window, "retryAfterMs": retry_after_ms }),
         ),
     };
-    tx.put_bucket(sender, &next, hit, now)?;
+    slots.put_bucket(sender, &next, hit, now)?;
     if let Some(kind) = kind {
-        tx.event(
+        out.event(
             &Event {
                 kind,
                 sender: Some(sender),
@@ -93,7 +96,7 @@ pub fn rate_limit(
                 detail,
             },
             now,
-        )?;
+        );
     }
     Ok(outcome)
 }
@@ -131,7 +134,8 @@ pub fn breaker_policy(cfg: &CircuitBreaker) -> breaker::Policy {
 /// records its transitions. A disabled breaker admits everything.
 /// `force` applies operator events even when breakers are disabled.
 pub fn breaker_step(
-    tx: &impl Ledger,
+    slots: &mut Slots,
+    out: &mut Outbox,
     cfg: &CircuitBreaker,
     sender: &str,
     endpoint: &str,
@@ -146,10 +150,10 @@ pub fn breaker_step(
         });
     }
     let policy = breaker_policy(cfg);
-    let state = tx.breaker(sender, endpoint)?;
+    let state = slots.breaker(sender, endpoint)?;
     let (next, decision, transitions) = breaker::step(&state, event, &policy, now);
     if next != state {
-        tx.put_breaker(sender, endpoint, &next, now)?;
+        slots.put_breaker(sender, endpoint, &next, now)?;
     }
     for t in transitions {
         // A breaker half-opens when its cooldown ends, whenever that is noticed.
@@ -163,7 +167,7 @@ pub fn breaker_step(
             Transition::HalfOpened => "breaker_half_open",
             Transition::Closed => "breaker_closed",
         };
-        tx.event(
+        out.event(
             &Event {
                 kind,
                 sender: Some(sender),
@@ -177,7 +181,7 @@ pub fn breaker_step(
                 }),
             },
             at,
-        )?;
+        );
     }
     Ok(decision)
 }
@@ -205,7 +209,7 @@ pub fn breaker_refusal(
 /// Counts claims held past their lease (on `endpoint`, or everywhere) as
 /// delivery failures of their pairs, once each. Returns how many.
 pub fn observe_leases(
-    tx: &Tx<'_>,
+    tx: &mut Tx<'_>,
     cfg: &CircuitBreaker,
     endpoint: Option<&str>,
     now: u64,
@@ -214,11 +218,12 @@ pub fn observe_leases(
     // state lock (`consumer`): with the lock held, whatever the journal got
     // before is ingested here, and whatever comes after lowers the deadline
     // written below. So `lease_due` never misses a lease.
-    tx.state().lock()?;
+    tx.slots.lock()?;
     tx.ingest_tail()?;
     let expired = tx.expired_leases(endpoint, now)?;
+    let mut out = Outbox::default();
     for lease in &expired {
-        tx.event(
+        out.event(
             &Event {
                 kind: "lease_expired",
                 sender: Some(&lease.sender),
@@ -227,9 +232,10 @@ pub fn observe_leases(
                 detail: json!({}),
             },
             now,
-        )?;
+        );
         breaker_step(
-            tx,
+            &mut tx.slots,
+            &mut out,
             cfg,
             &lease.sender,
             &lease.endpoint,
@@ -237,9 +243,10 @@ pub fn observe_leases(
             now,
         )?;
     }
+    tx.record(&mut out)?;
     // Sends look at these deadlines to know when to open the index again.
     let next = tx.lease_deadlines(endpoint)?;
-    let mut state = tx.state().lock()?;
+    let state = tx.slots.lock()?;
     let due = &state.get().lease_due;
     match endpoint {
         Some(ep) if due.get(ep) != next.get(ep) => {
@@ -252,7 +259,6 @@ pub fn observe_leases(
         None if *due != next => state.get_mut().lease_due = next,
         _ => {}
     }
-    drop(state);
     tx.refresh_claims_due(endpoint)?;
     Ok(expired.len())
 }

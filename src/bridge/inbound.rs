@@ -14,7 +14,7 @@ use crate::maildir::Mailbox;
 use crate::notice;
 use crate::pipeline::{self, Delivery, Durability, Fate, Job};
 use crate::store::bridge::State;
-use crate::store::ledger::{Fast, Ledger};
+use crate::store::journal::Outbox;
 use crate::store::{SentRow, Status};
 
 /// Delay of a nak when the refusal named none.
@@ -99,8 +99,8 @@ fn prepare(
         st.mark_applied(ep, &env.id, msg.origin, SpanState::Retrying, now)?;
         // Seen again (a publish repeated after JetStream's dedup window):
         // acked, not delivered twice, and said.
-        let ledger = Fast::new(ctx.home.root());
-        ledger.event(
+        let mut out = Outbox::default();
+        out.event(
             &crate::store::Event {
                 kind: "bridge_duplicate",
                 sender: Some(&env.from),
@@ -109,8 +109,8 @@ fn prepare(
                 detail: serde_json::json!({ "origin": msg.origin, "delivered": msg.delivered }),
             },
             now,
-        )?;
-        ledger.commit()?;
+        );
+        out.flush(ctx.home.root())?;
         return done(Verdict::Ack);
     }
     // The sending host took this hop into its proxy; it is taken again
@@ -243,8 +243,8 @@ fn dead_letter(
 ) -> Result<()> {
     let mb = Mailbox::at(&ctx.home, ep);
     mb.dead_letter(env, reason, code, now)?;
-    let ledger = Fast::new(ctx.home.root());
-    ledger.dead_letter_row(
+    let mut out = Outbox::default();
+    out.dead_letter(
         &SentRow {
             endpoint: ep,
             envelope: env,
@@ -252,11 +252,11 @@ fn dead_letter(
             probe: false,
         },
         now,
-    )?;
+    );
     if let Some(sent) = notice::send(&ctx.home, env, ep, code, reason, now)? {
-        notice::record(&ledger, &sent, now)?;
+        notice::record(&mut out, &sent, now);
     }
-    ledger.commit().map(|_| ())
+    out.flush(ctx.home.root()).map(|_| ())
 }
 
 /// Messages fetched per round.

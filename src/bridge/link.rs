@@ -12,7 +12,8 @@ use crate::context::Ctx;
 use crate::error::Result;
 use crate::reliability;
 use crate::store::Event;
-use crate::store::ledger::{Fast, Ledger};
+use crate::store::journal::Outbox;
+use crate::store::state::Slots;
 
 /// Sender of the link's breaker pair.
 pub const LINK_SENDER: &str = "relay.bridge";
@@ -95,9 +96,9 @@ pub fn clear(home: &crate::home::Home) {
 
 /// Records a link event: `kind` with `detail`.
 pub fn event(ctx: &Ctx, host: &str, kind: &str, detail: serde_json::Value, now: u64) -> Result<()> {
-    let ledger = Fast::new(ctx.home.root());
+    let mut out = Outbox::default();
     let ep = link_endpoint(host);
-    ledger.event(
+    out.event(
         &Event {
             kind,
             sender: Some(LINK_SENDER),
@@ -106,8 +107,8 @@ pub fn event(ctx: &Ctx, host: &str, kind: &str, detail: serde_json::Value, now: 
             detail,
         },
         now,
-    )?;
-    ledger.commit().map(|_| ())
+    );
+    out.flush(ctx.home.root()).map(|_| ())
 }
 
 /// Asks the link's breaker whether to try NATS now: `Err(retry_after_ms)` while open.
@@ -121,13 +122,14 @@ pub fn may_try(ctx: &Ctx, host: &str, now: u64) -> Result<std::result::Result<()
 /// Closes the link's breaker: the connection is back (a reset, recorded
 /// as the breaker's transition), so the queue drains now, not after a cooldown.
 pub fn back(ctx: &Ctx, host: &str, now: u64) -> Result<()> {
-    let ledger = Fast::new(ctx.home.root());
+    let (mut slots, mut out) = (Slots::new(ctx.home.root()), Outbox::default());
     let ep = link_endpoint(host);
     let cfg = &ctx.config.reliability.circuit_breaker;
-    if ledger.breaker(LINK_SENDER, &ep)?.phase != crate::breaker::Phase::Closed {
-        reliability::breaker_step(&ledger, cfg, LINK_SENDER, &ep, BreakerEvent::Reset, now)?;
+    if slots.breaker(LINK_SENDER, &ep)?.phase != crate::breaker::Phase::Closed {
+        let reset = BreakerEvent::Reset;
+        reliability::breaker_step(&mut slots, &mut out, cfg, LINK_SENDER, &ep, reset, now)?;
     }
-    ledger.commit().map(|_| ())
+    out.commit(&mut slots, ctx.home.root()).map(|_| ())
 }
 
 /// Tells the link's breaker how a try went.
@@ -141,9 +143,10 @@ pub fn outcome(ctx: &Ctx, host: &str, ok: bool, now: u64) -> Result<()> {
 }
 
 fn step(ctx: &Ctx, host: &str, ev: BreakerEvent, now: u64) -> Result<Decision> {
-    let ledger = Fast::new(ctx.home.root());
+    let (mut slots, mut out) = (Slots::new(ctx.home.root()), Outbox::default());
     let cfg = &ctx.config.reliability.circuit_breaker;
-    let d = reliability::breaker_step(&ledger, cfg, LINK_SENDER, &link_endpoint(host), ev, now)?;
-    ledger.commit()?;
+    let ep = link_endpoint(host);
+    let d = reliability::breaker_step(&mut slots, &mut out, cfg, LINK_SENDER, &ep, ev, now)?;
+    out.commit(&mut slots, ctx.home.root())?;
     Ok(d)
 }

@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::maildir::Mailbox;
 use crate::notice;
 use crate::store::Event;
-use crate::store::ledger::{Fast, Ledger};
+use crate::store::journal::Outbox;
 
 /// One claimed copy to forward.
 #[derive(Debug, Clone)]
@@ -156,7 +156,7 @@ pub fn expire_due(ctx: &mut Ctx, now: u64) -> Result<u64> {
 
 /// Dead-letters claimed copies past their TTL, with failure notices.
 fn expire(ctx: &mut Ctx, copies: &[(String, Envelope)], now: u64) -> Result<()> {
-    let ledger = Fast::new(ctx.home.root());
+    let mut out = Outbox::default();
     let mut rows = Vec::new();
     for (ep, env) in copies {
         let mb = Mailbox::at(&ctx.home, ep);
@@ -174,11 +174,11 @@ fn expire(ctx: &mut Ctx, copies: &[(String, Envelope)], now: u64) -> Result<()> 
             continue;
         }
         if let Some(sent) = notice::send(&ctx.home, env, ep, "ttl_expired", &reason, now)? {
-            notice::record(&ledger, &sent, now)?;
+            notice::record(&mut out, &sent, now);
         }
         rows.push((ep.clone(), env.id.clone(), env.from.clone(), reason));
     }
-    ledger.commit()?;
+    out.flush(ctx.home.root())?;
     let tx = ctx.store()?.begin()?;
     for (ep, id, from, reason) in &rows {
         tx.dead_lettered(Some(from), ep, id, "ttl_expired", reason, now)?;
@@ -191,9 +191,9 @@ pub fn done(ctx: &mut Ctx, items: &[Item], now: u64) -> Result<()> {
     for it in items {
         Mailbox::at(&ctx.home, &it.endpoint).ack(&it.envelope.id)?;
     }
-    let ledger = Fast::new(ctx.home.root());
+    let mut out = Outbox::default();
     for it in items {
-        ledger.event(
+        out.event(
             &Event {
                 kind: "bridge_forwarded",
                 sender: Some(&it.envelope.from),
@@ -202,9 +202,9 @@ pub fn done(ctx: &mut Ctx, items: &[Item], now: u64) -> Result<()> {
                 detail: serde_json::json!({ "host": it.host }),
             },
             now,
-        )?;
+        );
     }
-    ledger.commit().map(|_| ())
+    out.flush(ctx.home.root()).map(|_| ())
 }
 
 /// Gives unpublished copies back to `new/` for the next try.

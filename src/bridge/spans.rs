@@ -89,7 +89,7 @@ pub fn apply(ctx: &mut Ctx, span: &Span, now: u64) -> Result<()> {
     let breakers = ctx.config.reliability.circuit_breaker.clone();
     // The row of the copy may still be in the journal.
     ctx.store()?.ingest()?;
-    let tx = ctx.store()?.begin()?;
+    let mut tx = ctx.store()?.begin()?;
     let row = tx.row(&span.endpoint, &span.message_id)?;
     let sender = row.as_ref().map(|r| r.sender.clone());
     match span.state {
@@ -124,7 +124,10 @@ pub fn apply(ctx: &mut Ctx, span: &Span, now: u64) -> Result<()> {
             _ => None,
         };
         if let Some(event) = event {
-            reliability::breaker_step(&tx, &breakers, &row.sender, &span.endpoint, event, now)?;
+            let mut out = crate::store::journal::Outbox::default();
+            let (sender, ep) = (&row.sender, &span.endpoint);
+            reliability::breaker_step(&mut tx.slots, &mut out, &breakers, sender, ep, event, now)?;
+            tx.record(&mut out)?;
         }
     }
     tx.event(

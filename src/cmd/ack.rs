@@ -12,6 +12,7 @@ use crate::lease::{self, Refusal};
 use crate::maildir::{self, AckOutcome, Mailbox};
 use crate::output;
 use crate::store::Status;
+use crate::store::journal::Outbox;
 use crate::{notice, reliability};
 
 /// Longest accepted nack reason.
@@ -149,10 +150,12 @@ fn record_in_index(
             }
         }
     }
-    let tx = ctx.store()?.begin()?;
+    let mut tx = ctx.store()?.begin()?;
+    let mut out = Outbox::default();
     for n in &notices {
-        notice::record(&tx, n, now)?;
+        notice::record(&mut out, n, now);
     }
+    tx.record(&mut out)?;
     for id in ids {
         let row = tx.row(endpoint, id)?;
         match reason {
@@ -168,7 +171,17 @@ fn record_in_index(
                 None => BreakerEvent::Success { probe: row.probe },
                 Some(_) => BreakerEvent::Failure { probe: row.probe },
             };
-            reliability::breaker_step(&tx, &breakers, &row.sender, endpoint, event, now)?;
+            let sender = &row.sender;
+            reliability::breaker_step(
+                &mut tx.slots,
+                &mut out,
+                &breakers,
+                sender,
+                endpoint,
+                event,
+                now,
+            )?;
+            tx.record(&mut out)?;
         }
     }
     tx.refresh_claims_due(Some(endpoint))?;

@@ -9,7 +9,7 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output;
 use crate::reliability;
-use crate::store::ledger::Ledger;
+use crate::store::journal::Outbox;
 use crate::subject;
 
 /// One breaker as shown by `relay breakers --json` (and `status`).
@@ -96,13 +96,23 @@ pub fn run(ctx: &mut Ctx, args: &BreakersArgs) -> Result<()> {
 /// Stored breakers as seen at `now`, after counting expired leases.
 pub fn snapshot(ctx: &mut Ctx, now: u64) -> Result<Vec<BreakerInfo>> {
     let cfg = ctx.config.reliability.circuit_breaker.clone();
-    let tx = ctx.store()?.begin()?;
-    reliability::observe_leases(&tx, &cfg, None, now)?;
+    let mut tx = ctx.store()?.begin()?;
+    reliability::observe_leases(&mut tx, &cfg, None, now)?;
     // Record what the passing of time did (open -> half-open) before showing it.
-    for (sender, endpoint) in tx.breaker_pairs(None, None)? {
-        reliability::breaker_step(&tx, &cfg, &sender, &endpoint, BreakerEvent::Observe, now)?;
+    let mut out = Outbox::default();
+    for (s, e) in tx.slots.breaker_pairs(None, None)? {
+        reliability::breaker_step(
+            &mut tx.slots,
+            &mut out,
+            &cfg,
+            &s,
+            &e,
+            BreakerEvent::Observe,
+            now,
+        )?;
+        tx.record(&mut out)?;
     }
-    let pairs = tx.breakers()?;
+    let pairs = tx.slots.breakers()?;
     tx.commit()?;
     Ok(pairs
         .into_iter()
@@ -156,11 +166,11 @@ pub fn reset_pairs(
     }
     let now = ctx.clock.now_ms();
     let cfg = ctx.config.reliability.circuit_breaker.clone();
-    let tx = ctx.store()?.begin()?;
+    let mut tx = ctx.store()?.begin()?;
     let pairs = if all {
-        tx.breaker_pairs(None, None)?
+        tx.slots.breaker_pairs(None, None)?
     } else {
-        tx.breaker_pairs(sender, endpoint)?
+        tx.slots.breaker_pairs(sender, endpoint)?
     };
     if pairs.is_empty() && !all {
         let what = match endpoint {
@@ -171,8 +181,18 @@ pub fn reset_pairs(
             "no breaker state for {what}; see them with: relay breakers"
         )));
     }
+    let mut out = Outbox::default();
     for (s, e) in &pairs {
-        reliability::breaker_step(&tx, &cfg, s, e, BreakerEvent::Reset, now)?;
+        reliability::breaker_step(
+            &mut tx.slots,
+            &mut out,
+            &cfg,
+            s,
+            e,
+            BreakerEvent::Reset,
+            now,
+        )?;
+        tx.record(&mut out)?;
     }
     tx.commit()?;
     Ok(pairs.iter().map(|(s, e)| format!("{s} -> {e}")).collect())
@@ -212,15 +232,18 @@ pub fn force_open(
     let cfg = ctx.config.reliability.circuit_breaker.clone();
     let ms = duration.map_or(cfg.cooldown_ms, crate::clock::ms);
     let until = now.saturating_add(ms);
-    let tx = ctx.store()?.begin()?;
+    let mut tx = ctx.store()?.begin()?;
+    let mut out = Outbox::default();
     reliability::breaker_step(
-        &tx,
+        &mut tx.slots,
+        &mut out,
         &cfg,
         sender,
         endpoint,
         BreakerEvent::ForceOpen { until },
         now,
     )?;
+    tx.record(&mut out)?;
     tx.commit()?;
     Ok((ms, until))
 }

@@ -410,7 +410,7 @@ fn abandon(ctx: &mut Ctx, mb: &Mailbox, running: &mut Vec<Job>) -> Result<usize>
     }
     for job in back {
         let env = &job.envelope;
-        let tx = ctx.store()?.begin()?;
+        let mut tx = ctx.store()?.begin()?;
         tx.record_requeued(&mb.name, env)?;
         tx.event(
             &Event {

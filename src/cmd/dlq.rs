@@ -274,7 +274,7 @@ pub fn requeue_letters(
     }
     progress.finish();
     if !done.is_empty() {
-        let tx = ctx.store()?.begin()?;
+        let mut tx = ctx.store()?.begin()?;
         for (ep, env, fresh) in &done {
             tx.record_requeued(ep, env)?;
             let detail = match fresh {

@@ -298,7 +298,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
         // them now (one syncfs), so none can replay into the new one.
         crate::store::batchlog::settle(&home, store, now, true)?;
     }
-    let tx = store.begin()?;
+    let mut tx = store.begin()?;
     let mut rows: HashMap<(String, String), String> = HashMap::new();
     for (ep, id, status) in tx.live_rows()? {
         rows.insert((ep, id), status);

@@ -13,7 +13,6 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::maildir::{self, Mailbox};
 use crate::output;
-use crate::store::ledger::Ledger;
 use crate::{lease, notice, reliability};
 
 /// What one gc run did (or would do, with `--dry-run`).
@@ -149,13 +148,15 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
     let retention_ms = ctx.config.retention_days.saturating_mul(86_400_000);
     let key_window_ms = ctx.config.idempotency_window_secs.saturating_mul(1000);
     let limits = ctx.config.reliability.rate_limit.clone();
-    let tx = ctx.store()?.begin()?;
+    let mut tx = ctx.store()?.begin()?;
     for (ep, env, reason) in &expired {
         tx.dead_lettered(Some(&env.from), ep, &env.id, "ttl_expired", reason, now)?;
     }
+    let mut out = crate::store::journal::Outbox::default();
     for n in &notices {
-        notice::record(&tx, n, now)?;
+        notice::record(&mut out, n, now);
     }
+    tx.record(&mut out)?;
     let rows_before = if logs_remain {
         0
     } else {
@@ -170,7 +171,7 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
     report.events_pruned = pruned.1;
     report.idempotency_keys_pruned = pruned.2;
     report.state_entries_pruned =
-        tx.state()
+        tx.slots
             .lock()?
             .get_mut()
             .prune(now.saturating_sub(retention_ms), |sender, bucket| {

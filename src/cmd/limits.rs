@@ -8,7 +8,7 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output;
 use crate::reliability;
-use crate::store::ledger::{Fast, Ledger};
+use crate::store::state::Slots;
 use crate::subject;
 
 /// One sender as shown by `relay limits --json` (and `status`).
@@ -77,7 +77,9 @@ pub fn run(ctx: &mut Ctx, args: &LimitsArgs) -> Result<()> {
 pub fn snapshot(ctx: &mut Ctx, now: u64) -> Result<Vec<LimitInfo>> {
     let cfg = ctx.config.reliability.rate_limit.clone();
     // Buckets live in the state slots: no need to open the index.
-    let buckets = Fast::new(ctx.home.root()).buckets()?;
+    let mut slots = Slots::new(ctx.home.root());
+    let buckets = slots.buckets()?;
+    slots.release()?;
     Ok(buckets
         .into_iter()
         .map(|(sender, r)| {
@@ -133,9 +135,9 @@ pub fn reset_senders(ctx: &Ctx, sender: Option<&str>, all: bool) -> Result<usize
     if let Some(s) = sender {
         subject::validate_subject(s, "sender")?;
     }
-    let ledger = Fast::new(ctx.home.root());
-    let n = ledger.reset_buckets(if all { None } else { sender })?;
-    ledger.commit()?;
+    let mut slots = Slots::new(ctx.home.root());
+    let n = slots.reset_buckets(if all { None } else { sender })?;
+    slots.release()?;
     if n == 0 && !all {
         return Err(Error::Data(format!(
             "no rate-limit state for sender '{}'; see senders with: relay limits",

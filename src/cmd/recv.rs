@@ -261,9 +261,9 @@ fn record(
         return Ok(true);
     }
     let breakers = ctx.config.reliability.circuit_breaker.clone();
-    let tx = ctx.store()?.begin()?;
+    let mut tx = ctx.store()?.begin()?;
     tx.record_claimed(&mb.name, &envs, lease_until, now)?;
-    reliability::observe_leases(&tx, &breakers, Some(&mb.name), now)?;
+    reliability::observe_leases(&mut tx, &breakers, Some(&mb.name), now)?;
     tx.commit()?;
     Ok(true)
 }
@@ -316,7 +316,9 @@ fn expire(ctx: &mut Ctx, mb: &Mailbox, expired: &[Claimed], now: u64) -> Result<
             now,
         )?;
         if let Some(n) = notice {
-            notice::record(&tx, n, now)?;
+            let mut out = crate::store::journal::Outbox::default();
+            notice::record(&mut out, n, now);
+            tx.record(&mut out)?;
         }
     }
     tx.commit()

@@ -20,7 +20,8 @@ use crate::pressure::Priority;
 use crate::reliability::{self, RateOutcome};
 use crate::store::SentRow;
 use crate::store::batchlog;
-use crate::store::ledger::{Fast, Ledger};
+use crate::store::journal::Outbox;
+use crate::store::state::Slots;
 use crate::subject;
 
 /// Longest accepted trace id.
@@ -905,16 +906,16 @@ fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &st
     // A refused send costs its sender a token like a delivered one, so a
     // runaway sender cannot fill failed/ with sends that match nothing or
     // are denied: past its limit they are refused and nothing is written.
-    let ledger = Fast::new(ctx.home.root());
-    let rate =
-        reliability::rate_limit(&ledger, &ctx.config.reliability.rate_limit, &env.from, now)?;
-    ledger.state().release()?;
+    let (mut slots, mut out) = (Slots::new(ctx.home.root()), Outbox::default());
+    let limits = &ctx.config.reliability.rate_limit;
+    let rate = reliability::rate_limit(&mut slots, &mut out, limits, &env.from, now)?;
+    slots.release()?;
     if let RateOutcome::Hard {
         message,
         retry_after_ms,
     } = rate
     {
-        ledger.commit()?;
+        out.commit(&mut slots, ctx.home.root())?;
         return Err(Error::Refused {
             message: format!("{message}; message {} was not sent", env.id),
             retry_after_ms: Some(retry_after_ms),
@@ -932,7 +933,7 @@ fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &st
     }
     let notice = notice::send(&ctx.home, env, &env.subject, code, reason, now)?;
     // Accounted like the pipeline's dead letters: in the journal, no index.
-    ledger.dead_letter_row(
+    out.dead_letter(
         &SentRow {
             endpoint: &env.subject,
             envelope: env,
@@ -940,11 +941,11 @@ fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &st
             probe: false,
         },
         now,
-    )?;
+    );
     if let Some(n) = &notice {
-        notice::record(&ledger, n, now)?;
+        notice::record(&mut out, n, now);
     }
-    ledger.commit().map(|_| ())
+    out.commit(&mut slots, ctx.home.root()).map(|_| ())
 }
 
 /// Default hop ceiling, as in DorkOS.

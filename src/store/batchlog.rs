@@ -565,7 +565,7 @@ fn replay(home: &Home, store: &mut Store, entries: &[Entry<'_>], now: u64) -> Re
         }
     }
     if !restored.is_empty() {
-        let tx = store.begin()?;
+        let mut tx = store.begin()?;
         for (ep, env, sub, missing) in &restored {
             if *missing {
                 tx.index_found(ep, env, Status::Pending, None, now)?;

@@ -2,6 +2,10 @@
 //! events), appended to `journal` instead, so a send never opens SQLite;
 //! and likewise what a consumer's claims and acks would write (`consumer`).
 //!
+//! What is to be recorded is first gathered in an `Outbox` (rows and
+//! events, in order); its caller either appends it here or writes it into
+//! an index transaction (`Tx::record`), with the same statements either way.
+//!
 //! Every process that opens the index first moves the journal into it
 //! (`Store::ingest`), so reports, claims and acks always see every send
 //! that finished. Appends hold a shared `flock` on the journal for the one
@@ -20,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::Envelope;
 use crate::error::{IoContext, Result};
 use crate::home;
+use crate::store::state::Slots;
 use crate::store::{Event, SentRow};
 
 /// `journal` in `dir` (the relay home).
@@ -141,6 +146,82 @@ impl Record {
     }
 }
 
+/// Index rows and events decided by one command (the reliability layer,
+/// dead letters, notices), in order. The caller decides where they go: to
+/// the journal (`Journal::take`, then `flush`) or into an index
+/// transaction (`Tx::record`).
+#[derive(Debug, Default)]
+pub struct Outbox {
+    records: Vec<Record>,
+}
+
+impl Outbox {
+    /// Adds index rows for copies delivered or dead-lettered.
+    pub fn sent(&mut self, rows: &[SentRow<'_>], now: u64) {
+        self.records
+            .extend(rows.iter().map(|r| Record::sent(r, now)));
+    }
+
+    /// Adds an event (keyed when it goes to the journal).
+    pub fn event(&mut self, e: &Event<'_>, now: u64) {
+        self.records.push(Record::Event {
+            key: String::new(),
+            at: now,
+            kind: e.kind.to_string(),
+            sender: e.sender.map(str::to_string),
+            endpoint: e.endpoint.map(str::to_string),
+            message_id: e.message_id.map(str::to_string),
+            detail: e.detail.clone(),
+        });
+    }
+
+    /// Adds a dead letter at `row.endpoint`: its failed row and the
+    /// `dead_letter` event. The one place a dead letter is accounted.
+    pub fn dead_letter(&mut self, row: &SentRow<'_>, now: u64) {
+        let Some((code, reason)) = row.failure else {
+            return;
+        };
+        self.sent(std::slice::from_ref(row), now);
+        let env = row.envelope;
+        self.event(
+            &Event::dead_letter(Some(&env.from), row.endpoint, &env.id, code, reason),
+            now,
+        );
+    }
+
+    /// Withdraws the row of a copy added but then not delivered (see
+    /// `Record::Unsent`).
+    pub fn unsent(&mut self, endpoint: &str, id: &str) {
+        self.records.push(Record::Unsent {
+            endpoint: endpoint.to_string(),
+            id: id.to_string(),
+        });
+    }
+
+    /// Appends everything added so far to the journal in `dir` (one
+    /// `write`; see `Journal::flush`), leaving it empty; returns the
+    /// journal's size after it (0 when there was nothing to append).
+    pub fn flush(&mut self, dir: &Path) -> Result<u64> {
+        let mut journal = Journal::default();
+        journal.take(self);
+        journal.flush(dir)
+    }
+
+    /// Writes `slots` back (releasing their lock), then appends everything
+    /// to the journal, even if the state could not be written; returns the
+    /// journal's size after it, or the first error.
+    pub fn commit(&mut self, slots: &mut Slots, dir: &Path) -> Result<u64> {
+        let saved = slots.release();
+        let appended = self.flush(dir);
+        saved.and(appended)
+    }
+
+    /// Everything added so far, in order, leaving it empty.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Record> {
+        self.records.drain(..)
+    }
+}
+
 /// Records buffered by one process, appended with one `write`.
 #[derive(Debug)]
 pub struct Journal {
@@ -169,21 +250,6 @@ impl Journal {
         }
     }
 
-    /// Buffers index rows.
-    pub fn sent(&mut self, rows: &[SentRow<'_>], now: u64) {
-        for r in rows {
-            self.push(&Record::sent(r, now));
-        }
-    }
-
-    /// Buffers the withdrawal of a copy's row (see `Record::Unsent`).
-    pub fn unsent(&mut self, endpoint: &str, id: &str) {
-        self.push(&Record::Unsent {
-            endpoint: endpoint.to_string(),
-            id: id.to_string(),
-        });
-    }
-
     /// Buffers the claim of `env` at `endpoint` (see `Record::Claimed`).
     pub fn claimed(&mut self, endpoint: &str, env: &Envelope, lease_until: Option<u64>, now: u64) {
         let sent_at = crate::clock::parse_iso8601(&env.created_at).unwrap_or(now);
@@ -210,19 +276,16 @@ impl Journal {
         });
     }
 
-    /// Buffers an event.
-    pub fn event(&mut self, e: &Event<'_>, now: u64) {
-        self.next += 1;
-        let key = format!("{}.{}", self.prefix, self.next);
-        self.push(&Record::Event {
-            key,
-            at: now,
-            kind: e.kind.to_string(),
-            sender: e.sender.map(str::to_string),
-            endpoint: e.endpoint.map(str::to_string),
-            message_id: e.message_id.map(str::to_string),
-            detail: e.detail.clone(),
-        });
+    /// Buffers everything in `out` (emptying it), each event given its
+    /// key: replays are recognised by it.
+    pub fn take(&mut self, out: &mut Outbox) {
+        for mut r in out.drain() {
+            if let Record::Event { key, .. } = &mut r {
+                self.next += 1;
+                *key = format!("{}.{}", self.prefix, self.next);
+            }
+            self.push(&r);
+        }
     }
 
     /// Appends everything buffered to the journal in `dir`; returns the
@@ -287,8 +350,8 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_torn_lines_are_skipped() {
-        let mut j = Journal::default();
-        j.event(
+        let (mut j, mut out) = (Journal::default(), Outbox::default());
+        out.event(
             &Event {
                 kind: "rate_limit_soft",
                 sender: Some("a"),
@@ -298,6 +361,7 @@ mod tests {
             },
             7,
         );
+        j.take(&mut out);
         let mut text = j.buf.clone();
         text.extend_from_slice(b"{\"t\":\"event\",\"ke");
         let (records, bad) = parse(&text);

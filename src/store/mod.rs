@@ -77,14 +77,13 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::envelope::Envelope;
 use crate::error::{Error, IoContext, Result};
 use crate::home;
-use crate::store::journal::Record;
-use crate::store::ledger::{LazyState, Ledger};
+use crate::store::journal::{Outbox, Record};
+use crate::store::state::Slots;
 
 pub mod batchlog;
 pub mod bridge;
 pub mod dorkos;
 pub mod journal;
-pub mod ledger;
 pub mod reports;
 pub mod state;
 
@@ -344,7 +343,7 @@ impl Store {
         Ok(Tx {
             tx,
             path: &self.path,
-            state: LazyState::new(&self.dir),
+            slots: Slots::new(&self.dir),
         })
     }
 
@@ -535,7 +534,9 @@ impl Drop for Store {
 pub struct Tx<'a> {
     tx: rusqlite::Transaction<'a>,
     path: &'a Path,
-    state: LazyState,
+    /// The state slots, locked when first touched (after the index), written
+    /// back after the commit.
+    pub slots: Slots,
 }
 
 /// Index facts about one (message, endpoint) that finishing it needs.
@@ -654,10 +655,10 @@ impl Tx<'_> {
     }
 
     /// Commits, then writes back the state slots if they were changed.
-    pub fn commit(self) -> Result<()> {
+    pub fn commit(mut self) -> Result<()> {
         let path = self.path;
         self.tx.commit().map_err(|e| store_err(path, e))?;
-        self.state.release()
+        self.slots.release()
     }
 
     /// Marks messages claimed (with an optional lease deadline); a message
@@ -706,8 +707,8 @@ impl Tx<'_> {
     /// transaction began: a send marks its endpoint under that lock once
     /// its copy is visible, and its row went to the journal before, so a
     /// mark is never lost.
-    pub fn track_priorities(&self) -> Result<()> {
-        self.state.lock()?;
+    pub fn track_priorities(&mut self) -> Result<()> {
+        self.slots.lock()?;
         self.ingest_tail()?;
         let eps: std::collections::BTreeSet<String> = self
             .tx
@@ -717,7 +718,7 @@ impl Tx<'_> {
             )
             .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
             .map_err(|e| self.err(e))?;
-        let mut state = self.state.lock()?;
+        let state = self.slots.lock()?;
         if state.get().prioritized.as_ref() != Some(&eps) {
             state.get_mut().prioritized = Some(eps);
         }
@@ -729,8 +730,8 @@ impl Tx<'_> {
     /// not. Under the state lock, after moving in what the journal got
     /// meanwhile (as `observe_leases` does), so no journaled lease is
     /// missed.
-    pub fn refresh_claims_due(&self, endpoint: Option<&str>) -> Result<()> {
-        self.state.lock()?;
+    pub fn refresh_claims_due(&mut self, endpoint: Option<&str>) -> Result<()> {
+        self.slots.lock()?;
         self.ingest_tail()?;
         let due: BTreeMap<String, u64> = self
             .tx
@@ -750,7 +751,7 @@ impl Tx<'_> {
                     .collect()
             })
             .map_err(|e| self.err(e))?;
-        let mut state = self.state.lock()?;
+        let state = self.slots.lock()?;
         let now = &state.get().claims_due;
         match endpoint {
             Some(ep) if now.get(ep) != due.get(ep) => {
@@ -768,16 +769,16 @@ impl Tx<'_> {
 
     /// Marks `endpoint` in `State::prioritized` if `env` is not of normal
     /// priority: it is (again) where a consumer may see it.
-    fn mark_prioritized(&self, endpoint: &str, env: &Envelope) -> Result<()> {
+    fn mark_prioritized(&mut self, endpoint: &str, env: &Envelope) -> Result<()> {
         if env.priority() != crate::pressure::Priority::Normal {
-            self.state.lock()?.mark_prioritized(endpoint);
+            self.slots.lock()?.mark_prioritized(endpoint);
         }
         Ok(())
     }
 
     /// Marks a requeued message pending again (indexing it if the index
     /// lacks it), clearing its claim and failure.
-    pub fn record_requeued(&self, endpoint: &str, env: &Envelope) -> Result<()> {
+    pub fn record_requeued(&mut self, endpoint: &str, env: &Envelope) -> Result<()> {
         self.mark_prioritized(endpoint, env)?;
         self.tx
             .prepare_cached(
@@ -907,7 +908,7 @@ impl Tx<'_> {
 
     /// Indexes a message found on disk with the status its directory gives.
     pub fn index_found(
-        &self,
+        &mut self,
         endpoint: &str,
         env: &Envelope,
         status: Status,
@@ -1149,20 +1150,34 @@ impl Tx<'_> {
     }
 }
 
-impl Ledger for Tx<'_> {
-    fn state(&self) -> &LazyState {
-        &self.state
-    }
-
-    /// The same insert as the journal's rows: a fresh id, so nothing to
-    /// replace.
-    fn record_sent(&self, rows: &[SentRow<'_>], now: u64) -> Result<()> {
-        let records: Vec<Record> = rows.iter().map(|r| Record::sent(r, now)).collect();
-        apply(&self.tx, &records).map_err(|e| self.err(e))
-    }
-
-    fn event(&self, e: &Event<'_>, now: u64) -> Result<()> {
-        Tx::event(self, e, now)
+impl Tx<'_> {
+    /// Writes everything in `out` into this transaction, in order (emptying
+    /// it): rows as ingestion writes the journal's, events as `event` does.
+    pub fn record(&self, out: &mut Outbox) -> Result<()> {
+        for r in out.drain() {
+            match r {
+                Record::Event {
+                    kind,
+                    sender,
+                    endpoint,
+                    message_id,
+                    detail,
+                    at,
+                    ..
+                } => self.event(
+                    &Event {
+                        kind: &kind,
+                        sender: sender.as_deref(),
+                        endpoint: endpoint.as_deref(),
+                        message_id: message_id.as_deref(),
+                        detail,
+                    },
+                    at,
+                )?,
+                r => apply(&self.tx, std::slice::from_ref(&r)).map_err(|e| self.err(e))?,
+            }
+        }
+        Ok(())
     }
 }
 

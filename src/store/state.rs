@@ -322,6 +322,139 @@ fn parse_slot(raw: &[u8]) -> Option<(u64, State)> {
     Some((generation, serde_json::from_slice(json).ok()?))
 }
 
+/// The state slots as one command uses them: locked when first touched,
+/// written back and let go by `release` (dropping without it discards the
+/// changes). Passed explicitly (`&mut`) to whatever reads or changes them.
+#[derive(Debug)]
+pub struct Slots {
+    dir: PathBuf,
+    held: Option<Locked>,
+}
+
+impl Slots {
+    /// Nothing locked yet; `dir` is the relay home.
+    #[must_use]
+    pub fn new(dir: &Path) -> Self {
+        Slots {
+            dir: dir.to_path_buf(),
+            held: None,
+        }
+    }
+
+    /// The locked state (locking it now if needed).
+    pub fn lock(&mut self) -> Result<&mut Locked> {
+        if self.held.is_none() {
+            self.held = Some(Locked::acquire(&self.dir)?);
+        }
+        self.held
+            .as_mut()
+            .ok_or_else(|| Error::Data("the reliability state lock was not held".into()))
+    }
+
+    /// Writes the state back if it was changed and releases the lock; a
+    /// later use locks it again.
+    pub fn release(&mut self) -> Result<()> {
+        self.held.take().map_or(Ok(()), Locked::save)
+    }
+
+    /// The stored bucket of `sender`, if any.
+    pub fn bucket(&mut self, sender: &str) -> Result<Option<bucket::State>> {
+        Ok(self.lock()?.get().buckets.get(sender).map(|b| b.state))
+    }
+
+    /// Stores `sender`'s bucket, counting a soft (`Some(true)`) or hard
+    /// (`Some(false)`) hit.
+    pub fn put_bucket(
+        &mut self,
+        sender: &str,
+        next: &bucket::State,
+        hit: Option<bool>,
+        now: u64,
+    ) -> Result<()> {
+        let b = self
+            .lock()?
+            .get_mut()
+            .buckets
+            .entry(sender.to_string())
+            .or_insert(Bucket {
+                state: *next,
+                soft_hits: 0,
+                hard_hits: 0,
+                last_hit_at: None,
+            });
+        b.state = *next;
+        match hit {
+            Some(true) => b.soft_hits += 1,
+            Some(false) => b.hard_hits += 1,
+            None => return Ok(()),
+        }
+        b.last_hit_at = Some(now);
+        Ok(())
+    }
+
+    /// Forgets buckets (all, or one sender's); returns how many.
+    pub fn reset_buckets(&mut self, sender: Option<&str>) -> Result<usize> {
+        let buckets = &mut self.lock()?.get_mut().buckets;
+        Ok(match sender {
+            Some(s) => usize::from(buckets.remove(s).is_some()),
+            None => std::mem::take(buckets).len(),
+        })
+    }
+
+    /// Every bucket, by sender.
+    pub fn buckets(&mut self) -> Result<BTreeMap<String, Bucket>> {
+        Ok(self.lock()?.get().buckets.clone())
+    }
+
+    /// The breaker of a pair (closed if it has none).
+    pub fn breaker(&mut self, sender: &str, endpoint: &str) -> Result<breaker::State> {
+        Ok(self.lock()?.get().breaker(sender, endpoint))
+    }
+
+    /// Stores a pair's breaker.
+    pub fn put_breaker(
+        &mut self,
+        sender: &str,
+        endpoint: &str,
+        s: &breaker::State,
+        now: u64,
+    ) -> Result<()> {
+        self.lock()?
+            .get_mut()
+            .breakers
+            .entry(sender.to_string())
+            .or_default()
+            .insert(
+                endpoint.to_string(),
+                Breaker {
+                    state: *s,
+                    updated_at: now,
+                },
+            );
+        Ok(())
+    }
+
+    /// Every breaker with state, by sender then endpoint.
+    pub fn breakers(&mut self) -> Result<BTreeMap<String, BTreeMap<String, Breaker>>> {
+        Ok(self.lock()?.get().breakers.clone())
+    }
+
+    /// Pairs with a breaker (optionally one sender's, or one pair).
+    pub fn breaker_pairs(
+        &mut self,
+        sender: Option<&str>,
+        endpoint: Option<&str>,
+    ) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .breakers()?
+            .into_iter()
+            .filter(|(s, _)| sender.is_none_or(|want| want == s))
+            .flat_map(|(s, pairs)| pairs.into_keys().map(move |e| (s.clone(), e)))
+            .filter(|(_, e)| endpoint.is_none_or(|want| want == e))
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
