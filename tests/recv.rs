@@ -250,6 +250,57 @@ fn recv_ack_fsyncs_cur_then_new_once_after_removing() {
     assert!(r.files("agent.b", "cur").is_empty());
 }
 
+/// `recv -n N --ack` from 16 messages on removes them on two threads
+/// (their removals overlap), all before its two fsyncs, and prints and
+/// acks every one, in order.
+#[test]
+fn a_large_recv_ack_removes_on_two_threads_before_its_fsyncs() {
+    let r = Relay::new();
+    r.add(&["agent.b"]);
+    let ids: Vec<String> = (0..20).map(|i| r.send("agent.b", &i.to_string())).collect();
+    r.cmd(["status"]).success();
+    let log = r.scratch().join("threads.log");
+    let mut c = std::process::Command::new("strace");
+    c.args(["-f", "-qq", "-o"])
+        .arg(&log)
+        .args(["-e", "trace=unlink,unlinkat,fsync", crate::harness::BIN])
+        .args(["recv", "agent.b", "-n", "20", "--ack", "--json"]);
+    let out = r.clean_env(&mut c).output().unwrap_or_else(|e| {
+        panic!("cannot run strace ({e}): this test needs it, never skipped (apt-get install strace; .ci/run does)")
+    });
+    assert!(out.status.success(), "{out:?}");
+    let printed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("a JSON line")["id"].to_string()
+        })
+        .collect();
+    let quoted: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
+    assert_eq!(printed, quoted);
+    let text = std::fs::read_to_string(&log).expect("strace log");
+    let calls: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, call)| {
+            call.starts_with("unlink") && call.contains("/mailboxes/") || call.starts_with("fsync")
+        })
+        .collect();
+    let unlinkers: std::collections::BTreeSet<&str> = calls
+        .iter()
+        .filter(|(_, call)| call.starts_with("unlink"))
+        .map(|(pid, _)| *pid)
+        .collect();
+    assert_eq!(unlinkers.len(), 2, "{text}");
+    let first_sync = calls.iter().position(|(_, c)| c.starts_with("fsync"));
+    let last_unlink = calls.iter().rposition(|(_, c)| c.starts_with("unlink"));
+    assert!(last_unlink < first_sync, "{text}");
+    assert_eq!(calls.len(), 22, "{text}");
+    assert!(r.files("agent.b", "new").is_empty());
+    assert!(r.files("agent.b", "cur").is_empty());
+    let m = r.cmd(["metrics", "--json"]).success().json();
+    assert_eq!(m["deliveredCount"], 20, "{m}");
+}
+
 /// A claim not acked at once on the fast path is fsynced (`cur/`, then
 /// `new/`) on its own: a plain `recv` before it prints it, and a
 /// `recv --ack` whose ack must go through the index (here: the sender's
