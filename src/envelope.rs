@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 use crate::pressure::Priority;
+use crate::vocab::Code;
 
 /// A message as stored in one Maildir file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,32 +143,6 @@ pub struct Budget {
 /// Default call budget of a fresh message, as in DorkOS.
 pub const DEFAULT_CALL_BUDGET: u32 = 10;
 
-/// Why a budget refused a hop; the codes are DorkOS's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BudgetCode {
-    /// `hopCount >= maxHops`.
-    HopLimit,
-    /// The target is already in the ancestor chain.
-    CycleDetected,
-    /// `now > ttl`.
-    TtlExpired,
-    /// No call budget left.
-    BudgetExhausted,
-}
-
-impl BudgetCode {
-    /// The wire code (`hop_limit`, ...).
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BudgetCode::HopLimit => "hop_limit",
-            BudgetCode::CycleDetected => "cycle_detected",
-            BudgetCode::TtlExpired => "ttl_expired",
-            BudgetCode::BudgetExhausted => "budget_exhausted",
-        }
-    }
-}
-
 impl Budget {
     /// A fresh budget: no hops, the given ceiling, expiry `now + ttl_ms`.
     #[must_use]
@@ -184,30 +159,27 @@ impl Budget {
     /// Checks one hop to `target` at `now`, in DorkOS's order (first failure
     /// wins), and returns the budget the delivered copy carries: one more
     /// hop, `target` appended to the chain, one call less.
-    pub fn hop(&self, target: &str, now: u64) -> std::result::Result<Budget, (BudgetCode, String)> {
+    pub fn hop(&self, target: &str, now: u64) -> std::result::Result<Budget, (Code, String)> {
         if self.hop_count >= self.max_hops {
             return Err((
-                BudgetCode::HopLimit,
+                Code::HopLimit,
                 format!("max hops exceeded ({}/{})", self.hop_count, self.max_hops),
             ));
         }
         if self.ancestor_chain.iter().any(|s| s == target) {
             return Err((
-                BudgetCode::CycleDetected,
+                Code::CycleDetected,
                 format!("cycle detected: '{target}' is already in the ancestor chain"),
             ));
         }
         if now > self.ttl {
             return Err((
-                BudgetCode::TtlExpired,
+                Code::TtlExpired,
                 format!("ttl expired {} ago", crate::clock::human_ms(now - self.ttl)),
             ));
         }
         if self.call_budget_remaining == 0 {
-            return Err((
-                BudgetCode::BudgetExhausted,
-                "call budget exhausted".to_string(),
-            ));
+            return Err((Code::BudgetExhausted, "call budget exhausted".to_string()));
         }
         let mut next = self.clone();
         next.hop_count += 1;
@@ -240,22 +212,16 @@ mod tests {
         b.hop_count = 1;
         b.ancestor_chain = vec!["x".into()];
         b.call_budget_remaining = 0;
-        assert_eq!(
-            b.hop("x", 100).err().map(|e| e.0),
-            Some(BudgetCode::HopLimit)
-        );
+        assert_eq!(b.hop("x", 100).err().map(|e| e.0), Some(Code::HopLimit));
         b.hop_count = 0;
         assert_eq!(
             b.hop("x", 100).err().map(|e| e.0),
-            Some(BudgetCode::CycleDetected)
+            Some(Code::CycleDetected)
         );
-        assert_eq!(
-            b.hop("y", 100).err().map(|e| e.0),
-            Some(BudgetCode::TtlExpired)
-        );
+        assert_eq!(b.hop("y", 100).err().map(|e| e.0), Some(Code::TtlExpired));
         assert_eq!(
             b.hop("y", 10).err().map(|e| e.0),
-            Some(BudgetCode::BudgetExhausted)
+            Some(Code::BudgetExhausted)
         );
     }
 

@@ -18,6 +18,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::home::{Home, Unreadable};
 use crate::maildir::{Mailbox, Reason};
+use crate::vocab::Status;
 
 /// Where a message is in its mailbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -35,10 +36,16 @@ impl State {
     /// The word used in output.
     #[must_use]
     pub fn as_str(self) -> &'static str {
+        self.status().as_str()
+    }
+
+    /// The index status of a message in this state.
+    #[must_use]
+    pub fn status(self) -> Status {
         match self {
-            State::Pending => "pending",
-            State::Claimed => "claimed",
-            State::Failed => "failed",
+            State::Pending => Status::Pending,
+            State::Claimed => Status::Claimed,
+            State::Failed => Status::Failed,
         }
     }
 
@@ -92,12 +99,12 @@ impl FromStr for Filter {
     /// `pending`, `claimed`, `failed`, `all`, and the aliases DorkOS's
     /// library takes: `new`/`unread` (pending), `cur`/`read` (claimed).
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "pending" | "new" | "unread" => Ok(Filter::Pending),
-            "claimed" | "cur" | "read" => Ok(Filter::Claimed),
-            "failed" => Ok(Filter::Failed),
-            "all" => Ok(Filter::All),
-            other => Err(Error::Data(format!(
+        match (s, s.parse::<Status>()) {
+            (_, Ok(Status::Pending)) | ("new" | "unread", _) => Ok(Filter::Pending),
+            (_, Ok(Status::Claimed)) | ("cur" | "read", _) => Ok(Filter::Claimed),
+            (_, Ok(Status::Failed)) => Ok(Filter::Failed),
+            ("all", _) => Ok(Filter::All),
+            (other, _) => Err(Error::Data(format!(
                 "invalid status '{}': use pending, claimed, failed or all",
                 other.escape_debug()
             ))),

@@ -28,10 +28,11 @@ use crate::maildir::Mailbox;
 use crate::store::journal::Outbox;
 use crate::store::state::Locked;
 use crate::store::{ClaimRow, Event, Status, Tx};
+use crate::vocab::{Code, EventKind};
 use crate::{notice, output, reliability};
 
 /// The dead-letter code of a message whose leases ran out too often.
-pub const MAX_DELIVERIES: &str = "max_deliveries";
+const MAX_DELIVERIES: Code = Code::MaxDeliveries;
 
 /// The default lease (`delivery.leaseSecs`), in ms.
 #[must_use]
@@ -332,7 +333,7 @@ fn record(
                 tx.record_redelivered(endpoint, env, m.ran_out, seen)?;
                 tx.event(
                     &Event {
-                        kind: "redelivered",
+                        kind: EventKind::Redelivered,
                         sender: Some(&env.from),
                         endpoint: Some(endpoint),
                         message_id: Some(&env.id),
@@ -369,7 +370,7 @@ fn count_unindexed(
 ) -> Result<()> {
     tx.event(
         &Event {
-            kind: "lease_expired",
+            kind: EventKind::LeaseExpired,
             sender: Some(row.map_or(env.from.as_str(), |r| r.sender.as_str())),
             endpoint: Some(endpoint),
             message_id: Some(&env.id),

@@ -33,6 +33,7 @@ pub mod serve;
 pub mod store;
 pub mod subject;
 pub mod template;
+pub mod vocab;
 
 use std::ffi::OsString;
 

@@ -17,6 +17,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, IoContext, Result};
 use crate::home::{self, Home};
 use crate::subject;
+use crate::vocab::{Code, DorkStatus};
 
 /// The four Maildir subdirectories, in creation order: `new` comes last
 /// because its presence is what makes a directory an endpoint.
@@ -467,7 +468,7 @@ impl Mailbox {
     /// cannot take its place in `failed/` (something else of that name is
     /// there) stays in `cur/`, reported: it must not stop the receiver.
     fn quarantine(&self, id: String, problem: String, now: u64) -> Result<Quarantined> {
-        match self.fail(&id, Value::Null, &problem, "malformed", now) {
+        match self.fail(&id, Value::Null, &problem, Code::Malformed, now) {
             Err(Error::Io { what, source }) if collides(&source) => Ok(Quarantined {
                 problem: format!("{problem}; left in cur/: {what}: {source}"),
                 id,
@@ -664,7 +665,7 @@ impl Mailbox {
     pub fn expire(&self, id: &str, reason: &str, now: u64) -> Result<bool> {
         let (from, to) = (self.file("new", id), self.file("cur", id));
         match fs::rename(&from, &to) {
-            Ok(()) => self.fail(id, Value::Null, reason, "ttl_expired", now),
+            Ok(()) => self.fail(id, Value::Null, reason, Code::TtlExpired, now),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
             Err(e) => Err(Error::io("cannot expire", &from, e)),
         }
@@ -685,7 +686,7 @@ impl Mailbox {
         id: &str,
         envelope: Value,
         reason: &str,
-        code: &str,
+        code: Code,
         now: u64,
     ) -> Result<bool> {
         let (from, to) = (self.file("cur", id), self.file("failed", id));
@@ -702,7 +703,7 @@ impl Mailbox {
         } else {
             envelope
         };
-        let failed = crate::store::dorkos::Status::Failed;
+        let failed = DorkStatus::Failed;
         crate::store::dorkos::finished(self.root(), &self.name, id, failed, Some(&envelope));
         self.write_reason_or_warn(id, envelope, reason, code, now);
         home::sync_dir(&self.sub("cur"))?;
@@ -711,7 +712,7 @@ impl Mailbox {
 
     /// Dead-letters an envelope that was never delivered: writes it straight
     /// into `failed/` (through `tmp/`) with its reason sidecar.
-    pub fn dead_letter(&self, env: &Envelope, reason: &str, code: &str, now: u64) -> Result<()> {
+    pub fn dead_letter(&self, env: &Envelope, reason: &str, code: Code, now: u64) -> Result<()> {
         self.create(&["tmp", "failed"])?;
         let bytes = env.to_file_bytes()?;
         // The sidecar's fsync of failed/ makes both renames durable.
@@ -725,7 +726,7 @@ impl Mailbox {
     /// `write_reason` for a message already in `failed/`: it is dead-lettered
     /// whether or not its sidecar can be written (a full disk), and the
     /// reason is also in the index; so a missing sidecar is a warning.
-    fn write_reason_or_warn(&self, id: &str, envelope: Value, reason: &str, code: &str, now: u64) {
+    fn write_reason_or_warn(&self, id: &str, envelope: Value, reason: &str, code: Code, now: u64) {
         if let Err(e) = self.write_reason(id, envelope, reason, code, now) {
             // What the sidecar's fsync would have made durable.
             let _ = home::sync_dir(&self.sub("failed"));
@@ -741,7 +742,7 @@ impl Mailbox {
         id: &str,
         envelope: Value,
         reason: &str,
-        code: &str,
+        code: Code,
         now: u64,
     ) -> Result<()> {
         let sidecar = Reason {

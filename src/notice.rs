@@ -10,25 +10,10 @@ use crate::envelope::{Budget, DEFAULT_CALL_BUDGET, Envelope};
 use crate::error::Result;
 use crate::home::Home;
 use crate::maildir::Mailbox;
+use crate::vocab::{Code, EventKind};
 
 /// Sender of every notice.
 pub const NOTICE_SENDER: &str = "relay.notice";
-
-/// Whether a dead letter with `code` is final and worth telling the sender
-/// about asynchronously.
-#[must_use]
-pub fn is_notifiable(code: &str) -> bool {
-    matches!(
-        code,
-        "nack"
-            | "hop_limit"
-            | "cycle_detected"
-            | "ttl_expired"
-            | "budget_exhausted"
-            | "access_denied"
-            | "max_deliveries"
-    )
-}
 
 /// Where a notice went.
 #[derive(Debug)]
@@ -53,7 +38,7 @@ pub enum Sent {
         /// Why it is not a subject.
         problem: String,
         /// The dead-letter code of the original.
-        code: String,
+        code: Code,
     },
 }
 
@@ -64,14 +49,14 @@ pub fn send(
     home: &Home,
     original: &Envelope,
     endpoint: &str,
-    code: &str,
+    code: Code,
     reason: &str,
     now: u64,
 ) -> Result<Option<Sent>> {
     let Some(reply_to) = original.reply_to.as_deref() else {
         return Ok(None);
     };
-    if !is_notifiable(code) || original.from == NOTICE_SENDER {
+    if !code.is_notifiable() || original.from == NOTICE_SENDER {
         return Ok(None);
     }
     // Another program may have written anything there ("/tmp/x", "../..").
@@ -80,7 +65,7 @@ pub fn send(
             about: original.id.clone(),
             reply_to: reply_to.to_string(),
             problem: e.to_string(),
-            code: code.to_string(),
+            code,
         }));
     }
     let id = crate::envelope::new_id(now);
@@ -122,7 +107,7 @@ pub fn send(
             about: original.id.clone(),
             reply_to: reply_to.to_string(),
             problem: "its reply endpoint is gone: the request is no longer waiting".into(),
-            code: code.to_string(),
+            code,
         }));
     }
     // A mailbox or subdirectory that is a symlink is never written through.
@@ -133,7 +118,7 @@ pub fn send(
             about: original.id.clone(),
             reply_to: reply_to.to_string(),
             problem: e.to_string(),
-            code: code.to_string(),
+            code,
         }));
     }
     let written = if delivered {
@@ -154,7 +139,7 @@ pub fn send(
         if done.is_err() {
             crate::store::dorkos::unsent(root, reply_to, &notice.id);
             let failed = crate::store::dorkos::Outcome {
-                refused: vec![("io_error", "the failure notice could not be written")],
+                refused: vec![(Code::IoError, "the failure notice could not be written")],
                 ..crate::store::dorkos::Outcome::default()
             };
             crate::store::dorkos::retraced(root, &notice, &failed, now);
@@ -164,7 +149,7 @@ pub fn send(
         mb.dead_letter(
             &notice,
             "no endpoint for the failure notice's replyTo",
-            "no_match",
+            Code::NoMatch,
             now,
         )
     };
@@ -179,7 +164,7 @@ pub fn send(
             about: original.id.clone(),
             reply_to: reply_to.to_string(),
             problem: format!("not written: {e}"),
-            code: code.to_string(),
+            code,
         }));
     }
     Ok(Some(Sent::Written {
@@ -206,7 +191,7 @@ pub fn record(out: &mut crate::store::journal::Outbox, sent: &Sent, now: u64) {
         } => {
             out.event(
                 &crate::store::Event {
-                    kind: "failure_notice_refused",
+                    kind: EventKind::FailureNoticeRefused,
                     sender: Some(NOTICE_SENDER),
                     endpoint: None,
                     message_id: Some(about),
@@ -217,8 +202,10 @@ pub fn record(out: &mut crate::store::journal::Outbox, sent: &Sent, now: u64) {
             return;
         }
     };
-    let failure =
-        (!delivered).then_some(("no_match", "no endpoint for the failure notice's replyTo"));
+    let failure = (!delivered).then_some((
+        Code::NoMatch,
+        "no endpoint for the failure notice's replyTo",
+    ));
     out.sent(
         &[crate::store::SentRow {
             endpoint,
@@ -230,7 +217,7 @@ pub fn record(out: &mut crate::store::journal::Outbox, sent: &Sent, now: u64) {
     );
     out.event(
         &crate::store::Event {
-            kind: "failure_notice",
+            kind: EventKind::FailureNotice,
             sender: Some(NOTICE_SENDER),
             endpoint: Some(endpoint),
             message_id: Some(&envelope.id),

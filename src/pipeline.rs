@@ -22,6 +22,7 @@ use crate::store::batchlog;
 use crate::store::journal::Outbox;
 use crate::store::state::Slots;
 use crate::store::{Event as StoreEvent, SentRow, Store};
+use crate::vocab::{Code, EventKind};
 use crate::{notice, reserve};
 
 /// How delivered files are made durable.
@@ -41,9 +42,9 @@ pub enum Fate {
     /// Delivered (the copy written, and whether it is a breaker probe).
     Delivered(Box<Envelope>, bool),
     /// Written to the endpoint's `failed/` (code, reason).
-    DeadLettered(String, String),
+    DeadLettered(Code, String),
     /// Refused for now; nothing written for it (code, message, retry-after).
-    Refused(String, String, Option<u64>),
+    Refused(Code, String, Option<u64>),
 }
 
 /// What became of one send.
@@ -154,7 +155,7 @@ pub fn deliver(
                 Ok(b) => job.hops.push(Some(b)),
                 Err((code, reason)) => {
                     job.hops.push(None);
-                    *fate = Some(Fate::DeadLettered(code.as_str().to_string(), reason));
+                    *fate = Some(Fate::DeadLettered(code, reason));
                 }
             }
         }
@@ -264,8 +265,12 @@ pub fn deliver(
                 out.unsent(&ep, &copy.id);
                 crate::store::dorkos::unsent(home.root(), &ep, &copy.id);
                 io_failures.push((j, ep, job.probes[i]));
-                let code = if e.is_full() { "disk_full" } else { "io_error" };
-                Fate::Refused(code.into(), e.to_string(), None)
+                let code = if e.is_full() {
+                    Code::DiskFull
+                } else {
+                    Code::IoError
+                };
+                Fate::Refused(code, e.to_string(), None)
             }
         });
     }
@@ -284,17 +289,14 @@ pub fn deliver(
             let mb = Mailbox::at(&ctx.home, ep);
             match fate {
                 Some(Fate::DeadLettered(code, reason)) => {
+                    let code = *code;
                     if let Err(e) = mb.dead_letter(&job.env, reason, code, now) {
                         // Refused for good, and not even kept: say so.
                         problems.push(format!(
                             "message {} refused at '{ep}' ({code}) could not be dead-lettered: {e}",
                             job.env.id
                         ));
-                        *fate = Some(Fate::Refused(
-                            std::mem::take(code),
-                            std::mem::take(reason),
-                            None,
-                        ));
+                        *fate = Some(Fate::Refused(code, std::mem::take(reason), None));
                         continue;
                     }
                     match notice::send(&ctx.home, &job.env, ep, code, reason, now) {
@@ -303,9 +305,9 @@ pub fn deliver(
                     }
                 }
                 Some(Fate::Refused(code, reason, _)) if any => {
-                    match mb.dead_letter(&job.env, reason, code, now) {
+                    match mb.dead_letter(&job.env, reason, *code, now) {
                         Ok(()) => {
-                            let (code, reason) = (std::mem::take(code), std::mem::take(reason));
+                            let (code, reason) = (*code, std::mem::take(reason));
                             *fate = Some(Fate::DeadLettered(code, reason));
                         }
                         Err(e) => problems.push(format!(
@@ -328,7 +330,7 @@ pub fn deliver(
                 let row = SentRow {
                     endpoint: ep,
                     envelope: env,
-                    failure: Some((code.as_str(), reason.as_str())),
+                    failure: Some((*code, reason.as_str())),
                     probe: false,
                 };
                 out.dead_letter(&row, now);
@@ -457,7 +459,7 @@ fn admit(
                 if fate.is_none()
                     && let Some(why) = held.full.get(ep.as_str())
                 {
-                    *fate = Some(Fate::Refused("disk_full".into(), why.clone(), None));
+                    *fate = Some(Fate::Refused(Code::DiskFull, why.clone(), None));
                 }
             }
         }
@@ -496,7 +498,7 @@ fn dorkos_rows(
                 if let Some(Fate::DeadLettered(code, reason) | Fate::Refused(code, reason, _)) =
                     fate
                 {
-                    out.refused.push((code, reason));
+                    out.refused.push((*code, reason));
                 }
             }
             sends.push((*j, out));
@@ -547,7 +549,7 @@ fn dorkos_published(
         match fate {
             Some(Fate::Delivered(copy, _)) => out.delivered.push((ep, copy)),
             Some(Fate::DeadLettered(code, reason) | Fate::Refused(code, reason, _)) => {
-                out.refused.push((code, reason));
+                out.refused.push((*code, reason));
             }
             None => {}
         }
@@ -779,7 +781,7 @@ fn decide(
         for (kind, ep, d, limit) in &pressure_events {
             out.event(
                 &StoreEvent {
-                    kind,
+                    kind: *kind,
                     sender: Some(&env.from),
                     endpoint: Some(ep),
                     message_id: Some(&env.id),
@@ -799,11 +801,8 @@ fn decide(
                 BreakerDecision::Reject { retry_after_ms } => {
                     let phase = slots.breaker(from, &ep)?.phase;
                     let why = reliability::breaker_refusal(from, &ep, phase, retry_after_ms);
-                    job.fates[i].1 = Some(Fate::Refused(
-                        "circuit_open".into(),
-                        why,
-                        Some(retry_after_ms),
-                    ));
+                    job.fates[i].1 =
+                        Some(Fate::Refused(Code::CircuitOpen, why, Some(retry_after_ms)));
                 }
                 BreakerDecision::Probe => job.probes[i] = true,
                 BreakerDecision::Admit | BreakerDecision::Noted => {}
@@ -883,7 +882,7 @@ fn backpressure(
     job: &mut Job,
     depth: &BTreeMap<String, u64>,
     cfg: &Backpressure,
-) -> Vec<(&'static str, String, u64, u64)> {
+) -> Vec<(EventKind, String, u64, u64)> {
     let policy = policy(cfg);
     let priority = job.env.priority();
     let mut events = Vec::new();
@@ -900,7 +899,7 @@ fn backpressure(
                     "mailbox '{ep}' under backpressure: {pct}% full ({depth}/{} messages in new/ and cur/)",
                     policy.max_mailbox_size
                 ));
-                events.push(("backpressure_warning", ep.clone(), depth, limit));
+                events.push((EventKind::BackpressureWarning, ep.clone(), depth, limit));
             }
             pressure::Decision::Reject { depth, limit } => {
                 let why = if priority == Priority::Normal {
@@ -912,11 +911,11 @@ fn backpressure(
                     )
                 };
                 *fate = Some(Fate::Refused(
-                    "backpressure".into(),
+                    Code::Backpressure,
                     format!("{why}; retry once its consumer catches up"),
                     None,
                 ));
-                events.push(("backpressure_rejected", ep.clone(), depth, limit));
+                events.push((EventKind::BackpressureRejected, ep.clone(), depth, limit));
             }
         }
     }

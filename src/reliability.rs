@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::store::journal::Outbox;
 use crate::store::state::Slots;
 use crate::store::{Event, Tx};
+use crate::vocab::EventKind;
 
 /// What the rate limiter said about one send.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +69,7 @@ pub fn rate_limit(
                     "sender '{sender}' has {left} of {capacity} rate-limit tokens left (the bucket refills {refill} per {window}s)"
                 )),
                 Some(true),
-                Some("rate_limit_soft"),
+                Some(EventKind::RateLimitSoft),
                 json!({ "tokensLeft": left, "capacity": capacity, "windowSecs": window }),
             )
         }
@@ -81,7 +82,7 @@ pub fn rate_limit(
                 retry_after_ms,
             },
             Some(false),
-            Some("rate_limit_hard"),
+            Some(EventKind::RateLimitHard),
             json!({ "tokensLeft": 0, "capacity": capacity, "windowSecs": window, "retryAfterMs": retry_after_ms }),
         ),
     };
@@ -163,9 +164,9 @@ pub fn breaker_step(
             now
         };
         let kind = match t {
-            Transition::Opened => "breaker_opened",
-            Transition::HalfOpened => "breaker_half_open",
-            Transition::Closed => "breaker_closed",
+            Transition::Opened => EventKind::BreakerOpened,
+            Transition::HalfOpened => EventKind::BreakerHalfOpen,
+            Transition::Closed => EventKind::BreakerClosed,
         };
         out.event(
             &Event {
@@ -225,7 +226,7 @@ pub fn observe_leases(
     for lease in &expired {
         out.event(
             &Event {
-                kind: "lease_expired",
+                kind: EventKind::LeaseExpired,
                 sender: Some(&lease.sender),
                 endpoint: Some(&lease.endpoint),
                 message_id: Some(&lease.id),

@@ -20,6 +20,7 @@ use crate::envelope::{Budget, Envelope};
 use crate::error::{Error, Result};
 use crate::maildir::{Mailbox, SUBDIRS};
 use crate::pressure::Priority;
+use crate::vocab::{Code, Unknown};
 use crate::{notice, output};
 
 /// Prefix of private reply endpoints: DorkOS's query inboxes, so DorkOS
@@ -77,65 +78,12 @@ impl Request {
     }
 }
 
-/// Why a failure notice says the request failed (`code` of a
-/// `relay.failure_notice`; see `notice::is_notifiable`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NoticeCode {
-    /// A consumer nacked it (its handler failed).
-    Nack,
-    /// Out of hops.
-    HopLimit,
-    /// It came back to an endpoint already in its chain.
-    CycleDetected,
-    /// Nobody received it before its TTL.
-    TtlExpired,
-    /// Out of call budget.
-    BudgetExhausted,
-    /// The access rules refused it.
-    AccessDenied,
-    /// Its claims ran out of their lease `delivery.maxDeliveries` times.
-    MaxDeliveries,
-    /// A code relay does not know (another writer's).
-    Other(String),
-}
-
-impl NoticeCode {
-    /// The code as written in the notice.
-    #[must_use]
-    pub fn parse(code: &str) -> Self {
-        match code {
-            "nack" => NoticeCode::Nack,
-            "hop_limit" => NoticeCode::HopLimit,
-            "cycle_detected" => NoticeCode::CycleDetected,
-            "ttl_expired" => NoticeCode::TtlExpired,
-            "budget_exhausted" => NoticeCode::BudgetExhausted,
-            "access_denied" => NoticeCode::AccessDenied,
-            "max_deliveries" => NoticeCode::MaxDeliveries,
-            other => NoticeCode::Other(other.to_string()),
-        }
-    }
-
-    /// The wire code.
-    #[must_use]
-    pub fn as_str(&self) -> &str {
-        match self {
-            NoticeCode::Nack => "nack",
-            NoticeCode::HopLimit => "hop_limit",
-            NoticeCode::CycleDetected => "cycle_detected",
-            NoticeCode::TtlExpired => "ttl_expired",
-            NoticeCode::BudgetExhausted => "budget_exhausted",
-            NoticeCode::AccessDenied => "access_denied",
-            NoticeCode::MaxDeliveries => "max_deliveries",
-            NoticeCode::Other(s) => s,
-        }
-    }
-}
-
 /// A failure notice about the request: it was dead-lettered for good.
 #[derive(Debug, Clone)]
 pub struct FailureNotice {
-    /// Why.
-    pub code: NoticeCode,
+    /// Why (see `Code::is_notifiable`); a code relay does not know is
+    /// another writer's.
+    pub code: Result<Code, Unknown>,
     /// The reason as the dead letter gives it.
     pub reason: String,
     /// Where it was dead-lettered.
@@ -145,6 +93,15 @@ pub struct FailureNotice {
 }
 
 impl FailureNotice {
+    /// The code as the notice writes it.
+    #[must_use]
+    pub fn code_str(&self) -> &str {
+        match &self.code {
+            Ok(c) => c.as_str(),
+            Err(u) => &u.word,
+        }
+    }
+
     /// Reads a failure notice about message `about`; `None` for anything
     /// else (a reply, a notice about another message).
     #[must_use]
@@ -158,7 +115,7 @@ impl FailureNotice {
             return None;
         }
         Some(FailureNotice {
-            code: NoticeCode::parse(text("code").unwrap_or("unknown")),
+            code: text("code").unwrap_or("unknown").parse(),
             reason: text("reason").unwrap_or_default().to_string(),
             endpoint: text("endpoint").unwrap_or_default().to_string(),
             envelope: env.clone(),
@@ -233,20 +190,16 @@ impl Exchange {
                 let message = format!(
                     "request {id} failed at '{}' ({}): {}",
                     n.endpoint,
-                    n.code.as_str(),
+                    n.code_str(),
                     n.reason
                 );
                 Err(match n.code {
-                    NoticeCode::AccessDenied => Error::Denied(message),
-                    NoticeCode::TtlExpired | NoticeCode::MaxDeliveries => Error::Refused {
+                    Ok(Code::AccessDenied) => Error::Denied(message),
+                    Ok(Code::TtlExpired | Code::MaxDeliveries) => Error::Refused {
                         message,
                         retry_after_ms: None,
                     },
-                    NoticeCode::Nack
-                    | NoticeCode::HopLimit
-                    | NoticeCode::CycleDetected
-                    | NoticeCode::BudgetExhausted
-                    | NoticeCode::Other(_) => Error::Data(message),
+                    _ => Error::Data(message),
                 })
             }
         }
@@ -556,7 +509,8 @@ mod tests {
             "max_deliveries",
             "something_else",
         ] {
-            assert_eq!(NoticeCode::parse(code).as_str(), code);
+            let n = FailureNotice::of(&notice(code), "01REQ").map(|n| n.code_str().to_string());
+            assert_eq!(n.as_deref(), Some(code));
         }
     }
 

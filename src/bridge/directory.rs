@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, IoContext, Result};
 use crate::home::Home;
 use crate::maildir::{self, Mailbox, SUBDIRS};
+use crate::vocab::Code;
 
 /// Remote endpoints: endpoint -> host.
 pub type Remotes = BTreeMap<String, String>;
@@ -139,11 +140,11 @@ fn retire(home: &Home, ep: &str, host: &str, now: u64) -> Result<()> {
     for id in mb.list("new")? {
         let name = format!("{id}.json");
         if std::fs::rename(mb.sub("new").join(&name), mb.sub("cur").join(&name)).is_ok() {
-            mb.fail(&id, serde_json::Value::Null, &reason, "no_match", now)?;
+            mb.fail(&id, serde_json::Value::Null, &reason, Code::NoMatch, now)?;
         }
     }
     for id in mb.list("cur")? {
-        mb.fail(&id, serde_json::Value::Null, &reason, "no_match", now)?;
+        mb.fail(&id, serde_json::Value::Null, &reason, Code::NoMatch, now)?;
     }
     let has_failed = mb.count("failed")? > 0;
     for sub in ["new", "cur", "tmp"] {

@@ -16,6 +16,7 @@ use crate::pipeline::{self, Delivery, Durability, Fate, Job};
 use crate::store::bridge::State;
 use crate::store::journal::Outbox;
 use crate::store::{SentRow, Status};
+use crate::vocab::{Code, EventKind};
 
 /// Delay of a nak when the refusal named none.
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(1);
@@ -102,7 +103,7 @@ fn prepare(
         let mut out = Outbox::default();
         out.event(
             &crate::store::Event {
-                kind: "bridge_duplicate",
+                kind: EventKind::BridgeDuplicate,
                 sender: Some(&env.from),
                 endpoint: Some(ep),
                 message_id: Some(&env.id),
@@ -124,14 +125,14 @@ fn prepare(
     let remote_here = super::directory::host_of(&ctx.home, ep);
     let refusal = if !local.is_endpoint() || remote_here.is_some() {
         Some((
-            "no_match",
+            Code::NoMatch,
             format!("no endpoint '{ep}' on host '{me}' (removed, or never there)"),
         ))
     } else {
         rules
             .check(&env.from, &env.subject)
             .err()
-            .map(|e| ("access_denied", e.to_string()))
+            .map(|e| (Code::AccessDenied, e.to_string()))
     };
     if let Some((code, reason)) = refusal {
         dead_letter(ctx, &env, ep, code, &reason, now)?;
@@ -172,9 +173,9 @@ fn finish(
         Err(Error::Refused {
             message,
             retry_after_ms,
-        }) => Some(("rate_limited".to_string(), message, retry_after_ms)),
+        }) => Some((Code::RateLimited, message, retry_after_ms)),
         Err(e @ (Error::Locked(_) | Error::Io { .. } | Error::Full(_) | Error::Store(_))) => {
-            Some(("io_error".to_string(), e.to_string(), None))
+            Some((Code::IoError, e.to_string(), None))
         }
         Err(e) => return Err(e),
     };
@@ -190,7 +191,7 @@ fn finish(
             "refused {} times, the last time for: {reason}",
             msg.delivered
         );
-        dead_letter(ctx, env, ep, "max_deliveries", &why, now)?;
+        dead_letter(ctx, env, ep, Code::MaxDeliveries, &why, now)?;
         st.mark_applied(ep, id, msg.origin, SpanState::Retrying, now)?;
         return Ok(Applied {
             verdict: Verdict::Term,
@@ -208,7 +209,7 @@ fn finish(
             endpoint: ep.to_string(),
             host: me.to_string(),
             state: SpanState::Retrying,
-            code: Some(code),
+            code: Some(code.to_string()),
             reason: Some(reason),
             at: now,
         }),
@@ -225,10 +226,7 @@ fn already_here(ctx: &mut Ctx, ep: &str, id: &str) -> Result<bool> {
         return Ok(true);
     }
     let status = ctx.store()?.status(ep, id)?;
-    Ok(status
-        .as_deref()
-        .and_then(Status::parse)
-        .is_some_and(|s| s != Status::Pending))
+    Ok(status.is_some_and(|s| s != Status::Pending))
 }
 
 /// Dead-letters `env` at `ep` (in its `failed/`), with the notice to its
@@ -237,7 +235,7 @@ fn dead_letter(
     ctx: &mut Ctx,
     env: &Envelope,
     ep: &str,
-    code: &str,
+    code: Code,
     reason: &str,
     now: u64,
 ) -> Result<()> {

@@ -95,7 +95,13 @@ pub fn clear(home: &crate::home::Home) {
 }
 
 /// Records a link event: `kind` with `detail`.
-pub fn event(ctx: &Ctx, host: &str, kind: &str, detail: serde_json::Value, now: u64) -> Result<()> {
+pub fn event(
+    ctx: &Ctx,
+    host: &str,
+    kind: crate::vocab::EventKind,
+    detail: serde_json::Value,
+    now: u64,
+) -> Result<()> {
     let mut out = Outbox::default();
     let ep = link_endpoint(host);
     out.event(

@@ -14,6 +14,7 @@ use crate::maildir::Mailbox;
 use crate::notice;
 use crate::store::Event;
 use crate::store::journal::Outbox;
+use crate::vocab::{Code, EventKind};
 
 /// One claimed copy to forward.
 #[derive(Debug, Clone)]
@@ -168,12 +169,12 @@ fn expire(ctx: &mut Ctx, copies: &[(String, Envelope)], now: u64) -> Result<()> 
             &env.id,
             serde_json::Value::Null,
             &reason,
-            "ttl_expired",
+            Code::TtlExpired,
             now,
         )? {
             continue;
         }
-        if let Some(sent) = notice::send(&ctx.home, env, ep, "ttl_expired", &reason, now)? {
+        if let Some(sent) = notice::send(&ctx.home, env, ep, Code::TtlExpired, &reason, now)? {
             notice::record(&mut out, &sent, now);
         }
         rows.push((ep.clone(), env.id.clone(), env.from.clone(), reason));
@@ -181,7 +182,7 @@ fn expire(ctx: &mut Ctx, copies: &[(String, Envelope)], now: u64) -> Result<()> 
     out.flush(ctx.home.root())?;
     let tx = ctx.store()?.begin()?;
     for (ep, id, from, reason) in &rows {
-        tx.dead_lettered(Some(from), ep, id, "ttl_expired", reason, now)?;
+        tx.dead_lettered(Some(from), ep, id, Code::TtlExpired, reason, now)?;
     }
     tx.commit()
 }
@@ -195,7 +196,7 @@ pub fn done(ctx: &mut Ctx, items: &[Item], now: u64) -> Result<()> {
     for it in items {
         out.event(
             &Event {
-                kind: "bridge_forwarded",
+                kind: EventKind::BridgeForwarded,
                 sender: Some(&it.envelope.from),
                 endpoint: Some(&it.endpoint),
                 message_id: Some(&it.envelope.id),

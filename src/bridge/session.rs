@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::{Session, Settings, Shared, blocking, link, wire};
 use crate::error::{Error, Result};
+use crate::vocab::EventKind;
 
 /// Connects (retrying until the server answers), then runs every task
 /// until a signal.
@@ -98,7 +99,7 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
         let h = host.clone();
         blocking(&session.local, move |l| {
             let now = l.ctx().clock.now_ms();
-            link::event(l.ctx(), &h, "bridge_connected", detail, now)
+            link::event(l.ctx(), &h, EventKind::BridgeConnected, detail, now)
         })
         .await?;
     }
@@ -155,7 +156,13 @@ async fn session_down(session: &Arc<Session>) {
     let _ = blocking(&session.local, move |l| {
         let now = l.ctx().clock.now_ms();
         link::clear(&l.ctx().home);
-        link::event(l.ctx(), &h, "bridge_stopped", serde_json::json!({}), now)
+        link::event(
+            l.ctx(),
+            &h,
+            EventKind::BridgeStopped,
+            serde_json::json!({}),
+            now,
+        )
     })
     .await;
 }
@@ -246,7 +253,7 @@ async fn on_event(
                 link::event(
                     l.ctx(),
                     &h,
-                    "bridge_disconnected",
+                    EventKind::BridgeDisconnected,
                     serde_json::json!({}),
                     now,
                 )?;
@@ -283,7 +290,7 @@ async fn on_event(
                     "outageMs": now.saturating_sub(since),
                     "lastReceived": peers,
                 });
-                link::event(l.ctx(), &h, "bridge_reconnected", detail, now)?;
+                link::event(l.ctx(), &h, EventKind::BridgeReconnected, detail, now)?;
                 Ok(queued)
             })
             .await;

@@ -13,10 +13,7 @@ use crate::maildir::Mailbox;
 use crate::reliability;
 use crate::store::bridge::{Open, State};
 use crate::store::{Event, Status};
-
-/// Dead-letter codes that are a consumer's failure (as locally: they feed
-/// the sender's breaker; budget and access refusals do not).
-const CONSUMER_FAILURES: [&str; 4] = ["nack", "lease_expired", "max_deliveries", "malformed"];
+use crate::vocab::{Code, EventKind};
 
 /// Span updates owed for applied messages whose state moved on here
 /// (host `me`), with the pair each is about; at most `limit` pairs looked at.
@@ -42,11 +39,7 @@ pub fn changes(
     let mut out = Vec::new();
     for pair in open {
         let mb = Mailbox::at(&ctx.home, &pair.endpoint);
-        let status = ctx
-            .store()?
-            .status(&pair.endpoint, &pair.id)?
-            .as_deref()
-            .and_then(Status::parse);
+        let status = ctx.store()?.status(&pair.endpoint, &pair.id)?;
         let in_dir = |s: &str| mb.has(s, &pair.id);
         let state = match status {
             Some(Status::Failed) => SpanState::Failed,
@@ -118,7 +111,9 @@ pub fn apply(ctx: &mut Ctx, span: &Span, now: u64) -> Result<()> {
     if let Some(row) = &row {
         let event = match (span.state, span.code.as_deref()) {
             (SpanState::Acked, _) => Some(BreakerEvent::Success { probe: row.probe }),
-            (SpanState::Failed, Some(c)) if CONSUMER_FAILURES.contains(&c) => {
+            // A consumer's failure feeds the sender's breaker, as locally;
+            // budget and access refusals do not.
+            (SpanState::Failed, Some(c)) if c.parse().is_ok_and(Code::is_consumer_failure) => {
                 Some(BreakerEvent::Failure { probe: row.probe })
             }
             _ => None,
@@ -132,7 +127,7 @@ pub fn apply(ctx: &mut Ctx, span: &Span, now: u64) -> Result<()> {
     }
     tx.event(
         &Event {
-            kind: "remote_span",
+            kind: EventKind::RemoteSpan,
             sender: sender.as_deref(),
             endpoint: Some(&span.endpoint),
             message_id: Some(&span.message_id),

@@ -13,6 +13,7 @@ use crate::maildir::{self, AckOutcome, Mailbox};
 use crate::output;
 use crate::store::Status;
 use crate::store::journal::Outbox;
+use crate::vocab::Code;
 use crate::{notice, reliability};
 
 /// Longest accepted nack reason.
@@ -102,7 +103,7 @@ pub fn settle(
 fn finish_file(mb: &Mailbox, id: &str, reason: Option<&str>, now: u64) -> Result<bool> {
     Ok(match reason {
         None => mb.ack(id)? == AckOutcome::Removed,
-        Some(r) => mb.fail(id, Value::Null, r, "nack", now)?,
+        Some(r) => mb.fail(id, Value::Null, r, Code::Nack, now)?,
     })
 }
 
@@ -146,7 +147,7 @@ fn record_in_index(
         let mb = Mailbox::at(&ctx.home, endpoint);
         for id in ids {
             if let Some(env) = mb.read_envelope("failed", id) {
-                notices.extend(notice::send(&ctx.home, &env, endpoint, "nack", r, now)?);
+                notices.extend(notice::send(&ctx.home, &env, endpoint, Code::Nack, r, now)?);
             }
         }
     }
@@ -162,7 +163,7 @@ fn record_in_index(
             None => tx.record_done(endpoint, id, Status::Acked, None, now)?,
             Some(r) => {
                 let sender = row.as_ref().map(|r| r.sender.as_str());
-                tx.dead_lettered(sender, endpoint, id, "nack", r, now)?;
+                tx.dead_lettered(sender, endpoint, id, Code::Nack, r, now)?;
             }
         }
         // A message the index never saw has no known sender: no pair to judge.
@@ -325,7 +326,7 @@ pub fn finish_ids(
         } else if mb.has("failed", id) {
             let code = mb.read_reason(id).and_then(|r| r.code);
             let why = match code.as_deref() {
-                Some(lease::MAX_DELIVERIES) => {
+                Some(c) if c == Code::MaxDeliveries.as_str() => {
                     " as max_deliveries: its lease ran out too many times".to_string()
                 }
                 Some(c) => format!(" ({c})"),

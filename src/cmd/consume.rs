@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::maildir::{Claimed, Mailbox};
 use crate::store::Event;
 use crate::template::Template;
+use crate::vocab::EventKind;
 use crate::{envvars, lease, output};
 
 /// Longest sleep without a notification before looking anyway.
@@ -414,7 +415,7 @@ fn abandon(ctx: &mut Ctx, mb: &Mailbox, running: &mut Vec<Job>) -> Result<usize>
         tx.record_requeued(&mb.name, env)?;
         tx.event(
             &Event {
-                kind: "requeued",
+                kind: EventKind::Requeued,
                 sender: Some(&env.from),
                 endpoint: Some(&mb.name),
                 message_id: Some(&env.id),

@@ -14,6 +14,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::maildir::{self, Mailbox};
 use crate::output;
 use crate::store::Event;
+use crate::vocab::EventKind;
 
 /// One dead letter.
 #[derive(Debug, Serialize)]
@@ -283,7 +284,7 @@ pub fn requeue_letters(
             };
             tx.event(
                 &Event {
-                    kind: "requeued",
+                    kind: EventKind::Requeued,
                     sender: Some(&env.from),
                     endpoint: Some(ep),
                     message_id: Some(&env.id),
@@ -509,7 +510,7 @@ pub fn remove(
     if !old.is_empty() {
         tx.event(
             &Event {
-                kind: "dlq_purged",
+                kind: EventKind::DlqPurged,
                 sender: None,
                 endpoint,
                 message_id: None,

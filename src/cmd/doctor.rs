@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::maildir::{self, Mailbox};
 use crate::output;
 use crate::store::Status;
+use crate::vocab::Code;
 
 /// One problem found (and what was done about it).
 #[derive(Debug, Serialize)]
@@ -299,7 +300,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
         crate::store::batchlog::settle(&home, store, now, true)?;
     }
     let mut tx = store.begin()?;
-    let mut rows: HashMap<(String, String), String> = HashMap::new();
+    let mut rows: HashMap<(String, String), Status> = HashMap::new();
     for (ep, id, status) in tx.live_rows()? {
         rows.insert((ep, id), status);
     }
@@ -310,10 +311,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
     // its own row after this commit.
     let mut keys: Vec<&(String, String)> = rows
         .iter()
-        .filter(|(k, st)| {
-            disk.get(*k)
-                .is_none_or(|d| d.status.as_str() != st.as_str())
-        })
+        .filter(|(k, st)| disk.get(*k).is_none_or(|d| d.status != **st))
         .map(|(k, _)| k)
         .chain(disk.keys().filter(|k| !rows.contains_key(*k)))
         .collect();
@@ -327,7 +325,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
                 // A send records a copy's row before renaming it into
                 // new/, under the mailbox lock: while that lock is held,
                 // the file may be on its way.
-                if status == "pending" && !settled_absent(&mb, &key.1) {
+                if *status == Status::Pending && !settled_absent(&mb, &key.1) {
                     continue;
                 }
                 if repair {
@@ -342,7 +340,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
                     repair,
                 );
             }
-            (Some(status), Some(at)) if at.as_str() != status => {
+            (Some(status), Some(at)) if at != *status => {
                 if repair {
                     tx.set_status(&key.0, &key.1, at)?;
                 }
@@ -592,7 +590,7 @@ fn quarantine(mb: &Mailbox, sub: &str, id: &str, now: u64) -> Result<bool> {
         id,
         Value::Null,
         "not a relay envelope (found by relay doctor)",
-        "malformed",
+        Code::Malformed,
         now,
     )
 }

@@ -8,25 +8,7 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output;
 use crate::store::{EventRow, reports};
-
-/// Every event kind relay records.
-pub const KINDS: &[&str] = &[
-    "rate_limit_soft",
-    "rate_limit_hard",
-    "breaker_opened",
-    "breaker_half_open",
-    "breaker_closed",
-    "backpressure_warning",
-    "backpressure_rejected",
-    "lease_expired",
-    "redelivered",
-    "dead_letter",
-    "failure_notice",
-    "requeued",
-    "dlq_purged",
-    "expired",
-    "restored",
-];
+use crate::vocab::EventKind;
 
 /// Events shown when neither `--since` nor `--follow` narrows them.
 const DEFAULT_TAIL: i64 = 50;
@@ -36,10 +18,11 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Runs `relay events`.
 pub fn run(ctx: &mut Ctx, args: &EventsArgs) -> Result<()> {
     for k in &args.kind {
-        if !KINDS.contains(&k.as_str()) {
+        if k.parse::<EventKind>().is_err() {
+            let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
             return Err(Error::Usage(format!(
                 "unknown event kind '{k}'; known kinds: {}",
-                KINDS.join(", ")
+                known.join(", ")
             )));
         }
     }

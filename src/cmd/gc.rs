@@ -13,6 +13,7 @@ use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::maildir::{self, Mailbox};
 use crate::output;
+use crate::vocab::Code;
 use crate::{lease, notice, reliability};
 
 /// What one gc run did (or would do, with `--dry-run`).
@@ -123,7 +124,7 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
                 &ctx.home,
                 env,
                 ep,
-                "ttl_expired",
+                Code::TtlExpired,
                 reason,
                 now,
             )?);
@@ -150,7 +151,7 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
     let limits = ctx.config.reliability.rate_limit.clone();
     let mut tx = ctx.store()?.begin()?;
     for (ep, env, reason) in &expired {
-        tx.dead_lettered(Some(&env.from), ep, &env.id, "ttl_expired", reason, now)?;
+        tx.dead_lettered(Some(&env.from), ep, &env.id, Code::TtlExpired, reason, now)?;
     }
     let mut out = crate::store::journal::Outbox::default();
     for n in &notices {

@@ -9,6 +9,7 @@ use crate::context::Ctx;
 use crate::error::Result;
 use crate::output;
 use crate::store::reports::{self, Counts, Latency};
+use crate::vocab::{Code, EventKind};
 
 /// Metrics of one endpoint.
 #[derive(Debug, Serialize)]
@@ -58,8 +59,18 @@ pub fn compute(ctx: &mut Ctx, since: u64) -> Result<serde_json::Value> {
     let processing = processing.remove(&None).unwrap_or_default();
     let codes = store.read(|c| reports::codes(c, since))?;
     let kinds = store.read(|c| reports::event_kinds(c, since))?;
-    let code = |k: &str| codes.iter().find(|(c, _)| c == k).map_or(0, |(_, n)| *n);
-    let kind = |k: &str| kinds.iter().find(|(c, _)| c == k).map_or(0, |(_, n)| *n);
+    let code = |k: Code| {
+        codes
+            .iter()
+            .find(|(c, _)| c == k.as_str())
+            .map_or(0, |(_, n)| *n)
+    };
+    let kind = |k: EventKind| {
+        kinds
+            .iter()
+            .find(|(c, _)| c == k.as_str())
+            .map_or(0, |(_, n)| *n)
+    };
     let sum = |f: fn(&Counts) -> u64| endpoints.iter().map(|e| f(&e.counts)).sum::<u64>();
 
     // The seed's `trace/metrics` fields first, then ours.
@@ -72,10 +83,10 @@ pub fn compute(ctx: &mut Ctx, since: u64) -> Result<serde_json::Value> {
         "p95DeliveryLatencyMs": delivery.p95,
         "activeEndpoints": active,
         "budgetRejections": {
-            "hopLimit": code("hop_limit"),
-            "ttlExpired": code("ttl_expired"),
-            "cycleDetected": code("cycle_detected"),
-            "budgetExhausted": code("budget_exhausted"),
+            "hopLimit": code(Code::HopLimit),
+            "ttlExpired": code(Code::TtlExpired),
+            "cycleDetected": code(Code::CycleDetected),
+            "budgetExhausted": code(Code::BudgetExhausted),
         },
         "since": (since > 0).then(|| crate::clock::iso8601(since)),
         "pendingCount": sum(|c| c.pending),
@@ -86,22 +97,22 @@ pub fn compute(ctx: &mut Ctx, since: u64) -> Result<serde_json::Value> {
         "p50ProcessingLatencyMs": processing.p50,
         "p95ProcessingLatencyMs": processing.p95,
         "p99ProcessingLatencyMs": processing.p99,
-        "accessDenied": code("access_denied"),
-        "noMatch": code("no_match"),
-        "rateLimit": { "softHits": kind("rate_limit_soft"), "hardHits": kind("rate_limit_hard") },
+        "accessDenied": code(Code::AccessDenied),
+        "noMatch": code(Code::NoMatch),
+        "rateLimit": { "softHits": kind(EventKind::RateLimitSoft), "hardHits": kind(EventKind::RateLimitHard) },
         "breakers": {
-            "opened": kind("breaker_opened"),
-            "halfOpened": kind("breaker_half_open"),
-            "closed": kind("breaker_closed"),
+            "opened": kind(EventKind::BreakerOpened),
+            "halfOpened": kind(EventKind::BreakerHalfOpen),
+            "closed": kind(EventKind::BreakerClosed),
         },
         "backpressure": {
-            "warnings": kind("backpressure_warning"),
-            "rejections": kind("backpressure_rejected"),
+            "warnings": kind(EventKind::BackpressureWarning),
+            "rejections": kind(EventKind::BackpressureRejected),
         },
-        "leasesExpired": kind("lease_expired"),
-        "redeliveries": kind("redelivered"),
-        "maxDeliveries": code("max_deliveries"),
-        "failureNotices": kind("failure_notice"),
+        "leasesExpired": kind(EventKind::LeaseExpired),
+        "redeliveries": kind(EventKind::Redelivered),
+        "maxDeliveries": code(Code::MaxDeliveries),
+        "failureNotices": kind(EventKind::FailureNotice),
         "endpoints": endpoints,
     });
     Ok(report)

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::maildir::{Claimed, Mailbox};
 use crate::output;
 use crate::template::Template;
+use crate::vocab::Code;
 use crate::{notice, reliability};
 
 /// Longest pause between two looks at an empty mailbox while waiting.
@@ -296,12 +297,12 @@ fn expire(ctx: &mut Ctx, mb: &Mailbox, expired: &[Claimed], now: u64) -> Result<
             crate::clock::human_ms(now.saturating_sub(env.budget.ttl))
         );
         let value = serde_json::to_value(env).unwrap_or(Value::Null);
-        mb.fail(&env.id, value, &reason, "ttl_expired", now)?;
+        mb.fail(&env.id, value, &reason, Code::TtlExpired, now)?;
         output::warn(&format!(
             "message '{}' of '{}' expired ({reason}); dead-lettered",
             env.id, mb.name
         ));
-        let notice = notice::send(&ctx.home, env, &mb.name, "ttl_expired", &reason, now)?;
+        let notice = notice::send(&ctx.home, env, &mb.name, Code::TtlExpired, &reason, now)?;
         done.push((env, reason, notice));
     }
     let tx = ctx.store()?.begin()?;
@@ -311,7 +312,7 @@ fn expire(ctx: &mut Ctx, mb: &Mailbox, expired: &[Claimed], now: u64) -> Result<
             Some(&env.from),
             &mb.name,
             &env.id,
-            "ttl_expired",
+            Code::TtlExpired,
             reason,
             now,
         )?;

@@ -23,6 +23,7 @@ use crate::store::batchlog;
 use crate::store::journal::Outbox;
 use crate::store::state::Slots;
 use crate::subject;
+use crate::vocab::Code;
 
 /// Longest accepted trace id.
 const MAX_TRACE_ID: usize = 128;
@@ -37,7 +38,7 @@ const BATCH_CHUNK: usize = 5000;
 #[serde(rename_all = "camelCase")]
 struct Rejection {
     endpoint: String,
-    code: String,
+    code: Code,
     reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_after_ms: Option<u64>,
@@ -288,7 +289,7 @@ pub struct Refusal {
     /// The endpoint.
     pub endpoint: String,
     /// Machine-readable cause (`backpressure`, `circuit_open`, budget codes, ...).
-    pub code: String,
+    pub code: Code,
     /// For people.
     pub reason: String,
     /// Written to the endpoint's `failed/` (else nothing was written).
@@ -490,7 +491,7 @@ fn route(
         .rules
         .get_or_insert_with(|| access::Rules::load(&ctx.home.root().join(access::FILE_NAME)));
     if let Err(denied) = rules.check(&envelope.from, &envelope.subject) {
-        dead_letter_at_subject(ctx, &envelope, "access_denied", &denied.to_string())?;
+        dead_letter_at_subject(ctx, &envelope, Code::AccessDenied, &denied.to_string())?;
         return Err(denied);
     }
     let targets = match seen.targets.get(&envelope.subject) {
@@ -516,7 +517,7 @@ fn route(
         )));
     }
     if targets.is_empty() {
-        dead_letter_at_subject(ctx, &envelope, "no_match", "no matching endpoints")?;
+        dead_letter_at_subject(ctx, &envelope, Code::NoMatch, "no matching endpoints")?;
         return Err(Error::NoEndpoint(format!(
             "no endpoint matches '{}'; message {} dead-lettered to {}; {}",
             envelope.subject,
@@ -575,7 +576,7 @@ fn summarize(env: &Envelope, key: Option<&str>, delivery: Delivery) -> Result<Li
                 dead_lettered: true,
             }),
             Fate::Refused(code, reason, retry) => {
-                if code != "io_error" && code != "disk_full" {
+                if !code.is_io() {
                     retryable.push(retry);
                 }
                 rejected.push(Rejection {
@@ -610,15 +611,12 @@ fn summarize(env: &Envelope, key: Option<&str>, delivery: Delivery) -> Result<Li
                 message: detail,
                 retry_after_ms: retryable.into_iter().flatten().min(),
             }
-        } else if rejected.iter().all(|r| r.code == "disk_full") {
+        } else if rejected.iter().all(|r| r.code == Code::DiskFull) {
             Error::Full(format!(
                 "message {} was not sent (nothing is left of it): {detail}",
                 env.id
             ))
-        } else if rejected
-            .iter()
-            .all(|r| r.code == "io_error" || r.code == "disk_full")
-        {
+        } else if rejected.iter().all(|r| r.code.is_io()) {
             Error::Io {
                 what: format!("message {} could not be delivered", env.id),
                 source: std::io::Error::other(detail),
@@ -892,7 +890,7 @@ fn matching_endpoints(ctx: &Ctx, subj: &str) -> Result<Vec<String>> {
 /// Dead-letters a message refused before fan-out (no endpoint matches, or
 /// access denied) under its subject itself, as DorkOS does, with its index
 /// row, event and failure notice.
-fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &str) -> Result<()> {
+fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: Code, reason: &str) -> Result<()> {
     // Subjects are case-sensitive, but a mailbox differing only in case
     // would collide on case-insensitive filesystems: refuse, write nothing.
     let names = maildir::mailbox_dir_names(&ctx.home)?;
@@ -923,7 +921,7 @@ fn dead_letter_at_subject(ctx: &mut Ctx, env: &Envelope, code: &str, reason: &st
     }
     let mb = Mailbox::at(&ctx.home, &env.subject);
     mb.dead_letter(env, reason, code, now)?;
-    if code == "no_match" {
+    if code == Code::NoMatch {
         // DorkOS's publish: accounted (`*` row), nobody took it.
         let out = crate::store::dorkos::Outcome {
             no_match: true,

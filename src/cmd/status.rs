@@ -12,6 +12,7 @@ use crate::context::Ctx;
 use crate::error::Result;
 use crate::output;
 use crate::store::{EventRow, reports};
+use crate::vocab::{Code, EventKind};
 
 /// `relay status --json` (and the HTTP API's `/api/relay/status`).
 #[derive(Debug, Serialize)]
@@ -76,7 +77,13 @@ pub fn snapshot(ctx: &mut Ctx, events: u32) -> Result<Status> {
     let bridge = match crate::bridge::link::read(&ctx.home) {
         Some(link) => {
             let last_reconnect = ctx.store()?.read(|c| {
-                reports::events_after(c, 0, 0, &["bridge_reconnected".to_string()], u32::MAX)
+                reports::events_after(
+                    c,
+                    0,
+                    0,
+                    &[EventKind::BridgeReconnected.to_string()],
+                    u32::MAX,
+                )
             })?;
             Some(BridgeStatus {
                 running: crate::bridge::link::alive(link.pid),
@@ -95,8 +102,8 @@ pub fn snapshot(ctx: &mut Ctx, events: u32) -> Result<Status> {
         endpoints,
         breakers,
         limited_senders: limited,
-        redeliveries: count(&kinds, "redelivered"),
-        max_deliveries_dead_lettered: count(&codes, crate::lease::MAX_DELIVERIES),
+        redeliveries: count(&kinds, EventKind::Redelivered.as_str()),
+        max_deliveries_dead_lettered: count(&codes, Code::MaxDeliveries.as_str()),
         events,
         bridge,
     })

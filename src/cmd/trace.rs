@@ -50,7 +50,7 @@ pub fn run(ctx: &mut Ctx, args: &TraceArgs) -> Result<()> {
         t.add_row(vec![
             s.message_id.clone(),
             s.endpoint.clone(),
-            s.state.clone(),
+            s.state.to_string(),
             parse_iso8601(&s.sent_at).map_or_else(|| s.sent_at.clone(), |at| local_time(now, at)),
             gap(&s.sent_at, s.delivered_at.as_ref()),
             s.delivered_at

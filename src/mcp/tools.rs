@@ -24,6 +24,7 @@ use crate::maildir::{self, Mailbox, SUBDIRS};
 use crate::pressure::Priority;
 use crate::request::{self, Cancel, Outcome, Request};
 use crate::subject::{self, DISPATCH_INBOX_PREFIX};
+use crate::vocab::{Code, Rejection, Status};
 
 /// How long DorkOS keeps an idle dispatch inbox (reported as `expiresAt`).
 const DISPATCH_TTL_MS: u64 = 30 * 60 * 1000;
@@ -499,18 +500,12 @@ fn outgoing(subject: String, payload: Value, sender: &str, budget: Option<Budget
 /// reason words) from relay's (`{endpoint, code, reason, ...}`), keeping
 /// relay's message and retry-after beside them.
 fn dorkos_rejected(rejected: &Value) -> Value {
-    let reason = |code: &str| {
-        match code {
-            "breaker_open" | "circuit_open" => "circuit_open",
-            "rate_limited" => "rate_limited",
-            "backpressure" | "mailbox_full" => "backpressure",
-            "hop_limit" | "cycle_detected" | "ttl_expired" | "budget_exhausted" => {
-                "budget_exceeded"
-            }
-            "access_denied" => "initiate_denied",
-            other => other,
-        }
-        .to_string()
+    // As DorkOS's publish says them; an access refusal is its
+    // `initiate_denied`.
+    let reason = |code: &str| match code.parse::<Code>() {
+        Ok(Code::AccessDenied) => Rejection::InitiateDenied.as_str().to_string(),
+        Ok(c) => c.dorkos_reason().to_string(),
+        Err(_) => code.to_string(),
     };
     let list = rejected.as_array().cloned().unwrap_or_default();
     Value::Array(
@@ -592,17 +587,16 @@ fn publish(ctx: &mut Ctx, msg: Outgoing) -> Result<Sendout> {
                 .map(|r| r.reason.as_str())
                 .collect::<Vec<_>>()
                 .join("; ");
-            let io = |c: &str| c == "io_error" || c == "disk_full";
             let retryable: Vec<&send::Refusal> = rejected
                 .iter()
-                .filter(|r| !r.dead_lettered && !io(&r.code))
+                .filter(|r| !r.dead_lettered && !r.code.is_io())
                 .collect();
             let error = if !retryable.is_empty() {
                 Error::Refused {
                     message: detail,
                     retry_after_ms: retryable.iter().filter_map(|r| r.retry_after_ms).min(),
                 }
-            } else if rejected.iter().all(|r| io(&r.code)) {
+            } else if rejected.iter().all(|r| r.code.is_io()) {
                 Error::Io {
                     what: format!("message {id} could not be delivered"),
                     source: std::io::Error::other(detail),
@@ -625,7 +619,7 @@ fn publish(ctx: &mut Ctx, msg: Outgoing) -> Result<Sendout> {
             retry_after_ms,
         } => Sendout::Refused {
             id,
-            rejected: json!([{ "endpoint": "*", "code": "rate_limited", "reason": reason,
+            rejected: json!([{ "endpoint": "*", "code": Code::RateLimited, "reason": reason,
                                "retryAfterMs": retry_after_ms, "deadLettered": false }]),
             error: Error::Refused {
                 message: reason,
@@ -815,7 +809,7 @@ fn inbox_item(endpoint: &str, p: &inbox::Peeked) -> Value {
     v
 }
 
-fn claimed_item(endpoint: &str, env: &crate::envelope::Envelope, status: &str) -> Value {
+fn claimed_item(endpoint: &str, env: &crate::envelope::Envelope, status: Status) -> Value {
     json!({
         "id": env.id,
         "subject": env.subject,
@@ -866,9 +860,9 @@ fn inbox_tool(ctx: &mut Ctx, sender: &str, a: InboxArgs) -> ToolResult {
                 if let Err(e) = ack::settle(ctx, &mb, &env.id, None, Some(env.delivery_count)) {
                     crate::output::warn(&format!("cannot ack {}: {e}", env.id));
                 }
-                messages.push(claimed_item(&mb.name, &env, "pending"));
+                messages.push(claimed_item(&mb.name, &env, Status::Pending));
             } else {
-                messages.push(claimed_item(&mb.name, &env, "claimed"));
+                messages.push(claimed_item(&mb.name, &env, Status::Claimed));
             }
         }
     }
@@ -1191,7 +1185,7 @@ fn send_and_wait(ctx: &mut Ctx, sender: &str, cancel: &Cancel, a: WaitArgs) -> T
             let mut v = json!({
                 "error": e.as_ref().map(ToString::to_string),
                 "code": "DELIVERY_FAILED",
-                "failure": {"code": n.code.as_str(), "reason": n.reason, "endpoint": n.endpoint},
+                "failure": {"code": n.code_str(), "reason": n.reason, "endpoint": n.endpoint},
             });
             if let Some(e) = e {
                 v["kind"] = e.kind().into();
@@ -1504,12 +1498,19 @@ mod tests {
     fn dorkos_reason_words() {
         let r = dorkos_rejected(&json!([
             {"endpoint": "a", "code": "backpressure", "reason": "full", "deadLettered": false, "retryAfterMs": 5},
-            {"endpoint": "b", "code": "breaker_open", "reason": "open", "deadLettered": false},
+            {"endpoint": "b", "code": "circuit_open", "reason": "open", "deadLettered": false},
+            {"endpoint": "c", "code": "hop_limit", "reason": "hops", "deadLettered": true},
+            {"endpoint": "d", "code": "access_denied", "reason": "no", "deadLettered": true},
+            {"endpoint": "e", "code": "someone_elses", "reason": "?", "deadLettered": true},
         ]));
         assert_eq!(r[0]["endpointHash"], "a");
         assert_eq!(r[0]["reason"], "backpressure");
         assert_eq!(r[0]["retryAfterMs"], 5);
         assert_eq!(r[1]["reason"], "circuit_open");
+        assert_eq!(r[2]["reason"], "budget_exceeded");
+        assert_eq!(r[2]["code"], "hop_limit");
+        assert_eq!(r[3]["reason"], "initiate_denied");
+        assert_eq!(r[4]["reason"], "someone_elses");
     }
 
     #[test]

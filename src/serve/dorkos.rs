@@ -29,6 +29,15 @@ use crate::error::{Error, Result};
 use crate::maildir::{self, Mailbox, SUBDIRS};
 use crate::pressure::Priority;
 use crate::subject;
+use crate::vocab::{DorkStatus, Rejection, Status};
+
+/// The `status` filter of an inbox: DorkOS's statuses, or all.
+const INBOX_STATUSES: [&str; 4] = [
+    DorkStatus::Pending.as_str(),
+    DorkStatus::Delivered.as_str(),
+    DorkStatus::Failed.as_str(),
+    "all",
+];
 
 /// The largest request body (DorkOS's `express.json` limit).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -437,14 +446,6 @@ fn pressure_before(ctx: &Ctx, subj: &str) -> Result<Map<String, Value>> {
     Ok(out)
 }
 
-/// DorkOS's reason for one of relay's refusal codes.
-fn dork_reason(code: &str) -> &str {
-    match code {
-        "hop_limit" | "cycle_detected" | "ttl_expired" | "budget_exhausted" => "budget_exceeded",
-        other => other,
-    }
-}
-
 /// PublishResult, DorkOS's keys in DorkOS's order.
 fn publish_result(p: Published, pressure: Map<String, Value>) -> Value {
     let mut m = Map::new();
@@ -461,7 +462,7 @@ fn publish_result(p: Published, pressure: Map<String, Value>) -> Value {
             for r in refused {
                 rejected.push(json!({
                     "endpointHash": r.endpoint,
-                    "reason": dork_reason(&r.code),
+                    "reason": r.code.dorkos_reason(),
                     "code": r.code,
                     "detail": r.reason,
                     "deadLettered": r.dead_lettered,
@@ -475,8 +476,9 @@ fn publish_result(p: Published, pressure: Map<String, Value>) -> Value {
         Published::RateLimited { id, reason, .. } => {
             m.insert("messageId".into(), json!(id));
             m.insert("deliveredTo".into(), json!(0));
-            rejected
-                .push(json!({ "endpointHash": "*", "reason": "rate_limited", "detail": reason }));
+            rejected.push(
+                json!({ "endpointHash": "*", "reason": Rejection::RateLimited, "detail": reason }),
+            );
         }
         Published::Duplicate { original } => {
             m.insert("messageId".into(), json!(original));
@@ -507,9 +509,9 @@ pub async fn list_messages(State(app): State<Arc<App>>, RawQuery(q): RawQuery) -
         // DorkOS compares these with its own vocabulary and matches
         // nothing; relay gives them their meaning.
         statuses: status.map(|s| match s {
-            "new" => vec!["pending"],
-            "cur" => vec!["claimed"],
-            _ => vec!["failed"],
+            "new" => vec![Status::Pending],
+            "cur" => vec![Status::Claimed],
+            _ => vec![Status::Failed],
         }),
         from,
         cursor,
@@ -732,23 +734,23 @@ pub(super) async fn unregister(app: Arc<App>, subj: String) -> Response {
 pub(super) async fn inbox(app: Arc<App>, subj: String, q: Option<String>) -> Response {
     let q = Query::parse(q.as_deref());
     let mut bad = Invalid::default();
-    let status = one_of(
-        &q,
-        "status",
-        &["pending", "delivered", "failed", "all"],
-        &mut bad,
-    );
+    let status = one_of(&q, "status", &INBOX_STATUSES, &mut bad);
     let cursor = single(&q, "cursor", &mut bad).map(views::parse_cursor);
     let limit = limit(&q, &mut bad);
     if !bad.is_empty() {
         return bad.response();
     }
-    let statuses: Option<&'static [&'static str]> = match status.unwrap_or("pending") {
-        "pending" => Some(&["pending", "claimed"]),
-        "delivered" => Some(&["acked"]),
-        "failed" => Some(&["failed"]),
-        _ => None,
-    };
+    // DorkOS's status (`all`: none) as the relay statuses it stands for.
+    let statuses: Option<Vec<Status>> = status
+        .map_or(Ok(DorkStatus::Pending), str::parse::<DorkStatus>)
+        .ok()
+        .map(|d| {
+            Status::ALL
+                .iter()
+                .copied()
+                .filter(|s| s.dorkos() == d)
+                .collect()
+        });
     with_index(&app, move |ctx| {
         if subject::validate_subject(&subj, "endpoint").is_err()
             || !Mailbox::at(&ctx.home, &subj).is_endpoint()
@@ -757,23 +759,23 @@ pub(super) async fn inbox(app: Arc<App>, subj: String, q: Option<String>) -> Res
         }
         let (rows, more) = ctx
             .store()?
-            .read(|c| views::inbox(c, &subj, statuses, cursor.as_ref(), limit))?;
+            .read(|c| views::inbox(c, &subj, statuses.as_deref(), cursor.as_ref(), limit))?;
         let mb = Mailbox::at(&ctx.home, &subj);
         let items: Vec<Value> = rows
             .iter()
             .map(|r| {
-                let file = match r.status.as_str() {
-                    "pending" | "claimed" => mb
+                let file = match r.status {
+                    Status::Pending | Status::Claimed => mb
                         .read_json("new", &r.id)
                         .or_else(|| mb.read_json("cur", &r.id)),
-                    "failed" => mb.read_json("failed", &r.id),
-                    _ => None,
+                    Status::Failed => mb.read_json("failed", &r.id),
+                    Status::Acked => None,
                 };
                 let mut v = views::Indexed {
                     id: r.id.clone(),
                     subject: r.subject.clone(),
                     endpoint: r.endpoint.clone(),
-                    status: views::dork_status(&r.status),
+                    status: r.status.dorkos(),
                     created_at: r.sent_at,
                     expires_at: r.expires_at,
                     sender: Some(r.sender.clone()),

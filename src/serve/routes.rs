@@ -27,6 +27,7 @@ use crate::cmd::{ack, breakers, endpoints, limits, status};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::store::reports;
+use crate::vocab::EventKind;
 
 /// The panel, embedded so nothing needs building at install.
 const PANEL: &str = include_str!("../panel.html");
@@ -528,9 +529,6 @@ async fn backpressure(State(app): State<Arc<App>>) -> Response {
     .await
 }
 
-/// Kinds of the events `GET /api/relay/redeliveries` lists.
-const REDELIVERY_KINDS: [&str; 3] = ["redelivered", "lease_expired", "max_deliveries"];
-
 /// `GET /api/relay/redeliveries`: the latest 100 redeliveries and lease
 /// expiries, newest first, each with the envelope where it is now (`new/`,
 /// `cur/` or `failed/`; `null` once consumed).
@@ -540,15 +538,14 @@ async fn redeliveries(State(app): State<Arc<App>>) -> Response {
         let rows = ctx.store()?.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, at, kind, sender, endpoint, message_id, detail FROM events
-                 WHERE kind IN ('redelivered', 'lease_expired', 'max_deliveries')
-                 ORDER BY id DESC LIMIT 100",
+                 WHERE kind IN (?1, ?2) ORDER BY id DESC LIMIT 100",
             )?;
-            stmt.query_map([], crate::store::event_from_row)?
+            let kinds = [EventKind::Redelivered, EventKind::LeaseExpired];
+            stmt.query_map(kinds, crate::store::event_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
         let items: Vec<Value> = rows
             .into_iter()
-            .filter(|e| REDELIVERY_KINDS.contains(&e.kind.as_str()))
             .map(|e| {
                 let found = match (&e.endpoint, &e.message_id) {
                     (Some(ep), Some(id)) => {

@@ -45,6 +45,7 @@ use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::store::{EventRow, reports};
 use crate::subject;
+use crate::vocab::EventKind;
 
 /// The pattern of a stream that names none (DorkOS's).
 const DEFAULT_PATTERN: &str = "relay.human.console.>";
@@ -283,13 +284,14 @@ impl Item {
             .or(e.sender.as_deref())
             .unwrap_or("relay")
             .to_string();
-        let (name, with_id, data) = match e.kind.as_str() {
-            "backpressure_warning" | "backpressure_rejected" => {
+        let kind = e.kind.parse::<EventKind>().ok();
+        let (name, with_id, data) = match kind {
+            Some(EventKind::BackpressureWarning | EventKind::BackpressureRejected) => {
                 let depth = e.detail["depth"].as_u64().unwrap_or(0);
                 let limit = e.detail["limit"].as_u64().unwrap_or(0).max(1);
                 #[allow(clippy::cast_precision_loss)]
                 let pressure = (depth as f64 / limit as f64).min(1.0);
-                let state = if e.kind == "backpressure_warning" {
+                let state = if kind == Some(EventKind::BackpressureWarning) {
                     "warning"
                 } else {
                     "critical"

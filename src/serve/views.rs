@@ -15,41 +15,10 @@ use rusqlite::{Connection, OptionalExtension, params_from_iter, types::Value as 
 use serde_json::{Value, json};
 
 use crate::clock::iso8601;
+use crate::vocab::{Code, DorkStatus, Rejection, Status, TraceStatus};
 
 /// The `*` (publish) row's endpoint hash.
 pub const STAR: &str = "*";
-
-/// Codes of copies refused at send time (the message never reached that
-/// mailbox); every other dead letter was delivered first.
-const SEND_TIME: [&str; 9] = [
-    "no_match",
-    "access_denied",
-    "hop_limit",
-    "cycle_detected",
-    "budget_exhausted",
-    "backpressure",
-    "circuit_open",
-    "io_error",
-    "disk_full",
-];
-
-/// Budget codes DorkOS counts in `budgetRejections`.
-const BUDGET: [&str; 4] = [
-    "hop_limit",
-    "ttl_expired",
-    "cycle_detected",
-    "budget_exhausted",
-];
-
-/// DorkOS's index status of one of relay's.
-#[must_use]
-pub fn dork_status(relay: &str) -> &'static str {
-    match relay {
-        "acked" => "delivered",
-        "failed" => "failed",
-        _ => "pending",
-    }
-}
 
 /// One IndexedMessage.
 #[derive(Debug, Clone)]
@@ -57,7 +26,7 @@ pub struct Indexed {
     pub id: String,
     pub subject: String,
     pub endpoint: String,
-    pub status: &'static str,
+    pub status: DorkStatus,
     pub created_at: u64,
     pub expires_at: Option<u64>,
     pub sender: Option<String>,
@@ -89,7 +58,7 @@ impl Indexed {
             id: row.id.clone(),
             subject: row.subject.clone(),
             endpoint: STAR.into(),
-            status: "delivered",
+            status: DorkStatus::Delivered,
             created_at: row.sent_at,
             expires_at: row.expires_at,
             sender: Some(row.sender.clone()),
@@ -101,7 +70,7 @@ impl Indexed {
             id: row.id.clone(),
             subject: row.subject.clone(),
             endpoint: row.endpoint.clone(),
-            status: dork_status(&row.status),
+            status: row.status.dorkos(),
             created_at: row.sent_at,
             expires_at: row.expires_at,
             sender: None,
@@ -117,13 +86,20 @@ pub struct Raw {
     pub subject: String,
     pub sender: String,
     pub trace_id: String,
-    pub status: String,
+    pub status: Status,
     pub sent_at: u64,
     pub claimed_at: Option<u64>,
     pub done_at: Option<u64>,
     pub expires_at: Option<u64>,
     pub code: Option<String>,
     pub reason: Option<String>,
+}
+
+impl Raw {
+    /// Its dead-letter code, if it has one relay knows.
+    fn code(&self) -> Option<Code> {
+        self.code.as_deref()?.parse().ok()
+    }
 }
 
 const COLUMNS: &str = "id, endpoint, subject, sender, trace_id, status, sent_at, claimed_at, done_at, expires_at, code, reason";
@@ -159,7 +135,7 @@ pub fn parse_cursor(c: &str) -> (String, String) {
 pub struct ListFilter {
     pub subject: Option<String>,
     /// relay statuses to keep (`None`: all, `*` rows included).
-    pub statuses: Option<Vec<&'static str>>,
+    pub statuses: Option<Vec<Status>>,
     pub from: Option<String>,
     pub cursor: Option<(String, String)>,
     pub limit: usize,
@@ -204,7 +180,7 @@ pub fn list(c: &Connection, f: &ListFilter) -> rusqlite::Result<(Vec<Indexed>, b
             " AND status IN ({})",
             vec!["?"; st.len()].join(",")
         ));
-        args.extend(st.iter().map(|s| Sql::Text((*s).to_string())));
+        args.extend(st.iter().map(|s| Sql::Text(s.to_string())));
     }
     sql.push_str(" ORDER BY id DESC, endpoint DESC");
     let mut stmt = c.prepare_cached(&sql)?;
@@ -279,7 +255,7 @@ pub fn detail(c: &Connection, id: &str) -> rusqlite::Result<Option<Value>> {
 pub fn inbox(
     c: &Connection,
     ep: &str,
-    statuses: Option<&[&str]>,
+    statuses: Option<&[Status]>,
     cursor: Option<&(String, String)>,
     limit: usize,
 ) -> rusqlite::Result<(Vec<Raw>, bool)> {
@@ -299,7 +275,7 @@ pub fn inbox(
             " AND status IN ({})",
             vec!["?"; st.len()].join(",")
         ));
-        args.extend(st.iter().map(|s| Sql::Text((*s).to_string())));
+        args.extend(st.iter().map(|s| Sql::Text(s.to_string())));
     }
     sql.push_str(" ORDER BY id LIMIT ?");
     args.push(Sql::Integer(i64::try_from(limit + 1).unwrap_or(i64::MAX)));
@@ -321,15 +297,14 @@ pub fn relay_metrics(c: &Connection) -> rusqlite::Result<Value> {
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let n = u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0);
-        *by_status
-            .entry(dork_status(r.get_ref(0)?.as_str()?))
-            .or_default() += n;
+        let status: Status = r.get(0)?;
+        *by_status.entry(status.dorkos().as_str()).or_default() += n;
         total += n;
     }
     let messages: i64 = c.query_row("SELECT COUNT(DISTINCT id) FROM messages", [], |r| r.get(0))?;
     let messages = u64::try_from(messages).unwrap_or(0);
     if messages > 0 {
-        *by_status.entry("delivered").or_default() += messages;
+        *by_status.entry(DorkStatus::Delivered.as_str()).or_default() += messages;
     }
     total += messages;
     let mut subjects: Vec<(String, u64)> = c
@@ -355,7 +330,7 @@ pub struct Span {
     pub trace_id: String,
     pub subject: String,
     /// `delivered`, `failed` or `no_subscriber`.
-    pub status: &'static str,
+    pub status: TraceStatus,
     pub sent_at: u64,
     /// When the first copy was claimed (None if none was yet).
     pub claimed_at: Option<u64>,
@@ -364,7 +339,7 @@ pub struct Span {
     pub delivered_to: usize,
     pub rejected: usize,
     pub error: Option<String>,
-    pub budget_code: Option<String>,
+    pub budget_code: Option<Code>,
     /// relay's per-endpoint spans.
     pub copies: Vec<Raw>,
 }
@@ -374,10 +349,9 @@ pub struct Span {
 /// that expired later, waiting, was delivered).
 fn refused_at_send(r: &Raw) -> bool {
     let at_send = r.claimed_at.is_none() && r.done_at == Some(r.sent_at);
-    r.status == "failed"
-        && r.code
-            .as_deref()
-            .is_some_and(|c| SEND_TIME.contains(&c) || (c == "ttl_expired" && at_send))
+    r.status == Status::Failed
+        && r.code()
+            .is_some_and(|c| c.is_at_send() || (c == Code::TtlExpired && at_send))
 }
 
 impl Span {
@@ -387,22 +361,20 @@ impl Span {
         let delivered_to = rows.iter().filter(|r| !refused_at_send(r)).count();
         let no_match = rows
             .iter()
-            .filter(|r| r.code.as_deref() == Some("no_match"))
+            .filter(|r| r.code() == Some(Code::NoMatch))
             .count();
         let rejected = rows.len() - delivered_to - no_match;
         let status = if delivered_to > 0 {
-            "delivered"
+            TraceStatus::Delivered
         } else if rejected > 0 {
-            "failed"
+            TraceStatus::Failed
         } else {
-            "no_subscriber"
+            TraceStatus::NoSubscriber
         };
         let refusal = rows
             .iter()
-            .find(|r| refused_at_send(r) && r.code.as_deref() != Some("no_match"));
-        let finished = rows
-            .iter()
-            .all(|r| r.status == "acked" || r.status == "failed");
+            .find(|r| refused_at_send(r) && r.code() != Some(Code::NoMatch));
+        let finished = rows.iter().all(|r| r.status.is_settled());
         Some(Span {
             message_id: first.id.clone(),
             trace_id: first.trace_id.clone(),
@@ -421,12 +393,10 @@ impl Span {
             },
             delivered_to,
             rejected,
-            error: (status != "delivered")
+            error: (status != TraceStatus::Delivered)
                 .then(|| refusal.and_then(|r| r.reason.clone()))
                 .flatten(),
-            budget_code: refusal
-                .and_then(|r| r.code.clone())
-                .filter(|c| BUDGET.contains(&c.as_str())),
+            budget_code: refusal.and_then(Raw::code).filter(|c| c.is_budget()),
             copies: rows,
         })
     }
@@ -442,10 +412,10 @@ impl Span {
             "durationMs": 0,
         });
         if let Some(c) = &self.budget_code {
-            meta["rejectionCode"] = json!("budget_exceeded");
+            meta["rejectionCode"] = json!(Rejection::BudgetExceeded);
             meta["budgetCode"] = json!(c);
         }
-        let delivered = self.status == "delivered";
+        let delivered = self.status == TraceStatus::Delivered;
         json!({
             "id": self.message_id,
             "messageId": self.message_id,
@@ -524,18 +494,13 @@ pub fn delivery_metrics(c: &Connection, since: u64) -> rusqlite::Result<Value> {
         ))?
         .query_map([since], raw)?
         .collect::<rusqlite::Result<_>>()?;
-    let dead = rows.iter().filter(|r| r.status == "failed").count();
+    let dead = rows.iter().filter(|r| r.status == Status::Failed).count();
     let spans = spans_of(rows);
-    let count = |s: &str| spans.iter().filter(|x| x.status == s).count();
-    let code = |c: &str| {
-        spans
-            .iter()
-            .filter(|x| x.budget_code.as_deref() == Some(c))
-            .count()
-    };
+    let count = |s: TraceStatus| spans.iter().filter(|x| x.status == s).count();
+    let code = |c: Code| spans.iter().filter(|x| x.budget_code == Some(c)).count();
     let mut lat: Vec<u64> = spans
         .iter()
-        .filter(|s| s.status == "delivered")
+        .filter(|s| s.status == TraceStatus::Delivered)
         .filter_map(|s| Some(s.claimed_at?.saturating_sub(s.sent_at)))
         .collect();
     lat.sort_unstable();
@@ -558,9 +523,9 @@ pub fn delivery_metrics(c: &Connection, since: u64) -> rusqlite::Result<Value> {
         spans.iter().map(|s| s.subject.as_str()).collect();
     Ok(json!({
         "totalMessages": spans.len(),
-        "deliveredCount": count("delivered"),
-        "failedCount": count("failed"),
-        "noSubscriberCount": count("no_subscriber"),
+        "deliveredCount": count(TraceStatus::Delivered),
+        "failedCount": count(TraceStatus::Failed),
+        "noSubscriberCount": count(TraceStatus::NoSubscriber),
         "deadLetteredCount": dead,
         "avgDeliveryLatencyMs": avg,
         "p50DeliveryLatencyMs": pct(0.5),
@@ -568,10 +533,10 @@ pub fn delivery_metrics(c: &Connection, since: u64) -> rusqlite::Result<Value> {
         "p99DeliveryLatencyMs": pct(0.99),
         "activeEndpoints": subjects.len(),
         "budgetRejections": {
-            "hopLimit": code("hop_limit"),
-            "ttlExpired": code("ttl_expired"),
-            "cycleDetected": code("cycle_detected"),
-            "budgetExhausted": code("budget_exhausted"),
+            "hopLimit": code(Code::HopLimit),
+            "ttlExpired": code(Code::TtlExpired),
+            "cycleDetected": code(Code::CycleDetected),
+            "budgetExhausted": code(Code::BudgetExhausted),
         },
     }))
 }

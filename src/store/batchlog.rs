@@ -42,6 +42,7 @@ use crate::home::{self, FILE_MODE, Home};
 use crate::maildir::Mailbox;
 use crate::output;
 use crate::store::{Event, Status, Store};
+use crate::vocab::EventKind;
 use serde_json::json;
 
 /// Environment variable that sets the boot id (tests stand for a restart
@@ -552,7 +553,7 @@ fn replay(home: &Home, store: &mut Store, entries: &[Entry<'_>], now: u64) -> Re
             .find(|s| mb.has(s, e.id));
         if found.is_none() {
             let status = store.status(e.endpoint, e.id)?;
-            if matches!(status.as_deref(), Some("acked" | "failed")) {
+            if status.is_some_and(Status::is_settled) {
                 continue;
             }
         }
@@ -572,7 +573,7 @@ fn replay(home: &Home, store: &mut Store, entries: &[Entry<'_>], now: u64) -> Re
             }
             tx.event(
                 &Event {
-                    kind: "restored",
+                    kind: EventKind::Restored,
                     sender: Some(&env.from),
                     endpoint: Some(ep),
                     message_id: Some(&env.id),

@@ -105,26 +105,8 @@ pub enum Kind {
 }
 
 /// DorkOS's index status vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// In `new/` or `cur/`.
-    Pending,
-    /// Acked (or the `*` accounting row).
-    Delivered,
-    /// Dead-lettered.
-    Failed,
-}
-
-impl Status {
-    fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Delivered => "delivered",
-            Status::Failed => "failed",
-        }
-    }
-}
+pub use crate::vocab::DorkStatus as Status;
+use crate::vocab::{Code, Rejection, TraceStatus};
 
 /// One row as DorkOS's `insertMessage` writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -633,7 +615,7 @@ pub struct Outcome<'a> {
     /// Copies written to `new/`: (endpoint, copy as written).
     pub delivered: Vec<(&'a str, &'a Envelope)>,
     /// Endpoints that refused it or dead-lettered it: (code, reason).
-    pub refused: Vec<(&'a str, &'a str)>,
+    pub refused: Vec<(Code, &'a str)>,
     /// Refused whole by the sender's rate limit (nothing written).
     pub rate_limited: Option<&'a str>,
     /// It matched no endpoint (dead-lettered under its subject).
@@ -707,16 +689,15 @@ fn span(env: &Envelope, out: &Outcome<'_>, now: u64) -> Span {
         .refused
         .iter()
         .map(|(code, _)| *code)
-        .find(|c| is_budget_code(c));
-    let all_budget = delivered == 0
-        && !out.refused.is_empty()
-        && out.refused.iter().all(|(c, _)| is_budget_code(c));
+        .find(|c| c.is_budget());
+    let all_budget =
+        delivered == 0 && !out.refused.is_empty() && out.refused.iter().all(|(c, _)| c.is_budget());
     let status = if delivered > 0 {
-        "delivered"
+        TraceStatus::Delivered
     } else if out.rate_limited.is_some() || !out.refused.is_empty() {
-        "failed"
+        TraceStatus::Failed
     } else {
-        "no_subscriber"
+        TraceStatus::NoSubscriber
     };
     let mut metadata = json!({
         "deliveredTo": delivered,
@@ -726,12 +707,12 @@ fn span(env: &Envelope, out: &Outcome<'_>, now: u64) -> Span {
     });
     let mut error = None;
     if let Some(why) = out.rate_limited {
-        metadata["rejectionCode"] = "rate_limited".into();
+        metadata["rejectionCode"] = Rejection::RateLimited.as_str().into();
         error = Some(why.to_string());
     } else if all_budget {
-        metadata["rejectionCode"] = "budget_exceeded".into();
+        metadata["rejectionCode"] = Rejection::BudgetExceeded.as_str().into();
         if let Some(c) = budget_code {
-            metadata["budgetCode"] = c.into();
+            metadata["budgetCode"] = c.as_str().into();
         }
         error = out.refused.first().map(|(_, r)| (*r).to_string());
     } else if delivered == 0 {
@@ -742,19 +723,12 @@ fn span(env: &Envelope, out: &Outcome<'_>, now: u64) -> Span {
         message_id: env.id.clone(),
         trace_id: env.trace().to_string(),
         subject: env.subject.clone(),
-        status: status.into(),
+        status: status.to_string(),
         sent_at: iso8601(now),
         delivered_at: (delivered > 0).then(|| iso8601(now)),
         error_message: error,
         metadata: metadata.to_string(),
     }
-}
-
-fn is_budget_code(c: &str) -> bool {
-    matches!(
-        c,
-        "hop_limit" | "cycle_detected" | "ttl_expired" | "budget_exhausted"
-    )
 }
 
 /// A message written straight into `failed/` of `endpoint` (a dead letter

@@ -140,7 +140,7 @@ impl Record {
             expires_at: env.budget.ttl,
             priority: env.priority().rank(),
             probe: row.probe,
-            code: code.map(str::to_string),
+            code: code.map(|c| c.to_string()),
             reason: reason.map(str::to_string),
         }
     }
@@ -353,7 +353,7 @@ mod tests {
         let (mut j, mut out) = (Journal::default(), Outbox::default());
         out.event(
             &Event {
-                kind: "rate_limit_soft",
+                kind: crate::vocab::EventKind::RateLimitSoft,
                 sender: Some("a"),
                 endpoint: None,
                 message_id: None,

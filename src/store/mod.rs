@@ -176,43 +176,8 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Lifecycle status of a (message, endpoint) row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    /// In `new/`.
-    Pending,
-    /// In `cur/`.
-    Claimed,
-    /// Acknowledged and removed.
-    Acked,
-    /// Dead-lettered in `failed/`.
-    Failed,
-}
-
-impl Status {
-    /// The stored name.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Claimed => "claimed",
-            Status::Acked => "acked",
-            Status::Failed => "failed",
-        }
-    }
-
-    /// The status of a stored name.
-    #[must_use]
-    pub fn parse(name: &str) -> Option<Self> {
-        [
-            Status::Pending,
-            Status::Claimed,
-            Status::Acked,
-            Status::Failed,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == name)
-    }
-}
+pub use crate::vocab::Status;
+use crate::vocab::{Code, EventKind};
 
 /// An open index.
 pub struct Store {
@@ -445,7 +410,7 @@ impl Store {
     }
 
     /// The indexed status of a message at an endpoint, if indexed.
-    pub fn status(&self, endpoint: &str, id: &str) -> Result<Option<String>> {
+    pub fn status(&self, endpoint: &str, id: &str) -> Result<Option<Status>> {
         self.conn
             .query_row(
                 "SELECT status FROM messages WHERE endpoint = ?1 AND id = ?2",
@@ -544,8 +509,8 @@ pub struct Tx<'a> {
 pub struct Row {
     /// Sender of the message.
     pub sender: String,
-    /// Current status name.
-    pub status: String,
+    /// Current status.
+    pub status: Status,
     /// Whether it was sent as a half-open probe.
     pub probe: bool,
 }
@@ -577,7 +542,7 @@ fn claim_row(conn: &Connection, endpoint: &str, id: &str) -> rusqlite::Result<Op
         let status: String = r.get(1)?;
         Ok(ClaimRow {
             sender: r.get(0)?,
-            status: Status::parse(&status).unwrap_or(Status::Claimed),
+            status: status.parse().unwrap_or(Status::Claimed),
             probe: r.get(2)?,
             lease_until: r.get(3)?,
             lease_counted: r.get(4)?,
@@ -885,7 +850,7 @@ impl Tx<'_> {
 
     /// Every (endpoint, id, status) row whose message should be on disk
     /// (pending, claimed or dead-lettered).
-    pub fn live_rows(&self) -> Result<Vec<(String, String, String)>> {
+    pub fn live_rows(&self) -> Result<Vec<(String, String, Status)>> {
         let mut stmt = self
             .tx
             .prepare("SELECT endpoint, id, status FROM messages WHERE status != 'acked'")
@@ -900,7 +865,7 @@ impl Tx<'_> {
         self.tx
             .execute(
                 "UPDATE messages SET status = ?3 WHERE endpoint = ?1 AND id = ?2",
-                params![endpoint, id, status.as_str()],
+                params![endpoint, id, status],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -1004,9 +969,7 @@ impl Tx<'_> {
                    lease_until = NULL
                  WHERE endpoint = ?1 AND id = ?2",
             )
-            .and_then(|mut st| {
-                st.execute(params![endpoint, id, status.as_str(), now, code, reason])
-            })
+            .and_then(|mut st| st.execute(params![endpoint, id, status, now, code, reason]))
             .map_err(|e| self.err(e))?;
         Ok(())
     }
@@ -1120,16 +1083,42 @@ impl Tx<'_> {
         sender: Option<&str>,
         endpoint: &str,
         id: &str,
-        code: &str,
+        code: Code,
         reason: &str,
         now: u64,
     ) -> Result<()> {
-        self.record_done(endpoint, id, Status::Failed, Some((code, reason)), now)?;
+        self.record_done(
+            endpoint,
+            id,
+            Status::Failed,
+            Some((code.as_str(), reason)),
+            now,
+        )?;
         self.event(&Event::dead_letter(sender, endpoint, id, code, reason), now)
     }
 
     /// Appends an event.
     pub fn event(&self, e: &Event<'_>, now: u64) -> Result<()> {
+        let Event {
+            kind,
+            sender,
+            endpoint,
+            message_id,
+            detail,
+        } = e;
+        let who = (*sender, *endpoint, *message_id);
+        self.insert_event(kind.as_str(), who, detail, now)
+    }
+
+    /// Appends an event of `kind` (an outbox's record holds it as text)
+    /// about (sender, endpoint, message id).
+    fn insert_event(
+        &self,
+        kind: &str,
+        (sender, endpoint, message_id): (Option<&str>, Option<&str>, Option<&str>),
+        detail: &serde_json::Value,
+        now: u64,
+    ) -> Result<()> {
         self.tx
             .prepare_cached(
                 "INSERT INTO events (at, kind, sender, endpoint, message_id, detail)
@@ -1138,11 +1127,11 @@ impl Tx<'_> {
             .and_then(|mut st| {
                 st.execute(params![
                     now,
-                    e.kind,
-                    e.sender,
-                    e.endpoint,
-                    e.message_id,
-                    e.detail.to_string()
+                    kind,
+                    sender,
+                    endpoint,
+                    message_id,
+                    detail.to_string()
                 ])
             })
             .map_err(|e| self.err(e))?;
@@ -1164,14 +1153,14 @@ impl Tx<'_> {
                     detail,
                     at,
                     ..
-                } => self.event(
-                    &Event {
-                        kind: &kind,
-                        sender: sender.as_deref(),
-                        endpoint: endpoint.as_deref(),
-                        message_id: message_id.as_deref(),
-                        detail,
-                    },
+                } => self.insert_event(
+                    &kind,
+                    (
+                        sender.as_deref(),
+                        endpoint.as_deref(),
+                        message_id.as_deref(),
+                    ),
+                    &detail,
                     at,
                 )?,
                 r => apply(&self.tx, std::slice::from_ref(&r)).map_err(|e| self.err(e))?,
@@ -1416,8 +1405,8 @@ pub struct EventRow {
 /// One event row to append.
 #[derive(Debug)]
 pub struct Event<'a> {
-    /// `rate_limit_soft`, `breaker_opened`, ...
-    pub kind: &'a str,
+    /// What it records.
+    pub kind: EventKind,
     /// Sender concerned, if any.
     pub sender: Option<&'a str>,
     /// Endpoint concerned, if any.
@@ -1435,11 +1424,11 @@ impl<'a> Event<'a> {
         sender: Option<&'a str>,
         endpoint: &'a str,
         id: &'a str,
-        code: &str,
+        code: Code,
         reason: &str,
     ) -> Self {
         Event {
-            kind: "dead_letter",
+            kind: EventKind::DeadLetter,
             sender,
             endpoint: Some(endpoint),
             message_id: Some(id),
@@ -1469,7 +1458,7 @@ pub struct SentRow<'a> {
     /// The envelope as written.
     pub envelope: &'a Envelope,
     /// `(code, reason)` when dead-lettered.
-    pub failure: Option<(&'a str, &'a str)>,
+    pub failure: Option<(Code, &'a str)>,
     /// Sent as a half-open probe.
     pub probe: bool,
 }

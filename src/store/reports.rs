@@ -5,6 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::EventRow;
+use crate::vocab::{Code, Status, TraceStatus};
 
 /// One span: a message at one endpoint, with its three timestamps.
 #[derive(Debug, Clone, Serialize)]
@@ -23,9 +24,9 @@ pub struct Span {
     /// Sender.
     pub from: String,
     /// DorkOS status: `sent`, `delivered` (processed), `failed`, `timeout` (rejected).
-    pub status: &'static str,
-    /// Our lifecycle state: `pending`, `claimed`, `acked`, `failed`.
-    pub state: String,
+    pub status: TraceStatus,
+    /// Our lifecycle state.
+    pub state: Status,
     /// When it was sent (ISO-8601).
     pub sent_at: String,
     /// When a consumer claimed it.
@@ -38,17 +39,18 @@ pub struct Span {
     pub code: Option<String>,
 }
 
-/// Codes that mean the consumer side failed (DorkOS `failed`); every other
-/// dead letter was a rejection (DorkOS `timeout`). `counts` writes the same
-/// list into SQL.
-const CONSUMER_FAILURES: [&str; 4] = ["nack", "lease_expired", "max_deliveries", "malformed"];
-
-fn dork_status(state: &str, code: Option<&str>) -> &'static str {
-    match (state, code) {
-        ("acked", _) => "delivered",
-        ("failed", Some(c)) if CONSUMER_FAILURES.contains(&c) => "failed",
-        ("failed", _) => "timeout",
-        _ => "sent",
+/// DorkOS's trace status of a row: a dead letter the consumer caused
+/// (`Code::is_consumer_failure`) `failed`, any other a rejection (`timeout`).
+fn trace_status(state: Status, code: Option<&str>) -> TraceStatus {
+    let consumer = || {
+        code.and_then(|c| c.parse::<Code>().ok())
+            .is_some_and(Code::is_consumer_failure)
+    };
+    match state {
+        Status::Acked => TraceStatus::Delivered,
+        Status::Failed if consumer() => TraceStatus::Failed,
+        Status::Failed => TraceStatus::Timeout,
+        Status::Pending | Status::Claimed => TraceStatus::Sent,
     }
 }
 
@@ -74,7 +76,7 @@ pub fn spans(conn: &Connection, trace_id: &str) -> rusqlite::Result<Vec<Span>> {
     stmt.query_map(params![trace_id], |r| {
         let id: String = r.get(0)?;
         let endpoint: String = r.get(1)?;
-        let state: String = r.get(5)?;
+        let state: Status = r.get(5)?;
         let code: Option<String> = r.get(9)?;
         Ok(Span {
             id: format!("{id}@{endpoint}"),
@@ -82,7 +84,7 @@ pub fn spans(conn: &Connection, trace_id: &str) -> rusqlite::Result<Vec<Span>> {
             trace_id: r.get(4)?,
             subject: r.get(2)?,
             from: r.get(3)?,
-            status: dork_status(&state, code.as_deref()),
+            status: trace_status(state, code.as_deref()),
             sent_at: crate::clock::iso8601(r.get(6)?),
             delivered_at: iso(r.get(7)?),
             processed_at: iso(r.get(8)?),
@@ -198,7 +200,12 @@ pub struct Counts {
 
 /// Per-endpoint counts in the window, by endpoint.
 pub fn counts(conn: &Connection, since: u64) -> rusqlite::Result<Vec<(String, Counts)>> {
-    let consumer_failures = format!("('{}')", CONSUMER_FAILURES.join("', '"));
+    let consumer_failures: Vec<&str> = Code::ALL
+        .iter()
+        .filter(|c| c.is_consumer_failure())
+        .map(|c| c.as_str())
+        .collect();
+    let consumer_failures = format!("('{}')", consumer_failures.join("', '"));
     let mut stmt = conn.prepare(&format!(
         "SELECT endpoint, COUNT(*),
                 SUM(status = 'pending'), SUM(status = 'claimed'), SUM(status = 'acked'),
