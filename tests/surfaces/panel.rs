@@ -134,13 +134,15 @@ fn the_panel_shows_breakers_limits_dead_letters_and_redeliveries_in_chromium() {
         return;
     };
     let r = Relay::new();
-    // The real clock, so the page reads naturally; breakers stay open 10 min.
-    let first_dead = known_state(&r, None);
-    // A claim made 40 minutes ago: its 30-minute lease ran out, and the
-    // next sweep (gc) gives it back for a second delivery.
+    // The real time of day, so the page reads naturally, but pinned for
+    // every command and for the server: a slow run (the machine under load)
+    // must not let agent.x's bucket refill a token before the page is read.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    let first_dead = known_state(&r, Some(now));
+    // A claim made 40 minutes ago: its 30-minute lease ran out, and the
+    // next sweep (gc) gives it back for a second delivery.
     r.add(&["agent.r"]);
     let again = r
         .cmd(["send", "agent.r", "{\"job\":7}", "--from", "agent.a"])
@@ -148,8 +150,14 @@ fn the_panel_shows_breakers_limits_dead_letters_and_redeliveries_in_chromium() {
         .success()
         .id();
     r.cmd(["recv", "agent.r"]).at(now - 40 * 60_000).success();
-    r.cmd(["gc"]).success();
-    let s = Server::start(&r, "127.0.0.1:0", &[], &[]);
+    r.cmd(["gc"]).at(now).success();
+    let now_env = now.to_string();
+    let s = Server::start(
+        &r,
+        "127.0.0.1:0",
+        &[],
+        &[("RELAY_FAKE_NOW_MS", now_env.as_str())],
+    );
     let dom = dump_dom(&chromium, &r, &format!("{}?nostream=1", s.url));
 
     assert!(
