@@ -15,7 +15,16 @@ loopback port and a temp store, and measures:
 - the bridge's RSS with 10,000 messages queued (server down), and while
   they drain;
 - `relay send` per process and the binary size with and without the bridge
-  (async-nats), when RELAY_BEFORE names a relay binary built without it.
+  (async-nats), when RELAY_BEFORE names a relay binary built without it;
+- with RELAY_BRIDGE_BEFORE naming an earlier relay binary, the throughput
+  and latency of its bridge too, interleaved round by round with this
+  build's (the before/after of a bridge change in one invocation);
+- the local floor: `send --batch` of the same messages into an endpoint of
+  the same home (no bridge), the rate the sending side alone allows.
+
+Set TMPDIR to put the homes and the server's store elsewhere (every file
+the bridge creates or removes is an inode; on a file system whose inode
+allocation is slow that, not the bridge, sets the pace).
 
 The machine has 2 cores shared with other work: figures are noisy, the
 ratios (same run, interleaved) are what to read. Writes bench/bridge.json.
@@ -37,6 +46,8 @@ SCRATCH = tempfile.mkdtemp(prefix="relay-bridge-bench-")
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 RELAY = os.path.join(TARGET, "release", "relay")
 BASELINE = os.path.join(TARGET, "release", "examples", "bridge_publish")
+BEFORE = os.environ.get("RELAY_BRIDGE_BEFORE")
+BUILDS = {"after": RELAY, **({"before": BEFORE} if BEFORE else {})}
 NATS = shutil.which("nats-server") or "/usr/sbin/nats-server"
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
 OPEN = {"reliability": {"rateLimit": {"enabled": False},
@@ -74,13 +85,13 @@ def home(name, endpoints=()):
     return h
 
 
-def relay(h, *args, stdin=None):
-    return subprocess.run([RELAY, *args], env=dict(ENV, RELAY_HOME=h), input=stdin,
+def relay(h, *args, stdin=None, binary=RELAY):
+    return subprocess.run([binary, *args], env=dict(ENV, RELAY_HOME=h), input=stdin,
                           capture_output=True, check=True)
 
 
-def bridge(h, url, host):
-    p = subprocess.Popen([RELAY, "bridge", "--nats", url, "--host", host],
+def bridge(h, url, host, binary=RELAY):
+    p = subprocess.Popen([binary, "bridge", "--nats", url, "--host", host],
                          env=dict(ENV, RELAY_HOME=h), stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     PROCS.append(p)
@@ -125,48 +136,66 @@ def main():
     nats = start_nats(port, os.path.join(SCRATCH, "js"))
     results = {}
 
-    # Throughput, interleaved with the baseline round by round.
-    bridged, bare = [], []
+    # Throughput, interleaved with the baseline (and the before build)
+    # round by round.
+    bridged = {k: [] for k in BUILDS}
+    bare, local = [], []
     for r in range(rounds):
-        # Endpoint names of their own: the directory keeps every host seen.
-        ep = f"agent.tp{r}"
-        a, b = home(f"a{r}"), home(f"b{r}", [ep])
-        ba, bb = bridge(a, url, f"tpa{r}"), bridge(b, url, f"tpb{r}")
-        wait(lambda: os.path.isdir(os.path.join(a, "mailboxes", ep, "new")), "directory")
-        new_b = os.path.join(b, "mailboxes", ep, "new")
-        t0 = time.time()
-        relay(a, "send", "--batch", "--from", "agent.a", stdin=batch(n, ep=ep))
-        wait(lambda: count(new_b) >= n, "all on B")
-        bridged.append(n / (time.time() - t0))
-        ba.terminate(); bb.terminate(); ba.wait(); bb.wait()
+        for k, binary in BUILDS.items():
+            # Endpoint names of their own: the directory keeps every host seen.
+            ep = f"agent.tp{k}{r}"
+            a, b = home(f"a{k}{r}"), home(f"b{k}{r}", [ep])
+            ba, bb = bridge(a, url, f"tpa{k}{r}", binary), bridge(b, url, f"tpb{k}{r}", binary)
+            wait(lambda: os.path.isdir(os.path.join(a, "mailboxes", ep, "new")), "directory")
+            new_b = os.path.join(b, "mailboxes", ep, "new")
+            t0 = time.time()
+            relay(a, "send", "--batch", "--from", "agent.a", stdin=batch(n, ep=ep), binary=binary)
+            wait(lambda: count(new_b) >= n, f"all {n} on B ({k} build, round {r})")
+            bridged[k].append(n / (time.time() - t0))
+            ba.terminate(); bb.terminate(); ba.wait(); bb.wait()
         out = subprocess.run([BASELINE, url, str(n), "420"], capture_output=True, check=True)
         res = json.loads(out.stdout)
         bare.append(res["messages"] / res["seconds"])
+        h = home(f"local{r}", ["agent.local"])
+        t0 = time.time()
+        relay(h, "send", "--batch", "--from", "agent.a", stdin=batch(n, ep="agent.local"))
+        local.append(n / (time.time() - t0))
     results["throughput"] = {
-        "bridged_msgs_per_s": statistics.median(bridged),
+        "bridged_msgs_per_s": statistics.median(bridged["after"]),
         "bare_publish_msgs_per_s": statistics.median(bare),
-        "ratio": statistics.median(bridged) / statistics.median(bare),
+        "ratio": statistics.median(bridged["after"]) / statistics.median(bare),
+        "local_send_batch_msgs_per_s": statistics.median(local),
         "messages": n, "rounds": rounds,
     }
+    if BEFORE:
+        results["throughput"]["before_bridged_msgs_per_s"] = statistics.median(bridged["before"])
+        results["throughput"]["before_ratio"] = (statistics.median(bridged["before"])
+                                                 / statistics.median(bare))
 
-    # Latency: single sends, one at a time.
-    a, b = home("la"), home("lb", ["agent.lat"])
-    ba, bb = bridge(a, url, "lata"), bridge(b, url, "latb")
-    wait(lambda: os.path.isdir(os.path.join(a, "mailboxes", "agent.lat", "new")), "directory")
-    new_b = os.path.join(b, "mailboxes", "agent.lat", "new")
-    lat = []
-    for i in range(50 if QUICK else 200):
-        t0 = time.time()
-        relay(a, "send", "agent.lat", "{}")
-        wait(lambda: count(new_b) > i, "latency copy")
-        lat.append((time.time() - t0) * 1000)
-        time.sleep(0.01)
-    lat.sort()
-    results["latency_ms"] = {
-        "p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
-        "samples": len(lat),
-    }
-    ba.terminate(); bb.terminate(); ba.wait(); bb.wait()
+    # Latency: single sends, one at a time, the builds taking turns.
+    lat = {k: [] for k in BUILDS}
+    setups = {}
+    for k, binary in BUILDS.items():
+        ep = f"agent.lat{k}"
+        a, b = home(f"la{k}"), home(f"lb{k}", [ep])
+        ba, bb = bridge(a, url, f"lata{k}", binary), bridge(b, url, f"latb{k}", binary)
+        wait(lambda: os.path.isdir(os.path.join(a, "mailboxes", ep, "new")), "directory")
+        setups[k] = (a, ep, os.path.join(b, "mailboxes", ep, "new"), binary, ba, bb)
+    samples = 50 if QUICK else 200
+    for i in range(samples):
+        for k, (a, ep, new_b, binary, _, _) in setups.items():
+            t0 = time.time()
+            relay(a, "send", ep, "{}", binary=binary)
+            wait(lambda: count(new_b) > i, "latency copy")
+            lat[k].append((time.time() - t0) * 1000)
+            time.sleep(0.01)
+    for k in BUILDS:
+        v = sorted(lat[k])
+        name = "latency_ms" if k == "after" else "before_latency_ms"
+        results[name] = {"p50": v[len(v) // 2], "p99": v[min(len(v) - 1, int(len(v) * 0.99))],
+                         "samples": len(v)}
+    for (_, _, _, _, ba, bb) in setups.values():
+        ba.terminate(); bb.terminate(); ba.wait(); bb.wait()
 
     # RSS with 10,000 queued (the server down), then while they drain.
     a, b = home("ra"), home("rb", ["agent.rss"])

@@ -303,7 +303,12 @@ impl Mailbox {
         let mut entries = rustix::fs::RawDir::new(&fd, &mut buf);
         let mut n = 0;
         while let Some(entry) = entries.next() {
-            let entry = entry.map_err(|e| Error::io("cannot list", &dir, e.into()))?;
+            let entry = match entry {
+                Ok(e) => e,
+                // Removed while it was read (a mailbox removed meanwhile): empty.
+                Err(rustix::io::Errno::NOENT) => return Ok(0),
+                Err(e) => return Err(Error::io("cannot list", &dir, e.into())),
+            };
             if std::str::from_utf8(entry.file_name().to_bytes())
                 .ok()
                 .and_then(message_id)
@@ -811,7 +816,12 @@ pub fn list_endpoints(home: &Home) -> Result<Vec<String>> {
 /// The entries of `dir`; none if it does not exist.
 fn entries(dir: &Path) -> Result<Vec<fs::DirEntry>> {
     match fs::read_dir(dir) {
-        Ok(rd) => rd.map(|e| e.ctx("cannot list", dir)).collect(),
+        Ok(rd) => match rd.collect::<std::io::Result<Vec<_>>>() {
+            Ok(v) => Ok(v),
+            // Removed while it was read (a mailbox removed meanwhile): empty.
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io("cannot list", dir, e)),
+        },
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(Error::io("cannot list", dir, e)),
     }

@@ -259,6 +259,8 @@ fn dead_letter(
 
 /// Messages fetched per round.
 const FETCH: usize = 128;
+/// How long the server holds a fetch open while there is nothing to fetch.
+const FETCH_EXPIRY: Duration = Duration::from_millis(500);
 
 /// Consumes this host's filter subject until a stop: messages go through
 /// `apply`, span updates through `spans::apply`; each is acked, nakked
@@ -276,7 +278,7 @@ pub async fn run_loop(
         let batch = consumer
             .fetch()
             .max_messages(FETCH)
-            .expires(Duration::from_millis(500))
+            .expires(FETCH_EXPIRY)
             .messages()
             .await;
         let mut batch = match batch {
@@ -379,28 +381,35 @@ fn apply_batch(
     // (index in `work`, endpoint, origin, the envelope as prepared)
     let mut pending: Vec<(usize, String, String, Envelope)> = Vec::new();
     let mut jobs = Vec::new();
+    // (index in `work`, the span update)
+    let mut spans: Vec<(usize, Span)> = Vec::new();
     // One transaction of the bridge database for the batch; given up (its
     // pairs not recorded) if anything fails: the Maildir and the index then
     // still tell a redelivery from a new message (`already_here`).
-    st.begin()?;
-    let applied = (|| -> Result<Vec<Outcome>> {
+    st.atomically(|st| {
         for (i, (subject, origin, body, delivered)) in work.iter().enumerate() {
             let origin = origin.clone().unwrap_or_else(|| "unknown".to_string());
             let step = match parse_inbound(me, subject) {
-                Some(Inbound::Span) => Some(
-                    serde_json::from_slice::<Span>(body)
-                        .map_err(|e| Error::Data(format!("bridge: a span update is not one: {e}")))
-                        .and_then(|span| super::spans::apply(ctx, &span, now))
-                        .map(|()| {
-                            (
-                                Applied {
-                                    verdict: Verdict::Ack,
-                                    span: None,
-                                },
-                                None,
-                            )
-                        }),
-                ),
+                Some(Inbound::Span) => match serde_json::from_slice::<Span>(body) {
+                    // Applied below, all of the batch's in one transaction.
+                    Ok(span) => {
+                        spans.push((i, span));
+                        None
+                    }
+                    // It can never be applied: dropped, said once.
+                    Err(e) => {
+                        crate::output::warn(&format!(
+                            "bridge: a span update from '{origin}' is not one ({e}); dropped"
+                        ));
+                        Some(Ok((
+                            Applied {
+                                verdict: Verdict::Term,
+                                span: None,
+                            },
+                            None,
+                        )))
+                    }
+                },
                 Some(Inbound::Message(ep)) => {
                     let msg = Incoming {
                         endpoint: &ep,
@@ -428,6 +437,24 @@ fn apply_batch(
                 ))),
             };
             out.push(step);
+        }
+        if !spans.is_empty() {
+            let (at, updates): (Vec<usize>, Vec<Span>) =
+                std::mem::take(&mut spans).into_iter().unzip();
+            let res = super::spans::apply_all(ctx, &updates, now);
+            for i in at {
+                out[i] = Some(match &res {
+                    Ok(()) => Ok((
+                        Applied {
+                            verdict: Verdict::Ack,
+                            span: None,
+                        },
+                        None,
+                    )),
+                    // Nothing of them was applied: each comes again.
+                    Err(e) => Err(Error::Store(e.to_string())),
+                });
+            }
         }
         if !jobs.is_empty() {
             let mut log = crate::store::batchlog::Log::new();
@@ -463,12 +490,5 @@ fn apply_batch(
                 o.unwrap_or_else(|| Err(Error::Data("bridge: a message was not applied".into())))
             })
             .collect())
-    })();
-    match applied {
-        Ok(v) => st.commit().map(|()| v),
-        Err(e) => {
-            st.rollback();
-            Err(e)
-        }
-    }
+    })
 }

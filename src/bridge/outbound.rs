@@ -19,8 +19,94 @@ use crate::error::Result;
 const BATCH: usize = 256;
 /// Longest wait for a publish or its ack.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause when the outbox is empty.
-const IDLE: Duration = Duration::from_millis(10);
+/// Longest pause when the outbox is empty: a send into a proxy wakes the
+/// publisher at once (filesystem notifications on the proxies' `new/`);
+/// this catches what a notification cannot (a proxy made since the last
+/// look, a full notification queue).
+const IDLE: Duration = Duration::from_millis(250);
+/// The pause when the outbox is empty and notifications are unavailable.
+const IDLE_POLL: Duration = Duration::from_millis(10);
+
+/// Wakes the publisher when a copy lands in a proxy's `new/`.
+struct Wake {
+    notify: Arc<tokio::sync::Notify>,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: std::collections::BTreeSet<std::path::PathBuf>,
+}
+
+impl Wake {
+    fn new() -> Self {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let n = Arc::clone(&notify);
+        let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            use notify::EventKind;
+            use notify::event::{ModifyKind, RenameMode};
+            // A copy arriving (linked, renamed or written into `new/`);
+            // not the publisher's own claims, which move copies out.
+            let arrived = match ev {
+                Ok(e) => !matches!(
+                    e.kind,
+                    EventKind::Remove(_)
+                        | EventKind::Access(_)
+                        | EventKind::Modify(ModifyKind::Name(RenameMode::From))
+                ),
+                Err(_) => true,
+            };
+            if arrived {
+                n.notify_one();
+            }
+        });
+        let watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                crate::output::warn(&format!(
+                    "bridge: filesystem notifications unavailable ({e}); looking at the outbox every {} ms",
+                    IDLE_POLL.as_millis()
+                ));
+                None
+            }
+        };
+        Wake {
+            notify,
+            watcher,
+            watched: std::collections::BTreeSet::new(),
+        }
+    }
+
+    /// Watches exactly the `new/` directories given.
+    fn follow(&mut self, dirs: std::collections::BTreeSet<std::path::PathBuf>) {
+        use notify::Watcher;
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        for gone in self.watched.difference(&dirs) {
+            let _ = w.unwatch(gone);
+        }
+        let mut watched = std::collections::BTreeSet::new();
+        for d in dirs {
+            // Already watched, or watched now; a proxy not ready yet is
+            // tried again on the next look.
+            if self.watched.contains(&d) || w.watch(&d, notify::RecursiveMode::NonRecursive).is_ok()
+            {
+                watched.insert(d);
+            }
+        }
+        self.watched = watched;
+    }
+
+    /// Waits for a copy to land, `IDLE` at most (or a stop).
+    async fn idle(&self, session: &Session) {
+        if self.watcher.is_none() {
+            return session.pause(IDLE_POLL).await;
+        }
+        let mut stop = session.stop.clone();
+        tokio::select! {
+            () = self.notify.notified() => {}
+            () = tokio::time::sleep(IDLE) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    }
+}
 
 /// The headers of a forwarded copy.
 #[must_use]
@@ -45,6 +131,7 @@ pub fn headers(it: &Item, origin: &str) -> HeaderMap {
 pub async fn run_loop(session: Arc<Session>) -> Result<()> {
     let host = session.settings.host.clone();
     let mut down_rounds = 0u32;
+    let mut wake = Wake::new();
     while !session.stopping() {
         if !session.connected.load(Ordering::SeqCst) {
             // Down: the outbox holds what is sent; the link's breaker counts
@@ -68,25 +155,27 @@ pub async fn run_loop(session: Arc<Session>) -> Result<()> {
         }
         down_rounds = 0;
         let h = host.clone();
-        let gate = blocking(&session.local, move |l| {
+        let (gate, taken, proxies) = blocking(&session.local, move |l| {
             let now = l.ctx().clock.now_ms();
-            link::may_try(l.ctx(), &h, now)
+            let proxies = outbox::arrivals(&l.ctx().home);
+            let gate = link::may_try(l.ctx(), &h, now)?;
+            if gate.is_err() {
+                return Ok((gate, outbox::Taken::default(), proxies));
+            }
+            let taken = outbox::take(l.ctx(), BATCH, now)?;
+            Ok((gate, taken, proxies))
         })
         .await?;
+        wake.follow(proxies);
         if let Err(wait) = gate {
             session
                 .pause(Duration::from_millis(wait.clamp(50, 5_000)))
                 .await;
             continue;
         }
-        let taken = blocking(&session.local, |l| {
-            let now = l.ctx().clock.now_ms();
-            outbox::take(l.ctx(), BATCH, now)
-        })
-        .await?;
         session.expired.fetch_add(taken.expired, Ordering::SeqCst);
         if taken.items.is_empty() {
-            session.pause(IDLE).await;
+            wake.idle(&session).await;
             continue;
         }
         let (sent, unsent, err) = publish(&session, &host, taken.items).await;

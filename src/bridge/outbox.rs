@@ -69,6 +69,15 @@ pub fn queued(ctx: &Ctx) -> Result<u64> {
     Ok(n)
 }
 
+/// The `new/` directories of the proxies, where sends to remote endpoints land.
+#[must_use]
+pub fn arrivals(home: &crate::home::Home) -> std::collections::BTreeSet<std::path::PathBuf> {
+    super::directory::remotes(home)
+        .keys()
+        .map(|ep| Mailbox::at(home, ep).sub("new"))
+        .collect()
+}
+
 /// Claims up to `max` copies across the proxies, by priority then age;
 /// those past their TTL are dead-lettered with a notice instead.
 pub fn take(ctx: &mut Ctx, max: usize, now: u64) -> Result<Taken> {

@@ -77,12 +77,30 @@ pub fn changes(
     Ok((out, seen))
 }
 
-/// Applies a span update about a message this host sent.
-pub fn apply(ctx: &mut Ctx, span: &Span, now: u64) -> Result<()> {
+/// Applies span updates about messages this host sent, in one index
+/// transaction (one commit, one fsync, for a fetched batch of them): all
+/// of them or, if anything fails, none.
+pub fn apply_all(ctx: &mut Ctx, spans: &[Span], now: u64) -> Result<()> {
+    if spans.is_empty() {
+        return Ok(());
+    }
     let breakers = ctx.config.reliability.circuit_breaker.clone();
-    // The row of the copy may still be in the journal.
+    // The rows of the copies may still be in the journal.
     ctx.store()?.ingest()?;
     let mut tx = ctx.store()?.begin()?;
+    for span in spans {
+        apply_one(&mut tx, &breakers, span, now)?;
+    }
+    tx.commit()
+}
+
+/// One span update, inside the caller's transaction.
+fn apply_one(
+    tx: &mut crate::store::Tx<'_>,
+    breakers: &crate::config::CircuitBreaker,
+    span: &Span,
+    now: u64,
+) -> Result<()> {
     let row = tx.row(&span.endpoint, &span.message_id)?;
     let sender = row.as_ref().map(|r| r.sender.clone());
     match span.state {
@@ -121,7 +139,7 @@ pub fn apply(ctx: &mut Ctx, span: &Span, now: u64) -> Result<()> {
         if let Some(event) = event {
             let mut out = crate::store::journal::Outbox::default();
             let (sender, ep) = (&row.sender, &span.endpoint);
-            reliability::breaker_step(&mut tx.slots, &mut out, &breakers, sender, ep, event, now)?;
+            reliability::breaker_step(&mut tx.slots, &mut out, breakers, sender, ep, event, now)?;
             tx.record(&mut out)?;
         }
     }
@@ -140,8 +158,7 @@ pub fn apply(ctx: &mut Ctx, span: &Span, now: u64) -> Result<()> {
             }),
         },
         now,
-    )?;
-    tx.commit()
+    )
 }
 
 /// Publishes span updates, each to its origin's span subject; returns the
@@ -212,10 +229,12 @@ pub async fn report_loop(session: std::sync::Arc<super::Session>) -> Result<()> 
             .collect();
         let sent = publish_all(&session, spans).await;
         super::blocking(&session.local, move |l| {
-            for s in &sent {
-                l.state.set_reported(&s.endpoint, &s.message_id, s.state)?;
-            }
-            Ok(())
+            l.state.atomically(|st| {
+                for s in &sent {
+                    st.set_reported(&s.endpoint, &s.message_id, s.state)?;
+                }
+                Ok(())
+            })
         })
         .await?;
         session.pause(REPORT_POLL).await;

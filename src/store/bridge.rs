@@ -95,15 +95,24 @@ impl State {
         let _ = self.conn.execute_batch("ROLLBACK");
     }
 
+    /// Runs `f` in one transaction, so what it writes costs one fsync:
+    /// committed if `f` succeeds, given up if it fails.
+    pub fn atomically<T>(&self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        self.begin()?;
+        match f(self) {
+            Ok(v) => self.commit().map(|()| v),
+            Err(e) => {
+                self.rollback();
+                Err(e)
+            }
+        }
+    }
+
     /// Whether (endpoint, id) was applied.
     pub fn is_applied(&self, endpoint: &str, id: &str) -> Result<bool> {
         self.conn
-            .query_row(
-                "SELECT 1 FROM applied WHERE endpoint = ?1 AND id = ?2",
-                params![endpoint, id],
-                |_| Ok(()),
-            )
-            .optional()
+            .prepare_cached("SELECT 1 FROM applied WHERE endpoint = ?1 AND id = ?2")
+            .and_then(|mut st| st.query_row(params![endpoint, id], |_| Ok(())).optional())
             .map(|r| r.is_some())
             .map_err(|e| self.err(&e))
     }
@@ -118,11 +127,10 @@ impl State {
         now: u64,
     ) -> Result<()> {
         self.conn
-            .execute(
+            .prepare_cached(
                 "INSERT INTO applied (endpoint, id, origin, reported, at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (endpoint, id) DO NOTHING",
-                params![endpoint, id, origin, reported.as_str(), now],
-            )
+                 ON CONFLICT (endpoint, id) DO NOTHING")
+            .and_then(|mut st| st.execute(params![endpoint, id, origin, reported.as_str(), now]))
             .map_err(|e| self.err(&e))?;
         Ok(())
     }
@@ -130,10 +138,8 @@ impl State {
     /// Records what the origin of (endpoint, id) heard last.
     pub fn set_reported(&self, endpoint: &str, id: &str, reported: SpanState) -> Result<()> {
         self.conn
-            .execute(
-                "UPDATE applied SET reported = ?3 WHERE endpoint = ?1 AND id = ?2",
-                params![endpoint, id, reported.as_str()],
-            )
+            .prepare_cached("UPDATE applied SET reported = ?3 WHERE endpoint = ?1 AND id = ?2")
+            .and_then(|mut st| st.execute(params![endpoint, id, reported.as_str()]))
             .map_err(|e| self.err(&e))?;
         Ok(())
     }
@@ -183,12 +189,12 @@ impl State {
     /// Records the last message id received from `host`.
     pub fn set_peer(&self, host: &str, id: &str, now: u64) -> Result<()> {
         self.conn
-            .execute(
+            .prepare_cached(
                 "INSERT INTO peers (host, last_id, at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (host) DO UPDATE SET last_id = excluded.last_id, at = excluded.at
                  WHERE excluded.last_id > peers.last_id",
-                params![host, id, now],
             )
+            .and_then(|mut st| st.execute(params![host, id, now]))
             .map_err(|e| self.err(&e))?;
         Ok(())
     }

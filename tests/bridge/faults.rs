@@ -351,3 +351,62 @@ fn a_copy_refused_past_max_deliveries_is_dead_lettered_on_b_with_a_notice_on_a()
     assert_eq!(ids(&p.b, "agent.b", "failed"), std::slice::from_ref(&id));
     assert_eq!(ids(&p.b, "agent.b", "new"), std::slice::from_ref(&first));
 }
+
+#[test]
+fn sigterm_stops_both_bridges_while_nats_is_down() {
+    let Some(mut p) = Pair::start(&["agent.a"], &["agent.b"]) else {
+        return;
+    };
+    p.nats.kill();
+    // Down as the bridges see it: the link's breaker opens on A.
+    wait_for("the link's breaker to open", || {
+        let v = p.a.cmd(["breakers", "--json"]).success().json();
+        let open = v["breakers"].as_array()?.iter().any(|b| {
+            b["sender"] == "relay.bridge" && b["endpoint"] == "nats.hosta" && b["state"] == "open"
+        });
+        open.then_some(())
+    });
+    // A fetch held open on a server that is gone must not hold up the stop
+    // (`stop` fails after 15 s).
+    assert_eq!(p.bb.stop(), Some(0), "{}", p.bb.log());
+    assert_eq!(p.ba.stop(), Some(0), "{}", p.ba.log());
+    assert!(p.ba.log().contains("stopped"), "{}", p.ba.log());
+}
+
+#[test]
+fn the_reconnect_event_reaches_the_sse_stream_with_the_handshake() {
+    use crate::surfaces::{Server, Sse, secs};
+    let Some(mut p) = Pair::start(&["agent.a"], &["agent.b"]) else {
+        return;
+    };
+    let s = Server::start(&p.a, "127.0.0.1:0", &[], &[]);
+    let mut sse = Sse::open(s.addr, "/api/relay/stream?subject=nats.*");
+    sse.until(secs(10), "relay_connected", |e| {
+        e.event == "relay_connected"
+    });
+    p.nats.kill();
+    let queued = p.a.send("agent.b", "{}");
+    wait_for("the link's breaker to open", || {
+        let v = p.a.cmd(["breakers", "--json"]).success().json();
+        let open = v["breakers"].as_array()?.iter().any(|b| {
+            b["sender"] == "relay.bridge" && b["endpoint"] == "nats.hosta" && b["state"] == "open"
+        });
+        open.then_some(())
+    });
+    p.nats.up();
+    let ev = sse.until(super::harness::PATIENCE, "bridge_reconnected", |e| {
+        e.event == "relay_event" && e.data["kind"] == "bridge_reconnected"
+    });
+    // A relay event: its stream position on the id: line, the link's pair,
+    // and the handshake (what was queued, what expired, the last ids).
+    assert!(ev.id.is_some(), "{ev:?}");
+    assert_eq!(ev.data["sender"], "relay.bridge", "{ev:?}");
+    assert_eq!(ev.data["endpoint"], "nats.hosta", "{ev:?}");
+    let d = &ev.data["detail"];
+    assert!(d["queued"].as_u64().is_some_and(|q| q <= 1), "{ev:?}");
+    assert_eq!(d["expiredDuringOutage"], 0, "{ev:?}");
+    assert!(d["lastReceived"].is_object(), "{ev:?}");
+    wait_for("the queued copy on B", || {
+        (ids(&p.b, "agent.b", "new") == [queued.clone()]).then_some(())
+    });
+}
