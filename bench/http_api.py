@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """relay serve benchmarks: figures beside baselines measured in the same run.
 
-Run from the repository root:  python3 bench/http_api.py [--quick] [--relay PATH]
+Run from the repository root:
+    python3 bench/http_api.py [--quick] [--relay PATH] [--baseline PATH]
+                              [--only publish|status|sse]
 
 Builds relay (release, statically linked as bench/bench.py builds the
-shipped binary) unless --relay names one, then measures:
+shipped binary) unless --relay names one, then measures (all three unless
+--only names one):
 
   1. POST /api/relay/messages over keep-alive connections from 4 client
      threads, against `relay send` one process per message (4 processes at
@@ -12,7 +15,10 @@ shipped binary) unless --relay names one, then measures:
      the ratio is the bar (>= 2x the 4-process rate). Every message is
      counted in new/ afterwards.
   2. GET /api/relay/status latency (p50, p99) with 100k index rows over
-     200 endpoints (rows inserted directly, as after a day of traffic).
+     200 endpoints (rows inserted directly, as after a day of traffic);
+     with --baseline (another relay binary, e.g. an older build), its
+     server on a home of its own is asked in turns with this one's, and
+     the figures are quoted side by side.
   3. RSS of `relay serve` idle, and with 500 SSE clients connected.
 
 Writes bench/http_api.json. The machine is shared: quote ratios, not absolutes.
@@ -181,7 +187,9 @@ def publish(relay, rounds, n):
            "relay send x4 processes", statistics.median(send4), ">= 2x")
 
 
-def status_latency(relay, requests):
+def status_home(relay):
+    """A home of 200 endpoints and 100k index rows (inserted directly, as
+    after a day of traffic), its index made by `relay` itself."""
     eps = [f"agent.e{i}" for i in range(200)]
     h, env = home(relay, {}, eps)
     subprocess.run([relay, "status", "--json"], env=env, stdout=subprocess.DEVNULL, check=True)
@@ -191,32 +199,58 @@ def status_latency(relay, requests):
         INSERT INTO messages (endpoint, id, subject, sender, trace_id, status, sent_at, claimed_at, done_at)
         SELECT 'agent.e' || (i % 200), printf('%026d', i), 'agent.e' || (i % 200), 'bench', printf('%026d', i),
                'acked', 1700000000000 + i, 1700000000010 + i, 1700000000020 + i FROM n;"""], check=True)
-    srv = Server(relay, env)
-    c = srv.conn()
-    times = []
-    for i in range(requests + 10):
-        start = time.perf_counter()
-        c.request("GET", "/api/relay/status")
-        r = c.getresponse()
-        r.read()
-        took = (time.perf_counter() - start) * 1000
-        if r.status != 200:
-            sys.exit(f"bench: status answered {r.status}")
-        if i >= 10:  # the first requests open the pooled contexts
-            times.append(took)
-    c.close()
-    times.sort()
-    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
-    record("GET /api/relay/status p50, 100k rows, 200 endpoints", statistics.median(times), "ms")
-    record("GET /api/relay/status p99, 100k rows, 200 endpoints", p99, "ms", bar="< 20 ms")
+    return env
+
+
+def status_latency(relay, requests, baseline):
+    """p50 and p99 of GET /api/relay/status; with a baseline binary, both
+    servers are asked in turns of 50 requests, so both see the same load."""
+    runs = [("", relay)] + ([(" (baseline)", baseline)] if baseline else [])
+    servers = []
+    for label, binary in runs:
+        env = status_home(binary)
+        srv = Server(binary, env)
+        c = srv.conn()
+        for _ in range(10):  # the first requests open the pooled contexts
+            c.request("GET", "/api/relay/status")
+            c.getresponse().read()
+        servers.append((label, binary, env, srv, c, []))
+    for _ in range(0, requests, 50):
+        for _, _, _, _, c, times in servers:
+            for _ in range(50):
+                start = time.perf_counter()
+                c.request("GET", "/api/relay/status")
+                r = c.getresponse()
+                r.read()
+                times.append((time.perf_counter() - start) * 1000)
+                if r.status != 200:
+                    sys.exit(f"bench: status answered {r.status}")
+    figures = {}
+    for label, _, _, srv, c, times in servers:
+        c.close()
+        times.sort()
+        p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+        figures[label] = (statistics.median(times), p99)
     # The same snapshot by a process of its own, for scale.
-    per = []
-    for _ in range(15):
-        start = time.perf_counter()
-        subprocess.run([relay, "status", "--json"], env=env, stdout=subprocess.DEVNULL, check=True)
-        per.append((time.perf_counter() - start) * 1000)
-    record("relay status --json (a process each), same home", statistics.median(per), "ms")
-    srv.stop()
+    for label, binary, env, srv, _, _ in servers:
+        per = []
+        for _ in range(15):
+            start = time.perf_counter()
+            subprocess.run([binary, "status", "--json"], env=env, stdout=subprocess.DEVNULL,
+                           check=True)
+            per.append((time.perf_counter() - start) * 1000)
+        figures[label] += (statistics.median(per),)
+        srv.stop()
+    base = figures.get(" (baseline)")
+    for label, (p50, p99, per) in figures.items():
+        versus = {} if label or not base else {"baseline": "baseline binary"}
+        record(f"GET /api/relay/status p50, 100k rows, 200 endpoints{label}", p50, "ms",
+               baseline_value=base[0] if versus else None, **versus)
+        record(f"GET /api/relay/status p99, 100k rows, 200 endpoints{label}", p99, "ms",
+               baseline_value=base[1] if versus else None, bar=None if label else "< 20 ms",
+               **versus)
+        record(f"relay status --json (a process each), same home{label}", per, "ms",
+               baseline_value=base[2] if versus else None, **versus)
 
 
 def sse_memory(relay, clients):
@@ -253,9 +287,13 @@ def main():
     relay = build()
     print(f"relay serve benchmarks ({'quick' if QUICK else 'full'}), {relay}\n")
     try:
-        publish(relay, 1 if QUICK else 3, 400 if QUICK else 2000)
-        status_latency(relay, 200 if QUICK else 1000)
-        sse_memory(relay, 500)
+        only = arg("--only")
+        if only in (None, "publish"):
+            publish(relay, 1 if QUICK else 3, 400 if QUICK else 2000)
+        if only in (None, "status"):
+            status_latency(relay, 200 if QUICK else 1000, arg("--baseline"))
+        if only in (None, "sse"):
+            sse_memory(relay, 500)
     finally:
         shutil.rmtree(SCRATCH, ignore_errors=True)
     out = os.path.join(ROOT, "bench", "http_api.json")

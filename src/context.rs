@@ -48,6 +48,9 @@ pub struct Ctx {
     /// instead of the index (`consumer`): set by the one-shot `recv` and
     /// `ack`, not by long-running consumers, which keep the index open.
     pub fast_consumer: bool,
+    /// Mailbox counts kept between calls (`relay serve`'s contexts share
+    /// one); `None`: every listing counts afresh.
+    pub census: Option<std::sync::Arc<crate::census::Census>>,
 }
 
 impl Ctx {
@@ -91,6 +94,7 @@ impl Ctx {
             json,
             store: None,
             fast_consumer: false,
+            census: None,
         })
     }
 

@@ -6,6 +6,7 @@ pub mod access;
 pub mod breaker;
 pub mod bridge;
 pub mod bucket;
+pub mod census;
 pub mod cli;
 pub mod clock;
 pub mod cmd;

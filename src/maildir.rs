@@ -402,6 +402,17 @@ impl Mailbox {
             .unwrap_or(0)
     }
 
+    /// What `relay endpoints` and `status` show of the mailbox: its counts
+    /// and last activity.
+    pub fn tally(&self) -> Result<Tally> {
+        Ok(Tally {
+            new: self.count("new")?,
+            cur: self.count("cur")?,
+            failed: self.count("failed")?,
+            last_activity: self.last_activity(),
+        })
+    }
+
     /// Claims up to `max` of the oldest messages: renames `new/<id>.json`
     /// to `cur/` (exactly one concurrent claimer wins each) and parses it.
     /// `ranks` gives the priority rank of messages that are not normal (2);
@@ -825,6 +836,20 @@ fn entries(dir: &Path) -> Result<Vec<fs::DirEntry>> {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(Error::io("cannot list", dir, e)),
     }
+}
+
+/// A mailbox's counts of messages (`Mailbox::count`) and its last activity
+/// (`Mailbox::last_activity`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// In `new/`.
+    pub new: usize,
+    /// In `cur/`.
+    pub cur: usize,
+    /// In `failed/`.
+    pub failed: usize,
+    /// Latest modification (ms) of `new/`, `cur/` or `failed/`; 0 if none.
+    pub last_activity: u64,
 }
 
 /// Every directory name under `mailboxes/` (endpoints, dead-letter-only

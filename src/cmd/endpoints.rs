@@ -58,12 +58,25 @@ pub fn infos(ctx: &Ctx) -> Result<Vec<EndpointInfo>> {
     let capacity = bp.enabled.then_some(bp.max_mailbox_size);
     let mut rows = Vec::new();
     let remotes = crate::bridge::directory::remotes(&ctx.home);
-    for name in maildir::list_endpoints(&ctx.home)? {
-        let mb = Mailbox::at(&ctx.home, &name);
-        let (new, cur, failed) = (mb.count("new")?, mb.count("cur")?, mb.count("failed")?);
-        let last = mb.last_activity();
-        #[allow(clippy::cast_precision_loss)]
+    let listed = match &ctx.census {
+        Some(census) => census.endpoints(&ctx.home)?,
+        None => maildir::list_endpoints(&ctx.home)?
+            .into_iter()
+            .map(|name| {
+                let tally = Mailbox::at(&ctx.home, &name).tally()?;
+                Ok((name, tally))
+            })
+            .collect::<Result<_>>()?,
+    };
+    for (name, tally) in listed {
+        let maildir::Tally {
+            new,
+            cur,
+            failed,
+            last_activity: last,
+        } = tally;
         let host = remotes.get(&name).cloned();
+        #[allow(clippy::cast_precision_loss)]
         rows.push(EndpointInfo {
             subject: name,
             depth: new + cur,

@@ -68,12 +68,9 @@ pub fn snapshot(ctx: &mut Ctx, events: u32) -> Result<Status> {
         .into_iter()
         .filter(|l| l.is_limited(now))
         .collect();
-    let events = {
-        let tx = ctx.store()?.begin()?;
-        let events = tx.recent_events(events)?;
-        tx.commit()?;
-        events
-    };
+    // `breakers::snapshot` moved the journal into the index: a read sees
+    // every event it holds.
+    let events = ctx.store()?.read(|c| reports::recent_events(c, events))?;
     let bridge = match crate::bridge::link::read(&ctx.home) {
         Some(link) => {
             let last_reconnect = ctx.store()?.read(|c| {
@@ -93,17 +90,21 @@ pub fn snapshot(ctx: &mut Ctx, events: u32) -> Result<Status> {
         }
         None => None,
     };
-    let kinds = ctx.store()?.read(|c| reports::event_kinds(c, 0))?;
+    let redeliveries = ctx
+        .store()?
+        .read(|c| reports::event_count(c, EventKind::Redelivered.as_str()))?;
     let codes = ctx.store()?.read(|c| reports::codes(c, 0))?;
-    let count =
-        |v: &[(String, u64)], k: &str| v.iter().find(|(c, _)| c == k).map_or(0, |(_, n)| *n);
+    let max_deliveries = codes
+        .iter()
+        .find(|(c, _)| c == Code::MaxDeliveries.as_str())
+        .map_or(0, |(_, n)| *n);
     Ok(Status {
         home: ctx.home.root().display().to_string(),
         endpoints,
         breakers,
         limited_senders: limited,
-        redeliveries: count(&kinds, EventKind::Redelivered.as_str()),
-        max_deliveries_dead_lettered: count(&codes, Code::MaxDeliveries.as_str()),
+        redeliveries,
+        max_deliveries_dead_lettered: max_deliveries,
         events,
         bridge,
     })

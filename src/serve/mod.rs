@@ -27,7 +27,7 @@ mod views;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -130,11 +130,10 @@ struct Db {
 }
 
 impl Db {
-    fn open(home: &Path) -> Result<Self> {
-        Ok(Db {
-            ctx: Ctx::new(Some(home.to_path_buf()), true, false)?,
-            db_file: None,
-        })
+    fn open(app: &App) -> Result<Self> {
+        let mut ctx = Ctx::new(Some(app.home.clone()), true, false)?;
+        ctx.census = Some(Arc::clone(&app.census));
+        Ok(Db { ctx, db_file: None })
     }
 
     /// The context; its index is reopened if `relay.db` was replaced
@@ -163,6 +162,9 @@ pub(crate) struct App {
     config: Mutex<Config>,
     /// Contexts (each with its index open) not in use by a request.
     pool: Mutex<Vec<Db>>,
+    /// The mailbox counts every context shares (`census`): a status or
+    /// endpoint listing counts only the mailboxes that changed.
+    census: Arc<crate::census::Census>,
     hub: Arc<sse::Hub>,
     max_connections: usize,
     max_streams: usize,
@@ -191,6 +193,7 @@ impl App {
             clock: crate::clock::Clock::from_env(),
             config: Mutex::new(config),
             pool: Mutex::new(Vec::new()),
+            census: Arc::new(crate::census::Census::new()),
             hub: Arc::new(sse::Hub::default()),
             max_connections,
             max_streams: max_connections / 2,
@@ -222,7 +225,7 @@ impl App {
         let pooled = lock(&self.pool).pop();
         let mut db = match pooled {
             Some(db) => db,
-            None => Db::open(&self.home)?,
+            None => Db::open(self)?,
         };
         let ctx = db.ctx();
         ctx.config = self.current_config(ctx);

@@ -371,7 +371,7 @@ impl Hub {
 pub(super) fn start_poller(app: &Arc<App>) -> Result<()> {
     let hub = Arc::clone(&app.hub);
     lock(&hub.live).tx = Some(broadcast::channel(CHANNEL).0);
-    let mut db = Db::open(&app.home)?;
+    let mut db = Db::open(app)?;
     let mut recent = Recent::default();
     if let Err(e) = poll(&hub, db.ctx(), &mut recent) {
         crate::output::warn(&format!(

@@ -173,6 +173,11 @@ const MIGRATIONS: &[&str] = &[
     // earliest lease deadline of every claim (`Tx::refresh_claims_due`).
     "CREATE INDEX messages_counted_claims ON messages (endpoint, lease_until)
      WHERE lease_counted = 1 AND status = 'claimed';",
+    // 8: what `relay status` counts without reading the whole index: dead
+    // letters by code (`reports::codes` over all time) and events of one
+    // kind (`reports::event_count`).
+    "CREATE INDEX messages_failed_by_code ON messages (code) WHERE status = 'failed';
+     CREATE INDEX events_by_kind ON events (kind);",
 ];
 
 /// Lifecycle status of a (message, endpoint) row.
@@ -1006,27 +1011,15 @@ impl Tx<'_> {
         let mut stmt = self
             .tx
             .prepare_cached(
-                "SELECT endpoint, MIN(lease_until) FROM messages
+                // Without `INDEXED BY`, `GROUP BY endpoint` makes SQLite
+                // walk the primary key: every row of the index.
+                "SELECT endpoint, MIN(lease_until) FROM messages INDEXED BY messages_by_lease
                  WHERE lease_until IS NOT NULL AND lease_counted = 0 AND status = 'claimed'
                    AND (?1 IS NULL OR endpoint = ?1)
                  GROUP BY endpoint",
             )
             .map_err(|e| self.err(e))?;
         stmt.query_map(params![endpoint], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(Iterator::collect)
-            .map_err(|e| self.err(e))
-    }
-
-    /// The most recent `limit` events, newest first.
-    pub fn recent_events(&self, limit: u32) -> Result<Vec<EventRow>> {
-        let mut stmt = self
-            .tx
-            .prepare_cached(
-                "SELECT id, at, kind, sender, endpoint, message_id, detail
-                 FROM events ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(|e| self.err(e))?;
-        stmt.query_map(params![limit], event_from_row)
             .and_then(Iterator::collect)
             .map_err(|e| self.err(e))
     }

@@ -241,15 +241,20 @@ pub fn distinct_messages(conn: &Connection, since: u64) -> rusqlite::Result<u64>
     )
 }
 
-/// Dead letters in the window by code.
+/// Dead letters in the window by code. For all history, from the partial
+/// index of failed rows (`messages_failed_by_code`) alone.
 pub fn codes(conn: &Connection, since: u64) -> rusqlite::Result<Vec<(String, u64)>> {
-    let mut stmt = conn.prepare(&format!(
+    let window = if since == 0 { "" } else { "sent_at >= ?1 AND" };
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT code, COUNT(*) FROM messages
-         WHERE {} >= ?1 AND status = 'failed' AND code IS NOT NULL GROUP BY code",
-        sent_at(since)
+         WHERE {window} status = 'failed' AND code IS NOT NULL GROUP BY code"
     ))?;
-    stmt.query_map(params![since], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect()
+    let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
+    if since == 0 {
+        stmt.query_map([], row)?.collect()
+    } else {
+        stmt.query_map(params![since], row)?.collect()
+    }
 }
 
 /// Events in the window by kind.
@@ -258,6 +263,23 @@ pub fn event_kinds(conn: &Connection, since: u64) -> rusqlite::Result<Vec<(Strin
         conn.prepare("SELECT kind, COUNT(*) FROM events WHERE at >= ?1 GROUP BY kind")?;
     stmt.query_map(params![since], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect()
+}
+
+/// The most recent `limit` events, newest first.
+pub fn recent_events(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<EventRow>> {
+    conn.prepare_cached(
+        "SELECT id, at, kind, sender, endpoint, message_id, detail
+         FROM events ORDER BY id DESC LIMIT ?1",
+    )?
+    .query_map(params![limit], super::event_from_row)?
+    .collect()
+}
+
+/// Events of `kind`, ever (as far as the event log goes back), from
+/// `events_by_kind`.
+pub fn event_count(conn: &Connection, kind: &str) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT COUNT(*) FROM events WHERE kind = ?1")?
+        .query_row(params![kind], |r| r.get(0))
 }
 
 /// A message copy as the live stream announces it.
