@@ -190,6 +190,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
         check_grave(&Mailbox::at(&ctx.home, &grave), repair, &mut note)?;
     }
     names.sort();
+    let dirs: std::collections::HashSet<String> = names.iter().cloned().collect();
     let mut progress = output::Progress::new("doctor: mailboxes");
     let total = names.len();
     for (n, name) in names.into_iter().enumerate() {
@@ -379,7 +380,77 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
         }
     }
     tx.commit()?;
+
+    // 4. DorkOS's rows of these mailboxes against their files: what a
+    // crash between a file's move and its DorkOS row left out of step.
+    if dorkos.iter().any(|d| d.in_step) {
+        let copies: Vec<crate::store::dorkos::Copy<'_>> = disk
+            .iter()
+            .map(|((ep, _), d)| crate::store::dorkos::Copy {
+                endpoint: ep,
+                envelope: &d.envelope,
+                status: d.status.dorkos(),
+            })
+            .collect();
+        let boxes = Boxes {
+            home: &home,
+            store: ctx.store()?,
+        };
+        let root = home.root().to_path_buf();
+        for r in crate::store::dorkos::resync(&root, &dirs, &copies, &boxes, now, repair) {
+            if let Some(p) = &r.problem {
+                note(
+                    "DorkOS index",
+                    format!("{} could not be compared with the mailboxes: {p}", r.path),
+                    false,
+                );
+            } else if r.missing + r.wrong + r.orphaned > 0 {
+                note(
+                    "DorkOS index",
+                    format!(
+                        "{} was out of step with the mailboxes (a crash between a move and its DorkOS row): {} file(s) without a row, {} row(s) with another status than where the file is, {} row(s) of files that are gone{}",
+                        r.path,
+                        r.missing,
+                        r.wrong,
+                        r.orphaned,
+                        if r.repaired {
+                            ""
+                        } else {
+                            "; relay doctor --repair writes DorkOS's rows"
+                        }
+                    ),
+                    r.repaired,
+                );
+            }
+        }
+    }
     finish(ctx, &findings, disk.len(), repair, &dorkos)
+}
+
+/// The mailboxes and relay's index as `dorkos::resync` asks about them.
+struct Boxes<'a> {
+    home: &'a crate::home::Home,
+    store: &'a crate::store::Store,
+}
+
+impl crate::store::dorkos::Mailboxes for Boxes<'_> {
+    fn now_at(&self, endpoint: &str, id: &str) -> Option<Option<crate::store::dorkos::Status>> {
+        let mb = Mailbox::at(self.home, endpoint);
+        match locate(&mb, id) {
+            Some(Status::Failed) => Some(Some(crate::store::dorkos::Status::Failed)),
+            Some(_) => Some(Some(crate::store::dorkos::Status::Pending)),
+            None if settled_absent(&mb, id) => Some(None),
+            None => None,
+        }
+    }
+
+    fn acked(&self, endpoint: &str, id: &str) -> bool {
+        self.store
+            .claim_row(endpoint, id)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.status == Status::Acked)
+    }
 }
 
 /// A directory an `endpoints remove` renamed away and did not delete (it

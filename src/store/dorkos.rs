@@ -894,6 +894,210 @@ pub fn known(root: &Path) -> std::collections::HashSet<(String, String)> {
     set
 }
 
+// ---------------------------------------------------------------------------
+// Resync: DorkOS's rows of relay's mailboxes against their files.
+// ---------------------------------------------------------------------------
+
+/// How long a row may stand without its file before `resync` takes it for
+/// a crash's leftover: a send writes its copy's row before the rename
+/// (milliseconds).
+pub const SETTLE_MS: u64 = 60_000;
+
+/// A message file in a mailbox as `doctor` found it, for [`resync`].
+pub struct Copy<'a> {
+    /// The mailbox.
+    pub endpoint: &'a str,
+    /// Its envelope.
+    pub envelope: &'a Envelope,
+    /// Where it is: `Pending` in `new/` or `cur/`, `Failed` in `failed/`.
+    pub status: Status,
+}
+
+/// How far one DorkOS index was out of step with the mailboxes.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resync {
+    /// The index file.
+    pub path: String,
+    /// Files with no row (given DorkOS's row for them).
+    pub missing: usize,
+    /// Rows whose status is not where the file is (set to it).
+    pub wrong: usize,
+    /// Rows of files that are nowhere (relay acked it: `delivered`; else
+    /// deleted).
+    pub orphaned: usize,
+    /// Whether they were written (`repair`).
+    pub repaired: bool,
+    /// Why it was not looked at, if it was not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// What `resync` asks of the mailboxes as they are now.
+pub trait Mailboxes {
+    /// Where `id`'s file is in `endpoint`: `Pending` (`new/`, `cur/`),
+    /// `Failed`, or `None` when it is nowhere and no send is delivering
+    /// there.
+    fn now_at(&self, endpoint: &str, id: &str) -> Option<Option<Status>>;
+    /// Whether relay's own index has this copy acked.
+    fn acked(&self, endpoint: &str, id: &str) -> bool;
+}
+
+/// Brings DorkOS's rows of the mailboxes `dirs` back in step with their
+/// files (`copies`, as scanned), as after a crash between a send's row and
+/// its rename, or between an ack's, nack's or requeue's move and its row:
+/// a file with no row gets the row DorkOS's publish writes, a row whose
+/// status is not where its file is gets that status, and a row whose file
+/// is nowhere ([`SETTLE_MS`] after its message was made) is set
+/// `delivered` if relay acked it, else deleted. Each difference is checked
+/// again against the mailbox inside DorkOS's write transaction (a
+/// command's own row update waits for it and comes after), so traffic
+/// beside it is never undone. Only with `repair` is anything written; an
+/// index with updates still pending is left to them.
+pub fn resync(
+    root: &Path,
+    dirs: &std::collections::HashSet<String>,
+    copies: &[Copy<'_>],
+    mailboxes: &dyn Mailboxes,
+    now: u64,
+    repair: bool,
+) -> Vec<Resync> {
+    let mut out = Vec::new();
+    with_targets(root, |targets| {
+        for t in targets.iter_mut() {
+            match t.resync(dirs, copies, mailboxes, now, repair) {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => {}
+                Err(e) => out.push(Resync {
+                    path: t.path.display().to_string(),
+                    problem: Some(e.to_string()),
+                    ..Resync::default()
+                }),
+            }
+        }
+    });
+    out
+}
+
+impl Target {
+    /// `resync` of this index; `None`: not DorkOS's index.
+    fn resync(
+        &mut self,
+        dirs: &std::collections::HashSet<String>,
+        copies: &[Copy<'_>],
+        mailboxes: &dyn Mailboxes,
+        now: u64,
+        repair: bool,
+    ) -> Result<Option<Resync>> {
+        let path = self.path.clone();
+        let err = |e: rusqlite::Error| Error::Store(format!("{}: {e}", path.display()));
+        if !self.open(PATIENT_MS).map_err(err)? {
+            return Ok(None);
+        }
+        let mut r = Resync {
+            path: path.display().to_string(),
+            ..Resync::default()
+        };
+        // Under the pending file's lock, as every writer: updates still
+        // pending come first (`health` writes them on repair).
+        let (file, _) = crate::home::create_own(
+            &self.pending,
+            rustix::fs::OFlags::RDWR,
+            "DorkOS pending file",
+        )?;
+        crate::lockwait::flock(&file, &self.pending, "the DorkOS pending-file lock")?;
+        if file.metadata().map(|m| m.len()).unwrap_or(0) > 0 {
+            return Err(Error::Store(
+                "updates are still pending for it; relay doctor --repair writes them first".into(),
+            ));
+        }
+        let settled = iso8601(now.saturating_sub(SETTLE_MS));
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        let tx = conn
+            .transaction_with_behavior(if repair {
+                rusqlite::TransactionBehavior::Immediate
+            } else {
+                rusqlite::TransactionBehavior::Deferred
+            })
+            .map_err(err)?;
+        let mut rows: std::collections::HashMap<(String, String), (Status, String)> = tx
+            .prepare("SELECT endpoint_hash, id, status, created_at FROM relay_index WHERE endpoint_hash != '*'")
+            .and_then(|mut st| {
+                st.query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?, row.get::<_, String>(3)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .map_err(err)?
+            .into_iter()
+            .filter(|(ep, ..)| dirs.contains(ep))
+            .filter_map(|(ep, id, status, created)| {
+                let status = status.parse::<Status>().ok()?;
+                Some(((ep, id), (status, created)))
+            })
+            .collect();
+        for c in copies {
+            let key = (c.endpoint.to_string(), c.envelope.id.clone());
+            let had = rows.remove(&key).map(|(s, _)| s);
+            // A `delivered` row beside its file is DorkOS's own consumer
+            // between its update and its unlink: left alone.
+            if had.is_some_and(|s| s == c.status || s == Status::Delivered)
+                || mailboxes.now_at(c.endpoint, &c.envelope.id) != Some(Some(c.status))
+            {
+                continue;
+            }
+            let fixed = Row::of(c.envelope, c.endpoint, c.status);
+            if had.is_none() {
+                r.missing += 1;
+                if repair {
+                    row(&tx, UPSERT, &fixed).map_err(err)?;
+                }
+            } else {
+                r.wrong += 1;
+                if repair {
+                    tx.execute(
+                        "UPDATE relay_index SET status = ?3 WHERE id = ?1 AND endpoint_hash = ?2",
+                        params![fixed.id, fixed.endpoint, fixed.status.as_str()],
+                    )
+                    .map_err(err)?;
+                }
+            }
+        }
+        // The rows left have no file in the scan.
+        for ((ep, id), (status, created)) in rows {
+            if status == Status::Delivered
+                || created >= settled
+                || mailboxes.now_at(&ep, &id) != Some(None)
+            {
+                continue;
+            }
+            r.orphaned += 1;
+            if !repair {
+                continue;
+            }
+            if status == Status::Pending && mailboxes.acked(&ep, &id) {
+                tx.execute(
+                    "UPDATE relay_index SET status = ?3 WHERE id = ?1 AND endpoint_hash = ?2",
+                    params![id, ep, Status::Delivered.as_str()],
+                )
+            } else {
+                tx.execute(
+                    "DELETE FROM relay_index WHERE id = ?1 AND endpoint_hash = ?2",
+                    params![id, ep],
+                )
+            }
+            .map_err(err)?;
+        }
+        if repair {
+            tx.commit().map_err(err)?;
+            r.repaired = true;
+        }
+        Ok(Some(r))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
