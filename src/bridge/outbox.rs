@@ -63,7 +63,7 @@ pub fn queued(ctx: &Ctx) -> Result<u64> {
     for ep in super::directory::remotes(&ctx.home).keys() {
         let mb = Mailbox::at(&ctx.home, ep);
         if mb.is_endpoint() {
-            n += (mb.count("new")? + mb.count("cur")?) as u64;
+            n += mb.depth()?;
         }
     }
     Ok(n)
