@@ -281,7 +281,10 @@ fn a_large_recv_ack_removes_on_two_threads_before_its_fsyncs() {
     let calls: Vec<(&str, &str)> = text
         .lines()
         // strace pads the pid to a width of 5 ("494   unlink(...)").
-        .filter_map(|l| l.split_once(' ').map(|(pid, call)| (pid, call.trim_start())))
+        .filter_map(|l| {
+            l.split_once(' ')
+                .map(|(pid, call)| (pid, call.trim_start()))
+        })
         .filter(|(_, call)| {
             call.starts_with("unlink") && call.contains("/mailboxes/") || call.starts_with("fsync")
         })
