@@ -671,7 +671,8 @@ pub struct EndpointsArgs {
 pub enum EndpointsAction {
     /// List endpoints with their depth (new/cur/failed) and last activity
     List,
-    /// Register endpoints: create mailboxes/<SUBJECT>/{tmp,new,cur,failed}
+    /// Register endpoints: create `mailboxes/<SUBJECT>/{tmp,new,cur,failed}`
+    #[command(about = "Register endpoints: create mailboxes/<SUBJECT>/{tmp,new,cur,failed}")]
     Add {
         /// Endpoint subjects (no wildcards)
         #[arg(value_name = "SUBJECT", required = true)]

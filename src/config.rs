@@ -1,11 +1,11 @@
 //! config.json: the knob table, parsing, validation and defaults.
 //!
-//! Every key is declared once, as one row of [`KNOBS`]: its dotted path,
-//! what it accepts, its default, whether DorkOS defines it, what it means
-//! and the field it sets. Parsing, validation, defaults, `relay config
-//! get/set`, the README's table of keys ([`markdown_table`]) and the man
-//! pages' CONFIGURATION section ([`man_section`]) all come from that table,
-//! so they cannot disagree.
+//! Every key is declared once, as one row of the knob table (`KNOBS`): its
+//! dotted path, what it accepts, its default, whether DorkOS defines it, what
+//! it means and the field it sets. Parsing, validation, defaults, `relay
+//! config get/set`, the README's table of keys ([`markdown_table`]) and the
+//! man pages' CONFIGURATION section ([`crate::generate::man_pages`]) all come
+//! from that table, so they cannot disagree.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,7 +27,7 @@ const PAYLOAD_MAX: u64 = 64 * 1024 * 1024;
 /// Longest rendering of an offending value in a message.
 const SHOW_MAX: usize = 40;
 
-/// The validated configuration: each field is one knob of [`KNOBS`] (named
+/// The validated configuration: each field is one knob of the table (named
 /// in its doc), and lies within that knob's range.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
