@@ -186,7 +186,7 @@ complete -c relay -n "__fish_relay_using_subcommand config; and not __fish_seen_
 complete -c relay -n "__fish_relay_using_subcommand config; and not __fish_seen_subcommand_from show get set validate path help" -f -a "show" -d 'Every setting with its effective value and where it came from'
 complete -c relay -n "__fish_relay_using_subcommand config; and not __fish_seen_subcommand_from show get set validate path help" -f -a "get" -d 'Print one setting\'s effective value (JSON)'
 complete -c relay -n "__fish_relay_using_subcommand config; and not __fish_seen_subcommand_from show get set validate path help" -f -a "set" -d 'Change one setting in config.json (validated, written atomically)'
-complete -c relay -n "__fish_relay_using_subcommand config; and not __fish_seen_subcommand_from show get set validate path help" -f -a "validate" -d 'Check a config file (the home\'s by default); unknown keys fail too'
+complete -c relay -n "__fish_relay_using_subcommand config; and not __fish_seen_subcommand_from show get set validate path help" -f -a "validate" -d 'Check a config file (the home\'s by default): a bad value fails, an unknown key warns'
 complete -c relay -n "__fish_relay_using_subcommand config; and not __fish_seen_subcommand_from show get set validate path help" -f -a "path" -d 'Print the path of config.json'
 complete -c relay -n "__fish_relay_using_subcommand config; and not __fish_seen_subcommand_from show get set validate path help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from show" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
@@ -200,14 +200,14 @@ complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subc
 complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from set" -s h -l help -d 'Print help'
 complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from validate" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
 complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from validate" -l json -d 'Print machine-readable JSON (NDJSON for streams) instead of text'
-complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from validate" -s h -l help -d 'Print help'
+complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from validate" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from path" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
 complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from path" -l json -d 'Print machine-readable JSON (NDJSON for streams) instead of text'
 complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from path" -s h -l help -d 'Print help'
 complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "show" -d 'Every setting with its effective value and where it came from'
 complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "get" -d 'Print one setting\'s effective value (JSON)'
 complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "set" -d 'Change one setting in config.json (validated, written atomically)'
-complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "validate" -d 'Check a config file (the home\'s by default); unknown keys fail too'
+complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "validate" -d 'Check a config file (the home\'s by default): a bad value fails, an unknown key warns'
 complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "path" -d 'Print the path of config.json'
 complete -c relay -n "__fish_relay_using_subcommand config; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c relay -n "__fish_relay_using_subcommand trace" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
@@ -320,7 +320,7 @@ complete -c relay -n "__fish_relay_using_subcommand help; and __fish_seen_subcom
 complete -c relay -n "__fish_relay_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "show" -d 'Every setting with its effective value and where it came from'
 complete -c relay -n "__fish_relay_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "get" -d 'Print one setting\'s effective value (JSON)'
 complete -c relay -n "__fish_relay_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "set" -d 'Change one setting in config.json (validated, written atomically)'
-complete -c relay -n "__fish_relay_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "validate" -d 'Check a config file (the home\'s by default); unknown keys fail too'
+complete -c relay -n "__fish_relay_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "validate" -d 'Check a config file (the home\'s by default): a bad value fails, an unknown key warns'
 complete -c relay -n "__fish_relay_using_subcommand help; and __fish_seen_subcommand_from config" -f -a "path" -d 'Print the path of config.json'
 complete -c relay -n "__fish_relay_using_subcommand help; and __fish_seen_subcommand_from dlq" -f -a "list" -d 'List dead letters: id, endpoint, code, reason, when'
 complete -c relay -n "__fish_relay_using_subcommand help; and __fish_seen_subcommand_from dlq" -f -a "show" -d 'Show a dead letter\'s envelope and reason'

@@ -386,7 +386,13 @@ pub enum ConfigAction {
         #[arg(value_name = "VALUE", allow_hyphen_values = true)]
         value: String,
     },
-    /// Check a config file (the home's by default); unknown keys fail too
+    /// Check a config file (the home's by default): a bad value fails, an unknown key warns
+    ///
+    /// An invalid value or malformed JSON exits 78 naming the file and the
+    /// key. An unknown key is a warning and the file is still valid (exit 0),
+    /// as DorkOS ignores unknown keys. Without FILE, the home's
+    /// access-rules.json is checked too; a FILE named access-rules.json is
+    /// checked as access rules.
     Validate {
         /// File to check
         #[arg(value_name = "FILE")]

@@ -326,6 +326,50 @@ fn validate_checks_the_home_file_or_a_given_one_and_warns_on_unknown_keys() {
         .stderr_has(&["extra", "1 unknown key(s) ignored"]);
 }
 
+/// The help and the man page say what `validate` does with an unknown key
+/// (it warns and passes, as DorkOS ignores it), and it does that.
+#[test]
+fn validate_help_and_man_page_say_an_unknown_key_only_warns() {
+    let r = Relay::new();
+    let short = r.cmd(["config", "validate", "-h"]).success();
+    let long = r.cmd(["config", "validate", "--help"]).success();
+    let listed = r.cmd(["config", "--help"]).success();
+    let man = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/man/relay-config.1"))
+        .unwrap_or_else(|e| panic!("man/relay-config.1: {e}"));
+    let man = man.replace("\\*(Aq", "'");
+    for (what, text) in [
+        ("validate -h", short.stdout.as_str()),
+        ("validate --help", long.stdout.as_str()),
+        ("config --help", listed.stdout.as_str()),
+        ("man/relay-config.1", man.as_str()),
+    ] {
+        assert!(
+            text.contains("an unknown key warns"),
+            "{what} does not say an unknown key warns:\n{text}"
+        );
+        assert!(
+            !text.contains("unknown keys fail"),
+            "{what} says unknown keys fail:\n{text}"
+        );
+    }
+    assert!(
+        long.stdout.contains("still valid (exit 0)") && long.stdout.contains("exits 78"),
+        "validate --help does not give the exit codes:\n{}",
+        long.stdout
+    );
+    r.write_file("config.json", r#"{"reliability":{"bogus":1}}"#);
+    r.cmd(["config", "validate"])
+        .code(0)
+        .stderr_has(&["warning", "reliability.bogus", "is valid"]);
+    r.write_file(
+        "config.json",
+        r#"{"reliability":{"rateLimit":{"windowSecs":0}}}"#,
+    );
+    r.cmd(["config", "validate"])
+        .code(78)
+        .stderr_has(&["reliability.rateLimit.windowSecs"]);
+}
+
 #[test]
 fn a_max_cooldown_below_the_cooldown_is_refused() {
     let r = Relay::new();
