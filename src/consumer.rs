@@ -225,7 +225,7 @@ fn remove(mb: &Mailbox, held: &[(String, Option<u32>)], alone: bool) -> Result<V
 /// `journalMaxBytes` (as a send does), so it stays bounded.
 fn bound_journal(ctx: &mut Ctx, size: u64) {
     if size > ctx.config.journal_max_bytes
-        && let Err(e) = ctx.store().and_then(crate::store::Store::ingest)
+        && let Err(e) = ctx.store().and_then(crate::store::index::Store::ingest)
     {
         output::warn(&format!(
             "the index journal could not be moved into the index: {e}"

@@ -8,8 +8,8 @@ use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::output;
-use crate::store::Store;
 use crate::store::batchlog;
+use crate::store::index::Store;
 
 /// What a command needs of the home.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +115,7 @@ impl Ctx {
         self.fast_consumer
             && !self.has_store()
             && index_looks_sound(&self.home.db_file())
-            && !crate::store::batchlog::pending(root)
+            && !crate::store::log::pending(root)
     }
 
     /// Closes the index if it is open; the next `store` opens it again.

@@ -25,9 +25,11 @@ use crate::context::Ctx;
 use crate::envelope::Envelope;
 use crate::error::Result;
 use crate::maildir::Mailbox;
+use crate::store::index::Tx;
 use crate::store::journal::Outbox;
+use crate::store::rows::{ClaimRow, Event};
 use crate::store::state::Locked;
-use crate::store::{ClaimRow, Event, Status, Tx};
+use crate::vocab::Status;
 use crate::vocab::{Code, EventKind};
 use crate::{notice, output, reliability};
 

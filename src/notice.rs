@@ -190,7 +190,7 @@ pub fn record(out: &mut crate::store::journal::Outbox, sent: &Sent, now: u64) {
             code,
         } => {
             out.event(
-                &crate::store::Event {
+                &crate::store::rows::Event {
                     kind: EventKind::FailureNoticeRefused,
                     sender: Some(NOTICE_SENDER),
                     endpoint: None,
@@ -207,7 +207,7 @@ pub fn record(out: &mut crate::store::journal::Outbox, sent: &Sent, now: u64) {
         "no endpoint for the failure notice's replyTo",
     ));
     out.sent(
-        &[crate::store::SentRow {
+        &[crate::store::rows::SentRow {
             endpoint,
             envelope,
             failure,
@@ -216,7 +216,7 @@ pub fn record(out: &mut crate::store::journal::Outbox, sent: &Sent, now: u64) {
         now,
     );
     out.event(
-        &crate::store::Event {
+        &crate::store::rows::Event {
             kind: EventKind::FailureNotice,
             sender: Some(NOTICE_SENDER),
             endpoint: Some(endpoint),

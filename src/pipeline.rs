@@ -19,9 +19,10 @@ use crate::output;
 use crate::pressure::{self, Priority};
 use crate::reliability::{self, RateOutcome};
 use crate::store::batchlog;
+use crate::store::index::Store;
 use crate::store::journal::Outbox;
+use crate::store::rows::{Event as StoreEvent, SentRow};
 use crate::store::state::Slots;
-use crate::store::{Event as StoreEvent, SentRow, Store};
 use crate::vocab::{Code, EventKind};
 use crate::{notice, reserve};
 

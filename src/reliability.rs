@@ -10,9 +10,10 @@ use crate::bucket;
 use crate::clock::human_ms;
 use crate::config::{CircuitBreaker, RateLimit};
 use crate::error::Result;
+use crate::store::index::Tx;
 use crate::store::journal::Outbox;
+use crate::store::rows::Event;
 use crate::store::state::Slots;
-use crate::store::{Event, Tx};
 use crate::vocab::EventKind;
 
 /// What the rate limiter said about one send.

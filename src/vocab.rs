@@ -439,7 +439,7 @@ mod tests {
             assert!(word.parse::<Status>().is_ok(), "{file}: status '{word}'");
         }
         // The CHECK constraint lists exactly the statuses.
-        let schema = sql_status_words(include_str!("store/mod.rs"));
+        let schema = sql_status_words(include_str!("store/index.rs"));
         assert!(schema.starts_with(&["pending", "claimed", "acked", "failed"].map(String::from)));
         assert_eq!(
             sql_status_words(

@@ -15,7 +15,8 @@ use crate::notice;
 use crate::pipeline::{self, Delivery, Durability, Fate, Job};
 use crate::store::bridge::State;
 use crate::store::journal::Outbox;
-use crate::store::{SentRow, Status};
+use crate::store::rows::SentRow;
+use crate::vocab::Status;
 use crate::vocab::{Code, EventKind};
 
 /// Delay of a nak when the refusal named none.
@@ -102,7 +103,7 @@ fn prepare(
         // acked, not delivered twice, and said.
         let mut out = Outbox::default();
         out.event(
-            &crate::store::Event {
+            &crate::store::rows::Event {
                 kind: EventKind::BridgeDuplicate,
                 sender: Some(&env.from),
                 endpoint: Some(ep),

@@ -11,8 +11,8 @@ use crate::breaker::{Decision, Event as BreakerEvent};
 use crate::context::Ctx;
 use crate::error::Result;
 use crate::reliability;
-use crate::store::Event;
 use crate::store::journal::Outbox;
+use crate::store::rows::Event;
 use crate::store::state::Slots;
 
 /// Sender of the link's breaker pair.

@@ -12,8 +12,8 @@ use crate::envelope::Envelope;
 use crate::error::Result;
 use crate::maildir::Mailbox;
 use crate::notice;
-use crate::store::Event;
 use crate::store::journal::Outbox;
+use crate::store::rows::Event;
 use crate::vocab::{Code, EventKind};
 
 /// One claimed copy to forward.

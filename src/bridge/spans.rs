@@ -12,7 +12,8 @@ use crate::error::Result;
 use crate::maildir::Mailbox;
 use crate::reliability;
 use crate::store::bridge::{Open, State};
-use crate::store::{Event, Status};
+use crate::store::rows::Event;
+use crate::vocab::Status;
 use crate::vocab::{Code, EventKind};
 
 /// Span updates owed for applied messages whose state moved on here
@@ -96,7 +97,7 @@ pub fn apply_all(ctx: &mut Ctx, spans: &[Span], now: u64) -> Result<()> {
 
 /// One span update, inside the caller's transaction.
 fn apply_one(
-    tx: &mut crate::store::Tx<'_>,
+    tx: &mut crate::store::index::Tx<'_>,
     breakers: &crate::config::CircuitBreaker,
     span: &Span,
     now: u64,

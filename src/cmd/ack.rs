@@ -11,9 +11,9 @@ use crate::error::{Error, Result};
 use crate::lease::{self, Refusal};
 use crate::maildir::{self, AckOutcome, Mailbox};
 use crate::output;
-use crate::store::Status;
 use crate::store::journal::Outbox;
 use crate::vocab::Code;
+use crate::vocab::Status;
 use crate::{notice, reliability};
 
 /// Longest accepted nack reason.

@@ -25,7 +25,7 @@ use crate::context::Ctx;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::maildir::{Claimed, Mailbox};
-use crate::store::Event;
+use crate::store::rows::Event;
 use crate::template::Template;
 use crate::vocab::EventKind;
 use crate::{envvars, lease, output};

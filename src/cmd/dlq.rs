@@ -13,7 +13,7 @@ use crate::envelope::Envelope;
 use crate::error::{Error, IoContext, Result};
 use crate::maildir::{self, Mailbox};
 use crate::output;
-use crate::store::Event;
+use crate::store::rows::Event;
 use crate::vocab::EventKind;
 
 /// One dead letter.

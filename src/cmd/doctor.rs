@@ -16,8 +16,8 @@ use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::maildir::{self, Mailbox};
 use crate::output;
-use crate::store::Status;
 use crate::vocab::Code;
+use crate::vocab::Status;
 
 /// One problem found (and what was done about it).
 #[derive(Debug, Serialize)]
@@ -430,7 +430,7 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
 /// The mailboxes and relay's index as `dorkos::resync` asks about them.
 struct Boxes<'a> {
     home: &'a crate::home::Home,
-    store: &'a crate::store::Store,
+    store: &'a crate::store::index::Store,
 }
 
 impl crate::store::dorkos::Mailboxes for Boxes<'_> {

@@ -7,7 +7,8 @@ use crate::clock::{Clock, local_time};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output;
-use crate::store::{EventRow, reports};
+use crate::store::reports;
+use crate::store::rows::EventRow;
 use crate::vocab::EventKind;
 
 /// Events shown when neither `--since` nor `--follow` narrows them.

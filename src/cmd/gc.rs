@@ -135,7 +135,7 @@ pub fn run(ctx: &mut Ctx, args: &GcArgs) -> Result<()> {
     // while a log could still be replayed. This boot's idle logs are
     // retired first (one syncfs), as `dlq purge` does.
     let logs_remain = if args.dry_run {
-        crate::store::batchlog::pending(ctx.home.root())
+        crate::store::log::pending(ctx.home.root())
     } else {
         let home = ctx.home.clone();
         crate::store::batchlog::settle(&home, ctx.store()?, now, true)?

@@ -11,7 +11,8 @@ use crate::cmd::limits::{self, LimitInfo};
 use crate::context::Ctx;
 use crate::error::Result;
 use crate::output;
-use crate::store::{EventRow, reports};
+use crate::store::reports;
+use crate::store::rows::EventRow;
 use crate::vocab::{Code, EventKind};
 
 /// `relay status --json` (and the HTTP API's `/api/relay/status`).

@@ -541,7 +541,7 @@ async fn redeliveries(State(app): State<Arc<App>>) -> Response {
                  WHERE kind IN (?1, ?2) ORDER BY id DESC LIMIT 100",
             )?;
             let kinds = [EventKind::Redelivered, EventKind::LeaseExpired];
-            stmt.query_map(kinds, crate::store::event_from_row)?
+            stmt.query_map(kinds, crate::store::index::event_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()
         })?;
         let items: Vec<Value> = rows

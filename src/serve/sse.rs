@@ -43,7 +43,8 @@ use super::{App, Db, StreamSlot, lock};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::home::Home;
-use crate::store::{EventRow, reports};
+use crate::store::reports;
+use crate::store::rows::EventRow;
 use crate::subject;
 use crate::vocab::EventKind;
 

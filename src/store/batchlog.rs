@@ -41,8 +41,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::home::{self, FILE_MODE, Home};
 use crate::maildir::Mailbox;
 use crate::output;
-use crate::store::{Event, Status, Store};
+use crate::store::index::Store;
+use crate::store::rows::Event;
 use crate::vocab::EventKind;
+use crate::vocab::Status;
 use serde_json::json;
 
 /// Environment variable that sets the boot id (tests stand for a restart
@@ -74,18 +76,9 @@ pub fn boot_id() -> Option<String> {
     ok.then(|| id.to_owned())
 }
 
-/// Whether any batch log is in `root` (a relay home): while one is, a
-/// replay could follow a power loss.
-#[must_use]
-pub fn pending(root: &Path) -> bool {
-    fs::read_dir(root.join("batches")).is_ok_and(|mut rd| {
-        rd.any(|e| e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "log")))
-    })
-}
-
 /// `batches/` in the home.
 fn dir(home: &Home) -> PathBuf {
-    home.root().join("batches")
+    crate::store::log::batches_dir(home.root())
 }
 
 /// One batch's log, created on the first append.

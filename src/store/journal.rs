@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::Envelope;
 use crate::error::{IoContext, Result};
 use crate::home;
+use crate::store::rows::{Event, SentRow};
 use crate::store::state::Slots;
-use crate::store::{Event, SentRow};
 
 /// `journal` in `dir` (the relay home).
 #[must_use]

@@ -4,7 +4,8 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::EventRow;
+use crate::store::index::event_from_row;
+use crate::store::rows::EventRow;
 use crate::vocab::{Code, Status, TraceStatus};
 
 /// One span: a message at one endpoint, with its three timestamps.
@@ -271,7 +272,7 @@ pub fn recent_events(conn: &Connection, limit: u32) -> rusqlite::Result<Vec<Even
         "SELECT id, at, kind, sender, endpoint, message_id, detail
          FROM events ORDER BY id DESC LIMIT ?1",
     )?
-    .query_map(params![limit], super::event_from_row)?
+    .query_map(params![limit], event_from_row)?
     .collect()
 }
 
@@ -350,11 +351,8 @@ pub fn events_after(
            AND (json_array_length(?3) = 0 OR kind IN (SELECT value FROM json_each(?3)))
          ORDER BY id LIMIT ?4",
     )?;
-    stmt.query_map(
-        params![after_id, since, kinds_json, limit],
-        super::event_from_row,
-    )?
-    .collect()
+    stmt.query_map(params![after_id, since, kinds_json, limit], event_from_row)?
+        .collect()
 }
 
 #[cfg(test)]
