@@ -1,9 +1,32 @@
 //! The module graph of `src/`: every file is a module, and every path that
-//! names another module (`use crate::a::b`, `crate::a::f()`, `super::x`, a
-//! child module by its bare name) is an edge, except a module naming its
-//! own descendants (declaring and wiring its children is what a parent is
-//! for). No edge may close a circle. Test-only code (`#[cfg(test)]` items)
-//! is left out: it is not part of the program's structure.
+//! names another module is an edge from the module whose file holds it:
+//! `use crate::a::b`, `crate::a::f()`, `super::x`, `self::x::y`, a child
+//! module by its bare name (`log::append()`), and a parent's re-export of
+//! its child (`pub use log::Entry`). No edge may close a circle.
+//!
+//! The rule is strict about parents and children. The only path that is
+//! not an edge is a bare declaration, `mod x;` / `pub mod x;` /
+//! `pub(crate) mod x;`: it names no item of `x`, so it orders nothing (and
+//! the tokenizer never reads it as a path: no `::` follows the name).
+//! Everything else a parent's file says about its child is a dependency of
+//! the parent on the child, and everything a child says about its parent
+//! (`super::App`, `crate::serve::lock`) is one of the child on the parent.
+//! In particular a re-export counts: `pub use x::Y` makes every user of
+//! `parent::Y` depend on `x` through the parent, so if the re-export were
+//! no edge, `x` naming `parent::Z` while another child reached `x` through
+//! `parent::Y` would be a loop the graph could not show. So a child may
+//! not name its parent at all while the parent uses or re-exports
+//! anything of that child: what the two share belongs in a leaf module
+//! of its own (e.g. `serve/state.rs`), which both name and which names
+//! neither.
+//!
+//! Circles that are known and being broken are listed in `KNOWN_CIRCLES`;
+//! the test fails on any circle not listed there, and on a listed one that
+//! is no longer a circle exactly as written (so whoever breaks one, or part
+//! of one, removes or shrinks its entry in the same change).
+//!
+//! Test-only code (`#[cfg(test)]` items) is left out: it is not part of the
+//! program's structure.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -314,7 +337,6 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
                 .find(|p| known.contains(p));
             if let Some(t) = target
                 && &t != module
-                && !t.starts_with(&format!("{module}::"))
             {
                 edges.insert(t);
             }
@@ -403,15 +425,80 @@ fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
 
+/// The import circles still in `src/`, each as its component's modules,
+/// sorted, exactly as the test reports them. This list must only shrink:
+/// never add an entry, never add a module to one. Each is being broken by
+/// its owner, who removes (or shrinks) the entry in the change that does.
+const KNOWN_CIRCLES: &[&[&str]] = &[
+    // The bridge helper: the children naming bridge/mod.rs, which names
+    // the session (and the session every other child).
+    &[
+        "crate::bridge",
+        "crate::bridge::directory",
+        "crate::bridge::inbound",
+        "crate::bridge::outbound",
+        "crate::bridge::outbox",
+        "crate::bridge::session",
+        "crate::bridge::spans",
+    ],
+];
+
+/// The circles of `found` not in `known`, and the entries of `known` that
+/// are not exactly a circle of `found`, as messages.
+fn unexpected(
+    g: &BTreeMap<String, BTreeSet<String>>,
+    found: &[Vec<String>],
+    known: &[&[&str]],
+) -> Vec<String> {
+    let known: Vec<Vec<String>> = known
+        .iter()
+        .map(|c| {
+            let mut c: Vec<String> = c.iter().map(|m| m.to_string()).collect();
+            c.sort();
+            c
+        })
+        .collect();
+    let mut out: Vec<String> = found
+        .iter()
+        .filter(|c| !known.contains(c))
+        .map(|c| format!("an import circle: {}\n{}", c.join(" <-> "), describe(g, c)))
+        .collect();
+    for k in known.iter().filter(|k| !found.contains(k)) {
+        let now: Vec<String> = found
+            .iter()
+            .filter(|c| c.iter().any(|m| k.contains(m)))
+            .map(|c| format!("{c:?}"))
+            .collect();
+        out.push(format!(
+            "KNOWN_CIRCLES lists {k:?}, which is no longer a circle exactly: remove the entry{}",
+            if now.is_empty() {
+                String::new()
+            } else {
+                format!(" (or shrink it to what is left: {})", now.join(", "))
+            }
+        ));
+    }
+    out
+}
+
 #[test]
 fn no_module_of_src_imports_itself_through_others() {
     let g = graph(&src());
     let found = circles(&g);
-    let text: Vec<String> = found
-        .iter()
-        .map(|c| format!("{}:\n{}", c.join(" <-> "), describe(&g, c)))
-        .collect();
-    assert!(found.is_empty(), "import circles:\n{}", text.join("\n"));
+    let problems = unexpected(&g, &found, KNOWN_CIRCLES);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn known_circles_are_sorted_and_disjoint() {
+    let mut seen = BTreeSet::new();
+    for c in KNOWN_CIRCLES {
+        assert!(c.len() > 1, "{c:?} is no circle");
+        assert!(c.windows(2).all(|w| w[0] < w[1]), "{c:?} is not sorted");
+        for m in *c {
+            assert!(seen.insert(*m), "{m} is in two entries");
+        }
+    }
 }
 
 #[test]
@@ -433,7 +520,8 @@ fn the_checker_sees_a_circle_and_its_kinds_of_edges() {
         "b.rs",
         "fn f() { let _ = \"crate::c\"; crate::a::g(); }\n#[cfg(test)]\nmod tests { use crate::c::T; }\n",
     );
-    // A parent naming its child is no edge, the child naming its parent is.
+    // A parent's declaration of its child is no edge; its code naming the
+    // child is, and so is the child naming its parent: store <-> log.
     write("store/mod.rs", "pub mod log;\nfn f() { log::append(); }");
     write("store/log.rs", "use super::Tx;\nfn g() { crate::c::h(); }");
     // c -> store::log -> c.
@@ -441,6 +529,22 @@ fn the_checker_sees_a_circle_and_its_kinds_of_edges() {
         "c.rs",
         "pub(crate) fn h(r: &'static str) { let _ = '}'; crate::store::log::k(); }",
     );
+    // A parent that only declares its children: no edge to them, so the
+    // child may name it.
+    fs::create_dir_all(s.join("serve")).expect("mkdir");
+    write(
+        "serve/mod.rs",
+        "mod state;\npub(crate) mod routes;\nfn run() {}",
+    );
+    write("serve/state.rs", "pub struct App;");
+    write(
+        "serve/routes.rs",
+        "use super::state::App;\nfn f() { super::run(); }",
+    );
+    // A parent's re-export of its child is an edge: re <-> re::x.
+    fs::create_dir_all(s.join("re")).expect("mkdir");
+    write("re/mod.rs", "mod x;\npub use x::Y;\npub struct Z;");
+    write("re/x.rs", "pub struct Y(crate::re::Z);");
     let g = graph(s);
     let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
     assert_eq!(g["crate::a"], set(&["crate::b", "crate::store"]));
@@ -449,12 +553,44 @@ fn the_checker_sees_a_circle_and_its_kinds_of_edges() {
         set(&["crate::a"]),
         "a string or test code is no edge"
     );
-    assert_eq!(g["crate::store"], set(&[]));
+    assert_eq!(g["crate::store"], set(&["crate::store::log"]));
     assert_eq!(g["crate::store::log"], set(&["crate::store", "crate::c"]));
     assert_eq!(g["crate::c"], set(&["crate::store::log"]));
+    assert_eq!(g["crate::serve"], set(&[]), "declarations are no edge");
+    assert_eq!(
+        g["crate::serve::routes"],
+        set(&["crate::serve", "crate::serve::state"])
+    );
+    assert_eq!(g["crate::re"], set(&["crate::re::x"]), "a re-export is");
+    assert_eq!(g["crate::re::x"], set(&["crate::re"]));
     assert_eq!(g["crate"], set(&[]));
     let c = circles(&g);
-    assert_eq!(c.len(), 2, "{c:?}");
+    assert_eq!(c.len(), 3, "{c:?}");
     assert!(c.contains(&vec!["crate::a".into(), "crate::b".into()]));
-    assert!(c.contains(&vec!["crate::c".into(), "crate::store::log".into()]));
+    assert!(c.contains(&vec![
+        "crate::c".into(),
+        "crate::store".into(),
+        "crate::store::log".into()
+    ]));
+    assert!(c.contains(&vec!["crate::re".into(), "crate::re::x".into()]));
+    // The allowlist: a listed circle passes, an unlisted one fails, and so
+    // does a listed one that is gone or has shrunk.
+    let ab: &[&str] = &["crate::b", "crate::a"];
+    let re: &[&str] = &["crate::re", "crate::re::x"];
+    let store: &[&str] = &["crate::c", "crate::store", "crate::store::log"];
+    assert!(unexpected(&g, &c, &[ab, re, store]).is_empty());
+    let missing = unexpected(&g, &c, &[ab, re]);
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert!(
+        missing[0].contains("crate::store::log -> crate::c"),
+        "{missing:?}"
+    );
+    let gone: &[&str] = &["crate::serve", "crate::serve::routes"];
+    let stale = unexpected(&g, &c, &[ab, re, store, gone]);
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert!(stale[0].contains("remove the entry"), "{stale:?}");
+    let bigger: &[&str] = &["crate::d", "crate::re", "crate::re::x"];
+    let shrunk = unexpected(&g, &c, &[ab, bigger, store]);
+    assert_eq!(shrunk.len(), 2, "{shrunk:?}");
+    assert!(shrunk.iter().any(|m| m.contains("shrink it")), "{shrunk:?}");
 }

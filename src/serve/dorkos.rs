@@ -19,7 +19,8 @@ use serde_json::{Map, Value, json};
 
 use super::query::Query;
 use super::reply::{self, Invalid, failure, type_name};
-use super::{App, views};
+use super::state::App;
+use super::views;
 use crate::clock::iso8601;
 use crate::cmd::send::{self, Outgoing, Published};
 use crate::cmd::{dlq, endpoints};

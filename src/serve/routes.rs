@@ -22,7 +22,8 @@ use serde_json::{Value, json};
 
 use super::query::{Query, decode};
 use super::reply::{self, failure};
-use super::{App, dorkos, prometheus, sse};
+use super::state::App;
+use super::{dorkos, prometheus, sse};
 use crate::cmd::{ack, breakers, endpoints, limits, status};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
@@ -44,7 +45,7 @@ fn only(router: MethodRouter<Arc<App>>, allow: &'static str) -> MethodRouter<Arc
 }
 
 /// Every route, behind the guard.
-pub(super) fn router(app: Arc<App>) -> Router {
+pub(super) fn router(app: Arc<App>, hub: Arc<sse::Hub>) -> Router {
     let api = Router::new()
         // DorkOS's core routes.
         .route(
@@ -107,6 +108,7 @@ pub(super) fn router(app: Arc<App>) -> Router {
         // The MCP server over streamable HTTP, as `relay.external.mcp`.
         .nest_service("/mcp", crate::mcp::http_service(app.home.clone()))
         .fallback(not_found)
+        .layer(axum::Extension(hub))
         .layer(middleware::from_fn_with_state(Arc::clone(&app), guard))
         .with_state(app)
 }

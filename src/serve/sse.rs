@@ -39,7 +39,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::query::Query;
 use super::reply;
-use super::{App, Db, StreamSlot, lock};
+use super::state::{App, Db, StreamSlot, lock};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::home::Home;
@@ -369,8 +369,8 @@ impl Hub {
 
 /// Reads the index once (so the stream starts from what it holds now) and
 /// starts the poller thread.
-pub(super) fn start_poller(app: &Arc<App>) -> Result<()> {
-    let hub = Arc::clone(&app.hub);
+pub(super) fn start_poller(app: &Arc<App>, hub: &Arc<Hub>) -> Result<()> {
+    let hub = Arc::clone(hub);
     lock(&hub.live).tx = Some(broadcast::channel(CHANNEL).0);
     let mut db = Db::open(app)?;
     let mut recent = Recent::default();
@@ -590,6 +590,7 @@ fn read_between(ctx: &mut Ctx, from: &Cursor, to: &Cursor) -> Result<(Vec<Item>,
 /// `GET /api/relay/stream`.
 pub(super) async fn stream(
     State(app): State<Arc<App>>,
+    axum::Extension(hub): axum::Extension<Arc<Hub>>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Response {
@@ -641,7 +642,7 @@ pub(super) async fn stream(
             Some("UNAVAILABLE"),
         );
     };
-    let Some((rx, live)) = app.hub.subscribe() else {
+    let Some((rx, live)) = hub.subscribe() else {
         return reply::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the stream is not ready: the index could not be read yet (see the server's stderr); retry shortly",
@@ -658,6 +659,7 @@ pub(super) async fn stream(
         .data(json!({ "pattern": pattern, "connectedAt": crate::clock::iso8601(now) }).to_string());
     let sub = Subscriber {
         app: Arc::clone(&app),
+        hub,
         rx,
         behind: at.behind(&live).then_some(live),
         at,
@@ -678,6 +680,7 @@ pub(super) async fn stream(
 /// One open stream.
 struct Subscriber {
     app: Arc<App>,
+    hub: Arc<Hub>,
     rx: broadcast::Receiver<Arc<Item>>,
     pattern: String,
     at: Cursor,
@@ -720,7 +723,7 @@ impl Subscriber {
                 Err(_) => return Some((Ok(Event::default().comment("keepalive")), self)),
                 Ok(Ok(item)) => self.take(&item),
                 // Fell behind the channel: what it dropped is in the index.
-                Ok(Err(RecvError::Lagged(_))) => self.behind = self.app.hub.position(),
+                Ok(Err(RecvError::Lagged(_))) => self.behind = self.hub.position(),
                 Ok(Err(RecvError::Closed)) => return None,
             }
         }
