@@ -67,6 +67,7 @@ where
         }
     };
     let json = cli.globals.json;
+    output::warnings_as_json(json);
     match dispatch(cli) {
         Ok(()) => code::OK,
         Err(e) if e.is_broken_pipe() => code::OK,

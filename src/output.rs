@@ -1,15 +1,40 @@
 //! Rendering for people (comfy-table, warning lines) and programs (JSON).
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use comfy_table::{Table, presets};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 
-/// Prints `relay: warning: <msg>` on stderr.
+/// Whether warnings are JSON lines (`--json`): set once the command line is
+/// parsed, before anything can warn.
+static JSON_WARNINGS: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`warn`] print JSON lines (under `--json`) or text.
+pub fn warnings_as_json(json: bool) {
+    JSON_WARNINGS.store(json, Ordering::Relaxed);
+}
+
+/// Prints a warning on stderr: `relay: warning: <msg>`, or under `--json`
+/// one JSON object `{"warning": {"message": <msg>}}`, so a program reading
+/// stderr gets one format (errors are `{"error": ...}` lines then).
 pub fn warn(msg: &str) {
-    eprintln!("relay: warning: {}", printable(msg));
+    eprint!(
+        "{}",
+        warning_line(msg, JSON_WARNINGS.load(Ordering::Relaxed))
+    );
+}
+
+/// The line [`warn`] prints, newline included (one write, so lines of
+/// concurrent processes sharing a stderr do not interleave).
+fn warning_line(msg: &str, json: bool) -> String {
+    if json {
+        format!("{}\n", serde_json::json!({ "warning": { "message": msg } }))
+    } else {
+        format!("relay: warning: {}\n", printable(msg))
+    }
 }
 
 /// `s` with control characters escaped (`\u{1b}`, `\n`), so a value

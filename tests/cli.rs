@@ -52,6 +52,77 @@ fn json_errors_are_one_object_on_stderr() {
     );
 }
 
+/// Every stderr line of `out` parsed as JSON (a text line fails the test).
+fn stderr_json_lines(out: &crate::harness::Output<'_>) -> Vec<serde_json::Value> {
+    out.stderr
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| out.fail(&format!("stderr line {l:?} is not JSON: {e}")))
+        })
+        .collect()
+}
+
+/// The messages of the `{"warning": {"message"}}` lines among `lines`.
+fn warnings(lines: &[serde_json::Value]) -> Vec<String> {
+    lines
+        .iter()
+        .filter_map(|v| v["warning"]["message"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Under `--json` a warning is one `{"warning": {"message"}}` line on
+/// stderr, as an error is one `{"error": ...}` line: a program reading
+/// stderr never meets text. Without `--json` it stays `relay: warning:`.
+#[test]
+fn json_warnings_are_json_lines_on_stderr() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    r.write_file("config.json", r#"{"bogus":1}"#);
+    let unknown = "unknown key 'bogus' ignored";
+    r.cmd(["send", "q", "x"])
+        .success()
+        .stderr_has(&["relay: warning: ", unknown]);
+    for args in [
+        vec!["send", "q", "x"],
+        vec!["status"],
+        vec!["endpoints"],
+        vec!["peek", "q"],
+        vec!["recv", "q", "-n", "10"],
+        vec!["dlq"],
+        vec!["limits"],
+        vec!["breakers"],
+        vec!["events"],
+    ] {
+        let out = r.cmd(&args).args(["--json"]).success();
+        let lines = stderr_json_lines(&out);
+        let found = warnings(&lines);
+        assert!(
+            found.len() == lines.len() && found.iter().any(|w| w.contains(unknown)),
+            "relay {args:?} --json: stderr is not the warning as JSON:\n{}",
+            out.stderr
+        );
+    }
+    // The warning of a command whose mailbox is empty, then the error.
+    let out = r.cmd(["recv", "q", "--json"]).code(66);
+    let lines = stderr_json_lines(&out);
+    assert_eq!(warnings(&lines).len(), 1, "{}", out.stderr);
+    assert_eq!(lines.last().map(|v| &v["error"]["code"]), Some(&66.into()));
+    // A warning of the command itself, then its error: two JSON lines.
+    let out = r
+        .cmd(["request", "q", "{bad", "--timeout", "50ms", "--json"])
+        .code(75);
+    let lines = stderr_json_lines(&out);
+    let found = warnings(&lines);
+    assert!(
+        found.iter().any(|w| w.contains(unknown))
+            && found.iter().any(|w| w.contains("not valid JSON")),
+        "request --json: {}",
+        out.stderr
+    );
+    assert_eq!(lines.last().map(|v| &v["error"]["code"]), Some(&75.into()));
+}
+
 #[test]
 fn home_defaults_to_dot_dork_relay_under_home() {
     let r = Relay::new();
