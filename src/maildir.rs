@@ -355,7 +355,8 @@ impl Mailbox {
     /// timeout (`lockwait`); released when the returned handle drops.
     /// Senders hold it from the depth count to the delivery, so concurrent
     /// senders can never push a mailbox past its capacity; `endpoints
-    /// remove`, `dlq requeue` and `gc` hold it for what they count and move.
+    /// remove`, `dlq requeue`, `dlq purge` and `gc` hold it for what they
+    /// count, move and delete.
     /// A mailbox removed while this waited is `NoEndpoint`.
     pub fn lock(&self) -> Result<fs::File> {
         let file = match fs::File::open(&self.dir) {

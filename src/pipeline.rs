@@ -707,7 +707,7 @@ fn lock_mailboxes(
 /// let go, that one is waited for alone, and the rest tried again. A
 /// fan-out never keeps its other endpoints locked while an endpoint's
 /// holder is stalled, and two fan-outs cannot deadlock.
-fn lock_all(mailboxes: &[Mailbox]) -> Result<Vec<std::fs::File>> {
+pub(crate) fn lock_all(mailboxes: &[Mailbox]) -> Result<Vec<std::fs::File>> {
     let mut busy: Option<usize> = None;
     'again: loop {
         let mut waited = match busy.take() {

@@ -79,16 +79,7 @@ fn gather(
                 continue;
             }
             let sidecar = mb.read_reason(&id);
-            let failed_ms = sidecar
-                .as_ref()
-                .and_then(|r| parse_iso8601(&r.failed_at))
-                .or_else(|| {
-                    std::fs::metadata(mb.sub("failed").join(format!("{id}.json")))
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .map(system_time_ms)
-                })
-                .unwrap_or(0);
+            let failed_ms = failed_ms(&mb, &id, sidecar.as_ref());
             out.push(DeadLetter {
                 envelope: with_envelope.then(|| mb.read_json("failed", &id)).flatten(),
                 code: sidecar.as_ref().and_then(|r| r.code.clone()),
@@ -102,6 +93,20 @@ fn gather(
     }
     out.sort_by(|a, b| (a.failed_ms, &a.id).cmp(&(b.failed_ms, &b.id)));
     Ok(out)
+}
+
+/// When dead letter `id` of `mb` failed (ms): its sidecar's time, else its
+/// file's, else 0.
+fn failed_ms(mb: &Mailbox, id: &str, sidecar: Option<&maildir::Reason>) -> u64 {
+    sidecar
+        .and_then(|r| parse_iso8601(&r.failed_at))
+        .or_else(|| {
+            std::fs::metadata(mb.sub("failed").join(format!("{id}.json")))
+                .and_then(|m| m.modified())
+                .ok()
+                .map(system_time_ms)
+        })
+        .unwrap_or(0)
 }
 
 fn list(ctx: &Ctx, endpoint: Option<&str>) -> Result<()> {
@@ -461,63 +466,96 @@ fn purge(ctx: &mut Ctx, endpoint: Option<&str>, older_ms: u64, yes: bool) -> Res
         .iter()
         .map(|d| (d.endpoint.clone(), d.id.clone()))
         .collect();
-    remove(
+    // Looked at again under the mailbox lock: a letter requeued and
+    // dead-lettered again meanwhile is young, and stays.
+    let purged = remove_if(
         ctx,
         &pairs,
         endpoint,
-        json!({ "count": old.len(), "olderThanMs": older_ms }),
+        |n| json!({ "count": n, "olderThanMs": older_ms }),
+        |mb, id| failed_ms(mb, id, mb.read_reason(id).as_ref()) < cutoff,
     )?;
     if ctx.json {
-        return output::json_line(&json!({ "purged": old.len() }));
+        return output::json_line(&json!({ "purged": purged }));
     }
-    eprintln!("relay: purged {} dead letter(s)", old.len());
+    eprintln!("relay: purged {purged} dead letter(s)");
     Ok(())
 }
 
 /// Deletes the dead letters `(endpoint, id)` (both files and the index
 /// row) with one `dlq_purged` event carrying `detail`, as `relay dlq purge`
-/// does (also `relay serve`'s `DELETE /api/relay/dead-letters`).
+/// does (also `relay serve`'s `DELETE /api/relay/dead-letters`). Returns
+/// how many it deleted: a letter no longer in `failed/` is left alone.
 pub fn remove(
     ctx: &mut Ctx,
     old: &[(String, String)],
     endpoint: Option<&str>,
     detail: Value,
-) -> Result<()> {
-    let now = ctx.clock.now_ms();
-    if !old.is_empty() {
-        // A batch log replayed after a power loss could not tell a purged
-        // dead letter from a lost message: retire this boot's logs first.
-        let home = ctx.home.clone();
-        if crate::store::batchlog::settle(&home, ctx.store()?, now, true)? {
-            return Err(Error::Refused {
-                message: format!(
-                    "a durable batch is still running (its log is in {}); purge once it has finished",
-                    home.root().join("batches").display()
-                ),
-                retry_after_ms: None,
-            });
-        }
+) -> Result<usize> {
+    remove_if(ctx, old, endpoint, |_| detail, |_, _| true)
+}
+
+/// `remove` of the letters still in `failed/` for which `still` holds,
+/// both looked at under the mailbox locks; `detail` is given the count.
+fn remove_if(
+    ctx: &mut Ctx,
+    old: &[(String, String)],
+    endpoint: Option<&str>,
+    detail: impl FnOnce(usize) -> Value,
+    still: impl Fn(&Mailbox, &str) -> bool,
+) -> Result<usize> {
+    if old.is_empty() {
+        return Ok(0);
     }
+    let now = ctx.clock.now_ms();
+    // A batch log replayed after a power loss could not tell a purged
+    // dead letter from a lost message: retire this boot's logs first.
+    let home = ctx.home.clone();
+    if crate::store::batchlog::settle(&home, ctx.store()?, now, true)? {
+        return Err(Error::Refused {
+            message: format!(
+                "a durable batch is still running (its log is in {}); purge once it has finished",
+                home.root().join("batches").display()
+            ),
+            retry_after_ms: None,
+        });
+    }
+    // Every mailbox lock first (the lock order: before the index; none
+    // waited for while another is held), so a requeue, nack or expiry
+    // cannot move a letter between the look and the unlink; a busy lock
+    // past the lock timeout exits 75 naming it, having deleted nothing.
+    let mut names: Vec<&str> = old.iter().map(|(ep, _)| ep.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let mailboxes: Vec<Mailbox> = names.iter().map(|n| Mailbox::at(&ctx.home, n)).collect();
+    let locks = crate::pipeline::lock_all(&mailboxes)?;
+    let mut gone: Vec<(&str, &str)> = Vec::with_capacity(old.len());
     for (ep, id) in old {
         let mb = Mailbox::at(&ctx.home, ep);
+        if !mb.has("failed", id) || !still(&mb, id) {
+            continue;
+        }
         mb.remove_dead_letter(id)
             .ctx("cannot delete dead letter", &mb.sub("failed"))?;
+        gone.push((ep, id));
     }
+    drop(locks);
     let tx = ctx.store()?.begin()?;
-    for (ep, id) in old {
+    for (ep, id) in &gone {
         tx.forget(ep, id)?;
     }
-    if !old.is_empty() {
+    if !gone.is_empty() {
         tx.event(
             &Event {
                 kind: EventKind::DlqPurged,
                 sender: None,
                 endpoint,
                 message_id: None,
-                detail,
+                detail: detail(gone.len()),
             },
             now,
         )?;
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(gone.len())
 }

@@ -128,3 +128,44 @@ fn a_batch_log_held_by_another_replayer_times_out_with_75_naming_it() {
         .code(75)
         .stderr_has(&["batch log", &log.display().to_string(), &pid_note()]);
 }
+
+#[test]
+fn a_held_mailbox_lock_makes_dlq_purge_time_out_with_75_deleting_nothing() {
+    let r = Relay::new();
+    r.add(&["lk.a", "lk.b"]);
+    for ep in ["lk.a", "lk.b"] {
+        let id = r.cmd(["send", ep, "doomed"]).at(T).success().id();
+        r.cmd(["recv", ep]).at(T).success();
+        r.cmd(["nack", ep, &id, "--reason", "broken"])
+            .at(T)
+            .success();
+    }
+    let before = r.listing();
+    let mailbox = r.mailbox("lk.b");
+    let held = hold_flock(&mailbox);
+    r.cmd(["dlq", "purge", "--older-than", "1s", "--yes"])
+        .env("RELAY_LOCK_TIMEOUT_MS", SHORT)
+        .at(T + 60_000)
+        .code(75)
+        .stderr_has(&[
+            "timed out",
+            "mailbox lock",
+            &mailbox.display().to_string(),
+            &pid_note(),
+        ]);
+    assert_eq!(r.listing(), before, "nothing deleted, in either mailbox");
+    let listed = r.cmd(["dlq", "--json"]).at(T + 60_000).success().json();
+    assert_eq!(
+        listed["deadLetters"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    drop(held);
+    let out = r
+        .cmd(["dlq", "purge", "--older-than", "1s", "--yes", "--json"])
+        .at(T + 60_000)
+        .success()
+        .json();
+    assert_eq!(out["purged"], 2, "{out}");
+    assert!(r.files("lk.a", "failed").is_empty() && r.files("lk.b", "failed").is_empty());
+}

@@ -171,3 +171,53 @@ fn a_keyed_send_waiting_for_a_busy_index_keeps_no_mailbox_locked() {
     }
     r.cmd(["doctor"]).success();
 }
+
+/// Sends to `ep`, claims and nacks it: its id, now a dead letter.
+fn dead_letter(r: &Relay, ep: &str) -> String {
+    let id = r.cmd(["send", ep, "doomed"]).success().id();
+    r.cmd(["recv", ep]).success();
+    r.cmd(["nack", ep, &id, "--reason", "broken"]).success();
+    id
+}
+
+#[test]
+fn dlq_purge_waits_for_the_mailbox_locks_and_leaves_a_letter_moved_meanwhile() {
+    let r = Relay::new();
+    r.add(&["dl.a", "dl.b"]);
+    let a = dead_letter(&r, "dl.a");
+    let b = dead_letter(&r, "dl.b");
+    // A requeue of dl.b's letter holds dl.b's lock.
+    let requeue = hold_mailbox(&r, "dl.b");
+    let mut purge = start(
+        &r,
+        &["dlq", "purge", "--older-than", "0s", "--yes", "--json"],
+    );
+    wait_until_blocked(&mut purge, "dlq purge");
+    // Waiting for dl.b, the purge has deleted nothing, not even dl.a's.
+    assert!(
+        r.files("dl.a", "failed").contains(&format!("{a}.json")),
+        "{}",
+        r.listing()
+    );
+    // The requeue moves its letter back to new/, as `dlq requeue` does
+    // under that lock, and lets go.
+    let failed = r.mailbox("dl.b").join("failed");
+    std::fs::rename(
+        failed.join(format!("{b}.json")),
+        r.mailbox("dl.b").join("new").join(format!("{b}.json")),
+    )
+    .expect("the letter is still in failed/ while its lock is held");
+    std::fs::remove_file(failed.join(format!("{b}.reason.json"))).expect("sidecar");
+    drop(requeue);
+    let out = finish(purge, "dlq purge");
+    assert_eq!(
+        out,
+        r#"{"purged":1}"#,
+        "only dl.a's letter: {}",
+        r.listing()
+    );
+    assert!(r.files("dl.a", "failed").is_empty(), "{}", r.listing());
+    assert_eq!(r.files("dl.b", "new"), vec![format!("{b}.json")]);
+    let got = r.cmd(["recv", "dl.b", "--json"]).success().json();
+    assert_eq!(got["id"], b.as_str(), "the requeued letter is received");
+}
