@@ -462,13 +462,14 @@ pub struct SendArgs {
     /// message, one group commit per chunk; prints one stdout line per input
     /// line, in order: the id, or `error CODE: MESSAGE` (with --json the
     /// report, or {"line", "error"})
-    #[arg(long, conflicts_with_all = ["subject", "payload", "file", "text", "json_payload", "parent", "idempotency_key", "reply_to", "trace_id", "retry"])]
+    #[arg(long, conflicts_with_all = ["subject", "payload", "file", "text", "json_payload", "parent", "idempotency_key", "reply_to", "trace_id"])]
     pub batch: bool,
 
     /// On a temporary refusal (exit 75: rate limit, backpressure, open
     /// breaker, lock timeout), try again up to N more times, each after the
     /// refusal's retry-after plus 0-10% jitter (1s when it gives none), at
-    /// most --retry-max-wait; each retry is reported on stderr
+    /// most --retry-max-wait; each retry is reported on stderr (not with
+    /// --batch, which reports each refused line)
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub retry: u32,
 

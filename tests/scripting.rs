@@ -614,6 +614,34 @@ fn send_retry_gives_up_after_n_retries_each_wait_capped() {
     json_error(&out, 75, "refused");
 }
 
+/// `--retry` is `send`'s alone: with `--batch` (which reports each refused
+/// line and goes on) and on `request` (whose 75 may mean it was sent) it
+/// is refused with 64 before anything is read or written, naming the flag
+/// and what to do instead (clap's own words named no fix).
+#[test]
+fn retry_with_batch_or_request_is_refused_naming_the_flag_and_the_fix() {
+    let r = world(&["agent.b"], "");
+    let before = r.listing();
+    let line = "{\"subject\":\"agent.b\",\"payload\":1}\n";
+    r.cmd(["send", "--batch", "--retry", "2"])
+        .stdin(line)
+        .code(64)
+        .stderr_has(&["--retry", "--batch", "relay send SUBJECT PAYLOAD --retry N"]);
+    let out = r
+        .cmd(["send", "--batch", "--retry", "2", "--json"])
+        .stdin(line)
+        .code(64);
+    let message = json_error(&out, 64, "usage");
+    assert!(message.contains("--retry"), "{message}");
+    r.cmd(["request", "agent.b", "x", "--retry", "3", "--timeout", "1s"])
+        .code(64)
+        .stderr_has(&["relay request takes no --retry", "--timeout", "sent"]);
+    assert_eq!(r.listing(), before, "nothing sent, no reply endpoint made");
+    // Without --retry both still work.
+    r.cmd(["send", "--batch"]).stdin(line).success();
+    assert_eq!(r.files("agent.b", "new").len(), 1);
+}
+
 #[test]
 fn send_without_retry_does_not_retry() {
     let r = world(&["agent.b"], "");

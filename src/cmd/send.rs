@@ -115,6 +115,18 @@ pub fn run(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
     print_result(ctx, &line)
 }
 
+/// Refuses flags that do not go together (before the home is touched):
+/// `--batch` with `--retry`, with what to do instead.
+pub fn refuse_flags(args: &SendArgs) -> Result<()> {
+    if args.batch && args.retry > 0 {
+        return Err(Error::Usage(RETRY_BATCH.into()));
+    }
+    Ok(())
+}
+
+/// Why `send --batch` takes no `--retry`, and what to do instead.
+const RETRY_BATCH: &str = "--retry does not apply to send --batch: a batch reports each line refused for now (`error 75: ...`, with --json {\"line\", \"error\"} of code 75) and goes on with the next; leave out --retry, then send the refused lines again (another send --batch), or one by one with relay send SUBJECT PAYLOAD --retry N";
+
 /// `send_single`, tried again after each temporary refusal (75) as
 /// `--retry N` asks: after the refusal's retry-after (1 s if it names
 /// none) plus 0-10% jitter, at most `--retry-max-wait`.
