@@ -334,6 +334,24 @@ fn apply(root: &Path, ops: &[Op]) {
     });
 }
 
+/// A hook's updates: `ops` builds them only when a DorkOS index is beside
+/// `root` (a home without one pays the cached look alone), then `apply`.
+fn hook(root: &Path, ops: impl FnOnce() -> Vec<Op>) {
+    if present(root) {
+        apply(root, &ops());
+    }
+}
+
+impl Op {
+    /// Deletes the row of `id` in `endpoint`.
+    fn delete(endpoint: &str, id: &str) -> Op {
+        Op::Delete {
+            id: id.to_string(),
+            endpoint: endpoint.to_string(),
+        }
+    }
+}
+
 impl Target {
     /// Opens (and checks) the connection on first use, waiting `busy_ms`
     /// for DorkOS's locks from now on. `Ok(false)`: not DorkOS's index,
@@ -386,12 +404,7 @@ impl Target {
             Ok(true) => Ok(()),
             Err(e) => Err(e),
         };
-        let (mut file, _) = crate::home::create_own(
-            &self.pending,
-            rustix::fs::OFlags::RDWR,
-            "DorkOS pending file",
-        )?;
-        crate::lockwait::flock(&file, &self.pending, "the DorkOS pending-file lock")?;
+        let mut file = self.lock_pending()?;
         let mut text = String::new();
         file.read_to_string(&mut text)
             .map_err(|e| Error::io("cannot read", &self.pending, e))?;
@@ -436,6 +449,18 @@ impl Target {
                 }
             }
         }
+    }
+
+    /// The pending file (created if missing), its lock taken: every writer
+    /// of this index holds it, so pending updates keep their order.
+    fn lock_pending(&self) -> Result<fs::File> {
+        let (file, _) = crate::home::create_own(
+            &self.pending,
+            rustix::fs::OFlags::RDWR,
+            "DorkOS pending file",
+        )?;
+        crate::lockwait::flock(&file, &self.pending, "the DorkOS pending-file lock")?;
+        Ok(file)
     }
 
     /// Appends `ops` to the pending file (locked, `len` bytes long).
@@ -534,22 +559,14 @@ fn transact(conn: &mut Connection, ops: &[Op], traces: bool) -> rusqlite::Result
                 expires_at,
                 row: whole,
             } => {
-                let n = tx
-                    .prepare_cached(
-                        "UPDATE relay_index SET status = ?3, expires_at = COALESCE(?4, expires_at) \
-                         WHERE id = ?1 AND endpoint_hash = ?2",
-                    )?
-                    .execute(params![id, endpoint, status.as_str(), expires_at])?;
+                let n = set_status(&tx, id, endpoint, *status, expires_at.as_deref())?;
                 if n == 0
                     && let Some(r) = whole
                 {
                     row(&tx, INSERT, r)?;
                 }
             }
-            Op::Delete { id, endpoint } => {
-                tx.prepare_cached("DELETE FROM relay_index WHERE id = ?1 AND endpoint_hash = ?2")?
-                    .execute(params![id, endpoint])?;
-            }
+            Op::Delete { id, endpoint } => delete_row(&tx, id, endpoint)?,
             Op::DeleteEndpoint { endpoint } => {
                 tx.prepare_cached("DELETE FROM relay_index WHERE endpoint_hash = ?1")?
                     .execute([endpoint])?;
@@ -592,6 +609,29 @@ fn transact(conn: &mut Connection, ops: &[Op], traces: bool) -> rusqlite::Result
     tx.commit()
 }
 
+/// Sets the status of the row of `id` in `endpoint` (and its expiry, if
+/// given); how many rows it changed (0: there is none).
+fn set_status(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    endpoint: &str,
+    status: Status,
+    expires_at: Option<&str>,
+) -> rusqlite::Result<usize> {
+    tx.prepare_cached(
+        "UPDATE relay_index SET status = ?3, expires_at = COALESCE(?4, expires_at) \
+         WHERE id = ?1 AND endpoint_hash = ?2",
+    )?
+    .execute(params![id, endpoint, status.as_str(), expires_at])
+}
+
+/// Deletes the row of `id` in `endpoint`.
+fn delete_row(tx: &rusqlite::Transaction<'_>, id: &str, endpoint: &str) -> rusqlite::Result<()> {
+    tx.prepare_cached("DELETE FROM relay_index WHERE id = ?1 AND endpoint_hash = ?2")?
+        .execute(params![id, endpoint])
+        .map(drop)
+}
+
 fn row(tx: &rusqlite::Transaction<'_>, sql: &str, r: &Row) -> rusqlite::Result<()> {
     tx.prepare_cached(sql)?.execute(params![
         r.id,
@@ -630,56 +670,42 @@ pub struct Outcome<'a> {
 /// it will be if every copy is written. Copies that then fail are taken
 /// out by [`unsent`] and the span corrected by [`retraced`].
 pub fn delivering(root: &Path, sends: &[(&Envelope, Outcome<'_>)], now: u64) {
-    if !present(root) {
-        return;
-    }
-    let mut ops = Vec::new();
-    for (env, out) in sends {
-        ops.push(Op::Upsert(Row::of(env, "*", Status::Delivered)));
-        for (ep, copy) in &out.delivered {
-            ops.push(Op::Insert(Row::of(copy, ep, Status::Pending)));
+    hook(root, || {
+        let mut ops = Vec::new();
+        for (env, out) in sends {
+            ops.push(Op::Upsert(Row::of(env, "*", Status::Delivered)));
+            for (ep, copy) in &out.delivered {
+                ops.push(Op::Insert(Row::of(copy, ep, Status::Pending)));
+            }
+            ops.push(Op::Trace(span(env, out, now)));
         }
-        ops.push(Op::Trace(span(env, out, now)));
-    }
-    apply(root, &ops);
+        ops
+    });
 }
 
 /// Corrects the span [`delivering`] wrote when the publish ended otherwise
 /// (a copy that could not be written).
 pub fn retraced(root: &Path, env: &Envelope, out: &Outcome<'_>, now: u64) {
-    if !present(root) {
-        return;
-    }
-    apply(root, &[Op::Retrace(span(env, out, now))]);
+    hook(root, || vec![Op::Retrace(span(env, out, now))]);
 }
 
 /// Takes out the row of a copy recorded by [`delivering`] whose delivery
 /// then failed.
 pub fn unsent(root: &Path, endpoint: &str, id: &str) {
-    if !present(root) {
-        return;
-    }
-    apply(
-        root,
-        &[Op::Delete {
-            id: id.to_string(),
-            endpoint: endpoint.to_string(),
-        }],
-    );
+    hook(root, || vec![Op::delete(endpoint, id)]);
 }
 
 /// After a publish: its `*` row (for publishes that wrote no copy) and its
 /// one span (servers only), per [`Outcome`] and DorkOS's status rule.
 pub fn published(root: &Path, env: &Envelope, out: &Outcome<'_>, now: u64) {
-    if !present(root) {
-        return;
-    }
-    let mut ops = Vec::new();
-    if out.rate_limited.is_none() {
-        ops.push(Op::Upsert(Row::of(env, "*", Status::Delivered)));
-    }
-    ops.push(Op::Trace(span(env, out, now)));
-    apply(root, &ops);
+    hook(root, || {
+        let mut ops = Vec::new();
+        if out.rate_limited.is_none() {
+            ops.push(Op::Upsert(Row::of(env, "*", Status::Delivered)));
+        }
+        ops.push(Op::Trace(span(env, out, now)));
+        ops
+    });
 }
 
 /// The span DorkOS's server would record for this publish (§5.1).
@@ -734,74 +760,52 @@ fn span(env: &Envelope, out: &Outcome<'_>, now: u64) -> Span {
 /// A message written straight into `failed/` of `endpoint` (a dead letter
 /// before delivery): its `failed` row, the envelope as rejected.
 pub fn dead_lettered(root: &Path, endpoint: &str, env: &Envelope) {
-    if !present(root) {
-        return;
-    }
-    apply(root, &[Op::Upsert(Row::of(env, endpoint, Status::Failed))]);
+    hook(root, || {
+        vec![Op::Upsert(Row::of(env, endpoint, Status::Failed))]
+    });
 }
 
 /// Where a claimed message went: `delivered` (ack) or `failed` (nack or
 /// any dead letter from `cur/`). `file` is its JSON when known, for the
 /// row to write whole should there be none yet.
 pub fn finished(root: &Path, endpoint: &str, id: &str, status: Status, file: Option<&Value>) {
-    if !present(root) {
-        return;
-    }
-    apply(
-        root,
-        &[Op::Status {
+    hook(root, || {
+        vec![Op::Status {
             id: id.to_string(),
             endpoint: endpoint.to_string(),
             status,
             expires_at: None,
             row: file.and_then(|v| Row::of_value(v, endpoint, status)),
-        }],
-    );
+        }]
+    });
 }
 
 /// A dead letter moved back to `new/` (with a fresh lifetime when `env`
 /// was rewritten).
 pub fn requeued(root: &Path, endpoint: &str, env: &Envelope) {
-    if !present(root) {
-        return;
-    }
-    apply(
-        root,
-        &[Op::Status {
+    hook(root, || {
+        vec![Op::Status {
             id: env.id.clone(),
             endpoint: endpoint.to_string(),
             status: Status::Pending,
             expires_at: expires(env.budget.ttl),
             row: Some(Row::of(env, endpoint, Status::Pending)),
-        }],
-    );
+        }]
+    });
 }
 
 /// A dead letter deleted (purge).
 pub fn removed(root: &Path, endpoint: &str, id: &str) {
-    if !present(root) {
-        return;
-    }
-    apply(
-        root,
-        &[Op::Delete {
-            id: id.to_string(),
-            endpoint: endpoint.to_string(),
-        }],
-    );
+    hook(root, || vec![Op::delete(endpoint, id)]);
 }
 
 /// An endpoint removed with its mailbox.
 pub fn endpoint_removed(root: &Path, endpoint: &str) {
-    if !present(root) {
-        return;
-    }
-    apply(
-        root,
-        &[Op::DeleteEndpoint {
+    hook(root, || {
+        vec![Op::DeleteEndpoint {
             endpoint: endpoint.to_string(),
-        }],
-    );
+        }]
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -1000,12 +1004,7 @@ impl Target {
         };
         // Under the pending file's lock, as every writer: updates still
         // pending come first (`health` writes them on repair).
-        let (file, _) = crate::home::create_own(
-            &self.pending,
-            rustix::fs::OFlags::RDWR,
-            "DorkOS pending file",
-        )?;
-        crate::lockwait::flock(&file, &self.pending, "the DorkOS pending-file lock")?;
+        let file = self.lock_pending()?;
         if file.metadata().map(|m| m.len()).unwrap_or(0) > 0 {
             return Err(Error::Store(
                 "updates are still pending for it; relay doctor --repair writes them first".into(),
@@ -1057,11 +1056,7 @@ impl Target {
             } else {
                 r.wrong += 1;
                 if repair {
-                    tx.execute(
-                        "UPDATE relay_index SET status = ?3 WHERE id = ?1 AND endpoint_hash = ?2",
-                        params![fixed.id, fixed.endpoint, fixed.status.as_str()],
-                    )
-                    .map_err(err)?;
+                    set_status(&tx, &fixed.id, &fixed.endpoint, fixed.status, None).map_err(err)?;
                 }
             }
         }
@@ -1078,15 +1073,9 @@ impl Target {
                 continue;
             }
             if status == Status::Pending && mailboxes.acked(&ep, &id) {
-                tx.execute(
-                    "UPDATE relay_index SET status = ?3 WHERE id = ?1 AND endpoint_hash = ?2",
-                    params![id, ep, Status::Delivered.as_str()],
-                )
+                set_status(&tx, &id, &ep, Status::Delivered, None).map(drop)
             } else {
-                tx.execute(
-                    "DELETE FROM relay_index WHERE id = ?1 AND endpoint_hash = ?2",
-                    params![id, ep],
-                )
+                delete_row(&tx, &id, &ep)
             }
             .map_err(err)?;
         }
