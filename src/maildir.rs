@@ -624,6 +624,9 @@ impl Mailbox {
     /// When message `id` was claimed, as far as the Maildir knows: the
     /// change time of `cur/<id>.json` (the rename into `cur/` sets it, as
     /// DorkOS's crash recovery also reads it). `None` if it is not there.
+    /// The only time the rename sets: the modification and birth times are
+    /// the send's. A later chmod, link or time change moves it to then, so
+    /// such a lease is lengthened, never cut short.
     #[must_use]
     pub fn claimed_at(&self, id: &str) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;

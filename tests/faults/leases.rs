@@ -496,3 +496,46 @@ fn a_claim_the_index_does_not_know_runs_out_the_default_lease_from_its_rename() 
     );
     assert_eq!(r.events_of(now + 31 * MIN, "lease_expired").len(), 1);
 }
+
+#[test]
+fn a_claim_the_index_does_not_know_is_timed_from_its_rename_whatever_its_file_times_say() {
+    // As above, but the claimed file's times were set since (`cp -p`,
+    // `rsync -t`, `touch -d`): its modification time says a day ago, which
+    // is when it was written, not claimed. The lease still runs from the
+    // rename into cur/ (the change time, as DorkOS's crash recovery reads
+    // it; setting the other times moves it to now, never back).
+    let r = world(&["agent.b"], None);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let id = "01KDVDNA00AZN6WGYRKYDJ5P4T";
+    let mut env = crate::harness::dorkos_envelope(id, "agent.b", &Value::from("theirs"));
+    env["budget"]["ttl"] = Value::from(now + 48 * 60 * MIN);
+    let path = format!("mailboxes/agent.b/cur/{}", file(id));
+    r.write_file(&path, env.to_string());
+    let day_ago = std::time::SystemTime::now() - Duration::from_secs(24 * 3600);
+    fs::File::options()
+        .write(true)
+        .open(r.path(&path))
+        .and_then(|f| {
+            f.set_times(
+                fs::FileTimes::new()
+                    .set_modified(day_ago)
+                    .set_accessed(day_ago),
+            )
+        })
+        .expect("set the file's times");
+    // Timed from the file's modification time it would be due at once.
+    assert_eq!(
+        r.cmd(["gc", "--json"]).at(now + 29 * MIN).success().json()["redelivered"],
+        0
+    );
+    r.cmd(["recv", "agent.b"]).at(now + 29 * MIN).code(66);
+    assert_eq!(r.files("agent.b", "cur"), vec![file(id)]);
+    let v = recv_one(&r, "agent.b", now + 31 * MIN, &[]);
+    assert_eq!(
+        (v["id"].as_str(), v["deliveryCount"].as_u64()),
+        (Some(id), Some(1)),
+        "{v}"
+    );
+}
