@@ -2046,7 +2046,7 @@ _relay() {
             return 0
             ;;
         relay__subcmd__request)
-            opts="-f -h --file --timeout --from --ttl --text --json-payload --trace-id --priority --home --json --help"
+            opts="-f -h --file --timeout --from --ttl --text --json-payload --trace-id --priority --retry --retry-max-wait --home --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2078,6 +2078,14 @@ _relay() {
                     ;;
                 --priority)
                     COMPREPLY=($(compgen -W "critical high normal low background" -- "${cur}"))
+                    return 0
+                    ;;
+                --retry)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --retry-max-wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --home)

@@ -103,6 +103,8 @@ high\t'Urgent: may fill half the headroom above capacity'
 normal\t'The default lane'
 low\t'Shed when the mailbox reaches `shedLowAt` of capacity'
 background\t'Shed first, at `shedBackgroundAt` of capacity'"
+complete -c relay -n "__fish_relay_using_subcommand request" -l retry -d 'When the request is refused for now (exit 75: rate limit, backpressure, open breaker, lock timeout), send it again up to N more times, each after the refusal\'s retry-after plus 0-10% jitter, at most --retry-max-wait; never once it was sent (no reply within --timeout is not retried); each retry is reported on stderr' -r
+complete -c relay -n "__fish_relay_using_subcommand request" -l retry-max-wait -d 'The cap on each --retry wait' -r
 complete -c relay -n "__fish_relay_using_subcommand request" -l home -d 'Relay home directory [default: $RELAY_HOME, else ~/.dork/relay]' -r -F
 complete -c relay -n "__fish_relay_using_subcommand request" -l text -d 'Store the payload as a JSON string even if it parses as JSON'
 complete -c relay -n "__fish_relay_using_subcommand request" -l json-payload -d 'The payload must be JSON: anything else is refused (exit 65) instead of being stored as a string'

@@ -626,6 +626,19 @@ pub struct RequestArgs {
     /// Priority lane of the request
     #[arg(long, value_name = "LANE", value_enum, default_value_t = Priority::Normal)]
     pub priority: Priority,
+
+    /// When the request is refused for now (exit 75: rate limit,
+    /// backpressure, open breaker, lock timeout), send it again up to N more
+    /// times, each after the refusal's retry-after plus 0-10% jitter, at
+    /// most --retry-max-wait; never once it was sent (no reply within
+    /// --timeout is not retried); each retry is reported on stderr
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retry: u32,
+
+    /// The cap on each --retry wait
+    #[arg(long, value_name = "DURATION", default_value = "1m", requires = "retry",
+          allow_hyphen_values = true, value_parser = parse_duration)]
+    pub retry_max_wait: Duration,
 }
 
 /// Arguments of `relay ack`.

@@ -39,6 +39,13 @@ impl Clock {
 }
 
 impl Clock {
+    /// Whether this clock is pinned (`RELAY_FAKE_NOW_MS`): it moves only
+    /// as `sleep` moves it.
+    #[must_use]
+    pub fn is_pinned(&self) -> bool {
+        self.fixed.is_some()
+    }
+
     /// Waits `d`: a pinned clock moves forward by `d` at once (so tests of
     /// waits, e.g. `send --retry`, take no time), the system clock sleeps.
     pub fn sleep(&mut self, d: Duration) {

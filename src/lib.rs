@@ -58,9 +58,7 @@ where
                 let _ = e.print();
                 return code::OK;
             }
-            if let Some(why) = misplaced_flag(&args, &e) {
-                report(&Error::Usage(why.into()), wants_json(&args));
-            } else if wants_json(&args) {
+            if wants_json(&args) {
                 report(&Error::Usage(usage_message(&e)), true);
             } else {
                 let _ = e.print();
@@ -87,30 +85,6 @@ fn wants_json(args: &[OsString]) -> bool {
         .skip(1)
         .take_while(|a| *a != "--")
         .any(|a| a == "--json")
-}
-
-/// What to say instead of clap's "unexpected argument" for a flag another
-/// command takes: `request --retry` (`send`'s).
-fn misplaced_flag(args: &[OsString], e: &clap::Error) -> Option<&'static str> {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let flag = match e.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(flag)) if e.kind() == ErrorKind::UnknownArgument => flag,
-        _ => return None,
-    };
-    // The subcommand: the first word that is neither a global flag nor the
-    // value of --home.
-    let mut words = args.iter().skip(1).map(|a| a.to_str());
-    let command = loop {
-        match words.next()? {
-            Some("--home") => {
-                words.next();
-            }
-            Some(a) if a.starts_with('-') => {}
-            other => break other,
-        }
-    };
-    (command == Some("request") && (flag == "--retry" || flag.starts_with("--retry=")))
-        .then_some(cmd::request::NO_RETRY)
 }
 
 /// A clap error as one line: its message and tips, then the usage line,

@@ -58,6 +58,10 @@ pub struct Request {
     pub priority: Priority,
     /// A spent budget to continue from.
     pub budget: Option<Budget>,
+    /// How many more times a send refused for now (75) is tried (`--retry`).
+    pub retry: u32,
+    /// The cap on each of those waits (`--retry-max-wait`).
+    pub retry_max_wait: Duration,
 }
 
 impl Request {
@@ -74,6 +78,8 @@ impl Request {
             trace_id: None,
             priority: Priority::Normal,
             budget: None,
+            retry: 0,
+            retry_max_wait: Duration::from_secs(60),
         }
     }
 }
@@ -308,6 +314,20 @@ impl Drop for ReplyInbox {
     }
 }
 
+/// Waits `d` as `ctx`'s clock does (a pinned clock moves on at once),
+/// ending early on `cancel`.
+fn pause(ctx: &mut Ctx, cancel: &Cancel, d: Duration) {
+    if ctx.clock.is_pinned() {
+        ctx.clock.sleep(d);
+        return;
+    }
+    let (tx, rx) = mpsc::channel();
+    let _registered = cancel.register(tx);
+    if !cancel.is_cancelled() {
+        let _ = rx.recv_timeout(d);
+    }
+}
+
 /// Sends `req` with a private reply endpoint as its `replyTo` and waits
 /// for the first reply there, or a failure notice about it, until the
 /// timeout or `cancel`. What arrives there is claimed and acked; DorkOS
@@ -329,20 +349,37 @@ pub fn request(ctx: &mut Ctx, req: Request, cancel: &Cancel) -> Result<Exchange>
     // Watching before the send: a reply can never slip in unseen.
     let watcher = crate::cmd::consume::watch(ctx, &inbox.mb, tx.clone());
     let _registered = cancel.register(tx);
-    let sent = send::send_message(
-        ctx,
-        Outgoing {
-            subject: req.subject,
-            payload: req.payload,
-            from: req.from,
-            reply_to: Some(inbox.mb.name.clone()),
-            ttl: Some(req.ttl.unwrap_or(req.timeout)),
-            max_hops: req.max_hops,
-            trace_id: req.trace_id,
-            priority: req.priority,
-            budget: req.budget,
-        },
-    )?;
+    let outgoing = Outgoing {
+        subject: req.subject,
+        payload: req.payload,
+        from: req.from,
+        reply_to: Some(inbox.mb.name.clone()),
+        ttl: Some(req.ttl.unwrap_or(req.timeout)),
+        max_hops: req.max_hops,
+        trace_id: req.trace_id,
+        priority: req.priority,
+        budget: req.budget,
+    };
+    // A send refused for now is tried again as `--retry` asks (it was not
+    // sent); once sent, it never is.
+    let mut retries = 0;
+    let sent = loop {
+        let e = match send::send_message(ctx, outgoing.clone()) {
+            Ok(sent) => break sent,
+            Err(e) => e,
+        };
+        let Some((wait, note)) = send::retry_wait(&e, &mut retries, req.retry, req.retry_max_wait)
+        else {
+            return Err(e);
+        };
+        output::warn(&note);
+        pause(ctx, cancel, wait);
+        if cancel.is_cancelled() {
+            return Err(Error::Interrupted(
+                "interrupted before the request was sent; nothing was sent".into(),
+            ));
+        }
+    };
     let started = Instant::now();
     let deadline = started + req.timeout;
     let mut wait = Wait {

@@ -614,12 +614,11 @@ fn send_retry_gives_up_after_n_retries_each_wait_capped() {
     json_error(&out, 75, "refused");
 }
 
-/// `--retry` is `send`'s alone: with `--batch` (which reports each refused
-/// line and goes on) and on `request` (whose 75 may mean it was sent) it
-/// is refused with 64 before anything is read or written, naming the flag
+/// `send --batch` (which reports each refused line and goes on) refuses
+/// `--retry` with 64 before anything is read or written, naming the flag
 /// and what to do instead (clap's own words named no fix).
 #[test]
-fn retry_with_batch_or_request_is_refused_naming_the_flag_and_the_fix() {
+fn batch_retry_is_refused_naming_the_flag_and_the_fix() {
     let r = world(&["agent.b"], "");
     let before = r.listing();
     let line = "{\"subject\":\"agent.b\",\"payload\":1}\n";
@@ -633,13 +632,80 @@ fn retry_with_batch_or_request_is_refused_naming_the_flag_and_the_fix() {
         .code(64);
     let message = json_error(&out, 64, "usage");
     assert!(message.contains("--retry"), "{message}");
-    r.cmd(["request", "agent.b", "x", "--retry", "3", "--timeout", "1s"])
-        .code(64)
-        .stderr_has(&["relay request takes no --retry", "--timeout", "sent"]);
-    assert_eq!(r.listing(), before, "nothing sent, no reply endpoint made");
-    // Without --retry both still work.
+    assert_eq!(r.listing(), before, "nothing sent");
+    // Without --retry the batch sends.
     r.cmd(["send", "--batch"]).stdin(line).success();
     assert_eq!(r.files("agent.b", "new").len(), 1);
+}
+
+/// `request --retry N` sends the request again after a temporary refusal
+/// (it was not sent), as `send --retry` does, and never once it was sent:
+/// no reply in time is not a reason to ask twice.
+#[test]
+fn request_retry_sends_again_after_a_refusal_but_never_after_the_send() {
+    let r = world(
+        &["agent.b"],
+        r#"{"reliability": {"rateLimit": {"maxPerWindow": 1}}}"#,
+    );
+    r.cmd(["send", "agent.b", "first"]).at(T).success();
+    // The bucket is empty until a minute on: the retry waits it out (the
+    // pinned clock moves on at once) and the request goes out, once.
+    let out = r
+        .cmd([
+            "request",
+            "agent.b",
+            "ask",
+            "--retry",
+            "1",
+            "--timeout",
+            "100ms",
+        ])
+        .at(T)
+        .code(75);
+    out.stderr_has(&["rate limit exceeded", "retry 1 of 1 in 1m", "no reply"]);
+    assert_eq!(r.files("agent.b", "new").len(), 2, "the request, sent once");
+    // Refused every time: N retries, then the refusal; nothing sent, and
+    // the reply endpoint is gone. Under --json each retry is a warning.
+    r.cmd(["breakers", "open", "cli", "agent.b", "--for", "1h"])
+        .at(T + 120_000)
+        .success();
+    let out = r
+        .cmd([
+            "request",
+            "agent.b",
+            "ask",
+            "--retry",
+            "2",
+            "--timeout",
+            "100ms",
+            "--json",
+        ])
+        .at(T + 120_000)
+        .code(75);
+    let lines: Vec<Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| out.fail(&format!("{l}: {e}"))))
+        .collect();
+    let retries: Vec<&str> = lines
+        .iter()
+        .filter_map(|v| v["warning"]["message"].as_str())
+        .filter(|m| m.contains(" of 2 in "))
+        .collect();
+    assert_eq!(retries.len(), 2, "{}", out.stderr);
+    assert_eq!(
+        lines.last().map(|v| &v["error"]["kind"]),
+        Some(&"refused".into())
+    );
+    assert_eq!(r.files("agent.b", "new").len(), 2, "nothing more sent");
+    assert_eq!(
+        std::fs::read_dir(r.path("mailboxes"))
+            .map(Iterator::count)
+            .unwrap_or(0),
+        1,
+        "no reply endpoint left: {}",
+        r.listing()
+    );
 }
 
 #[test]

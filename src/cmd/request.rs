@@ -14,10 +14,6 @@ use crate::error::{Error, Result, code};
 use crate::output;
 use crate::request::{self, Cancel, Request};
 
-/// Why `relay request` takes no `--retry` (`send`'s flag), and what to do
-/// instead: said in place of clap's "unexpected argument".
-pub const NO_RETRY: &str = "relay request takes no --retry (send's flag): its exit 75 is either a refused request (nothing was sent; the message gives the retry-after) or no reply within --timeout (the request was sent, and asking again sends it again); leave out --retry and run the request again when that is what you want, or give a longer --timeout";
-
 /// Runs `relay request`: prints the reply as `recv` prints a message (the
 /// payload, or with `--json` the envelope).
 pub fn run(ctx: &mut Ctx, args: &RequestArgs) -> Result<()> {
@@ -36,6 +32,8 @@ pub fn run(ctx: &mut Ctx, args: &RequestArgs) -> Result<()> {
     req.ttl = args.ttl;
     req.trace_id.clone_from(&args.trace_id);
     req.priority = args.priority;
+    req.retry = args.retry;
+    req.retry_max_wait = args.retry_max_wait;
     let exchange = request::request(ctx, req, &cancel)?;
     for w in &exchange.warnings {
         output::warn(w);

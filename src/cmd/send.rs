@@ -131,31 +131,51 @@ const RETRY_BATCH: &str = "--retry does not apply to send --batch: a batch repor
 /// `--retry N` asks: after the refusal's retry-after (1 s if it names
 /// none) plus 0-10% jitter, at most `--retry-max-wait`.
 fn send_retrying(ctx: &mut Ctx, args: &SendArgs, mut req: Request) -> Result<Line> {
-    let mut attempt = 0;
+    let mut retries = 0;
     loop {
-        match send_single(ctx, args, req.clone()) {
-            Err(e) if e.exit_code() == crate::error::code::TEMPFAIL && attempt < args.retry => {
-                attempt += 1;
-                let base = e.retry_after_ms().unwrap_or(1000);
-                let wait = std::time::Duration::from_millis(base.saturating_add(jitter(base / 10)))
-                    .min(args.retry_max_wait);
-                let note = format!(
-                    "{e}; retry {attempt} of {} in {}",
-                    args.retry,
-                    crate::clock::human_ms(crate::clock::ms(wait))
-                );
-                // People see each retry as it happens; programs find them
-                // in the report's warnings.
-                if ctx.json {
-                    req.warnings.push(note);
-                } else {
-                    output::warn(&note);
-                }
-                ctx.clock.sleep(wait);
-            }
-            other => return other,
+        let e = match send_single(ctx, args, req.clone()) {
+            Err(e) => e,
+            done => return done,
+        };
+        let Some((wait, note)) = retry_wait(&e, &mut retries, args.retry, args.retry_max_wait)
+        else {
+            return Err(e);
+        };
+        // People see each retry as it happens; programs find them in the
+        // report's warnings.
+        if ctx.json {
+            req.warnings.push(note);
+        } else {
+            output::warn(&note);
         }
+        ctx.clock.sleep(wait);
     }
+}
+
+/// The wait before trying again after `e`, as `--retry times` (each wait
+/// at most `max_wait`) asks, and the sentence that reports it; counts the
+/// retry in `retries`. `None` when `e` is not a temporary refusal (75) or
+/// the retries are spent. The wait is the refusal's retry-after (1 s if it
+/// names none) plus 0-10% jitter.
+pub fn retry_wait(
+    e: &Error,
+    retries: &mut u32,
+    times: u32,
+    max_wait: std::time::Duration,
+) -> Option<(std::time::Duration, String)> {
+    if e.exit_code() != crate::error::code::TEMPFAIL || *retries >= times {
+        return None;
+    }
+    *retries += 1;
+    let base = e.retry_after_ms().unwrap_or(1000);
+    let wait =
+        std::time::Duration::from_millis(base.saturating_add(jitter(base / 10))).min(max_wait);
+    let note = format!(
+        "{e}; retry {} of {times} in {}",
+        *retries,
+        crate::clock::human_ms(crate::clock::ms(wait))
+    );
+    Some((wait, note))
 }
 
 /// A random number of milliseconds in `0..=max` (spreads retrying senders).
