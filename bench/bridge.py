@@ -11,7 +11,11 @@ loopback port and a temp store, and measures:
 - A -> B sustained throughput: messages sent on home A (`send --batch`)
   until all are in B's new/, against the bare publish loop on the same
   server (aim: >= 0.3x);
-- A-send -> B-new/ latency, p50 and p99 over single sends (aim: p50 <= 20 ms);
+- A-send -> B-new/ latency, p50 and p99 over single sends into a proxy
+  that has been there a while (aim: p50 <= 20 ms);
+- the first send into a proxy made while the bridge idles: a fresh
+  endpoint added on B each trial, sent to on A as soon as A lists it
+  (what waited for the publisher's fallback look before ecfcde4);
 - the bridge's RSS with 10,000 messages queued (server down), and while
   they drain;
 - `relay send` per process and the binary size with and without the bridge
@@ -181,12 +185,17 @@ def main():
         ba, bb = bridge(a, url, f"lata{k}", binary), bridge(b, url, f"latb{k}", binary)
         wait(lambda: os.path.isdir(os.path.join(a, "mailboxes", ep, "new")), "directory")
         setups[k] = (a, ep, os.path.join(b, "mailboxes", ep, "new"), binary, ba, bb)
+    # One warm-up send each, not counted: the first send into a new proxy
+    # is measured on its own below.
+    for k, (a, ep, new_b, binary, _, _) in setups.items():
+        relay(a, "send", ep, "{}", binary=binary)
+        wait(lambda: count(new_b) > 0, "warm-up copy")
     samples = 50 if QUICK else 200
     for i in range(samples):
         for k, (a, ep, new_b, binary, _, _) in setups.items():
             t0 = time.time()
             relay(a, "send", ep, "{}", binary=binary)
-            wait(lambda: count(new_b) > i, "latency copy")
+            wait(lambda: count(new_b) > i + 1, "latency copy")
             lat[k].append((time.time() - t0) * 1000)
             time.sleep(0.01)
     for k in BUILDS:
@@ -194,6 +203,30 @@ def main():
         name = "latency_ms" if k == "after" else "before_latency_ms"
         results[name] = {"p50": v[len(v) // 2], "p99": v[min(len(v) - 1, int(len(v) * 0.99))],
                          "samples": len(v)}
+    # The first send into a proxy made while the bridge idles.
+    first = {k: [] for k in BUILDS}
+    for i in range(6 if QUICK else 20):
+        for k, (a, _, new_b, binary, _, _) in setups.items():
+            ep = f"agent.first{k}{i}"
+            b = os.path.dirname(os.path.dirname(os.path.dirname(new_b)))
+            relay(b, "endpoints", "add", ep, binary=binary)
+            remotes = os.path.join(a, "bridge", "remotes.json")
+
+            def listed():
+                try:
+                    with open(remotes) as f:
+                        return ep in json.load(f)
+                except (OSError, ValueError):
+                    return False
+            wait(listed, f"{ep} listed on A")
+            t0 = time.time()
+            relay(a, "send", ep, "{}", binary=binary)
+            wait(lambda: count(os.path.join(b, "mailboxes", ep, "new")) > 0, "first copy")
+            first[k].append((time.time() - t0) * 1000)
+    for k in BUILDS:
+        name = "first_send_ms" if k == "after" else "before_first_send_ms"
+        results[name] = {"median": statistics.median(first[k]), "max": max(first[k]),
+                         "over_100_ms": sum(v > 100 for v in first[k]), "trials": len(first[k])}
     for (_, _, _, _, ba, bb) in setups.values():
         ba.terminate(); bb.terminate(); ba.wait(); bb.wait()
 

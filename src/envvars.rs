@@ -147,6 +147,12 @@ pub const BATCH_LOG_MAX_BYTES: Var = Var {
     meaning: "Lowers the size past which a running batch retires its log and begins another.",
     default: "67108864 (64 MiB)",
 };
+pub const BRIDGE_IDLE_MS: Var = Var {
+    name: "RELAY_BRIDGE_IDLE_MS",
+    scope: Scope::Testing,
+    meaning: "How long the bridge's publisher waits for a filesystem notification before it looks at the outbox anyway (a test makes it long, so only notifications wake it).",
+    default: "250",
+};
 pub const BLESS: Var = Var {
     name: "RELAY_BLESS",
     scope: Scope::Suite,
@@ -203,6 +209,7 @@ pub static ALL: &[&Var] = &[
     &FAKE_NOW_MS,
     &FAKE_BOOT_ID,
     &BATCH_LOG_MAX_BYTES,
+    &BRIDGE_IDLE_MS,
     &BLESS,
     &CRASH_KILLS,
     &CRASH_ROUNDS,

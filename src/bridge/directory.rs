@@ -171,7 +171,7 @@ pub fn parse_entry(bytes: &[u8]) -> Option<Entry> {
 /// at every `DIRECTORY_POLL`), and again now and then so a bucket lost
 /// with its server is filled again.
 pub async fn publish_loop(
-    session: std::sync::Arc<super::Session>,
+    session: std::sync::Arc<super::shared::Session>,
     kv: async_nats::jetstream::kv::Store,
 ) -> Result<()> {
     const REFRESH: u32 = 30;
@@ -179,7 +179,8 @@ pub async fn publish_loop(
     let mut last: Option<Vec<String>> = None;
     let mut rounds = 0u32;
     while !session.stopping() {
-        let mine = super::blocking(&session.local, |l| local_endpoints(&l.ctx().home)).await?;
+        let mine =
+            super::shared::blocking(&session.local, |l| local_endpoints(&l.ctx().home)).await?;
         rounds += 1;
         if last.as_ref() != Some(&mine) || rounds >= REFRESH {
             let entry = Entry {
@@ -208,7 +209,7 @@ pub const DIRECTORY_POLL: std::time::Duration = std::time::Duration::from_millis
 
 /// Watches the other hosts' keys and keeps their proxies in step.
 pub async fn watch_loop(
-    session: std::sync::Arc<super::Session>,
+    session: std::sync::Arc<super::shared::Session>,
     kv: async_nats::jetstream::kv::Store,
 ) -> Result<()> {
     use async_nats::jetstream::kv::Operation;
@@ -253,7 +254,7 @@ pub async fn watch_loop(
                 Operation::Delete | Operation::Purge => Vec::new(),
             };
             let h = host.clone();
-            let res = super::blocking(&session.local, move |l| {
+            let res = super::shared::blocking(&session.local, move |l| {
                 let now = l.ctx().clock.now_ms();
                 sync_host(&l.ctx().home, &h, &endpoints, now)
             })
@@ -261,6 +262,10 @@ pub async fn watch_loop(
             match res {
                 Ok(c) => {
                     if !c.added.is_empty() {
+                        // The publisher watches a proxy's `new/` only from
+                        // its next look: it looks now, so a send into a
+                        // proxy made while it idles is not left waiting.
+                        session.outbox_wake.notify_one();
                         eprintln!("relay: bridge: host '{host}' has {}", c.added.join(", "));
                     }
                     if !c.removed.is_empty() {

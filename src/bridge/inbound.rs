@@ -267,7 +267,7 @@ const FETCH_EXPIRY: Duration = Duration::from_millis(500);
 /// `apply`, span updates through `spans::apply`; each is acked, nakked
 /// with a delay, or termed as its result says.
 pub async fn run_loop(
-    session: std::sync::Arc<super::Session>,
+    session: std::sync::Arc<super::shared::Session>,
     consumer: async_nats::jetstream::consumer::PullConsumer,
 ) -> Result<()> {
     use async_nats::jetstream::AckKind;
@@ -319,7 +319,7 @@ pub async fn run_loop(
             })
             .collect();
         let host = me.clone();
-        let results = super::blocking(&session.local, move |l| {
+        let results = super::shared::blocking(&session.local, move |l| {
             apply_batch(l, &host, &work, max_deliveries)
         })
         .await?;
@@ -368,7 +368,7 @@ type Outcome = Result<(Applied, Option<String>)>;
 /// run of the pipeline with one group commit (the batch log), so a batch
 /// costs one fsync, not one per message. One outcome per message, in order.
 fn apply_batch(
-    l: &mut super::Local,
+    l: &mut super::shared::Local,
     me: &str,
     work: &[Fetched],
     max_deliveries: u32,

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 
-use super::Session;
 use super::outbox::{self, Item};
-use super::{blocking, link, wire};
+use super::shared::{Session, blocking};
+use super::{link, wire};
 use crate::error::Result;
 
 /// Copies taken per round.
@@ -20,23 +20,30 @@ const BATCH: usize = 256;
 /// Longest wait for a publish or its ack.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest pause when the outbox is empty: a send into a proxy wakes the
-/// publisher at once (filesystem notifications on the proxies' `new/`);
-/// this catches what a notification cannot (a proxy made since the last
-/// look, a full notification queue).
+/// publisher at once (filesystem notifications on the proxies' `new/`, and
+/// the directory when it makes a proxy); this catches what neither can (a
+/// full notification queue). `RELAY_BRIDGE_IDLE_MS` sets it in tests.
 const IDLE: Duration = Duration::from_millis(250);
 /// The pause when the outbox is empty and notifications are unavailable.
 const IDLE_POLL: Duration = Duration::from_millis(10);
+
+fn idle_fallback() -> Duration {
+    crate::envvars::BRIDGE_IDLE_MS
+        .get()
+        .and_then(|v| v.trim().parse().ok())
+        .map_or(IDLE, Duration::from_millis)
+}
 
 /// Wakes the publisher when a copy lands in a proxy's `new/`.
 struct Wake {
     notify: Arc<tokio::sync::Notify>,
     watcher: Option<notify::RecommendedWatcher>,
     watched: std::collections::BTreeSet<std::path::PathBuf>,
+    fallback: Duration,
 }
 
 impl Wake {
-    fn new() -> Self {
-        let notify = Arc::new(tokio::sync::Notify::new());
+    fn new(notify: Arc<tokio::sync::Notify>) -> Self {
         let n = Arc::clone(&notify);
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             use notify::EventKind;
@@ -70,10 +77,14 @@ impl Wake {
             notify,
             watcher,
             watched: std::collections::BTreeSet::new(),
+            fallback: idle_fallback(),
         }
     }
 
-    /// Watches exactly the `new/` directories given.
+    /// Watches exactly the `new/` directories given. A directory watched
+    /// for the first time wakes the publisher once more: a copy that
+    /// landed in it before its watch (after the look that found the
+    /// proxy) is taken by that next look, not left for the fallback.
     fn follow(&mut self, dirs: std::collections::BTreeSet<std::path::PathBuf>) {
         use notify::Watcher;
         let Some(w) = self.watcher.as_mut() else {
@@ -83,18 +94,24 @@ impl Wake {
             let _ = w.unwatch(gone);
         }
         let mut watched = std::collections::BTreeSet::new();
+        let mut added = false;
         for d in dirs {
             // Already watched, or watched now; a proxy not ready yet is
             // tried again on the next look.
-            if self.watched.contains(&d) || w.watch(&d, notify::RecursiveMode::NonRecursive).is_ok()
-            {
+            if self.watched.contains(&d) {
+                watched.insert(d);
+            } else if w.watch(&d, notify::RecursiveMode::NonRecursive).is_ok() {
+                added = true;
                 watched.insert(d);
             }
         }
         self.watched = watched;
+        if added {
+            self.notify.notify_one();
+        }
     }
 
-    /// Waits for a copy to land, `IDLE` at most (or a stop).
+    /// Waits for a copy to land, the fallback at most (or a stop).
     async fn idle(&self, session: &Session) {
         if self.watcher.is_none() {
             return session.pause(IDLE_POLL).await;
@@ -102,7 +119,7 @@ impl Wake {
         let mut stop = session.stop.clone();
         tokio::select! {
             () = self.notify.notified() => {}
-            () = tokio::time::sleep(IDLE) => {}
+            () = tokio::time::sleep(self.fallback) => {}
             _ = stop.wait_for(|s| *s) => {}
         }
     }
@@ -131,7 +148,7 @@ pub fn headers(it: &Item, origin: &str) -> HeaderMap {
 pub async fn run_loop(session: Arc<Session>) -> Result<()> {
     let host = session.settings.host.clone();
     let mut down_rounds = 0u32;
-    let mut wake = Wake::new();
+    let mut wake = Wake::new(Arc::clone(&session.outbox_wake));
     while !session.stopping() {
         if !session.connected.load(Ordering::SeqCst) {
             // Down: the outbox holds what is sent; the link's breaker counts

@@ -11,9 +11,22 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use tokio::sync::watch;
 
-use super::{Session, Settings, Shared, blocking, link, wire};
+use super::shared::{Session, Settings, Shared, blocking};
+use super::{link, wire};
 use crate::error::{Error, Result};
 use crate::vocab::EventKind;
+
+/// Oldest server whose JetStream API the bridge's requests fit.
+pub const MIN_SERVER: (u64, u64) = (2, 9);
+
+/// Parses "2.9.10" into (2, 9).
+#[must_use]
+pub fn server_version(v: &str) -> Option<(u64, u64)> {
+    let mut it = v.trim_start_matches('v').split('.');
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
 
 /// Connects (retrying until the server answers), then runs every task
 /// until a signal.
@@ -68,6 +81,7 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
         forwarded: AtomicU64::new(0),
         received: AtomicU64::new(0),
         expired: AtomicU64::new(0),
+        outbox_wake: Arc::new(tokio::sync::Notify::new()),
     });
     let (stream, kv) = loop {
         match setup(&session).await {
@@ -170,8 +184,8 @@ async fn session_down(session: &Arc<Session>) {
 /// Refuses a server older than 2.9 (its JetStream API lacks what the
 /// bridge relies on), naming the version and the fix.
 fn check_version(version: &str, url: &str) -> Result<()> {
-    match super::server_version(version) {
-        Some(v) if v >= super::MIN_SERVER => Ok(()),
+    match server_version(version) {
+        Some(v) if v >= MIN_SERVER => Ok(()),
         _ => Err(Error::Config(format!(
             "the NATS server at {url} is version '{version}'; relay bridge needs 2.9 or newer with JetStream (nats-server -js)"
         ))),
@@ -369,6 +383,14 @@ async fn wait_for_signal() {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn server_versions_parse() {
+        assert_eq!(super::server_version("2.9.10"), Some((2, 9)));
+        assert_eq!(super::server_version("v2.10.0-beta"), Some((2, 10)));
+        assert_eq!(super::server_version("x"), None);
+        assert!(super::server_version("2.8.4") < Some(super::MIN_SERVER));
+    }
+
     #[test]
     fn servers_older_than_2_9_are_refused_naming_the_version() {
         assert!(super::check_version("2.9.10", "u").is_ok());

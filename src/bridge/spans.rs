@@ -164,7 +164,10 @@ fn apply_one(
 
 /// Publishes span updates, each to its origin's span subject; returns the
 /// ones JetStream acknowledged.
-pub async fn publish_all(session: &super::Session, spans: Vec<(String, Span)>) -> Vec<Span> {
+pub async fn publish_all(
+    session: &super::shared::Session,
+    spans: Vec<(String, Span)>,
+) -> Vec<Span> {
     let mut pending = Vec::new();
     for (origin, span) in spans {
         let Ok(body) = serde_json::to_vec(&span) else {
@@ -199,12 +202,12 @@ pub async fn publish_all(session: &super::Session, spans: Vec<(String, Span)>) -
 const REPORT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Reports what became of applied messages to their origins until a stop.
-pub async fn report_loop(session: std::sync::Arc<super::Session>) -> Result<()> {
+pub async fn report_loop(session: std::sync::Arc<super::shared::Session>) -> Result<()> {
     const PAGE: usize = 1024;
     let mut offset = 0;
     while !session.stopping() {
         let at = offset;
-        let found = super::blocking(&session.local, move |l| {
+        let found = super::shared::blocking(&session.local, move |l| {
             let (ctx, st, me) = l.parts();
             let me = me.to_string();
             changes(ctx, st, &me, PAGE, at)
@@ -229,7 +232,7 @@ pub async fn report_loop(session: std::sync::Arc<super::Session>) -> Result<()> 
             .map(|(p, s)| (p.origin.clone(), s.clone()))
             .collect();
         let sent = publish_all(&session, spans).await;
-        super::blocking(&session.local, move |l| {
+        super::shared::blocking(&session.local, move |l| {
             l.state.atomically(|st| {
                 for s in &sent {
                     st.set_reported(&s.endpoint, &s.message_id, s.state)?;

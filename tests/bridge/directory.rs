@@ -99,3 +99,45 @@ fn bad_bridge_arguments_are_usage_errors_naming_the_value() {
         .code(64)
         .stderr_has(&["9"]);
 }
+
+#[test]
+fn a_send_into_a_proxy_made_while_the_publisher_idles_is_forwarded_at_once() {
+    use super::harness::{Bridge, Nats, ids};
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let (a, b) = (crate::harness::Relay::new(), crate::harness::Relay::new());
+    b.add(&["agent.b"]);
+    // A's publisher looks at its outbox only when woken (its fallback look
+    // an hour away): a copy it is not told about stays queued.
+    let _ba = Bridge::start_with(
+        &a,
+        &nats.url(),
+        "hosta",
+        &[("RELAY_BRIDGE_IDLE_MS", "3600000")],
+    );
+    let _bb = Bridge::start(&b, &nats.url(), "hostb");
+    wait_remote(&a, "agent.b", "hostb");
+    // A proxy made while the publisher idles, written to as soon as it is
+    // listed: the directory wakes the publisher, which watches it from then.
+    b.add(&["agent.new"]);
+    wait_remote(&a, "agent.new", "hostb");
+    let first = a
+        .cmd(["send", "agent.new", "{}", "--json"])
+        .success()
+        .json();
+    let first = first["id"].as_str().unwrap_or_default().to_string();
+    assert!(!first.is_empty());
+    wait_for("the first copy for agent.new on B", || {
+        ids(&b, "agent.new", "new").contains(&first).then_some(())
+    });
+    // And the proxies' notifications wake it for what follows.
+    for ep in ["agent.new", "agent.b"] {
+        let sent = a.cmd(["send", ep, "{}", "--json"]).success().json();
+        let id = sent["id"].as_str().unwrap_or_default().to_string();
+        wait_for(&format!("the copy for {ep} on B"), || {
+            ids(&b, ep, "new").contains(&id).then_some(())
+        });
+    }
+    assert_eq!(ids(&a, "agent.new", "new"), Vec::<String>::new());
+}
