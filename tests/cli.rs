@@ -103,6 +103,18 @@ fn json_warnings_are_json_lines_on_stderr() {
             out.stderr
         );
     }
+    // A note that not every message is shown is a JSON line too.
+    let out = r
+        .cmd(["peek", "q", "-n", "1", "--status", "claimed", "--json"])
+        .success();
+    let lines = stderr_json_lines(&out);
+    assert!(
+        warnings(&lines)
+            .iter()
+            .any(|w| w.contains("showing 1 of 2")),
+        "{}",
+        out.stderr
+    );
     // The warning of a command whose mailbox is empty, then the error.
     let out = r.cmd(["recv", "q", "--json"]).code(66);
     let lines = stderr_json_lines(&out);

@@ -42,13 +42,19 @@ pub fn run(home: Option<PathBuf>, json: bool, args: &PeekArgs) -> Result<()> {
     }
     let shown = listing.messages.len();
     if shown < listing.total {
-        eprintln!(
-            "relay: showing {shown} of {} {}message(s) of '{}'; -n {} shows them all",
+        let note = format!(
+            "showing {shown} of {} {}message(s) of '{}'; -n {} shows them all",
             listing.total,
             args.status_word(),
             listing.endpoint,
             listing.total
         );
+        // Under --json stderr holds JSON lines only: the note is one.
+        if json {
+            output::warn(&note);
+        } else {
+            eprintln!("relay: {note}");
+        }
     }
     Ok(())
 }
