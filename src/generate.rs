@@ -234,9 +234,11 @@ fn examples(page: &str) -> &'static [(&'static str, &'static str)] {
 }
 
 /// The sections relay adds to a man page (`page`: `""` for relay.1, else
-/// the subcommand): EXIT STATUS, CONFIGURATION (relay.1, relay-config.1),
-/// ENVIRONMENT, FILES, EXAMPLES.
-fn extra_sections(page: &str) -> String {
+/// the subcommand; `action`: the page of one of its own subcommands, as
+/// relay-config-validate.1, which has its command's exit statuses and
+/// environment): EXIT STATUS, CONFIGURATION (relay.1, relay-config.1),
+/// ENVIRONMENT, FILES (relay.1), EXAMPLES.
+fn extra_sections(page: &str, action: bool) -> String {
     let mut out = String::from(".SH \"EXIT STATUS\"\n");
     let codes = if page.is_empty() {
         all_codes()
@@ -246,7 +248,7 @@ fn extra_sections(page: &str) -> String {
     for (c, meaning) in EXIT_CODES.iter().filter(|(c, _)| codes.contains(c)) {
         tagged(&mut out, &c.to_string(), meaning);
     }
-    if page.is_empty() || page == "config" {
+    if !action && (page.is_empty() || page == "config") {
         configuration(&mut out);
     }
     out.push_str(".SH ENVIRONMENT\n");
@@ -286,7 +288,7 @@ fn extra_sections(page: &str) -> String {
             tagged(&mut out, path, what);
         }
     }
-    let ex = examples(page);
+    let ex = if action { &[] } else { examples(page) };
     if !ex.is_empty() {
         out.push_str(".SH EXAMPLES\n");
         for (line, what) in ex {
@@ -366,11 +368,13 @@ const FILES: &[(&str, &str)] = &[
 ];
 
 /// Renders `cmd` as a man page with relay's sections before VERSION.
-fn render(cmd: clap::Command, page: &str) -> io::Result<Vec<u8>> {
+fn render(cmd: clap::Command, page: &str, action: bool) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    clap_mangen::Man::new(cmd).render(&mut out)?;
+    // No `help` pseudo-command among the SUBCOMMANDS: it has no page
+    // (`--help` is on every one), and each entry there names a page.
+    clap_mangen::Man::new(cmd.disable_help_subcommand(true)).render(&mut out)?;
     let text = String::from_utf8_lossy(&out).into_owned();
-    let extra = extra_sections(page);
+    let extra = extra_sections(page, action);
     let text = match text.find("\n.SH VERSION") {
         Some(i) => format!("{}\n{extra}{}", &text[..i], &text[i + 1..]),
         None => format!("{text}{extra}"),
@@ -378,16 +382,47 @@ fn render(cmd: clap::Command, page: &str) -> io::Result<Vec<u8>> {
     Ok(text.into_bytes())
 }
 
-/// Every man page: `relay.1`, then `relay-SUBCOMMAND.1` for each subcommand.
+/// Every man page: `relay.1`, then `relay-SUBCOMMAND.1` for each
+/// subcommand and `relay-SUBCOMMAND-ACTION.1` for each of its own
+/// (`relay-config-validate.1`): every page a SUBCOMMANDS section names.
 pub fn man_pages() -> io::Result<Vec<(String, Vec<u8>)>> {
     // clap's own sections from the plain definitions: the exit codes are
     // relay's EXIT STATUS section, not clap's EXTRA.
     let cmd = Cli::command();
-    let mut pages = vec![("relay.1".to_string(), render(cmd.clone(), "")?)];
+    let mut pages = vec![("relay.1".to_string(), render(cmd.clone(), "", false)?)];
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let name = format!("relay-{}", sub.get_name());
-        let page = render(sub.clone().name(name.clone()), sub.get_name())?;
-        pages.push((format!("{name}.1"), page));
+        actions(
+            sub,
+            sub.get_name(),
+            &format!("relay-{}", sub.get_name()),
+            false,
+            &mut pages,
+        )?;
     }
     Ok(pages)
+}
+
+/// The page `name` of `cmd` (of command `page`), then those of its own
+/// subcommands, at any depth.
+fn actions(
+    cmd: &clap::Command,
+    page: &str,
+    name: &str,
+    action: bool,
+    pages: &mut Vec<(String, Vec<u8>)>,
+) -> io::Result<()> {
+    pages.push((
+        format!("{name}.1"),
+        render(cmd.clone().name(name.to_string()), page, action)?,
+    ));
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        actions(
+            sub,
+            page,
+            &format!("{name}-{}", sub.get_name()),
+            true,
+            pages,
+        )?;
+    }
+    Ok(())
 }

@@ -237,3 +237,36 @@ fn help_and_man_pages_carry_exit_codes_environment_files_and_examples() {
         }
     }
 }
+
+/// Every page a man page names (`relay\-config\-validate(1)` in its
+/// SUBCOMMANDS) is a page of man/: none points at a page that is not there.
+#[test]
+fn every_man_page_named_in_a_man_page_exists() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    let mut named = Vec::new();
+    for entry in fs::read_dir(&dir).expect("man/").flatten() {
+        let text = fs::read_to_string(entry.path()).unwrap_or_default();
+        for word in text.split_whitespace() {
+            if let Some(page) = word.strip_suffix("(1)")
+                && page.starts_with("relay")
+            {
+                named.push((entry.file_name(), page.replace("\\-", "-")));
+            }
+        }
+    }
+    assert!(
+        named.iter().any(|(_, p)| p == "relay-config-validate"),
+        "relay-config.1 names its subcommands' pages: {named:?}"
+    );
+    for (from, page) in &named {
+        assert!(
+            dir.join(format!("{page}.1")).is_file(),
+            "{from:?} names {page}(1), which man/ lacks; {FIX}"
+        );
+    }
+    let validate = fs::read_to_string(dir.join("relay-config-validate.1")).unwrap_or_default();
+    assert!(
+        validate.contains("an unknown key") && validate.contains("78"),
+        "relay-config-validate.1 says what validate does:\n{validate}"
+    );
+}
