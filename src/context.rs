@@ -126,12 +126,29 @@ impl Ctx {
     /// The index, opened (and migrated) on first use; opening it also
     /// settles the batch logs that are due (`batchlog::settle`).
     pub fn store(&mut self) -> Result<&mut Store> {
+        self.store_opened(true)
+    }
+
+    /// `store`, but if the index is not open yet it is opened without
+    /// waiting for another process's write (`Store::open_without_waiting`):
+    /// for a server's read routes, which must not wait on writers.
+    pub fn store_without_waiting(&mut self) -> Result<&mut Store> {
+        self.store_opened(false)
+    }
+
+    fn store_opened(&mut self, wait: bool) -> Result<&mut Store> {
         let store = match self.store.take() {
             Some(s) => s,
             None => {
-                let mut store = Store::open(&self.home.db_file())?;
+                let path = self.home.db_file();
+                let mut store = if wait {
+                    Store::open(&path)?
+                } else {
+                    Store::open_without_waiting(&path)?
+                };
                 // A log that cannot be settled is kept (and tried again by
-                // the next command): no reason to refuse this one.
+                // the next command): no reason to refuse this one. (Only
+                // a log left by a crash is due: settling it may wait.)
                 match batchlog::settle(&self.home, &mut store, self.clock.now_ms(), false) {
                     Ok(_) => {}
                     // Another relay is still replaying: its mailboxes are

@@ -1,15 +1,20 @@
 //! `relay breakers`: list, reset and open the per-(sender, endpoint) circuit breakers.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::breaker::{self, Event as BreakerEvent, Phase};
 use crate::cli::{BreakersAction, BreakersArgs};
 use crate::clock::{human_ms, iso8601};
+use crate::config::CircuitBreaker;
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::output;
 use crate::reliability;
+use crate::store::index::Store;
 use crate::store::journal::Outbox;
+use crate::store::state::Slots;
 use crate::subject;
 
 /// One breaker as shown by `relay breakers --json` (and `status`).
@@ -96,15 +101,23 @@ pub fn run(ctx: &mut Ctx, args: &BreakersArgs) -> Result<()> {
 /// Stored breakers as seen at `now`, after counting expired leases.
 pub fn snapshot(ctx: &mut Ctx, now: u64) -> Result<Vec<BreakerInfo>> {
     let cfg = ctx.config.reliability.circuit_breaker.clone();
-    let mut tx = ctx.store()?.begin()?;
-    reliability::observe_leases(&mut tx, &cfg, None, now)?;
-    // Record what the passing of time did (open -> half-open) before showing it.
+    // Record what the passing of time did before showing it.
+    record_time(ctx.store()?, &cfg, now)?;
+    read(ctx, now)
+}
+
+/// Records what the passing of time did by `now`: claims held past their
+/// lease counted as failures of their pairs (`observe_leases`), breakers
+/// whose cooldown ended half-opened. Takes the index's write lock.
+pub fn record_time(store: &mut Store, cfg: &CircuitBreaker, now: u64) -> Result<()> {
+    let mut tx = store.begin()?;
+    reliability::observe_leases(&mut tx, cfg, None, now)?;
     let mut out = Outbox::default();
     for (s, e) in tx.slots.breaker_pairs(None, None)? {
         reliability::breaker_step(
             &mut tx.slots,
             &mut out,
-            &cfg,
+            cfg,
             &s,
             &e,
             BreakerEvent::Observe,
@@ -112,8 +125,46 @@ pub fn snapshot(ctx: &mut Ctx, now: u64) -> Result<Vec<BreakerInfo>> {
         )?;
         tx.record(&mut out)?;
     }
-    let pairs = tx.slots.breakers()?;
-    tx.commit()?;
+    tx.commit()
+}
+
+/// `snapshot` for `relay serve`'s read routes, which never wait for the
+/// index's write lock: what time did is recorded only when `time_passed`
+/// says there is anything and the lock is free right now; either way the
+/// breakers are shown as time left them (`BreakerInfo::new`).
+pub fn snapshot_without_waiting(ctx: &mut Ctx, now: u64) -> Result<Vec<BreakerInfo>> {
+    if time_passed(ctx, now)? {
+        let cfg = ctx.config.reliability.circuit_breaker.clone();
+        let store = ctx.store_without_waiting()?;
+        store.without_waiting(|s| record_time(s, &cfg, now))?;
+    }
+    read(ctx, now)
+}
+
+/// Whether `record_time` would find anything to record at `now`, read
+/// from the state slots alone (no index, no write): an endpoint whose
+/// earliest uncounted lease deadline has passed (`lease_due`, which never
+/// misses a lease), or an open breaker whose cooldown has ended.
+pub fn time_passed(ctx: &Ctx, now: u64) -> Result<bool> {
+    let breakers_on = ctx.config.reliability.circuit_breaker.enabled;
+    let mut slots = Slots::new(ctx.home.root());
+    let state = slots.lock()?.get();
+    let due = state.lease_due.values().any(|&at| at < now)
+        || breakers_on
+            && state
+                .breakers
+                .values()
+                .flat_map(BTreeMap::values)
+                .any(|b| breaker::effective_phase(&b.state, now) != b.state.phase);
+    slots.release()?;
+    Ok(due)
+}
+
+/// Every stored breaker as it stands at `now`, recording nothing.
+pub fn read(ctx: &Ctx, now: u64) -> Result<Vec<BreakerInfo>> {
+    let mut slots = Slots::new(ctx.home.root());
+    let pairs = slots.breakers()?;
+    slots.release()?;
     Ok(pairs
         .into_iter()
         .flat_map(|(sender, m)| {

@@ -11,6 +11,7 @@ use crate::cmd::limits::{self, LimitInfo};
 use crate::context::Ctx;
 use crate::error::Result;
 use crate::output;
+use crate::store::index::Store;
 use crate::store::reports;
 use crate::store::rows::EventRow;
 use crate::vocab::{Code, EventKind};
@@ -57,11 +58,47 @@ pub struct BridgeStatus {
 /// Width of the pressure bar in cells.
 const BAR: usize = 10;
 
-/// The whole status: what `relay status --json` prints and the HTTP API serves.
+/// The whole status: what `relay status --json` prints. It first moves
+/// the journal into the index and records what the passing of time did
+/// (`breakers::record_time`), waiting for the index's write lock if it must.
 pub fn snapshot(ctx: &mut Ctx, events: u32) -> Result<Status> {
     let now = ctx.clock.now_ms();
+    let cfg = ctx.config.reliability.circuit_breaker.clone();
+    // `record_time` moves the journal into the index: a read sees every
+    // event it holds.
+    breakers::record_time(ctx.store()?, &cfg, now)?;
+    let breakers = breakers::read(ctx, now)?;
+    view(ctx, events, now, breakers)
+}
+
+/// `snapshot` for `relay serve`'s `GET /api/relay/status`, a read route,
+/// which never waits for the index's write lock (nor holds up a writer
+/// for long): the journal is moved in, and what time did recorded, only
+/// if the lock is free right now, and the latter only when the state
+/// slots say there is anything to record (a claim past its lease, a
+/// breaker past its cooldown). While another process holds the lock, it
+/// answers from the index as it stands (breakers shown as time left them
+/// either way), and the holder, the server's stream poller or the next
+/// request catches up.
+pub fn snapshot_without_waiting(ctx: &mut Ctx, events: u32) -> Result<Status> {
+    let now = ctx.clock.now_ms();
+    let ingested = ctx.store_without_waiting()?.without_waiting(Store::ingest);
+    match ingested {
+        // A full disk leaves the records in the journal (as `catch_up`).
+        Err(e) if e.is_full() => {}
+        other => {
+            other?;
+        }
+    }
+    let breakers = breakers::snapshot_without_waiting(ctx, now)?;
+    view(ctx, events, now, breakers)
+}
+
+/// The status at `now` with `breakers`, from the mailboxes, the state
+/// slots and reads of the index, recording nothing.
+fn view(ctx: &mut Ctx, events: u32, now: u64, breakers: Vec<BreakerInfo>) -> Result<Status> {
     let endpoints = endpoints::infos(ctx)?;
-    let breakers: Vec<BreakerInfo> = breakers::snapshot(ctx, now)?
+    let breakers: Vec<BreakerInfo> = breakers
         .into_iter()
         .filter(|b| b.state != "closed")
         .collect();
@@ -69,12 +106,13 @@ pub fn snapshot(ctx: &mut Ctx, events: u32) -> Result<Status> {
         .into_iter()
         .filter(|l| l.is_limited(now))
         .collect();
-    // `breakers::snapshot` moved the journal into the index: a read sees
-    // every event it holds.
-    let events = ctx.store()?.read(|c| reports::recent_events(c, events))?;
-    let bridge = match crate::bridge::link::read(&ctx.home) {
+    let link = crate::bridge::link::read(&ctx.home);
+    let home = ctx.home.root().display().to_string();
+    let store = ctx.store_without_waiting()?;
+    let events = store.read(|c| reports::recent_events(c, events))?;
+    let bridge = match link {
         Some(link) => {
-            let last_reconnect = ctx.store()?.read(|c| {
+            let last_reconnect = store.read(|c| {
                 reports::events_after(
                     c,
                     0,
@@ -91,16 +129,14 @@ pub fn snapshot(ctx: &mut Ctx, events: u32) -> Result<Status> {
         }
         None => None,
     };
-    let redeliveries = ctx
-        .store()?
-        .read(|c| reports::event_count(c, EventKind::Redelivered.as_str()))?;
-    let codes = ctx.store()?.read(|c| reports::codes(c, 0))?;
+    let redeliveries = store.read(|c| reports::event_count(c, EventKind::Redelivered.as_str()))?;
+    let codes = store.read(|c| reports::codes(c, 0))?;
     let max_deliveries = codes
         .iter()
         .find(|(c, _)| c == Code::MaxDeliveries.as_str())
         .map_or(0, |(_, n)| *n);
     Ok(Status {
-        home: ctx.home.root().display().to_string(),
+        home,
         endpoints,
         breakers,
         limited_senders: limited,

@@ -77,7 +77,7 @@ pub(super) fn text(ctx: &mut Ctx, serving: &Serving) -> Result<String> {
             .map(|e| (label(&[("endpoint", &e.subject)]), e.failed.to_string()))
             .collect(),
     );
-    let brs = breakers::snapshot(ctx, now)?;
+    let brs = breakers::snapshot_without_waiting(ctx, now)?;
     let pair =
         |b: &breakers::BreakerInfo| label(&[("sender", &b.sender), ("endpoint", &b.endpoint)]);
     metric(

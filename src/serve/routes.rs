@@ -296,13 +296,16 @@ async fn prometheus_text(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn status_json(State(app): State<Arc<App>>) -> Response {
-    json_of(&app, |ctx| Ok(to_json(status::snapshot(ctx, 50)?))).await
+    json_of(&app, |ctx| {
+        Ok(to_json(status::snapshot_without_waiting(ctx, 50)?))
+    })
+    .await
 }
 
 async fn breakers_json(State(app): State<Arc<App>>) -> Response {
     json_of(&app, |ctx| {
         let now = ctx.clock.now_ms();
-        Ok(json!({ "breakers": breakers::snapshot(ctx, now)? }))
+        Ok(json!({ "breakers": breakers::snapshot_without_waiting(ctx, now)? }))
     })
     .await
 }

@@ -43,6 +43,7 @@ use super::state::{App, Db, StreamSlot, lock};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
 use crate::home::Home;
+use crate::store::index::Store;
 use crate::store::reports;
 use crate::store::rows::EventRow;
 use crate::subject;
@@ -65,6 +66,9 @@ const LATE_WINDOW_MS: u64 = 10_000;
 /// Items the channel keeps for a slow stream before it must catch up from
 /// the index.
 const CHANNEL: usize = 4096;
+/// How long a stream asked for before the poller first read the index
+/// waits for it (then a 503 says to retry).
+const READY_WAIT: Duration = Duration::from_secs(5);
 
 /// Where a message copy is in the stream's order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -324,6 +328,8 @@ impl Item {
 #[derive(Default)]
 pub(super) struct Hub {
     live: Mutex<Live>,
+    /// Woken when the poller first reads the index, or the server stops.
+    ready: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -364,27 +370,56 @@ impl Hub {
         let mut live = lock(&self.live);
         live.tx = None;
         live.closed = true;
+        drop(live);
+        self.ready.notify_waiters();
+    }
+
+    /// Sets the position the poller starts from (it read the index).
+    fn start_at(&self, at: Cursor) {
+        lock(&self.live).at = Some(at);
+        self.ready.notify_waiters();
+    }
+
+    /// `subscribe`, once the poller has read the index, waiting for that
+    /// at most `READY_WAIT`; `None` if it has not by then, or the server
+    /// is stopping.
+    async fn subscribe_when_ready(&self) -> Option<(broadcast::Receiver<Arc<Item>>, Cursor)> {
+        let deadline = tokio::time::Instant::now() + READY_WAIT;
+        loop {
+            let woken = self.ready.notified();
+            tokio::pin!(woken);
+            // Registered before looking: a wake-up in between is not lost.
+            woken.as_mut().enable();
+            if let Some(sub) = self.subscribe() {
+                return Some(sub);
+            }
+            if lock(&self.live).closed {
+                return None;
+            }
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return None;
+            }
+        }
     }
 }
 
-/// Reads the index once (so the stream starts from what it holds now) and
-/// starts the poller thread.
+/// Starts the poller thread. Its first look reads the index (the stream
+/// starts from what it holds then), on that thread: the server answers
+/// meanwhile, and a stream asked for before then waits for it.
 pub(super) fn start_poller(app: &Arc<App>, hub: &Arc<Hub>) -> Result<()> {
     let hub = Arc::clone(hub);
     lock(&hub.live).tx = Some(broadcast::channel(CHANNEL).0);
     let mut db = Db::open(app)?;
     let mut recent = Recent::default();
-    if let Err(e) = poll(&hub, db.ctx(), &mut recent) {
-        crate::output::warn(&format!(
-            "cannot read the index for the stream yet: {e}; retrying"
-        ));
-    }
     std::thread::Builder::new()
         .name("relay-stream".into())
         .spawn(move || {
             let mut warned = false;
+            let mut first = true;
             while !lock(&hub.live).closed {
-                std::thread::sleep(POLL);
+                if !std::mem::take(&mut first) {
+                    std::thread::sleep(POLL);
+                }
                 match poll(&hub, db.ctx(), &mut recent) {
                     Ok(()) => warned = false,
                     Err(e) => {
@@ -415,9 +450,11 @@ struct Recent(BTreeSet<MessageKey>);
 /// position (the first look only sets it), then any copy indexed late.
 fn poll(hub: &Hub, ctx: &mut Ctx, recent: &mut Recent) -> Result<()> {
     let home = ctx.home.clone();
-    let store = ctx.store()?;
-    // Sends append to the journal; move what they wrote into the index.
-    let _ = store.ingest();
+    let store = ctx.store_without_waiting()?;
+    // Sends append to the journal; move what they wrote into the index,
+    // unless another process is writing it now (the next look will): the
+    // stream goes on with what is indexed meanwhile.
+    let _ = store.without_waiting(Store::ingest);
     let Some(mut at) = hub.position() else {
         let now = store.read(|c| {
             Ok(Cursor {
@@ -431,7 +468,7 @@ fn poll(hub: &Hub, ctx: &mut Ctx, recent: &mut Recent) -> Result<()> {
             .iter()
             .map(key_of)
             .collect();
-        lock(&hub.live).at = Some(now);
+        hub.start_at(now);
         return Ok(());
     };
     loop {
@@ -642,7 +679,7 @@ pub(super) async fn stream(
             Some("UNAVAILABLE"),
         );
     };
-    let Some((rx, live)) = hub.subscribe() else {
+    let Some((rx, live)) = hub.subscribe_when_ready().await else {
         return reply::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the stream is not ready: the index could not be read yet (see the server's stderr); retry shortly",

@@ -128,6 +128,18 @@ pub struct Store {
 impl Store {
     /// Opens (creating with mode 0600) and migrates the index.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, true)
+    }
+
+    /// `open` for a reader that must not wait for another process's write
+    /// (a server's read route): the journal is moved in only if the write
+    /// lock is free now, else left to its holder or the next writer, so
+    /// reads may lag the latest sends until then (see `without_waiting`).
+    pub fn open_without_waiting(path: &Path) -> Result<Self> {
+        Self::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, wait: bool) -> Result<Self> {
         if let Some(home) = path.parent() {
             crate::reserve::balance(home);
         }
@@ -161,8 +173,34 @@ impl Store {
             other => other,
         };
         store.init().map_err(hint)?;
-        store.catch_up().map_err(hint)?;
+        if wait {
+            store.catch_up().map_err(hint)?;
+        } else {
+            store.without_waiting(Self::catch_up).map_err(hint)?;
+        }
         Ok(store)
+    }
+
+    /// Runs `f` with SQLite told not to wait for the write lock: `None` if
+    /// it needed the lock while another connection held it (nothing of
+    /// `f`'s uncommitted work is kept). The lock timeout applies again
+    /// afterwards.
+    pub fn without_waiting<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<Option<T>> {
+        self.conn
+            .busy_timeout(Duration::ZERO)
+            .map_err(|e| self.err(e))?;
+        let result = f(self);
+        self.conn
+            .busy_timeout(crate::lockwait::timeout())
+            .map_err(|e| self.err(e))?;
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::Locked(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn init(&mut self) -> Result<()> {

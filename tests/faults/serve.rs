@@ -596,3 +596,75 @@ fn a_copy_indexed_after_the_stream_passed_its_place_is_still_streamed() {
         .count();
     assert_eq!(n, 1, "{:#?}", sse.seen);
 }
+
+/// The server's read routes wait for no writer: started while another
+/// process (an operator's sqlite3 session) holds the index's write lock,
+/// with a send in the journal the index has not read and a claim past its
+/// lease (both want that lock to be recorded), the first status, the
+/// breakers, Prometheus and a stream all answer. The lock timeout is set
+/// far beyond the client's patience, so a route that waited for the lock
+/// (as the stream's first look once did, before the server answered
+/// anything) would not answer at all: the cause is tested, not a time.
+/// Once the lock is free, the next status records the expired lease and
+/// the stream passes on the journaled send.
+#[test]
+fn read_routes_answer_while_another_process_holds_the_index() {
+    let r = Relay::new();
+    r.add(&["agent.a"]);
+    r.cmd(["send", "agent.a", "one"]).at(T).success();
+    r.cmd(["recv", "agent.a", "--lease", "1s"]).at(T).success();
+    // The claim is in the index, its lease deadline in the state slots.
+    r.cmd(["status"]).at(T).success();
+    let db = rusqlite::Connection::open(r.path("relay.db")).expect("open relay.db");
+    db.execute_batch("BEGIN IMMEDIATE").expect("hold the index");
+    // A send needs no index: it waits in the journal.
+    let two = r.cmd(["send", "agent.a", "two"]).at(T).success().id();
+    assert!(
+        std::fs::metadata(r.path("journal")).is_ok_and(|m| m.len() > 0),
+        "the send is in the journal"
+    );
+    let later = (T + 60_000).to_string();
+    let s = Server::start(
+        &r,
+        "127.0.0.1:0",
+        &[],
+        &[
+            ("RELAY_FAKE_NOW_MS", &later),
+            ("RELAY_LOCK_TIMEOUT_MS", "600000"),
+        ],
+    );
+    let st = s.get_json("/api/relay/status");
+    let ep = &st["endpoints"][0];
+    assert_eq!(
+        (&ep["subject"], &ep["new"], &ep["cur"]),
+        (&Value::from("agent.a"), &Value::from(1), &Value::from(1)),
+        "{st}"
+    );
+    let kinds = |st: &Value| -> Vec<String> {
+        st["events"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e["kind"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        !kinds(&st).iter().any(|k| k == "lease_expired"),
+        "nothing recorded under another's lock: {st}"
+    );
+    assert!(s.get_json("/api/relay/breakers")["breakers"].is_array());
+    assert_eq!(get(s.addr, "/metrics").status_line, "HTTP/1.1 200 OK");
+    let mut sse = stream(s.addr, "/api/relay/stream?subject=agent.a");
+    drop(db); // rolls back: the lock is free
+    let st = s.get_json("/api/relay/status");
+    assert!(
+        kinds(&st).iter().any(|k| k == "lease_expired"),
+        "the expired lease recorded once the lock is free: {st}"
+    );
+    let ev = sse.until(secs(10), "the journaled send", |e| {
+        e.event == "relay_message"
+    });
+    assert_eq!(ev.id.as_deref(), Some(two.as_str()), "{:?}", sse.seen);
+}
