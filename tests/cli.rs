@@ -133,6 +133,16 @@ fn json_warnings_are_json_lines_on_stderr() {
         out.stderr
     );
     assert_eq!(lines.last().map(|v| &v["error"]["code"]), Some(&75.into()));
+    // A warning from deep in the store (both state slots damaged) too.
+    r.write_file("state.0", "garbage");
+    r.write_file("state.1", "garbage");
+    let out = r.cmd(["send", "q", "x", "--json"]).success();
+    let lines = stderr_json_lines(&out);
+    assert!(
+        warnings(&lines).iter().any(|w| w.contains("both damaged")),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

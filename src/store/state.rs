@@ -179,11 +179,11 @@ impl Locked {
             (None, Some(b)) => b,
             (None, None) => {
                 if damaged {
-                    eprintln!(
-                        "relay: warning: {} and {} are both damaged; rate limits and breakers start over",
+                    crate::output::warn(&format!(
+                        "{} and {} are both damaged; rate limits and breakers start over",
                         s0.path.display(),
                         s1.path.display()
-                    );
+                    ));
                 }
                 State::default()
             }
