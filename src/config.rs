@@ -66,6 +66,8 @@ pub struct Bridge {
     pub dedup_window_ms: u64,
     /// `bridge.maxDeliveries`
     pub max_deliveries: u32,
+    /// `bridge.heartbeatMs`
+    pub heartbeat_ms: u64,
 }
 
 /// `delivery`: how long a claim is held and how often it is handed out.
@@ -385,6 +387,11 @@ static KNOBS: &[Knob] = &[
     knob! { "bridge.maxDeliveries", int(1, 1000), Value::Int(100), Relay, bridge.max_deliveries,
         "Temporary refusals of one forwarded message before the bridge dead-letters it as \
          `max_deliveries`." },
+    knob! { "bridge.heartbeatMs", int(100, 3_600_000), Value::Int(5000), Relay, bridge.heartbeat_ms,
+        "How often, in milliseconds, the bridge puts this host's directory entry again (its \
+         heartbeat). A host whose entry goes unrefreshed for three of its heartbeats, by the NATS \
+         server's clock, is gone for the other hosts: its endpoints leave their `relay endpoints` \
+         until it refreshes again." },
     knob! { "locks.timeoutMs", int(1, 3_600_000), Value::Int(crate::lockwait::DEFAULT_MS), Relay, lock_timeout_ms,
         "How long, in milliseconds, a command waits for a lock another process holds (a mailbox, \
          the state, the index, ...) before it gives up with exit 75; `RELAY_LOCK_TIMEOUT_MS` \
@@ -555,6 +562,7 @@ impl Default for Config {
                 replicas: Some(0),
                 dedup_window_ms: 0,
                 max_deliveries: 0,
+                heartbeat_ms: 0,
             },
             reliability: Reliability {
                 rate_limit: RateLimit {
@@ -1610,7 +1618,7 @@ mod tests {
     #[test]
     fn knobs_lists_every_key_once() {
         let keys: Vec<&str> = knobs().collect();
-        assert_eq!(keys.len(), 32);
+        assert_eq!(keys.len(), 33);
         assert!(keys.contains(&"reliability.rateLimit.maxPerWindow"));
         assert!(keys.contains(&"maxPayloadBytes"));
         let mut unique = keys.clone();

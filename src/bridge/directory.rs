@@ -26,6 +26,10 @@ pub struct Entry {
     pub host: String,
     /// Its endpoints, sorted.
     pub endpoints: Vec<String>,
+    /// How often it puts this entry again (ms); absent from bridges
+    /// before heartbeats (`peers::UNSTATED_EVERY_MS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
 }
 
 /// `<home>/bridge/remotes.json`.
@@ -85,6 +89,18 @@ pub struct Changes {
 /// removed proxy are dead-lettered there (`no_match`), and the directory
 /// stops being an endpoint.
 pub fn sync_host(home: &Home, host: &str, endpoints: &[String], now: u64) -> Result<Changes> {
+    sync_host_as(home, host, endpoints, false, now)
+}
+
+/// `sync_host`, saying why proxies go: `silent`, the host missed its
+/// heartbeats (`peers`); otherwise it removed them itself.
+pub fn sync_host_as(
+    home: &Home,
+    host: &str,
+    endpoints: &[String],
+    silent: bool,
+    now: u64,
+) -> Result<Changes> {
     let mut remotes = remotes(home);
     let want: BTreeSet<&String> = endpoints.iter().collect();
     let mut changes = Changes::default();
@@ -117,7 +133,15 @@ pub fn sync_host(home: &Home, host: &str, endpoints: &[String], now: u64) -> Res
         save(home, &remotes)?;
     }
     for ep in gone {
-        retire(home, &ep, host, now)?;
+        let reason = if silent {
+            format!(
+                "host '{host}' is gone (its bridge missed {} heartbeats) with endpoint '{ep}'",
+                super::peers::MISSED
+            )
+        } else {
+            format!("endpoint '{ep}' was removed on host '{host}'")
+        };
+        retire(home, &ep, &reason, now)?;
         remotes.remove(&ep);
         changes.removed.push(ep);
     }
@@ -130,21 +154,20 @@ pub fn sync_host(home: &Home, host: &str, endpoints: &[String], now: u64) -> Res
 /// Turns proxy `ep` into a dead-letter-only directory: what is queued in
 /// `new/` or `cur/` is dead-lettered (`no_match`), then `new/`, `cur/` and
 /// `tmp/` go, so it is no endpoint any more.
-fn retire(home: &Home, ep: &str, host: &str, now: u64) -> Result<()> {
+fn retire(home: &Home, ep: &str, reason: &str, now: u64) -> Result<()> {
     let mb = Mailbox::at(home, ep);
     if !mb.is_endpoint() {
         return Ok(());
     }
     let _lock = mb.lock()?;
-    let reason = format!("endpoint '{ep}' was removed on host '{host}'");
     for id in mb.list("new")? {
         let name = format!("{id}.json");
         if std::fs::rename(mb.sub("new").join(&name), mb.sub("cur").join(&name)).is_ok() {
-            mb.fail(&id, serde_json::Value::Null, &reason, Code::NoMatch, now)?;
+            mb.fail(&id, serde_json::Value::Null, reason, Code::NoMatch, now)?;
         }
     }
     for id in mb.list("cur")? {
-        mb.fail(&id, serde_json::Value::Null, &reason, Code::NoMatch, now)?;
+        mb.fail(&id, serde_json::Value::Null, reason, Code::NoMatch, now)?;
     }
     let has_failed = mb.count("failed")? > 0;
     for sub in ["new", "cur", "tmp"] {
@@ -168,38 +191,49 @@ pub fn parse_entry(bytes: &[u8]) -> Option<Entry> {
 }
 
 /// Puts this host's endpoints under its key whenever they change (looked
-/// at every `DIRECTORY_POLL`), and again now and then so a bucket lost
-/// with its server is filled again.
+/// at every `DIRECTORY_POLL`), and again every heartbeat
+/// (`bridge.heartbeatMs`), so the other hosts know this one is alive and a
+/// bucket lost with its server is filled again. The endpoints are listed
+/// off the blocking side's lock, so a long apply does not hold the
+/// heartbeat up.
 pub async fn publish_loop(
     session: std::sync::Arc<super::shared::Session>,
     kv: async_nats::jetstream::kv::Store,
 ) -> Result<()> {
-    const REFRESH: u32 = 30;
+    use std::time::{Duration, Instant};
     let host = session.settings.host.clone();
+    let every = session.settings.heartbeat;
+    let home = super::shared::blocking(&session.local, |l| Ok(l.ctx().home.clone())).await?;
     let mut last: Option<Vec<String>> = None;
-    let mut rounds = 0u32;
+    let mut beat: Option<Instant> = None;
     while !session.stopping() {
-        let mine =
-            super::shared::blocking(&session.local, |l| local_endpoints(&l.ctx().home)).await?;
-        rounds += 1;
-        if last.as_ref() != Some(&mine) || rounds >= REFRESH {
+        let h = home.clone();
+        let mine = tokio::task::spawn_blocking(move || local_endpoints(&h))
+            .await
+            .map_err(|e| Error::Data(format!("bridge: a blocking task failed: {e}")))??;
+        let due = last.as_ref() != Some(&mine) || beat.is_none_or(|t| t.elapsed() >= every);
+        if due {
             let entry = Entry {
                 host: host.clone(),
                 endpoints: mine.clone(),
+                heartbeat_ms: Some(u64::try_from(every.as_millis()).unwrap_or(u64::MAX)),
             };
             let bytes = serde_json::to_vec(&entry)
                 .map_err(|e| Error::Data(format!("cannot encode the directory entry: {e}")))?;
             match kv.put(&host, bytes.into()).await {
                 Ok(_) => {
                     last = Some(mine);
-                    rounds = 0;
+                    beat = Some(Instant::now());
                 }
                 Err(e) => crate::output::warn(&format!(
                     "bridge: cannot publish this host's endpoints ({e}); trying again"
                 )),
             }
         }
-        session.pause(DIRECTORY_POLL).await;
+        let next_beat = beat.map_or(Duration::ZERO, |t| every.saturating_sub(t.elapsed()));
+        session
+            .pause(next_beat.clamp(Duration::from_millis(10), DIRECTORY_POLL))
+            .await;
     }
     Ok(())
 }
@@ -207,7 +241,13 @@ pub async fn publish_loop(
 /// How often the local endpoints are looked at.
 pub const DIRECTORY_POLL: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Watches the other hosts' keys and keeps their proxies in step.
+/// Server time of a bucket entry, in ms since the epoch.
+fn created_ms(entry: &async_nats::jetstream::kv::Entry) -> u64 {
+    u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// Watches every key and keeps the other hosts' proxies in step: their
+/// endpoints while they beat, none once they are gone (`peers`).
 pub async fn watch_loop(
     session: std::sync::Arc<super::shared::Session>,
     kv: async_nats::jetstream::kv::Store,
@@ -215,6 +255,7 @@ pub async fn watch_loop(
     use async_nats::jetstream::kv::Operation;
     use futures_util::StreamExt;
     let me = session.settings.host.clone();
+    let mut peers = super::peers::Peers::default();
     while !session.stopping() {
         // From the first revision: the bucket keeps one value per key, so
         // this is every host's current entry, then every change.
@@ -242,48 +283,72 @@ pub async fn watch_loop(
                 }
                 None => break,
             };
-            if entry.key == me || super::wire::validate_host(&entry.key).is_err() {
-                continue;
-            }
-            let host = entry.key.clone();
-            let endpoints = match entry.operation {
-                Operation::Put => match parse_entry(&entry.value) {
-                    Some(e) => e.endpoints,
-                    None => continue,
-                },
-                Operation::Delete | Operation::Purge => Vec::new(),
-            };
-            let h = host.clone();
-            let res = super::shared::blocking(&session.local, move |l| {
-                let now = l.ctx().clock.now_ms();
-                sync_host(&l.ctx().home, &h, &endpoints, now)
-            })
-            .await;
-            match res {
-                Ok(c) => {
-                    if !c.added.is_empty() {
-                        // The publisher watches a proxy's `new/` only from
-                        // its next look: it looks now, so a send into a
-                        // proxy made while it idles is not left waiting.
-                        session.outbox_wake.notify_one();
-                        eprintln!("relay: bridge: host '{host}' has {}", c.added.join(", "));
+            let at = created_ms(&entry);
+            peers.tick(at);
+            if entry.key != me && super::wire::validate_host(&entry.key).is_ok() {
+                match entry.operation {
+                    Operation::Put => {
+                        if let Some(e) = parse_entry(&entry.value) {
+                            let every = e.heartbeat_ms.unwrap_or(super::peers::UNSTATED_EVERY_MS);
+                            peers.put(&entry.key, entry.revision, at, every, e.endpoints);
+                        }
                     }
-                    if !c.removed.is_empty() {
-                        eprintln!(
-                            "relay: bridge: host '{host}' no longer has {}",
-                            c.removed.join(", ")
-                        );
-                    }
-                    for ep in c.shadowed {
-                        crate::output::warn(&format!(
-                            "bridge: host '{host}' has an endpoint '{ep}' too; sends here stay local"
-                        ));
+                    Operation::Delete | Operation::Purge => {
+                        peers.remove(&entry.key, entry.revision, at);
                     }
                 }
-                Err(e) => crate::output::warn(&format!("bridge: directory: {e}")),
+            }
+            // Judged once the watch has caught up with the bucket, so a
+            // host long dead gets no proxies on the way.
+            if entry.delta > 0 {
+                continue;
+            }
+            for due in peers.due() {
+                if let Err(e) = apply(&session, &due).await {
+                    crate::output::warn(&format!("bridge: directory: {e}"));
+                    peers.failed(&due.host);
+                }
             }
         }
         session.pause(std::time::Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// Makes one host's proxies what `due` says, and says what changed.
+async fn apply(session: &super::shared::Session, due: &super::peers::Due) -> Result<()> {
+    let d = due.clone();
+    let c = super::shared::blocking(&session.local, move |l| {
+        let now = l.ctx().clock.now_ms();
+        sync_host_as(&l.ctx().home, &d.host, &d.endpoints, d.silent, now)
+    })
+    .await?;
+    let host = &due.host;
+    if !c.added.is_empty() {
+        // The publisher watches a proxy's `new/` only from its next look:
+        // it looks now, so a send into a proxy made while it idles is not
+        // left waiting.
+        session.outbox_wake.notify_one();
+        eprintln!("relay: bridge: host '{host}' has {}", c.added.join(", "));
+    }
+    if !c.removed.is_empty() {
+        if due.silent {
+            eprintln!(
+                "relay: bridge: host '{host}' is gone (no heartbeat for {} of its heartbeats); its endpoints {} are no longer listed",
+                super::peers::MISSED,
+                c.removed.join(", ")
+            );
+        } else {
+            eprintln!(
+                "relay: bridge: host '{host}' no longer has {}",
+                c.removed.join(", ")
+            );
+        }
+    }
+    for ep in c.shadowed {
+        crate::output::warn(&format!(
+            "bridge: host '{host}' has an endpoint '{ep}' too; sends here stay local"
+        ));
     }
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! on a tokio runtime, started by `run` and by nothing else.
 //!
 //! One module per concern: `wire` (names and shapes on the wire),
-//! `directory` (the endpoint bucket and the proxy mailboxes), `outbox` and
+//! `directory` (the endpoint bucket and the proxy mailboxes), `peers`
+//! (which hosts are alive, by their heartbeats in the bucket), `outbox` and
 //! `outbound` (durable locally first, removed after the publish ack),
 //! `inbound` (the one pull consumer, through the local send pipeline),
 //! `spans` (the return path to the sender's host), `link` (the link's
@@ -18,6 +19,7 @@ pub mod inbound;
 pub mod link;
 pub mod outbound;
 pub mod outbox;
+pub mod peers;
 pub mod session;
 pub mod shared;
 pub mod spans;

@@ -30,6 +30,8 @@ pub struct Settings {
     pub dedup_window: Duration,
     /// Temporary refusals of one message before it is dead-lettered.
     pub max_deliveries: u32,
+    /// How often this host's directory entry is put again.
+    pub heartbeat: Duration,
 }
 
 /// The blocking side: a context (rebuilt when `config.json` changes, so the

@@ -46,5 +46,6 @@ pub fn run(ctx: &Ctx, args: &BridgeArgs) -> Result<()> {
         replicas,
         dedup_window: Duration::from_millis(cfg.dedup_window_ms),
         max_deliveries: cfg.max_deliveries,
+        heartbeat: Duration::from_millis(cfg.heartbeat_ms),
     })
 }

@@ -141,3 +141,55 @@ fn a_send_into_a_proxy_made_while_the_publisher_idles_is_forwarded_at_once() {
     }
     assert_eq!(ids(&a, "agent.new", "new"), Vec::<String>::new());
 }
+
+#[test]
+fn a_host_whose_bridge_died_is_gone_after_three_missed_heartbeats_and_back_when_it_beats() {
+    use super::harness::ids;
+    // A beats every 100 ms, B every 400 ms: A judges B by B's heartbeat.
+    let Some(mut p) = Pair::start_with(
+        &["agent.a"],
+        &["agent.b"],
+        r#"{"bridge":{"heartbeatMs":100}}"#,
+        r#"{"bridge":{"heartbeatMs":400}}"#,
+    ) else {
+        return;
+    };
+    // Alive: listed all along while B beats, for many of A's own
+    // heartbeats and several of B's.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        assert!(
+            endpoints(&p.a)
+                .iter()
+                .any(|(s, h)| s == "agent.b" && h.as_deref() == Some("hostb")),
+            "B's endpoint left A while B's bridge was beating:\n{}",
+            p.ba.log()
+        );
+    }
+    // B's bridge dies: A stops listing B's endpoints, and a send to one
+    // finds no endpoint (69) instead of queueing for a host that is gone.
+    p.bb.kill9();
+    wait_for("agent.b to leave A's directory", || {
+        (!endpoints(&p.a).iter().any(|(s, _)| s == "agent.b")).then_some(())
+    });
+    assert!(
+        p.ba.log().contains("host 'hostb' is gone"),
+        "{}",
+        p.ba.log()
+    );
+    p.a.cmd(["send", "agent.b", "{}"]).code(69);
+    // B's own side is untouched: its endpoint is still there.
+    assert!(endpoints(&p.b).contains(&("agent.b".into(), None)));
+    // Back: its next heartbeat lists it again, and sends reach it.
+    p.bb.up();
+    wait_remote(&p.a, "agent.b", "hostb");
+    let sent =
+        p.a.cmd(["send", "agent.b", "{}", "--json"])
+            .success()
+            .json();
+    let id = sent["id"].as_str().unwrap_or_default().to_string();
+    assert!(!id.is_empty());
+    wait_for("the copy on B", || {
+        ids(&p.b, "agent.b", "new").contains(&id).then_some(())
+    });
+}
