@@ -323,6 +323,11 @@ pub fn endpoints(relay: &Relay) -> Vec<(String, Option<String>)> {
 #[track_caller]
 pub fn wait_remote(relay: &Relay, ep: &str, host: &str) {
     wait_for(&format!("'{ep}' on host '{host}' to be listed"), || {
+        // A bridge just started may not have made its home yet (`relay
+        // endpoints` then exits 69, no home): nothing is listed so far.
+        if !relay.home().exists() {
+            return None;
+        }
         endpoints(relay)
             .iter()
             .any(|(s, h)| s == ep && h.as_deref() == Some(host))
