@@ -185,7 +185,11 @@ fn a_copy_published_again_after_the_dedup_window_is_still_delivered_once() {
     // As a bridge killed after the publish ack, before removing its copy,
     // would leave it: published again once JetStream forgot the id.
     std::thread::sleep(Duration::from_millis(1500));
-    p.a.write_file(&file, &bytes);
+    // Delivered as Maildir delivers (tmp/, then a rename into new/): a
+    // file written in place could be taken while still empty.
+    let tmp = format!("mailboxes/agent.b/tmp/{id}.json");
+    p.a.write_file(&tmp, &bytes);
+    std::fs::rename(p.a.path(&tmp), p.a.path(&file)).unwrap_or_else(|e| panic!("{e}"));
     wait_for("B to recognise the repeat", || {
         p.b.events_of(now_ms(), "bridge_duplicate")
             .iter()
