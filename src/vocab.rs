@@ -305,6 +305,11 @@ impl Code {
             Code::HopLimit | Code::CycleDetected | Code::TtlExpired | Code::BudgetExhausted => {
                 Some(Rejection::BudgetExceeded)
             }
+            // A target that refused this sender (a peer's access rules,
+            // through the bridge): DorkOS's one per-target permission
+            // refusal, its initiate-consent gate. (Its own access rules
+            // throw instead: no `rejected` entry, a 422 or ACCESS_DENIED.)
+            Code::AccessDenied => Some(Rejection::InitiateDenied),
             _ => None,
         }
     }
@@ -533,6 +538,7 @@ mod tests {
             assert_eq!(c.dorkos_reason(), c.as_str());
         }
         assert_eq!(Code::TtlExpired.dorkos_reason(), "budget_exceeded");
+        assert_eq!(Code::AccessDenied.dorkos_reason(), "initiate_denied");
         assert_eq!(Code::NoMatch.dorkos_reason(), "no_match");
     }
 

@@ -330,6 +330,53 @@ pub struct Refusal {
     pub retry_after_ms: Option<u64>,
 }
 
+impl Refusal {
+    /// This refusal in DorkOS's `PublishResult.rejected` (see
+    /// `dorkos_rejection`).
+    #[must_use]
+    pub fn dorkos(&self) -> Value {
+        dorkos_rejection(
+            &self.endpoint,
+            self.code.as_str(),
+            &self.reason,
+            self.dead_lettered,
+            self.retry_after_ms,
+        )
+    }
+}
+
+/// One entry of DorkOS's `PublishResult.rejected`, as both `relay serve`'s
+/// `POST /api/relay/messages` and `relay mcp`'s send tools answer it
+/// (DorkOS's MCP tools pass the publish's list on as it is):
+/// `endpointHash` and `reason`, DorkOS's word for relay's `code`
+/// (`Code::dorkos_reason`; a code relay does not know is passed as it
+/// is), then relay's `code`, `detail` (for people), `deadLettered` and,
+/// when known, `retryAfterMs`.
+#[must_use]
+pub fn dorkos_rejection(
+    endpoint: &str,
+    code: &str,
+    detail: &str,
+    dead_lettered: bool,
+    retry_after_ms: Option<u64>,
+) -> Value {
+    let reason: &str = match code.parse::<Code>() {
+        Ok(c) => c.dorkos_reason(),
+        Err(_) => code,
+    };
+    let mut v = json!({
+        "endpointHash": endpoint,
+        "reason": reason,
+        "code": code,
+        "detail": detail,
+        "deadLettered": dead_lettered,
+    });
+    if let Some(ms) = retry_after_ms {
+        v["retryAfterMs"] = ms.into();
+    }
+    v
+}
+
 /// Sends one message as `relay send` does and reports every endpoint's
 /// fate, also when none took it (what `relay serve` answers DorkOS's
 /// publish with). Errors are only a bad request (subject, sender, budget),

@@ -24,7 +24,7 @@ use crate::maildir::{self, Mailbox, SUBDIRS};
 use crate::pressure::Priority;
 use crate::request::{self, Cancel, Outcome, Request};
 use crate::subject::{self, DISPATCH_INBOX_PREFIX};
-use crate::vocab::{Code, Rejection, Status};
+use crate::vocab::{Code, Status};
 
 /// How long DorkOS keeps an idle dispatch inbox (reported as `expiresAt`).
 const DISPATCH_TTL_MS: u64 = 30 * 60 * 1000;
@@ -496,33 +496,21 @@ fn outgoing(subject: String, payload: Value, sender: &str, budget: Option<Budget
     }
 }
 
-/// DorkOS's per-endpoint rejection list (`{endpointHash, reason}` with its
-/// reason words) from relay's (`{endpoint, code, reason, ...}`), keeping
-/// relay's message and retry-after beside them.
+/// DorkOS's per-endpoint rejection list from relay's (`{endpoint, code,
+/// reason, ...}`): each entry as `POST /api/relay/messages` has it
+/// (`send::dorkos_rejection`).
 fn dorkos_rejected(rejected: &Value) -> Value {
-    // As DorkOS's publish says them; an access refusal is its
-    // `initiate_denied`.
-    let reason = |code: &str| match code.parse::<Code>() {
-        Ok(Code::AccessDenied) => Rejection::InitiateDenied.as_str().to_string(),
-        Ok(c) => c.dorkos_reason().to_string(),
-        Err(_) => code.to_string(),
-    };
     let list = rejected.as_array().cloned().unwrap_or_default();
     Value::Array(
         list.iter()
             .map(|r| {
-                let code = r["code"].as_str().unwrap_or_default();
-                let mut v = json!({
-                    "endpointHash": r["endpoint"],
-                    "reason": reason(code),
-                    "code": code,
-                    "message": r["reason"],
-                    "deadLettered": r["deadLettered"],
-                });
-                if let Some(ms) = r["retryAfterMs"].as_u64() {
-                    v["retryAfterMs"] = ms.into();
-                }
-                v
+                send::dorkos_rejection(
+                    r["endpoint"].as_str().unwrap_or_default(),
+                    r["code"].as_str().unwrap_or_default(),
+                    r["reason"].as_str().unwrap_or_default(),
+                    r["deadLettered"].as_bool().unwrap_or_default(),
+                    r["retryAfterMs"].as_u64(),
+                )
             })
             .collect(),
     )
@@ -1510,7 +1498,41 @@ mod tests {
         assert_eq!(r[2]["reason"], "budget_exceeded");
         assert_eq!(r[2]["code"], "hop_limit");
         assert_eq!(r[3]["reason"], "initiate_denied");
+        assert_eq!(r[3]["code"], "access_denied");
+        assert_eq!(r[3]["detail"], "no");
         assert_eq!(r[4]["reason"], "someone_elses");
+    }
+
+    /// Every code relay refuses with reads the same in `relay_send`'s
+    /// `rejected` as in `POST /api/relay/messages`'s (`Refusal::dorkos`),
+    /// field by field.
+    #[test]
+    fn rejected_entries_are_those_of_the_http_route() {
+        for &code in Code::ALL {
+            for (dead_lettered, retry) in [(true, None), (false, Some(250))] {
+                let refusal = send::Refusal {
+                    endpoint: "agent.x".into(),
+                    code,
+                    reason: format!("refused: {code}"),
+                    dead_lettered,
+                    retry_after_ms: retry,
+                };
+                let mcp = dorkos_rejected(&refusals_json(std::slice::from_ref(&refusal)));
+                assert_eq!(mcp, json!([refusal.dorkos()]), "{code}");
+            }
+        }
+        let denied = send::Refusal {
+            endpoint: "agent.x".into(),
+            code: Code::AccessDenied,
+            reason: "no".into(),
+            dead_lettered: true,
+            retry_after_ms: None,
+        };
+        assert_eq!(
+            denied.dorkos(),
+            json!({"endpointHash": "agent.x", "reason": "initiate_denied",
+                   "code": "access_denied", "detail": "no", "deadLettered": true})
+        );
     }
 
     #[test]

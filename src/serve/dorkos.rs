@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::maildir::{self, Mailbox, SUBDIRS};
 use crate::pressure::Priority;
 use crate::subject;
-use crate::vocab::{DorkStatus, Rejection, Status};
+use crate::vocab::{Code, DorkStatus, Status};
 
 /// The `status` filter of an inbox: DorkOS's statuses, or all.
 const INBOX_STATUSES: [&str; 4] = [
@@ -460,26 +460,26 @@ fn publish_result(p: Published, pressure: Map<String, Value>) -> Value {
         } => {
             m.insert("messageId".into(), json!(id));
             m.insert("deliveredTo".into(), json!(delivered.len()));
-            for r in refused {
-                rejected.push(json!({
-                    "endpointHash": r.endpoint,
-                    "reason": r.code.dorkos_reason(),
-                    "code": r.code,
-                    "detail": r.reason,
-                    "deadLettered": r.dead_lettered,
-                }));
-            }
+            rejected.extend(refused.iter().map(send::Refusal::dorkos));
         }
         Published::NoMatch { id } => {
             m.insert("messageId".into(), json!(id));
             m.insert("deliveredTo".into(), json!(0));
         }
-        Published::RateLimited { id, reason, .. } => {
+        Published::RateLimited {
+            id,
+            reason,
+            retry_after_ms,
+        } => {
             m.insert("messageId".into(), json!(id));
             m.insert("deliveredTo".into(), json!(0));
-            rejected.push(
-                json!({ "endpointHash": "*", "reason": Rejection::RateLimited, "detail": reason }),
-            );
+            rejected.push(send::dorkos_rejection(
+                "*",
+                Code::RateLimited.as_str(),
+                &reason,
+                false,
+                retry_after_ms,
+            ));
         }
         Published::Duplicate { original } => {
             m.insert("messageId".into(), json!(original));

@@ -167,7 +167,9 @@ fn publish_refusals_are_200_with_rejected_and_leave_nothing() {
     assert_eq!(v["deliveredTo"], 0, "{v}");
     assert_eq!(
         v["rejected"],
-        json!([{"endpointHash": "*", "reason": "rate_limited", "detail": v["rejected"][0]["detail"]}]),
+        json!([{"endpointHash": "*", "reason": "rate_limited", "code": "rate_limited",
+                "detail": v["rejected"][0]["detail"], "deadLettered": false,
+                "retryAfterMs": v["rejected"][0]["retryAfterMs"]}]),
         "{v}"
     );
     assert_eq!(

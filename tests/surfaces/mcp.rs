@@ -1133,3 +1133,91 @@ fn post_body(
     let _ = s.read_to_end(&mut raw);
     super::parse_response(&raw)
 }
+
+/// A refusal reads alike over DorkOS's two surfaces (DorkOS's MCP send
+/// tools pass the publish's `rejected` on as its HTTP route answers it):
+/// the same sends, refused by backpressure, an open breaker and the rate
+/// limit, give the same entries field by field over
+/// `POST /api/relay/messages` and `relay_send` on the same server's `/mcp`
+/// (one sender, one pinned clock, so even the retry-afters agree).
+#[test]
+fn http_and_mcp_give_the_same_rejected_entries() {
+    let r = Relay::new();
+    r.add(&["agent.full", "agent.shut"]);
+    // Endpoints of one message each (the mailboxes hold one).
+    let spare: Vec<String> = (0..9).map(|n| format!("agent.spare{n}")).collect();
+    r.cmd(
+        ["endpoints", "add"]
+            .into_iter()
+            .chain(spare.iter().map(String::as_str)),
+    )
+    .success();
+    r.write_file(
+        "config.json",
+        r#"{"reliability":{"rateLimit":{"maxPerWindow":6,"windowSecs":60},
+            "backpressure":{"maxMailboxSize":1}}}"#,
+    );
+    r.cmd(["send", "agent.full", "first", "--from", "other"])
+        .at(crate::harness::T)
+        .success();
+    r.cmd(["breakers", "open", "relay.external.mcp", "agent.shut"])
+        .at(crate::harness::T)
+        .success();
+    let server = crate::dorkos_http::serve(&r);
+    let url = format!("{}mcp", server.url);
+    let Some(mut c) = Mcp::http(&r, "same rejected entries", &url, &[]) else {
+        return;
+    };
+    let over_http = |subject: &str| -> Value {
+        let body = json!({"subject": subject, "from": "relay.external.mcp", "payload": 1});
+        let resp = super::send_json(server.addr, "POST", "/api/relay/messages", &body);
+        assert_eq!(resp.status, 200, "{resp:?}");
+        resp.json()["rejected"].clone()
+    };
+    for subject in ["agent.full", "agent.shut"] {
+        let http_rejected = over_http(subject);
+        let mcp = c.err("relay_send", json!({"subject": subject, "payload": 1}));
+        assert_eq!(mcp["code"], "REJECTED", "{mcp}");
+        let want = if subject == "agent.full" {
+            "backpressure"
+        } else {
+            "circuit_open"
+        };
+        assert_eq!(http_rejected[0]["reason"], want, "{http_rejected}");
+        for field in [
+            "endpointHash",
+            "reason",
+            "code",
+            "detail",
+            "deadLettered",
+            "retryAfterMs",
+        ] {
+            assert_eq!(
+                http_rejected[0][field], mcp["rejected"][0][field],
+                "{subject}: {field}: {http_rejected} vs {mcp}"
+            );
+        }
+        assert_eq!(http_rejected, mcp["rejected"], "{subject}");
+    }
+    // Sends until the limit (6 a minute, the clock pinned): then both
+    // refuse at `*`.
+    let mut http_rejected = Value::Null;
+    for ep in &spare[..8] {
+        http_rejected = over_http(ep);
+        if !http_rejected.is_null() {
+            break;
+        }
+    }
+    assert_eq!(
+        http_rejected[0]["reason"], "rate_limited",
+        "{http_rejected}"
+    );
+    let mcp = c.err("relay_send", json!({"subject": spare[8], "payload": 1}));
+    assert_eq!(http_rejected, mcp["rejected"], "{mcp}");
+    assert!(
+        http_rejected[0]["retryAfterMs"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0),
+        "{http_rejected}"
+    );
+}
