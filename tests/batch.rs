@@ -206,6 +206,26 @@ fn batch_logs(r: &Relay) -> Vec<(String, String)> {
     .collect()
 }
 
+/// The records of a batch log's text (format `relay-log 2`: after the
+/// header, `@<head length> <body length> <checksum>` lines, each followed
+/// by its JSON head and body): (head, body), in order.
+fn log_records(text: &str) -> Vec<(Value, String)> {
+    let mut rest = text.split_once('\n').expect("a header line").1;
+    let mut out = Vec::new();
+    while let Some(at) = rest.find("\n@") {
+        let (line, after) = rest[at + 2..].split_once('\n').expect("a frame line");
+        let mut w = line.split(' ');
+        let head: usize = w.next().and_then(|n| n.parse().ok()).expect("head length");
+        let body: usize = w.next().and_then(|n| n.parse().ok()).expect("body length");
+        assert_eq!(w.next().map(str::len), Some(16), "a checksum: {line}");
+        let json: Value = serde_json::from_str(&after[..head]).expect("a JSON head");
+        out.push((json, after[head..head + body].to_owned()));
+        assert_eq!(&after[head + body..head + body + 1], "\n", "closed");
+        rest = &after[head + body..];
+    }
+    out
+}
+
 /// The real clock in ms, `ahead_ms` from now: a log's age is measured
 /// against its file's (real) modification time.
 fn real_now_plus(ahead_ms: u64) -> u64 {
@@ -246,15 +266,18 @@ fn a_durable_batch_is_logged_then_the_log_is_retired_once_on_disk() {
     let logs = batch_logs(&r);
     assert_eq!(logs.len(), 1, "one log per batch");
     let (name, text) = &logs[0];
-    assert!(text.starts_with("relay-batch-log 1 boot-a\n"), "{text}");
-    for id in &ids {
+    assert!(text.starts_with("relay-log 2 boot-a\n"), "{text}");
+    let records = log_records(text);
+    assert_eq!(records.len(), ids.len(), "{text}");
+    for (id, (head, body)) in ids.iter().zip(&records) {
         let file =
             std::fs::read_to_string(r.mailbox("agent.b").join("new").join(format!("{id}.json")))
                 .expect("delivered");
-        assert!(
-            text.contains(&format!("agent.b {id} {}\n{file}\n", file.len())),
-            "{id} is in the log as delivered"
+        assert_eq!(
+            head,
+            &json!({ "t": "message", "endpoint": "agent.b", "id": id })
         );
+        assert_eq!(body, &file, "{id} is in the log as delivered");
     }
 
     // Young, and then held by a batch still writing it: left alone.
@@ -432,17 +455,9 @@ fn a_long_batch_retires_its_log_past_the_size_bound() {
     let last = out.stdout.lines().last().expect("ids").to_owned();
     let logs = batch_logs(&r);
     assert_eq!(logs.len(), 1, "the first chunk's log was retired");
-    let entries: Vec<&str> = logs[0]
-        .1
-        .lines()
-        .filter(|l| l.starts_with("agent.b "))
-        .collect();
+    let entries = log_records(&logs[0].1);
     assert_eq!(entries.len(), 1, "the second log holds the last chunk only");
-    assert!(
-        entries[0].starts_with(&format!("agent.b {last} ")),
-        "{}",
-        entries[0]
-    );
+    assert_eq!(entries[0].0["id"], last.as_str(), "{:?}", entries[0]);
     assert_eq!(r.files("agent.b", "new").len(), N);
 }
 

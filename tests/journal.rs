@@ -274,3 +274,101 @@ fn recv_and_ack_leave_the_index_alone_and_the_next_reader_sees_them() {
         .success();
     assert_eq!(r.events_of(T + 80_000, "lease_expired").len(), 1);
 }
+
+#[test]
+fn a_home_written_by_the_previous_version_is_ingested_and_replayed() {
+    // Files in the formats relay wrote before the one log format: the
+    // journal as bare JSON lines, a batch log `relay-batch-log 1`.
+    const A: &str = "01JZ0000000000000000000001"; // in new/, its row only in the journal
+    const B: &str = "01JZ0000000000000000000002"; // lost with the power: only in the batch log
+    const C: &str = "01JZ0000000000000000000003"; // cancelled in the batch log
+    let r = world("{}");
+    r.cmd(["status"]).at(T).success();
+    let body = |id: &str| {
+        serde_json::to_string_pretty(&crate::harness::dorkos_envelope(
+            id,
+            "agent.b",
+            &serde_json::json!(id),
+        ))
+        .expect("json")
+    };
+    r.write_file(&format!("mailboxes/agent.b/new/{A}.json"), body(A));
+    let sent = serde_json::json!({
+        "t": "sent", "at": T - 3_600_000, "endpoint": "agent.b", "id": A, "subject": "agent.b",
+        "sender": "agent:legacy", "traceId": A, "expiresAt": 4_102_444_800_000_u64,
+        "priority": 2, "probe": false, "code": null, "reason": null
+    });
+    let event = serde_json::json!({
+        "t": "event", "key": "01JZOLDJOURNAL.1", "at": T, "kind": "rate_limit_soft",
+        "sender": "agent:legacy", "endpoint": null, "messageId": null, "detail": { "used": 9 }
+    });
+    r.write_file("journal", format!("\n{sent}\n{event}\n"));
+    let mut log = String::from("relay-batch-log 1 boot-before\n");
+    for id in [B, C] {
+        let b = body(id);
+        log.push_str(&format!("agent.b {id} {}\n{b}\n", b.len()));
+    }
+    log.push_str(&format!("agent.b {C} -\n"));
+    let log_path = "batches/01JZ0000000000000000000009.log";
+    r.write_file(log_path, log);
+    // This version appends its records after the old lines: one file, two
+    // formats, one reader.
+    let new = r
+        .cmd(["send", "agent.b", "new", "--from", "agent.a"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-after")
+        .at(T + 1)
+        .success()
+        .id();
+    let journal = fs::read_to_string(r.path("journal")).expect("journal");
+    assert!(
+        journal.starts_with(&format!("\n{sent}\n{event}\n")) && journal.contains("\n@"),
+        "{journal}"
+    );
+
+    // The next reader, on the next boot: ingests the journal, replays the log.
+    r.cmd(["status"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-after")
+        .at(T + 2)
+        .success()
+        .stderr_has(&["restored 1 message(s)"]);
+    assert!(!r.path(log_path).exists(), "replayed, then retired");
+    assert_eq!(
+        fs::metadata(r.path("journal")).expect("journal").len(),
+        0,
+        "ingested journal not emptied"
+    );
+    let soft = r.events_of(T + 3, "rate_limit_soft");
+    assert_eq!(soft.len(), 1, "{soft:?}");
+    assert_eq!(soft[0]["detail"]["used"], 9, "{soft:?}");
+    let restored = r.events_of(T + 3, "restored");
+    assert_eq!(restored.len(), 1, "{restored:?}");
+    assert_eq!(restored[0]["messageId"], B);
+    let sent_at = |id: &str| {
+        let t = r.cmd(["trace", id, "--json"]).at(T + 3).success().json();
+        assert_eq!(t["spans"][0]["state"], "pending", "{t}");
+        t
+    };
+    // A's row is the journal's (sent an hour before its envelope's
+    // createdAt), not one made from the file when next seen.
+    let t = sent_at(A);
+    assert_eq!(t["spans"][0]["sentAt"], "2025-12-31T23:00:00.000Z", "{t}");
+    sent_at(B);
+    sent_at(&new);
+    let mut got: Vec<String> = r
+        .cmd(["recv", "agent.b", "--json", "-n", "5"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-after")
+        .at(T + 4)
+        .success()
+        .json_lines()
+        .iter()
+        .map(|m| m["id"].as_str().expect("id").to_owned())
+        .collect();
+    got.sort();
+    let mut want = vec![A.to_owned(), B.to_owned(), new];
+    want.sort();
+    assert_eq!(got, want, "the cancelled copy stays unsent");
+    r.cmd(["doctor"])
+        .env("RELAY_FAKE_BOOT_ID", "boot-after")
+        .at(T + 5)
+        .success();
+}

@@ -8,6 +8,9 @@
 //! delivered (whole, at once) without fsync. A copy whose delivery failed
 //! is cancelled in the log (fsynced) before the failure is reported. Once
 //! the kernel has written the files back, the log is no longer needed.
+//! The log is in the one log format (`log`): a header naming the boot,
+//! then a `message` record per copy (its file as the body) and a `cancel`
+//! record per cancelled copy; the previous version's logs are read alike.
 //!
 //! Any command that opens the index settles the logs (`settle`):
 //! - a log written on this boot is retired once older than
@@ -42,6 +45,7 @@ use crate::home::{self, FILE_MODE, Home};
 use crate::maildir::Mailbox;
 use crate::output;
 use crate::store::index::Store;
+use crate::store::log::{self, Record};
 use crate::store::rows::Event;
 use crate::vocab::EventKind;
 use crate::vocab::Status;
@@ -56,9 +60,6 @@ pub const MAX_BYTES: u64 = 64 << 20;
 pub const MAX_ENV: &str = crate::envvars::BATCH_LOG_MAX_BYTES.name;
 /// Age after which a log of this boot is retired.
 pub const RETIRE_AFTER_MS: u64 = 60_000;
-const MAGIC: &str = "relay-batch-log 1";
-/// Longest header line read (a boot id is 36 characters).
-const HEADER_MAX: usize = 256;
 
 /// This boot's id (Linux), or the test override.
 #[must_use]
@@ -114,9 +115,11 @@ impl Log {
     ) -> Result<()> {
         let mut buf = Vec::new();
         for (ep, id, bytes) in copies {
-            buf.extend_from_slice(format!("{ep} {id} {}\n", bytes.len()).as_bytes());
-            buf.extend_from_slice(bytes);
-            buf.push(b'\n');
+            let r = Record::Message {
+                endpoint: ep.to_owned(),
+                id: id.to_owned(),
+            };
+            log::push(&mut buf, &r, bytes);
         }
         if buf.is_empty() {
             return Ok(());
@@ -138,9 +141,16 @@ impl Log {
     /// Cancels appended copies whose delivery failed (they are reported
     /// failed, and the sender will retry them), fsynced: a replay skips them.
     pub fn cancel<'a>(&mut self, copies: impl Iterator<Item = (&'a str, &'a str)>) -> Result<()> {
-        let buf: String = copies.map(|(ep, id)| format!("{ep} {id} -\n")).collect();
+        let mut buf = Vec::new();
+        for (ep, id) in copies {
+            let r = Record::Cancel {
+                endpoint: ep.to_owned(),
+                id: id.to_owned(),
+            };
+            log::push(&mut buf, &r, &[]);
+        }
         match &mut self.file {
-            Some(open) if !buf.is_empty() => write_synced(open, buf.as_bytes()),
+            Some(open) if !buf.is_empty() => write_synced(open, &buf),
             _ => Ok(()),
         }
     }
@@ -175,72 +185,12 @@ fn create(home: &Home, boot: &str) -> Result<(File, PathBuf, u64)> {
         .open(&new)
         .ctx("cannot create the batch log", &new)?;
     crate::lockwait::flock(&f, &new, "the batch log lock")?;
-    let header = format!("{MAGIC} {boot}\n");
+    let header = log::header(boot);
     f.write_all(header.as_bytes())
         .ctx("cannot write the batch log", &new)?;
     fs::rename(&new, &path).ctx("cannot name the batch log", &path)?;
     home::sync_dir(&dir)?;
     Ok((f, path, header.len() as u64))
-}
-
-/// One message in a log.
-#[derive(Debug, PartialEq)]
-struct Entry<'a> {
-    endpoint: &'a str,
-    id: &'a str,
-    bytes: &'a [u8],
-}
-
-/// A log's boot id and what follows its header line.
-fn header(data: &[u8]) -> Option<(&str, &[u8])> {
-    let nl = data.iter().take(HEADER_MAX).position(|&b| b == b'\n')?;
-    let line = std::str::from_utf8(&data[..nl]).ok()?;
-    Some((
-        line.strip_prefix(MAGIC)?.strip_prefix(' ')?,
-        &data[nl + 1..],
-    ))
-}
-
-/// A log's boot id and its entries not cancelled; `torn` when it ends in a
-/// partial line (a batch killed mid-append, before it reported that chunk).
-fn parse(data: &[u8]) -> Option<(&str, Vec<Entry<'_>>, bool)> {
-    let (boot, mut rest) = header(data)?;
-    let mut entries = Vec::new();
-    let mut cancelled = std::collections::HashSet::new();
-    let mut torn = false;
-    while !rest.is_empty() {
-        let line = (|| {
-            let nl = rest.iter().position(|&b| b == b'\n')?;
-            let line = std::str::from_utf8(&rest[..nl]).ok()?;
-            let mut parts = line.split(' ');
-            let (endpoint, id, len) = (parts.next()?, parts.next()?, parts.next()?);
-            if len == "-" {
-                return Some((None, (endpoint, id), nl + 1));
-            }
-            let len: usize = len.parse().ok()?;
-            let body = rest.get(nl + 1..nl + 1 + len)?;
-            (rest.get(nl + 1 + len) == Some(&b'\n')).then_some(())?;
-            let entry = Entry {
-                endpoint,
-                id,
-                bytes: body,
-            };
-            Some((Some(entry), (endpoint, id), nl + len + 2))
-        })();
-        let Some((entry, key, used)) = line else {
-            torn = true;
-            break;
-        };
-        match entry {
-            Some(e) => entries.push(e),
-            None => {
-                cancelled.insert(key);
-            }
-        }
-        rest = &rest[used..];
-    }
-    entries.retain(|e| !cancelled.contains(&(e.endpoint, e.id)));
-    Some((boot, entries, torn))
 }
 
 /// Whether any log could be settled now (reads headers only).
@@ -343,16 +293,16 @@ fn open_due(path: &Path, boot: Option<&str>, age: u64) -> Result<Option<Due>> {
         }
         Err(e) => return Err(Error::io("cannot open", path, e.into_io())),
     };
-    let mut head = Vec::with_capacity(HEADER_MAX);
+    let mut head = Vec::with_capacity(log::HEADER_MAX);
     (&mut file)
-        .take(HEADER_MAX as u64)
+        .take(log::HEADER_MAX as u64)
         .read_to_end(&mut head)
         .ctx("cannot read", path)?;
     // Without a boot id to compare, no log can be told safe to retire.
     let Some(boot) = boot else {
         return Ok(None);
     };
-    let foreign = header(&head).is_none_or(|(b, _)| b != boot);
+    let foreign = log::read_header(&head).is_none_or(|(b, _, _)| b != boot);
     if foreign {
         // Only another settler can hold it (its batch died with the boot):
         // wait, so nothing reads the mailboxes before the replay is done.
@@ -452,10 +402,13 @@ pub fn disarm_foreign(home: &Home, now: u64) -> Result<Vec<Unreplayed>> {
             .and_then(|_| f.read_to_end(&mut data))
             .ctx("cannot read the batch log", &d.path)?;
         let (mut missing, mut restored) = (Vec::new(), 0);
-        for e in parse(&data)
-            .map(|(_, entries, _)| entries)
+        let parsed = read(&data);
+        for e in parsed
+            .as_ref()
+            .map(log::Parsed::messages)
             .unwrap_or_default()
         {
+            let e = Msg::from(e);
             let mb = Mailbox::at(home, e.endpoint);
             if crate::subject::validate_subject(e.endpoint, "endpoint").is_err()
                 || crate::maildir::validate_id(e.id).is_err()
@@ -503,17 +456,42 @@ fn replay_file(home: &Home, store: &mut Store, d: &Due, now: u64) -> Result<usiz
     f.seek(SeekFrom::Start(0))
         .and_then(|_| f.read_to_end(&mut data))
         .ctx("cannot read the batch log", &d.path)?;
-    // A log without a whole header died before its first fsync.
-    let Some((_, entries, torn)) = parse(&data) else {
+    let Some(parsed) = read(&data) else {
         return Ok(0);
     };
-    if torn {
+    if parsed.partial || parsed.damaged {
         output::warn(&format!(
-            "{} ends in a partial line (a batch killed mid-write, before it reported that chunk); skipped it",
+            "{} ends in a partial line or damaged record (a batch killed mid-write, before it reported that chunk); skipped it",
             d.path.display()
         ));
     }
+    let entries: Vec<Msg<'_>> = parsed.messages().into_iter().map(Msg::from).collect();
     replay(home, store, &entries, now)
+}
+
+/// A log's records, in either version's format (`log::parse`, stopping at
+/// damage: one writer, so damage is a torn tail); `None` without a whole
+/// header (the log died before its first fsync).
+fn read(data: &[u8]) -> Option<log::Parsed<'_>> {
+    let parsed = log::parse(data, log::OnDamage::Stop);
+    parsed.boot.is_some().then_some(parsed)
+}
+
+/// A message of a log to replay.
+struct Msg<'a> {
+    endpoint: &'a str,
+    id: &'a str,
+    bytes: &'a [u8],
+}
+
+impl<'a> From<(&'a str, &'a str, &'a [u8])> for Msg<'a> {
+    fn from((endpoint, id, bytes): (&'a str, &'a str, &'a [u8])) -> Self {
+        Msg {
+            endpoint,
+            id,
+            bytes,
+        }
+    }
 }
 
 /// Writes again every entry whose file is missing or does not hold what
@@ -521,7 +499,7 @@ fn replay_file(home: &Home, store: &mut Store, d: &Due, now: u64) -> Result<usiz
 /// with its index row, unless the index has it acked or dead-lettered. The
 /// files are not fsynced one by one (`settle` flushes them all), and the
 /// index is written to only at the end, so nobody waits on its lock.
-fn replay(home: &Home, store: &mut Store, entries: &[Entry<'_>], now: u64) -> Result<usize> {
+fn replay(home: &Home, store: &mut Store, entries: &[Msg<'_>], now: u64) -> Result<usize> {
     // (endpoint, envelope, where it was written, whether it needs a row)
     let mut restored = Vec::new();
     for e in entries {
@@ -578,110 +556,4 @@ fn replay(home: &Home, store: &mut Store, entries: &[Entry<'_>], now: u64) -> Re
         tx.commit()?;
     }
     Ok(restored.len())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Entry, parse};
-
-    #[test]
-    fn parse_reads_whole_entries_and_flags_a_torn_tail() {
-        let mut log = b"relay-batch-log 1 boot-a\n".to_vec();
-        log.extend_from_slice(b"q 01A 5\nhello\n");
-        log.extend_from_slice(b"r.s 01B 2\n{}\n");
-        let (boot, entries, torn) = parse(&log).expect("header");
-        assert_eq!(boot, "boot-a");
-        assert!(!torn);
-        assert_eq!(
-            entries,
-            vec![
-                Entry {
-                    endpoint: "q",
-                    id: "01A",
-                    bytes: b"hello"
-                },
-                Entry {
-                    endpoint: "r.s",
-                    id: "01B",
-                    bytes: b"{}"
-                },
-            ]
-        );
-        // Every cut inside the second entry leaves the first, flagged torn.
-        for cut in 1..13 {
-            let (_, entries, torn) = parse(&log[..log.len() - cut]).expect("header");
-            assert_eq!(entries.len(), 1, "cut {cut}");
-            assert!(torn, "cut {cut}");
-        }
-        let (_, entries, torn) = parse(&log[..log.len() - 13]).expect("header");
-        assert_eq!((entries.len(), torn), (1, false));
-        // A cancelled copy (its delivery failed and was reported) is dropped.
-        let mut cancelled = log.clone();
-        cancelled.extend_from_slice(b"q 01A -\n");
-        let (_, entries, torn) = parse(&cancelled).expect("header");
-        assert_eq!((entries.len(), entries[0].id, torn), (1, "01B", false));
-        assert!(parse(b"relay-batch-log 1 boot").is_none());
-        assert!(parse(b"something else\n").is_none());
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::test_runner::Config {
-            failure_persistence: None,
-            ..proptest::test_runner::Config::default()
-        })]
-
-        /// A log on disk can be anything (a damaged disk, a stray file):
-        /// parsing it never panics.
-        #[test]
-        fn parse_survives_arbitrary_bytes(
-            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
-        ) {
-            let mut log = b"relay-batch-log 1 b\n".to_vec();
-            log.extend_from_slice(&tail);
-            let _ = parse(&log);
-            let _ = parse(&tail);
-        }
-
-        /// What `Log::append` and `Log::cancel` write parses back, and any
-        /// cut leaves the whole entries before it, flagged torn unless the
-        /// cut falls between two lines.
-        #[test]
-        fn parse_reads_back_what_was_appended(
-            bodies in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40), 0..8),
-            cancel in proptest::collection::vec(proptest::prelude::any::<bool>(), 8),
-            cut in 0usize..2000,
-        ) {
-            let mut log = b"relay-batch-log 1 b\n".to_vec();
-            let mut bounds = vec![log.len()];
-            for (i, b) in bodies.iter().enumerate() {
-                log.extend_from_slice(format!("q.r e{i} {}\n", b.len()).as_bytes());
-                log.extend_from_slice(b);
-                log.push(b'\n');
-                bounds.push(log.len());
-            }
-            for (i, _) in bodies.iter().enumerate().filter(|(i, _)| cancel[*i]) {
-                log.extend_from_slice(format!("q.r e{i} -\n").as_bytes());
-                bounds.push(log.len());
-            }
-            let (_, entries, torn) = parse(&log).expect("header");
-            let kept: Vec<&[u8]> = bodies
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !cancel[*i])
-                .map(|(_, b)| b.as_slice())
-                .collect();
-            proptest::prop_assert!(!torn);
-            proptest::prop_assert_eq!(entries.iter().map(|e| e.bytes).collect::<Vec<_>>(), kept);
-
-            let cut = bounds[0] + cut % (log.len() - bounds[0] + 1);
-            let (_, entries, torn) = parse(&log[..cut]).expect("header");
-            proptest::prop_assert_eq!(torn, !bounds.contains(&cut));
-            let whole = bounds.iter().filter(|&&b| b <= cut).count() - 1;
-            proptest::prop_assert!(entries.len() <= whole.min(bodies.len()));
-            for e in &entries {
-                let i: usize = e.id[1..].parse().expect("id");
-                proptest::prop_assert_eq!(e.bytes, bodies[i].as_slice());
-            }
-        }
-    }
 }

@@ -16,7 +16,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use crate::envelope::Envelope;
 use crate::error::{Error, IoContext, Result};
 use crate::home;
-use crate::store::journal::{self, Outbox, Record};
+use crate::store::journal::Outbox;
+use crate::store::log::{self, Record};
 use crate::store::rows::{ClaimRow, Event, EventRow, ExpiredLease, Row};
 use crate::store::state::Slots;
 use crate::vocab::{Code, Status};
@@ -314,7 +315,7 @@ impl Store {
     pub fn ingest(&mut self) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         const CHUNK: u64 = INGEST_CHUNK;
-        let path = journal::file(&self.dir);
+        let path = log::journal_file(&self.dir);
         let Some((mut f, meta)) = home::open_own(&path, rustix::fs::OFlags::RDWR, "journal")?
         else {
             return Ok(());
@@ -524,7 +525,7 @@ impl Tx<'_> {
     pub fn ingest_tail(&self) -> Result<()> {
         use std::os::unix::fs::MetadataExt;
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let path = journal::file(dir);
+        let path = log::journal_file(dir);
         let Some((mut f, meta)) = home::open_own(&path, rustix::fs::OFlags::RDONLY, "journal")?
         else {
             return Ok(());
@@ -1083,7 +1084,7 @@ impl Tx<'_> {
                     &detail,
                     at,
                 )?,
-                r => apply(&self.tx, std::slice::from_ref(&r)).map_err(|e| self.err(e))?,
+                r => apply(&self.tx, std::iter::once(&r)).map_err(|e| self.err(e))?,
             }
         }
         Ok(())
@@ -1093,15 +1094,15 @@ impl Tx<'_> {
 /// Most journal bytes read (and applied) at once.
 const INGEST_CHUNK: u64 = 4 << 20;
 
-/// Reads the whole lines of the journal `f` (at `path`) from `offset`, at
-/// most `max` bytes, and applies them in `tx`, recording lines that could
-/// not be (`journal_skipped`), and the offset reached (`at` is the
-/// journal's inode and the offset to start from). Returns how many lines
-/// were skipped and the offset reached, or `None` when no whole line is
-/// there yet. No send writes a
-/// line of `max` bytes: one that long (written by something else) is
-/// skipped a chunk at a time, so it can neither wedge ingestion nor make
-/// the journal grow forever.
+/// Reads the whole records of the journal `f` (at `path`) from `offset`,
+/// at most `max` bytes (`log::parse`), and applies them in `tx`, recording
+/// records or lines that could not be (`journal_skipped`), and the offset
+/// reached (`at` is the journal's inode and the offset to start from).
+/// Returns how many were skipped and the offset reached, or `None` when no
+/// whole record is there yet. No send writes a record of `max` bytes: a
+/// stretch that long without one (written by something else) is skipped a
+/// chunk at a time, so it can neither wedge ingestion nor make the journal
+/// grow forever.
 fn ingest_chunk(
     tx: &rusqlite::Transaction<'_>,
     f: &mut std::fs::File,
@@ -1116,16 +1117,14 @@ fn ingest_chunk(
     std::io::Read::take(&mut *f, max)
         .read_to_end(&mut chunk)
         .ctx("cannot read", path)?;
-    // Whole lines only: a send may be mid-append at the end.
-    let (records, bad, next) = match chunk.iter().rposition(|&b| b == b'\n') {
-        Some(end) => {
-            let (records, bad) = journal::parse(&chunk[..=end]);
-            (records, bad, offset + end as u64 + 1)
-        }
-        None if chunk.len() as u64 >= max => (Vec::new(), 1, offset + max),
-        None => return Ok(None),
+    // Whole records only: a send may be mid-append at the end.
+    let parsed = log::parse(&chunk, log::OnDamage::Skip);
+    let (bad, next) = match parsed.used {
+        0 if chunk.len() as u64 >= max => (1, offset + max),
+        0 => return Ok(None),
+        used => (parsed.bad, offset + used as u64),
     };
-    apply(tx, &records).map_err(|e| store_err(db, e))?;
+    apply(tx, parsed.entries.iter().map(|e| &e.record)).map_err(|e| store_err(db, e))?;
     if bad > 0 {
         skipped_event(tx, bad, offset).map_err(|e| store_err(db, e))?;
     }
@@ -1174,9 +1173,13 @@ fn set_journal_offset(
     Ok(())
 }
 
-/// Applies journal records in `tx`; a record the index already has (a
-/// replay) changes nothing.
-fn apply(tx: &rusqlite::Transaction<'_>, records: &[Record]) -> rusqlite::Result<()> {
+/// Applies the index records of a log in `tx` (a message and its
+/// cancellation are for `batchlog`'s replay); a record the index already
+/// has (a replay) changes nothing.
+fn apply<'r>(
+    tx: &rusqlite::Transaction<'_>,
+    records: impl Iterator<Item = &'r Record>,
+) -> rusqlite::Result<()> {
     let mut sent = tx.prepare_cached(
         "INSERT INTO messages
          (endpoint, id, subject, sender, trace_id, status, sent_at, done_at, expires_at,
@@ -1278,6 +1281,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, records: &[Record]) -> rusqlite::Result
             Record::Unsent { endpoint, id } => {
                 unsent.execute(params![endpoint, id])?;
             }
+            Record::Message { .. } | Record::Cancel { .. } => {}
             Record::Event {
                 key,
                 at,

@@ -9,7 +9,8 @@
 //! Every process that opens the index first moves the journal into it
 //! (`Store::ingest`), so reports, claims and acks always see every send
 //! that finished. Appends hold a shared `flock` on the journal for the one
-//! `write`. Ingestion reads whole lines from the offset the index has
+//! `write`. Each record is framed as the log frames it (`log`), and
+//! ingestion reads whole records from the offset the index has
 //! recorded (no lock: a send is never kept waiting) and empties the file
 //! only when everything is in and it can take the lock without waiting.
 //! Ingestion is idempotent (rows are keyed by endpoint and id, events by
@@ -17,134 +18,14 @@
 //! already has.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 use crate::envelope::Envelope;
 use crate::error::{IoContext, Result};
 use crate::home;
+use crate::store::log::{self, Record};
 use crate::store::rows::{Event, SentRow};
 use crate::store::state::Slots;
-
-/// `journal` in `dir` (the relay home).
-#[must_use]
-pub fn file(dir: &Path) -> PathBuf {
-    dir.join("journal")
-}
-
-/// One journal line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "camelCase", rename_all_fields = "camelCase")]
-pub enum Record {
-    /// An index row for a delivered or dead-lettered copy.
-    Sent {
-        /// When (ms).
-        at: u64,
-        /// Mailbox name.
-        endpoint: String,
-        /// Message id.
-        id: String,
-        /// Subject as sent.
-        subject: String,
-        /// Sender.
-        sender: String,
-        /// Trace id.
-        trace_id: String,
-        /// TTL deadline (ms).
-        expires_at: u64,
-        /// Priority rank.
-        priority: u8,
-        /// Sent as a half-open probe.
-        probe: bool,
-        /// Dead-letter code, when dead-lettered.
-        code: Option<String>,
-        /// Dead-letter reason, when dead-lettered.
-        reason: Option<String>,
-    },
-    /// A copy whose `Sent` row was appended but which then could not be
-    /// delivered: its row goes again (rows go to the journal before their
-    /// copy is made visible, so the index never lacks a delivered message).
-    Unsent {
-        /// Mailbox name.
-        endpoint: String,
-        /// Message id.
-        id: String,
-    },
-    /// A claim (`consumer`): the row is claimed at `at`, with its lease
-    /// deadline (`None` for an at-most-once claim). Carries what a row
-    /// needs, for a message the index does not have yet.
-    Claimed {
-        /// When (ms).
-        at: u64,
-        /// Mailbox name.
-        endpoint: String,
-        /// Message id.
-        id: String,
-        /// Subject as sent.
-        subject: String,
-        /// Sender.
-        sender: String,
-        /// Trace id.
-        trace_id: String,
-        /// When it was sent (ms; the envelope's `createdAt`).
-        sent_at: u64,
-        /// TTL deadline (ms).
-        expires_at: u64,
-        /// Priority rank.
-        priority: u8,
-        /// Lease deadline (ms).
-        lease_until: Option<u64>,
-    },
-    /// An ack (`consumer`): the row is acked at `at`.
-    Acked {
-        /// When (ms).
-        at: u64,
-        /// Mailbox name.
-        endpoint: String,
-        /// Message id.
-        id: String,
-    },
-    /// An event.
-    Event {
-        /// Unique per record: replays are recognised by it.
-        key: String,
-        /// When (ms).
-        at: u64,
-        /// Event kind.
-        kind: String,
-        /// Sender concerned.
-        sender: Option<String>,
-        /// Endpoint concerned.
-        endpoint: Option<String>,
-        /// Message concerned.
-        message_id: Option<String>,
-        /// Kind-specific detail.
-        detail: serde_json::Value,
-    },
-}
-
-impl Record {
-    /// The index row of `row`, sent at `now`.
-    #[must_use]
-    pub fn sent(row: &SentRow<'_>, now: u64) -> Self {
-        let (code, reason) = row.failure.unzip();
-        let env = row.envelope;
-        Record::Sent {
-            at: now,
-            endpoint: row.endpoint.to_string(),
-            id: env.id.clone(),
-            subject: env.subject.clone(),
-            sender: env.from.clone(),
-            trace_id: env.trace().to_string(),
-            expires_at: env.budget.ttl,
-            priority: env.priority().rank(),
-            probe: row.probe,
-            code: code.map(|c| c.to_string()),
-            reason: reason.map(str::to_string),
-        }
-    }
-}
 
 /// Index rows and events decided by one command (the reliability layer,
 /// dead letters, notices), in order. The caller decides where they go: to
@@ -235,19 +116,16 @@ impl Default for Journal {
         Journal {
             prefix: crate::envelope::random_ulid().to_string(),
             next: 0,
-            // A torn append (a kill mid-write) then loses only itself: the
-            // next append starts on a line of its own.
-            buf: b"\n".to_vec(),
+            // Every record starts a line of its own (`log::push`): a torn
+            // append (a kill mid-write) loses only itself.
+            buf: Vec::new(),
         }
     }
 }
 
 impl Journal {
     fn push(&mut self, r: &Record) {
-        // Encoding plain data into a Vec cannot fail.
-        if serde_json::to_writer(&mut self.buf, r).is_ok() {
-            self.buf.push(b'\n');
-        }
+        log::push(&mut self.buf, r, &[]);
     }
 
     /// Buffers the claim of `env` at `endpoint` (see `Record::Claimed`).
@@ -291,57 +169,22 @@ impl Journal {
     /// Appends everything buffered to the journal in `dir`; returns the
     /// journal's size after it (0 when there was nothing to append).
     /// On failure nothing buffered is kept (a short write leaves at most a
-    /// torn line, which ingestion skips).
+    /// torn record, which ingestion skips).
     pub fn flush(&mut self, dir: &Path) -> Result<u64> {
-        if self.buf.len() <= 1 {
+        if self.buf.is_empty() {
             return Ok(0);
         }
         use rustix::fs::OFlags;
-        let path = file(dir);
+        let path = log::journal_file(dir);
         let (mut f, md) = home::create_own(&path, OFlags::WRONLY | OFlags::APPEND, "journal")?;
         f.lock_shared().ctx("cannot lock", &path)?;
         let written = f.write_all(&self.buf).ctx("cannot append to", &path);
         let appended = self.buf.len() as u64;
-        self.buf.truncate(1);
+        self.buf.clear();
         written?;
         // At least this much: other sends may have appended meanwhile.
         Ok(md.len() + appended)
     }
-}
-
-impl Record {
-    /// Whether its numbers fit the index (SQLite integers are signed).
-    fn in_range(&self) -> bool {
-        let fit = |v: u64| i64::try_from(v).is_ok();
-        match self {
-            Record::Sent { at, .. } | Record::Event { at, .. } | Record::Acked { at, .. } => {
-                fit(*at)
-            }
-            Record::Claimed {
-                at,
-                sent_at,
-                lease_until,
-                ..
-            } => fit(*at) && fit(*sent_at) && lease_until.is_none_or(fit),
-            Record::Unsent { .. } => true,
-        }
-    }
-}
-
-/// Parses journal text into records; lines that do not parse (a torn
-/// append, anything not written by relay) or whose numbers are out of range
-/// are counted and skipped.
-#[must_use]
-pub fn parse(text: &[u8]) -> (Vec<Record>, usize) {
-    let mut records = Vec::new();
-    let mut bad = 0;
-    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        match serde_json::from_slice::<Record>(line) {
-            Ok(r) if r.in_range() => records.push(r),
-            _ => bad += 1,
-        }
-    }
-    (records, bad)
 }
 
 #[cfg(test)]
@@ -349,28 +192,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_round_trip_and_torn_lines_are_skipped() {
+    fn events_are_keyed_and_read_back_as_appended() {
         let (mut j, mut out) = (Journal::default(), Outbox::default());
-        out.event(
-            &Event {
-                kind: crate::vocab::EventKind::RateLimitSoft,
-                sender: Some("a"),
-                endpoint: None,
-                message_id: None,
-                detail: serde_json::json!({ "used": 8 }),
-            },
-            7,
-        );
+        for at in [7, 8] {
+            out.event(
+                &Event {
+                    kind: crate::vocab::EventKind::RateLimitSoft,
+                    sender: Some("a"),
+                    endpoint: None,
+                    message_id: None,
+                    detail: serde_json::json!({ "used": 8 }),
+                },
+                at,
+            );
+        }
         j.take(&mut out);
-        let mut text = j.buf.clone();
-        text.extend_from_slice(b"{\"t\":\"event\",\"ke");
-        let (records, bad) = parse(&text);
-        assert_eq!(bad, 1);
-        assert_eq!(records.len(), 1);
-        let Record::Event { kind, at, key, .. } = &records[0] else {
-            panic!("not an event: {records:?}");
-        };
-        assert_eq!((kind.as_str(), *at), ("rate_limit_soft", 7));
-        assert!(key.ends_with(".1"), "{key}");
+        j.acked("q", "01A", 9);
+        let p = log::parse(&j.buf, log::OnDamage::Skip);
+        assert_eq!((p.bad, p.partial, p.used), (0, false, j.buf.len()));
+        let keys: Vec<(u64, String)> = p
+            .entries
+            .iter()
+            .filter_map(|e| match &e.record {
+                Record::Event { at, key, .. } => Some((*at, key.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keys.len(), 2);
+        assert!(
+            keys[0].1.ends_with(".1") && keys[1].1.ends_with(".2"),
+            "{keys:?}"
+        );
+        assert_ne!(keys[0].1, keys[1].1);
+        assert!(matches!(p.entries[2].record, Record::Acked { at: 9, .. }));
     }
 }
