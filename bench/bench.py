@@ -150,14 +150,22 @@ def batch(n):
     path = os.path.join(SCRATCH, "batch.ndjson")
     with open(path, "w") as f:
         f.write(lines)
-    rates = {"durable": [], "nofsync": [], "cloop": [], "cnofsync": [], "cgroup": []}
-    ingest, retire = [], []
-    for _ in range(3):
-        for mode, flags in (("durable", []), ("nofsync", ["--no-fsync"])):
+    rates = {"durable": [], "nofsync": [], "cloop": [], "cnofsync": [], "cgroup": [],
+             "base_durable": [], "base_nofsync": []}
+    ingest, retire, base_ingest = [], [], []
+    runs = [("durable", RELAY, []), ("nofsync", RELAY, ["--no-fsync"])]
+    if BASELINE:
+        # The baseline relay's batches in the same rounds, and its next
+        # reader (ingesting the same rows from its own journal).
+        runs += [("base_durable", BASELINE, []), ("base_nofsync", BASELINE, ["--no-fsync"])]
+    for _ in range(5 if BASELINE else 3):
+        for mode, binary, flags in runs:
             _, env = relay_home(config)
             with open(path) as f:
-                ms = timed([RELAY, "send", "--batch", *flags], env=env, stdin=f)
+                ms = timed([binary, "send", "--batch", *flags], env=env, stdin=f)
             rates[mode].append(n / ms * 1000)
+            if mode == "base_durable":
+                base_ingest.append(timed([binary, "status", "--json"], env=env))
             if mode == "durable":
                 # The batch's index rows wait in the journal: the next
                 # reader moves them into relay.db. Its cost, reported.
@@ -188,6 +196,13 @@ def batch(n):
     record(f"C no-fsync loop ({n} msgs)", median(rates["cnofsync"]), "msg/s")
     record(f"relay send --batch --no-fsync ({n} msgs)", median(rates["nofsync"]), "msg/s",
            "C no-fsync loop", median(rates["cnofsync"]), ">= 0.7x")
+    if BASELINE:
+        record("relay send --batch durable vs the baseline's", median(rates["durable"]), "msg/s",
+               "baseline", median(rates["base_durable"]))
+        record("relay send --batch --no-fsync vs the baseline's", median(rates["nofsync"]), "msg/s",
+               "baseline", median(rates["base_nofsync"]))
+        record("next reader after the batch vs the baseline's", median(ingest), "ms",
+               "baseline", median(base_ingest))
 
 
 def recv_ack(n):
