@@ -374,7 +374,11 @@ impl Mailbox {
 
     /// `lock` without waiting: `None` while someone else holds it.
     pub fn try_lock(&self) -> Result<Option<fs::File>> {
-        let file = fs::File::open(&self.dir).ctx("cannot open", &self.dir)?;
+        let file = match fs::File::open(&self.dir) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(self.gone()),
+            Err(e) => return Err(Error::io("cannot open", &self.dir, e)),
+        };
         match file.try_lock() {
             // Opened before an `endpoints remove` that let go meanwhile.
             Ok(()) if rustix::fs::fstat(&file).is_ok_and(|st| st.st_nlink == 0) => Err(self.gone()),
@@ -900,6 +904,20 @@ mod tests {
         assert_eq!(message_id(".hidden.json"), None);
         assert_eq!(message_id("README.txt"), None);
         assert_eq!(message_id(".json"), None);
+    }
+
+    /// A mailbox removed before its lock is taken is gone (no endpoint,
+    /// 69), whether waited for or only tried, never an I/O error (74).
+    #[test]
+    fn locking_a_removed_mailbox_says_it_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = Home::resolve(Some(dir.path().to_path_buf())).expect("home");
+        let mb = Mailbox::at(&home, "agent.gone");
+        for e in [mb.lock().err(), mb.try_lock().err()] {
+            let e = e.expect("an error");
+            assert!(matches!(e, Error::NoEndpoint(_)), "{e:?}");
+            assert!(e.to_string().contains("was removed"), "{e}");
+        }
     }
 
     #[test]

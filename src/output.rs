@@ -27,6 +27,24 @@ pub fn warn(msg: &str) {
     );
 }
 
+/// Prints a notice on stderr, something a long-running command did that is
+/// neither a warning nor its output: `relay: <msg>`, or under `--json` one
+/// JSON object `{"notice": {"message": <msg>}}`.
+pub fn notice(msg: &str) {
+    eprint!(
+        "{}",
+        notice_line(msg, JSON_WARNINGS.load(Ordering::Relaxed))
+    );
+}
+
+fn notice_line(msg: &str, json: bool) -> String {
+    if json {
+        format!("{}\n", serde_json::json!({ "notice": { "message": msg } }))
+    } else {
+        format!("relay: {}\n", printable(msg))
+    }
+}
+
 /// The line [`warn`] prints, newline included (one write, so lines of
 /// concurrent processes sharing a stderr do not interleave).
 fn warning_line(msg: &str, json: bool) -> String {
@@ -195,5 +213,27 @@ pub fn detail_text(v: &serde_json::Value, now: u64) -> String {
             .collect::<Vec<_>>()
             .join(" "),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_and_notices_are_one_line_of_text_or_json() {
+        assert_eq!(warning_line("a\nb", false), "relay: warning: a\\nb\n");
+        assert_eq!(
+            notice_line("reloaded /x\u{1b}", false),
+            "relay: reloaded /x\\u{1b}\n"
+        );
+        for (line, key) in [
+            (warning_line("a\nb", true), "warning"),
+            (notice_line("a\nb", true), "notice"),
+        ] {
+            assert_eq!(line.matches('\n').count(), 1, "{line}");
+            let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+            assert_eq!(v[key]["message"], "a\nb", "{v}");
+        }
     }
 }

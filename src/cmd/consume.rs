@@ -100,10 +100,10 @@ pub fn run(ctx: &mut Ctx, args: &RecvArgs) -> Result<()> {
             signals += 1;
             stop = true;
             if signals == 1 && !running.is_empty() {
-                eprintln!(
-                    "relay: stopping once {} running handler(s) finish; signal again to stop now",
+                output::notice(&format!(
+                    "stopping once {} running handler(s) finish; signal again to stop now",
                     running.len()
-                );
+                ));
             }
         }
         if signals >= 2 && !running.is_empty() {
@@ -233,7 +233,7 @@ fn reload_if_changed(ctx: &mut Ctx, last: &mut Option<(SystemTime, u64)>) {
                 output::warn(w);
             }
             ctx.config = c;
-            eprintln!("relay: reloaded {}", path.display());
+            output::notice(&format!("reloaded {}", path.display()));
         }
         Err(e) => output::warn(&format!("{e}; keeping the last good config")),
     }

@@ -527,7 +527,12 @@ fn remove_if(
     let mut names: Vec<&str> = old.iter().map(|(ep, _)| ep.as_str()).collect();
     names.sort_unstable();
     names.dedup();
-    let mailboxes: Vec<Mailbox> = names.iter().map(|n| Mailbox::at(&ctx.home, n)).collect();
+    // A mailbox removed since the scan took its letters with it.
+    let mailboxes: Vec<Mailbox> = names
+        .iter()
+        .map(|n| Mailbox::at(&ctx.home, n))
+        .filter(Mailbox::is_endpoint)
+        .collect();
     let locks = crate::pipeline::lock_all(&mailboxes)?;
     let mut gone: Vec<(&str, &str)> = Vec::with_capacity(old.len());
     for (ep, id) in old {

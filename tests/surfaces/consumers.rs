@@ -595,7 +595,14 @@ fn follow_reloads_config_and_keeps_the_last_good_one_after_a_bad_edit() {
     // A good edit takes effect in the running follower.
     replace_config(&r, &format!("{}\n", cfg("1")));
     let config_path = r.path("config.json").display().to_string();
-    f.stderr_line(secs(10), &format!("relay: reloaded {config_path}"));
+    // Under --json the notice is a JSON line, as warnings and errors are.
+    let notice = f.stderr_line(secs(10), "reloaded");
+    let notice: serde_json::Value = serde_json::from_str(&notice).expect("a JSON notice line");
+    assert_eq!(
+        notice["notice"]["message"],
+        format!("reloaded {config_path}"),
+        "{notice}"
+    );
     let second = send_from(&r, "agent.a", "agent.b", "two", None);
     assert_eq!(f.json_line(secs(10), "id", &second)["outcome"], "nacked");
     let b = breaker(&r, "agent.a", "agent.b", None);
