@@ -68,10 +68,12 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
         Err(e) => return Err(left_untouched(e, &db)),
     };
     let mut rebuilt = false;
+    let mut last_event = None;
     let index_usable = match problem {
         Some(p) => {
             // Let go of the damaged file before it is moved aside.
             ctx.close_store();
+            last_event = repair.then(|| last_event_id(&db)).flatten();
             let repaired = repair && set_aside(&db, now)?;
             note(
                 "index",
@@ -116,6 +118,15 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
                 );
             }
         }
+        // The new index's events continue the old one's ids (a stream's
+        // Last-Event-ID, `events --follow`): above its last id if it can
+        // still be read, and above the time in ms, more events than any
+        // index could have given out. (Opened only now: opening settles
+        // batch logs, and those of another boot are disarmed above.)
+        let floor = last_event
+            .unwrap_or(0)
+            .max(i64::try_from(now).unwrap_or(i64::MAX));
+        ctx.store()?.number_events_above(floor)?;
     }
 
     // The access rules: a file that cannot be read as rules refuses every
@@ -634,6 +645,25 @@ fn finish(
 
 /// Moves a damaged index (and its WAL files) aside; a fresh one is made on
 /// the next open.
+/// The last event id the damaged index at `db` gave out, if it can still
+/// be read (read-only; any failure is `None`).
+fn last_event_id(db: &std::path::Path) -> Option<i64> {
+    use rusqlite::OpenFlags;
+    let c = rusqlite::Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    let seq: Option<i64> = c
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    let max: Option<i64> = c
+        .query_row("SELECT MAX(id) FROM events", [], |r| r.get(0))
+        .ok()
+        .flatten();
+    seq.max(max)
+}
+
 fn set_aside(db: &std::path::Path, now: u64) -> Result<bool> {
     for suffix in ["", "-wal", "-shm"] {
         let from = std::path::PathBuf::from(format!("{}{suffix}", db.display()));

@@ -182,6 +182,45 @@ impl Store {
         Ok(store)
     }
 
+    /// Numbers this index's events above `floor`, those it holds (in
+    /// their order) and every later one: `doctor --repair` gives a rebuilt
+    /// index the ids of the one it replaces to continue from, so a stream
+    /// resuming from a `Last-Event-ID` (or `relay events --follow`) still
+    /// gets what comes after.
+    pub fn number_events_above(&mut self, floor: i64) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| store_err(&path, e))?;
+        let step = || -> rusqlite::Result<()> {
+            let low: Option<i64> = tx.query_row("SELECT MIN(id) FROM events", [], |r| r.get(0))?;
+            if low.is_some_and(|low| low <= floor) {
+                // Through negative ids: no new id meets an old one.
+                tx.execute("UPDATE events SET id = -id", [])?;
+                tx.execute("UPDATE events SET id = ?1 - id", params![floor])?;
+            }
+            let top: i64 = tx.query_row(
+                "SELECT MAX(?1, COALESCE(MAX(id), 0)) FROM events",
+                params![floor],
+                |r| r.get(0),
+            )?;
+            if tx.execute(
+                "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'events'",
+                params![top],
+            )? == 0
+            {
+                tx.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?1)",
+                    params![top],
+                )?;
+            }
+            Ok(())
+        };
+        step().map_err(|e| store_err(&path, e))?;
+        tx.commit().map_err(|e| store_err(&path, e))
+    }
+
     /// Runs `f` with SQLite told not to wait for the write lock: `None` if
     /// it needed the lock while another connection held it (nothing of
     /// `f`'s uncommitted work is kept). The lock timeout applies again

@@ -192,3 +192,66 @@ fn bad_patterns_and_positions_are_400_before_the_stream_starts() {
     s.get("/api/relay/stream?subject=agent.b&after=not%20an%20id")
         .assert_error(400);
 }
+
+/// Event ids go on rising across `doctor --repair`, which sets a damaged
+/// index aside and starts a new one: a client resuming with the
+/// `Last-Event-ID` it had before the repair gets the events after it
+/// (before, the new index numbered its events from 1 again, so a resumed
+/// stream skipped them until the ids caught up).
+#[test]
+fn a_stream_resumes_across_a_repair_of_the_index() {
+    let r = Relay::new();
+    r.add(&["agent.b"]);
+    let breakers = |action: &str, sender: &str| {
+        r.cmd(["breakers", action, sender, "agent.b"])
+            .at(T)
+            .success();
+    };
+    for _ in 0..3 {
+        breakers("open", "agent.x");
+        breakers("reset", "agent.x");
+    }
+    let s = serve(&r);
+    // From the first event on: the six above.
+    let mut sse = Sse::open(s.addr, "/api/relay/stream?subject=%3E&after=0");
+    let mut last = String::new();
+    for _ in 0..6 {
+        let ev = sse.until(secs(10), "an event", |e| e.event == "relay_event");
+        last = ev.id.unwrap_or_default();
+    }
+    drop(sse);
+    drop(s);
+    let event_part = |id: &str| -> i64 {
+        id.split(':')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a stream position: {id:?}"))
+    };
+    assert!(event_part(&last) >= 6, "{last}");
+    // The index damaged beyond reading; the repair starts a new one.
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(r.path(&format!("relay.db{suffix}")));
+    }
+    r.write_file("relay.db", b"this is not an SQLite database, not at all");
+    r.cmd(["doctor", "--repair"]).at(T).run();
+    assert!(
+        std::fs::read(r.path("relay.db")).is_ok_and(|b| b.starts_with(b"SQLite format 3")),
+        "a new index: {}",
+        r.listing()
+    );
+    // After the repair, one event.
+    breakers("open", "agent.y");
+    let s = serve(&r);
+    let mut again = Sse::open_with(
+        s.addr,
+        "/api/relay/stream?subject=%3E",
+        &[("Last-Event-ID", last.as_str())],
+    );
+    let ev = again.until(secs(10), "the event after the repair", |e| {
+        e.event == "relay_event"
+    });
+    assert_eq!(ev.data["kind"], "breaker_opened", "{:?}", again.seen);
+    assert_eq!(ev.data["sender"], "agent.y", "{:?}", again.seen);
+    let id = ev.id.unwrap_or_default();
+    assert!(event_part(&id) > event_part(&last), "{id} after {last}");
+}
