@@ -29,6 +29,7 @@ use crate::envelope::Budget;
 use crate::error::{Error, Result};
 use crate::maildir::{self, Mailbox, SUBDIRS};
 use crate::pressure::Priority;
+use crate::store::index::Store;
 use crate::subject;
 use crate::vocab::{Code, DorkStatus, Status};
 
@@ -283,8 +284,10 @@ where
 {
     match app
         .blocking(|ctx| {
-            // What sends appended since the poller looked.
-            let _ = ctx.store()?.ingest();
+            // What sends appended since the poller looked, unless another
+            // process holds the write lock now (no read waits on a writer;
+            // a write takes the lock, and catches up, in its transaction).
+            let _ = ctx.store()?.without_waiting(Store::ingest);
             f(ctx)
         })
         .await

@@ -27,6 +27,7 @@ use super::{dorkos, prometheus, sse};
 use crate::cmd::{ack, breakers, endpoints, limits, status};
 use crate::context::Ctx;
 use crate::error::{Error, Result};
+use crate::store::index::Store;
 use crate::store::reports;
 use crate::vocab::EventKind;
 
@@ -539,7 +540,7 @@ async fn backpressure(State(app): State<Arc<App>>) -> Response {
 /// `cur/` or `failed/`; `null` once consumed).
 async fn redeliveries(State(app): State<Arc<App>>) -> Response {
     json_of(&app, |ctx| {
-        let _ = ctx.store()?.ingest();
+        let _ = ctx.store()?.without_waiting(Store::ingest);
         let rows = ctx.store()?.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, at, kind, sender, endpoint, message_id, detail FROM events

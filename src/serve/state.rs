@@ -121,6 +121,14 @@ impl App {
         };
         let ctx = db.ctx();
         ctx.config = self.current_config(ctx);
+        if !ctx.has_store() {
+            // Opened without waiting for another process's write (its
+            // journal catch-up is left to the lock's holder or the next
+            // writer), so no route waits merely to open the index; one
+            // that fails to open is opened again, and its failure told,
+            // by the route's own `ctx.store()`.
+            let _ = ctx.store_without_waiting();
+        }
         let result = f(ctx);
         if matches!(result, Err(Error::Store(_) | Error::Io { .. })) {
             // Start afresh next time: the index may have been replaced.

@@ -668,3 +668,44 @@ fn read_routes_answer_while_another_process_holds_the_index() {
     });
     assert_eq!(ev.id.as_deref(), Some(two.as_str()), "{:?}", sse.seen);
 }
+
+/// Whichever read route comes first after the server starts, it does not
+/// wait to open the index while another process holds its write lock
+/// (with a send in the journal to move in): each on a server of its own,
+/// the lock timeout far beyond the client's patience, as above.
+#[test]
+fn no_first_read_route_waits_to_open_a_held_index() {
+    let r = Relay::new();
+    r.add(&["agent.a"]);
+    r.cmd(["status"]).at(T).success();
+    let db = rusqlite::Connection::open(r.path("relay.db")).expect("open relay.db");
+    db.execute_batch("BEGIN IMMEDIATE").expect("hold the index");
+    r.cmd(["send", "agent.a", "one"]).at(T).success();
+    for path in [
+        "/api/relay/messages",
+        "/api/relay/endpoints",
+        "/api/relay/endpoints/agent.a/inbox",
+        "/api/relay/dead-letters",
+        "/api/relay/dead-letters/aggregated",
+        "/api/relay/metrics",
+        "/api/relay/trace/metrics",
+        "/api/relay/conversations",
+        "/api/relay/events",
+        "/api/relay/backpressure",
+        "/api/relay/limits",
+        "/api/relay/redeliveries",
+    ] {
+        let s = Server::start(
+            &r,
+            "127.0.0.1:0",
+            &[],
+            &[
+                ("RELAY_FAKE_NOW_MS", &T.to_string()),
+                ("RELAY_LOCK_TIMEOUT_MS", "600000"),
+            ],
+        );
+        let a = get(s.addr, path);
+        assert_eq!(a.status_line, "HTTP/1.1 200 OK", "{path}: {a:?}");
+    }
+    drop(db);
+}
