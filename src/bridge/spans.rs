@@ -4,11 +4,24 @@
 //! row of the copy (so `relay trace` shows the remote span and its
 //! status), feed the (sender -> endpoint) breaker like a local ack or nack
 //! would, and are recorded as `remote_span` events.
+//!
+//! The receiving side looks only at the pairs that filesystem
+//! notifications on its endpoints' `new/`, `cur/` and `failed/` name (a
+//! message arriving, claimed, acked or dead-lettered), and at every open pair only
+//! every 30 s or when a notification may have been missed; it rescanned
+//! up to 1,024 open pairs every 200 ms before, holding the blocking side
+//! the apply of fetched messages waits for.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::breaker::Event as BreakerEvent;
 use crate::bridge::wire::{Span, SpanState};
 use crate::context::Ctx;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::maildir::Mailbox;
 use crate::reliability;
 use crate::store::bridge::{Open, State};
@@ -31,8 +44,31 @@ pub fn changes(
 ) -> Result<(Vec<(Open, Span)>, usize)> {
     let open = st.open_pairs(limit, offset)?;
     let seen = open.len();
+    Ok((look(ctx, open, me)?, seen))
+}
+
+/// Span updates owed for `pairs` (endpoint, id), those of them that are
+/// applied and still open: what the notifications named.
+pub fn changes_of(
+    ctx: &mut Ctx,
+    st: &State,
+    me: &str,
+    pairs: &std::collections::BTreeSet<(String, String)>,
+) -> Result<Vec<(Open, Span)>> {
+    let mut open = Vec::new();
+    for (ep, id) in pairs {
+        if let Some(p) = st.open_pair(ep, id)? {
+            open.push(p);
+        }
+    }
+    look(ctx, open, me)
+}
+
+/// Where each open pair is now, as a span update where it moved on since
+/// its origin last heard.
+fn look(ctx: &mut Ctx, open: Vec<Open>, me: &str) -> Result<Vec<(Open, Span)>> {
     if open.is_empty() {
-        return Ok((Vec::new(), 0));
+        return Ok(Vec::new());
     }
     let now = ctx.clock.now_ms();
     let store = ctx.store()?;
@@ -57,10 +93,14 @@ pub fn changes(
             continue;
         }
         let (code, reason) = if state == SpanState::Failed {
-            mb.read_reason(&pair.id)
-                .map_or((Some("failed".to_string()), None), |r| {
-                    (r.code, Some(r.reason))
-                })
+            match mb.read_reason(&pair.id) {
+                Some(r) => (r.code, Some(r.reason)),
+                // A dead letter's reason follows it into `failed/`: looked
+                // at again when it lands (a notification names it), unless
+                // the letter is older than a reason takes to follow.
+                None if failed_lately(&mb, &pair.id) => continue,
+                None => (Some("failed".to_string()), None),
+            }
         } else {
             (None, None)
         };
@@ -75,7 +115,20 @@ pub fn changes(
         };
         out.push((pair, span));
     }
-    Ok((out, seen))
+    Ok(out)
+}
+
+/// Whether dead letter `id` of `mb` reached `failed/` within the last
+/// seconds, by the file system's clock (its reason sidecar may still be on
+/// its way).
+fn failed_lately(mb: &Mailbox, id: &str) -> bool {
+    std::fs::symlink_metadata(mb.sub("failed").join(format!("{id}.json")))
+        .and_then(|m| m.modified())
+        .is_ok_and(|at| {
+            std::time::SystemTime::now()
+                .duration_since(at)
+                .is_ok_and(|d| d < Duration::from_secs(5))
+        })
 }
 
 /// Applies span updates about messages this host sent, in one index
@@ -198,50 +251,267 @@ pub async fn publish_all(
     sent
 }
 
-/// How often claims, acks and dead letters here are looked for.
-const REPORT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+/// How often claims, acks and dead letters here are looked for when
+/// filesystem notifications are unavailable.
+const REPORT_POLL: Duration = Duration::from_millis(200);
+/// How often every open pair is looked at although no notification named
+/// it (what a notification cannot tell: a full queue, a directory made
+/// since the last look; and the index changing without the Maildir).
+const FULL_LOOK: Duration = Duration::from_secs(30);
+/// How long a notification waits for the others of its batch.
+const GATHER: Duration = Duration::from_millis(100);
+/// How often the watched directories are brought in step with the local
+/// endpoints.
+const FOLLOW: Duration = Duration::from_secs(1);
 
-/// Reports what became of applied messages to their origins until a stop.
-pub async fn report_loop(session: std::sync::Arc<super::shared::Session>) -> Result<()> {
-    const PAGE: usize = 1024;
-    let mut offset = 0;
+/// The pairs (endpoint, id) named by notifications since the last look.
+type Named = Arc<Mutex<BTreeSet<(String, String)>>>;
+
+/// Watches the local endpoints' `new/`, `cur/` and `failed/`: a message
+/// arriving, claimed (out of `new/`), acked (out of `cur/`), or
+/// dead-lettered (out of either, its reason into `failed/`) names its
+/// pair, so the report loop looks at those pairs instead of every open one.
+struct Changed {
+    named: Named,
+    missed: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+    watcher: Option<notify::RecommendedWatcher>,
+    watched: BTreeSet<PathBuf>,
+}
+
+impl Changed {
+    fn new() -> Self {
+        let named: Named = Arc::default();
+        let missed = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (n, m, w) = (Arc::clone(&named), Arc::clone(&missed), Arc::clone(&wake));
+        let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            match ev {
+                Ok(e) if !e.need_rescan() => {
+                    let mut got = false;
+                    if let Ok(mut named) = n.lock() {
+                        for p in &e.paths {
+                            if let Some(pair) = pair_of(p) {
+                                got |= named.insert(pair);
+                            }
+                        }
+                    }
+                    if got {
+                        w.notify_one();
+                    }
+                }
+                // A full queue or an error: something may be missed.
+                _ => {
+                    m.store(true, Ordering::SeqCst);
+                    w.notify_one();
+                }
+            }
+        })
+        .map_err(|e| {
+            crate::output::warn(&format!(
+                "bridge: filesystem notifications unavailable ({e}); looking at every open message every {} ms",
+                REPORT_POLL.as_millis()
+            ));
+        })
+        .ok();
+        Changed {
+            named,
+            missed,
+            wake,
+            watcher,
+            watched: BTreeSet::new(),
+        }
+    }
+
+    /// Watches exactly `dirs`; whether a directory was added (what landed
+    /// in it before its watch was named by no notification).
+    fn follow(&mut self, dirs: BTreeSet<PathBuf>) -> bool {
+        use notify::Watcher;
+        let Some(w) = self.watcher.as_mut() else {
+            return false;
+        };
+        for gone in self.watched.difference(&dirs) {
+            let _ = w.unwatch(gone);
+        }
+        let mut watched = BTreeSet::new();
+        let mut added = false;
+        for d in dirs {
+            if self.watched.contains(&d) {
+                watched.insert(d);
+            } else if w.watch(&d, notify::RecursiveMode::NonRecursive).is_ok() {
+                added = true;
+                watched.insert(d);
+            }
+        }
+        self.watched = watched;
+        added
+    }
+
+    fn take(&self) -> BTreeSet<(String, String)> {
+        self.named
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default()
+    }
+}
+
+/// (endpoint, id) of `<home>/mailboxes/<endpoint>/<sub>/<id>.json`, or of
+/// its reason sidecar `<id>.reason.json` in `failed/`.
+fn pair_of(path: &Path) -> Option<(String, String)> {
+    let name = path.file_name()?.to_str()?;
+    let id = match name.strip_suffix(".reason.json") {
+        Some(id) if !id.is_empty() && !id.starts_with('.') => id,
+        _ => crate::maildir::message_id(name)?,
+    };
+    let ep = path.parent()?.parent()?.file_name()?.to_str()?;
+    Some((ep.to_string(), id.to_string()))
+}
+
+/// The `new/`, `cur/` and `failed/` (once there is one) of every local
+/// endpoint.
+fn endpoint_dirs(home: &crate::home::Home) -> Result<BTreeSet<PathBuf>> {
+    let mut dirs = BTreeSet::new();
+    for ep in super::directory::local_endpoints(home)? {
+        let mb = Mailbox::at(home, &ep);
+        dirs.insert(mb.sub("new"));
+        dirs.insert(mb.sub("cur"));
+        if mb.sub("failed").is_dir() {
+            dirs.insert(mb.sub("failed"));
+        }
+    }
+    Ok(dirs)
+}
+
+/// Reports what became of applied messages to their origins until a stop:
+/// the pairs notifications name as they change, every open pair now and
+/// then (and at once when a notification may have been missed).
+pub async fn report_loop(session: Arc<super::shared::Session>) -> Result<()> {
+    let mut changed = Changed::new();
+    let home = super::shared::blocking(&session.local, |l| Ok(l.ctx().home.clone())).await?;
+    let mut followed: Option<Instant> = None;
+    let mut full_at: Option<Instant> = None;
     while !session.stopping() {
+        if followed.is_none_or(|t| t.elapsed() >= FOLLOW) && changed.watcher.is_some() {
+            let h = home.clone();
+            let dirs = tokio::task::spawn_blocking(move || endpoint_dirs(&h))
+                .await
+                .map_err(|e| Error::Data(format!("bridge: a blocking task failed: {e}")))?;
+            match dirs {
+                Ok(d) => {
+                    if changed.follow(d) {
+                        full_at = None;
+                    }
+                }
+                Err(e) => crate::output::warn(&format!("bridge: spans: {e}")),
+            }
+            followed = Some(Instant::now());
+        }
+        let missed = changed.missed.swap(false, Ordering::SeqCst);
+        let full =
+            changed.watcher.is_none() || missed || full_at.is_none_or(|t| t.elapsed() >= FULL_LOOK);
+        let named = changed.take();
+        let found = if full {
+            full_at = Some(Instant::now());
+            look_at_all(&session).await
+        } else if named.is_empty() {
+            Vec::new()
+        } else {
+            super::shared::blocking(&session.local, move |l| {
+                let (ctx, st, me) = l.parts();
+                let me = me.to_string();
+                changes_of(ctx, st, &me, &named)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                crate::output::warn(&format!("bridge: spans: {e}"));
+                Vec::new()
+            })
+        };
+        if !found.is_empty() {
+            // What its origin did not take is looked at again (on the
+            // next wake, a second at most).
+            let unsent = report(&session, found).await?;
+            if let Ok(mut n) = changed.named.lock() {
+                n.extend(unsent);
+            }
+        }
+        if changed.watcher.is_none() {
+            session.pause(REPORT_POLL).await;
+            continue;
+        }
+        let mut stop = session.stop.clone();
+        let woken = tokio::select! {
+            () = changed.wake.notified() => true,
+            () = tokio::time::sleep(FOLLOW) => false,
+            _ = stop.wait_for(|s| *s) => false,
+        };
+        if woken {
+            // Woken by the first of a batch's notifications: the rest of
+            // it is gathered into the same look (one index read, one
+            // bridge.db commit), not one look each.
+            session.pause(GATHER).await;
+        }
+    }
+    Ok(())
+}
+
+/// Every open pair, page by page.
+async fn look_at_all(session: &super::shared::Session) -> Vec<(Open, Span)> {
+    const PAGE: usize = 1024;
+    let mut all = Vec::new();
+    let mut offset = 0;
+    loop {
         let at = offset;
-        let found = super::shared::blocking(&session.local, move |l| {
+        let page = super::shared::blocking(&session.local, move |l| {
             let (ctx, st, me) = l.parts();
             let me = me.to_string();
             changes(ctx, st, &me, PAGE, at)
         })
         .await;
-        let found = match found {
-            Ok((f, seen)) => {
-                offset = if seen < PAGE { 0 } else { offset + PAGE };
-                f
+        match page {
+            Ok((found, seen)) => {
+                all.extend(found);
+                if seen < PAGE {
+                    return all;
+                }
+                offset += PAGE;
             }
             Err(e) => {
                 crate::output::warn(&format!("bridge: spans: {e}"));
-                Vec::new()
+                return all;
             }
-        };
-        if found.is_empty() {
-            session.pause(REPORT_POLL).await;
-            continue;
         }
-        let spans = found
-            .iter()
-            .map(|(p, s)| (p.origin.clone(), s.clone()))
-            .collect();
-        let sent = publish_all(&session, spans).await;
-        super::shared::blocking(&session.local, move |l| {
-            l.state.atomically(|st| {
-                for s in &sent {
-                    st.set_reported(&s.endpoint, &s.message_id, s.state)?;
-                }
-                Ok(())
-            })
-        })
-        .await?;
-        session.pause(REPORT_POLL).await;
     }
-    Ok(())
+}
+
+/// Publishes span updates and records what their origins heard; the
+/// pairs whose update was not acknowledged.
+async fn report(
+    session: &Arc<super::shared::Session>,
+    found: Vec<(Open, Span)>,
+) -> Result<Vec<(String, String)>> {
+    let spans = found
+        .iter()
+        .map(|(p, s)| (p.origin.clone(), s.clone()))
+        .collect();
+    let sent = publish_all(session, spans).await;
+    let heard: BTreeSet<(&str, &str)> = sent
+        .iter()
+        .map(|s| (s.endpoint.as_str(), s.message_id.as_str()))
+        .collect();
+    let unsent = found
+        .iter()
+        .filter(|(p, _)| !heard.contains(&(p.endpoint.as_str(), p.id.as_str())))
+        .map(|(p, _)| (p.endpoint.clone(), p.id.clone()))
+        .collect();
+    super::shared::blocking(&session.local, move |l| {
+        l.state.atomically(|st| {
+            for s in &sent {
+                st.set_reported(&s.endpoint, &s.message_id, s.state)?;
+            }
+            Ok(())
+        })
+    })
+    .await?;
+    Ok(unsent)
 }

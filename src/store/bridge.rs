@@ -176,6 +176,28 @@ impl State {
         Ok(rows)
     }
 
+    /// The pair (endpoint, id) if it is applied and still open.
+    pub fn open_pair(&self, endpoint: &str, id: &str) -> Result<Option<Open>> {
+        self.conn
+            .prepare_cached(
+                "SELECT origin, reported FROM applied
+                 WHERE endpoint = ?1 AND id = ?2 AND reported NOT IN ('acked', 'failed')",
+            )
+            .and_then(|mut st| {
+                st.query_row(params![endpoint, id], |r| {
+                    let reported: String = r.get(1)?;
+                    Ok(Open {
+                        endpoint: endpoint.to_string(),
+                        id: id.to_string(),
+                        origin: r.get(0)?,
+                        reported: SpanState::parse(&reported).unwrap_or(SpanState::Delivered),
+                    })
+                })
+                .optional()
+            })
+            .map_err(|e| self.err(&e))
+    }
+
     /// Forgets applied pairs older than `before`; returns how many.
     pub fn prune(&self, before: u64) -> Result<usize> {
         self.conn
