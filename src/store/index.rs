@@ -557,6 +557,11 @@ impl Tx<'_> {
         store_err(self.path, e)
     }
 
+    /// Runs one statement of this transaction; how many rows it changed.
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
+        self.tx.execute(sql, params).map_err(|e| self.err(e))
+    }
+
     /// Moves into the index, within this transaction, what was appended to
     /// the journal since it began (`Store::begin` ingested the rest): what
     /// consumers journaled meanwhile (`reliability::observe_leases` needs
@@ -834,12 +839,10 @@ impl Tx<'_> {
 
     /// Sets a row's status to what the Maildir says (`pending`, `claimed`, `failed`).
     pub fn set_status(&self, endpoint: &str, id: &str, status: Status) -> Result<()> {
-        self.tx
-            .execute(
-                "UPDATE messages SET status = ?3 WHERE endpoint = ?1 AND id = ?2",
-                params![endpoint, id, status],
-            )
-            .map_err(|e| self.err(e))?;
+        self.exec(
+            "UPDATE messages SET status = ?3 WHERE endpoint = ?1 AND id = ?2",
+            params![endpoint, id, status],
+        )?;
         Ok(())
     }
 
@@ -857,40 +860,36 @@ impl Tx<'_> {
         }
         let (code, reason) = failure.unzip();
         let sent_at = crate::clock::parse_iso8601(&env.created_at).unwrap_or(now);
-        self.tx
-            .execute(
-                "INSERT OR REPLACE INTO messages
+        self.exec(
+            "INSERT OR REPLACE INTO messages
                  (endpoint, id, subject, sender, trace_id, status, sent_at, claimed_at, done_at,
                   expires_at, code, reason, priority)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                params![
-                    endpoint,
-                    env.id,
-                    env.subject,
-                    env.from,
-                    env.trace(),
-                    status.as_str(),
-                    sent_at,
-                    (status == Status::Claimed).then_some(now),
-                    (status == Status::Failed).then_some(now),
-                    sql_ms(env.budget.ttl),
-                    code,
-                    reason,
-                    env.priority().rank(),
-                ],
-            )
-            .map_err(|e| self.err(e))?;
+            params![
+                endpoint,
+                env.id,
+                env.subject,
+                env.from,
+                env.trace(),
+                status.as_str(),
+                sent_at,
+                (status == Status::Claimed).then_some(now),
+                (status == Status::Failed).then_some(now),
+                sql_ms(env.budget.ttl),
+                code,
+                reason,
+                env.priority().rank(),
+            ],
+        )?;
         Ok(())
     }
 
     /// Deletes a message's index row at an endpoint.
     pub fn forget(&self, endpoint: &str, id: &str) -> Result<()> {
-        self.tx
-            .execute(
-                "DELETE FROM messages WHERE endpoint = ?1 AND id = ?2",
-                params![endpoint, id],
-            )
-            .map_err(|e| self.err(e))?;
+        self.exec(
+            "DELETE FROM messages WHERE endpoint = ?1 AND id = ?2",
+            params![endpoint, id],
+        )?;
         Ok(())
     }
 
@@ -915,13 +914,11 @@ impl Tx<'_> {
     /// Marks a pending message claimed at `at` without a lease: the claim
     /// happened on another host (`relay bridge`), which holds its lease.
     pub fn record_remote_claim(&self, endpoint: &str, id: &str, at: u64) -> Result<()> {
-        self.tx
-            .execute(
-                "UPDATE messages SET status = 'claimed', claimed_at = ?3
+        self.exec(
+            "UPDATE messages SET status = 'claimed', claimed_at = ?3
                  WHERE endpoint = ?1 AND id = ?2 AND status = 'pending'",
-                params![endpoint, id, at],
-            )
-            .map_err(|e| self.err(e))?;
+            params![endpoint, id, at],
+        )?;
         Ok(())
     }
 
@@ -1015,24 +1012,20 @@ impl Tx<'_> {
         {
             return Ok(Some(original));
         }
-        self.tx
-            .execute(
-                "INSERT OR REPLACE INTO idempotency (sender, key, message_id, created_at)
+        self.exec(
+            "INSERT OR REPLACE INTO idempotency (sender, key, message_id, created_at)
                  VALUES (?1, ?2, ?3, ?4)",
-                params![sender, key, id, now],
-            )
-            .map_err(|e| self.err(e))?;
+            params![sender, key, id, now],
+        )?;
         Ok(None)
     }
 
     /// Forgets a key claimed by `id` (its send delivered nothing).
     pub fn release_key(&self, sender: &str, key: &str, id: &str) -> Result<()> {
-        self.tx
-            .execute(
-                "DELETE FROM idempotency WHERE sender = ?1 AND key = ?2 AND message_id = ?3",
-                params![sender, key, id],
-            )
-            .map_err(|e| self.err(e))?;
+        self.exec(
+            "DELETE FROM idempotency WHERE sender = ?1 AND key = ?2 AND message_id = ?3",
+            params![sender, key, id],
+        )?;
         Ok(())
     }
 
