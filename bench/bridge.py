@@ -24,7 +24,9 @@ loopback port and a temp store, and measures:
   and latency of its bridge too, interleaved round by round with this
   build's (the before/after of a bridge change in one invocation);
 - the local floor: `send --batch` of the same messages into an endpoint of
-  the same home (no bridge), the rate the sending side alone allows.
+  the same home (no bridge), the rate the sending side alone allows;
+- B's CPU while idle after a throughput round (its messages delivered and
+  unread: what the report loop spends on them).
 
 Set TMPDIR to put the homes and the server's store elsewhere (every file
 the bridge creates or removes is an inode; on a file system whose inode
@@ -125,6 +127,12 @@ def rss_kb(pid):
     return 0
 
 
+def cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def batch(n, start=0, ep="agent.b"):
     return "".join(json.dumps({"subject": ep, "payload": {"i": i, "pad": "x" * 300}}) + "\n"
                    for i in range(start, start + n)).encode()
@@ -143,6 +151,7 @@ def main():
     # Throughput, interleaved with the baseline (and the before build)
     # round by round.
     bridged = {k: [] for k in BUILDS}
+    idle_cpu = {k: [] for k in BUILDS}
     bare, local = [], []
     for r in range(rounds):
         for k, binary in BUILDS.items():
@@ -156,6 +165,11 @@ def main():
             relay(a, "send", "--batch", "--from", "agent.a", stdin=batch(n, ep=ep), binary=binary)
             wait(lambda: count(new_b) >= n, f"all {n} on B ({k} build, round {r})")
             bridged[k].append(n / (time.time() - t0))
+            # B's CPU while idle, with the n messages delivered and unread.
+            time.sleep(1)
+            c0 = cpu_s(bb.pid)
+            time.sleep(3)
+            idle_cpu[k].append((cpu_s(bb.pid) - c0) / 3 * 100)
             ba.terminate(); bb.terminate(); ba.wait(); bb.wait()
         out = subprocess.run([BASELINE, url, str(n), "420"], capture_output=True, check=True)
         res = json.loads(out.stdout)
@@ -169,12 +183,14 @@ def main():
         "bare_publish_msgs_per_s": statistics.median(bare),
         "ratio": statistics.median(bridged["after"]) / statistics.median(bare),
         "local_send_batch_msgs_per_s": statistics.median(local),
+        "b_idle_cpu_pct": statistics.median(idle_cpu["after"]),
         "messages": n, "rounds": rounds,
     }
     if BEFORE:
         results["throughput"]["before_bridged_msgs_per_s"] = statistics.median(bridged["before"])
         results["throughput"]["before_ratio"] = (statistics.median(bridged["before"])
                                                  / statistics.median(bare))
+        results["throughput"]["before_b_idle_cpu_pct"] = statistics.median(idle_cpu["before"])
 
     # Latency: single sends, one at a time, the builds taking turns.
     lat = {k: [] for k in BUILDS}

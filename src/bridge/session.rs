@@ -28,6 +28,10 @@ pub fn server_version(v: &str) -> Option<(u64, u64)> {
     Some((major, minor))
 }
 
+/// How long a stop waits for a task still waiting on the server, and for
+/// the client to flush what it buffered.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
 /// Connects (retrying until the server answers), then runs every task
 /// until a signal.
 pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
@@ -153,14 +157,28 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
             }
         }
     }
-    // Every task looks at the stop between two pieces of work.
-    while let Some(res) = tasks.join_next().await {
-        if let Ok(Err(e)) = res {
-            crate::output::warn(&format!("bridge: {e}"));
+    // Every task looks at the stop between two pieces of work; one still
+    // waiting on the server after `STOP_GRACE` (a request to a server that
+    // is gone waits for its timeout) is let go. That is safe as a kill -9
+    // is: whatever it owes is durable or done again on the next start.
+    let grace = tokio::time::sleep(STOP_GRACE);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            res = tasks.join_next() => match res {
+                None => break,
+                Some(Ok(Err(e))) => crate::output::warn(&format!("bridge: {e}")),
+                Some(_) => {}
+            },
+            () = &mut grace => {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
         }
     }
     session_down(&session).await;
-    let _ = client.drain().await;
+    let _ = tokio::time::timeout(STOP_GRACE, client.drain()).await;
     eprintln!("relay: bridge for host '{host}' stopped");
     Ok(())
 }

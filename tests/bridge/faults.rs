@@ -370,10 +370,13 @@ fn sigterm_stops_both_bridges_while_nats_is_down() {
         });
         open.then_some(())
     });
-    // A fetch held open on a server that is gone must not hold up the stop
-    // (`stop` fails after 15 s).
-    assert_eq!(p.bb.stop(), Some(0), "{}", p.bb.log());
-    assert_eq!(p.ba.stop(), Some(0), "{}", p.ba.log());
+    // A fetch held open, a directory put or a span awaiting its ack on a
+    // server that is gone must not hold up the stop: each bridge exits
+    // within 2 s of SIGTERM (it took 3.1 to 5.5 s while a request waited for its
+    // timeout), and cleanly.
+    let limit = std::time::Duration::from_secs(2);
+    assert_eq!(p.bb.stop_within(limit), Some(0), "{}", p.bb.log());
+    assert_eq!(p.ba.stop_within(limit), Some(0), "{}", p.ba.log());
     assert!(p.ba.log().contains("stopped"), "{}", p.ba.log());
 }
 

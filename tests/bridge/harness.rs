@@ -261,10 +261,16 @@ impl Bridge {
 
     /// Stops it with SIGTERM and returns its exit status code.
     pub fn stop(&mut self) -> Option<i32> {
+        self.stop_within(Duration::from_secs(15))
+    }
+
+    /// Stops it with SIGTERM and returns its exit status code, failing if
+    /// it has not exited within `limit`.
+    pub fn stop_within(&mut self, limit: Duration) -> Option<i32> {
         let mut c = self.child.take()?;
         let pid = rustix::process::Pid::from_raw(i32::try_from(c.id()).ok()?)?;
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + limit;
         loop {
             if let Ok(Some(st)) = c.try_wait() {
                 return st.code();
@@ -273,7 +279,7 @@ impl Bridge {
                 let _ = c.kill();
                 let _ = c.wait();
                 panic!(
-                    "relay bridge did not stop within 15 s of SIGTERM:\n{}",
+                    "relay bridge did not stop within {limit:?} of SIGTERM:\n{}",
                     self.log()
                 );
             }
