@@ -86,27 +86,11 @@ impl Wake {
     /// landed in it before its watch (after the look that found the
     /// proxy) is taken by that next look, not left for the fallback.
     fn follow(&mut self, dirs: std::collections::BTreeSet<std::path::PathBuf>) {
-        use notify::Watcher;
         let Some(w) = self.watcher.as_mut() else {
             return;
         };
-        for gone in self.watched.difference(&dirs) {
-            let _ = w.unwatch(gone);
-        }
-        let mut watched = std::collections::BTreeSet::new();
-        let mut added = false;
-        for d in dirs {
-            // Already watched, or watched now; a proxy not ready yet is
-            // tried again on the next look.
-            if self.watched.contains(&d) {
-                watched.insert(d);
-            } else if w.watch(&d, notify::RecursiveMode::NonRecursive).is_ok() {
-                added = true;
-                watched.insert(d);
-            }
-        }
-        self.watched = watched;
-        if added {
+        // A proxy not ready yet is tried again on the next look.
+        if super::shared::watch_exactly(w, &mut self.watched, dirs) {
             self.notify.notify_one();
         }
     }

@@ -152,3 +152,30 @@ where
     .await
     .map_err(|e| Error::Data(format!("bridge: a blocking task failed: {e}")))?
 }
+
+/// Brings the directories `w` watches to exactly `dirs` (`watched` is what
+/// it watches now): unwatches the others, watches the new ones (one that
+/// cannot be watched yet is left out, for the next call to try again).
+/// Whether any was added: what landed in it before its watch was named by
+/// no notification, so the caller looks at it once.
+pub fn watch_exactly(
+    w: &mut impl notify::Watcher,
+    watched: &mut std::collections::BTreeSet<PathBuf>,
+    dirs: std::collections::BTreeSet<PathBuf>,
+) -> bool {
+    for gone in watched.difference(&dirs) {
+        let _ = w.unwatch(gone);
+    }
+    let mut now = std::collections::BTreeSet::new();
+    let mut added = false;
+    for d in dirs {
+        if watched.contains(&d) {
+            now.insert(d);
+        } else if w.watch(&d, notify::RecursiveMode::NonRecursive).is_ok() {
+            added = true;
+            now.insert(d);
+        }
+    }
+    *watched = now;
+    added
+}

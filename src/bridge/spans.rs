@@ -326,25 +326,10 @@ impl Changed {
     /// Watches exactly `dirs`; whether a directory was added (what landed
     /// in it before its watch was named by no notification).
     fn follow(&mut self, dirs: BTreeSet<PathBuf>) -> bool {
-        use notify::Watcher;
         let Some(w) = self.watcher.as_mut() else {
             return false;
         };
-        for gone in self.watched.difference(&dirs) {
-            let _ = w.unwatch(gone);
-        }
-        let mut watched = BTreeSet::new();
-        let mut added = false;
-        for d in dirs {
-            if self.watched.contains(&d) {
-                watched.insert(d);
-            } else if w.watch(&d, notify::RecursiveMode::NonRecursive).is_ok() {
-                added = true;
-                watched.insert(d);
-            }
-        }
-        self.watched = watched;
-        added
+        super::shared::watch_exactly(w, &mut self.watched, dirs)
     }
 
     fn take(&self) -> BTreeSet<(String, String)> {
