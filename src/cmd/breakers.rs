@@ -149,7 +149,7 @@ pub fn time_passed(ctx: &Ctx, now: u64) -> Result<bool> {
     let breakers_on = ctx.config.reliability.circuit_breaker.enabled;
     let mut slots = Slots::new(ctx.home.root());
     let state = slots.lock()?.get();
-    let due = state.lease_due.values().any(|&at| at < now)
+    let due = state.lease_past_due(state.lease_due.keys(), now)
         || breakers_on
             && state
                 .breakers
