@@ -1452,8 +1452,11 @@ fn dead_letters(ctx: &mut Ctx, sender: &str, a: DeadLetterArgs) -> ToolResult {
     }
 }
 
+/// `relay status --json`, as `relay serve`'s status route answers it: a
+/// server never waits for the index's write lock (see
+/// `status::snapshot_without_waiting`).
 fn status_tool(ctx: &mut Ctx) -> ToolResult {
-    match status::snapshot(ctx, 20) {
+    match status::snapshot_without_waiting(ctx, 20) {
         Ok(s) => ToolResult::ok(serde_json::to_value(s).unwrap_or(Value::Null)),
         Err(e) => ToolResult::err(failure("STATUS_FAILED", &e)),
     }

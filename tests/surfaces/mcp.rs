@@ -61,7 +61,12 @@ impl Mcp {
     /// A client of `relay mcp --as SENDER` (spawned by the client, in
     /// `r`'s clean environment).
     fn stdio(r: &Relay, test: &str, sender: &str) -> Option<Mcp> {
-        Mcp::start(r, test, &["stdio", BIN, "mcp", "--as", sender])
+        Mcp::stdio_env(r, test, sender, &[])
+    }
+
+    /// `stdio`, the client and the server it spawns also given `env`.
+    fn stdio_env(r: &Relay, test: &str, sender: &str, env: &[(&str, &str)]) -> Option<Mcp> {
+        Mcp::start(r, test, &["stdio", BIN, "mcp", "--as", sender], env)
     }
 
     /// A client of the streamable-HTTP server at `url`, sending `headers`
@@ -69,13 +74,14 @@ impl Mcp {
     fn http(r: &Relay, test: &str, url: &str, headers: &[&str]) -> Option<Mcp> {
         let mut args = vec!["http", url];
         args.extend_from_slice(headers);
-        Mcp::start(r, test, &args)
+        Mcp::start(r, test, &args, &[])
     }
 
-    fn start(r: &Relay, test: &str, args: &[&str]) -> Option<Mcp> {
+    fn start(r: &Relay, test: &str, args: &[&str], env: &[(&str, &str)]) -> Option<Mcp> {
         let py = python(test)?;
         let mut c = Command::new(py);
         r.clean_env(c.arg(client_script()).args(args))
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -865,6 +871,59 @@ fn status_metrics_and_trace_read_the_bus() {
     );
     assert_eq!(e["error"], "Trace not found", "{e}");
     assert_eq!(e["messageId"], "01ARZ3NDEKTSV4RRFFQ69G5FAV", "{e}");
+}
+
+/// `relay_status` waits for no writer, as `relay serve`'s status route:
+/// with another process (an operator's sqlite3 session) holding the
+/// index's write lock, a send in the journal the index has not read and a
+/// claim past its lease (both want that lock to be recorded), it answers
+/// from the index as it stands. The lock timeout is far beyond the
+/// client's patience (90 s), so a tool that waited for the lock would not
+/// answer at all. Once the lock is free, the next call records the lease.
+#[test]
+fn relay_status_answers_while_another_process_holds_the_index() {
+    use crate::harness::T;
+    let r = Relay::new();
+    r.add(&["agent.a"]);
+    r.cmd(["send", "agent.a", "one"]).at(T).success();
+    r.cmd(["recv", "agent.a", "--lease", "1s"]).at(T).success();
+    r.cmd(["status"]).at(T).success();
+    let db = rusqlite::Connection::open(r.path("relay.db")).expect("open relay.db");
+    db.execute_batch("BEGIN IMMEDIATE").expect("hold the index");
+    r.cmd(["send", "agent.a", "two"]).at(T).success();
+    let later = (T + 60_000).to_string();
+    let env = [
+        ("RELAY_FAKE_NOW_MS", later.as_str()),
+        ("RELAY_LOCK_TIMEOUT_MS", "600000"),
+    ];
+    let Some(mut c) = Mcp::stdio_env(&r, "status under a held index", "agent.a", &env) else {
+        return;
+    };
+    let kinds = |s: &Value| -> Vec<String> {
+        s["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["kind"].as_str().map(String::from))
+            .collect()
+    };
+    let s = c.ok("relay_status", json!({}));
+    let ep = &s["endpoints"][0];
+    assert_eq!(
+        (&ep["subject"], &ep["new"], &ep["cur"]),
+        (&json!("agent.a"), &json!(1), &json!(1)),
+        "{s}"
+    );
+    assert!(
+        !kinds(&s).iter().any(|k| k == "lease_expired"),
+        "nothing recorded under another's lock: {s}"
+    );
+    drop(db); // rolls back: the lock is free
+    let s = c.ok("relay_status", json!({}));
+    assert!(
+        kinds(&s).iter().any(|k| k == "lease_expired"),
+        "the expired lease recorded once the lock is free: {s}"
+    );
 }
 
 #[test]
