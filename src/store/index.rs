@@ -225,12 +225,27 @@ impl Store {
     /// it needed the lock while another connection held it (nothing of
     /// `f`'s uncommitted work is kept). The lock timeout applies again
     /// afterwards.
+    ///
+    /// Only that lock is skipped. Any other lock `f` waits for (the state
+    /// lock `record_time` takes, a mailbox's) is waited for as always, and
+    /// its timeout is the error it is (75, naming the lock): it is held
+    /// only for a read-decide-write, so one held past the lock timeout is
+    /// stuck, not busy, and a reader that hid it would report the state as
+    /// sound. The index's lock is told apart by SQLite itself: it calls the
+    /// busy handler set here when it finds the lock held.
     pub fn without_waiting<T>(
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T>,
     ) -> Result<Option<T>> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let busy = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&busy);
         self.conn
-            .busy_timeout(Duration::ZERO)
+            .busy_handler(Some(move |_tries: i32| {
+                seen.store(true, Ordering::Relaxed);
+                false
+            }))
             .map_err(|e| self.err(e))?;
         let result = f(self);
         self.conn
@@ -238,7 +253,7 @@ impl Store {
             .map_err(|e| self.err(e))?;
         match result {
             Ok(v) => Ok(Some(v)),
-            Err(Error::Locked(_)) => Ok(None),
+            Err(Error::Locked(_)) if busy.load(Ordering::Relaxed) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -1418,4 +1433,40 @@ fn index_writer(path: &Path) -> Option<u32> {
     };
     // The reserved lock of rollback mode sits just past the pending byte.
     on(&shm, 120).or_else(|| on(path, (1 << 30) + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `without_waiting` skips only the index's write lock held by another
+    /// connection; a lock timeout of anything else `f` waits for (here the
+    /// state lock's, as `lockwait` makes it) is the error it is.
+    #[test]
+    fn without_waiting_skips_only_the_index_write_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("relay.db");
+        let mut store = Store::open(&path).expect("open");
+        let other = Connection::open(&path).expect("second connection");
+        other
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("hold the write lock");
+        let held = store.without_waiting(|s| s.begin().map(|_| ()));
+        assert!(matches!(held, Ok(None)), "{held:?}");
+        drop(other);
+        let free = store.without_waiting(|s| s.begin().map(|_| ()));
+        assert!(matches!(free, Ok(Some(()))), "{free:?}");
+        let state = dir.path().join("state.0");
+        let stuck = store.without_waiting(|s| {
+            let _tx = s.begin()?;
+            Err::<(), _>(crate::lockwait::timed_out("the state lock", &state, None))
+        });
+        match stuck {
+            Err(e @ Error::Locked(_)) => {
+                assert_eq!(e.exit_code(), crate::error::code::TEMPFAIL);
+                assert!(e.to_string().contains("the state lock"), "{e}");
+            }
+            other => panic!("a state lock timeout was not reported: {other:?}"),
+        }
+    }
 }
