@@ -158,6 +158,7 @@ impl Relay {
             env: Vec::new(),
             stdin: None,
             umask: None,
+            data_limit_kib: None,
             no_dac_override: false,
         }
     }
@@ -226,6 +227,8 @@ pub struct Cmd<'a> {
     env: Vec<(OsString, Option<OsString>)>,
     stdin: Option<Vec<u8>>,
     umask: Option<u32>,
+    /// `ulimit -d` (KiB): a bound on the heap relay may allocate.
+    data_limit_kib: Option<u64>,
     no_dac_override: bool,
 }
 
@@ -272,6 +275,14 @@ impl<'a> Cmd<'a> {
         self
     }
 
+    /// Runs relay with its data segment (heap and private mappings) capped
+    /// at `kib` KiB (through `sh -c 'ulimit -d ..; exec relay'`): an
+    /// allocation past it aborts relay.
+    pub fn data_limit_kib(mut self, kib: u64) -> Self {
+        self.data_limit_kib = Some(kib);
+        self
+    }
+
     /// Runs relay without the capabilities that let root ignore permission
     /// bits (through util-linux's `setpriv`), so a chmod stops it as it
     /// stops any other user. Not combined with `umask`.
@@ -284,6 +295,9 @@ impl<'a> Cmd<'a> {
         let mut s = String::new();
         if let Some(m) = self.umask {
             let _ = write!(s, "(umask {m:03o}) ");
+        }
+        if let Some(k) = self.data_limit_kib {
+            let _ = write!(s, "(ulimit -d {k}) ");
         }
         for (k, v) in &self.env {
             match v {
@@ -303,24 +317,29 @@ impl<'a> Cmd<'a> {
     }
 
     fn command(&self) -> Command {
-        let mut c = match self.umask {
-            None if self.no_dac_override => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    "--bounding-set=-dac_override,-dac_read_search,-fowner",
-                    "--",
-                    BIN,
-                ]);
-                c
-            }
-            None => Command::new(BIN),
-            Some(m) => {
-                let mut c = Command::new("sh");
-                c.arg("-c")
-                    .arg(format!("umask {m:03o} && exec \"$0\" \"$@\""))
-                    .arg(BIN);
-                c
-            }
+        let mut shell = Vec::new();
+        if let Some(m) = self.umask {
+            shell.push(format!("umask {m:03o}"));
+        }
+        if let Some(k) = self.data_limit_kib {
+            shell.push(format!("ulimit -d {k}"));
+        }
+        let mut c = if !shell.is_empty() {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("{} && exec \"$0\" \"$@\"", shell.join(" && ")))
+                .arg(BIN);
+            c
+        } else if self.no_dac_override {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--bounding-set=-dac_override,-dac_read_search,-fowner",
+                "--",
+                BIN,
+            ]);
+            c
+        } else {
+            Command::new(BIN)
         };
         self.relay.clean_env(c.args(&self.args));
         for (k, v) in &self.env {

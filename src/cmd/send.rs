@@ -769,7 +769,9 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
     };
     let mut progress = output::Progress::new("batch: sent");
     let mut first_error: Option<Error> = None;
-    let (mut lines, mut number, mut sent) = (stdin.lock().lines(), 0usize, 0usize);
+    let cap = ctx.config.max_payload_bytes;
+    let mut lines = CappedLines::new(stdin.lock(), cap.saturating_add(LINE_OVERHEAD));
+    let (mut number, mut sent) = (0usize, 0usize);
     let mut seen = Lookups::default();
     loop {
         let now = ctx.clock.now_ms();
@@ -777,10 +779,16 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
         let mut outcomes: Vec<(usize, std::result::Result<usize, Error>)> = Vec::new();
         for line in lines.by_ref() {
             number += 1;
-            let line = line.map_err(|e| Error::Io {
+            let line = match line.map_err(|e| Error::Io {
                 what: format!("cannot read stdin line {number}"),
                 source: e,
-            })?;
+            })? {
+                BatchLine::Text(line) => line,
+                BatchLine::TooLong(size) => {
+                    outcomes.push((number, Err(too_big(&size, cap, &format!("line {number}")))));
+                    continue;
+                }
+            };
             if line.trim().is_empty() {
                 // In text mode a blank line answers a blank line, so the
                 // output still zips with the input.
@@ -789,26 +797,17 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
                 }
                 continue;
             }
-            let cap = ctx.config.max_payload_bytes;
-            let parsed = if line.len() as u64 > cap.saturating_add(64 * 1024) {
-                Err(too_big(
-                    &line.len().to_string(),
-                    cap,
-                    &format!("line {number}"),
-                ))
-            } else {
-                serde_json::from_str::<Request>(&line)
-                    .map_err(|e| {
-                        Error::Data(format!("not a send request {{subject, payload, ...}}: {e}"))
-                    })
-                    .and_then(|req| {
-                        let size = payload_size(&req.payload);
-                        if size > cap {
-                            return Err(too_big(&size.to_string(), cap, &format!("line {number}")));
-                        }
-                        Ok(req)
-                    })
-            };
+            let parsed = serde_json::from_str::<Request>(&line)
+                .map_err(|e| {
+                    Error::Data(format!("not a send request {{subject, payload, ...}}: {e}"))
+                })
+                .and_then(|req| {
+                    let size = payload_size(&req.payload);
+                    if size > cap {
+                        return Err(too_big(&size.to_string(), cap, &format!("line {number}")));
+                    }
+                    Ok(req)
+                });
             match parsed.and_then(|req| prepare(ctx, args, req, &mut seen, now)) {
                 Ok(job) => {
                     outcomes.push((number, Ok(jobs.len())));
@@ -883,6 +882,117 @@ fn batch(ctx: &mut Ctx, args: &SendArgs) -> Result<()> {
             message: format!("some lines failed (the first: {e})"),
         }),
         None => Ok(()),
+    }
+}
+
+/// What a `--batch` line may hold beyond its payload: the request's other
+/// fields and the payload's JSON quoting.
+const LINE_OVERHEAD: u64 = 64 * 1024;
+
+/// A line of `--batch` input.
+enum BatchLine {
+    /// The line, without its line ending.
+    Text(String),
+    /// Longer than the limit: its size in bytes (`over N` if not measured
+    /// to its end); only the first limit + 1 bytes were kept in memory.
+    TooLong(String),
+}
+
+/// `BufRead::lines` that holds at most `limit + 1` bytes of a line: a
+/// longer line is skipped to its end (measured, to `MEASURE_MAX` past the
+/// limit) instead of read into memory, so a runaway line (`yes | tr -d
+/// '\n'`) costs neither memory nor the lines after it. A line that does
+/// not end within that bound ends the input: nothing after it is read.
+struct CappedLines<R> {
+    r: R,
+    limit: u64,
+    done: bool,
+}
+
+impl<R: BufRead> CappedLines<R> {
+    fn new(r: R, limit: u64) -> Self {
+        CappedLines {
+            r,
+            limit,
+            done: false,
+        }
+    }
+
+    /// Consumes the rest of an over-long line whose last byte read so far
+    /// is `last`: the bytes before its LF, whether it was found (or the
+    /// input ended), and whether a CR came just before it.
+    fn skip_line(&mut self, mut last: u8) -> std::io::Result<(u64, bool, bool)> {
+        let mut skipped = 0u64;
+        while skipped < MEASURE_MAX {
+            let chunk = match self.r.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                return Ok((skipped, true, false));
+            }
+            if let Some(i) = chunk.iter().position(|&b| b == b'\n') {
+                if i > 0 {
+                    last = chunk[i - 1];
+                }
+                self.r.consume(i + 1);
+                return Ok((skipped + i as u64, true, last == b'\r'));
+            }
+            let n = chunk.len();
+            last = chunk[n - 1];
+            self.r.consume(n);
+            skipped += n as u64;
+        }
+        Ok((skipped, false, false))
+    }
+}
+
+impl<R: BufRead> Iterator for CappedLines<R> {
+    type Item = std::io::Result<BatchLine>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        // Room for the line, its CR and its LF.
+        let room = self.limit.saturating_add(2);
+        let mut buf = Vec::new();
+        match (&mut self.r).take(room).read_until(b'\n', &mut buf) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) => return Some(Err(e)),
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+        } else if buf.len() as u64 == room {
+            let last = buf.last().copied().unwrap_or_default();
+            let (rest, ended, cr) = match self.skip_line(last) {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            };
+            let size = buf.len() as u64 + rest - u64::from(cr);
+            if ended {
+                return Some(Ok(BatchLine::TooLong(size.to_string())));
+            }
+            self.done = true;
+            output::warn(&format!(
+                "stopped reading stdin: a line ran over {size} bytes without ending; the lines after it were not read"
+            ));
+            return Some(Ok(BatchLine::TooLong(format!("over {size}"))));
+        }
+        if buf.len() as u64 > self.limit {
+            return Some(Ok(BatchLine::TooLong(buf.len().to_string())));
+        }
+        Some(String::from_utf8(buf).map(BatchLine::Text).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            )
+        }))
     }
 }
 
@@ -1228,4 +1338,50 @@ fn too_big(size: &str, cap: u64, what: &str) -> Error {
         "payload from {what} is {size} bytes, more than the limit of {cap} bytes (maxPayloadBytes); nothing was sent; to raise the cap (up to 64 MiB): relay config set maxPayloadBytes {}",
         want.map_or_else(|| "BYTES".to_string(), |n| n.to_string())
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: impl Read, limit: u64) -> Vec<String> {
+        CappedLines::new(std::io::BufReader::new(input), limit)
+            .map(|l| match l.expect("read") {
+                BatchLine::Text(t) => format!("text {t}"),
+                BatchLine::TooLong(size) => format!("too long {size}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn capped_lines_keep_lines_to_the_limit_and_skip_longer_ones() {
+        let got = lines(&b"abcd\r\nabcde\nab\n\nabcdef\r\nabcde"[..], 4);
+        assert_eq!(
+            got,
+            [
+                "text abcd",
+                "too long 5",
+                "text ab",
+                "text ",
+                "too long 6",
+                "too long 5"
+            ]
+        );
+        assert_eq!(lines(&b"abc"[..], 4), ["text abc"]);
+        // Past the room read at once (limit + 2), measured to the end.
+        let long = format!("{}\r\nok\n", "y".repeat(100_000));
+        assert_eq!(lines(long.as_bytes(), 4), ["too long 100000", "text ok"]);
+        // A CR read at once, its LF not yet.
+        assert_eq!(lines(&b"abcde\r\nok"[..], 4), ["too long 5", "text ok"]);
+    }
+
+    #[test]
+    fn a_line_without_end_ends_the_input_once_measured_to_the_bound() {
+        let got = lines(std::io::repeat(b'x'), 10);
+        let size = got[0].strip_prefix("too long over ").map(str::parse::<u64>);
+        assert!(
+            got.len() == 1 && size.is_some_and(|s| s.is_ok_and(|s| s >= 12 + MEASURE_MAX)),
+            "{got:?}"
+        );
+    }
 }

@@ -70,6 +70,50 @@ fn a_batch_line_over_the_payload_cap_is_refused_like_a_single_send() {
     assert!(out.stderr.contains(&expected), "{}", out.stderr);
 }
 
+/// A 64 MiB `--batch` line (the payload cap at 100 bytes) is refused like
+/// any line over the cap, without being read into memory: relay runs with
+/// its heap capped at 32 MiB (`ulimit -d`), which the line alone would
+/// overrun (it did: an allocation failure, SIGABRT). The lines around it
+/// are sent, the big one writes nothing.
+#[test]
+fn a_batch_line_far_over_the_cap_is_refused_without_reading_it_into_memory() {
+    const BIG: usize = 64 * 1024 * 1024;
+    let r = Relay::new();
+    r.add(&["agent.b"]);
+    r.write_file("config.json", r#"{"maxPayloadBytes": 100}"#);
+    let mut stdin = Vec::with_capacity(BIG + 200);
+    stdin.extend_from_slice(b"{\"subject\":\"agent.b\",\"payload\":\"first\"}\n");
+    let head = b"{\"subject\":\"agent.b\",\"payload\":\"";
+    stdin.extend_from_slice(head);
+    stdin.resize(stdin.len() + BIG, b'x');
+    stdin.extend_from_slice(b"\"}\n{\"subject\":\"agent.b\",\"payload\":\"third\"}\n");
+    let out = r
+        .cmd(["send", "--batch", "--json"])
+        .stdin(stdin)
+        .data_limit_kib(32 * 1024)
+        .code(65);
+    let results = out.json_lines();
+    assert_eq!(results.len(), 3, "one result per line: {}", out.stderr);
+    assert!(results[0]["id"].is_string(), "{}", results[0]);
+    assert!(results[2]["id"].is_string(), "{}", results[2]);
+    let err = &results[1]["error"];
+    assert_eq!(
+        (&err["code"], &err["kind"]),
+        (&65.into(), &"data".into()),
+        "{err}"
+    );
+    let size = head.len() + BIG + 2;
+    let msg = err["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(&format!(
+            "payload from line 2 is {size} bytes, more than the limit of 100 bytes (maxPayloadBytes); nothing was sent"
+        )),
+        "{msg}"
+    );
+    let new = r.files("agent.b", "new");
+    assert_eq!(new.len(), 2, "only the small lines were sent: {new:?}");
+}
+
 /// Sends `n` times from agent.x at `at`; the exit codes.
 fn codes(r: &Relay, subject: &str, n: usize, at: u64) -> Vec<i32> {
     (0..n)
