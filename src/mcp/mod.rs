@@ -6,12 +6,13 @@
 //! Only `relay mcp` and `relay serve` start a runtime; this module never
 //! does so on its own except in `run_stdio`.
 
+pub mod dispatch;
 pub mod tools;
 
 use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rmcp::ErrorData as McpError;
 use rmcp::model::{
@@ -52,6 +53,8 @@ struct Inner {
     config: Mutex<Option<Config>>,
     /// Ends the waits of running `relay_send_and_wait` calls at shutdown.
     cancel: Cancel,
+    /// When idle dispatch inboxes were last swept (`dispatch`).
+    swept: Mutex<Option<Instant>>,
     tools: Vec<Tool>,
 }
 
@@ -89,6 +92,7 @@ impl RelayMcp {
             pool: Mutex::new(Vec::new()),
             config: Mutex::new(None),
             cancel: Cancel::new(),
+            swept: Mutex::new(None),
             tools,
         }))
     }
@@ -131,12 +135,30 @@ impl RelayMcp {
         Ok(out)
     }
 
-    /// One call, on this thread.
+    /// One call, on this thread; idle dispatch inboxes of this identity
+    /// are swept first if `every` has passed since the last sweep.
     fn call_blocking(&self, name: &str, args: Value) -> tools::ToolResult {
         let sender = self.0.sender.clone();
         let cancel = self.0.cancel.clone();
-        self.with_ctx(|ctx| tools::call(ctx, &sender, &cancel, name, args))
-            .unwrap_or_else(|e| tools::ToolResult::setup_failed(&e))
+        self.with_ctx(|ctx| {
+            self.sweep_if_due(ctx, dispatch::SWEEP_AFTER_CALLS);
+            tools::call(ctx, &sender, &cancel, name, args)
+        })
+        .unwrap_or_else(|e| tools::ToolResult::setup_failed(&e))
+    }
+
+    /// Removes this identity's dispatch inboxes idle past their TTL
+    /// (`dispatch::sweep`), unless a sweep ran less than `every` ago.
+    fn sweep_if_due(&self, ctx: &Ctx, every: Duration) {
+        {
+            let mut last = lock(&self.0.swept);
+            if last.is_some_and(|t| t.elapsed() < every) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let sender = self.0.sender.as_str();
+        dispatch::sweep(ctx, |mb| tools::owner_of(mb).is_some_and(|o| o == sender));
     }
 }
 
@@ -228,10 +250,25 @@ async fn serve_stdio(server: RelayMcp) -> Result<()> {
         }
     };
     // EOF ends `waiting`; a signal drops it, which stops the service.
-    tokio::select! {
-        _ = running.waiting() => {}
-        _ = term.recv() => server.stop(),
-        _ = int.recv() => server.stop(),
+    // Meanwhile idle dispatch inboxes are swept also when no call comes.
+    let waiting = running.waiting();
+    tokio::pin!(waiting);
+    let mut idle = tokio::time::interval_at(
+        tokio::time::Instant::now() + dispatch::SWEEP_WHEN_IDLE,
+        dispatch::SWEEP_WHEN_IDLE,
+    );
+    loop {
+        tokio::select! {
+            _ = &mut waiting => break,
+            _ = term.recv() => { server.stop(); break; }
+            _ = int.recv() => { server.stop(); break; }
+            _ = idle.tick() => {
+                let me = server.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = me.with_ctx(|ctx| me.sweep_if_due(ctx, dispatch::SWEEP_WHEN_IDLE));
+                });
+            }
+        }
     }
     Ok(())
 }

@@ -21,13 +21,12 @@ use crate::envelope::Budget;
 use crate::error::{Error, Result};
 use crate::inbox::{self, Filter};
 use crate::maildir::{self, Mailbox, SUBDIRS};
+use crate::mcp::dispatch;
 use crate::pressure::Priority;
 use crate::request::{self, Cancel, Outcome, Request};
 use crate::subject::{self, DISPATCH_INBOX_PREFIX};
 use crate::vocab::{Code, Status};
 
-/// How long DorkOS keeps an idle dispatch inbox (reported as `expiresAt`).
-const DISPATCH_TTL_MS: u64 = 30 * 60 * 1000;
 /// Subject prefixes DorkOS manages: an agent may register one only as its
 /// own identity (`relay/lib/reserved-subjects.ts`).
 const RESERVED: [&str; 6] = [
@@ -716,7 +715,7 @@ fn fifty() -> u32 {
 }
 
 /// The recorded owner of a mailbox (DorkOS's `.owner` marker), trimmed.
-fn owner_of(mb: &Mailbox) -> Option<String> {
+pub fn owner_of(mb: &Mailbox) -> Option<String> {
     let path = mb.dir().join(".owner");
     let meta = std::fs::symlink_metadata(&path).ok()?;
     if !meta.is_file() || meta.len() > 1024 {
@@ -832,6 +831,10 @@ fn inbox_tool(ctx: &mut Ctx, sender: &str, a: InboxArgs) -> ToolResult {
         Ok(mb) => mb,
         Err(e) => return ToolResult::err(e),
     };
+    if mb.name.starts_with(DISPATCH_INBOX_PREFIX) {
+        // A read keeps a dispatch inbox from being swept as idle.
+        dispatch::touch(&mb, ctx.clock.now_ms());
+    }
     let limit = a.limit as usize;
     let mut messages = Vec::new();
     let take_pending = (a.ack || a.claim) && matches!(filter, Filter::Pending | Filter::All);
@@ -949,7 +952,7 @@ fn list_endpoints(ctx: &mut Ctx) -> ToolResult {
                 "maildirPath": mb.dir().display().to_string(),
                 "registeredAt": crate::clock::iso8601(at),
                 "type": kind,
-                "expiresAt": (kind == "dispatch").then(|| crate::clock::iso8601(at + DISPATCH_TTL_MS)),
+                "expiresAt": (kind == "dispatch").then(|| crate::clock::iso8601(at + dispatch::TTL_MS)),
                 "pending": i.new,
                 "claimed": i.cur,
                 "failed": i.failed,
@@ -1209,8 +1212,10 @@ fn send_async(ctx: &mut Ctx, sender: &str, a: AsyncArgs) -> ToolResult {
         Err(why) => return ToolResult::invalid("relay_send_async", &why),
     };
     let inbox = format!("{DISPATCH_INBOX_PREFIX}{}", crate::envelope::random_ulid());
-    if let Err(e) = create_owned(ctx, sender, &inbox) {
-        return ToolResult::err(failure("REGISTRATION_FAILED", &e));
+    match create_owned(ctx, sender, &inbox) {
+        // Idle from now on, by the clock that judges it (`dispatch::sweep`).
+        Ok(mb) => dispatch::touch(&mb, ctx.clock.now_ms()),
+        Err(e) => return ToolResult::err(failure("REGISTRATION_FAILED", &e)),
     }
     let mut msg = outgoing(a.to_subject, a.payload, sender, budget);
     msg.reply_to = Some(inbox.clone());

@@ -802,6 +802,90 @@ fn send_async_gives_an_owned_inbox_that_receives_the_reply() {
     assert_eq!(left, ["svc"], "{}", r.listing());
 }
 
+/// A `relay_send_async` inbox idle for 30 minutes (no read, no delivery) is
+/// removed, as DorkOS's dispatch-inbox sweeper does: each step is a server
+/// of its own with the clock at that minute, so the activity is what the
+/// inboxes keep on disk, and a later session sweeps what an earlier left.
+/// One read at 20 min and one delivered to at 25 min stay at 31 min and
+/// go at 56; another agent's inbox is never this agent's to sweep.
+#[test]
+fn idle_dispatch_inboxes_are_swept_after_30_minutes() {
+    let r = Relay::new();
+    r.add(&["svc"]);
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let at = |min: u64| (start + min * 60_000).to_string();
+    let session = |sender: &str, min: u64| {
+        Mcp::stdio_env(
+            &r,
+            "dispatch sweep",
+            sender,
+            &[("RELAY_FAKE_NOW_MS", at(min).as_str())],
+        )
+    };
+    let make = |c: &mut Mcp| -> String {
+        let v = c.ok(
+            "relay_send_async",
+            json!({"to_subject": "svc", "payload": 1}),
+        );
+        v["inboxSubject"].as_str().unwrap_or_default().to_string()
+    };
+    let listed = |c: &mut Mcp| -> Vec<String> {
+        let v = c.ok("relay_list_endpoints", json!({}));
+        v["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["subject"].as_str().map(String::from))
+            .collect()
+    };
+    let Some(mut c) = session("agent.a", 0) else {
+        return;
+    };
+    let (idle, read, delivered) = (make(&mut c), make(&mut c), make(&mut c));
+    drop(c);
+    let Some(mut c) = session("agent.b", 0) else {
+        return;
+    };
+    let theirs = make(&mut c);
+    drop(c);
+    let Some(mut c) = session("agent.a", 20) else {
+        return;
+    };
+    c.ok("relay_inbox", json!({"endpoint_subject": read}));
+    drop(c);
+    // A reply lands at minute 25 (its new/ changed then).
+    r.cmd(["send", &delivered, "reply"]).success();
+    let new = std::fs::File::open(r.mailbox(&delivered).join("new")).expect("open new/");
+    new.set_modified(std::time::UNIX_EPOCH + Duration::from_millis(start + 25 * 60_000))
+        .expect("set the mtime of new/");
+    let Some(mut c) = session("agent.a", 31) else {
+        return;
+    };
+    let left = listed(&mut c);
+    drop(c);
+    assert!(!left.contains(&idle), "{left:?}");
+    assert!(!r.mailbox(&idle).exists(), "{}", r.listing());
+    for kept in [&read, &delivered, &theirs] {
+        assert!(left.contains(kept), "{kept} kept at 31 min: {left:?}");
+    }
+    let Some(mut c) = session("agent.a", 56) else {
+        return;
+    };
+    let left = listed(&mut c);
+    drop(c);
+    assert!(
+        !left.contains(&read) && !left.contains(&delivered),
+        "{left:?}"
+    );
+    assert!(
+        left.contains(&theirs),
+        "agent.b's is not agent.a's: {left:?}"
+    );
+    assert!(r.mailbox(&theirs).exists(), "{}", r.listing());
+}
+
 #[test]
 fn dead_letters_of_your_endpoints_are_listed_and_requeued() {
     let r = Relay::new();
