@@ -53,10 +53,28 @@ pub fn send(
     reason: &str,
     now: u64,
 ) -> Result<Option<Sent>> {
+    if !code.is_notifiable() {
+        return Ok(None);
+    }
+    send_accepted(home, original, endpoint, code, reason, now)
+}
+
+/// `send` for a copy whose send was accepted (it exited 0) and that is
+/// dead-lettered later with any code: also `no_match`, which at send time
+/// is the send's own exit status (69) but here, a proxy retired under a
+/// queued copy (its remote endpoint or host gone), only a notice can say.
+pub fn send_accepted(
+    home: &Home,
+    original: &Envelope,
+    endpoint: &str,
+    code: Code,
+    reason: &str,
+    now: u64,
+) -> Result<Option<Sent>> {
     let Some(reply_to) = original.reply_to.as_deref() else {
         return Ok(None);
     };
-    if !code.is_notifiable() || original.from == NOTICE_SENDER {
+    if original.from == NOTICE_SENDER {
         return Ok(None);
     }
     // Another program may have written anything there ("/tmp/x", "../..").

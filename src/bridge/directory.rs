@@ -74,7 +74,7 @@ pub fn local_endpoints(home: &Home) -> Result<Vec<String>> {
 }
 
 /// What one sync changed.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Changes {
     /// Proxies made.
     pub added: Vec<String>,
@@ -82,12 +82,16 @@ pub struct Changes {
     pub removed: Vec<String>,
     /// Remote endpoints not proxied because a local endpoint has the name.
     pub shadowed: Vec<String>,
+    /// Copies that were still queued in the removed proxies, now dead
+    /// letters (`no_match`) owed their notices and index rows
+    /// (`dead::dead_lettered`).
+    pub dead: Vec<super::dead::Letter>,
 }
 
 /// Makes `host`'s proxies here exactly `endpoints` (none: the host is gone).
 /// A name that is a local endpoint stays local. Messages still queued in a
-/// removed proxy are dead-lettered there (`no_match`), and the directory
-/// stops being an endpoint.
+/// removed proxy are dead-lettered there (`no_match`, listed in
+/// `Changes::dead`), and the directory stops being an endpoint.
 pub fn sync_host(home: &Home, host: &str, endpoints: &[String], now: u64) -> Result<Changes> {
     sync_host_as(home, host, endpoints, false, now)
 }
@@ -141,7 +145,7 @@ pub fn sync_host_as(
         } else {
             format!("endpoint '{ep}' was removed on host '{host}'")
         };
-        retire(home, &ep, &reason, now)?;
+        changes.dead.extend(retire(home, &ep, &reason, now)?);
         remotes.remove(&ep);
         changes.removed.push(ep);
     }
@@ -153,21 +157,36 @@ pub fn sync_host_as(
 
 /// Turns proxy `ep` into a dead-letter-only directory: what is queued in
 /// `new/` or `cur/` is dead-lettered (`no_match`), then `new/`, `cur/` and
-/// `tmp/` go, so it is no endpoint any more.
-fn retire(home: &Home, ep: &str, reason: &str, now: u64) -> Result<()> {
+/// `tmp/` go, so it is no endpoint any more. The copies dead-lettered
+/// (those that are envelopes: a file that is none has no sender to tell).
+fn retire(home: &Home, ep: &str, reason: &str, now: u64) -> Result<Vec<super::dead::Letter>> {
     let mb = Mailbox::at(home, ep);
     if !mb.is_endpoint() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let _lock = mb.lock()?;
     for id in mb.list("new")? {
         let name = format!("{id}.json");
-        if std::fs::rename(mb.sub("new").join(&name), mb.sub("cur").join(&name)).is_ok() {
-            mb.fail(&id, serde_json::Value::Null, reason, Code::NoMatch, now)?;
-        }
+        // Claimed first, as the bridge's publisher claims, so they all go
+        // through `cur/` below.
+        let _ = std::fs::rename(mb.sub("new").join(&name), mb.sub("cur").join(&name));
     }
+    let mut dead = Vec::new();
     for id in mb.list("cur")? {
-        mb.fail(&id, serde_json::Value::Null, reason, Code::NoMatch, now)?;
+        let env = mb.read_envelope("cur", &id);
+        let value = env
+            .as_ref()
+            .and_then(|e| serde_json::to_value(e).ok())
+            .unwrap_or(serde_json::Value::Null);
+        if mb.fail(&id, value, reason, Code::NoMatch, now)?
+            && let Some(envelope) = env
+        {
+            dead.push(super::dead::Letter {
+                endpoint: ep.to_string(),
+                envelope,
+                reason: reason.to_string(),
+            });
+        }
     }
     let has_failed = mb.count("failed")? > 0;
     for sub in ["new", "cur", "tmp"] {
@@ -181,7 +200,8 @@ fn retire(home: &Home, ep: &str, reason: &str, now: u64) -> Result<()> {
     if !has_failed {
         let _ = std::fs::remove_dir_all(mb.dir());
     }
-    crate::home::sync_dir(&home.mailboxes())
+    crate::home::sync_dir(&home.mailboxes())?;
+    Ok(dead)
 }
 
 /// Parses a bucket value, `None` if it is not one of ours.
@@ -320,7 +340,9 @@ async fn apply(session: &super::shared::Session, due: &super::peers::Due) -> Res
     let d = due.clone();
     let c = super::shared::blocking(&session.local, move |l| {
         let now = l.ctx().clock.now_ms();
-        sync_host_as(&l.ctx().home, &d.host, &d.endpoints, d.silent, now)
+        let c = sync_host_as(&l.ctx().home, &d.host, &d.endpoints, d.silent, now)?;
+        super::dead::dead_lettered(l.ctx(), &c.dead, Code::NoMatch, now)?;
+        Ok(c)
     })
     .await?;
     let host = &due.host;

@@ -3,7 +3,8 @@
 //! on a tokio runtime, started by `run` and by nothing else.
 //!
 //! One module per concern: `wire` (names and shapes on the wire),
-//! `directory` (the endpoint bucket and the proxy mailboxes), `peers`
+//! `directory` (the endpoint bucket and the proxy mailboxes), `dead`
+//! (what follows a dead letter in a proxy: notice, index row, event), `peers`
 //! (which hosts are alive, by their heartbeats in the bucket), `outbox` and
 //! `outbound` (durable locally first, removed after the publish ack),
 //! `inbound` (the one pull consumer, through the local send pipeline),
@@ -14,6 +15,7 @@
 //! Maildir and index work runs on blocking threads (`shared::Local`), one
 //! at a time.
 
+pub mod dead;
 pub mod directory;
 pub mod inbound;
 pub mod link;

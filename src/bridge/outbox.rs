@@ -11,7 +11,6 @@ use crate::context::Ctx;
 use crate::envelope::Envelope;
 use crate::error::Result;
 use crate::maildir::Mailbox;
-use crate::notice;
 use crate::store::journal::Outbox;
 use crate::store::rows::Event;
 use crate::vocab::{Code, EventKind};
@@ -166,8 +165,7 @@ pub fn expire_due(ctx: &mut Ctx, now: u64) -> Result<u64> {
 
 /// Dead-letters claimed copies past their TTL, with failure notices.
 fn expire(ctx: &mut Ctx, copies: &[(String, Envelope)], now: u64) -> Result<()> {
-    let mut out = Outbox::default();
-    let mut rows = Vec::new();
+    let mut letters = Vec::new();
     for (ep, env) in copies {
         let mb = Mailbox::at(&ctx.home, ep);
         let reason = format!(
@@ -183,17 +181,13 @@ fn expire(ctx: &mut Ctx, copies: &[(String, Envelope)], now: u64) -> Result<()> 
         )? {
             continue;
         }
-        if let Some(sent) = notice::send(&ctx.home, env, ep, Code::TtlExpired, &reason, now)? {
-            notice::record(&mut out, &sent, now);
-        }
-        rows.push((ep.clone(), env.id.clone(), env.from.clone(), reason));
+        letters.push(super::dead::Letter {
+            endpoint: ep.clone(),
+            envelope: env.clone(),
+            reason,
+        });
     }
-    out.flush(ctx.home.root())?;
-    let tx = ctx.store()?.begin()?;
-    for (ep, id, from, reason) in &rows {
-        tx.dead_lettered(Some(from), ep, id, Code::TtlExpired, reason, now)?;
-    }
-    tx.commit()
+    super::dead::dead_lettered(ctx, &letters, Code::TtlExpired, now)
 }
 
 /// Removes forwarded copies (JetStream acknowledged them) from the proxies.

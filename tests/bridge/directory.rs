@@ -195,3 +195,129 @@ fn a_host_whose_bridge_died_is_gone_after_three_missed_heartbeats_and_back_when_
         ids(&p.b, "agent.b", "new").contains(&id).then_some(())
     });
 }
+
+/// A server on which no one may publish to hostb's message subjects (the
+/// connections without credentials are user `a`): A's copies for B stay
+/// queued in their proxies, as while the link is down, while the directory
+/// and B's heartbeats still get through.
+const NO_FORWARDING: &str = r#"
+authorization {
+  users = [
+    { user: a, password: a, permissions: { publish: { deny: ["relay.hostb.msg.>"] } } }
+  ]
+}
+no_auth_user: a
+"#;
+
+/// The failure notice at `replies` on `relay`, and the dead letter `id`
+/// of `ep` as `dlq list --json` shows it.
+fn notice_and_dead_letter(
+    relay: &crate::harness::Relay,
+    replies: &str,
+    ep: &str,
+    id: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let notice = wait_for("the failure notice", || {
+        let out = relay.cmd(["recv", replies, "--json"]).run();
+        (out.code == 0).then(|| out.json())
+    });
+    let dlq = relay.cmd(["dlq", "list", "--json"]).success().json();
+    let letter = dlq["deadLetters"]
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["id"] == id && d["endpoint"] == ep))
+        .cloned()
+        .unwrap_or_else(|| panic!("no dead letter {id} of {ep}: {dlq}"));
+    (notice, letter)
+}
+
+#[test]
+fn a_copy_queued_for_an_endpoint_removed_on_its_host_is_a_dead_letter_with_a_notice() {
+    use super::harness::{Nats, ids, now_ms};
+    let Some(nats) = Nats::start_conf(NO_FORWARDING) else {
+        return;
+    };
+    let since = now_ms();
+    let p = Pair::start_on(nats, &["agent.a.replies"], &["agent.b"], "{}", "{}");
+    let id =
+        p.a.cmd([
+            "send",
+            "agent.b",
+            "{}",
+            "--from",
+            "agent.a",
+            "--reply-to",
+            "agent.a.replies",
+        ])
+        .success()
+        .id();
+    assert_eq!(
+        ids(&p.a, "agent.b", "new").len() + ids(&p.a, "agent.b", "cur").len(),
+        1
+    );
+    p.b.cmd(["endpoints", "remove", "agent.b"]).success();
+    let (notice, letter) = notice_and_dead_letter(&p.a, "agent.a.replies", "agent.b", &id);
+    assert_eq!(notice["from"], "relay.notice", "{notice}");
+    assert_eq!(notice["payload"]["code"], "no_match", "{notice}");
+    assert_eq!(notice["payload"]["messageId"], id.as_str(), "{notice}");
+    assert_eq!(letter["code"], "no_match", "{letter}");
+    assert!(
+        letter["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("removed on host 'hostb'")),
+        "{letter}"
+    );
+    // Recorded as every dead letter is: the index row and the event.
+    let shown = p.a.cmd(["trace", &id, "--json"]).success().stdout;
+    assert!(shown.contains("no_match"), "{shown}");
+    let events = p.a.events_of(since, "dead_letter");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["messageId"] == id.as_str() && e["endpoint"] == "agent.b"),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_copy_queued_for_a_host_that_is_gone_is_a_dead_letter_with_a_notice() {
+    use super::harness::{Nats, now_ms};
+    let Some(nats) = Nats::start_conf(NO_FORWARDING) else {
+        return;
+    };
+    let since = now_ms();
+    let mut p = Pair::start_on(
+        nats,
+        &["agent.a.replies"],
+        &["agent.b"],
+        r#"{"bridge":{"heartbeatMs":100}}"#,
+        r#"{"bridge":{"heartbeatMs":300}}"#,
+    );
+    let id =
+        p.a.cmd([
+            "send",
+            "agent.b",
+            "{}",
+            "--from",
+            "agent.a",
+            "--reply-to",
+            "agent.a.replies",
+        ])
+        .success()
+        .id();
+    p.bb.kill9();
+    let (notice, letter) = notice_and_dead_letter(&p.a, "agent.a.replies", "agent.b", &id);
+    assert_eq!(notice["payload"]["code"], "no_match", "{notice}");
+    assert_eq!(notice["payload"]["messageId"], id.as_str(), "{notice}");
+    assert_eq!(letter["code"], "no_match", "{letter}");
+    assert!(
+        letter["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("host 'hostb' is gone")),
+        "{letter}"
+    );
+    let events = p.a.events_of(since, "dead_letter");
+    assert!(
+        events.iter().any(|e| e["messageId"] == id.as_str()),
+        "{events:?}"
+    );
+}

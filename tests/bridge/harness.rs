@@ -68,6 +68,27 @@ impl Nats {
         Some(n)
     }
 
+    /// Starts a server that also reads the configuration `conf` (users,
+    /// permissions), or `None` when there is none to start (skip).
+    pub fn start_conf(conf: &str) -> Option<Self> {
+        let bin = nats_server()?;
+        let store = tempfile::Builder::new()
+            .prefix("relay-nats-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let path = store.path().join("server.conf");
+        std::fs::write(&path, conf).unwrap_or_else(|e| panic!("{e}"));
+        let mut n = Nats {
+            bin,
+            port: free_port(),
+            store,
+            extra: vec!["-c".into(), path.to_string_lossy().into_owned()],
+            child: None,
+        };
+        n.up();
+        Some(n)
+    }
+
     /// Server `i` of a three-node cluster on loopback, whose cluster ports
     /// are `cluster_ports`.
     pub fn clustered(i: usize, cluster_ports: [u16; 3]) -> Option<Self> {
@@ -359,7 +380,11 @@ impl Pair {
 
     /// The same, with `config.json` of each home written first.
     pub fn start_with(on_a: &[&str], on_b: &[&str], cfg_a: &str, cfg_b: &str) -> Option<Self> {
-        let nats = Nats::start()?;
+        Some(Self::start_on(Nats::start()?, on_a, on_b, cfg_a, cfg_b))
+    }
+
+    /// `start_with` on the server given.
+    pub fn start_on(nats: Nats, on_a: &[&str], on_b: &[&str], cfg_a: &str, cfg_b: &str) -> Self {
         let (a, b) = (Relay::new(), Relay::new());
         a.write_file("config.json", cfg_a);
         b.write_file("config.json", cfg_b);
@@ -377,7 +402,7 @@ impl Pair {
         for ep in on_a {
             wait_remote(&b, ep, "hosta");
         }
-        Some(Pair { nats, a, b, ba, bb })
+        Pair { nats, a, b, ba, bb }
     }
 }
 
