@@ -568,12 +568,9 @@ impl Mailbox {
     /// The reason sidecar of dead letter `id`, if readable.
     #[must_use]
     pub fn read_reason(&self, id: &str) -> Option<Reason> {
-        home::read_regular(
-            &self.sub("failed").join(format!("{id}{REASON_EXT}")),
-            self.cap,
-        )
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+        home::read_regular(&self.reason_file(id), self.cap)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
     /// Moves dead letter `id` back into `new/` (atomic rename, so a
@@ -593,7 +590,7 @@ impl Mailbox {
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io("cannot remove the requeued", &from, e)),
             }
-            let _ = fs::remove_file(self.sub("failed").join(format!("{id}{REASON_EXT}")));
+            let _ = fs::remove_file(self.reason_file(id));
             home::sync_dir(&self.sub("failed"))?;
             crate::store::dorkos::requeued(self.root(), &self.name, new);
             return Ok(Some(new.clone()));
@@ -604,7 +601,7 @@ impl Mailbox {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::io("cannot requeue", &from, e)),
         }
-        let _ = fs::remove_file(self.sub("failed").join(format!("{id}{REASON_EXT}")));
+        let _ = fs::remove_file(self.reason_file(id));
         home::sync_dir(&self.sub("new"))?;
         home::sync_dir(&self.sub("failed"))?;
         crate::store::dorkos::requeued(self.root(), &self.name, &env);
@@ -674,7 +671,7 @@ impl Mailbox {
             Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        match fs::remove_file(self.sub("failed").join(format!("{id}{REASON_EXT}"))) {
+        match fs::remove_file(self.reason_file(id)) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
             _ => {
                 crate::store::dorkos::removed(self.root(), &self.name, id);
@@ -701,10 +698,15 @@ impl Mailbox {
         fs::symlink_metadata(self.file(sub, id)).is_ok()
     }
 
-    /// Moves a claimed message `cur/` -> `failed/` and writes its reason
-    /// sidecar (through `tmp/`, so it too appears whole). `envelope` is what
-    /// goes into the sidecar (the caller may pass `Null` to re-read it).
-    /// Returns `Ok(false)` if the message is not in `cur/`.
+    /// Moves a claimed message `cur/` -> `failed/` with its reason
+    /// sidecar. The sidecar goes first (written through `tmp/`, fsynced,
+    /// renamed into `failed/`, `failed/` fsynced), then the message: a
+    /// reader never finds the dead letter without its reason, even after a
+    /// crash between the two (which leaves the message claimed in `cur/`
+    /// and a sidecar no letter has, which readers ignore and the next
+    /// dead-lettering of that id replaces). `envelope` is what goes into
+    /// the sidecar (the caller may pass `Null` to re-read it). Returns
+    /// `Ok(false)` if the message is not in `cur/`.
     pub fn fail(
         &self,
         id: &str,
@@ -714,50 +716,82 @@ impl Mailbox {
         now: u64,
     ) -> Result<bool> {
         let (from, to) = (self.file("cur", id), self.file("failed", id));
+        let envelope = if envelope.is_null() {
+            match home::read_regular(&from, self.cap) {
+                Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
+                Err(home::Unreadable::Missing) => return Ok(false),
+                Err(_) => Value::Null,
+            }
+        } else if self.has("cur", id) {
+            envelope
+        } else {
+            return Ok(false);
+        };
+        let sidecar = self.write_reason_or_warn(id, envelope.clone(), reason, code, now);
         match fs::rename(&from, &to) {
             Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::io("cannot dead-letter", &from, e)),
+            Err(e) => {
+                // Someone else took it first: the sidecar is no one's,
+                // unless that someone dead-lettered it too.
+                if sidecar && !self.has("failed", id) {
+                    let _ = fs::remove_file(self.reason_file(id));
+                }
+                if e.kind() == ErrorKind::NotFound {
+                    return Ok(false);
+                }
+                return Err(Error::io("cannot dead-letter", &from, e));
+            }
         }
-        let envelope = if envelope.is_null() {
-            home::read_regular(&to, self.cap)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or(Value::Null)
-        } else {
-            envelope
-        };
         let failed = DorkStatus::Failed;
         crate::store::dorkos::finished(self.root(), &self.name, id, failed, Some(&envelope));
-        self.write_reason_or_warn(id, envelope, reason, code, now);
+        home::sync_dir(&self.sub("failed"))?;
         home::sync_dir(&self.sub("cur"))?;
         Ok(true)
     }
 
     /// Dead-letters an envelope that was never delivered: writes it straight
-    /// into `failed/` (through `tmp/`) with its reason sidecar.
+    /// into `failed/` (through `tmp/`), after its reason sidecar (as `fail`).
     pub fn dead_letter(&self, env: &Envelope, reason: &str, code: Code, now: u64) -> Result<()> {
         self.create(&["tmp", "failed"])?;
         let bytes = env.to_file_bytes()?;
-        // The sidecar's fsync of failed/ makes both renames durable.
-        self.place(&file_name(&env.id), &bytes, "failed", true, false)?;
         let value = serde_json::to_value(env).unwrap_or(Value::Null);
-        self.write_reason_or_warn(&env.id, value, reason, code, now);
+        let sidecar = self.write_reason_or_warn(&env.id, value, reason, code, now);
+        if let Err(e) = self.place(&file_name(&env.id), &bytes, "failed", true, true) {
+            if sidecar && !self.has("failed", &env.id) {
+                let _ = fs::remove_file(self.reason_file(&env.id));
+            }
+            return Err(e);
+        }
         crate::store::dorkos::dead_lettered(self.root(), &self.name, env);
         Ok(())
     }
 
-    /// `write_reason` for a message already in `failed/`: it is dead-lettered
-    /// whether or not its sidecar can be written (a full disk), and the
-    /// reason is also in the index; so a missing sidecar is a warning.
-    fn write_reason_or_warn(&self, id: &str, envelope: Value, reason: &str, code: Code, now: u64) {
-        if let Err(e) = self.write_reason(id, envelope, reason, code, now) {
-            // What the sidecar's fsync would have made durable.
-            let _ = home::sync_dir(&self.sub("failed"));
-            crate::output::warn(&format!(
-                "message '{id}' of '{}' is dead-lettered ({code}), without its reason sidecar: {e}",
-                self.name
-            ));
+    /// `failed/<id>.reason.json`.
+    fn reason_file(&self, id: &str) -> PathBuf {
+        self.sub("failed").join(format!("{id}{REASON_EXT}"))
+    }
+
+    /// `write_reason` for a message about to be moved into `failed/`: it
+    /// is dead-lettered whether or not its sidecar can be written (a full
+    /// disk), and the reason is also in the index; so a missing sidecar is
+    /// a warning. Whether the sidecar was written.
+    fn write_reason_or_warn(
+        &self,
+        id: &str,
+        envelope: Value,
+        reason: &str,
+        code: Code,
+        now: u64,
+    ) -> bool {
+        match self.write_reason(id, envelope, reason, code, now) {
+            Ok(()) => true,
+            Err(e) => {
+                crate::output::warn(&format!(
+                    "message '{id}' of '{}' is dead-lettered ({code}), without its reason sidecar: {e}",
+                    self.name
+                ));
+                false
+            }
         }
     }
 

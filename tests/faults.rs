@@ -12,6 +12,7 @@ mod leases; // 5: leases, redelivery, max_deliveries, late acks; stranded claims
 mod locks; // 4: bounded lock waits naming the holder
 mod maintenance; // 8, 10: endpoints remove / dlq requeue / doctor --repair / gc under traffic
 mod own_files; // 3: relay's own files: symlinks, hostile journal, state slots, modes
+mod reasons; // 11: a dead letter's reason is durable in failed/ before the letter; a crash between
 mod scale; // 7: fan-out past the fd limit, batch payload cap, runaway refused senders
 mod serve; // 9: relay serve under hostile clients
 mod stall; // 4: a stalled sender to one endpoint does not hold up the others

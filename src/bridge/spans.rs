@@ -93,13 +93,15 @@ fn look(ctx: &mut Ctx, open: Vec<Open>, me: &str) -> Result<Vec<(Open, Span)>> {
             continue;
         }
         let (code, reason) = if state == SpanState::Failed {
+            // A dead letter's reason is in `failed/` before it (`Mailbox::fail`).
             match mb.read_reason(&pair.id) {
                 Some(r) => (r.code, Some(r.reason)),
-                // A dead letter's reason follows it into `failed/`: looked
-                // at again when it lands (a notification names it), unless
-                // the letter is older than a reason takes to follow.
-                None if failed_lately(&mb, &pair.id) => continue,
-                None => (Some("failed".to_string()), None),
+                // One of an older home, which wrote it after the letter
+                // and crashed between (or a full disk): the index's.
+                None => match ctx.store()?.failure(&pair.endpoint, &pair.id)? {
+                    Some((code, reason)) => (Some(code), reason),
+                    None => (Some("failed".to_string()), None),
+                },
             }
         } else {
             (None, None)
@@ -116,19 +118,6 @@ fn look(ctx: &mut Ctx, open: Vec<Open>, me: &str) -> Result<Vec<(Open, Span)>> {
         out.push((pair, span));
     }
     Ok(out)
-}
-
-/// Whether dead letter `id` of `mb` reached `failed/` within the last
-/// seconds, by the file system's clock (its reason sidecar may still be on
-/// its way).
-fn failed_lately(mb: &Mailbox, id: &str) -> bool {
-    std::fs::symlink_metadata(mb.sub("failed").join(format!("{id}.json")))
-        .and_then(|m| m.modified())
-        .is_ok_and(|at| {
-            std::time::SystemTime::now()
-                .duration_since(at)
-                .is_ok_and(|d| d < Duration::from_secs(5))
-        })
 }
 
 /// Applies span updates about messages this host sent, in one index

@@ -109,8 +109,27 @@ fn failed_ms(mb: &Mailbox, id: &str, sidecar: Option<&maildir::Reason>) -> u64 {
         .unwrap_or(0)
 }
 
-fn list(ctx: &Ctx, endpoint: Option<&str>) -> Result<()> {
-    let letters = collect(ctx, endpoint, false)?;
+/// Fills in the code and reason of letters without a sidecar from the
+/// index (a letter of an older home, which wrote the sidecar after it and
+/// crashed between); without an index, they stay unknown.
+fn from_index(ctx: &mut Ctx, letters: &mut [DeadLetter]) {
+    if letters.iter().all(|d| d.code.is_some()) {
+        return;
+    }
+    let Ok(store) = ctx.store() else {
+        return;
+    };
+    for d in letters.iter_mut().filter(|d| d.code.is_none()) {
+        if let Ok(Some((code, reason))) = store.failure(&d.endpoint, &d.id) {
+            d.code = Some(code);
+            d.reason = d.reason.take().or(reason);
+        }
+    }
+}
+
+fn list(ctx: &mut Ctx, endpoint: Option<&str>) -> Result<()> {
+    let mut letters = collect(ctx, endpoint, false)?;
+    from_index(ctx, &mut letters);
     if ctx.json {
         return output::json_line(&json!({ "deadLetters": letters }));
     }
@@ -151,8 +170,9 @@ fn find(
     Ok(found)
 }
 
-fn show(ctx: &Ctx, endpoint: Option<&str>, id: &str) -> Result<()> {
-    let found = find(ctx, endpoint, id, true)?;
+fn show(ctx: &mut Ctx, endpoint: Option<&str>, id: &str) -> Result<()> {
+    let mut found = find(ctx, endpoint, id, true)?;
+    from_index(ctx, &mut found);
     if ctx.json {
         return output::json_line(&json!({ "deadLetters": found }));
     }

@@ -449,6 +449,22 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The indexed code and reason of a dead letter at an endpoint, if
+    /// indexed as one: what a dead letter without its sidecar (an older
+    /// home, which wrote the sidecar after the letter, and crashed
+    /// between) is known by.
+    pub fn failure(&self, endpoint: &str, id: &str) -> Result<Option<(String, Option<String>)>> {
+        self.conn
+            .query_row(
+                "SELECT code, reason FROM messages
+                 WHERE endpoint = ?1 AND id = ?2 AND code IS NOT NULL",
+                params![endpoint, id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
     /// Priority ranks of pending messages at `endpoint` that are not normal.
     pub fn pending_priorities(&self, endpoint: &str) -> Result<HashMap<String, u8>> {
         let mut stmt = self

@@ -1,0 +1,148 @@
+//! Class 11, a dead letter's reason: its sidecar `<id>.reason.json` is
+//! durable in `failed/` before the letter appears there, so a reader (the
+//! bridge's spans, `dlq list`, DorkOS) never finds a letter without its
+//! reason, and a crash between the two steps leaves the message where it
+//! was, not a letter without a reason. The order is read off the system
+//! calls (strace), and the crash is a SIGKILL strace injects at the
+//! letter's rename.
+
+use crate::harness::Relay;
+
+/// The renames and fsyncs `relay ARGS` makes in the mailboxes (strace,
+/// descriptors named by their paths): `(call, target path)` in order, the
+/// target of a rename being its last path argument; and its exit code.
+/// With `inject`, strace also injects that fault.
+fn steps(r: &Relay, args: &[&str], inject: Option<&str>) -> (Vec<(String, String)>, Option<i32>) {
+    let log = r.scratch().join("reasons.strace");
+    let mut c = std::process::Command::new("strace");
+    c.args(["-f", "-qq", "-y", "-o"])
+        .arg(&log)
+        .args(["-e", "trace=fsync,fdatasync,rename,renameat,renameat2"]);
+    if let Some(i) = inject {
+        c.args(["-e", i]);
+    }
+    c.arg(crate::harness::BIN).args(args);
+    let out = r.clean_env(&mut c).output().unwrap_or_else(|e| {
+        panic!("cannot run strace ({e}): this test needs it, never skipped (apt-get install strace; .ci/run does)")
+    });
+    let text = std::fs::read_to_string(&log).expect("strace log");
+    let calls = text
+        .lines()
+        .filter_map(|line| {
+            let call = line
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start();
+            let (name, rest) = call.split_once('(')?;
+            let path = if name.starts_with("rename") {
+                rest.split('"').rev().nth(1)?
+            } else {
+                rest.split(['<', '>']).nth(1)?
+            };
+            path.contains("/mailboxes/")
+                .then(|| (name.to_string(), path.to_string()))
+        })
+        .collect();
+    (calls, out.status.code())
+}
+
+/// Checks that in `calls` the sidecar of `id` was renamed into `failed/`
+/// and `failed/` fsynced before the letter `id` was renamed into it.
+#[track_caller]
+fn reason_first(calls: &[(String, String)], id: &str) {
+    let renamed = |suffix: &str| {
+        calls
+            .iter()
+            .position(|(c, p)| c.starts_with("rename") && p.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no rename into {suffix}: {calls:#?}"))
+    };
+    let sidecar = renamed(&format!("/failed/{id}.reason.json"));
+    let letter = renamed(&format!("/failed/{id}.json"));
+    assert!(
+        sidecar < letter,
+        "the letter went into failed/ before its reason: {calls:#?}"
+    );
+    assert!(
+        calls[sidecar..letter]
+            .iter()
+            .any(|(c, p)| c.contains("sync") && p.ends_with("/failed")),
+        "failed/ was not fsynced between the sidecar's rename and the letter's: {calls:#?}"
+    );
+}
+
+#[test]
+fn a_nack_puts_the_reason_in_failed_durably_before_the_letter() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    let id = r.send("q", "m");
+    r.cmd(["recv", "q"]).success();
+    let (calls, code) = steps(&r, &["nack", "q", &id, "--reason", "tool crashed"], None);
+    assert_eq!(code, Some(0), "{calls:#?}");
+    reason_first(&calls, &id);
+}
+
+#[test]
+fn a_send_dead_lettered_at_once_puts_the_reason_in_failed_durably_before_the_letter() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    // No endpoint: dead-lettered under the subject (exit 69).
+    let (calls, code) = steps(&r, &["send", "nobody.here", "m"], None);
+    assert_eq!(code, Some(69), "{calls:#?}");
+    let ids: Vec<String> = r
+        .files("nobody.here", "failed")
+        .into_iter()
+        .filter_map(|f| f.strip_suffix(".reason.json").map(str::to_string))
+        .collect();
+    assert_eq!(ids.len(), 1, "{}", r.listing());
+    reason_first(&calls, &ids[0]);
+}
+
+#[test]
+fn a_crash_between_the_reason_and_the_letter_leaves_the_message_claimed_and_no_letter() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    let id = r.send("q", "m");
+    r.cmd(["recv", "q"]).success();
+    // Killed at its second rename of the nack: the letter's, the sidecar's
+    // being the first.
+    let (calls, code) = steps(
+        &r,
+        &["nack", "q", &id, "--reason", "tool crashed"],
+        Some("inject=rename,renameat,renameat2:signal=SIGKILL:when=2"),
+    );
+    assert_eq!(code, None, "not killed: {calls:#?}");
+    assert_eq!(
+        r.files("q", "cur"),
+        [format!("{id}.json")],
+        "{}",
+        r.listing()
+    );
+    // No letter without its reason: no letter at all, and the sidecar
+    // that is no one's is not listed.
+    let dlq = r.cmd(["dlq", "list", "--json"]).success().json();
+    assert_eq!(dlq["deadLetters"], serde_json::json!([]), "{dlq}");
+    // The next nack dead-letters it, with its reason.
+    r.cmd(["nack", "q", &id, "--reason", "again"]).success();
+    let dlq = r.cmd(["dlq", "list", "--json"]).success().json();
+    assert_eq!(dlq["deadLetters"][0]["id"], id.as_str(), "{dlq}");
+    assert_eq!(dlq["deadLetters"][0]["reason"], "again", "{dlq}");
+    assert_eq!(dlq["deadLetters"][0]["code"], "nack", "{dlq}");
+}
+
+#[test]
+fn a_letter_of_an_older_home_without_its_reason_is_listed_with_the_index_s() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    let id = r.send("q", "m");
+    r.cmd(["recv", "q"]).success();
+    r.cmd(["nack", "q", &id, "--reason", "tool crashed"])
+        .success();
+    // What an older relay killed between the letter and its sidecar left.
+    std::fs::remove_file(r.path(&format!("mailboxes/q/failed/{id}.reason.json")))
+        .expect("remove the sidecar");
+    let dlq = r.cmd(["dlq", "list", "--json"]).success().json();
+    assert_eq!(dlq["deadLetters"][0]["id"], id.as_str(), "{dlq}");
+    assert_eq!(dlq["deadLetters"][0]["code"], "nack", "{dlq}");
+    assert_eq!(dlq["deadLetters"][0]["reason"], "tool crashed", "{dlq}");
+    let shown = r.cmd(["dlq", "show", &id]).success().stdout;
+    assert!(shown.contains("tool crashed (nack)"), "{shown}");
+}
