@@ -351,20 +351,20 @@ async fn apply(session: &super::shared::Session, due: &super::peers::Due) -> Res
         // it looks now, so a send into a proxy made while it idles is not
         // left waiting.
         session.outbox_wake.notify_one();
-        eprintln!("relay: bridge: host '{host}' has {}", c.added.join(", "));
+        crate::output::notice(&format!("bridge: host '{host}' has {}", c.added.join(", ")));
     }
     if !c.removed.is_empty() {
         if due.silent {
-            eprintln!(
-                "relay: bridge: host '{host}' is gone (no heartbeat for {} of its heartbeats); its endpoints {} are no longer listed",
+            crate::output::notice(&format!(
+                "bridge: host '{host}' is gone (no heartbeat for {} of its heartbeats); its endpoints {} are no longer listed",
                 super::peers::MISSED,
                 c.removed.join(", ")
-            );
+            ));
         } else {
-            eprintln!(
-                "relay: bridge: host '{host}' no longer has {}",
+            crate::output::notice(&format!(
+                "bridge: host '{host}' no longer has {}",
                 c.removed.join(", ")
-            );
+            ));
         }
     }
     for ep in c.shadowed {

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::shared::{Session, Settings, Shared, blocking};
 use super::{link, wire};
 use crate::error::{Error, Result};
+use crate::output;
 use crate::vocab::EventKind;
 
 /// Oldest server whose JetStream API the bridge's requests fit.
@@ -43,7 +44,9 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let host = settings.host.clone();
     let url = settings.url.clone();
-    eprintln!("relay: bridge for host '{host}' connecting to {url} (stop with SIGTERM or Ctrl-C)");
+    output::notice(&format!(
+        "bridge for host '{host}' connecting to {url} (stop with SIGTERM or Ctrl-C)"
+    ));
     let client = loop {
         let tx = events_tx.clone();
         let opts = async_nats::ConnectOptions::new()
@@ -64,7 +67,9 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
                 if *stop.borrow() {
                     return Ok(());
                 }
-                eprintln!("relay: bridge: cannot reach NATS at {url} ({e}); trying again");
+                output::warn(&format!(
+                    "bridge: cannot reach NATS at {url} ({e}); trying again"
+                ));
                 let mut s = stop.clone();
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -94,7 +99,7 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
                 if session.stopping() {
                     return Ok(());
                 }
-                eprintln!("relay: bridge: JetStream not ready ({e}); trying again");
+                output::warn(&format!("bridge: JetStream not ready ({e}); trying again"));
                 session.pause(Duration::from_secs(1)).await;
             }
         }
@@ -121,9 +126,9 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
         })
         .await?;
     }
-    eprintln!(
-        "relay: bridge for host '{host}' connected to NATS {version} at {url}; {queued} queued"
-    );
+    output::notice(&format!(
+        "bridge for host '{host}' connected to NATS {version} at {url}; {queued} queued"
+    ));
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(super::directory::publish_loop(
@@ -167,7 +172,7 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
         tokio::select! {
             res = tasks.join_next() => match res {
                 None => break,
-                Some(Ok(Err(e))) => crate::output::warn(&format!("bridge: {e}")),
+                Some(Ok(Err(e))) => output::warn(&format!("bridge: {e}")),
                 Some(_) => {}
             },
             () = &mut grace => {
@@ -179,7 +184,7 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
     }
     session_down(&session).await;
     let _ = tokio::time::timeout(STOP_GRACE, client.drain()).await;
-    eprintln!("relay: bridge for host '{host}' stopped");
+    output::notice(&format!("bridge for host '{host}' stopped"));
     Ok(())
 }
 
@@ -293,7 +298,7 @@ async fn on_event(
             })
             .await
             .unwrap_or(0);
-            eprintln!("relay: bridge: lost the connection to NATS; sends are queued locally");
+            output::warn("bridge: lost the connection to NATS; sends are queued locally");
             *down_since = Some((at, expired));
         }
         async_nats::Event::Connected => {
@@ -327,12 +332,14 @@ async fn on_event(
             })
             .await;
             match res {
-                Ok(q) => eprintln!("relay: bridge: reconnected to NATS; {q} queued to drain"),
-                Err(e) => crate::output::warn(&format!("bridge: {e}")),
+                Ok(q) => {
+                    output::notice(&format!("bridge: reconnected to NATS; {q} queued to drain"))
+                }
+                Err(e) => output::warn(&format!("bridge: {e}")),
             }
         }
         async_nats::Event::ServerError(e) => {
-            crate::output::warn(&format!("bridge: NATS server error: {e}"));
+            output::warn(&format!("bridge: NATS server error: {e}"));
         }
         _ => {}
     }
@@ -378,7 +385,7 @@ async fn status_loop(session: Arc<Session>, version: String) -> Result<()> {
         })
         .await;
         if let Err(e) = res {
-            crate::output::warn(&format!("bridge: {e}"));
+            output::warn(&format!("bridge: {e}"));
         }
         session.pause(Duration::from_secs(1)).await;
     }

@@ -417,3 +417,46 @@ fn the_reconnect_event_reaches_the_sse_stream_with_the_handshake() {
         (ids(&p.b, "agent.b", "new") == [queued.clone()]).then_some(())
     });
 }
+
+#[test]
+fn under_json_the_bridge_prints_only_json_lines_on_stderr() {
+    use super::harness::{Bridge, Nats};
+    use crate::harness::Relay;
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    // Down at first: it says it cannot reach the server, and tries again.
+    nats.kill();
+    let (a, b) = (Relay::new(), Relay::new());
+    b.add(&["agent.b"]);
+    let mut ba = Bridge::start_json(&a, &nats.url(), "hosta");
+    let said = |what: &'static str, ba: &Bridge| {
+        wait_for(what, || ba.log().contains(what).then_some(()));
+    };
+    said("cannot reach NATS", &ba);
+    nats.up();
+    said("connected to NATS", &ba);
+    let _bb = Bridge::start(&b, &nats.url(), "hostb");
+    said("host 'hostb' has agent.b", &ba);
+    nats.kill();
+    said("lost the connection", &ba);
+    nats.up();
+    said("reconnected to NATS", &ba);
+    assert_eq!(ba.stop(), Some(0), "{}", ba.log());
+    let log = ba.log();
+    let mut kinds = std::collections::BTreeSet::new();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\n{log}"));
+        let obj = v.as_object().filter(|o| o.len() == 1);
+        let (kind, body) = obj
+            .and_then(|o| o.iter().next())
+            .unwrap_or_else(|| panic!("not one object: {line}"));
+        assert!(kind == "notice" || kind == "warning", "{line}");
+        assert!(body["message"].is_string(), "{line}");
+        kinds.insert(kind.clone());
+    }
+    assert_eq!(kinds.len(), 2, "{log}");
+    assert!(log.contains("connecting to"), "{log}");
+    assert!(log.contains(r#"for host 'hosta' stopped"#), "{log}");
+}

@@ -185,6 +185,8 @@ pub struct Bridge {
     home: PathBuf,
     user: PathBuf,
     extra: Vec<(String, String)>,
+    /// Run as `relay --json bridge`.
+    pub json: bool,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -206,6 +208,24 @@ impl Bridge {
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),
+            json: false,
+            child: None,
+            log: relay.scratch().join(format!("bridge-{host}.log")),
+        };
+        b.up();
+        b
+    }
+
+    /// Starts `relay --json bridge --nats URL --host HOST` over `relay`'s
+    /// home (logging to `bridge-HOST.log` as `start`).
+    pub fn start_json(relay: &Relay, url: &str, host: &str) -> Self {
+        let mut b = Bridge {
+            host: host.to_string(),
+            url: url.to_string(),
+            home: relay.home(),
+            user: relay.user_home(),
+            extra: Vec::new(),
+            json: true,
             child: None,
             log: relay.scratch().join(format!("bridge-{host}.log")),
         };
@@ -225,6 +245,7 @@ impl Bridge {
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),
+            json: false,
             child: None,
             log: relay.scratch().join("bridge.log"),
         };
@@ -247,8 +268,11 @@ impl Bridge {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", &self.user)
             .env("RELAY_HOME", &self.home)
-            .env("NO_COLOR", "1")
-            .arg("bridge");
+            .env("NO_COLOR", "1");
+        if self.json {
+            c.arg("--json");
+        }
+        c.arg("bridge");
         if !self.url.is_empty() {
             c.args(["--nats", &self.url]);
         }
