@@ -5,6 +5,7 @@
 
 mod harness;
 
+mod auth; // user and password or a token in the URL; never shown; refused credentials exit 78
 mod cluster; // three nats-servers, replicas 3, one killed mid-stream
 mod directory; // remote endpoints appear and disappear, marked with their host
 mod faults; // partitions, restarts, kill -9, dedup-window expiry, backpressure, refusals

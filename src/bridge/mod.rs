@@ -2,7 +2,8 @@
 //! home keeps its own daemon-less bus; the bridge is the only part of relay
 //! on a tokio runtime, started by `run` and by nothing else.
 //!
-//! One module per concern: `wire` (names and shapes on the wire),
+//! One module per concern: `wire` (names and shapes on the wire), `auth`
+//! (credentials in the NATS URL, kept apart and redacted),
 //! `directory` (the endpoint bucket and the proxy mailboxes), `dead`
 //! (what follows a dead letter in a proxy: notice, index row, event), `peers`
 //! (which hosts are alive, by their heartbeats in the bucket), `outbox` and
@@ -15,6 +16,7 @@
 //! Maildir and index work runs on blocking threads (`shared::Local`), one
 //! at a time.
 
+pub mod auth;
 pub mod dead;
 pub mod directory;
 pub mod inbound;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use tokio::sync::watch;
 
+use super::auth::Auth;
 use super::shared::{Session, Settings, Shared, blocking};
 use super::{link, wire};
 use crate::error::{Error, Result};
@@ -60,12 +61,22 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
                     let _ = tx.send(ev);
                 }
             });
-        let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+        let opts = match &settings.auth {
+            Auth::None => opts,
+            Auth::User { user, password } => opts.user_and_password(user.clone(), password.clone()),
+            Auth::Token(t) => opts.token(t.clone()),
+        };
+        let servers: Vec<&str> = settings.servers.iter().map(String::as_str).collect();
         match opts.connect(servers.as_slice()).await {
             Ok(c) => break c,
             Err(e) => {
                 if *stop.borrow() {
                     return Ok(());
+                }
+                // Trying again would not change the answer: said once, as
+                // a configuration problem (exit 78).
+                if let Some(e) = refused(&e, &url, &settings.auth) {
+                    return Err(e);
                 }
                 output::warn(&format!(
                     "bridge: cannot reach NATS at {url} ({e}); trying again"
@@ -143,6 +154,7 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
 
     // Connection events: the reconnection handshake.
     let mut down_since: Option<(u64, u64)> = None;
+    let mut refused_since_down = false;
     let mut stop = session.stop.clone();
     loop {
         tokio::select! {
@@ -158,7 +170,7 @@ pub async fn serve(settings: Settings, local: Shared) -> Result<()> {
                 }
             }
             Some(ev) = events.recv() => {
-                on_event(&session, &host, ev, &mut down_since).await;
+                on_event(&session, &host, ev, &mut down_since, &mut refused_since_down).await;
             }
         }
     }
@@ -202,6 +214,23 @@ async fn session_down(session: &Arc<Session>) {
         )
     })
     .await;
+}
+
+/// The error for a connect the server refused for its credentials (none,
+/// or wrong ones), naming the server (`url`, redacted) and what was given
+/// (never the secret); `None` for any other failure (tried again).
+fn refused(e: &async_nats::ConnectError, url: &str, auth: &Auth) -> Option<Error> {
+    use async_nats::ConnectErrorKind;
+    matches!(
+        e.kind(),
+        ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication
+    )
+    .then(|| {
+        Error::Config(format!(
+            "the NATS server at {url} refused the bridge: authentication failed ({}); put the right ones in the URL: nats://USER:PASSWORD@HOST:PORT or nats://TOKEN@HOST:PORT (--nats, RELAY_NATS_URL or bridge.url)",
+            auth.describe()
+        ))
+    })
 }
 
 /// Refuses a server older than 2.9 (its JetStream API lacks what the
@@ -279,6 +308,7 @@ async fn on_event(
     host: &str,
     ev: async_nats::Event,
     down_since: &mut Option<(u64, u64)>,
+    refused_since_down: &mut bool,
 ) {
     match ev {
         async_nats::Event::Disconnected => {
@@ -303,6 +333,7 @@ async fn on_event(
         }
         async_nats::Event::Connected => {
             session.connected.store(true, Ordering::SeqCst);
+            *refused_since_down = false;
             let Some((since, expired_before)) = down_since.take() else {
                 return;
             };
@@ -337,6 +368,19 @@ async fn on_event(
                 }
                 Err(e) => output::warn(&format!("bridge: {e}")),
             }
+        }
+        // Reconnecting, the server refuses the credentials (changed on
+        // it meanwhile): said once per outage; the client keeps trying.
+        async_nats::Event::ClientError(async_nats::ClientError::Other(e))
+            if !*refused_since_down
+                && e == async_nats::ConnectErrorKind::AuthorizationViolation.to_string() =>
+        {
+            *refused_since_down = true;
+            output::warn(&format!(
+                "bridge: the NATS server at {} refuses the bridge's credentials on reconnect: authentication failed ({}); still trying",
+                session.settings.url,
+                session.settings.auth.describe()
+            ));
         }
         async_nats::Event::ServerError(e) => {
             output::warn(&format!("bridge: NATS server error: {e}"));

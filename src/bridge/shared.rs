@@ -20,8 +20,13 @@ use crate::error::{Error, Result};
 pub struct Settings {
     /// The relay home (None: the default).
     pub home: Option<PathBuf>,
-    /// NATS server URL(s), comma-separated.
+    /// NATS server URL(s), comma-separated, as shown: passwords and
+    /// tokens redacted (`auth::redact`).
     pub url: String,
+    /// The servers to connect to, without credentials.
+    pub servers: Vec<String>,
+    /// The credentials the URL carried.
+    pub auth: super::auth::Auth,
     /// This host's name.
     pub host: String,
     /// Stream and bucket replicas (3 for a three-node cluster).

@@ -25,14 +25,7 @@ pub fn run(ctx: &Ctx, args: &BridgeArgs) -> Result<()> {
         ));
     };
     bridge::wire::validate_host(&host)?;
-    for server in url.split(',').map(str::trim) {
-        if server.parse::<async_nats::ServerAddr>().is_err() {
-            return Err(Error::Usage(format!(
-                "invalid NATS URL '{}': use nats://HOST:PORT (comma-separated for a cluster)",
-                crate::output::printable(server)
-            )));
-        }
-    }
+    let servers = bridge::auth::parse(&url)?;
     let replicas = args.replicas.or(cfg.replicas).unwrap_or(1);
     if !(1..=5).contains(&replicas) {
         return Err(Error::Usage(format!(
@@ -41,7 +34,9 @@ pub fn run(ctx: &Ctx, args: &BridgeArgs) -> Result<()> {
     }
     bridge::run(&Settings {
         home: Some(ctx.home.root().to_path_buf()),
-        url,
+        url: servers.shown,
+        servers: servers.addrs,
+        auth: servers.auth,
         host,
         replicas,
         dedup_window: Duration::from_millis(cfg.dedup_window_ms),

@@ -47,7 +47,7 @@ fn show(ctx: &Ctx, path: &Path) -> Result<()> {
     let settings: Vec<Setting> = config::knobs()
         .map(|key| Setting {
             key,
-            value: cfg.get(key).unwrap_or(Value::Null),
+            value: shown(key, cfg.get(key).unwrap_or(Value::Null)),
             default: defaults.get(key).unwrap_or(Value::Null),
             source: if lookup(&raw, key).is_some() {
                 "file"
@@ -72,6 +72,17 @@ fn show(ctx: &Ctx, path: &Path) -> Result<()> {
         ]);
     }
     output::print_table(&t)
+}
+
+/// A setting's value as `show` lists it: a password or token in
+/// `bridge.url` redacted (`get bridge.url` gives it as written).
+fn shown(key: &str, value: Value) -> Value {
+    match value {
+        Value::String(url) if key == "bridge.url" => {
+            Value::String(crate::bridge::auth::redact(&url))
+        }
+        other => other,
+    }
 }
 
 fn get(ctx: &Ctx, path: &Path, key: &str) -> Result<()> {

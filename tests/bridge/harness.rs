@@ -71,18 +71,40 @@ impl Nats {
     /// Starts a server that also reads the configuration `conf` (users,
     /// permissions), or `None` when there is none to start (skip).
     pub fn start_conf(conf: &str) -> Option<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("relay-nats-conf-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("server.conf");
+        std::fs::write(&path, conf).unwrap_or_else(|e| panic!("{e}"));
+        // Read at start and on every restart: kept with the store.
+        let mut n = Self::start_args(&["-c", &path.to_string_lossy()])?;
+        let kept = n.store.path().join("server.conf");
+        std::fs::copy(&path, &kept).unwrap_or_else(|e| panic!("{e}"));
+        n.extra = vec!["-c".into(), kept.to_string_lossy().into_owned()];
+        Some(n)
+    }
+
+    /// Rewrites the configuration of a server started by `start_conf`,
+    /// read when it next starts.
+    pub fn set_conf(&self, conf: &str) {
+        std::fs::write(self.store.path().join("server.conf"), conf)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Starts a server with the extra flags `args` (`--user u --pass p`,
+    /// `--auth TOKEN`), or `None` when there is none to start (skip).
+    pub fn start_args(args: &[&str]) -> Option<Self> {
         let bin = nats_server()?;
         let store = tempfile::Builder::new()
             .prefix("relay-nats-")
             .tempdir()
             .unwrap_or_else(|e| panic!("{e}"));
-        let path = store.path().join("server.conf");
-        std::fs::write(&path, conf).unwrap_or_else(|e| panic!("{e}"));
         let mut n = Nats {
             bin,
             port: free_port(),
             store,
-            extra: vec!["-c".into(), path.to_string_lossy().into_owned()],
+            extra: args.iter().map(|a| (*a).to_string()).collect(),
             child: None,
         };
         n.up();
@@ -304,6 +326,24 @@ impl Bridge {
         }
     }
 
+    /// Waits for it to exit on its own and returns its exit status code,
+    /// failing if it still runs after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("relay bridge still ran after {limit:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops it with SIGTERM and returns its exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         self.stop_within(Duration::from_secs(15))
@@ -409,6 +449,19 @@ impl Pair {
 
     /// `start_with` on the server given.
     pub fn start_on(nats: Nats, on_a: &[&str], on_b: &[&str], cfg_a: &str, cfg_b: &str) -> Self {
+        let url = nats.url();
+        Self::start_at(nats, &url, on_a, on_b, cfg_a, cfg_b)
+    }
+
+    /// `start_on`, the bridges given `url` for the server.
+    pub fn start_at(
+        nats: Nats,
+        url: &str,
+        on_a: &[&str],
+        on_b: &[&str],
+        cfg_a: &str,
+        cfg_b: &str,
+    ) -> Self {
         let (a, b) = (Relay::new(), Relay::new());
         a.write_file("config.json", cfg_a);
         b.write_file("config.json", cfg_b);
@@ -418,8 +471,8 @@ impl Pair {
         if !on_b.is_empty() {
             b.add(on_b);
         }
-        let ba = Bridge::start(&a, &nats.url(), "hosta");
-        let bb = Bridge::start(&b, &nats.url(), "hostb");
+        let ba = Bridge::start(&a, url, "hosta");
+        let bb = Bridge::start(&b, url, "hostb");
         for ep in on_b {
             wait_remote(&a, ep, "hostb");
         }
