@@ -252,7 +252,8 @@ fn dead_letter(
         },
         now,
     );
-    if let Some(sent) = notice::send(&ctx.home, env, ep, code, reason, now)? {
+    // Its send on the origin exited 0: a `no_match` here gets a notice too.
+    if let Some(sent) = notice::send_accepted(&ctx.home, env, ep, code, reason, now)? {
         notice::record(&mut out, &sent, now);
     }
     out.flush(ctx.home.root()).map(|_| ())

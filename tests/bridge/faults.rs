@@ -460,3 +460,37 @@ fn under_json_the_bridge_prints_only_json_lines_on_stderr() {
     assert!(log.contains("connecting to"), "{log}");
     assert!(log.contains(r#"for host 'hosta' stopped"#), "{log}");
 }
+
+#[test]
+fn a_copy_reaching_b_after_its_endpoint_was_removed_there_is_a_notice_on_a() {
+    let Some(mut p) = Pair::start(&["agent.a.replies"], &["agent.b"]) else {
+        return;
+    };
+    // B's bridge is down while the copy is forwarded, and the endpoint is
+    // removed on B before its bridge is back to apply it.
+    assert_eq!(p.bb.stop(), Some(0), "{}", p.bb.log());
+    let id =
+        p.a.cmd([
+            "send",
+            "agent.b",
+            "{}",
+            "--from",
+            "agent.a",
+            "--reply-to",
+            "agent.a.replies",
+        ])
+        .success()
+        .id();
+    wait_for("the copy forwarded", || {
+        (ids(&p.a, "agent.b", "new").is_empty() && ids(&p.a, "agent.b", "cur").is_empty())
+            .then_some(())
+    });
+    p.b.cmd(["endpoints", "remove", "agent.b"]).success();
+    p.bb.up();
+    let notice: Value = wait_for("the failure notice on A", || {
+        let out = p.a.cmd(["recv", "agent.a.replies", "--json"]).run();
+        (out.code == 0).then(|| out.json())
+    });
+    assert_eq!(notice["payload"]["messageId"], id.as_str(), "{notice}");
+    assert_eq!(notice["payload"]["code"], "no_match", "{notice}");
+}
