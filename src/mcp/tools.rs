@@ -1261,8 +1261,15 @@ struct TraceArg {
     message_id: String,
 }
 
+/// Opens the index for a read-only tool without waiting for another
+/// process's write (`Ctx::store_without_waiting`): a server never stalls
+/// on a writer; the journal is moved in once the lock is free.
+fn open_for_reading(ctx: &mut Ctx) -> Result<()> {
+    ctx.store_without_waiting().map(|_| ())
+}
+
 fn get_trace(ctx: &mut Ctx, a: TraceArg) -> ToolResult {
-    match trace::lookup(ctx, &a.message_id) {
+    match open_for_reading(ctx).and_then(|()| trace::lookup(ctx, &a.message_id)) {
         Ok(Some((trace_id, spans))) => {
             ToolResult::ok(json!({ "traceId": trace_id, "spans": spans }))
         }
@@ -1275,7 +1282,7 @@ fn get_trace(ctx: &mut Ctx, a: TraceArg) -> ToolResult {
 
 fn get_metrics(ctx: &mut Ctx) -> ToolResult {
     let since = ctx.clock.now_ms().saturating_sub(24 * 3_600_000);
-    match metrics::compute(ctx, since) {
+    match open_for_reading(ctx).and_then(|()| metrics::compute(ctx, since)) {
         Ok(v) => ToolResult {
             structured: true,
             ..ToolResult::ok(v)

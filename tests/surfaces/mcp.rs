@@ -969,7 +969,7 @@ fn relay_status_answers_while_another_process_holds_the_index() {
     use crate::harness::T;
     let r = Relay::new();
     r.add(&["agent.a"]);
-    r.cmd(["send", "agent.a", "one"]).at(T).success();
+    let one = r.cmd(["send", "agent.a", "one"]).at(T).success().id();
     r.cmd(["recv", "agent.a", "--lease", "1s"]).at(T).success();
     r.cmd(["status"]).at(T).success();
     let db = rusqlite::Connection::open(r.path("relay.db")).expect("open relay.db");
@@ -1002,6 +1002,20 @@ fn relay_status_answers_while_another_process_holds_the_index() {
         !kinds(&s).iter().any(|k| k == "lease_expired"),
         "nothing recorded under another's lock: {s}"
     );
+    // The other read tools, each the first call of its server (the one
+    // that opens the index), do not wait either.
+    let Some(mut t) = Mcp::stdio_env(&r, "trace under a held index", "agent.a", &env) else {
+        return;
+    };
+    let trace = t.ok("relay_get_trace", json!({"messageId": one}));
+    assert_eq!(trace["traceId"], one.as_str(), "{trace}");
+    drop(t);
+    let Some(mut m) = Mcp::stdio_env(&r, "metrics under a held index", "agent.a", &env) else {
+        return;
+    };
+    let metrics = m.call("relay_get_metrics", json!({}));
+    assert_eq!(metrics["isError"], false, "{metrics}");
+    drop(m);
     drop(db); // rolls back: the lock is free
     let s = c.ok("relay_status", json!({}));
     assert!(
