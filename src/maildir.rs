@@ -50,6 +50,8 @@ pub struct Reason {
 pub struct Claimed {
     /// The parsed envelope.
     pub envelope: Envelope,
+    /// The file's bytes as read at the claim.
+    pub bytes: Vec<u8>,
 }
 
 /// A file in `new/` that could not be parsed and was moved to `failed/`.
@@ -418,7 +420,8 @@ impl Mailbox {
         })
     }
 
-    /// Claims up to `max` of the oldest messages: renames `new/<id>.json`
+    /// Claims up to `max` of the oldest of `ids` (what `list("new")` gave):
+    /// renames `new/<id>.json`
     /// to `cur/` (exactly one concurrent claimer wins each) and parses it.
     /// `ranks` gives the priority rank of messages that are not normal (2);
     /// lower ranks are handed out first, FIFO within a rank. Files that are
@@ -426,12 +429,12 @@ impl Mailbox {
     /// `quarantined`, and the next message is tried.
     pub fn claim(
         &self,
+        mut ids: Vec<String>,
         max: usize,
         now: u64,
         ranks: &HashMap<String, u8>,
         quarantined: &mut Vec<Quarantined>,
     ) -> Result<Vec<Claimed>> {
-        let mut ids = self.list("new")?;
         if !ranks.is_empty() {
             ids.sort_by_cached_key(|id| (ranks.get(id).copied().unwrap_or(2), id.clone()));
         }
@@ -478,7 +481,7 @@ impl Mailbox {
                 }
             });
             match parsed {
-                Ok(envelope) => claimed.push(Claimed { envelope }),
+                Ok(envelope) => claimed.push(Claimed { envelope, bytes }),
                 Err(problem) => quarantined.push(self.quarantine(id, problem, now)?),
             }
         }

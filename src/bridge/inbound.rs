@@ -59,6 +59,18 @@ pub struct Incoming<'a> {
     pub max_deliveries: u32,
 }
 
+/// What a fetched batch's messages are checked against, read once for it.
+struct Batch {
+    /// The access rules.
+    rules: crate::access::Rules,
+    /// The remote endpoints (a proxy here is no place to deliver to).
+    remotes: super::directory::Remotes,
+    /// Whether each endpoint named so far is a local one.
+    endpoints: std::collections::HashMap<String, bool>,
+    /// (endpoint, id) of the messages so far.
+    seen: std::collections::HashSet<(String, String)>,
+}
+
 /// The first half of applying a message: decided already, or the envelope
 /// to hand to the pipeline (its hop into the proxy undone).
 enum Step {
@@ -74,8 +86,7 @@ fn prepare(
     st: &State,
     me: &str,
     msg: &Incoming<'_>,
-    rules: &crate::access::Rules,
-    seen: &mut std::collections::HashSet<(String, String)>,
+    batch: &mut Batch,
     now: u64,
 ) -> Result<Step> {
     let ep = msg.endpoint;
@@ -96,8 +107,13 @@ fn prepare(
             return done(Verdict::Term);
         }
     };
-    let first_in_batch = seen.insert((ep.to_string(), env.id.clone()));
-    if !first_in_batch || st.is_applied(ep, &env.id)? || already_here(ctx, ep, &env.id)? {
+    let first_in_batch = batch.seen.insert((ep.to_string(), env.id.clone()));
+    // Only a redelivery, or a pair whose batch a bridge did not finish
+    // recording, can be here without being recorded as applied: only those
+    // cost a look at the Maildir and the index.
+    let unsure = msg.delivered > 1 || st.is_applying(ep, &env.id)?;
+    if !first_in_batch || st.is_applied(ep, &env.id)? || (unsure && already_here(ctx, ep, &env.id)?)
+    {
         st.mark_applied(ep, &env.id, msg.origin, SpanState::Retrying, now)?;
         // Seen again (a publish repeated after JetStream's dedup window):
         // acked, not delivered twice, and said.
@@ -122,15 +138,17 @@ fn prepare(
         env.budget.hop_count = env.budget.hop_count.saturating_sub(1);
         env.budget.call_budget_remaining = env.budget.call_budget_remaining.saturating_add(1);
     }
-    let local = Mailbox::at(&ctx.home, ep);
-    let remote_here = super::directory::host_of(&ctx.home, ep);
-    let refusal = if !local.is_endpoint() || remote_here.is_some() {
+    let here = *batch.endpoints.entry(ep.to_string()).or_insert_with(|| {
+        Mailbox::at(&ctx.home, ep).is_endpoint() && !batch.remotes.contains_key(ep)
+    });
+    let refusal = if !here {
         Some((
             Code::NoMatch,
             format!("no endpoint '{ep}' on host '{me}' (removed, or never there)"),
         ))
     } else {
-        rules
+        batch
+            .rules
             .check(&env.from, &env.subject)
             .err()
             .map(|e| (Code::AccessDenied, e.to_string()))
@@ -156,11 +174,16 @@ fn finish(
 ) -> Result<Applied> {
     let ep = msg.endpoint;
     let id = &env.id;
+    let mut delivered = false;
     // (code, reason, retry-after) of a refusal for now.
     let temporary = match outcome {
         Ok(Delivery::Duplicate(_)) => None,
         Ok(Delivery::Done { fates, .. }) => match fates.into_iter().next() {
-            Some((_, Fate::Delivered(..))) | None => None,
+            Some((_, Fate::Delivered(..))) => {
+                delivered = true;
+                None
+            }
+            None => None,
             Some((_, Fate::DeadLettered(..))) => {
                 // The pipeline dead-lettered it and sent the notice.
                 st.mark_applied(ep, id, msg.origin, SpanState::Retrying, now)?;
@@ -182,9 +205,19 @@ fn finish(
     };
     let Some((code, reason, retry)) = temporary else {
         st.mark_applied(ep, id, msg.origin, SpanState::Retrying, now)?;
+        // The delivery is told at once, not when the report loop next
+        // looks (it looks at claims, acks and dead letters).
         return Ok(Applied {
             verdict: Verdict::Ack,
-            span: None,
+            span: delivered.then(|| Span {
+                message_id: id.clone(),
+                endpoint: ep.to_string(),
+                host: me.to_string(),
+                state: SpanState::Delivered,
+                code: None,
+                reason: None,
+                at: now,
+            }),
         });
     };
     if u32::try_from(msg.delivered).unwrap_or(u32::MAX) >= msg.max_deliveries {
@@ -199,6 +232,7 @@ fn finish(
             span: None,
         });
     }
+    st.clear_applying(ep, id)?;
     let delay = retry
         .map_or(DEFAULT_RETRY, Duration::from_millis)
         .clamp(Duration::from_millis(50), MAX_RETRY);
@@ -219,7 +253,8 @@ fn finish(
 
 /// Whether the copy is here already: in the mailbox, or in the index as
 /// claimed, acked or dead-lettered (a crash after the delivery, before the
-/// bridge recorded it). An index row without its file in `new/` is a
+/// bridge recorded it; asked only of a redelivery or a pair left
+/// `applying`). An index row without its file in `new/` is a
 /// delivery that never became visible, so it does not count.
 fn already_here(ctx: &mut Ctx, ep: &str, id: &str) -> Result<bool> {
     let mb = Mailbox::at(&ctx.home, ep);
@@ -260,7 +295,7 @@ fn dead_letter(
 }
 
 /// Messages fetched per round.
-const FETCH: usize = 128;
+const FETCH: usize = 512;
 /// How long the server holds a fetch open while there is nothing to fetch.
 const FETCH_EXPIRY: Duration = Duration::from_millis(500);
 
@@ -272,19 +307,19 @@ pub async fn run_loop(
     consumer: async_nats::jetstream::consumer::PullConsumer,
 ) -> Result<()> {
     use async_nats::jetstream::AckKind;
-    use futures_util::StreamExt;
     use std::sync::atomic::Ordering;
     let me = session.settings.host.clone();
     let max_deliveries = session.settings.max_deliveries;
+    // The next batch is fetched while this one is applied and acked.
+    let mut next = tokio::spawn(fetch(consumer.clone()));
     while !session.stopping() {
-        let batch = consumer
-            .fetch()
-            .max_messages(FETCH)
-            .expires(FETCH_EXPIRY)
-            .messages()
-            .await;
-        let mut batch = match batch {
-            Ok(b) => b,
+        let fetched = match (&mut next).await {
+            Ok(f) => f,
+            Err(e) => Err(format!("the fetch task failed: {e}")),
+        };
+        next = tokio::spawn(fetch(consumer.clone()));
+        let msgs = match fetched {
+            Ok(m) => m,
             Err(e) => {
                 crate::output::warn(&format!(
                     "bridge: cannot fetch from the stream ({e}); trying again"
@@ -293,16 +328,6 @@ pub async fn run_loop(
                 continue;
             }
         };
-        let mut msgs = Vec::new();
-        while let Some(m) = batch.next().await {
-            match m {
-                Ok(m) => msgs.push(m),
-                Err(e) => {
-                    crate::output::warn(&format!("bridge: fetch: {e}"));
-                    break;
-                }
-            }
-        }
         if msgs.is_empty() {
             continue;
         }
@@ -354,9 +379,39 @@ pub async fn run_loop(
                 ));
             }
         }
-        super::spans::publish_all(&session, spans).await;
+        if let Err(e) = super::spans::publish_and_record(&session, spans).await {
+            crate::output::warn(&format!("bridge: spans: {e}"));
+        }
     }
+    // What it fetched comes again to the next run (after the ack wait).
+    next.abort();
     Ok(())
+}
+
+/// One fetch of up to `FETCH` messages: what is there, or after waiting up
+/// to `FETCH_EXPIRY` for the first, none.
+async fn fetch(
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+) -> std::result::Result<Vec<async_nats::jetstream::Message>, String> {
+    use futures_util::StreamExt;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(FETCH)
+        .expires(FETCH_EXPIRY)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut msgs = Vec::new();
+    while let Some(m) = batch.next().await {
+        match m {
+            Ok(m) => msgs.push(m),
+            Err(e) => {
+                crate::output::warn(&format!("bridge: fetch: {e}"));
+                break;
+            }
+        }
+    }
+    Ok(msgs)
 }
 
 /// One fetched message: subject, origin header, body, delivery count.
@@ -365,9 +420,12 @@ type Fetched = (String, Option<String>, Vec<u8>, i64);
 /// What became of one fetched message, with the origin host to report to.
 type Outcome = Result<(Applied, Option<String>)>;
 
-/// Applies a fetched batch: span updates one by one, messages through one
-/// run of the pipeline with one group commit (the batch log), so a batch
-/// costs one fsync, not one per message. One outcome per message, in order.
+/// Applies a fetched batch: span updates in one index transaction, messages
+/// through one run of the pipeline with one group commit (the batch log),
+/// so a batch costs one fsync, not one per message. The pairs to deliver
+/// are recorded as `applying` before the delivery and as applied after
+/// it, so a crash between the two is recognised on the redelivery. One
+/// outcome per message, in order.
 fn apply_batch(
     l: &mut super::shared::Local,
     me: &str,
@@ -377,17 +435,30 @@ fn apply_batch(
     use super::wire::{Inbound, parse_inbound};
     let (ctx, st, _) = l.parts();
     let now = ctx.clock.now_ms();
-    let rules = crate::access::Rules::load(&ctx.home.root().join(crate::access::FILE_NAME));
-    let mut seen = std::collections::HashSet::new();
+    let mut batch = Batch {
+        rules: crate::access::Rules::load(&ctx.home.root().join(crate::access::FILE_NAME)),
+        remotes: super::directory::remotes(&ctx.home),
+        endpoints: std::collections::HashMap::new(),
+        seen: std::collections::HashSet::new(),
+    };
     let mut out: Vec<Option<Outcome>> = Vec::with_capacity(work.len());
     // (index in `work`, endpoint, origin, the envelope as prepared)
     let mut pending: Vec<(usize, String, String, Envelope)> = Vec::new();
     let mut jobs = Vec::new();
     // (index in `work`, the span update)
     let mut spans: Vec<(usize, Span)> = Vec::new();
-    // One transaction of the bridge database for the batch; given up (its
-    // pairs not recorded) if anything fails: the Maildir and the index then
-    // still tell a redelivery from a new message (`already_here`).
+    let term = || {
+        Some(Ok((
+            Applied {
+                verdict: Verdict::Term,
+                span: None,
+            },
+            None,
+        )))
+    };
+    // What needs no delivery is decided and recorded, and what does is
+    // marked `applying`, in one transaction of the bridge database; given
+    // up (its pairs not recorded) if anything fails: each then comes again.
     st.atomically(|st| {
         for (i, (subject, origin, body, delivered)) in work.iter().enumerate() {
             let origin = origin.clone().unwrap_or_else(|| "unknown".to_string());
@@ -403,13 +474,7 @@ fn apply_batch(
                         crate::output::warn(&format!(
                             "bridge: a span update from '{origin}' is not one ({e}); dropped"
                         ));
-                        Some(Ok((
-                            Applied {
-                                verdict: Verdict::Term,
-                                span: None,
-                            },
-                            None,
-                        )))
+                        term()
                     }
                 },
                 Some(Inbound::Message(ep)) => {
@@ -420,9 +485,10 @@ fn apply_batch(
                         delivered: *delivered,
                         max_deliveries,
                     };
-                    match prepare(ctx, st, me, &msg, &rules, &mut seen, now) {
+                    match prepare(ctx, st, me, &msg, &mut batch, now) {
                         Ok(Step::Done(a)) => Some(Ok((a, Some(origin.clone())))),
                         Ok(Step::Deliver(env)) => {
+                            st.mark_applying(&ep, &env.id)?;
                             jobs.push(Job::new((*env).clone(), vec![ep.clone()], None));
                             pending.push((i, ep, origin.clone(), *env));
                             None
@@ -430,41 +496,40 @@ fn apply_batch(
                         Err(e) => Some(Err(e)),
                     }
                 }
-                None => Some(Ok((
-                    Applied {
-                        verdict: Verdict::Term,
-                        span: None,
-                    },
-                    None,
-                ))),
+                None => term(),
             };
             out.push(step);
         }
-        if !spans.is_empty() {
-            let (at, updates): (Vec<usize>, Vec<Span>) =
-                std::mem::take(&mut spans).into_iter().unzip();
-            let res = super::spans::apply_all(ctx, &updates, now);
-            for i in at {
-                out[i] = Some(match &res {
-                    Ok(()) => Ok((
-                        Applied {
-                            verdict: Verdict::Ack,
-                            span: None,
-                        },
-                        None,
-                    )),
-                    // Nothing of them was applied: each comes again.
-                    Err(e) => Err(Error::Store(e.to_string())),
-                });
-            }
+        Ok(())
+    })?;
+    if !spans.is_empty() {
+        let (at, updates): (Vec<usize>, Vec<Span>) = spans.into_iter().unzip();
+        let res = super::spans::apply_all(ctx, &updates, now);
+        for i in at {
+            out[i] = Some(match &res {
+                Ok(()) => Ok((
+                    Applied {
+                        verdict: Verdict::Ack,
+                        span: None,
+                    },
+                    None,
+                )),
+                // Nothing of them was applied: each comes again.
+                Err(e) => Err(Error::Store(e.to_string())),
+            });
         }
-        if !jobs.is_empty() {
-            let mut log = crate::store::batchlog::Log::new();
-            let durability = match &mut log {
-                Some(log) => Durability::Logged(log),
-                None => Durability::PerMessage,
-            };
-            let ran = pipeline::deliver(ctx, &mut jobs, durability, now);
+    }
+    if !jobs.is_empty() {
+        let mut log = crate::store::batchlog::Log::new();
+        let durability = match &mut log {
+            Some(log) => Durability::Logged(log),
+            None => Durability::PerMessage,
+        };
+        let ran = pipeline::deliver(ctx, &mut jobs, durability, now);
+        // What became of each delivery, recorded in one more transaction;
+        // given up if anything fails: the pairs stay `applying`, and their
+        // redeliveries are looked for in the Maildir and the index.
+        st.atomically(|st| {
             for ((i, ep, origin, env), job) in pending.into_iter().zip(jobs.iter_mut()) {
                 let outcome = match &ran {
                     Ok(()) => job.take_result(),
@@ -485,12 +550,11 @@ fn apply_batch(
                 }
                 out[i] = Some(res.map(|a| (a, Some(origin))));
             }
-        }
-        Ok(out
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| Err(Error::Data("bridge: a message was not applied".into())))
-            })
-            .collect())
-    })
+            Ok(())
+        })?;
+    }
+    Ok(out
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(Error::Data("bridge: a message was not applied".into()))))
+        .collect())
 }

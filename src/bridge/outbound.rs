@@ -16,7 +16,7 @@ use super::{link, wire};
 use crate::error::Result;
 
 /// Copies taken per round.
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
 /// Longest wait for a publish or its ack.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest pause when the outbox is empty: a send into a proxy wakes the

@@ -85,7 +85,12 @@ pub fn take(ctx: &mut Ctx, max: usize, now: u64) -> Result<Taken> {
     let mut expired: Vec<(String, Envelope)> = Vec::new();
     for (ep, host) in &remotes {
         let mb = Mailbox::at(&ctx.home, ep);
-        if !mb.is_endpoint() || mb.count("new")? == 0 {
+        let ids = if mb.is_endpoint() {
+            mb.list("new")?
+        } else {
+            Vec::new()
+        };
+        if ids.is_empty() {
             continue;
         }
         let ranks: HashMap<String, u8> = ctx
@@ -94,6 +99,7 @@ pub fn take(ctx: &mut Ctx, max: usize, now: u64) -> Result<Taken> {
             .unwrap_or_default();
         let mut quarantined = Vec::new();
         let claimed = mb.claim(
+            ids,
             max.saturating_sub(taken.items.len()),
             now,
             &ranks,
@@ -105,17 +111,11 @@ pub fn take(ctx: &mut Ctx, max: usize, now: u64) -> Result<Taken> {
                 expired.push((ep.clone(), env));
                 continue;
             }
-            let bytes = mb
-                .read("cur", &env.id)
-                .map_err(|e| crate::error::Error::Io {
-                    what: format!("cannot read claimed copy {} of '{ep}'", env.id),
-                    source: e.into_io(),
-                })?;
             taken.items.push(Item {
                 endpoint: ep.clone(),
                 host: host.clone(),
                 envelope: env,
-                bytes,
+                bytes: c.bytes,
             });
         }
         if taken.items.len() >= max {

@@ -5,9 +5,10 @@
 //! status), feed the (sender -> endpoint) breaker like a local ack or nack
 //! would, and are recorded as `remote_span` events.
 //!
-//! The receiving side looks only at the pairs that filesystem
+//! A delivery is told by the inbound side as it applies it. Beyond that
+//! the receiving side looks only at the pairs that filesystem
 //! notifications on its endpoints' `new/`, `cur/` and `failed/` name (a
-//! message arriving, claimed, acked or dead-lettered), and at every open pair only
+//! message claimed, acked or dead-lettered), and at every open pair only
 //! every 30 s or when a notification may have been missed; it rescanned
 //! up to 1,024 open pairs every 200 ms before, holding the blocking side
 //! the apply of fetched messages waits for.
@@ -279,7 +280,7 @@ impl Changed {
                 Ok(e) if !e.need_rescan() => {
                     let mut got = false;
                     if let Ok(mut named) = n.lock() {
-                        for p in &e.paths {
+                        for p in e.paths.iter().filter(|p| !arrival(&e.kind, p)) {
                             if let Some(pair) = pair_of(p) {
                                 got |= named.insert(pair);
                             }
@@ -327,6 +328,22 @@ impl Changed {
             .map(|mut n| std::mem::take(&mut *n))
             .unwrap_or_default()
     }
+}
+
+/// Whether `kind` at `path` is a message arriving in a `new/`: a delivery
+/// (told by the inbound side as it applies it) or a message given back,
+/// neither of them news for the origin.
+fn arrival(kind: &notify::EventKind, path: &Path) -> bool {
+    use notify::EventKind;
+    use notify::event::{ModifyKind, RenameMode};
+    let into = matches!(
+        kind,
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To))
+    );
+    into && path
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|d| d == "new")
 }
 
 /// (endpoint, id) of `<home>/mailboxes/<endpoint>/<sub>/<id>.json`, or of
@@ -468,24 +485,41 @@ async fn report(
         .iter()
         .map(|(p, s)| (p.origin.clone(), s.clone()))
         .collect();
-    let sent = publish_all(session, spans).await;
+    let sent = publish_and_record(session, spans).await?;
     let heard: BTreeSet<(&str, &str)> = sent
         .iter()
         .map(|s| (s.endpoint.as_str(), s.message_id.as_str()))
         .collect();
-    let unsent = found
+    Ok(found
         .iter()
         .filter(|(p, _)| !heard.contains(&(p.endpoint.as_str(), p.id.as_str())))
         .map(|(p, _)| (p.endpoint.clone(), p.id.clone()))
+        .collect())
+}
+
+/// Publishes span updates (origin, update) and records, for the applied
+/// pairs they are about, what their origins heard; the updates JetStream
+/// acknowledged.
+pub async fn publish_and_record(
+    session: &super::shared::Session,
+    spans: Vec<(String, Span)>,
+) -> Result<Vec<Span>> {
+    if spans.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sent = publish_all(session, spans).await;
+    let heard: Vec<(String, String, SpanState)> = sent
+        .iter()
+        .map(|s| (s.endpoint.clone(), s.message_id.clone(), s.state))
         .collect();
     super::shared::blocking(&session.local, move |l| {
         l.state.atomically(|st| {
-            for s in &sent {
-                st.set_reported(&s.endpoint, &s.message_id, s.state)?;
+            for (ep, id, state) in &heard {
+                st.set_reported(ep, id, *state)?;
             }
             Ok(())
         })
     })
     .await?;
-    Ok(unsent)
+    Ok(sent)
 }

@@ -149,6 +149,18 @@ impl SpanState {
         .find(|v| v.as_str() == s)
     }
 
+    /// How far along it is: a pair's reported state only rises (both final
+    /// states rank alike).
+    #[must_use]
+    pub fn rank(self) -> u8 {
+        match self {
+            SpanState::Retrying => 0,
+            SpanState::Delivered => 1,
+            SpanState::Claimed => 2,
+            SpanState::Acked | SpanState::Failed => 3,
+        }
+    }
+
     /// Whether nothing follows it.
     #[must_use]
     pub fn is_final(self) -> bool {

@@ -211,7 +211,7 @@ fn take_as(
         let ranks = crate::consumer::ranks(ctx, mb)?;
         let mut bad = Vec::new();
         let (live, expired): (Vec<Claimed>, Vec<Claimed>) = mb
-            .claim(max - claimed.len(), now, &ranks, &mut bad)?
+            .claim(mb.list("new")?, max - claimed.len(), now, &ranks, &mut bad)?
             .into_iter()
             .partition(|c| now <= c.envelope.budget.ttl);
         for q in bad {

@@ -1,6 +1,9 @@
 //! The bridge's own state, `<home>/bridge/bridge.db` (SQLite, WAL; written
 //! only by the bridge of this home): the (id, endpoint) pairs applied from
 //! the stream, so a redelivery after the dedup window is delivered once;
+//! the pairs of a batch being applied (committed before its delivery, so a
+//! crash between the delivery and its record is recognised, and only such
+//! a pair, or a redelivery, costs a look at the Maildir and the index);
 //! what was last reported back to their origin; the last id received from
 //! each peer. The messages themselves live in the Maildir, never here.
 
@@ -22,6 +25,11 @@ CREATE TABLE IF NOT EXISTS applied (
     PRIMARY KEY (endpoint, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS applied_open ON applied (reported) WHERE reported NOT IN ('acked', 'failed');
+CREATE TABLE IF NOT EXISTS applying (
+    endpoint TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (endpoint, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS peers (
     host TEXT PRIMARY KEY,
     last_id TEXT NOT NULL,
@@ -117,6 +125,38 @@ impl State {
             .map_err(|e| self.err(&e))
     }
 
+    /// Whether (endpoint, id) was being applied when a bridge stopped
+    /// short of recording it (it may be delivered already).
+    pub fn is_applying(&self, endpoint: &str, id: &str) -> Result<bool> {
+        self.conn
+            .prepare_cached("SELECT 1 FROM applying WHERE endpoint = ?1 AND id = ?2")
+            .and_then(|mut st| st.query_row(params![endpoint, id], |_| Ok(())).optional())
+            .map(|r| r.is_some())
+            .map_err(|e| self.err(&e))
+    }
+
+    /// Records that (endpoint, id) is about to be delivered: what
+    /// `mark_applied` of the pair then clears.
+    pub fn mark_applying(&self, endpoint: &str, id: &str) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO applying (endpoint, id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut st| st.execute(params![endpoint, id]))
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    /// Forgets that (endpoint, id) was being applied: it was refused for
+    /// now, so nothing of it is here.
+    pub fn clear_applying(&self, endpoint: &str, id: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM applying WHERE endpoint = ?1 AND id = ?2")
+            .and_then(|mut st| st.execute(params![endpoint, id]))
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
     /// Records (endpoint, id) applied from `origin`, reported as `reported`.
     pub fn mark_applied(
         &self,
@@ -132,14 +172,21 @@ impl State {
                  ON CONFLICT (endpoint, id) DO NOTHING")
             .and_then(|mut st| st.execute(params![endpoint, id, origin, reported.as_str(), now]))
             .map_err(|e| self.err(&e))?;
-        Ok(())
+        self.clear_applying(endpoint, id)
     }
 
-    /// Records what the origin of (endpoint, id) heard last.
+    /// Records what the origin of (endpoint, id) heard last, unless it heard
+    /// of a later state already (a claim reported before the delivery).
     pub fn set_reported(&self, endpoint: &str, id: &str, reported: SpanState) -> Result<()> {
         self.conn
-            .prepare_cached("UPDATE applied SET reported = ?3 WHERE endpoint = ?1 AND id = ?2")
-            .and_then(|mut st| st.execute(params![endpoint, id, reported.as_str()]))
+            .prepare_cached(
+                "UPDATE applied SET reported = ?3 WHERE endpoint = ?1 AND id = ?2
+                 AND (CASE reported WHEN 'retrying' THEN 0 WHEN 'delivered' THEN 1
+                      WHEN 'claimed' THEN 2 ELSE 3 END) < ?4",
+            )
+            .and_then(|mut st| {
+                st.execute(params![endpoint, id, reported.as_str(), reported.rank()])
+            })
             .map_err(|e| self.err(&e))?;
         Ok(())
     }
