@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::bridge::wire::{Span, SpanState};
+use crate::bridge::wire::{Span, SpanState, Spans};
 use crate::context::Ctx;
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
@@ -445,8 +445,8 @@ fn apply_batch(
     // (index in `work`, endpoint, origin, the envelope as prepared)
     let mut pending: Vec<(usize, String, String, Envelope)> = Vec::new();
     let mut jobs = Vec::new();
-    // (index in `work`, the span update)
-    let mut spans: Vec<(usize, Span)> = Vec::new();
+    // (index in `work`, the span updates it carries)
+    let mut spans: Vec<(usize, Vec<Span>)> = Vec::new();
     let term = || {
         Some(Ok((
             Applied {
@@ -463,10 +463,10 @@ fn apply_batch(
         for (i, (subject, origin, body, delivered)) in work.iter().enumerate() {
             let origin = origin.clone().unwrap_or_else(|| "unknown".to_string());
             let step = match parse_inbound(me, subject) {
-                Some(Inbound::Span) => match serde_json::from_slice::<Span>(body) {
+                Some(Inbound::Span) => match serde_json::from_slice::<Spans>(body) {
                     // Applied below, all of the batch's in one transaction.
-                    Ok(span) => {
-                        spans.push((i, span));
+                    Ok(updates) => {
+                        spans.push((i, updates.into_vec()));
                         None
                     }
                     // It can never be applied: dropped, said once.
@@ -503,7 +503,8 @@ fn apply_batch(
         Ok(())
     })?;
     if !spans.is_empty() {
-        let (at, updates): (Vec<usize>, Vec<Span>) = spans.into_iter().unzip();
+        let (at, updates): (Vec<usize>, Vec<Vec<Span>>) = spans.into_iter().unzip();
+        let updates: Vec<Span> = updates.into_iter().flatten().collect();
         let res = super::spans::apply_all(ctx, &updates, now);
         for i in at {
             out[i] = Some(match &res {

@@ -205,26 +205,55 @@ fn apply_one(
     )
 }
 
-/// Publishes span updates, each to its origin's span subject; returns the
-/// ones JetStream acknowledged.
+/// Publishes span updates to their origins' span subjects, those to one
+/// origin together in as few messages as `wire::SPANS_PER_MESSAGE` and
+/// `wire::SPAN_BYTES_PER_MESSAGE` allow; returns the ones JetStream
+/// acknowledged.
 pub async fn publish_all(
     session: &super::shared::Session,
     spans: Vec<(String, Span)>,
 ) -> Vec<Span> {
-    let mut pending = Vec::new();
+    use super::wire::{SPAN_BYTES_PER_MESSAGE, SPANS_PER_MESSAGE, span_subject, spans_msg_id};
+    let mut by_origin: std::collections::BTreeMap<String, Vec<Span>> = Default::default();
     for (origin, span) in spans {
-        let Ok(body) = serde_json::to_vec(&span) else {
+        by_origin.entry(origin).or_default().push(span);
+    }
+    let mut chunks: Vec<(String, Vec<Span>)> = Vec::new();
+    for (origin, spans) in by_origin {
+        let (mut chunk, mut bytes) = (Vec::new(), 0);
+        for span in spans {
+            let size = span.reason.as_ref().map_or(0, String::len) + 256;
+            if !chunk.is_empty()
+                && (chunk.len() >= SPANS_PER_MESSAGE || bytes + size > SPAN_BYTES_PER_MESSAGE)
+            {
+                chunks.push((origin.clone(), std::mem::take(&mut chunk)));
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push(span);
+        }
+        if !chunk.is_empty() {
+            chunks.push((origin, chunk));
+        }
+    }
+    let mut pending = Vec::new();
+    for (origin, chunk) in chunks {
+        let body = match chunk.as_slice() {
+            [one] => serde_json::to_vec(one),
+            many => serde_json::to_vec(many),
+        };
+        let Ok(body) = body else {
             continue;
         };
         let mut h = async_nats::HeaderMap::new();
-        h.insert("Nats-Msg-Id", span.msg_id().as_str());
-        h.insert(super::wire::H_ORIGIN, span.host.as_str());
+        h.insert("Nats-Msg-Id", spans_msg_id(&chunk).as_str());
+        h.insert(super::wire::H_ORIGIN, session.settings.host.as_str());
         match session
             .js
-            .publish_with_headers(super::wire::span_subject(&origin), h, body.into())
+            .publish_with_headers(span_subject(&origin), h, body.into())
             .await
         {
-            Ok(ack) => pending.push((span, ack)),
+            Ok(ack) => pending.push((chunk, ack)),
             Err(e) => {
                 crate::output::warn(&format!("bridge: cannot send a span update ({e})"));
                 break;
@@ -232,10 +261,10 @@ pub async fn publish_all(
         }
     }
     let mut sent = Vec::new();
-    for (span, ack) in pending {
+    for (chunk, ack) in pending {
         let acked = tokio::time::timeout(std::time::Duration::from_secs(10), ack).await;
         if matches!(acked, Ok(Ok(_))) {
-            sent.push(span);
+            sent.extend(chunk);
         }
     }
     sent

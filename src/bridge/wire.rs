@@ -203,9 +203,94 @@ impl Span {
     }
 }
 
+/// The body of a message on a span subject: the updates of one look or
+/// one applied batch, to one origin (or one update alone, as bridges
+/// before batching sent it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Spans {
+    /// Several updates.
+    Many(Vec<Span>),
+    /// One update.
+    One(Span),
+}
+
+impl Spans {
+    /// The updates it carries.
+    #[must_use]
+    pub fn into_vec(self) -> Vec<Span> {
+        match self {
+            Spans::Many(v) => v,
+            Spans::One(s) => vec![s],
+        }
+    }
+}
+
+/// Most updates in one span message, and about the most bytes (a server's
+/// default `max_payload` is 1 MiB).
+pub const SPANS_PER_MESSAGE: usize = 256;
+/// See `SPANS_PER_MESSAGE`.
+pub const SPAN_BYTES_PER_MESSAGE: usize = 256 * 1024;
+
+/// The `Nats-Msg-Id` of a span message: that of its update when it carries
+/// one; else made of every update's, so the same updates published again
+/// within the dedup window are dropped, and other updates never are.
+#[must_use]
+pub fn spans_msg_id(spans: &[Span]) -> String {
+    if let [one] = spans {
+        return one.msg_id();
+    }
+    // FNV-1a over the updates' ids: the same on every host and build.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for s in spans {
+        for b in s.msg_id().bytes().chain([b'\n']) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let first = spans.first().map_or_else(String::new, Span::msg_id);
+    format!("{first}+{}.{h:016x}", spans.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn span(id: &str, state: SpanState) -> Span {
+        Span {
+            message_id: id.into(),
+            endpoint: "agent.b".into(),
+            host: "hostb".into(),
+            state,
+            code: None,
+            reason: None,
+            at: 1,
+        }
+    }
+
+    #[test]
+    fn a_span_message_carries_one_update_or_many_and_its_id_names_exactly_them() {
+        let one = span("01A", SpanState::Delivered);
+        let two = span("01B", SpanState::Delivered);
+        let single = serde_json::to_vec(&one).unwrap_or_default();
+        let parsed: Spans = serde_json::from_slice(&single).unwrap_or(Spans::Many(Vec::new()));
+        assert_eq!(parsed.into_vec(), vec![one.clone()]);
+        let many = serde_json::to_vec(&vec![one.clone(), two.clone()]).unwrap_or_default();
+        let parsed: Spans = serde_json::from_slice(&many).unwrap_or(Spans::Many(Vec::new()));
+        assert_eq!(parsed.into_vec(), vec![one.clone(), two.clone()]);
+        assert_eq!(spans_msg_id(std::slice::from_ref(&one)), one.msg_id());
+        let ab = spans_msg_id(&[one.clone(), two.clone()]);
+        assert_eq!(ab, spans_msg_id(&[one.clone(), two.clone()]));
+        assert_ne!(
+            ab,
+            spans_msg_id(&[one.clone(), span("01C", SpanState::Delivered)])
+        );
+        assert_ne!(
+            ab,
+            spans_msg_id(&[one.clone(), span("01B", SpanState::Claimed)])
+        );
+        assert_ne!(ab, spans_msg_id(&[two, one]));
+    }
 
     #[test]
     fn inbound_subjects_parse() {
