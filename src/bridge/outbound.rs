@@ -17,7 +17,7 @@ use crate::error::Result;
 
 /// Copies taken per round.
 const BATCH: usize = 1024;
-/// Longest wait for a publish or its ack.
+/// Longest wait for a publish, or for all the acks of a round.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest pause when the outbox is empty: a send into a proxy wakes the
 /// publisher at once (filesystem notifications on the proxies' `new/`, and
@@ -240,8 +240,12 @@ async fn publish(
     }
     rest.extend(iter);
     let mut sent = Vec::with_capacity(pending.len());
+    // One deadline for all the acks: each waited for in turn with a cap of
+    // its own, a round whose acks a restarted server lost took the cap
+    // times the round's size.
+    let deadline = tokio::time::Instant::now() + PUBLISH_TIMEOUT;
     for (it, ack) in pending {
-        match tokio::time::timeout(PUBLISH_TIMEOUT, ack).await {
+        match tokio::time::timeout_at(deadline, ack).await {
             Ok(Ok(_)) => sent.push(it),
             Ok(Err(e)) => {
                 err.get_or_insert_with(|| e.to_string());

@@ -261,8 +261,10 @@ pub async fn publish_all(
         }
     }
     let mut sent = Vec::new();
+    // One deadline for all the acks (see `outbound::publish`).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     for (chunk, ack) in pending {
-        let acked = tokio::time::timeout(std::time::Duration::from_secs(10), ack).await;
+        let acked = tokio::time::timeout_at(deadline, ack).await;
         if matches!(acked, Ok(Ok(_))) {
             sent.extend(chunk);
         }

@@ -307,4 +307,38 @@ mod tests {
         let peers = st.peers().unwrap_or_default();
         assert_eq!(peers, vec![("hosta".into(), "01B".into(), 1)]);
     }
+
+    #[test]
+    fn a_pair_is_applying_from_before_its_delivery_until_it_is_recorded_or_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let st = State::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let ok = |r: Result<()>| r.unwrap_or_else(|e| panic!("{e}"));
+        ok(st.atomically(|st| st.mark_applying("a.b", "01X")));
+        ok(st.atomically(|st| st.mark_applying("a.b", "01Y")));
+        // A bridge that stopped here leaves both, across a reopen.
+        drop(st);
+        let st = State::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(st.is_applying("a.b", "01X").unwrap_or(false));
+        ok(st.mark_applied("a.b", "01X", "hosta", SpanState::Retrying, 5));
+        assert!(!st.is_applying("a.b", "01X").unwrap_or(true));
+        ok(st.clear_applying("a.b", "01Y"));
+        assert!(!st.is_applying("a.b", "01Y").unwrap_or(true));
+    }
+
+    #[test]
+    fn what_an_origin_heard_only_moves_on() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let st = State::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let ok = |r: Result<()>| r.unwrap_or_else(|e| panic!("{e}"));
+        ok(st.mark_applied("a.b", "01X", "hosta", SpanState::Retrying, 5));
+        // A claim told before the delivery it follows.
+        ok(st.set_reported("a.b", "01X", SpanState::Claimed));
+        ok(st.set_reported("a.b", "01X", SpanState::Delivered));
+        let open = st.open_pair("a.b", "01X").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(open.map(|o| o.reported), Some(SpanState::Claimed));
+        ok(st.set_reported("a.b", "01X", SpanState::Acked));
+        ok(st.set_reported("a.b", "01X", SpanState::Failed));
+        assert!(st.open_pair("a.b", "01X").unwrap_or_default().is_none());
+        assert_eq!(st.open_pairs(10, 0).map(|v| v.len()).unwrap_or(9), 0);
+    }
 }
