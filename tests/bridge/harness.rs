@@ -505,6 +505,13 @@ pub fn drain(relay: &Relay, ep: &str) -> Vec<String> {
     let out = relay
         .cmd(["recv", ep, "--ack", "--json", "-n", "100000"])
         .run();
+    assert!(
+        out.code == 0 || out.stdout.trim().is_empty(),
+        "recv --ack exited {} after printing messages:\n{}\nstderr:\n{}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
     if out.code != 0 {
         return Vec::new();
     }
