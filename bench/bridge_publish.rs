@@ -1,6 +1,7 @@
 //! The baseline of `bench/bridge.py`: a bare async-nats JetStream publish
 //! loop (the same client, features and server as `relay bridge`), with the
-//! same window of acks in flight as the bridge keeps (256), and messages of
+//! same window of acks in flight as the bridge keeps (1,024: the copies it
+//! claims per round), and messages of
 //! the size given. Prints `{"messages": N, "seconds": S}`.
 //!
 //! Usage: cargo run --release --example bridge_publish -- URL N BYTES
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 
-const WINDOW: usize = 256;
+const WINDOW: usize = 1024;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
