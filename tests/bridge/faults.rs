@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::harness::{Pair, drain, ids, now_ms, wait_for};
+use super::harness::{Pair, drain, ids, now_ms, wait_for, wait_link_down};
 
 /// Neither limits nor capacity get in the way of a stream of messages.
 const OPEN: &str =
@@ -82,6 +82,9 @@ fn the_queue_drains_by_priority_then_age() {
         return;
     };
     p.nats.kill();
+    // Queued while the link is known down: a copy taken before is in
+    // flight already, and goes first.
+    wait_link_down(&p.a);
     let mut sent = Vec::new();
     for prio in ["normal", "low", "critical", "normal", "high"] {
         let id =

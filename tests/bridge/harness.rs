@@ -501,6 +501,17 @@ pub fn now_ms() -> u64 {
 }
 
 /// Claims and acks everything waiting at `ep` of `relay`; the ids, in order.
+/// Waits until the bridge of `relay`'s home knows its link is down (its
+/// `link.json` says so): a send before that may already be in the client's
+/// buffer, published as soon as the server is back.
+pub fn wait_link_down(relay: &Relay) {
+    wait_for("the bridge to see its link down", || {
+        let bytes = std::fs::read(relay.path("bridge/link.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        (v["connected"] == false).then_some(())
+    });
+}
+
 pub fn drain(relay: &Relay, ep: &str) -> Vec<String> {
     let out = relay
         .cmd(["recv", ep, "--ack", "--json", "-n", "100000"])
