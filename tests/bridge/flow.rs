@@ -180,3 +180,51 @@ fn nacks_on_b_feed_the_senders_breaker_on_a_and_their_notices_reach_a() {
         "{v}"
     );
 }
+
+#[test]
+fn a_delivery_on_b_is_told_to_a_as_b_applies_it_and_only_once() {
+    let Some(p) = Pair::start(&[], &["agent.b"]) else {
+        return;
+    };
+    let lines: String = (0..20)
+        .map(|i| format!("{{\"subject\":\"agent.b\",\"payload\":{{\"i\":{i}}}}}\n"))
+        .collect();
+    let sent: Vec<String> =
+        p.a.cmd(["send", "--batch", "--from", "agent.a"])
+            .stdin(lines)
+            .success()
+            .stdout
+            .lines()
+            .map(str::to_string)
+            .collect();
+    assert_eq!(sent.len(), 20);
+    // Told as B applies it (the report loop no longer looks at arrivals):
+    // one `remote_span` event per delivery on A, none twice.
+    // Within 20 s: sooner than the report loop's look at every open pair
+    // (every 30 s), which would tell them too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let told = wait_for("every delivery on B told to A", || {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deliveries were not told as B applied them"
+        );
+        let told: Vec<String> =
+            p.a.events_of(super::harness::now_ms(), "remote_span")
+                .into_iter()
+                .filter(|e| e["detail"]["state"] == "delivered" && e["detail"]["host"] == "hostb")
+                .filter_map(|e| e["messageId"].as_str().map(str::to_string))
+                .collect();
+        (told.len() >= 20).then_some(told)
+    });
+    let mut unique = told.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(told.len(), unique.len(), "a delivery told twice: {told:?}");
+    let mut want = sent.clone();
+    want.sort();
+    assert_eq!(unique, want);
+    // Unread on B, so A's index still has them pending at agent.b.
+    let s = span(&p.a, &sent[0], "agent.b").unwrap_or_default();
+    assert_eq!(s["state"], "pending", "{s}");
+    assert_eq!(ids(&p.b, "agent.b", "new").len(), 20);
+}
