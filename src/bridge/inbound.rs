@@ -111,9 +111,14 @@ fn prepare(
     // Only a redelivery, or a pair whose batch a bridge did not finish
     // recording, can be here without being recorded as applied: only those
     // cost a look at the Maildir and the index.
-    let unsure = msg.delivered > 1 || st.is_applying(ep, &env.id)?;
-    if !first_in_batch || st.is_applied(ep, &env.id)? || (unsure && already_here(ctx, ep, &env.id)?)
-    {
+    let here = |ctx: &mut Ctx| -> Result<bool> {
+        if st.is_applied(ep, &env.id)? {
+            return Ok(true);
+        }
+        let unsure = msg.delivered > 1 || st.is_applying(ep, &env.id)?;
+        Ok(unsure && already_here(ctx, ep, &env.id)?)
+    };
+    if !first_in_batch || here(ctx)? {
         st.mark_applied(ep, &env.id, msg.origin, SpanState::Retrying, now)?;
         // Seen again (a publish repeated after JetStream's dedup window):
         // acked, not delivered twice, and said.
