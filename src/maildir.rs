@@ -274,6 +274,62 @@ impl Mailbox {
             .collect()
     }
 
+    /// Reason sidecars in `failed/` with no letter beside them, older than
+    /// `min_age_ms` at `now` by their mtime, as `(id, age)` sorted by id:
+    /// what a crash between a dead-lettering's two steps left (`fail`). A
+    /// younger one may be a dead-lettering under way, its letter still to
+    /// come.
+    pub fn orphan_reasons(&self, now: u64, min_age_ms: u64) -> Result<Vec<(String, u64)>> {
+        let mut found = Vec::new();
+        for entry in entries(&self.sub("failed"))? {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(REASON_EXT)) else {
+                continue;
+            };
+            if id.is_empty() || id.starts_with('.') {
+                continue;
+            }
+            if let Some(age) = self.orphan_age(id, now, min_age_ms) {
+                found.push((id.to_string(), age));
+            }
+        }
+        found.sort_unstable();
+        Ok(found)
+    }
+
+    /// Removes the reason sidecar of `id` if it is still an orphan older
+    /// than `min_age_ms` (looked at again just before): `Ok(false)` if it
+    /// is not one any more. A dead-lettering of `id` that begins in between
+    /// writes a fresh sidecar (a new mtime), which is left alone; one that
+    /// lands right between the look and the removal has a letter whose
+    /// reason readers take from the index, as for a letter without one.
+    pub fn remove_orphan_reason(
+        &self,
+        id: &str,
+        now: u64,
+        min_age_ms: u64,
+    ) -> std::io::Result<bool> {
+        if self.orphan_age(id, now, min_age_ms).is_none() {
+            return Ok(false);
+        }
+        match fs::remove_file(self.reason_file(id)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The age of `id`'s sidecar if it is a regular file older than
+    /// `min_age_ms` and `failed/` has no letter `id`.
+    fn orphan_age(&self, id: &str, now: u64, min_age_ms: u64) -> Option<u64> {
+        let meta = fs::symlink_metadata(self.reason_file(id)).ok()?;
+        if !meta.is_file() || self.has("failed", id) {
+            return None;
+        }
+        let age = now.saturating_sub(system_time_ms(meta.modified().ok()?));
+        (age > min_age_ms).then_some(age)
+    }
+
     /// Message ids in `sub`, sorted (ULIDs sort by time, so this is FIFO).
     /// Files not ending in `.json`, sidecars and dot-files are ignored.
     pub fn list(&self, sub: &str) -> Result<Vec<String>> {

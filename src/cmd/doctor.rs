@@ -19,6 +19,10 @@ use crate::output;
 use crate::vocab::Code;
 use crate::vocab::Status;
 
+/// How old a reason sidecar without its letter must be to be reported:
+/// a younger one may belong to a dead-lettering still under way.
+const ORPHAN_REASON_MIN_AGE_MS: u64 = 60_000;
+
 /// One problem found (and what was done about it).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -254,6 +258,30 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
             note(
                 "stray tmp file",
                 format!("{} ({} old)", path.display(), crate::clock::human_ms(age)),
+                repaired,
+            );
+        }
+        for (id, age) in mb.orphan_reasons(now, ORPHAN_REASON_MIN_AGE_MS)? {
+            // A crash between a dead-lettering's sidecar and its letter:
+            // readers ignore it; the letter, if any, is still in cur/.
+            let path = mb.sub("failed").join(format!("{id}.reason.json"));
+            let repaired = if repair {
+                match mb.remove_orphan_reason(&id, now, ORPHAN_REASON_MIN_AGE_MS) {
+                    Ok(true) => true,
+                    // Its letter came, or a new dead-lettering replaced it.
+                    Ok(false) => continue,
+                    Err(_) => false,
+                }
+            } else {
+                false
+            };
+            note(
+                "orphan reason sidecar",
+                format!(
+                    "{} has no dead letter {id}.json beside it ({} old; left by a crash while dead-lettering, removed on repair)",
+                    path.display(),
+                    crate::clock::human_ms(age)
+                ),
                 repaired,
             );
         }

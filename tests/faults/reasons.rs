@@ -146,3 +146,103 @@ fn a_letter_of_an_older_home_without_its_reason_is_listed_with_the_index_s() {
     let shown = r.cmd(["dlq", "show", &id]).success().stdout;
     assert!(shown.contains("tool crashed (nack)"), "{shown}");
 }
+
+/// Sets the mtime of `path` to `ago` before now.
+fn age(path: &std::path::Path, ago: std::time::Duration) {
+    let at = std::time::SystemTime::now() - ago;
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(at))
+        .unwrap_or_else(|e| panic!("cannot set the mtime of {}: {e}", path.display()));
+}
+
+/// The findings of `doctor ARGS --json` of one check: their details and
+/// whether each was repaired.
+fn findings(out: &serde_json::Value, check: &str) -> Vec<(String, bool)> {
+    out["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["check"] == check)
+        .map(|f| {
+            (
+                f["detail"].as_str().unwrap_or_default().to_string(),
+                f["repaired"] == true,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn doctor_reports_a_sidecar_a_crash_left_without_its_letter_and_repair_removes_only_it() {
+    let r = Relay::new();
+    r.add(&["q"]);
+    // A real orphan: the nack killed between the sidecar and the letter,
+    // two minutes ago.
+    let crashed = r.send("q", "m");
+    r.cmd(["recv", "q"]).success();
+    let (calls, code) = steps(
+        &r,
+        &["nack", "q", &crashed, "--reason", "tool crashed"],
+        Some("inject=rename,renameat,renameat2:signal=SIGKILL:when=2"),
+    );
+    assert_eq!(code, None, "not killed: {calls:#?}");
+    let orphan = r.path(&format!("mailboxes/q/failed/{crashed}.reason.json"));
+    assert!(orphan.exists(), "{}", r.listing());
+    age(&orphan, std::time::Duration::from_secs(120));
+    // A real dead letter, an hour old: its sidecar is its letter's.
+    let letter = r.send("q", "n");
+    r.cmd(["recv", "q"]).success();
+    r.cmd(["nack", "q", &letter, "--reason", "bad input"])
+        .success();
+    let kept = r.path(&format!("mailboxes/q/failed/{letter}.reason.json"));
+    age(&kept, std::time::Duration::from_secs(3600));
+    let kept_bytes = std::fs::read(&kept).expect("the letter's sidecar");
+    // A sidecar of a dead-lettering under way (its letter not there yet):
+    // seconds old.
+    let fresh_id = "01KBZZZZZZZZZZZZZZZZZZZZZZ";
+    r.write_file(
+        &format!("mailboxes/q/failed/{fresh_id}.reason.json"),
+        std::fs::read(&orphan).expect("the orphan"),
+    );
+    let fresh = r.path(&format!("mailboxes/q/failed/{fresh_id}.reason.json"));
+    age(&fresh, std::time::Duration::from_secs(5));
+
+    let out = r.cmd(["doctor", "--json"]).code(65).json();
+    let found = findings(&out, "orphan reason sidecar");
+    assert_eq!(found.len(), 1, "{out:#}");
+    assert!(
+        found[0].0.contains(&format!("{crashed}.reason.json")) && !found[0].1,
+        "{out:#}"
+    );
+    assert_eq!(
+        out["findings"].as_array().map(Vec::len),
+        Some(1),
+        "only the orphan: {out:#}"
+    );
+    let table = r.cmd(["doctor"]).code(65).stdout;
+    assert!(
+        table.contains("orphan reason sidecar") && table.contains(&crashed),
+        "{table}"
+    );
+    assert!(orphan.exists(), "doctor without --repair removed it");
+
+    let out = r.cmd(["doctor", "--repair", "--json"]).success().json();
+    let found = findings(&out, "orphan reason sidecar");
+    assert_eq!(found.len(), 1, "{out:#}");
+    assert!(found[0].0.contains(&crashed) && found[0].1, "{out:#}");
+    assert!(!orphan.exists(), "{}", r.listing());
+    assert!(fresh.exists(), "the fresh one was removed: {}", r.listing());
+    assert_eq!(
+        std::fs::read(&kept).ok(),
+        Some(kept_bytes),
+        "the letter's sidecar was touched"
+    );
+    // The crashed message is still claimed, and dead-letters as before.
+    assert_eq!(r.files("q", "cur"), [format!("{crashed}.json")]);
+    r.cmd(["doctor"]).success();
+    let dlq = r.cmd(["dlq", "list", "--json"]).success().json();
+    assert_eq!(dlq["deadLetters"][0]["id"], letter.as_str(), "{dlq}");
+    assert_eq!(dlq["deadLetters"][0]["reason"], "bad input", "{dlq}");
+}
