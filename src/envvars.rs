@@ -153,6 +153,12 @@ pub const BRIDGE_IDLE_MS: Var = Var {
     meaning: "How long the bridge's publisher waits for a filesystem notification before it looks at the outbox anyway (a test makes it long, so only notifications wake it).",
     default: "250",
 };
+pub const MCP_IDLE_SWEEP_MS: Var = Var {
+    name: "RELAY_MCP_IDLE_SWEEP_MS",
+    scope: Scope::Testing,
+    meaning: "How often an MCP server without calls (`relay mcp`, `relay serve`'s /mcp) sweeps its idle relay_send_async inboxes, in milliseconds (a test makes it short).",
+    default: "300000 (5 min)",
+};
 pub const BLESS: Var = Var {
     name: "RELAY_BLESS",
     scope: Scope::Suite,
@@ -210,6 +216,7 @@ pub static ALL: &[&Var] = &[
     &FAKE_BOOT_ID,
     &BATCH_LOG_MAX_BYTES,
     &BRIDGE_IDLE_MS,
+    &MCP_IDLE_SWEEP_MS,
     &BLESS,
     &CRASH_KILLS,
     &CRASH_ROUNDS,

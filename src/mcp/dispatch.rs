@@ -26,6 +26,17 @@ pub const SWEEP_AFTER_CALLS: Duration = Duration::from_secs(60);
 /// How often an idle server sweeps (as DorkOS's background jobs).
 pub const SWEEP_WHEN_IDLE: Duration = Duration::from_secs(5 * 60);
 
+/// `SWEEP_WHEN_IDLE`, or `RELAY_MCP_IDLE_SWEEP_MS` when set (tests; a
+/// period of 0 or one that is not a number is ignored).
+#[must_use]
+pub fn sweep_when_idle() -> Duration {
+    crate::envvars::MCP_IDLE_SWEEP_MS
+        .get()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(SWEEP_WHEN_IDLE, Duration::from_millis)
+}
+
 /// Records activity on dispatch inbox `mb` at `now_ms`: its directory's
 /// mtime. Best effort: an inbox whose stamp failed only looks idle sooner.
 pub fn touch(mb: &Mailbox, now_ms: u64) {

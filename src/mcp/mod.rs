@@ -147,6 +147,31 @@ impl RelayMcp {
         .unwrap_or_else(|e| tools::ToolResult::setup_failed(&e))
     }
 
+    /// Sweeps this identity's idle dispatch inboxes every
+    /// `dispatch::sweep_when_idle()` whether or not calls come (a server
+    /// with calls also sweeps on them), on the blocking pool, until the
+    /// task is aborted or the runtime stops. A tick right after a sweep on
+    /// calls (less than `SWEEP_AFTER_CALLS` ago) does nothing.
+    #[must_use]
+    pub fn spawn_idle_sweeper(&self) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        let every = dispatch::sweep_when_idle();
+        let skip_after = every.min(dispatch::SWEEP_AFTER_CALLS);
+        tokio::spawn(async move {
+            let mut idle = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                idle.tick().await;
+                let me = me.clone();
+                // One sweep at a time: the next tick waits for this one.
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = me.with_ctx(|ctx| me.sweep_if_due(ctx, skip_after));
+                })
+                .await;
+            }
+        })
+    }
+
     /// Removes this identity's dispatch inboxes idle past their TTL
     /// (`dispatch::sweep`), unless a sweep ran less than `every` ago.
     fn sweep_if_due(&self, ctx: &Ctx, every: Duration) {
@@ -251,32 +276,21 @@ async fn serve_stdio(server: RelayMcp) -> Result<()> {
     };
     // EOF ends `waiting`; a signal drops it, which stops the service.
     // Meanwhile idle dispatch inboxes are swept also when no call comes.
-    let waiting = running.waiting();
-    tokio::pin!(waiting);
-    let mut idle = tokio::time::interval_at(
-        tokio::time::Instant::now() + dispatch::SWEEP_WHEN_IDLE,
-        dispatch::SWEEP_WHEN_IDLE,
-    );
-    loop {
-        tokio::select! {
-            _ = &mut waiting => break,
-            _ = term.recv() => { server.stop(); break; }
-            _ = int.recv() => { server.stop(); break; }
-            _ = idle.tick() => {
-                let me = server.clone();
-                tokio::task::spawn_blocking(move || {
-                    let _ = me.with_ctx(|ctx| me.sweep_if_due(ctx, dispatch::SWEEP_WHEN_IDLE));
-                });
-            }
-        }
+    let sweeper = server.spawn_idle_sweeper();
+    tokio::select! {
+        _ = running.waiting() => {}
+        _ = term.recv() => server.stop(),
+        _ = int.recv() => server.stop(),
     }
+    sweeper.abort();
     Ok(())
 }
 
-/// The streamable-HTTP MCP service `relay serve` mounts at `/mcp`, as
-/// `HTTP_SENDER`, behind serve's guard (Host, Origin, token).
+/// The streamable-HTTP MCP service `relay serve` mounts at `/mcp`, of
+/// `server` (`RelayMcp::new(home, HTTP_SENDER)`, whose idle sweeper serve
+/// runs), behind serve's guard (Host, Origin, token).
 pub fn http_service(
-    home: PathBuf,
+    server: RelayMcp,
 ) -> rmcp::transport::streamable_http_server::StreamableHttpService<
     RelayMcp,
     rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
@@ -284,7 +298,6 @@ pub fn http_service(
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService,
     };
-    let server = RelayMcp::new(home, HTTP_SENDER);
     // serve's guard checks Host, Origin and the token before this sees a
     // request; checking them again here would only disagree with it.
     let config = StreamableHttpServerConfig::default()

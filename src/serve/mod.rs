@@ -132,7 +132,11 @@ async fn serve(app: Arc<App>, hub: Arc<sse::Hub>, listener: std::net::TcpListene
         signal(SignalKind::terminate()).map_err(|e| io_error("cannot handle SIGTERM", e))?;
     let mut int =
         signal(SignalKind::interrupt()).map_err(|e| io_error("cannot handle SIGINT", e))?;
-    let router = routes::router(Arc::clone(&app), Arc::clone(&hub));
+    // `/mcp`'s server, whose idle relay_send_async inboxes are swept also
+    // while no call comes (as `relay mcp`'s).
+    let mcp = crate::mcp::RelayMcp::new(app.home.clone(), crate::mcp::HTTP_SENDER);
+    let sweeper = mcp.spawn_idle_sweeper();
+    let router = routes::router(Arc::clone(&app), Arc::clone(&hub), mcp);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
@@ -173,6 +177,7 @@ async fn serve(app: Arc<App>, hub: Arc<sse::Hub>, listener: std::net::TcpListene
         }
     };
     drop(listener);
+    sweeper.abort();
     eprintln!("relay: {signal}: stopping (no new connections; streams end, requests finish)");
     hub.close();
     if tokio::time::timeout(GRACE, graceful.shutdown())

@@ -46,7 +46,7 @@ fn only(router: MethodRouter<Arc<App>>, allow: &'static str) -> MethodRouter<Arc
 }
 
 /// Every route, behind the guard.
-pub(super) fn router(app: Arc<App>, hub: Arc<sse::Hub>) -> Router {
+pub(super) fn router(app: Arc<App>, hub: Arc<sse::Hub>, mcp: crate::mcp::RelayMcp) -> Router {
     let api = Router::new()
         // DorkOS's core routes.
         .route(
@@ -107,7 +107,7 @@ pub(super) fn router(app: Arc<App>, hub: Arc<sse::Hub>) -> Router {
         .route("/metrics", only(get(prometheus_text), "GET"))
         .nest("/api/relay", api)
         // The MCP server over streamable HTTP, as `relay.external.mcp`.
-        .nest_service("/mcp", crate::mcp::http_service(app.home.clone()))
+        .nest_service("/mcp", crate::mcp::http_service(mcp))
         .fallback(not_found)
         .layer(axum::Extension(hub))
         .layer(middleware::from_fn_with_state(Arc::clone(&app), guard))

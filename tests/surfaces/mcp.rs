@@ -886,6 +886,117 @@ fn idle_dispatch_inboxes_are_swept_after_30_minutes() {
     assert!(r.mailbox(&theirs).exists(), "{}", r.listing());
 }
 
+/// `relay serve`'s `/mcp` sweeps its idle `relay_send_async` inboxes also
+/// while no call comes, as `relay mcp` does: inboxes made over HTTP at
+/// minute 0 by one server; at minute 31 another server, which gets no call
+/// at all, removes the idle one within its idle period (shortened by
+/// `RELAY_MCP_IDLE_SWEEP_MS`) and keeps one delivered to at minute 25 and
+/// one of another identity (`relay mcp --as agent.b`).
+#[test]
+fn serve_sweeps_idle_dispatch_inboxes_while_no_call_comes() {
+    let r = Relay::new();
+    r.add(&["svc"]);
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let at = |min: u64| (start + min * 60_000).to_string();
+    let make = |c: &mut Mcp| -> String {
+        let v = c.ok(
+            "relay_send_async",
+            json!({"to_subject": "svc", "payload": 1}),
+        );
+        v["inboxSubject"].as_str().unwrap_or_default().to_string()
+    };
+    let server = Server::start(&r, "127.0.0.1:0", &[], &[("RELAY_FAKE_NOW_MS", &at(0))]);
+    let url = format!("http://{}/mcp", server.addr);
+    let Some(mut c) = Mcp::http(&r, "serve idle sweep", &url, &[]) else {
+        return;
+    };
+    let (idle, delivered) = (make(&mut c), make(&mut c));
+    drop(c);
+    drop(server);
+    let Some(mut c) = Mcp::stdio_env(
+        &r,
+        "serve idle sweep",
+        "agent.b",
+        &[("RELAY_FAKE_NOW_MS", at(0).as_str())],
+    ) else {
+        return;
+    };
+    let theirs = make(&mut c);
+    drop(c);
+    // A reply lands at minute 25 (its new/ changed then).
+    r.cmd(["send", &delivered, "reply"]).success();
+    let new = std::fs::File::open(r.mailbox(&delivered).join("new")).expect("open new/");
+    new.set_modified(std::time::UNIX_EPOCH + Duration::from_millis(start + 25 * 60_000))
+        .expect("set the mtime of new/");
+    for ep in [&idle, &delivered, &theirs] {
+        assert!(r.mailbox(ep).exists(), "{ep}: {}", r.listing());
+    }
+    let server = Server::start(
+        &r,
+        "127.0.0.1:0",
+        &[],
+        &[
+            ("RELAY_FAKE_NOW_MS", &at(31)),
+            ("RELAY_MCP_IDLE_SWEEP_MS", "50"),
+        ],
+    );
+    wait_until(secs(10), "the idle inbox swept with no call", || {
+        !r.mailbox(&idle).exists()
+    });
+    drop(server);
+    for kept in [&delivered, &theirs] {
+        assert!(r.mailbox(kept).exists(), "{kept}: {}", r.listing());
+    }
+}
+
+/// `relay mcp` also sweeps while no call comes (its idle timer, shortened
+/// by `RELAY_MCP_IDLE_SWEEP_MS`): a session at minute 31 that makes no
+/// call removes this identity's inbox idle since minute 0, not agent.b's.
+#[test]
+fn relay_mcp_sweeps_idle_dispatch_inboxes_while_no_call_comes() {
+    let r = Relay::new();
+    r.add(&["svc"]);
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let at = |min: u64| (start + min * 60_000).to_string();
+    let mut made = Vec::new();
+    for sender in ["agent.a", "agent.b"] {
+        let Some(mut c) = Mcp::stdio_env(
+            &r,
+            "relay mcp idle sweep",
+            sender,
+            &[("RELAY_FAKE_NOW_MS", at(0).as_str())],
+        ) else {
+            return;
+        };
+        let v = c.ok(
+            "relay_send_async",
+            json!({"to_subject": "svc", "payload": 1}),
+        );
+        made.push(v["inboxSubject"].as_str().unwrap_or_default().to_string());
+    }
+    let (idle, theirs) = (&made[0], &made[1]);
+    let Some(c) = Mcp::stdio_env(
+        &r,
+        "relay mcp idle sweep",
+        "agent.a",
+        &[
+            ("RELAY_FAKE_NOW_MS", at(31).as_str()),
+            ("RELAY_MCP_IDLE_SWEEP_MS", "50"),
+        ],
+    ) else {
+        return;
+    };
+    wait_until(secs(10), "the idle inbox swept with no call", || {
+        !r.mailbox(idle).exists()
+    });
+    drop(c);
+    assert!(r.mailbox(theirs).exists(), "{}", r.listing());
+}
+
 #[test]
 fn dead_letters_of_your_endpoints_are_listed_and_requeued() {
     let r = Relay::new();
