@@ -265,20 +265,20 @@ pub fn run(ctx: &mut Ctx, args: &DoctorArgs) -> Result<()> {
             // A crash between a dead-lettering's sidecar and its letter:
             // readers ignore it; the letter, if any, is still in cur/.
             let path = mb.sub("failed").join(format!("{id}.reason.json"));
-            let repaired = if repair {
+            let (repaired, failed) = if repair {
                 match mb.remove_orphan_reason(&id, now, ORPHAN_REASON_MIN_AGE_MS) {
-                    Ok(true) => true,
+                    Ok(true) => (true, String::new()),
                     // Its letter came, or a new dead-lettering replaced it.
                     Ok(false) => continue,
-                    Err(_) => false,
+                    Err(e) => (false, format!("; cannot remove it: {e}")),
                 }
             } else {
-                false
+                (false, String::new())
             };
             note(
                 "orphan reason sidecar",
                 format!(
-                    "{} has no dead letter {id}.json beside it ({} old; left by a crash while dead-lettering, removed on repair)",
+                    "{} has no dead letter {id}.json beside it ({} old; left by a crash while dead-lettering, removed on repair){failed}",
                     path.display(),
                     crate::clock::human_ms(age)
                 ),

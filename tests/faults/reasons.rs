@@ -246,3 +246,31 @@ fn doctor_reports_a_sidecar_a_crash_left_without_its_letter_and_repair_removes_o
     assert_eq!(dlq["deadLetters"][0]["id"], letter.as_str(), "{dlq}");
     assert_eq!(dlq["deadLetters"][0]["reason"], "bad input", "{dlq}");
 }
+
+#[test]
+fn doctor_repair_says_why_an_orphan_sidecar_could_not_be_removed() {
+    use std::os::unix::fs::PermissionsExt;
+    let r = Relay::new();
+    r.add(&["q"]);
+    let id = "01KBYYYYYYYYYYYYYYYYYYYYYY";
+    r.write_file(&format!("mailboxes/q/failed/{id}.reason.json"), "{}");
+    let orphan = r.path(&format!("mailboxes/q/failed/{id}.reason.json"));
+    age(&orphan, std::time::Duration::from_secs(120));
+    let failed = r.path("mailboxes/q/failed");
+    std::fs::set_permissions(&failed, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+    let out = r
+        .cmd(["doctor", "--repair", "--json"])
+        .without_dac_override()
+        .code(65)
+        .json();
+    std::fs::set_permissions(&failed, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let found = findings(&out, "orphan reason sidecar");
+    assert_eq!(found.len(), 1, "{out:#}");
+    assert!(
+        !found[0].1 && found[0].0.contains("cannot remove it"),
+        "{out:#}"
+    );
+    assert!(orphan.exists(), "{}", r.listing());
+    r.cmd(["doctor", "--repair"]).success();
+    assert!(!orphan.exists(), "{}", r.listing());
+}
