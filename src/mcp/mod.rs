@@ -55,6 +55,8 @@ struct Inner {
     cancel: Cancel,
     /// When idle dispatch inboxes were last swept (`dispatch`).
     swept: Mutex<Option<Instant>>,
+    /// Ends the streamable-HTTP sessions of `http_service` at shutdown.
+    end_sessions: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     tools: Vec<Tool>,
 }
 
@@ -93,6 +95,7 @@ impl RelayMcp {
             config: Mutex::new(None),
             cancel: Cancel::new(),
             swept: Mutex::new(None),
+            end_sessions: Mutex::new(None),
             tools,
         }))
     }
@@ -101,6 +104,15 @@ impl RelayMcp {
     /// later: the server is stopping.
     pub fn stop(&self) {
         self.0.cancel.cancel();
+    }
+
+    /// Ends the streamable-HTTP sessions of `http_service` (their event
+    /// streams would otherwise hold serve's graceful shutdown for its whole
+    /// grace): after `stop`, once the cancelled calls have answered.
+    pub fn end_sessions(&self) {
+        if let Some(end) = lock(&self.0.end_sessions).as_ref() {
+            end();
+        }
     }
 
     /// Runs `f` on a pooled context (with the current config).
@@ -303,5 +315,8 @@ pub fn http_service(
     let config = StreamableHttpServerConfig::default()
         .disable_allowed_hosts()
         .disable_allowed_origins();
+    // For `end_sessions`.
+    let token = config.cancellation_token.clone();
+    *lock(&server.0.end_sessions) = Some(Box::new(move || token.cancel()));
     StreamableHttpService::new(move || Ok(server.clone()), Arc::default(), config)
 }

@@ -50,6 +50,9 @@ const RESERVED_FILES: u64 = 64;
 const WORKERS: usize = 8;
 /// How long a graceful stop waits for open requests.
 const GRACE: Duration = Duration::from_secs(5);
+/// How long MCP calls whose waits a stop cancelled have to answer before
+/// the MCP sessions are ended.
+const MCP_ANSWER: Duration = Duration::from_millis(500);
 
 /// What the server needs from the command: where it listens and the token.
 pub struct Settings {
@@ -136,7 +139,7 @@ async fn serve(app: Arc<App>, hub: Arc<sse::Hub>, listener: std::net::TcpListene
     // while no call comes (as `relay mcp`'s).
     let mcp = crate::mcp::RelayMcp::new(app.home.clone(), crate::mcp::HTTP_SENDER);
     let sweeper = mcp.spawn_idle_sweeper();
-    let router = routes::router(Arc::clone(&app), Arc::clone(&hub), mcp);
+    let router = routes::router(Arc::clone(&app), Arc::clone(&hub), mcp.clone());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
@@ -180,6 +183,14 @@ async fn serve(app: Arc<App>, hub: Arc<sse::Hub>, listener: std::net::TcpListene
     sweeper.abort();
     eprintln!("relay: {signal}: stopping (no new connections; streams end, requests finish)");
     hub.close();
+    // A `relay_send_and_wait` over `/mcp` ends now (as `relay mcp`'s do)
+    // and answers; the MCP sessions' event streams end a moment later, so
+    // the shutdown does not wait out the grace for them.
+    mcp.stop();
+    tokio::spawn(async move {
+        tokio::time::sleep(MCP_ANSWER).await;
+        mcp.end_sessions();
+    });
     if tokio::time::timeout(GRACE, graceful.shutdown())
         .await
         .is_err()

@@ -1325,6 +1325,47 @@ fn sigterm_ends_the_server_with_0_and_a_waiting_call_removes_its_reply_endpoint(
     assert!(query_inboxes(&r).is_empty(), "{}", r.listing());
 }
 
+/// SIGTERM to `relay serve` ends a `relay_send_and_wait` running over its
+/// `/mcp` (as `relay mcp` does), so the server stops within its grace with
+/// nothing left open, and the waiting client gets an answer.
+#[test]
+fn sigterm_to_serve_ends_a_send_and_wait_over_mcp() {
+    let r = Relay::new();
+    r.add(&["quiet"]);
+    let mut server = Server::start(&r, "127.0.0.1:0", &[], &[]);
+    let url = format!("http://{}/mcp", server.addr);
+    let Some(mut c) = Mcp::http(&r, "serve stop ends waits", &url, &[]) else {
+        return;
+    };
+    let waiting = std::thread::spawn(move || {
+        let v = c.call(
+            "relay_send_and_wait",
+            json!({"to_subject": "quiet", "payload": "anyone?", "timeout_ms": 120_000}),
+        );
+        (v, c)
+    });
+    wait_until(secs(20), "the request sent", || {
+        !r.cmd(["peek", "quiet", "--json"])
+            .success()
+            .json_lines()
+            .is_empty()
+    });
+    let stopped = Instant::now();
+    server.proc.signal("TERM");
+    assert_eq!(server.proc.finish(secs(30)), 0, "{}", server.proc.dump());
+    let dump = server.proc.dump();
+    assert!(
+        !dump.contains("still open"),
+        "a connection outlived the grace: {dump}"
+    );
+    assert!(stopped.elapsed() < secs(5), "waited out the grace: {dump}");
+    let (v, _c) = waiting
+        .join()
+        .unwrap_or_else(|_| panic!("the waiting client panicked"));
+    assert_eq!(v["json"]["code"], "CANCELLED", "{v}");
+    assert_eq!(v["json"]["kind"], "interrupted", "{v}");
+}
+
 #[test]
 fn mcp_over_http_is_behind_the_token_and_the_origin_check() {
     let r = Relay::new();
