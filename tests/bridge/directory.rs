@@ -1,7 +1,7 @@
 //! The directory: each host's endpoints reach the others within seconds,
 //! marked with their host, and go when removed there.
 
-use super::harness::{Pair, endpoints, wait_for, wait_remote};
+use super::harness::{Pair, endpoints, send_for_reply, wait_for, wait_remote};
 
 #[test]
 fn remote_endpoints_appear_marked_with_their_host_and_disappear_when_removed() {
@@ -238,18 +238,7 @@ fn a_copy_queued_for_an_endpoint_removed_on_its_host_is_a_dead_letter_with_a_not
     };
     let since = now_ms();
     let p = Pair::start_on(nats, &["agent.a.replies"], &["agent.b"], "{}", "{}");
-    let id =
-        p.a.cmd([
-            "send",
-            "agent.b",
-            "{}",
-            "--from",
-            "agent.a",
-            "--reply-to",
-            "agent.a.replies",
-        ])
-        .success()
-        .id();
+    let id = send_for_reply(&p.a, &[]);
     assert_eq!(
         ids(&p.a, "agent.b", "new").len() + ids(&p.a, "agent.b", "cur").len(),
         1
@@ -292,18 +281,7 @@ fn a_copy_queued_for_a_host_that_is_gone_is_a_dead_letter_with_a_notice() {
         r#"{"bridge":{"heartbeatMs":100}}"#,
         r#"{"bridge":{"heartbeatMs":300}}"#,
     );
-    let id =
-        p.a.cmd([
-            "send",
-            "agent.b",
-            "{}",
-            "--from",
-            "agent.a",
-            "--reply-to",
-            "agent.a.replies",
-        ])
-        .success()
-        .id();
+    let id = send_for_reply(&p.a, &[]);
     p.bb.kill9();
     let (notice, letter) = notice_and_dead_letter(&p.a, "agent.a.replies", "agent.b", &id);
     assert_eq!(notice["payload"]["code"], "no_match", "{notice}");

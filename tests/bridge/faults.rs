@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::harness::{Pair, drain, ids, now_ms, wait_for, wait_link_down};
+use super::harness::{Pair, drain, ids, now_ms, send_for_reply, wait_for, wait_link_down};
 
 /// Neither limits nor capacity get in the way of a stream of messages.
 const OPEN: &str =
@@ -248,18 +248,7 @@ fn a_permanent_refusal_on_b_is_a_failure_notice_and_a_failed_span_on_a() {
         "access-rules.json",
         r#"[{"from":"agent.a","to":"agent.b","action":"deny","priority":1}]"#,
     );
-    let id =
-        p.a.cmd([
-            "send",
-            "agent.b",
-            "{}",
-            "--from",
-            "agent.a",
-            "--reply-to",
-            "agent.a.replies",
-        ])
-        .success()
-        .id();
+    let id = send_for_reply(&p.a, &[]);
     let notice: Value = wait_for("the failure notice on A", || {
         let out = p.a.cmd(["recv", "agent.a.replies", "--json"]).run();
         (out.code == 0).then(|| out.json())
@@ -290,20 +279,7 @@ fn a_copy_whose_ttl_passes_in_the_outbox_is_dead_lettered_at_home_with_a_notice(
         return;
     };
     p.nats.kill();
-    let id =
-        p.a.cmd([
-            "send",
-            "agent.b",
-            "{}",
-            "--from",
-            "agent.a",
-            "--reply-to",
-            "agent.a.replies",
-            "--ttl",
-            "1s",
-        ])
-        .success()
-        .id();
+    let id = send_for_reply(&p.a, &["--ttl", "1s"]);
     wait_for("the expiry in A's outbox", || {
         (ids(&p.a, "agent.b", "failed") == [id.clone()]).then_some(())
     });
@@ -337,18 +313,7 @@ fn a_copy_refused_past_max_deliveries_is_dead_lettered_on_b_with_a_notice_on_a()
         (ids(&p.b, "agent.b", "new") == [first.clone()]).then_some(())
     });
     // B stays full: the second is refused, redelivered once, then dead-lettered.
-    let id =
-        p.a.cmd([
-            "send",
-            "agent.b",
-            "{}",
-            "--from",
-            "agent.a",
-            "--reply-to",
-            "agent.a.replies",
-        ])
-        .success()
-        .id();
+    let id = send_for_reply(&p.a, &[]);
     let n = wait_for("the failure notice on A", || {
         let out = p.a.cmd(["recv", "agent.a.replies", "--json"]).run();
         (out.code == 0).then(|| out.json())
@@ -472,18 +437,7 @@ fn a_copy_reaching_b_after_its_endpoint_was_removed_there_is_a_notice_on_a() {
     // B's bridge is down while the copy is forwarded, and the endpoint is
     // removed on B before its bridge is back to apply it.
     assert_eq!(p.bb.stop(), Some(0), "{}", p.bb.log());
-    let id =
-        p.a.cmd([
-            "send",
-            "agent.b",
-            "{}",
-            "--from",
-            "agent.a",
-            "--reply-to",
-            "agent.a.replies",
-        ])
-        .success()
-        .id();
+    let id = send_for_reply(&p.a, &[]);
     wait_for("the copy forwarded", || {
         (ids(&p.a, "agent.b", "new").is_empty() && ids(&p.a, "agent.b", "cur").is_empty())
             .then_some(())

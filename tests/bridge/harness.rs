@@ -52,20 +52,7 @@ pub struct Nats {
 impl Nats {
     /// Starts a server, or `None` when there is none to start (skip).
     pub fn start() -> Option<Self> {
-        let bin = nats_server()?;
-        let store = tempfile::Builder::new()
-            .prefix("relay-nats-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut n = Nats {
-            bin,
-            port: free_port(),
-            store,
-            extra: Vec::new(),
-            child: None,
-        };
-        n.up();
-        Some(n)
+        Self::start_args(&[])
     }
 
     /// Starts a server that also reads the configuration `conf` (users,
@@ -501,6 +488,22 @@ pub fn now_ms() -> u64 {
 }
 
 /// Claims and acks everything waiting at `ep` of `relay`; the ids, in order.
+/// `relay send agent.b {} --from agent.a --reply-to agent.a.replies` on
+/// `relay` (A), with `extra` arguments; the id it printed.
+pub fn send_for_reply(relay: &Relay, extra: &[&str]) -> String {
+    let mut args = vec![
+        "send",
+        "agent.b",
+        "{}",
+        "--from",
+        "agent.a",
+        "--reply-to",
+        "agent.a.replies",
+    ];
+    args.extend_from_slice(extra);
+    relay.cmd(args).success().id()
+}
+
 /// Waits until the bridge of `relay`'s home knows its link is down (its
 /// `link.json` says so): a send before that may already be in the client's
 /// buffer, published as soon as the server is back.
