@@ -802,6 +802,14 @@ fn send_async_gives_an_owned_inbox_that_receives_the_reply() {
     assert_eq!(left, ["svc"], "{}", r.listing());
 }
 
+/// The wall clock in ms since the epoch: the sweep tests pin relay's clock
+/// to minutes from it.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A `relay_send_async` inbox idle for 30 minutes (no read, no delivery) is
 /// removed, as DorkOS's dispatch-inbox sweeper does: each step is a server
 /// of its own with the clock at that minute, so the activity is what the
@@ -812,9 +820,7 @@ fn send_async_gives_an_owned_inbox_that_receives_the_reply() {
 fn idle_dispatch_inboxes_are_swept_after_30_minutes() {
     let r = Relay::new();
     r.add(&["svc"]);
-    let start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let start = now_ms();
     let at = |min: u64| (start + min * 60_000).to_string();
     let session = |sender: &str, min: u64| {
         Mcp::stdio_env(
@@ -896,9 +902,7 @@ fn idle_dispatch_inboxes_are_swept_after_30_minutes() {
 fn serve_sweeps_idle_dispatch_inboxes_while_no_call_comes() {
     let r = Relay::new();
     r.add(&["svc"]);
-    let start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let start = now_ms();
     let at = |min: u64| (start + min * 60_000).to_string();
     let make = |c: &mut Mcp| -> String {
         let v = c.ok(
@@ -958,9 +962,7 @@ fn serve_sweeps_idle_dispatch_inboxes_while_no_call_comes() {
 fn relay_mcp_sweeps_idle_dispatch_inboxes_while_no_call_comes() {
     let r = Relay::new();
     r.add(&["svc"]);
-    let start = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let start = now_ms();
     let at = |min: u64| (start + min * 60_000).to_string();
     let mut made = Vec::new();
     for sender in ["agent.a", "agent.b"] {
