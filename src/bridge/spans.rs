@@ -539,14 +539,11 @@ pub async fn publish_and_record(
         return Ok(Vec::new());
     }
     let sent = publish_all(session, spans).await;
-    let heard: Vec<(String, String, SpanState)> = sent
-        .iter()
-        .map(|s| (s.endpoint.clone(), s.message_id.clone(), s.state))
-        .collect();
+    let heard = sent.clone();
     super::shared::blocking(&session.local, move |l| {
         l.state.atomically(|st| {
-            for (ep, id, state) in &heard {
-                st.set_reported(ep, id, *state)?;
+            for s in &heard {
+                st.set_reported(&s.endpoint, &s.message_id, s.state)?;
             }
             Ok(())
         })

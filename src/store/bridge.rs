@@ -118,8 +118,17 @@ impl State {
 
     /// Whether (endpoint, id) was applied.
     pub fn is_applied(&self, endpoint: &str, id: &str) -> Result<bool> {
+        self.has(
+            "SELECT 1 FROM applied WHERE endpoint = ?1 AND id = ?2",
+            endpoint,
+            id,
+        )
+    }
+
+    /// Whether `sql` (a `SELECT 1` of a pair) finds (endpoint, id).
+    fn has(&self, sql: &str, endpoint: &str, id: &str) -> Result<bool> {
         self.conn
-            .prepare_cached("SELECT 1 FROM applied WHERE endpoint = ?1 AND id = ?2")
+            .prepare_cached(sql)
             .and_then(|mut st| st.query_row(params![endpoint, id], |_| Ok(())).optional())
             .map(|r| r.is_some())
             .map_err(|e| self.err(&e))
@@ -128,11 +137,11 @@ impl State {
     /// Whether (endpoint, id) was being applied when a bridge stopped
     /// short of recording it (it may be delivered already).
     pub fn is_applying(&self, endpoint: &str, id: &str) -> Result<bool> {
-        self.conn
-            .prepare_cached("SELECT 1 FROM applying WHERE endpoint = ?1 AND id = ?2")
-            .and_then(|mut st| st.query_row(params![endpoint, id], |_| Ok(())).optional())
-            .map(|r| r.is_some())
-            .map_err(|e| self.err(&e))
+        self.has(
+            "SELECT 1 FROM applying WHERE endpoint = ?1 AND id = ?2",
+            endpoint,
+            id,
+        )
     }
 
     /// Records that (endpoint, id) is about to be delivered: what
